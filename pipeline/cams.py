@@ -1,0 +1,155 @@
+"""Stage 1b: multi-scale class activation maps and pseudo-masks.
+
+Two ways to get the CAM of an image, side by side in ``benchmarks/stage1_glas.py``:
+``patch`` (the reference): every patch is resized per scale, cut into crops, each crop classified, crop CAMs
+overlap-averaged; ``image``: the fully convolutional classifier runs once per scale over the whole image.
+Either way the pseudo-mask is the per-patch argmax over the classes that patch's label says are present
+(Eq. 2), stitched into the image by majority vote of overlapping patches (ties -> non-gland).
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.classify import load_classifier
+from pipeline.config import GLAS_MEAN, GLAS_STD, CamConfig, ClassifierConfig, PatchConfig
+from pipeline.errors import OEEMError
+from pipeline.metrics import confusion, from_confusion
+from pipeline.models import PatchClassifier
+from pipeline.patches import grid_starts
+from pipeline.progress import Job, Progress, resolve_device, to_tensor_image
+from pipeline.store import ProjectStore
+
+STAGE = "cams"
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return x if tuple(x.shape[-2:]) == tuple(size) else F.interpolate(x, size=size, mode="bilinear",
+                                                                      align_corners=False)
+
+
+@torch.no_grad()
+def image_cam(model: PatchClassifier, image: np.ndarray, scales: Iterable[float], zoom: float,
+              device: torch.device) -> np.ndarray:
+    """Whole-image CAM (2, H, W): the mean over scales of the classifier run fully convolutionally."""
+    h, w = image.shape[:2]
+    x = to_tensor_image(image, GLAS_MEAN, GLAS_STD, device)
+    acc = torch.zeros(1, 2, h, w, device=device)
+    scales = list(scales)
+    for s in scales:
+        size = (max(8, round(h * s * zoom)), max(8, round(w * s * zoom)))
+        acc += _resize(model.cam(_resize(x, size)), (h, w))
+    return (acc[0] / len(scales)).cpu().numpy()
+
+
+@torch.no_grad()
+def patch_cams(model: PatchClassifier, image: np.ndarray, corners: np.ndarray, patch: int, input_size: int,
+               scales: Iterable[float], batch_size: int, device: torch.device) -> np.ndarray:
+    """Reference-style CAM of each patch, (N, 2, patch, patch): per scale the patch is resized, cut into
+    ``patch``-px crops (stride patch/2, edge flush), each crop fed at ``input_size``, crop CAMs averaged."""
+    x = to_tensor_image(image, GLAS_MEAN, GLAS_STD, device)
+    tiles = torch.stack([x[0, :, y:y + patch, xx:xx + patch] for y, xx in corners])
+    out = torch.zeros(len(tiles), 2, patch, patch, device=device)
+    scales = list(scales)
+    for s in scales:
+        side = max(patch, round(patch * s))
+        scaled = _resize(tiles, (side, side))
+        starts = grid_starts(side, patch, patch // 2)
+        acc = torch.zeros(len(tiles), 2, side, side, device=device)
+        cnt = torch.zeros(1, 1, side, side, device=device)
+        crops = [(cy, cx) for cy in starts for cx in starts]
+        for cy, cx in crops:
+            cnt[..., cy:cy + patch, cx:cx + patch] += 1
+        # every (patch, crop) pair as one batch of network inputs
+        for cy, cx in crops:
+            crop = scaled[:, :, cy:cy + patch, cx:cx + patch]
+            cams = []
+            for b in range(0, len(crop), batch_size):
+                inp = _resize(crop[b:b + batch_size], (input_size, input_size))
+                cams.append(_resize(model.cam(inp), (patch, patch)))
+            acc[:, :, cy:cy + patch, cx:cx + patch] += torch.cat(cams)
+        out += _resize(acc / cnt, (patch, patch))
+    return (out / len(scales)).cpu().numpy()
+
+
+def refine_patches(patch_cam: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Eq. 2: per-patch argmax after setting classes absent from the patch label to -inf. (N, S, S) uint8."""
+    masked = np.where(labels[:, :, None, None].astype(bool), patch_cam, -np.inf)
+    return masked.argmax(axis=1).astype(np.uint8)
+
+
+def stitch_votes(patch_masks: np.ndarray, corners: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Majority vote of overlapping patch pseudo-masks; ties (and uncovered pixels) are non-gland."""
+    size = patch_masks.shape[-1]
+    gland = np.zeros(shape, np.int32)
+    total = np.zeros(shape, np.int32)
+    for m, (y, x) in zip(patch_masks, corners):
+        gland[y:y + size, x:x + size] += m
+        total[y:y + size, x:x + size] += 1
+    return (2 * gland > total).astype(np.uint8)
+
+
+def stitch_mean(patch_cam: np.ndarray, corners: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    size = patch_cam.shape[-1]
+    acc = np.zeros((patch_cam.shape[1], *shape), np.float32)
+    cnt = np.zeros(shape, np.float32)
+    for c, (y, x) in zip(patch_cam, corners):
+        acc[:, y:y + size, x:x + size] += c
+        cnt[y:y + size, x:x + size] += 1
+    return acc / np.maximum(cnt, 1)
+
+
+def cam_and_pseudo(model: PatchClassifier, image: np.ndarray, corners: np.ndarray, labels: np.ndarray,
+                   patch_cfg: PatchConfig, cls_cfg: ClassifierConfig, cam_cfg: CamConfig,
+                   device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """CAM (2, H, W) float32 and pseudo-mask (H, W) uint8 of one image."""
+    size = patch_cfg.size
+    shape = image.shape[:2]
+    if cam_cfg.mode == "image":
+        cam = image_cam(model, image, cam_cfg.scales, cls_cfg.input_size / size, device)
+        pcam = np.stack([cam[:, y:y + size, x:x + size] for y, x in corners])
+    elif cam_cfg.mode == "patch":
+        pcam = patch_cams(model, image, corners, size, cls_cfg.input_size, cam_cfg.scales, cam_cfg.batch_size,
+                          device)
+        cam = stitch_mean(pcam, corners, shape)
+    else:
+        raise OEEMError(f"unknown CAM mode {cam_cfg.mode!r}: choose image or patch")
+    pseudo = stitch_votes(refine_patches(pcam, labels), corners, shape)
+    return cam.astype(np.float32), pseudo
+
+
+def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, device: str = "auto",
+              names: list[str] | None = None) -> Job[dict]:
+    """CAMs and pseudo-masks for every training image with patch labels; scores them where masks exist."""
+    dev = resolve_device(device)
+    model, cls_cfg = load_classifier(store, dev)
+    names = names or [n for n in store.names("train") if store.has(n, "patch_labels")]
+    if not names:
+        raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
+    cm_cam = np.zeros((2, 2), np.int64)
+    cm_pseudo = np.zeros((2, 2), np.int64)
+    t0 = time.perf_counter()
+    for k, n in enumerate(names):
+        image = store.image(n)
+        cam, pseudo = cam_and_pseudo(model, image, store.read(n, "patch_corners"), store.read(n, "patch_labels"),
+                                     patch_cfg, cls_cfg, cam_cfg, dev)
+        store.write(n, "cam", cam)
+        store.write(n, "pseudo", pseudo)
+        mask = store.mask(n)
+        if mask is not None:
+            cm_cam += confusion(cam.argmax(0), mask)
+            cm_pseudo += confusion(pseudo, mask)
+        yield Progress(STAGE, k + 1, len(names), n)
+    seconds = time.perf_counter() - t0
+    record: dict = {"config": asdict(cam_cfg), "images": len(names), "seconds": seconds,
+                    "seconds_per_image": seconds / len(names), "device": str(dev)}
+    if cm_cam.sum():
+        record["cam"] = from_confusion(cm_cam)
+        record["pseudo"] = from_confusion(cm_pseudo)
+    store.save_run(STAGE, record)
+    return record

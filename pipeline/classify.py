@@ -1,0 +1,144 @@
+"""Stage 1a: patch labels and the multi-label patch classifier."""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.augment import random_resized_crop
+from pipeline.config import GLAS_MEAN, GLAS_STD, ClassifierConfig, PatchConfig
+from pipeline.errors import OEEMError
+from pipeline.models import PatchClassifier, build_backbone, load_model_state, safe_torch_load
+from pipeline.patches import patch_grid, patch_labels
+from pipeline.progress import Job, Progress, poly_lr, resolve_device, set_threads
+from pipeline.store import ProjectStore, atomic_write_bytes
+
+STAGE = "classifier"
+
+
+def make_patch_labels(store: ProjectStore, cfg: PatchConfig, split: str = "train") -> dict[str, int]:
+    """Cut the edge-flush patch grid of every image of ``split`` that has a mask and store its weak labels."""
+    names = [n for n in store.names(split) if store.has(n, "mask")]
+    if not names:
+        raise OEEMError(f"{store.path}: no {split} image has a gland mask to derive patch labels from")
+    counts = np.zeros(2, np.int64)
+    total = 0
+    for n in names:
+        corners = patch_grid(store.shape(n), cfg.size, cfg.stride)
+        labels = patch_labels(store.mask(n), corners, cfg.size, cfg.min_fraction)
+        store.write(n, "patch_corners", corners)
+        store.write(n, "patch_labels", labels)
+        counts += labels.sum(0, dtype=np.int64)
+        total += len(labels)
+    summary = {"images": len(names), "patches": total, "with_non_gland": int(counts[0]),
+               "with_gland": int(counts[1])}
+    store.save_run("patches", {"config": asdict(cfg), "summary": summary})
+    return summary
+
+
+def patch_dataset(store: ProjectStore, size: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """All labelled patches of ``split`` as uint8 (N, S, S, 3) and float labels (N, 2), held in memory."""
+    images, labels = [], []
+    for n in store.names(split):
+        if not store.has(n, "patch_labels"):
+            continue
+        img = store.image(n)
+        corners = store.read(n, "patch_corners")
+        images += [img[y:y + size, x:x + size] for y, x in corners]
+        labels.append(store.read(n, "patch_labels"))
+    if not images:
+        raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
+    return torch.from_numpy(np.stack(images)), torch.from_numpy(np.concatenate(labels)).float()
+
+
+def build_classifier(cfg: ClassifierConfig) -> PatchClassifier:
+    return PatchClassifier(build_backbone(cfg.backbone))
+
+
+def _save(store: ProjectStore, model, opt, epoch: int, cfg: ClassifierConfig, patch_cfg: PatchConfig) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"kind": STAGE, "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                "config": asdict(cfg), "patches": asdict(patch_cfg)}, buf)
+    atomic_write_bytes(store.checkpoint_path(STAGE), buf.getvalue())
+
+
+def load_classifier(store: ProjectStore, device: str | torch.device = "cpu") -> tuple[PatchClassifier,
+                                                                                       ClassifierConfig]:
+    from pipeline.config import from_dict
+
+    path = store.checkpoint_path(STAGE)
+    if not path.is_file():
+        raise OEEMError(f"{store.path}: no trained classifier; run `oeem train-cls {store.path}` first")
+    ck = safe_torch_load(path)
+    if ck.get("kind") != STAGE:
+        raise OEEMError(f"{path}: not a classifier checkpoint")
+    cfg = from_dict(ClassifierConfig, ck["config"])
+    model = build_classifier(cfg)
+    load_model_state(model, ck["model"], path)
+    return model.to(device).eval(), cfg
+
+
+def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: PatchConfig, device: str = "auto",
+                     restart: bool = False) -> Job[dict]:
+    """Train (or resume) the patch classifier; checkpoint after every epoch. Yields progress every few steps."""
+    set_threads(cfg.threads)
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    patches, labels = patch_dataset(store, patch_cfg.size)
+    model = build_classifier(cfg).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    start_epoch = 0
+    ck_path = store.checkpoint_path(STAGE)
+    if ck_path.is_file() and not restart:
+        ck = safe_torch_load(ck_path)
+        if ck.get("config") != asdict(cfg) or ck.get("patches") != asdict(patch_cfg):
+            raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
+                            "pass --restart to train afresh (it will be replaced)")
+        load_model_state(model, ck["model"], ck_path)
+        opt.load_state_dict(ck["optimizer"])
+        start_epoch = int(ck["epoch"])
+    n = len(patches)
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    mean = torch.tensor(GLAS_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(GLAS_STD, device=dev).view(1, 3, 1, 1)
+    t0 = time.perf_counter()
+    seen = 0
+    loss_ema = None
+    for epoch in range(start_epoch, cfg.epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        model.train()
+        for it in range(steps_per_epoch):
+            step = epoch * steps_per_epoch + it
+            idx = order[it * cfg.batch_size:(it + 1) * cfg.batch_size]
+            x = patches[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
+            x = random_resized_crop(x, cfg.input_size, cfg.crop_scale, gen)
+            x = (x - mean) / std
+            for g in opt.param_groups:
+                g["lr"] = poly_lr(cfg.lr, step, total, cfg.poly_power)
+            loss = F.binary_cross_entropy_with_logits(model(x), labels[idx].to(dev))
+            if not torch.isfinite(loss):
+                raise OEEMError(f"the classifier loss became {loss.item()} at epoch {epoch + 1}; the last good "
+                                f"checkpoint is kept in {ck_path} - lower the learning rate (--lr) and resume")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+            loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+            if it % 5 == 0 or it == steps_per_epoch - 1:
+                rate = seen / (time.perf_counter() - t0)
+                yield Progress(STAGE, step + 1, total, f"epoch {epoch + 1}/{cfg.epochs}",
+                               {"loss": loss_ema, "patches_per_s": rate})
+        _save(store, model, opt, epoch + 1, cfg, patch_cfg)
+    elapsed = time.perf_counter() - t0
+    record = {"config": asdict(cfg), "patches": asdict(patch_cfg), "device": str(dev), "n_patches": n,
+              "epochs_run": cfg.epochs - start_epoch, "seconds": elapsed, "final_loss": loss_ema,
+              "patches_per_s": seen / elapsed if elapsed > 0 else None}
+    store.save_run(STAGE, record)
+    return record

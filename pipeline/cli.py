@@ -1,0 +1,301 @@
+"""The ``oeem`` command: every stage of the method from a terminal, on a project store.
+
+Errors a user can fix are printed as one line (exit code 2); Ctrl-C stops cleanly and keeps the last checkpoint.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from pipeline.config import LOSS_KINDS, PRESETS
+from pipeline.errors import OEEMError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _drive(job, desc: str):
+    """Run a stage generator with a tqdm progress bar showing its metrics (loss, throughput)."""
+    from tqdm import tqdm
+
+    from pipeline.progress import run
+
+    bars: dict[str, Any] = {}
+
+    def show(p):
+        bar = bars.get(p.stage)
+        if bar is None:
+            for b in bars.values():
+                b.close()
+            bar = bars[p.stage] = tqdm(total=p.total, desc=p.stage, unit="step", dynamic_ncols=True,
+                                       file=sys.stderr)
+        bar.n = p.step
+        bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in p.metrics.items()},
+                        refresh=False)
+        if p.message:
+            bar.set_description(f"{p.stage} {p.message}", refresh=False)
+        bar.refresh()
+
+    try:
+        return run(job, show)
+    finally:
+        for b in bars.values():
+            b.close()
+
+
+def _open(path: str):
+    from pipeline.store import ProjectStore
+
+    return ProjectStore.open(path)
+
+
+def _config(args, store):
+    from pipeline.project import project_config
+
+    over = {
+        "classifier.epochs": getattr(args, "epochs", None), "classifier.lr": getattr(args, "cls_lr", None),
+        "classifier.backbone.pretrained": getattr(args, "pretrained", None),
+        "segmentation.backbone.pretrained": getattr(args, "pretrained", None),
+        "cam.mode": getattr(args, "mode", None), "cam.scales": getattr(args, "cam_scales", None),
+        "segmentation.loss": getattr(args, "loss", None),
+        "segmentation.iterations": getattr(args, "iterations", None),
+        "segmentation.label_source": getattr(args, "labels", None),
+        "segmentation.warmup_ce_iters": getattr(args, "warmup_ce", None),
+        "segmentation.lr": getattr(args, "seg_lr", None),
+        "segmentation.seed": getattr(args, "seed", None),
+        "inference.scales": getattr(args, "scales", None),
+    }
+    if getattr(args, "fast", False):
+        over["inference.scales"] = (1.0,)
+        over["inference.flip"] = False
+    return project_config(store, getattr(args, "preset", None), over)
+
+
+def _print(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_init(args) -> None:
+    from pipeline.project import create_project
+
+    store = create_project(args.data, args.project, overwrite=args.overwrite)
+    tr, te = store.names("train"), store.names("test")
+    print(f"created {store.path}: {len(tr)} train and {len(te)} test images, "
+          f"{sum(store.has(n, 'mask') for n in store.names())} with gland masks")
+
+
+def cmd_patches(args) -> None:
+    from pipeline.classify import make_patch_labels
+
+    store = _open(args.project)
+    cfg = _config(args, store)
+    s = make_patch_labels(store, cfg.patches)
+    print(f"{s['patches']} patches from {s['images']} images: {s['with_gland']} with gland, "
+          f"{s['with_non_gland']} with non-gland")
+
+
+def cmd_train_cls(args) -> None:
+    from pipeline.classify import train_classifier
+
+    store = _open(args.project)
+    cfg = _config(args, store)
+    rec = _drive(train_classifier(store, cfg.classifier, cfg.patches, args.device, args.restart), "classifier")
+    print(f"classifier trained: {rec['n_patches']} patches, {rec['epochs_run']} epochs in {rec['seconds']:.0f} s "
+          f"({rec['patches_per_s']:.0f} patches/s), final loss {rec['final_loss']:.4f}")
+
+
+def cmd_cams(args) -> None:
+    from pipeline.cams import make_cams
+
+    store = _open(args.project)
+    cfg = _config(args, store)
+    rec = _drive(make_cams(store, cfg.cam, cfg.patches, args.device), "cams")
+    print(f"CAMs and pseudo-masks for {rec['images']} images ({rec['seconds_per_image']:.2f} s/image)")
+    if "cam" in rec:
+        print(f"CAM mIoU {rec['cam']['mIoU']:.2f}  pseudo-mask mIoU {rec['pseudo']['mIoU']:.2f} (train, vs masks)")
+
+
+def cmd_train_seg(args) -> None:
+    from pipeline.segment import train_segmenter
+
+    store = _open(args.project)
+    cfg = _config(args, store)
+    rec = _drive(train_segmenter(store, cfg.segmentation, args.device, args.name, args.restart), "segmentation")
+    print(f"segmentation trained with loss {cfg.segmentation.loss} on {cfg.segmentation.label_source} labels: "
+          f"{rec['iterations_run']} iterations in {rec['seconds']:.0f} s, final loss {rec['final_loss']:.4f}")
+
+
+def cmd_predict(args) -> None:
+    from pipeline.infer import predict
+
+    store = _open(args.project)
+    cfg = _config(args, store)
+    names = store.names(args.split) if args.split != "all" else None
+    rec = _drive(predict(store, cfg.inference, names, args.device, args.name), "predict")
+    print(f"predicted {rec['images']} images ({rec['seconds_per_image']:.2f} s/image)")
+
+
+def cmd_evaluate(args) -> None:
+    from pipeline.infer import evaluate
+
+    store = _open(args.project)
+    res = evaluate(store, args.split, args.key)
+    print(f"{args.key} on {res['images']} {args.split} images: mIoU {res['mIoU']:.2f}  Dice {res['Dice']:.2f}  "
+          f"F1 {res['F1']:.2f}")
+    if args.per_image:
+        for n, r in res["per_image"].items():
+            print(f"  {n:<16} mIoU {r['mIoU']:6.2f}  Dice {r['Dice']:6.2f}  F1 {r['F1']:6.2f}")
+
+
+def cmd_run(args) -> None:
+    from pathlib import Path
+
+    from pipeline.project import create_project, run_all
+    from pipeline.store import ProjectStore
+
+    if args.data is not None and not Path(args.project).exists():
+        create_project(args.data, args.project)
+    store = ProjectStore.open(args.project)
+    cfg = _config(args, store)
+    report = _drive(run_all(store, cfg, args.device), "run")
+    print_report(report)
+
+
+def print_report(report: dict) -> None:
+    p = report["patches"]
+    print("\n== OEEM report ==")
+    print(f"patches: {p['patches']} from {p['images']} train images")
+    c = report["classifier"]
+    print(f"classifier: {c['config']['epochs']} epochs, {c.get('patches_per_s') or 0:.0f} patches/s")
+    cams = report["cams"]
+    if "cam" in cams:
+        print(f"stage 1 (train): CAM mIoU {cams['cam']['mIoU']:.2f}, pseudo-mask mIoU {cams['pseudo']['mIoU']:.2f}")
+    s = report["segmentation"]
+    print(f"segmentation: loss {s['config']['loss']}, {s['config']['iterations']} iterations")
+    for split in ("train", "test"):
+        ev = report.get(f"evaluation-{split}")
+        if ev:
+            print(f"prediction ({split}, {ev['images']} images): mIoU {ev['mIoU']:.2f}  Dice {ev['Dice']:.2f}  "
+                  f"F1 {ev['F1']:.2f}")
+
+
+def cmd_export(args) -> None:
+    from pipeline.export import export_masks
+
+    store = _open(args.project)
+    paths = export_masks(store, args.folder, args.format, args.source)
+    print(f"wrote {len(paths)} {args.format} masks ({args.source}) to {args.folder}")
+
+
+def cmd_info(args) -> None:
+    store = _open(args.project)
+    names = store.names()
+    have = {k: sum(store.has(n, k) for n in names) for k in ("mask", "cam", "pseudo", "prediction", "corrected")}
+    _print({"project": str(store.path), "train": len(store.names("train")), "test": len(store.names("test")),
+            "arrays": have, "corrections": store.correction_summary(),
+            "runs": sorted(p.stem for p in (store.path / "runs").glob("*.json"))})
+
+
+def cmd_fetch_glas(args) -> None:
+    from pipeline.download import fetch_glas
+
+    path = fetch_glas(args.dest, args.sha256)
+    print(f"GlaS is in {path}; make a project with `oeem init {path} glas.oeem.zarr`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="oeem", description="Weakly-supervised gland segmentation with OEEM "
+                                 "(MICCAI 2022). Stages: init -> patches -> train-cls -> cams -> train-seg -> "
+                                 "predict -> evaluate; `run` does them all; `export` writes masks out.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, func, help_, project=True):
+        p = sub.add_parser(name, help=help_, description=help_)
+        if project:
+            p.add_argument("project", help="project store (a .zarr folder made by `oeem init`)")
+        p.set_defaults(func=func)
+        return p
+
+    def common(p, train=False):
+        p.add_argument("--preset", choices=PRESETS, default=None,
+                       help="start from a preset (default: the project's saved settings, else cpu)")
+        p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
+        if train:
+            p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
+            p.add_argument("--pretrained", default=None, help="local checkpoint with backbone weights")
+
+    p = add("init", cmd_init, "create a project from a GlaS-style folder, or `sample` for the embedded data",
+            project=False)
+    p.add_argument("data", help="folder with NAME.png/.bmp and NAME_anno.png/.bmp, or `sample`")
+    p.add_argument("project", help="where to create the project (e.g. glas.oeem.zarr)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing project at that path")
+
+    p = add("patches", cmd_patches, "cut 112 px patches (stride 56) and compute their weak labels (>5%% rule)")
+    common(p)
+    p = add("train-cls", cmd_train_cls, "train the multi-label patch classifier (resumable)")
+    common(p, train=True)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", dest="cls_lr", type=float)
+    p = add("cams", cmd_cams, "multi-scale CAMs and pseudo-masks for the training images, scored against masks")
+    common(p)
+    p.add_argument("--mode", choices=("image", "patch"), help="whole-image CAM or the reference's per-patch crops")
+    p.add_argument("--scales", dest="cam_scales", type=_floats, help="e.g. 1,1.25,1.5,1.75,2")
+    p = add("train-seg", cmd_train_seg, "train PSPNet on the pseudo-masks with the OEEM loss (resumable)")
+    common(p, train=True)
+    p.add_argument("--loss", choices=LOSS_KINDS, help="weighting (default l_norm, the paper's OEEM)")
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--labels", choices=("pseudo", "corrected", "mask"),
+                   help="pseudo-masks, pseudo-masks with painted corrections, or gland masks (full supervision)")
+    p.add_argument("--warmup-ce", type=int, help="iterations of plain CE before the chosen loss")
+    p.add_argument("--lr", dest="seg_lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--name", default=None, help="keep this model apart (checkpoints/segmentation-NAME.pt)")
+    p = add("predict", cmd_predict, "multi-scale sliding-window prediction at the original size")
+    common(p)
+    p.add_argument("--fast", action="store_true", help="single scale, no flip (interactive use)")
+    p.add_argument("--scales", type=_floats, help="e.g. 0.75,1,1.25,1.5,1.75,2,2.5,3")
+    p.add_argument("--split", default="all", choices=("all", "train", "test"))
+    p.add_argument("--name", default=None, help="use the model trained with --name")
+    p = add("evaluate", cmd_evaluate, "mIoU, Dice and F1 (percent, dataset level) against the gland masks")
+    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--key", default="prediction", choices=("prediction", "pseudo", "corrected"))
+    p.add_argument("--per-image", action="store_true")
+    p = add("run", cmd_run, "the whole pipeline (stage 1, stage 2, evaluation), resuming what is done")
+    common(p)
+    p.add_argument("--data", default=None, help="create the project from this folder (or `sample`) if needed")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--iterations", type=int)
+    p.add_argument("--loss", choices=LOSS_KINDS)
+    p.add_argument("--fast", action="store_true", help="single-scale prediction")
+    p = add("export", cmd_export, "write masks as GlaS-style PNG, TIFF or OME-Zarr")
+    p.add_argument("folder")
+    p.add_argument("--format", choices=("png", "tiff", "zarr"), default="png")
+    p.add_argument("--source", choices=("corrected", "pseudo", "prediction"), default="corrected")
+    add("info", cmd_info, "what a project holds")
+    p = add("fetch-glas", cmd_fetch_glas, "download GlaS (needs internet) into a cache folder", project=False)
+    p.add_argument("--dest", default=None, help="where to unpack (default: the user cache)")
+    p.add_argument("--sha256", default=None, help="expected checksum of the archive")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except OEEMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last checkpoint is kept; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Run configuration as small dataclasses, saved as JSON next to every result so a run can be reproduced.
+
+Two presets share one code path: ``paper`` follows the MICCAI 2022 settings (ResNet38d, meant for a GPU) and
+``cpu`` is a light ResNet with output stride 8 and short schedules that finish on 2 CPU cores. ``tiny`` exists
+for tests and the embedded sample data.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.errors import OEEMError
+
+# GlaS statistics on [0, 1] RGB (from the reference code); used by the classifier.
+GLAS_MEAN = (0.787, 0.511, 0.785)
+GLAS_STD = (0.167, 0.248, 0.131)
+# ImageNet statistics: used by the segmentation stage, as the reference does.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+LOSS_KINDS = ("ce", "ohem", "c_max", "c_diff", "l_norm", "lc_mix")
+PRESETS = ("paper", "cpu", "tiny")
+
+
+@dataclass
+class BackboneConfig:
+    """``resnet38d`` (the paper) or ``resnet_os8`` (light basic-block ResNet, output stride 8)."""
+
+    name: str = "resnet_os8"
+    widths: tuple[int, ...] = (24, 48, 96, 192)
+    blocks: tuple[int, ...] = (1, 1, 2, 2)
+    pretrained: str | None = None  # path to a local checkpoint with backbone weights
+
+
+@dataclass
+class PatchConfig:
+    size: int = 112
+    stride: int = 56
+    min_fraction: float = 0.05  # a class is present in a patch when it covers more than this
+
+
+@dataclass
+class ClassifierConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    input_size: int = 112  # patches are resized to this before the network (paper: 224)
+    epochs: int = 8
+    batch_size: int = 20
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    crop_scale: tuple[float, float] = (0.7, 1.0)
+    seed: int = 0
+    threads: int = 0  # 0: torch's default
+
+
+@dataclass
+class CamConfig:
+    scales: tuple[float, ...] = (1.0, 1.25, 1.5, 1.75, 2.0)
+    mode: str = "image"  # "image": fully convolutional on the whole image; "patch": the reference's per-patch crops
+    batch_size: int = 32
+
+
+@dataclass
+class SegConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head_channels: int = 128
+    aux_weight: float = 0.4
+    loss: str = "l_norm"
+    warmup_ce_iters: int = 0  # iterations of plain CE before the chosen loss takes over
+    tile_size: int = 256
+    tile_stride: int = 192
+    crop_size: int = 256
+    ratio_range: tuple[float, float] = (0.75, 3.0)
+    iterations: int = 1500
+    batch_size: int = 8
+    lr: float = 0.01
+    min_lr: float = 1e-4
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    ohem_thresh: float = 0.7
+    ohem_min_kept: float = 0.1  # fraction of valid pixels always kept by OHEM
+    checkpoint_every: int = 100
+    label_source: str = "pseudo"  # "pseudo" (weak), "corrected" (pseudo + pathologist edits) or "mask" (full)
+    seed: int = 0
+    threads: int = 0
+
+
+@dataclass
+class InferConfig:
+    scales: tuple[float, ...] = (0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
+    flip: bool = True
+    crop_size: int = 320
+    stride: int = 256
+    batch_size: int = 8
+
+
+@dataclass
+class PipelineConfig:
+    preset: str = "cpu"
+    patches: PatchConfig = field(default_factory=PatchConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    cam: CamConfig = field(default_factory=CamConfig)
+    segmentation: SegConfig = field(default_factory=SegConfig)
+    inference: InferConfig = field(default_factory=InferConfig)
+
+
+def preset(name: str) -> PipelineConfig:
+    """Return a fresh configuration for a named preset."""
+    if name not in PRESETS:
+        raise OEEMError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    cfg = PipelineConfig(preset=name)
+    if name == "paper":
+        r38 = BackboneConfig(name="resnet38d", widths=(), blocks=())
+        cfg.classifier = ClassifierConfig(backbone=r38, input_size=224, epochs=20, batch_size=20, lr=0.01,
+                                          weight_decay=5e-4)
+        cfg.segmentation = SegConfig(backbone=dataclasses.replace(r38), head_channels=512, iterations=10_000,
+                                     batch_size=32, lr=5e-3, checkpoint_every=500)
+        cfg.cam = CamConfig(mode="patch")
+    elif name == "tiny":
+        small = BackboneConfig(widths=(8, 16, 24, 32), blocks=(1, 1, 1, 1))
+        cfg.classifier = ClassifierConfig(backbone=small, epochs=2, batch_size=16, lr=0.05)
+        cfg.cam = CamConfig(scales=(1.0, 1.5))
+        cfg.segmentation = SegConfig(backbone=dataclasses.replace(small), head_channels=16, iterations=12,
+                                     batch_size=4, tile_size=128, tile_stride=96, crop_size=128,
+                                     ratio_range=(0.75, 1.5), checkpoint_every=5)
+        cfg.inference = InferConfig(scales=(1.0,), flip=False, crop_size=128, stride=96)
+    return cfg
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj)
+
+
+def _build(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (nested) dataclass from a dict, refusing unknown keys so typos do not pass silently."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise OEEMError(f"unknown setting(s) {sorted(unknown)} for {cls.__name__}; valid: {sorted(known)}")
+    kwargs = {}
+    for key, value in data.items():
+        default = getattr(cls(), key)
+        if dataclasses.is_dataclass(default):
+            kwargs[key] = _build(type(default), value)
+        elif isinstance(default, tuple) and value is not None:
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    return _build(cls, data)
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """Set dotted keys, e.g. ``{"segmentation.loss": "ce"}``, checking that each key exists."""
+    for dotted, value in overrides.items():
+        target = cfg
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not hasattr(target, part):
+                raise OEEMError(f"unknown setting {dotted!r}")
+            target = getattr(target, part)
+        if not hasattr(target, leaf):
+            raise OEEMError(f"unknown setting {dotted!r}")
+        current = getattr(target, leaf)
+        if isinstance(current, tuple) and not isinstance(value, tuple):
+            value = tuple(value)
+        setattr(target, leaf, value)
+    return cfg

@@ -1,0 +1,174 @@
+"""Reading H&E images and gland masks, and finding (image, mask) pairs in a GlaS-style folder.
+
+Every check happens here, at the boundary, so the rest of the pipeline can trust its arrays:
+images are ``uint8`` RGB ``(H, W, 3)``, masks are ``uint8`` ``(H, W)`` with 1 = gland, 0 = non-gland.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pipeline.errors import OEEMError
+
+IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg")
+MASK_TAGS = ("_anno", "_mask")
+# GlaS file names say their split: train_12.png, testA_3.bmp, testB_7.bmp
+_SPLIT_PATTERN = re.compile(r"^(train|testA|testB|test|val)_", re.IGNORECASE)
+
+Image.MAX_IMAGE_PIXELS = 400_000_000  # large tiles are fine; the decompression-bomb guard is still there above
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a data set and, when known, its gland mask."""
+
+    name: str
+    split: str
+    image_path: Path
+    mask_path: Path | None
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.is_file():
+        raise OEEMError(f"{path}: file not found")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise OEEMError(f"{path}: cannot be read as an image ({exc}); re-export it as PNG or TIFF") from None
+    return img
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an H&E image as ``uint8`` RGB.
+
+    RGBA is converted (alpha dropped; refused if the alpha is not opaque), 16-bit RGB is scaled to 8 bit,
+    palette images are converted; grayscale is refused, because H&E colour is what the method learns from.
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode in ("L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "F"):
+        raise OEEMError(f"{path}: grayscale image (mode {img.mode}); OEEM needs RGB H&E images - "
+                        "export the slide region in colour")
+    if img.mode == "RGBA":
+        alpha = np.asarray(img)[..., 3]
+        if alpha.min() < 255:
+            raise OEEMError(f"{path}: RGBA image with transparent pixels; flatten it onto white and save as RGB")
+        img = img.convert("RGB")
+    if img.mode in ("P", "CMYK", "YCbCr", "LAB", "HSV"):
+        img = img.convert("RGB")
+    arr = np.asarray(img)
+    if arr.dtype == np.uint16 or (arr.ndim == 3 and arr.dtype != np.uint8):
+        arr = (arr.astype(np.float64) / np.iinfo(arr.dtype).max * 255 + 0.5).astype(np.uint8) \
+            if np.issubdtype(arr.dtype, np.integer) else np.clip(arr * 255, 0, 255).astype(np.uint8)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise OEEMError(f"{path}: expected an RGB image, got array shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def read_image_16bit_aware(path: str | Path) -> np.ndarray:
+    """16-bit RGB files (PIL cannot hold them) go through tifffile/imageio, then to 8 bit."""
+    import tifffile
+
+    path = Path(path)
+    arr = tifffile.imread(path)
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise OEEMError(f"{path}: expected an RGB image, got array shape {arr.shape}; grayscale is not supported")
+    if arr.dtype != np.uint8:
+        arr = (arr.astype(np.float64) / np.iinfo(arr.dtype).max * 255 + 0.5).astype(np.uint8)
+    return arr
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            return read_image_16bit_aware(path)
+        except OEEMError:
+            raise
+        except Exception:  # not a plain TIFF tifffile reads: fall back to PIL's checks
+            pass
+    return read_image(path)
+
+
+def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Read a gland mask: every value > 0 is gland (0/255 PNGs and GlaS instance-id BMPs alike)."""
+    path = Path(path)
+    img = _open(path)
+    arr = np.asarray(img)
+    if arr.ndim == 3:
+        if arr.shape[2] >= 3 and not (np.array_equal(arr[..., 0], arr[..., 1])
+                                      and np.array_equal(arr[..., 0], arr[..., 2])):
+            raise OEEMError(f"{path}: the mask is a colour image; save it as a single-channel label image "
+                            "(0 = non-gland, >0 = gland)")
+        arr = arr[..., 0]
+    mask = (arr > 0).astype(np.uint8)
+    if shape is not None and mask.shape != tuple(shape):
+        raise OEEMError(f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
+                        f"{shape[1]}x{shape[0]}; masks must match their image pixel for pixel")
+    return mask
+
+
+def _split_of(name: str, folder_split: str | None) -> str:
+    m = _SPLIT_PATTERN.match(name)
+    if m:
+        s = m.group(1)
+        return "train" if s.lower() == "train" else ("val" if s.lower() == "val" else "test")
+    return folder_split or "train"
+
+
+def _mask_for(image_path: Path) -> Path | None:
+    for tag in MASK_TAGS:
+        for suffix in IMAGE_SUFFIXES:
+            candidate = image_path.with_name(image_path.stem + tag + suffix)
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def find_samples(folder: str | Path, require_masks: bool = False) -> list[Sample]:
+    """List image/mask pairs in a GlaS-style folder (``train_1.png`` + ``train_1_anno.png``; BMP, TIFF also).
+
+    Sub-folders named ``train``, ``test``, ``testA``... are searched too and give the split when the file name
+    does not. Raises :class:`OEEMError` for a missing or empty folder, or for missing masks when required.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise OEEMError(f"{folder}: folder not found")
+    if not folder.is_dir():
+        raise OEEMError(f"{folder}: not a folder; give the folder that holds the images")
+    candidates: list[tuple[Path, str | None]] = []
+    for path in sorted(folder.iterdir()):
+        if path.is_dir() and _SPLIT_PATTERN.match(path.name + "_"):
+            split = _split_of(path.name + "_", None)
+            candidates += [(p, split) for p in sorted(path.iterdir()) if p.is_file()]
+        elif path.is_file():
+            candidates.append((path, None))
+    samples = []
+    for path, folder_split in candidates:
+        if path.suffix.lower() not in IMAGE_SUFFIXES or any(path.stem.endswith(t) for t in MASK_TAGS):
+            continue
+        mask = _mask_for(path)
+        if require_masks and mask is None:
+            raise OEEMError(f"{path}: no gland mask found (expected {path.stem}_anno.png or .bmp beside it); "
+                            "add the masks or create the project without them")
+        samples.append(Sample(path.stem, _split_of(path.stem, folder_split), path, mask))
+    if not samples:
+        raise OEEMError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} files, "
+                        "with masks named NAME_anno.png or NAME_anno.bmp)")
+    names = [s.name for s in samples]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise OEEMError(f"{folder}: image names occur twice ({', '.join(dup[:5])}); names must be unique")
+    return samples
+
+
+def natural_key(name: str) -> tuple:
+    """Sort ``train_2`` before ``train_10``."""
+    return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name))

@@ -1,0 +1,129 @@
+"""Multi-scale, flipped, sliding-window inference at the original image size, and evaluation."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, InferConfig
+from pipeline.errors import OEEMError
+from pipeline.losses import weight_map
+from pipeline.metrics import confusion, from_confusion
+from pipeline.patches import grid_starts
+from pipeline.progress import Job, Progress, resolve_device, to_tensor_image
+from pipeline.segment import load_segmenter, stage_name
+from pipeline.store import ProjectStore
+
+
+def _available_bytes() -> int:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 8 << 30
+
+
+def check_memory(shape: tuple[int, int], cfg: InferConfig) -> None:
+    """Refuse, with what to do, an image whose largest scale would not fit in memory."""
+    h, w = shape
+    s = max(cfg.scales)
+    need = h * w * (s * s * 3 * 4 * 3 + 2 * 4 * 4)  # scaled input, its logits and accumulators, float32
+    if need > 0.6 * _available_bytes():
+        raise OEEMError(f"an image of {w}x{h} px at scale {s} needs about {need / 2**30:.1f} GiB; use fewer or "
+                        "smaller scales (--scales 1) or cut the image into tiles (e.g. 2048 px) first")
+
+
+@torch.no_grad()
+def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: int) -> torch.Tensor:
+    """Logits (1, C, H, W) from overlapping windows, averaged where they overlap; windows run in batches."""
+    _, _, h, w = x.shape
+    ph, pw = max(0, crop - h), max(0, crop - w)
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))
+    H, W = x.shape[-2:]
+    boxes = [(y, xx) for y in grid_starts(H, crop, stride) for xx in grid_starts(W, crop, stride)]
+    out = None
+    count = torch.zeros(1, 1, H, W, device=x.device)
+    for b in range(0, len(boxes), batch_size):
+        chunk = boxes[b:b + batch_size]
+        logits = model(torch.cat([x[:, :, y:y + crop, xx:xx + crop] for y, xx in chunk]))
+        if out is None:
+            out = torch.zeros(1, logits.shape[1], H, W, device=x.device)
+        for k, (y, xx) in enumerate(chunk):
+            out[:, :, y:y + crop, xx:xx + crop] += logits[k:k + 1]
+            count[:, :, y:y + crop, xx:xx + crop] += 1
+    return (out / count)[:, :, :h, :w]
+
+
+@torch.no_grad()
+def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.device) -> np.ndarray:
+    """Class probabilities (C, H, W): softmax averaged over scales (and horizontal flips)."""
+    check_memory(image.shape[:2], cfg)
+    h, w = image.shape[:2]
+    x = to_tensor_image(image, IMAGENET_MEAN, IMAGENET_STD, device)
+    acc = None
+    n = 0
+    for s in cfg.scales:
+        size = (max(8, round(h * s)), max(8, round(w * s)))
+        xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for flip in ((False, True) if cfg.flip else (False,)):
+            inp = xs.flip(-1) if flip else xs
+            logits = sliding_logits(model, inp, cfg.crop_size, cfg.stride, cfg.batch_size)
+            if flip:
+                logits = logits.flip(-1)
+            prob = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)
+            acc = prob if acc is None else acc + prob
+            n += 1
+    return (acc[0] / n).cpu().numpy()
+
+
+def oeem_weight_of(prob: np.ndarray, label: np.ndarray) -> np.ndarray:
+    """The l_norm weight the current model gives each pixel of ``label`` (what OEEM would train on)."""
+    logits = torch.from_numpy(np.log(np.clip(prob, 1e-6, 1)))[None]
+    return weight_map(logits, torch.from_numpy(label.astype(np.int64))[None], "l_norm")[0].numpy()
+
+
+def predict(store: ProjectStore, cfg: InferConfig, names: list[str] | None = None, device: str = "auto",
+            run_name: str | None = None) -> Job[dict]:
+    """Predict every image (default: all), writing ``prob`` (gland), ``prediction`` and, where a pseudo-mask
+    exists, the OEEM ``weight`` map of the current model to the store."""
+    dev = resolve_device(device)
+    model, seg_cfg = load_segmenter(store, run_name, dev)
+    names = names or store.names()
+    t0 = time.perf_counter()
+    for k, n in enumerate(names):
+        prob = predict_probs(model, store.image(n), cfg, dev)
+        store.write(n, "prob", prob[1].astype(np.float32))
+        store.write(n, "prediction", prob.argmax(0).astype(np.uint8))
+        if store.has(n, "pseudo"):
+            label = store.read(n, "corrected") if store.has(n, "corrected") else store.read(n, "pseudo")
+            store.write(n, "weight", oeem_weight_of(prob, label).astype(np.float32))
+        yield Progress("predict", k + 1, len(names), n)
+    seconds = time.perf_counter() - t0
+    record = {"config": asdict(cfg), "model": stage_name(run_name), "images": len(names), "seconds": seconds,
+              "seconds_per_image": seconds / max(1, len(names)), "device": str(dev)}
+    store.save_run("predict", record)
+    return record
+
+
+def evaluate(store: ProjectStore, split: str = "test", key: str = "prediction") -> dict:
+    """Dataset-level and per-image mIoU / Dice / F1 (percent) of ``key`` against the gland masks of ``split``."""
+    names = [n for n in store.names(split) if store.has(n, "mask")]
+    if not names:
+        raise OEEMError(f"{store.path}: no {split} images with gland masks to evaluate against")
+    missing = [n for n in names if not store.has(n, key)]
+    if missing:
+        raise OEEMError(f"{store.path}: {len(missing)} {split} image(s) have no {key!r} yet (e.g. {missing[0]}); "
+                        f"run `oeem predict {store.path}` first")
+    total = np.zeros((2, 2), np.int64)
+    per_image = {}
+    for n in names:
+        cm = confusion(store.read(n, key), store.mask(n))
+        total += cm
+        per_image[n] = from_confusion(cm)
+    result = {"split": split, "images": len(names), "key": key, **from_confusion(total), "per_image": per_image}
+    store.save_run(f"evaluation-{split}", result)
+    return result

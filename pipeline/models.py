@@ -1,0 +1,266 @@
+"""Networks: the patch classifier (fused last three stages -> 1x1 classifier -> GAP) and PSPNet.
+
+Both sit on a backbone that returns a list of stage outputs at output stride 8 for the last ones:
+``resnet38d`` (the wide ResNet38 of Wu et al. used by the paper) or ``resnet_os8`` (a light basic-block
+ResNet with dilated last stage, for CPUs). Weights start random; a local checkpoint can be loaded.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.config import BackboneConfig
+from pipeline.errors import OEEMError
+
+
+# ---------------------------------------------------------------------------- light ResNet, output stride 8
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = None
+        if stride != 1 or cin != cout:
+            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.down is None else self.down(x)
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        return F.relu(self.bn2(self.conv2(out)) + identity, inplace=True)
+
+
+class ResNetOS8(nn.Module):
+    """Stem (stride 2) + four stages with strides 1, 2, 2, 1 (dilation 2): stages at OS 2, 4, 8, 8."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), blocks: tuple[int, ...] = (1, 2, 2, 2)):
+        super().__init__()
+        if len(widths) != 4 or len(blocks) != 4:
+            raise OEEMError("resnet_os8 needs four widths and four block counts")
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]),
+                                  nn.ReLU(inplace=True))
+        strides, dilations = (1, 2, 2, 1), (1, 1, 1, 2)
+        stages, cin = [], widths[0]
+        for w, n, s, d in zip(widths, blocks, strides, dilations):
+            layers = [BasicBlock(cin, w, s, 1 if s > 1 else d)] + [BasicBlock(w, w, 1, d) for _ in range(n - 1)]
+            stages.append(nn.Sequential(*layers))
+            cin = w
+        self.stages = nn.ModuleList(stages)
+        self.out_channels = list(widths)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+
+# ---------------------------------------------------------------------------- ResNet38d (Wu et al.; PSA/SEAM)
+class _ResBlock38(nn.Module):
+    """Pre-activation residual block; returns its output and the BN-ReLU of its input (the fused feature)."""
+
+    def __init__(self, cin: int, cmid: int, cout: int, stride: int = 1, first_dilation: int | None = None,
+                 dilation: int = 1):
+        super().__init__()
+        first_dilation = dilation if first_dilation is None else first_dilation
+        self.same_shape = cin == cout and stride == 1
+        self.bn_branch2a = nn.BatchNorm2d(cin)
+        self.conv_branch2a = nn.Conv2d(cin, cmid, 3, stride, padding=first_dilation, dilation=first_dilation,
+                                       bias=False)
+        self.bn_branch2b1 = nn.BatchNorm2d(cmid)
+        self.conv_branch2b1 = nn.Conv2d(cmid, cout, 3, padding=dilation, dilation=dilation, bias=False)
+        if not self.same_shape:
+            self.conv_branch1 = nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = F.relu(self.bn_branch2a(x))
+        branch1 = x if self.same_shape else self.conv_branch1(pre)
+        y = self.conv_branch2a(pre)
+        y = self.conv_branch2b1(F.relu(self.bn_branch2b1(y)))
+        return y + branch1, pre
+
+
+class _BottleBlock38(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.same_shape = cin == cout and stride == 1
+        self.bn_branch2a = nn.BatchNorm2d(cin)
+        self.conv_branch2a = nn.Conv2d(cin, cout // 4, 1, stride, bias=False)
+        self.bn_branch2b1 = nn.BatchNorm2d(cout // 4)
+        self.dropout_2b1 = nn.Dropout2d(dropout)
+        self.conv_branch2b1 = nn.Conv2d(cout // 4, cout // 2, 3, padding=dilation, dilation=dilation, bias=False)
+        self.bn_branch2b2 = nn.BatchNorm2d(cout // 2)
+        self.dropout_2b2 = nn.Dropout2d(dropout)
+        self.conv_branch2b2 = nn.Conv2d(cout // 2, cout, 1, bias=False)
+        if not self.same_shape:
+            self.conv_branch1 = nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pre = F.relu(self.bn_branch2a(x))
+        branch1 = x if self.same_shape else self.conv_branch1(pre)
+        y = self.conv_branch2a(pre)
+        y = self.conv_branch2b1(self.dropout_2b1(F.relu(self.bn_branch2b1(y))))
+        y = self.conv_branch2b2(self.dropout_2b2(F.relu(self.bn_branch2b2(y))))
+        return y + branch1, pre
+
+
+class ResNet38d(nn.Module):
+    """Returns [b3 out (256, OS4), relu(bn(b5 input)) (512, OS8), relu(bn(b6 input)) (1024, OS8),
+    relu(bn7(b7 out)) (4096, OS8)]: the last three are what the paper's classifier fuses (5632 channels)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1a = nn.Conv2d(3, 64, 3, padding=1, bias=False)
+        self.b2 = _ResBlock38(64, 128, 128, stride=2)
+        self.b2_1 = _ResBlock38(128, 128, 128)
+        self.b2_2 = _ResBlock38(128, 128, 128)
+        self.b3 = _ResBlock38(128, 256, 256, stride=2)
+        self.b3_1 = _ResBlock38(256, 256, 256)
+        self.b3_2 = _ResBlock38(256, 256, 256)
+        self.b4 = _ResBlock38(256, 512, 512, stride=2)
+        self.b4_rest = nn.ModuleList([_ResBlock38(512, 512, 512) for _ in range(5)])
+        self.b5 = _ResBlock38(512, 512, 1024, first_dilation=1, dilation=2)
+        self.b5_1 = _ResBlock38(1024, 512, 1024, dilation=2)
+        self.b5_2 = _ResBlock38(1024, 512, 1024, dilation=2)
+        self.b6 = _BottleBlock38(1024, 2048, dilation=4, dropout=0.3)
+        self.b7 = _BottleBlock38(2048, 4096, dilation=4, dropout=0.5)
+        self.bn7 = nn.BatchNorm2d(4096)
+        self.out_channels = [256, 512, 1024, 4096]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.conv1a(x)
+        for blk in (self.b2, self.b2_1, self.b2_2, self.b3, self.b3_1, self.b3_2):
+            x, _ = blk(x)
+        s4 = x
+        x, _ = self.b4(x)
+        for blk in self.b4_rest:
+            x, _ = blk(x)
+        x, f5 = self.b5(x)
+        x, _ = self.b5_1(x)
+        x, _ = self.b5_2(x)
+        x, f6 = self.b6(x)
+        x, _ = self.b7(x)
+        return [s4, f5, f6, F.relu(self.bn7(x))]
+
+
+def build_backbone(cfg: BackboneConfig) -> nn.Module:
+    if cfg.name == "resnet38d":
+        net: nn.Module = ResNet38d()
+    elif cfg.name == "resnet_os8":
+        net = ResNetOS8(tuple(cfg.widths), tuple(cfg.blocks))
+    else:
+        raise OEEMError(f"unknown backbone {cfg.name!r}: choose resnet38d or resnet_os8")
+    if cfg.pretrained:
+        load_backbone_weights(net, cfg.pretrained)
+    return net
+
+
+def load_backbone_weights(net: nn.Module, path: str | Path) -> None:
+    """Load backbone weights from a local file (a state dict, or a checkpoint with ``model``/``state_dict``).
+
+    Keys may carry a ``backbone.`` prefix. Refused when no key matches, so a wrong file is not silently ignored.
+    """
+    state = safe_torch_load(path)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    own = net.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise OEEMError(f"{path}: none of its weights fit this backbone; is it a checkpoint for a different "
+                        "network?")
+    net.load_state_dict(usable, strict=False)
+
+
+# ---------------------------------------------------------------------------- heads
+class PatchClassifier(nn.Module):
+    """Multi-label patch classifier. ``cam(x)`` is the 1x1 classifier applied before pooling (Eq. 1)."""
+
+    def __init__(self, backbone: nn.Module, n_classes: int = 2):
+        super().__init__()
+        self.backbone = backbone
+        fused = sum(backbone.out_channels[-3:])
+        self.classifier = nn.Conv2d(fused, n_classes, 1, bias=False)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(x)[-3:]
+        size = feats[-1].shape[-2:]
+        feats = [f if f.shape[-2:] == size else F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                 for f in feats]
+        return torch.cat(feats, dim=1)
+
+    def cam(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # GAP then linear == linear then GAP (no bias): pooling the CAM gives the patch logits.
+        return self.cam(x).mean(dim=(2, 3))
+
+
+class _PPM(nn.Module):
+    def __init__(self, cin: int, cout: int, scales=(1, 2, 3, 6)):
+        super().__init__()
+        self.scales = scales
+        self.branches = nn.ModuleList(nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout),
+                                                    nn.ReLU(inplace=True)) for _ in scales)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        size = x.shape[-2:]
+        return [F.interpolate(b(F.adaptive_avg_pool2d(x, s)), size=size, mode="bilinear", align_corners=False)
+                for s, b in zip(self.scales, self.branches)]
+
+
+class PSPNet(nn.Module):
+    """Pyramid pooling (1/2/3/6) on the last stage, plus an auxiliary FCN head on the stage before it."""
+
+    def __init__(self, backbone: nn.Module, n_classes: int = 2, channels: int = 512, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        c_last, c_aux = backbone.out_channels[-1], backbone.out_channels[-2]
+        self.ppm = _PPM(c_last, channels)
+        self.bottleneck = nn.Sequential(nn.Conv2d(c_last + 4 * channels, channels, 3, padding=1, bias=False),
+                                        nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.cls = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(channels, n_classes, 1))
+        aux = max(channels // 2, 8)
+        self.aux = nn.Sequential(nn.Conv2d(c_aux, aux, 3, padding=1, bias=False), nn.BatchNorm2d(aux),
+                                 nn.ReLU(inplace=True), nn.Dropout2d(dropout), nn.Conv2d(aux, n_classes, 1))
+
+    def forward(self, x: torch.Tensor, with_aux: bool = False):
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        last = feats[-1]
+        y = self.cls(self.bottleneck(torch.cat([last, *self.ppm(last)], dim=1)))
+        y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        if not with_aux:
+            return y
+        a = F.interpolate(self.aux(feats[-2]), size=size, mode="bilinear", align_corners=False)
+        return y, a
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def safe_torch_load(path: str | Path) -> dict:
+    """``torch.load`` with ``weights_only=True`` (a checkpoint cannot run code), with readable errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise OEEMError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise OEEMError(f"{path}: not a readable weights-only checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:200]})") from None
+
+
+def load_model_state(model: nn.Module, state: dict, path: str | Path) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0][:200]
+        raise OEEMError(f"{path}: the checkpoint does not match the model of this configuration ({first}); "
+                        "use the preset it was trained with, or start afresh with --restart") from None

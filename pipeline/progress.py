@@ -1,0 +1,79 @@
+"""Long stages are generators that yield :class:`Progress` and return their result.
+
+Why generators: the CLI drives them with a tqdm bar, and napari's generator thread workers get progress for free
+and can cancel between two steps (``close()`` raises ``GeneratorExit`` at the ``yield``, where each stage keeps
+its last checkpoint). :func:`run` drives one to the end for plain Python use.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from pipeline.errors import OEEMError
+
+T = TypeVar("T")
+
+
+@dataclass
+class Progress:
+    stage: str
+    step: int
+    total: int
+    message: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def fraction(self) -> float:
+        return self.step / self.total if self.total else 1.0
+
+
+Job = Generator[Progress, None, T]
+
+
+def run(job: Job[T], on_progress: Callable[[Progress], None] | None = None) -> T:
+    """Drive a stage generator to the end and return its result."""
+    while True:
+        try:
+            p = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(p)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks the GPU when there is one; asking for ``cuda`` without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OEEMError("a GPU (cuda) was asked for but none is available; use --device cpu")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise OEEMError(f"unknown device {name!r}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def set_threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def to_tensor_image(image, mean: tuple[float, ...], std: tuple[float, ...], device=None) -> torch.Tensor:
+    """uint8 (H, W, 3) or (N, H, W, 3) -> normalised float (N, 3, H, W)."""
+    t = torch.as_tensor(image, device=device)
+    if t.dim() == 3:
+        t = t[None]
+    t = t.permute(0, 3, 1, 2).float().div_(255)
+    m = torch.tensor(mean, device=t.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=t.device).view(1, 3, 1, 1)
+    return (t - m) / s
+
+
+def poly_lr(base: float, step: int, total: int, power: float = 0.9, min_lr: float = 0.0) -> float:
+    return (base - min_lr) * (1 - step / max(total, 1)) ** power + min_lr
+
+
+def any_metric(d: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in d.items())

@@ -1,0 +1,82 @@
+"""Project-level glue: the configuration a project runs with, and the whole pipeline as one resumable job."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig, apply_overrides, from_dict, preset, to_dict
+from pipeline.data import find_samples
+from pipeline.errors import OEEMError
+from pipeline.progress import Job, Progress
+from pipeline.store import ProjectStore, atomic_write_json
+
+SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data" / "glas_synth"
+
+
+def sample_data_folder() -> Path:
+    if not SAMPLE_DATA.is_dir():
+        raise OEEMError(f"the embedded sample data is missing ({SAMPLE_DATA}); reinstall oeem-napari from source")
+    return SAMPLE_DATA
+
+
+def create_project(data: str | Path, path: str | Path, overwrite: bool = False, progress=None) -> ProjectStore:
+    """Make a project from a GlaS-style folder, or from the embedded sample data when ``data`` is ``sample``."""
+    folder = sample_data_folder() if str(data) == "sample" else Path(data)
+    return ProjectStore.create(path, find_samples(folder), overwrite=overwrite, progress=progress)
+
+
+def project_config(store: ProjectStore, preset_name: str | None = None,
+                   overrides: dict[str, Any] | None = None, save: bool = True) -> PipelineConfig:
+    """The project's saved configuration (or a preset's), with overrides applied and saved back, so every later
+    command - from the CLI or the plugin - runs with the same settings unless told otherwise."""
+    path = store.path / "runs" / "config.json"
+    if preset_name is None and path.is_file():
+        cfg = from_dict(PipelineConfig, json.loads(path.read_text()))
+    else:
+        cfg = preset(preset_name or "cpu")
+    if overrides:
+        apply_overrides(cfg, {k: v for k, v in overrides.items() if v is not None})
+    if save:
+        atomic_write_json(path, to_dict(cfg))
+    return cfg
+
+
+def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
+    """Has ``stage`` finished with the current configuration? (Lets ``oeem run`` resume.)"""
+    rec = store.load_run(stage)
+    if rec is None:
+        return False
+    want = {"patches": to_dict(cfg.patches), "classifier": to_dict(cfg.classifier), "cams": to_dict(cfg.cam),
+            "segmentation": to_dict(cfg.segmentation), "predict": to_dict(cfg.inference)}.get(stage)
+    return want is None or json.loads(json.dumps(rec.get("config"))) == json.loads(json.dumps(want))
+
+
+def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> Job[dict]:
+    """Stage 1 + stage 2 + evaluation, skipping what is already done with this configuration."""
+    from pipeline.cams import make_cams
+    from pipeline.classify import make_patch_labels, train_classifier
+    from pipeline.infer import evaluate, predict
+    from pipeline.segment import train_segmenter
+
+    report: dict[str, Any] = {}
+    if not stage_done(store, "patches", cfg):
+        yield Progress("patches", 0, 1, "cutting patches")
+        make_patch_labels(store, cfg.patches)
+    report["patches"] = store.load_run("patches")["summary"]
+    if not stage_done(store, "classifier", cfg):
+        yield from train_classifier(store, cfg.classifier, cfg.patches, device)
+    report["classifier"] = store.load_run("classifier")
+    if not stage_done(store, "cams", cfg):
+        yield from make_cams(store, cfg.cam, cfg.patches, device)
+    report["cams"] = store.load_run("cams")
+    if not stage_done(store, "segmentation", cfg):
+        yield from train_segmenter(store, cfg.segmentation, device)
+    report["segmentation"] = store.load_run("segmentation")
+    if not stage_done(store, "predict", cfg):
+        yield from predict(store, cfg.inference, device=device)
+    for split in ("train", "test"):
+        if any(store.has(n, "mask") for n in store.names(split)):
+            ev = evaluate(store, split)
+            report[f"evaluation-{split}"] = {k: v for k, v in ev.items() if k != "per_image"}
+    return report

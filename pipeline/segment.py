@@ -1,0 +1,159 @@
+"""Stage 2: PSPNet trained on the pseudo-masks (or corrected / full masks) with the OEEM loss."""
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from pipeline.augment import photometric, random_zoom_crop
+from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, LOSS_KINDS, SegConfig
+from pipeline.errors import OEEMError
+from pipeline.losses import segmentation_loss
+from pipeline.models import PSPNet, build_backbone, load_model_state, safe_torch_load
+from pipeline.patches import grid_starts
+from pipeline.progress import Job, Progress, poly_lr, resolve_device, set_threads
+from pipeline.store import ProjectStore, atomic_write_bytes
+
+IGNORE = 255
+
+
+def stage_name(run_name: str | None = None) -> str:
+    return "segmentation" if not run_name else f"segmentation-{run_name}"
+
+
+def build_segmenter(cfg: SegConfig) -> PSPNet:
+    return PSPNet(build_backbone(cfg.backbone), channels=cfg.head_channels)
+
+
+def cut_tiles(image: np.ndarray, label: np.ndarray, size: int, stride: int) -> tuple[list, list]:
+    """Edge-flush tiles; an image smaller than a tile is padded (label 255, ignored)."""
+    h, w = label.shape
+    if h < size or w < size:
+        ph, pw = max(0, size - h), max(0, size - w)
+        image = np.pad(image, ((0, ph), (0, pw), (0, 0)))
+        label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE)
+        h, w = label.shape
+    ims, labs = [], []
+    for y in grid_starts(h, size, stride):
+        for x in grid_starts(w, size, stride):
+            ims.append(image[y:y + size, x:x + size])
+            labs.append(label[y:y + size, x:x + size])
+    return ims, labs
+
+
+def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """Training tiles: uint8 images (N, T, T, 3) and codes (N, T, T) = label + 2 * clean (255 = ignore).
+
+    Packing the clean (pathologist-verified) flag into the label lets one nearest-neighbour warp move both."""
+    ims, codes = [], []
+    for n in store.names(split):
+        label, clean = store.training_mask(n, cfg.label_source)
+        code = label.astype(np.uint8) + (2 * clean.astype(np.uint8) if clean is not None else 0)
+        a, b = cut_tiles(store.image(n), code, cfg.tile_size, cfg.tile_stride)
+        ims += a
+        codes += b
+    if not ims:
+        raise OEEMError(f"{store.path}: no {split} images to train on")
+    return torch.from_numpy(np.stack(ims)), torch.from_numpy(np.stack(codes))
+
+
+def _save(path, model, opt, it: int, cfg: SegConfig) -> None:
+    buf = io.BytesIO()
+    torch.save({"kind": "segmentation", "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "iteration": it, "config": asdict(cfg)}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_segmenter(store: ProjectStore, run_name: str | None = None,
+                   device: str | torch.device = "cpu") -> tuple[PSPNet, SegConfig]:
+    from pipeline.config import from_dict
+
+    path = store.checkpoint_path(stage_name(run_name))
+    if not path.is_file():
+        raise OEEMError(f"{store.path}: no trained segmentation model; run `oeem train-seg {store.path}` first")
+    ck = safe_torch_load(path)
+    if ck.get("kind") != "segmentation":
+        raise OEEMError(f"{path}: not a segmentation checkpoint")
+    cfg = from_dict(SegConfig, ck["config"])
+    model = build_segmenter(cfg)
+    load_model_state(model, ck["model"], path)
+    return model.to(device).eval(), cfg
+
+
+def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", run_name: str | None = None,
+                    restart: bool = False) -> Job[dict]:
+    """Train (or resume) PSPNet. Checkpoints every ``checkpoint_every`` iterations and when cancelled; the run
+    uses the *last* checkpoint (no selection on test data)."""
+    if cfg.loss not in LOSS_KINDS:
+        raise OEEMError(f"unknown loss {cfg.loss!r}: choose one of {', '.join(LOSS_KINDS)}")
+    set_threads(cfg.threads)
+    dev = resolve_device(device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    images, codes = tile_dataset(store, cfg)
+    model = build_segmenter(cfg).to(dev)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    stage = stage_name(run_name)
+    ck_path = store.checkpoint_path(stage)
+    start = 0
+    if ck_path.is_file() and not restart:
+        ck = safe_torch_load(ck_path)
+        if ck.get("config") != asdict(cfg):
+            raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
+                            "pass --restart to train afresh (it will be replaced)")
+        load_model_state(model, ck["model"], ck_path)
+        opt.load_state_dict(ck["optimizer"])
+        start = int(ck["iteration"])
+    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
+    n = len(images)
+    t0 = time.perf_counter()
+    loss_ema = None
+    it = start
+    # the generator state must not depend on where a resumed run starts
+    for _ in range(start):
+        torch.randint(0, n, (cfg.batch_size,), generator=gen)
+    try:
+        while it < cfg.iterations:
+            idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+            x = images[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
+            code = codes[idx].to(dev).long()
+            x, code = random_zoom_crop(x, code, cfg.crop_size, cfg.ratio_range, gen, IGNORE)
+            x = (photometric(x, gen) - mean) / std
+            valid = code != IGNORE
+            target = torch.where(valid, code % 2, torch.full_like(code, IGNORE))
+            clean = valid & (code >= 2)
+            kind = "ce" if it < cfg.warmup_ce_iters else cfg.loss
+            for g in opt.param_groups:
+                g["lr"] = poly_lr(cfg.lr, it, cfg.iterations, cfg.poly_power, cfg.min_lr)
+            model.train()
+            main, aux = model(x, with_aux=True)
+            kw = dict(kind=kind, ignore_index=IGNORE, clean=clean if clean.any() else None,
+                      ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept)
+            loss = segmentation_loss(main, target, **kw) + cfg.aux_weight * segmentation_loss(aux, target, **kw)
+            if not torch.isfinite(loss):
+                raise OEEMError(f"the segmentation loss became {loss.item()} at iteration {it + 1}; stopped. "
+                                f"The last good checkpoint is kept in {ck_path}: lower --lr and resume")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            it += 1
+            loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+            if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+                _save(ck_path, model, opt, it, cfg)
+            elapsed = time.perf_counter() - t0
+            yield Progress(stage, it, cfg.iterations, f"{kind} loss",
+                           {"loss": loss_ema, "it_per_s": (it - start) / elapsed})
+    except (GeneratorExit, KeyboardInterrupt):  # cancelled: keep what was learnt so far
+        if it > start:
+            _save(ck_path, model, opt, it, cfg)
+        raise
+    elapsed = time.perf_counter() - t0
+    record = {"config": asdict(cfg), "device": str(dev), "tiles": n, "iterations_run": it - start,
+              "seconds": elapsed, "it_per_s": (it - start) / elapsed if elapsed > 0 else None,
+              "final_loss": loss_ema, "checkpoint": "last iteration (no model selection)"}
+    store.save_run(stage, record)
+    return record

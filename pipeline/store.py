@@ -1,0 +1,316 @@
+"""The project store: one zarr group per project holding every artifact of every stage.
+
+Layout (``<project>.zarr``)::
+
+    zarr.json                      attrs: oeem_store_version, created_with
+    images/<name>/                 attrs: split, source, height, width
+        image (H, W, 3) uint8      mask (H, W) uint8 0/1 (when known)
+        patch_corners (N, 2) int32 patch_labels (N, 2) uint8 [non-gland, gland]
+        cam (2, H, W) float32      pseudo (H, W) uint8
+        corrected (H, W) uint8     verified (H, W) uint8 (1 = painted by a pathologist)
+        history/vNNNN (2, H, W)    earlier (corrected, verified) states, for undo
+        weight (H, W) float32      prob (H, W) float32 (gland)   prediction (H, W) uint8
+    checkpoints/<stage>.pt         plain torch files (weights-only loadable), written atomically
+    runs/<stage>.json              config, metrics and timings of the last run of each stage
+
+The CLI, the Python API and the napari plugin all read and write here, so a stage can be resumed or re-run
+and a correction painted in the viewer is seen by the next training run without copying anything.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from pipeline import __version__
+from pipeline.data import Sample, load_image, natural_key, read_mask
+from pipeline.errors import OEEMError
+
+STORE_VERSION = 1
+_NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+HISTORY_KEEP = 50  # earlier correction states kept per image
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it over, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode())
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.integer, np.floating)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def _chunks(shape: Sequence[int]) -> tuple[int, ...]:
+    """Spatial chunks of 512 px; leading channel axes whole."""
+    if len(shape) == 2:
+        return (min(512, shape[0]), min(512, shape[1]))
+    if len(shape) == 3 and shape[2] in (3, 4):
+        return (min(512, shape[0]), min(512, shape[1]), shape[2])
+    if len(shape) == 3:
+        return (shape[0], min(512, shape[1]), min(512, shape[2]))
+    return tuple(shape)
+
+
+class ProjectStore:
+    """A project on disk. Open with :meth:`open`, make with :meth:`create`."""
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = path
+        self.root = group
+
+    # ------------------------------------------------------------------ opening and creating
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r+") -> ProjectStore:
+        path = Path(path)
+        if not path.exists():
+            raise OEEMError(f"{path}: no project here; create one with `oeem init DATA_FOLDER {path}`")
+        if not (path / "zarr.json").is_file():
+            raise OEEMError(f"{path}: not an oeem project (no zarr.json); create one with "
+                            f"`oeem init DATA_FOLDER {path}`")
+        try:
+            group = zarr.open_group(str(path), mode=mode)
+        except Exception as exc:  # noqa: BLE001 - any zarr failure means the same thing to a user
+            raise OEEMError(f"{path}: cannot be opened as a zarr store ({exc})") from None
+        version = group.attrs.get("oeem_store_version")
+        if version is None:
+            raise OEEMError(f"{path}: a zarr store, but not an oeem project (no oeem_store_version)")
+        if version > STORE_VERSION:
+            raise OEEMError(f"{path}: written by a newer oeem-napari (store version {version}, this one reads "
+                            f"{STORE_VERSION}); upgrade with `pip install -U oeem-napari`")
+        if version < STORE_VERSION:
+            raise OEEMError(f"{path}: written by an older oeem-napari (store version {version}); "
+                            "re-create it with `oeem init`")
+        return cls(path, group)
+
+    @classmethod
+    def create(cls, path: str | Path, samples: Iterable[Sample], overwrite: bool = False,
+               progress=None) -> ProjectStore:
+        """Validate every file first, then write the store into a temporary folder and rename it into place,
+        so a failure or an interruption never leaves a half-made project behind."""
+        path = Path(path)
+        samples = sorted(samples, key=lambda s: natural_key(s.name))
+        if path.exists() and not overwrite:
+            raise OEEMError(f"{path}: already exists; choose another path or pass --overwrite")
+        for s in samples:
+            if not _NAME_OK.match(s.name):
+                raise OEEMError(f"{s.image_path}: file name {s.name!r} has characters a project cannot use; "
+                                "rename it to letters, digits, '_', '-' and '.'")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.creating."))
+        try:
+            group = zarr.open_group(str(tmp), mode="w")
+            group.attrs.update({"oeem_store_version": STORE_VERSION, "created_with": f"oeem-napari {__version__}",
+                                "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            store = cls(tmp, group)
+            for k, s in enumerate(samples):
+                image = load_image(s.image_path)
+                mask = read_mask(s.mask_path, image.shape[:2]) if s.mask_path else None
+                store._add_image(s.name, s.split, image, mask, source=str(s.image_path))
+                if progress:
+                    progress(k + 1, len(samples), s.name)
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return cls.open(path)
+
+    def _add_image(self, name: str, split: str, image: np.ndarray, mask: np.ndarray | None, source: str) -> None:
+        g = self.root.require_group(f"images/{name}")
+        g.attrs.update({"split": split, "source": source, "height": image.shape[0], "width": image.shape[1]})
+        self._write(g, "image", image)
+        if mask is not None:
+            self._write(g, "mask", mask.astype(np.uint8))
+
+    # ------------------------------------------------------------------ reading
+    def names(self, split: str | None = None) -> list[str]:
+        if "images" not in self.root:
+            return []
+        names = sorted(self.root["images"].group_keys(), key=natural_key)
+        if split is not None:
+            names = [n for n in names if self.split(n) == split]
+        return names
+
+    def group(self, name: str) -> zarr.Group:
+        try:
+            return self.root[f"images/{name}"]
+        except KeyError:
+            raise OEEMError(f"{self.path}: no image named {name!r} in this project") from None
+
+    def split(self, name: str) -> str:
+        return self.group(name).attrs.get("split", "train")
+
+    def shape(self, name: str) -> tuple[int, int]:
+        a = self.group(name).attrs
+        return int(a["height"]), int(a["width"])
+
+    def has(self, name: str, key: str) -> bool:
+        return key in self.group(name)
+
+    def array(self, name: str, key: str) -> zarr.Array:
+        """The zarr array itself (for lazy, dask-backed viewing)."""
+        g = self.group(name)
+        if key not in g:
+            raise OEEMError(f"{self.path}: image {name!r} has no {key!r} yet; {_MAKES.get(key, '')}".rstrip("; "))
+        return g[key]
+
+    def read(self, name: str, key: str) -> np.ndarray:
+        return np.asarray(self.array(name, key)[...])
+
+    def image(self, name: str) -> np.ndarray:
+        return self.read(name, "image")
+
+    def mask(self, name: str) -> np.ndarray | None:
+        return self.read(name, "mask") if self.has(name, "mask") else None
+
+    # ------------------------------------------------------------------ writing
+    @staticmethod
+    def _write(g: zarr.Group, key: str, data: np.ndarray) -> None:
+        data = np.asarray(data)
+        if key in g and g[key].shape == data.shape and g[key].dtype == data.dtype:
+            g[key][...] = data
+        else:
+            arr = g.create_array(key, shape=data.shape, dtype=data.dtype, chunks=_chunks(data.shape),
+                                 overwrite=True)
+            arr[...] = data
+
+    def write(self, name: str, key: str, data: np.ndarray) -> None:
+        self._write(self.group(name), key, data)
+
+    def delete(self, name: str, key: str) -> None:
+        g = self.group(name)
+        if key in g:
+            del g[key]
+
+    # ------------------------------------------------------------------ runs and checkpoints
+    def checkpoint_path(self, stage: str) -> Path:
+        return self.path / "checkpoints" / f"{stage}.pt"
+
+    def save_run(self, stage: str, record: dict[str, Any]) -> None:
+        atomic_write_json(self.path / "runs" / f"{stage}.json", record)
+
+    def load_run(self, stage: str) -> dict[str, Any] | None:
+        p = self.path / "runs" / f"{stage}.json"
+        return json.loads(p.read_text()) if p.is_file() else None
+
+    # ------------------------------------------------------------------ corrections
+    def training_mask(self, name: str, source: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """The label a segmentation run trains on, and the pixels known to be clean (pathologist-verified).
+
+        ``source``: ``pseudo`` (weak labels only), ``corrected`` (pseudo-mask with the painted corrections; the
+        painted pixels are returned as clean) or ``mask`` (the gland mask: the fully-supervised upper bound).
+        """
+        if source == "mask":
+            m = self.mask(name)
+            if m is None:
+                raise OEEMError(f"{self.path}: image {name!r} has no gland mask; full supervision needs masks")
+            return m, None
+        if not self.has(name, "pseudo"):
+            raise OEEMError(f"{self.path}: image {name!r} has no pseudo-mask yet; run `oeem cams {self.path}` first")
+        if source == "corrected" and self.has(name, "corrected"):
+            return self.read(name, "corrected"), self.read(name, "verified").astype(bool)
+        if source in ("pseudo", "corrected"):
+            return self.read(name, "pseudo"), None
+        raise OEEMError(f"unknown label source {source!r}: choose pseudo, corrected or mask")
+
+    def save_correction(self, name: str, labels: np.ndarray, painted: np.ndarray | None = None) -> int:
+        """Store an edited pseudo-mask. Pixels that differ from the machine's pseudo-mask (plus any ``painted``
+        ones) become pathologist-verified. The previous state goes to history first, so it can be undone.
+        Returns the number of verified pixels."""
+        labels = np.asarray(labels)
+        if labels.shape != self.shape(name):
+            raise OEEMError(f"correction for {name!r} has shape {labels.shape}, the image is {self.shape(name)}")
+        bad = np.setdiff1d(np.unique(labels), [0, 1])
+        if bad.size:
+            raise OEEMError(f"correction for {name!r} uses label(s) {bad.tolist()}; only 0 (non-gland) and "
+                            "1 (gland) are allowed")
+        pseudo = self.read(name, "pseudo")
+        g = self.group(name)
+        if "corrected" in g:
+            self._push_history(name)
+            verified = self.read(name, "verified").astype(bool)
+        else:
+            verified = np.zeros(labels.shape, bool)
+        verified |= labels != pseudo
+        if painted is not None:
+            verified |= np.asarray(painted, bool)
+        self._write(g, "corrected", labels.astype(np.uint8))
+        self._write(g, "verified", verified.astype(np.uint8))
+        g.attrs["corrected_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        return int(verified.sum())
+
+    def _push_history(self, name: str) -> None:
+        g = self.group(name)
+        hist = g.require_group("history")
+        keys = sorted(hist.array_keys())
+        nxt = int(keys[-1][1:]) + 1 if keys else 1
+        state = np.stack([self.read(name, "corrected"), self.read(name, "verified")])
+        self._write(hist, f"v{nxt:04d}", state)
+        for old in keys[: max(0, len(keys) + 1 - HISTORY_KEEP)]:
+            del hist[old]
+
+    def undo_correction(self, name: str) -> bool:
+        """Restore the previous correction state (or none at all). Returns False when there is nothing to undo."""
+        g = self.group(name)
+        if "corrected" not in g:
+            return False
+        keys = sorted(g["history"].array_keys()) if "history" in g else []
+        if keys:
+            state = np.asarray(g["history"][keys[-1]][...])
+            self._write(g, "corrected", state[0])
+            self._write(g, "verified", state[1])
+            del g["history"][keys[-1]]
+        else:
+            del g["corrected"]
+            del g["verified"]
+        return True
+
+    def correction_summary(self) -> dict[str, Any]:
+        per_image = {}
+        for n in self.names():
+            if self.has(n, "verified"):
+                count = int(np.count_nonzero(self.read(n, "verified")))
+                if count:
+                    per_image[n] = count
+        return {"images": len(per_image), "pixels": int(sum(per_image.values())), "per_image": per_image}
+
+
+_MAKES = {
+    "patch_labels": "run `oeem patches PROJECT` first",
+    "cam": "run `oeem cams PROJECT` first",
+    "pseudo": "run `oeem cams PROJECT` first",
+    "prediction": "run `oeem predict PROJECT` first",
+    "prob": "run `oeem predict PROJECT` first",
+    "weight": "run `oeem predict PROJECT` first",
+    "mask": "this image has no gland mask",
+}
