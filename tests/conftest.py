@@ -1,0 +1,75 @@
+"""Shared fixtures: small synthetic GlaS-style folders, a tiny trained project, and the real GlaS when present."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.config import preset
+from pipeline.synth import synth_tissue
+
+GLAS_ROOT = os.environ.get("OEEM_GLAS_ROOT")
+
+
+@pytest.fixture
+def glas_root() -> Path:
+    if not GLAS_ROOT or not (Path(GLAS_ROOT) / "train").is_dir():
+        pytest.skip("real GlaS not available: set OEEM_GLAS_ROOT to a folder with train/ and testA/")
+    return Path(GLAS_ROOT)
+
+
+def write_pair(folder: Path, name: str, seed: int, size=(160, 192)) -> None:
+    image, mask = synth_tissue(*size, seed=seed)
+    Image.fromarray(image).save(folder / f"{name}.png")
+    Image.fromarray(mask * 255).save(folder / f"{name}_anno.png")
+
+
+@pytest.fixture
+def small_folder(tmp_path) -> Path:
+    """Four train and two test synthetic images, GlaS PNG layout."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for k in range(4):
+        write_pair(folder, f"train_{k + 1}", seed=100 + k)
+    for k in range(2):
+        write_pair(folder, f"testA_{k + 1}", seed=200 + k)
+    return folder
+
+
+def tiny_config():
+    cfg = preset("tiny")
+    cfg.classifier.threads = cfg.segmentation.threads = 2
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory):
+    """A project on the embedded sample data taken through every stage with the tiny preset (built once)."""
+    from pipeline.progress import run
+    from pipeline.project import create_project, project_config, run_all
+
+    path = tmp_path_factory.mktemp("proj") / "sample.oeem.zarr"
+    store = create_project("sample", path)
+    cfg = project_config(store, "tiny", {"classifier.epochs": 3, "segmentation.iterations": 30})
+    report = run(run_all(store, cfg, "cpu"))
+    return store, cfg, report
+
+
+@pytest.fixture
+def project_copy(trained_project, tmp_path):
+    """A private copy of the trained project that a test may change."""
+    import shutil
+
+    from pipeline.store import ProjectStore
+
+    store, cfg, _ = trained_project
+    dst = tmp_path / "copy.oeem.zarr"
+    shutil.copytree(store.path, dst)
+    return ProjectStore.open(dst), cfg
+
+
+def rgb(h=32, w=32, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)

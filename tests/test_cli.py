@@ -1,0 +1,64 @@
+"""The `oeem` command: help for every stage, one-line errors (no tracebacks), and a full tiny run."""
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.cli import build_parser, main
+
+STAGES = ["init", "patches", "train-cls", "cams", "train-seg", "predict", "evaluate", "run", "export", "info",
+          "fetch-glas"]
+
+
+def oeem(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+def test_help_lists_every_stage():
+    out = oeem("--help").stdout
+    for stage in STAGES:
+        assert stage in out
+    for stage in STAGES:
+        with pytest.raises(SystemExit) as exc:
+            build_parser().parse_args([stage, "--help"])
+        assert exc.value.code == 0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["init", "/nonexistent/folder", "x.zarr"], "folder not found"),
+    (["patches", "/nonexistent/p.zarr"], "no project here"),
+    (["train-seg", "{project}", "--iterations", "2"], "run `oeem cams"),
+])
+def test_bad_input_is_one_clear_line(tmp_path, small_folder, args, fragment):
+    project = tmp_path / "p.zarr"
+    assert main(["init", str(small_folder), str(project)]) == 0
+    result = oeem(*[a.format(project=project) for a in args], cwd=tmp_path)
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_loss_lists_the_valid_ones(tmp_path):
+    result = oeem("train-seg", tmp_path / "p.zarr", "--loss", "focal")
+    assert result.returncode == 2 and "l_norm" in result.stderr and "lc_mix" in result.stderr
+
+
+def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
+    p = str(tmp_path / "p.zarr")
+    assert main(["init", str(small_folder), p]) == 0
+    assert main(["patches", p, "--preset", "tiny"]) == 0
+    assert main(["train-cls", p, "--epochs", "1", "--device", "cpu"]) == 0
+    assert main(["cams", p, "--scales", "1"]) == 0
+    assert main(["train-seg", p, "--iterations", "3", "--loss", "ce"]) == 0
+    assert main(["predict", p, "--fast", "--split", "test"]) == 0
+    assert main(["evaluate", p, "--split", "test", "--per-image"]) == 0
+    assert main(["export", p, str(tmp_path / "out"), "--format", "tiff"]) == 0
+    out = capsys.readouterr().out
+    assert "CAM mIoU" in out and "mIoU" in out and "testA_1" in out
+    assert len(list((tmp_path / "out").glob("train_*_anno.tif"))) == 4
+    import json
+
+    saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())
+    assert saved["preset"] == "tiny" and saved["segmentation"]["loss"] == "ce"
+    assert saved["cam"]["scales"] == [1.0]

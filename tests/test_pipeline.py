@@ -1,0 +1,127 @@
+"""The whole method on the embedded sample data with the tiny preset: numbers, resume, cancel, bad input."""
+import numpy as np
+import pytest
+import torch
+
+from pipeline.cams import make_cams
+from pipeline.classify import train_classifier
+from pipeline.errors import OEEMError
+from pipeline.infer import evaluate, predict_probs, sliding_logits
+from pipeline.progress import run
+from pipeline.segment import load_segmenter, train_segmenter
+
+
+def test_every_stage_wrote_its_arrays(trained_project):
+    store, _, report = trained_project
+    for n in store.names("train"):
+        h, w = store.shape(n)
+        cam = store.read(n, "cam")
+        assert cam.shape == (2, h, w) and cam.dtype == np.float32 and np.isfinite(cam).all()
+        assert store.read(n, "pseudo").dtype == np.uint8
+        assert set(np.unique(store.read(n, "pseudo"))) <= {0, 1}
+    for n in store.names():
+        assert store.read(n, "prob").shape == store.shape(n)
+        assert store.read(n, "prediction").shape == store.shape(n)
+    for stage in ("patches", "classifier", "cams", "segmentation", "predict", "config"):
+        assert (store.path / "runs" / f"{stage}.json").is_file()
+    assert store.checkpoint_path("classifier").is_file() and store.checkpoint_path("segmentation").is_file()
+
+
+def test_pseudo_masks_beat_chance_and_the_segmentation_learns(trained_project):
+    store, _, report = trained_project
+    # the sample's glands cover ~40 %: predicting one class everywhere scores mIoU < 35
+    assert report["cams"]["pseudo"]["mIoU"] > 55
+    assert report["evaluation-test"]["mIoU"] > 45
+    ev = evaluate(store, "test")
+    assert ev["mIoU"] == pytest.approx(report["evaluation-test"]["mIoU"])
+    assert set(ev["per_image"]) == set(store.names("test"))
+
+
+def test_refined_pseudo_mask_respects_patch_labels(trained_project):
+    """Eq. 2: inside a patch labelled gland-only (or non-gland-only) the pseudo-mask can only hold that class
+    where no overlapping patch votes otherwise; a whole image of single-class patches is that class."""
+    from pipeline.cams import refine_patches
+
+    cam = np.random.default_rng(0).normal(size=(3, 2, 4, 4))
+    labels = np.array([[1, 0], [0, 1], [1, 1]])
+    out = refine_patches(cam, labels)
+    assert (out[0] == 0).all() and (out[1] == 1).all()
+    assert np.array_equal(out[2], cam[2].argmax(0))
+
+
+def test_classifier_resumes_from_its_checkpoint(project_copy):
+    store, cfg = project_copy
+    rec = run(train_classifier(store, cfg.classifier, cfg.patches, "cpu"))
+    assert rec["epochs_run"] == 0  # all epochs were done: nothing to repeat
+    cfg.classifier.lr = 0.123
+    with pytest.raises(OEEMError, match="different configuration.*--restart"):
+        run(train_classifier(store, cfg.classifier, cfg.patches, "cpu"))
+
+
+def test_cancel_keeps_a_checkpoint_and_resume_finishes(project_copy):
+    store, cfg = project_copy
+    cfg.segmentation.iterations = 8
+    cfg.segmentation.checkpoint_every = 100
+    job = train_segmenter(store, cfg.segmentation, "cpu", run_name="cancel", restart=True)
+    for p in job:
+        if p.step == 3:
+            break
+    job.close()  # what napari's worker.quit() does
+    ck = torch.load(store.checkpoint_path("segmentation-cancel"), weights_only=True)
+    assert ck["iteration"] == 3
+    rec = run(train_segmenter(store, cfg.segmentation, "cpu", run_name="cancel"))
+    assert rec["iterations_run"] == 5
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(project_copy):
+    store, cfg = project_copy
+    cfg.segmentation.lr = 1e12
+    cfg.segmentation.iterations = 30
+    cfg.segmentation.checkpoint_every = 1
+    with pytest.raises(OEEMError, match="loss became .* stopped. The last good checkpoint"):
+        run(train_segmenter(store, cfg.segmentation, "cpu", run_name="nan", restart=True))
+    ck = torch.load(store.checkpoint_path("segmentation-nan"), weights_only=True)
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_training_before_pseudo_masks_says_which_command(small_folder, tmp_path):
+    from pipeline.project import create_project
+    from tests.conftest import tiny_config
+
+    store = create_project(small_folder, tmp_path / "p.zarr")
+    with pytest.raises(OEEMError, match="run `oeem cams"):
+        run(train_segmenter(store, tiny_config().segmentation, "cpu"))
+    with pytest.raises(OEEMError, match="run `oeem patches"):
+        run(train_classifier(store, tiny_config().classifier, tiny_config().patches, "cpu"))
+    with pytest.raises(OEEMError, match="run `oeem train-cls"):
+        run(make_cams(store, tiny_config().cam, tiny_config().patches, "cpu"))
+
+
+def test_batched_windows_equal_one_at_a_time(trained_project):
+    store, cfg, _ = trained_project
+    model, _ = load_segmenter(store)
+    x = torch.randn(1, 3, 150, 230)
+    a = sliding_logits(model, x, 96, 64, batch_size=8)
+    b = sliding_logits(model, x, 96, 64, batch_size=1)
+    assert a.shape == (1, 2, 150, 230)
+    assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_multiscale_flip_prediction_is_a_distribution(trained_project):
+    from pipeline.config import InferConfig
+
+    store, _, _ = trained_project
+    model, _ = load_segmenter(store)
+    image = store.image(store.names("test")[0])
+    prob = predict_probs(model, image, InferConfig(scales=(0.75, 1.0, 1.5), flip=True, crop_size=96, stride=64),
+                         torch.device("cpu"))
+    assert prob.shape == (2, *image.shape[:2])
+    np.testing.assert_allclose(prob.sum(0), 1, atol=1e-5)
+
+
+def test_too_large_an_image_is_refused_with_advice():
+    from pipeline.config import InferConfig
+    from pipeline.infer import check_memory
+
+    with pytest.raises(OEEMError, match="--scales 1"):
+        check_memory((200_000, 200_000), InferConfig())
