@@ -153,6 +153,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
         raise
     elapsed = time.perf_counter() - t0
     record = {"config": asdict(cfg), "device": str(dev), "tiles": n, "iterations_run": it - start,
+              "clean_pixels_in_tiles": int(((codes >= 2) & (codes != IGNORE)).sum()),
               "seconds": elapsed, "it_per_s": (it - start) / elapsed if elapsed > 0 else None,
               "final_loss": loss_ema, "checkpoint": "last iteration (no model selection)"}
     store.save_run(stage, record)

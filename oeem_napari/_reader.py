@@ -1,0 +1,59 @@
+"""Reader: an OEEM project (its first image's layers) or an exported mask (PNG, TIFF, OME-Zarr) as Labels."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.export import read_exported_mask
+
+from oeem_napari._layers import PSEUDO, label_colormap
+
+
+def _is_project(path: Path) -> bool:
+    import json
+
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        return "oeem_store_version" in json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+
+
+def _is_exported(path: Path) -> bool:
+    stem = path.name
+    if path.is_dir():
+        return stem.endswith("_anno.zarr") and (path / "0").exists()
+    return path.suffix.lower() in (".png", ".tif", ".tiff") and path.stem.endswith("_anno")
+
+
+def get_reader(path):
+    if isinstance(path, list):
+        path = path[0]
+    path = Path(path)
+    if path.is_dir() and _is_project(path):
+        return read_project
+    if _is_exported(path):
+        return read_mask_file
+    return None
+
+
+def read_mask_file(path):
+    paths = path if isinstance(path, list) else [path]
+    out = []
+    for p in paths:
+        p = Path(p)
+        mask = read_exported_mask(p)
+        name = p.name.split("_anno")[0] + "_anno"
+        out.append((mask, {"name": name, "colormap": label_colormap(PSEUDO), "opacity": 0.5}, "labels"))
+    return out
+
+
+def read_project(path):
+    from pipeline.store import ProjectStore
+
+    from oeem_napari._layers import layer_specs
+
+    store = ProjectStore.open(path, mode="r")
+    names = store.names()
+    return [(data, kwargs, kind) for data, kwargs, kind in layer_specs(store, names[0])] if names else []

@@ -1,0 +1,15 @@
+"""File > Open Sample: one synthetic H&E image with its gland mask, from the embedded sample data."""
+from __future__ import annotations
+
+from pipeline.data import load_image, read_mask
+from pipeline.project import sample_data_folder
+
+from oeem_napari._layers import MASK, label_colormap
+
+
+def make_sample_data():
+    folder = sample_data_folder()
+    image = load_image(folder / "train_1.png")
+    mask = read_mask(folder / "train_1_anno.png", image.shape[:2])
+    return [(image, {"name": "H&E (synthetic)", "rgb": True}, "image"),
+            (mask, {"name": MASK, "colormap": label_colormap(MASK), "opacity": 0.4}, "labels")]

@@ -1,0 +1,392 @@
+"""The OEEM dock widget: open a project, run the stages in the background, browse images and confusing regions,
+correct pseudo-masks (auto-saved), export. All computation is in ``pipeline``; this is only the interface."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import napari
+import torch
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
+                            QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QTableWidget,
+                            QTableWidgetItem, QVBoxLayout, QWidget)
+
+from pipeline.config import LOSS_KINDS, PRESETS
+from pipeline.errors import OEEMError
+from pipeline.export import FORMATS, SOURCES, export_masks
+from pipeline.progress import Progress
+from pipeline.store import ProjectStore
+
+from oeem_napari import _layers
+from oeem_napari._corrections import CorrectionKeeper
+from oeem_napari._jobs import JobRunner, run_step
+
+STAGES = {
+    "classifier": "Train classifier",
+    "cams": "CAMs + pseudo-masks",
+    "segmentation": "Train segmentation",
+    "predict": "Predict",
+    "evaluate": "Evaluate",
+    "all": "Run all",
+}
+
+
+class OEEMWidget(QWidget):
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.store: ProjectStore | None = None
+        self.current: str | None = None
+        self.keeper: CorrectionKeeper | None = None
+        self.regions: list = []
+        self.last_result = None
+        self.runner = JobRunner(self)
+        self.runner.progressed.connect(self._on_progress)
+        self.runner.finished.connect(self._on_job_finished)
+        self._watching_window = False
+        self._build()
+
+    def showEvent(self, event) -> None:  # noqa: N802 - Qt name
+        # once docked, watch the main window so a running job stops cleanly when napari closes
+        if not self._watching_window and self.window() is not self:
+            self.window().installEventFilter(self)
+            self._watching_window = True
+        super().showEvent(event)
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+        box = QGroupBox("Project")
+        grid = QGridLayout(box)
+        self.path_edit = QLineEdit()
+        self.path_edit.setPlaceholderText("path/to/project.oeem.zarr")
+        open_btn, new_btn = QPushButton("Open…"), QPushButton("New from folder…")
+        open_btn.clicked.connect(self._browse_open)
+        new_btn.clicked.connect(self._browse_new)
+        self.path_edit.returnPressed.connect(lambda: self.open_project(self.path_edit.text()))
+        self.image_combo = QComboBox()
+        self.image_combo.currentTextChanged.connect(self._on_image_changed)
+        self.info_label = QLabel("no project open")
+        self.info_label.setWordWrap(True)
+        grid.addWidget(self.path_edit, 0, 0, 1, 2)
+        grid.addWidget(open_btn, 1, 0)
+        grid.addWidget(new_btn, 1, 1)
+        grid.addWidget(QLabel("image"), 2, 0)
+        grid.addWidget(self.image_combo, 2, 1)
+        grid.addWidget(self.info_label, 3, 0, 1, 2)
+        root.addWidget(box)
+
+        box = QGroupBox("Settings")
+        form = QFormLayout(box)
+        self.preset_combo = QComboBox()
+        self.preset_combo.addItems(PRESETS)
+        self.preset_combo.setCurrentText("cpu")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+        self.loss_combo = QComboBox()
+        self.loss_combo.addItems(LOSS_KINDS)
+        self.loss_combo.setCurrentText("l_norm")
+        self.labels_combo = QComboBox()
+        self.labels_combo.addItems(["corrected", "pseudo", "mask"])
+        self.epochs_spin = QSpinBox()
+        self.epochs_spin.setRange(1, 500)
+        self.iter_spin = QSpinBox()
+        self.iter_spin.setRange(1, 200_000)
+        self.predict_combo = QComboBox()
+        self.predict_combo.addItems(["fast (1 scale)", "multi-scale + flip"])
+        for label, w in (("preset", self.preset_combo), ("device", self.device_combo),
+                         ("loss", self.loss_combo), ("train on", self.labels_combo),
+                         ("classifier epochs", self.epochs_spin), ("segmentation iterations", self.iter_spin),
+                         ("prediction", self.predict_combo)):
+            form.addRow(label, w)
+        root.addWidget(box)
+
+        box = QGroupBox("Run")
+        grid = QGridLayout(box)
+        self.stage_buttons: dict[str, QPushButton] = {}
+        for k, (stage, text) in enumerate(STAGES.items()):
+            btn = QPushButton(text)
+            btn.clicked.connect(lambda _=False, s=stage: self.run_stage(s))
+            grid.addWidget(btn, k // 2, k % 2)
+            self.stage_buttons[stage] = btn
+        self.progress_bar = QProgressBar()
+        self.status_label = QLabel("")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.cancel_btn.clicked.connect(self.cancel)
+        grid.addWidget(self.progress_bar, 3, 0)
+        grid.addWidget(self.cancel_btn, 3, 1)
+        grid.addWidget(self.status_label, 4, 0, 1, 2)
+        root.addWidget(box)
+
+        box = QGroupBox("Corrections and confusing regions")
+        lay = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.undo_btn = QPushButton("Undo last correction")
+        self.undo_btn.clicked.connect(self.undo)
+        self.corrections_label = QLabel("")
+        row.addWidget(self.undo_btn)
+        row.addWidget(self.corrections_label)
+        lay.addLayout(row)
+        self.region_table = QTableWidget(0, 3)
+        self.region_table.setHorizontalHeaderLabels(["area (px)", "confusion", "score"])
+        self.region_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.region_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.region_table.cellClicked.connect(lambda row, _col: self.zoom_to_region(row))
+        lay.addWidget(self.region_table)
+        root.addWidget(box)
+
+        box = QGroupBox("Export masks")
+        row = QHBoxLayout(box)
+        self.format_combo = QComboBox()
+        self.format_combo.addItems(FORMATS)
+        self.source_combo = QComboBox()
+        self.source_combo.addItems(SOURCES)
+        export_btn = QPushButton("Export…")
+        export_btn.clicked.connect(self._browse_export)
+        row.addWidget(self.format_combo)
+        row.addWidget(self.source_combo)
+        row.addWidget(export_btn)
+        root.addWidget(box)
+        root.addStretch()
+        self._set_busy(False)
+
+    # ------------------------------------------------------------------ project
+    def _browse_open(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open an OEEM project (.zarr folder)")
+        if path:
+            self.open_project(path)
+
+    def _browse_new(self) -> None:
+        data = QFileDialog.getExistingDirectory(self, "Folder with H&E images and NAME_anno masks")
+        if not data:
+            return
+        target, _ = QFileDialog.getSaveFileName(self, "Create the project as", str(Path(data).parent /
+                                                                                   "project.oeem.zarr"))
+        if target:
+            self.create_project(data, target)
+
+    def create_project(self, data: str, target: str):
+        from pipeline.project import create_project
+
+        return self._start("Create project", run_step("create", lambda: create_project(data, target)),
+                           after=lambda ok, store: ok and self.open_project(target))
+
+    def open_project(self, path: str | Path) -> bool:
+        try:
+            store = ProjectStore.open(path)
+        except OEEMError as exc:
+            show_error(str(exc))
+            return False
+        self._release_keeper()
+        self.store = store
+        self.path_edit.setText(str(path))
+        cfg = self._config(save=False)
+        self.preset_combo.setCurrentText(cfg.preset)
+        self.epochs_spin.setValue(cfg.classifier.epochs)
+        self.iter_spin.setValue(cfg.segmentation.iterations)
+        self.loss_combo.setCurrentText(cfg.segmentation.loss)
+        self.image_combo.blockSignals(True)
+        self.image_combo.clear()
+        self.image_combo.addItems(store.names())
+        self.image_combo.blockSignals(False)
+        first = store.names("train")[:1] or store.names()[:1]
+        if first:
+            self.image_combo.setCurrentText(first[0])
+            self.set_image(first[0])
+        self._update_info()
+        return True
+
+    def _config(self, save: bool = True):
+        from pipeline.project import project_config
+
+        saved = self.store.load_run("config") if self.store else None
+        preset = self.preset_combo.currentText() if saved and saved.get("preset") != self.preset_combo.currentText() \
+            and save else None
+        overrides = {}
+        if save:
+            overrides = {"classifier.epochs": self.epochs_spin.value(),
+                         "segmentation.iterations": self.iter_spin.value(),
+                         "segmentation.loss": self.loss_combo.currentText(),
+                         "segmentation.label_source": self.labels_combo.currentText()}
+        return project_config(self.store, preset, overrides, save=save)
+
+    def _update_info(self) -> None:
+        if not self.store:
+            return
+        s = self.store.correction_summary()
+        tr, te = len(self.store.names("train")), len(self.store.names("test"))
+        self.info_label.setText(f"{tr} train / {te} test images")
+        self.corrections_label.setText(f"{s['pixels']:,} px corrected in {s['images']} image(s)")
+
+    # ------------------------------------------------------------------ images and layers
+    def _on_image_changed(self, name: str) -> None:
+        if name and self.store:
+            self.set_image(name)
+
+    def set_image(self, name: str) -> None:
+        self._release_keeper()
+        self.current = name
+        _layers.show_image(self.viewer, self.store, name)
+        if _layers.PSEUDO in self.viewer.layers:
+            self.keeper = CorrectionKeeper(self.store, name, self.viewer.layers[_layers.PSEUDO],
+                                           on_saved=self._update_info)
+        self._fill_regions()
+
+    def _release_keeper(self) -> None:
+        if self.keeper is not None:
+            self.keeper.disconnect()
+            self.keeper = None
+
+    def _fill_regions(self) -> None:
+        self.regions = _layers.regions_for(self.store, self.current) if self.store and self.current else []
+        self.region_table.setRowCount(len(self.regions))
+        for row, r in enumerate(self.regions):
+            for col, text in enumerate((f"{r.area}", f"{r.confusion:.2f}", f"{r.score:.0f}")):
+                self.region_table.setItem(row, col, QTableWidgetItem(text))
+
+    def zoom_to_region(self, row: int) -> None:
+        r = self.regions[row]
+        y0, x0, y1, x1 = r.bbox
+        h, w = self.store.shape(self.current)
+        self.viewer.reset_view()  # zoom that fits the whole image, as the reference
+        fit = self.viewer.camera.zoom
+        self.viewer.camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
+        self.viewer.camera.zoom = fit * max(1.0, 0.6 * min(h / max(y1 - y0, 1), w / max(x1 - x0, 1)))
+
+    def undo(self) -> None:
+        if not (self.store and self.current and self.keeper):
+            return
+        self.keeper.flush()
+        if self.store.undo_correction(self.current):
+            self.keeper.reload(_layers.editable_labels(self.store, self.current))
+            self._update_info()
+            show_info(f"{self.current}: last correction undone")
+        else:
+            show_info(f"{self.current}: no correction to undo")
+
+    # ------------------------------------------------------------------ jobs
+    def run_stage(self, stage: str):
+        """Start a stage in the background; returns the worker (None if it could not start)."""
+        if self.store is None:
+            show_error("open or create a project first")
+            return None
+        if self.keeper is not None:
+            self.keeper.flush()  # the next training run must see the latest strokes
+        try:
+            job = self._make_job(stage)
+        except OEEMError as exc:
+            show_error(str(exc))
+            return None
+        return self._start(STAGES[stage], job)
+
+    def _make_job(self, stage: str):
+        from pipeline.cams import make_cams
+        from pipeline.classify import make_patch_labels, train_classifier
+        from pipeline.infer import evaluate, predict
+        from pipeline.project import run_all
+        from pipeline.segment import train_segmenter
+
+        cfg = self._config()
+        if self.predict_combo.currentIndex() == 0:
+            cfg.inference.scales, cfg.inference.flip = (1.0,), False
+        store, device = self.store, self.device_combo.currentText()
+        if stage == "classifier":
+            def job():
+                make_patch_labels(store, cfg.patches)
+                return (yield from train_classifier(store, cfg.classifier, cfg.patches, device))
+            return job()
+        if stage == "cams":
+            return make_cams(store, cfg.cam, cfg.patches, device)
+        if stage == "segmentation":
+            return train_segmenter(store, cfg.segmentation, device)
+        if stage == "predict":
+            return predict(store, cfg.inference, device=device)
+        if stage == "evaluate":
+            return run_step("evaluate", lambda: {s: evaluate(store, s) for s in ("train", "test")
+                                                 if any(store.has(n, "mask") for n in store.names(s))})
+        if stage == "all":
+            return run_all(store, cfg, device)
+        raise OEEMError(f"unknown stage {stage!r}")
+
+    def _start(self, label: str, job, after=None):
+        try:
+            worker = self.runner.start(label, job)
+        except OEEMError as exc:
+            show_error(str(exc))
+            return None
+        self._after = after
+        self._set_busy(True)
+        self.status_label.setText(f"{label}…")
+        return worker
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    def _set_busy(self, busy: bool) -> None:
+        for btn in self.stage_buttons.values():
+            btn.setEnabled(not busy)
+        self.cancel_btn.setEnabled(busy)
+
+    def _on_progress(self, p: Progress) -> None:
+        self.progress_bar.setMaximum(max(p.total, 1))
+        self.progress_bar.setValue(p.step)
+        metrics = "  ".join(f"{k} {v:.3g}" for k, v in p.metrics.items())
+        self.status_label.setText(f"{p.stage} {p.message} {metrics}".strip())
+
+    def _on_job_finished(self, ok: bool, result) -> None:
+        self._set_busy(False)
+        self.last_result = result if ok else None
+        self.status_label.setText("done" if ok else ("cancelled" if self.runner.cancelled else "failed"))
+        after, self._after = getattr(self, "_after", None), None
+        if after is not None:
+            after(ok, result)
+        elif self.store and self.current:
+            self.set_image(self.current)  # show what the job wrote
+            self._update_info()
+        if ok and isinstance(result, dict) and "mIoU" in str(result)[:2000]:
+            show_info(_summary(result))
+
+    # ------------------------------------------------------------------ export
+    def _browse_export(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Export masks to")
+        if folder:
+            self.export(folder)
+
+    def export(self, folder: str, fmt: str | None = None, source: str | None = None) -> list[Path]:
+        if self.store is None:
+            show_error("open a project first")
+            return []
+        if self.keeper is not None:
+            self.keeper.flush()
+        try:
+            paths = export_masks(self.store, folder, fmt or self.format_combo.currentText(),
+                                 source or self.source_combo.currentText())
+        except OEEMError as exc:
+            show_error(str(exc))
+            return []
+        show_info(f"exported {len(paths)} masks to {folder}")
+        return paths
+
+    # ------------------------------------------------------------------ closing
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.Close:
+            self.shutdown()
+        return False
+
+    def shutdown(self) -> None:
+        """Stop a running job (its checkpoint is kept) and save pending strokes; napari is closing."""
+        if self.keeper is not None:
+            self.keeper.flush()
+        self.runner.shutdown()
+
+
+def _summary(result: dict) -> str:
+    parts = []
+    for key, val in result.items():
+        if isinstance(val, dict) and "mIoU" in val:
+            parts.append(f"{key}: mIoU {val['mIoU']:.1f}")
+        elif key in ("train", "test") and isinstance(val, dict):
+            parts.append(f"{key}: mIoU {val.get('mIoU', float('nan')):.1f}")
+    return "; ".join(parts) or "done"

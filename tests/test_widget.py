@@ -1,0 +1,216 @@
+"""The napari plugin in a real (headless, Xvfb) viewer: docking, layers, jobs, corrections, cancel, export."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+from napari.utils.notifications import notification_manager  # noqa: E402
+
+from oeem_napari import _layers  # noqa: E402
+from oeem_napari._widget import OEEMWidget  # noqa: E402
+from pipeline.store import ProjectStore  # noqa: E402
+
+JOB_TIMEOUT_MS = 300_000
+
+
+@pytest.fixture
+def notes():
+    seen = []
+
+    def grab(event):
+        seen.append(str(event.message if hasattr(event, "message") else event))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+@pytest.fixture
+def widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
+    assert isinstance(w, OEEMWidget)
+    yield w
+    w.runner.shutdown()
+
+
+def wait_job(qtbot, w):
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=JOB_TIMEOUT_MS)
+
+
+def test_bad_project_path_shows_a_notification(widget, tmp_path, notes):
+    assert not widget.open_project(tmp_path / "nothing.zarr")
+    assert any("no project here" in n for n in notes)
+    (tmp_path / "plain").mkdir()
+    assert not widget.open_project(tmp_path / "plain")
+    assert any("not an oeem project" in n for n in notes)
+
+
+def test_project_layers_have_fixed_names_shapes_and_dtypes(widget, project_copy):
+    store, _ = project_copy
+    assert widget.open_project(store.path)
+    name = store.names("train")[0]
+    widget.image_combo.setCurrentText(name)
+    layers = widget.viewer.layers
+    h, w = store.shape(name)
+    for layer_name in (_layers.IMAGE, _layers.MASK, _layers.CAM_GLAND, _layers.CAM_NON_GLAND, _layers.PSEUDO,
+                       _layers.WEIGHT, _layers.PREDICTION):
+        assert layer_name in layers, layer_name
+    assert layers[_layers.IMAGE].data.shape == (h, w, 3)
+    assert layers[_layers.CAM_GLAND].data.dtype == np.float32 and layers[_layers.CAM_GLAND].data.shape == (h, w)
+    assert layers[_layers.CAM_GLAND].blending == "additive"
+    assert layers[_layers.PSEUDO].data.dtype == np.uint8 and isinstance(layers[_layers.PSEUDO].data, np.ndarray)
+    assert layers[_layers.WEIGHT].colorbar.visible
+    assert layers[_layers.PREDICTION].data.shape == (h, w)
+    # the same names on another image (layers are replaced, not duplicated)
+    other = store.names("train")[1]
+    widget.image_combo.setCurrentText(other)
+    assert [lyr.name for lyr in layers].count(_layers.PSEUDO) == 1
+    assert layers[_layers.IMAGE].data.shape[:2] == store.shape(other)
+
+
+def test_tiny_preset_end_to_end_from_the_widget(widget, small_folder, tmp_path, qtbot):
+    target = tmp_path / "w.oeem.zarr"
+    widget.create_project(str(small_folder), str(target))
+    wait_job(qtbot, widget)
+    assert widget.store is not None and widget.store.path == target
+    widget.preset_combo.setCurrentText("tiny")
+    widget.epochs_spin.setValue(1)
+    widget.iter_spin.setValue(4)
+    widget.run_stage("all")
+    assert not widget.stage_buttons["all"].isEnabled()  # one job at a time
+    wait_job(qtbot, widget)
+    assert widget.status_label.text() == "done"
+    assert "evaluation-test" in widget.last_result
+    layers = widget.viewer.layers
+    for layer_name in (_layers.CAM_GLAND, _layers.PSEUDO, _layers.PREDICTION, _layers.WEIGHT):
+        assert layer_name in layers
+
+
+def test_painted_correction_is_saved_and_used_by_retraining(widget, project_copy, qtbot):
+    store, _ = project_copy
+    widget.open_project(store.path)
+    name = widget.current
+    layer = widget.viewer.layers[_layers.PSEUDO]
+    before = layer.data.copy()
+    layer.selected_label = 1
+    layer.brush_size = 9
+    layer.paint((20, 20), 1)
+    qtbot.waitUntil(lambda: store.has(name, "corrected"), timeout=5000)
+    reopened = ProjectStore.open(store.path)
+    corrected = reopened.read(name, "corrected")
+    assert corrected[20, 20] == 1 and not np.array_equal(corrected, before) or before[20, 20] == 1
+    verified = reopened.read(name, "verified")
+    assert verified.sum() == int((corrected != reopened.read(name, "pseudo")).sum())
+    assert "px corrected in 1 image" in widget.corrections_label.text() or verified.sum() == 0
+    # a second stroke, then undo restores the first state
+    layer.paint((60, 60), 0)
+    qtbot.waitUntil(lambda: "history" in store.group(name), timeout=5000)
+    widget.undo()
+    assert np.array_equal(widget.viewer.layers[_layers.PSEUDO].data, corrected)
+    # retraining on corrected labels sees the painted pixels as clean
+    widget.labels_combo.setCurrentText("corrected")
+    widget.iter_spin.setValue(2)
+    widget.run_stage("segmentation")
+    wait_job(qtbot, widget)
+    rec = store.load_run("segmentation")
+    assert rec["config"]["label_source"] == "corrected"
+    assert rec["clean_pixels_in_tiles"] >= int(verified.sum())
+
+
+def test_label_values_other_than_the_two_classes_are_refused(widget, project_copy, qtbot, notes):
+    store, _ = project_copy
+    widget.open_project(store.path)
+    layer = widget.viewer.layers[_layers.PSEUDO]
+    layer.selected_label = 5
+    assert layer.selected_label == 1
+    data = layer.data.copy()
+    data[:5, :5] = 7
+    layer.data = data
+    layer.events.paint()  # as a stroke would
+    widget.keeper.flush()
+    assert not (widget.viewer.layers[_layers.PSEUDO].data == 7).any()
+    assert any("not classes" in n for n in notes)
+
+
+def test_cancel_keeps_the_checkpoint(widget, project_copy, qtbot):
+    store, _ = project_copy
+    widget.open_project(store.path)
+    widget.iter_spin.setValue(100_000)
+    steps = []
+    widget.runner.progressed.connect(lambda p: steps.append(p.step))
+    widget.run_stage("segmentation")
+    qtbot.waitUntil(lambda: len(steps) >= 2, timeout=JOB_TIMEOUT_MS)
+    widget.cancel()
+    wait_job(qtbot, widget)
+    assert widget.status_label.text() == "cancelled"
+    ck = torch.load(store.checkpoint_path("segmentation"), weights_only=True)
+    assert 2 <= ck["iteration"] < 100_000
+
+
+def test_closing_napari_during_training_leaves_a_valid_store(make_napari_viewer, project_copy, qtbot):
+    store, _ = project_copy
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
+    w.open_project(store.path)
+    w.iter_spin.setValue(100_000)
+    steps = []
+    w.runner.progressed.connect(lambda p: steps.append(p.step))
+    w.run_stage("segmentation")
+    qtbot.waitUntil(lambda: len(steps) >= 1, timeout=JOB_TIMEOUT_MS)
+    viewer.close()
+    assert not w.runner.busy or w.runner.worker is None or not w.runner.worker.is_running
+    again = ProjectStore.open(store.path)
+    ck = torch.load(again.checkpoint_path("segmentation"), weights_only=True)
+    assert ck["iteration"] >= 1
+    assert again.read(again.names()[0], "pseudo").dtype == np.uint8
+
+
+def test_export_then_reopen_gives_the_same_mask(widget, project_copy, tmp_path):
+    store, _ = project_copy
+    widget.open_project(store.path)
+    name = widget.current
+    for fmt, suffix in (("png", "_anno.png"), ("tiff", "_anno.tif"), ("zarr", "_anno.zarr")):
+        paths = widget.export(str(tmp_path / fmt), fmt, "corrected")
+        path = next(p for p in paths if p.name == f"{name}{suffix}")
+        layers = widget.viewer.open(path, plugin="oeem-napari")
+        assert np.array_equal(np.asarray(layers[-1].data), store.read(name, "pseudo"))
+
+
+def test_exporting_to_an_unwritable_place_notifies(widget, project_copy, tmp_path, notes):
+    store, _ = project_copy
+    widget.open_project(store.path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert widget.export(str(blocker / "sub"), "png") == []
+    assert any("cannot create the export folder" in n for n in notes)
+
+
+def test_confusing_regions_table_zooms_the_viewer(widget, project_copy):
+    store, _ = project_copy
+    widget.open_project(store.path)
+    for name in store.names():
+        widget.set_image(name)
+        if widget.regions:
+            break
+    assert widget.regions, "the tiny model disagrees with its pseudo-masks somewhere"
+    scores = [r.score for r in widget.regions]
+    assert scores == sorted(scores, reverse=True)
+    assert _layers.CONFUSING in widget.viewer.layers
+    widget.zoom_to_region(0)
+    r = widget.regions[0]
+    cy, cx = widget.viewer.camera.center[-2:]
+    assert abs(cy - (r.bbox[0] + r.bbox[2]) / 2) < 1 and abs(cx - (r.bbox[1] + r.bbox[3]) / 2) < 1
+
+
+def test_sample_data_and_reader_are_registered(make_napari_viewer, project_copy):
+    viewer = make_napari_viewer()
+    layers = viewer.open_sample("oeem-napari", "synthetic_glands")
+    assert [lyr.name for lyr in layers] == ["H&E (synthetic)", _layers.MASK]
+    store, _ = project_copy
+    layers = viewer.open(store.path, plugin="oeem-napari")
+    assert _layers.IMAGE in [lyr.name for lyr in layers]
