@@ -83,14 +83,20 @@ class JobRunner(QObject):
 
     # --- signal handlers, in the GUI thread
     def _on_progress(self, p: Progress) -> None:
-        if self._pbar is not None:
-            if self._pbar.total != p.total:
-                self._pbar.total = p.total
-            self._pbar.n = p.step
+        if self.worker is None:
+            return  # a queued update that arrived after the job finished
+        self.progressed.emit(p)  # first: updating napari's bar below may run a nested `finished`
+        if p.notice:
+            show_info(p.notice)
+        # A local reference: a nested `finished` clears `self._pbar`.
+        pbar = self._pbar
+        if pbar is not None:
+            if pbar.total != p.total:
+                pbar.total = p.total
+            pbar.n = p.step
             metrics = " ".join(f"{k}={v:.3g}" for k, v in p.metrics.items())
-            self._pbar.set_description(f"{self._label}: {p.message} {metrics}".strip())
-            self._pbar.refresh()
-        self.progressed.emit(p)
+            pbar.set_description(f"{self._label}: {p.message} {metrics}".strip())
+            pbar.refresh()
 
     def _on_returned(self, result) -> None:
         self._result = (True, result)

@@ -48,11 +48,14 @@ class OEEMWidget(QWidget):
         self._build()
 
     def showEvent(self, event) -> None:  # noqa: N802 - Qt name
-        # once docked, watch the main window so a running job stops cleanly when napari closes
+        self._watch_main_window()
+        super().showEvent(event)
+
+    def _watch_main_window(self) -> None:
+        """Once docked, watch napari's main window so a running job stops cleanly when napari closes."""
         if not self._watching_window and self.window() is not self:
             self.window().installEventFilter(self)
             self._watching_window = True
-        super().showEvent(event)
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -295,12 +298,12 @@ class OEEMWidget(QWidget):
         if stage == "classifier":
             def job():
                 make_patch_labels(store, cfg.patches)
-                return (yield from train_classifier(store, cfg.classifier, cfg.patches, device))
+                return (yield from train_classifier(store, cfg.classifier, cfg.patches, device, on_mismatch="restart"))
             return job()
         if stage == "cams":
             return make_cams(store, cfg.cam, cfg.patches, device)
         if stage == "segmentation":
-            return train_segmenter(store, cfg.segmentation, device)
+            return train_segmenter(store, cfg.segmentation, device, on_mismatch="restart")
         if stage == "predict":
             return predict(store, cfg.inference, device=device)
         if stage == "evaluate":
@@ -311,6 +314,7 @@ class OEEMWidget(QWidget):
         raise OEEMError(f"unknown stage {stage!r}")
 
     def _start(self, label: str, job, after=None):
+        self._watch_main_window()
         try:
             worker = self.runner.start(label, job)
         except OEEMError as exc:

@@ -5,6 +5,8 @@ import time
 from dataclasses import asdict
 
 import numpy as np
+import logging
+
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +17,8 @@ from pipeline.models import PatchClassifier, build_backbone, load_model_state, s
 from pipeline.patches import patch_grid, patch_labels
 from pipeline.progress import Job, Progress, poly_lr, resolve_device, set_threads
 from pipeline.store import ProjectStore, atomic_write_bytes
+
+log = logging.getLogger("oeem")
 
 STAGE = "classifier"
 
@@ -84,8 +88,12 @@ def load_classifier(store: ProjectStore, device: str | torch.device = "cpu") -> 
 
 
 def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: PatchConfig, device: str = "auto",
-                     restart: bool = False) -> Job[dict]:
-    """Train (or resume) the patch classifier; checkpoint after every epoch. Yields progress every few steps."""
+                     restart: bool = False, on_mismatch: str = "error") -> Job[dict]:
+    """Train (or resume) the patch classifier; checkpoint after every epoch. Yields progress every few steps.
+
+    A checkpoint made with other settings is an error with ``on_mismatch="error"`` (the CLI's train commands,
+    which offer ``--restart``); with ``"restart"`` (``oeem run``, the plugin) it is moved aside and training
+    starts afresh."""
     set_threads(cfg.threads)
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
@@ -95,14 +103,22 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start_epoch = 0
     ck_path = store.checkpoint_path(STAGE)
+    fresh_note = ""
     if ck_path.is_file() and not restart:
         ck = safe_torch_load(ck_path)
         if ck.get("config") != asdict(cfg) or ck.get("patches") != asdict(patch_cfg):
-            raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
-                            "pass --restart to train afresh (it will be replaced)")
-        load_model_state(model, ck["model"], ck_path)
-        opt.load_state_dict(ck["optimizer"])
-        start_epoch = int(ck["epoch"])
+            if on_mismatch == "error":
+                raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
+                                "pass --restart to train afresh (the old one is kept as *.previous.pt)")
+            kept = store.retire_checkpoint(STAGE)
+            fresh_note = f"settings changed: training afresh (previous model kept as {kept.name})"
+            log.info("%s", fresh_note)
+            ck = None
+            yield Progress(STAGE, 0, 0, "starting afresh", notice=fresh_note)
+        if ck is not None:
+            load_model_state(model, ck["model"], ck_path)
+            opt.load_state_dict(ck["optimizer"])
+            start_epoch = int(ck["epoch"])
     n = len(patches)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs

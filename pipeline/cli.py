@@ -29,12 +29,16 @@ def _drive(job, desc: str):
     bars: dict[str, Any] = {}
 
     def show(p):
+        if p.notice:
+            tqdm.write(f"note: {p.notice}", file=sys.stderr)
         bar = bars.get(p.stage)
         if bar is None:
             for b in bars.values():
                 b.close()
             bar = bars[p.stage] = tqdm(total=p.total, desc=p.stage, unit="step", dynamic_ncols=True,
                                        file=sys.stderr)
+        if bar.total != p.total:
+            bar.total = p.total
         bar.n = p.step
         bar.set_postfix({k: (f"{v:.3g}" if isinstance(v, float) else v) for k, v in p.metrics.items()},
                         refresh=False)

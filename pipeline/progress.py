@@ -24,6 +24,7 @@ class Progress:
     total: int
     message: str = ""
     metrics: dict[str, float] = field(default_factory=dict)
+    notice: str = ""  # told to the user once: a notification in the plugin, a line in the CLI
 
     @property
     def fraction(self) -> float:

@@ -65,13 +65,13 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
         make_patch_labels(store, cfg.patches)
     report["patches"] = store.load_run("patches")["summary"]
     if not stage_done(store, "classifier", cfg):
-        yield from train_classifier(store, cfg.classifier, cfg.patches, device)
+        yield from train_classifier(store, cfg.classifier, cfg.patches, device, on_mismatch="restart")
     report["classifier"] = store.load_run("classifier")
     if not stage_done(store, "cams", cfg):
         yield from make_cams(store, cfg.cam, cfg.patches, device)
     report["cams"] = store.load_run("cams")
     if not stage_done(store, "segmentation", cfg):
-        yield from train_segmenter(store, cfg.segmentation, device)
+        yield from train_segmenter(store, cfg.segmentation, device, on_mismatch="restart")
     report["segmentation"] = store.load_run("segmentation")
     if not stage_done(store, "predict", cfg):
         yield from predict(store, cfg.inference, device=device)

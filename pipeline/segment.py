@@ -6,6 +6,8 @@ import time
 from dataclasses import asdict
 
 import numpy as np
+import logging
+
 import torch
 
 from pipeline.augment import photometric, random_zoom_crop
@@ -16,6 +18,8 @@ from pipeline.models import PSPNet, build_backbone, load_model_state, safe_torch
 from pipeline.patches import grid_starts
 from pipeline.progress import Job, Progress, poly_lr, resolve_device, set_threads
 from pipeline.store import ProjectStore, atomic_write_bytes
+
+log = logging.getLogger("oeem")
 
 IGNORE = 255
 
@@ -84,9 +88,9 @@ def load_segmenter(store: ProjectStore, run_name: str | None = None,
 
 
 def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", run_name: str | None = None,
-                    restart: bool = False) -> Job[dict]:
+                    restart: bool = False, on_mismatch: str = "error") -> Job[dict]:
     """Train (or resume) PSPNet. Checkpoints every ``checkpoint_every`` iterations and when cancelled; the run
-    uses the *last* checkpoint (no selection on test data)."""
+    uses the *last* checkpoint (no selection on test data). ``on_mismatch`` as in ``train_classifier``."""
     if cfg.loss not in LOSS_KINDS:
         raise OEEMError(f"unknown loss {cfg.loss!r}: choose one of {', '.join(LOSS_KINDS)}")
     set_threads(cfg.threads)
@@ -99,14 +103,22 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     stage = stage_name(run_name)
     ck_path = store.checkpoint_path(stage)
     start = 0
+    fresh_note = ""
     if ck_path.is_file() and not restart:
         ck = safe_torch_load(ck_path)
         if ck.get("config") != asdict(cfg):
-            raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
-                            "pass --restart to train afresh (it will be replaced)")
-        load_model_state(model, ck["model"], ck_path)
-        opt.load_state_dict(ck["optimizer"])
-        start = int(ck["iteration"])
+            if on_mismatch == "error":
+                raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
+                                "pass --restart to train afresh (the old one is kept as *.previous.pt)")
+            kept = store.retire_checkpoint(stage)
+            fresh_note = f"settings changed: training afresh (previous model kept as {kept.name})"
+            log.info("%s", fresh_note)
+            ck = None
+            yield Progress(stage, 0, 0, "starting afresh", notice=fresh_note)
+        if ck is not None:
+            load_model_state(model, ck["model"], ck_path)
+            opt.load_state_dict(ck["optimizer"])
+            start = int(ck["iteration"])
     mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
     n = len(images)

@@ -217,6 +217,14 @@ class ProjectStore:
     def checkpoint_path(self, stage: str) -> Path:
         return self.path / "checkpoints" / f"{stage}.pt"
 
+    def retire_checkpoint(self, stage: str) -> Path:
+        """Move a checkpoint aside (``<stage>.previous.pt``) before a fresh run replaces it, so the last model is
+        never silently lost."""
+        src = self.checkpoint_path(stage)
+        dst = src.with_name(f"{stage}.previous.pt")
+        os.replace(src, dst)
+        return dst
+
     def save_run(self, stage: str, record: dict[str, Any]) -> None:
         atomic_write_json(self.path / "runs" / f"{stage}.json", record)
 

@@ -1,0 +1,44 @@
+# Two commands do all the set-up:  `make demo` (install + whole method on the sample data)  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of PyTorch; GPU users: `make TORCH="torch" ...` or install their CUDA build first.
+TORCH ?= torch==2.13.0
+XVFB := xvfb-run -a -s "-screen 0 1600x1000x24"
+DEMO := runs/sample.oeem.zarr
+
+.PHONY: demo test install install-gui system-deps napari screenshot bench clean-demo
+
+$(VENV)/.core: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.gui: $(VENV)/.core
+	$(PY) -m pip install -q -e ".[testing]"
+	touch $@
+
+install: $(VENV)/.core
+install-gui: $(VENV)/.gui
+
+system-deps:
+	./scripts/install-system-deps.sh
+
+# The whole method (stage 1, stage 2, evaluation) on the embedded sample data: a few minutes on 2 CPU cores.
+demo: install
+	$(VENV)/bin/oeem run $(DEMO) --data sample --preset cpu --epochs 6 --iterations 200 --fast
+	$(VENV)/bin/oeem info $(DEMO)
+
+test: system-deps install-gui
+	$(XVFB) $(PY) -m pytest -q
+
+napari: install-gui
+	$(VENV)/bin/napari -w oeem-napari
+
+screenshot: system-deps install-gui
+	$(XVFB) $(PY) docs/make_screenshot.py
+
+clean-demo:
+	rm -rf $(DEMO)
