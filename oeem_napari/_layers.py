@@ -83,11 +83,15 @@ def region_rectangles(regions: list) -> list[np.ndarray]:
 
 
 def show_image(viewer, store: ProjectStore, name: str) -> None:
-    """Replace the project layers with those of ``name``; other layers the user added are left alone."""
+    """Replace the project layers with those of ``name``; other layers the user added are left alone.
+
+    Each layer keeps the visibility and opacity the user last gave it, so toggling works by habit across images."""
+    habits = {}
     for layer in [lyr for lyr in viewer.layers if lyr.name in ORDER]:
+        habits[layer.name] = {"visible": layer.visible, "opacity": layer.opacity}
         viewer.layers.remove(layer)
     for data, kwargs, kind in layer_specs(store, name):
-        getattr(viewer, f"add_{kind}")(data, **kwargs)
+        getattr(viewer, f"add_{kind}")(data, **{**kwargs, **habits.get(kwargs["name"], {})})
     if WEIGHT in viewer.layers:
         viewer.layers[WEIGHT].colorbar.visible = True
     regions = regions_for(store, name)

@@ -203,7 +203,22 @@ def cmd_info(args) -> None:
     have = {k: sum(store.has(n, k) for n in names) for k in ("mask", "cam", "pseudo", "prediction", "corrected")}
     _print({"project": str(store.path), "train": len(store.names("train")), "test": len(store.names("test")),
             "arrays": have, "corrections": store.correction_summary(),
-            "runs": sorted(p.stem for p in (store.path / "runs").glob("*.json"))})
+            "runs": sorted(p.stem for p in (store.path / "runs").glob("*.json")),
+            "metrics": _last_metrics(store)})
+
+
+def _last_metrics(store) -> dict:
+    """The latest figures a project holds: CAM / pseudo-mask mIoU and the evaluations of the prediction."""
+    out = {}
+    cams = store.load_run("cams")
+    if cams:
+        out["cam_mIoU (train)"] = cams.get("cam", {}).get("mIoU")
+        out["pseudo_mIoU (train)"] = cams.get("pseudo", {}).get("mIoU")
+    for split in ("train", "test"):
+        ev = store.load_run(f"evaluation-{split}")
+        if ev:
+            out[f"prediction ({split})"] = {k: ev[k] for k in ("mIoU", "Dice", "F1") if k in ev}
+    return out
 
 
 def cmd_fetch_glas(args) -> None:
@@ -220,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help_, project=True):
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_.replace("%%", "%"))
         if project:
             p.add_argument("project", help="project store (a .zarr folder made by `oeem init`)")
         p.set_defaults(func=func)

@@ -62,3 +62,9 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
     saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())
     assert saved["preset"] == "tiny" and saved["segmentation"]["loss"] == "ce"
     assert saved["cam"]["scales"] == [1.0]
+    capsys.readouterr()
+    assert main(["info", p]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["train"] == 4 and info["test"] == 2 and info["arrays"]["pseudo"] == 4
+    assert 0 < info["metrics"]["prediction (test)"]["mIoU"] <= 100
+    assert info["metrics"]["pseudo_mIoU (train)"] > 0

@@ -58,6 +58,21 @@ def test_classifier_resumes_from_its_checkpoint(project_copy):
         run(train_classifier(store, cfg.classifier, cfg.patches, "cpu"))
 
 
+def test_changed_settings_restart_and_keep_the_previous_model(project_copy):
+    """`oeem run` and the plugin train afresh when the settings changed, keeping the old model aside."""
+    store, cfg = project_copy
+    old = torch.load(store.checkpoint_path("segmentation"), weights_only=True)
+    cfg.segmentation.iterations = 2
+    notes = []
+    rec = run(train_segmenter(store, cfg.segmentation, "cpu", on_mismatch="restart"),
+              lambda p: p.notice and notes.append(p.notice))
+    assert rec["iterations_run"] == 2
+    assert notes and "previous model kept as segmentation.previous.pt" in notes[0]
+    kept = torch.load(store.path / "checkpoints" / "segmentation.previous.pt", weights_only=True)
+    assert kept["iteration"] == old["iteration"] and kept["config"] == old["config"]
+    assert torch.load(store.checkpoint_path("segmentation"), weights_only=True)["iteration"] == 2
+
+
 def test_cancel_keeps_a_checkpoint_and_resume_finishes(project_copy):
     store, cfg = project_copy
     cfg.segmentation.iterations = 8
