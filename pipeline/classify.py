@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pipeline.augment import random_resized_crop
 from pipeline.config import GLAS_MEAN, GLAS_STD, ClassifierConfig, PatchConfig
 from pipeline.errors import OEEMError
-from pipeline.models import PatchClassifier, build_backbone, load_model_state, safe_torch_load
+from pipeline.models import PatchClassifier, build_backbone, load_model_state, resume_training, safe_torch_load
 from pipeline.patches import patch_grid, patch_labels
 from pipeline.progress import Job, Progress, poly_lr, resolve_device, set_threads
 from pipeline.store import ProjectStore, atomic_write_bytes
@@ -103,22 +103,12 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start_epoch = 0
     ck_path = store.checkpoint_path(STAGE)
-    fresh_note = ""
-    if ck_path.is_file() and not restart:
-        ck = safe_torch_load(ck_path)
-        if ck.get("config") != asdict(cfg) or ck.get("patches") != asdict(patch_cfg):
-            if on_mismatch == "error":
-                raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
-                                "pass --restart to train afresh (the old one is kept as *.previous.pt)")
-            kept = store.retire_checkpoint(STAGE)
-            fresh_note = f"settings changed: training afresh (previous model kept as {kept.name})"
-            log.info("%s", fresh_note)
-            ck = None
-            yield Progress(STAGE, 0, 0, "starting afresh", notice=fresh_note)
-        if ck is not None:
-            load_model_state(model, ck["model"], ck_path)
-            opt.load_state_dict(ck["optimizer"])
-            start_epoch = int(ck["epoch"])
+    ck, notice = resume_training(store, STAGE, {"config": asdict(cfg), "patches": asdict(patch_cfg)}, model, opt, restart, on_mismatch)
+    if notice:
+        log.info("%s", notice)
+        yield Progress(STAGE, 0, 0, "starting afresh", notice=notice)
+    elif ck is not None:
+        start_epoch = int(ck["epoch"])
     n = len(patches)
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs

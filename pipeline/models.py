@@ -257,6 +257,27 @@ def safe_torch_load(path: str | Path) -> dict:
                         f"{str(exc).splitlines()[0][:200]})") from None
 
 
+def resume_training(store, stage: str, settings: dict, model: nn.Module, opt: torch.optim.Optimizer,
+                    restart: bool, on_mismatch: str) -> tuple[dict | None, str]:
+    """Load a stage's checkpoint into ``model`` and ``opt`` when it was made with the same ``settings``.
+
+    Returns (checkpoint or None, notice). A checkpoint from other settings is an error (``on_mismatch="error"``)
+    or is moved aside and training starts afresh (``"restart"``); the notice then says where the old one went."""
+    ck_path = store.checkpoint_path(stage)
+    if restart or not ck_path.is_file():
+        return None, ""
+    ck = safe_torch_load(ck_path)
+    if any(ck.get(key) != value for key, value in settings.items()):
+        if on_mismatch == "error":
+            raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
+                            "pass --restart to train afresh (the old one is kept as *.previous.pt)")
+        kept = store.retire_checkpoint(stage)
+        return None, f"settings changed: training afresh (previous model kept as {kept.name})"
+    load_model_state(model, ck["model"], ck_path)
+    opt.load_state_dict(ck["optimizer"])
+    return ck, ""
+
+
 def load_model_state(model: nn.Module, state: dict, path: str | Path) -> None:
     try:
         model.load_state_dict(state)

@@ -14,7 +14,7 @@ from pipeline.augment import photometric, random_zoom_crop
 from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, LOSS_KINDS, SegConfig
 from pipeline.errors import OEEMError
 from pipeline.losses import segmentation_loss
-from pipeline.models import PSPNet, build_backbone, load_model_state, safe_torch_load
+from pipeline.models import PSPNet, build_backbone, load_model_state, resume_training, safe_torch_load
 from pipeline.patches import grid_starts
 from pipeline.progress import Job, Progress, poly_lr, resolve_device, set_threads
 from pipeline.store import ProjectStore, atomic_write_bytes
@@ -103,22 +103,12 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     stage = stage_name(run_name)
     ck_path = store.checkpoint_path(stage)
     start = 0
-    fresh_note = ""
-    if ck_path.is_file() and not restart:
-        ck = safe_torch_load(ck_path)
-        if ck.get("config") != asdict(cfg):
-            if on_mismatch == "error":
-                raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
-                                "pass --restart to train afresh (the old one is kept as *.previous.pt)")
-            kept = store.retire_checkpoint(stage)
-            fresh_note = f"settings changed: training afresh (previous model kept as {kept.name})"
-            log.info("%s", fresh_note)
-            ck = None
-            yield Progress(stage, 0, 0, "starting afresh", notice=fresh_note)
-        if ck is not None:
-            load_model_state(model, ck["model"], ck_path)
-            opt.load_state_dict(ck["optimizer"])
-            start = int(ck["iteration"])
+    ck, notice = resume_training(store, stage, {"config": asdict(cfg)}, model, opt, restart, on_mismatch)
+    if notice:
+        log.info("%s", notice)
+        yield Progress(stage, 0, 0, "starting afresh", notice=notice)
+    elif ck is not None:
+        start = int(ck["iteration"])
     mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
     n = len(images)
