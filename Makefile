@@ -29,7 +29,6 @@ system-deps:
 # The whole method (stage 1, stage 2, evaluation) on the embedded sample data: a few minutes on 2 CPU cores.
 demo: install
 	$(VENV)/bin/oeem run $(DEMO) --data sample --preset cpu --epochs 6 --iterations 200 --fast
-	$(VENV)/bin/oeem info $(DEMO)
 
 test: system-deps install-gui
 	$(XVFB) $(PY) -m pytest -q

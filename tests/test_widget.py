@@ -48,6 +48,14 @@ def test_bad_project_path_shows_a_notification(widget, tmp_path, notes):
     (tmp_path / "plain").mkdir()
     assert not widget.open_project(tmp_path / "plain")
     assert any("not an oeem project" in n for n in notes)
+    import zarr
+
+    from pipeline.store import STORE_VERSION
+
+    zarr.open_group(str(tmp_path / "new.zarr"), mode="w").attrs["oeem_store_version"] = STORE_VERSION + 1
+    assert not widget.open_project(tmp_path / "new.zarr")
+    assert any("newer oeem-napari" in n for n in notes)
+    assert widget.store is None  # nothing half-opened
 
 
 def test_project_layers_have_fixed_names_shapes_and_dtypes(widget, project_copy):
@@ -238,3 +246,20 @@ def test_sample_data_and_reader_are_registered(make_napari_viewer, project_copy)
     store, _ = project_copy
     layers = viewer.open(store.path, plugin="oeem-napari")
     assert _layers.IMAGE in [lyr.name for lyr in layers]
+
+
+def test_images_of_different_sizes_switch_cleanly(widget, tmp_path, qtbot):
+    """GlaS images differ in size; switching images must never mix shapes between layers."""
+    from conftest import write_pair
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    write_pair(folder, "train_1", seed=1, size=(160, 192))
+    write_pair(folder, "train_2", seed=2, size=(224, 130))
+    widget.create_project(str(folder), str(tmp_path / "mixed.oeem.zarr"))
+    wait_job(qtbot, widget)
+    for name, shape in (("train_2", (224, 130)), ("train_1", (160, 192)), ("train_2", (224, 130))):
+        widget.image_combo.setCurrentText(name)
+        for layer in widget.viewer.layers:
+            if layer.name in (_layers.IMAGE, _layers.MASK):
+                assert tuple(layer.data.shape[:2]) == shape, (name, layer.name)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Every benchmark in order, one at a time (they share 2 cores; running two at once distorts every timing).
+# Logs and JSON go to benchmarks/results/. Usage: OEEM_GLAS_ROOT=../shared/data/glas benchmarks/run_all.sh [--skip-stage1]
+set -euo pipefail
+cd "$(dirname "$0")"
+: "${OEEM_GLAS_ROOT:?set OEEM_GLAS_ROOT to the GlaS folder (train/ and testA/)}"
+PY="${PYTHON:-../.venv/bin/python}"
+mkdir -p results
+[ "${1:-}" = "--skip-stage1" ] || "$PY" stage1_glas.py | tee results/stage1_glas.log
+"$PY" stage2_speed.py --images 3 --iterations 10 | tee results/stage2_speed.log
+xvfb-run -a -s "-screen 0 1600x1000x24" "$PY" gui_latency.py --seconds 30 | tee results/gui_latency.log
+"$PY" glas_tables.py --quick | tee results/glas_tables_quick.log
+"$PY" annotation_gain.py --iterations 600 --top-k 20 | tee results/annotation_gain.log
