@@ -21,7 +21,7 @@ def glas_root() -> Path:
     return Path(root)
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+def matmul_peak_gflops(n: int = 3072, repeats: int = 7) -> float:
     """This machine's float32 matmul throughput, the yardstick for achieved training FLOP/s."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from dataclasses import asdict
 
@@ -50,7 +51,8 @@ def main() -> None:
     peak = matmul_peak_gflops()
     samples = [s for s in find_samples(root / "train")] + [s for s in find_samples(root / "testA")]
     old = ProjectStore.open(args.project).load_run("classifier") if args.reuse_classifier else None
-    if old is not None and old["config"] == asdict(cfg.classifier) and old["epochs_run"] == cfg.classifier.epochs:
+    same = old is not None and old["config"] == json.loads(json.dumps(asdict(cfg.classifier)))  # tuples -> lists
+    if same and old["epochs_run"] == cfg.classifier.epochs:
         store, rec = ProjectStore.open(args.project), old
         labels = store.load_run("patches")["summary"]
         train_s = rec["seconds"]  # measured when it was trained

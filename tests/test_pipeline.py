@@ -140,3 +140,27 @@ def test_too_large_an_image_is_refused_with_advice():
 
     with pytest.raises(OEEMError, match="--scales 1"):
         check_memory((200_000, 200_000), InferConfig())
+
+
+@pytest.mark.glas
+def test_whole_method_on_a_few_real_glas_images(glas_root, tmp_path):
+    """Real GlaS sizes (not multiples of the patch grid, differing between images) through every stage."""
+    from pipeline.config import preset
+    from pipeline.data import find_samples
+    from pipeline.project import run_all
+    from pipeline.store import ProjectStore
+
+    samples = find_samples(glas_root / "train")[:3] + find_samples(glas_root / "testA")[:2]
+    store = ProjectStore.create(tmp_path / "glas.oeem.zarr", samples)
+    assert len({store.shape(n) for n in store.names()}) > 1  # mixed sizes
+    cfg = preset("tiny")
+    cfg.classifier.epochs = 1
+    cfg.segmentation.iterations = 3
+    report = run(run_all(store, cfg, "cpu"))
+    for n in store.names("train"):
+        assert store.read(n, "cam").shape == (2, *store.shape(n))
+        assert store.read(n, "pseudo").shape == store.shape(n)
+    for n in store.names():
+        assert store.read(n, "prediction").shape == store.shape(n)
+    assert 0 < report["cams"]["pseudo"]["mIoU"] <= 100
+    assert 0 < report["evaluation-test"]["mIoU"] <= 100 and report["evaluation-test"]["images"] == 2

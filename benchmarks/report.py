@@ -1,0 +1,124 @@
+"""Markdown tables of every benchmark result in benchmarks/results/*.json (what the README shows).
+
+    python benchmarks/report.py
+"""
+from __future__ import annotations
+
+import json
+
+from _common import RESULTS
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / name
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def table(header: tuple, rows: list[tuple]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def stage1(d: dict) -> str:
+    c = d["cam_mode_comparison"]
+    cfg = d["config"]["cam"]
+    out = [f"**Stage 1** (`python benchmarks/stage1_glas.py`): `cpu` preset, GlaS train "
+           f"({d['patches']['images']} images, {d['patches']['patches']} patches), random init.", "",
+           table(("what", "measured", "note"), [
+               ("classifier training", f"{d['classifier_train_s'] / 60:.1f} min", f"{d['patches_per_s']:.0f} patches/s"),
+               ("achieved training FLOP/s", f"{d['train_gflop_per_s']:.0f} GFLOP/s",
+                f"{100 * d['train_gflop_per_s'] / d['matmul_peak_gflop_per_s']:.0f} % of the measured matmul peak "
+                f"({d['matmul_peak_gflop_per_s']:.0f} GFLOP/s)"),
+               (f"CAMs + pseudo-masks ({cfg['mode']}, scales {tuple(cfg['scales'])})", f"{d['cam_s'] / 60:.1f} min", ""),
+               ("**stage 1 total**", f"**{d['stage1_total_s'] / 60:.1f} min**", "aim ≤ 30 min"),
+               ("CAM mIoU (train)", f"{d['cam_mIoU']:.2f}", "paper 67.02 (ImageNet init); naive probe 55.4"),
+               ("pseudo-mask mIoU (train)", f"**{d['pseudo_mIoU']:.2f}**", "paper 70.04 (ImageNet init); naive probe 58.6"),
+           ]), "",
+           f"Per-patch vs whole-image CAMs, same model, first {c['images']} training images:", "",
+           table(("CAM mode", "s / image", "CAM mIoU", "pseudo-mask mIoU"), [
+               ("per patch (reference, default)", f"{c['patch']['seconds_per_image']:.2f}",
+                f"{c['patch']['cam_mIoU']:.2f}", f"{c['patch']['pseudo_mIoU']:.2f}"),
+               ("whole image (fully convolutional)", f"{c['image']['seconds_per_image']:.2f}",
+                f"{c['image']['cam_mIoU']:.2f}", f"{c['image']['pseudo_mIoU']:.2f}"),
+           ])]
+    return "\n".join(out)
+
+
+def tables(d: dict) -> str:
+    s = d["summary"]
+
+    def cell(k, m="mIoU"):
+        if k not in s:
+            return "-"
+        mean, std = s[k][m]
+        return f"{mean:.2f}" if d["seeds"] == 1 else f"{mean:.2f} ± {std:.2f}"
+
+    p = d["paper"]
+    rows1 = [(name, cell(k), cell(k, "Dice"), cell(k, "F1"), f"{p['table1'][k]:.2f}")
+             for name, k in (("fully supervised (CE on the gland masks)", "full"), ("weak, CE", "ce"),
+                             ("weak, OEEM (l_norm)", "l_norm")) if k in s]
+    rows2 = [("CAM (train)", f"{d['stage1']['cam_mIoU']:.2f}", "67.02"),
+             ("pseudo-mask (train)", f"{d['stage1']['pseudo_mIoU']:.2f}", "70.04")]
+    rows2 += [(f"prediction, {name} (testA)", cell(k), f"{p['table2'][k]:.2f}")
+              for name, k in (("CE", "ce"), ("OEEM", "l_norm")) if k in s]
+    rows3 = [(k, cell(k), f"{p['table3'][k]:.2f}") for k in p["table3"] if k in s]
+    cmd = "python benchmarks/glas_tables.py" + (" --quick" if d["quick"] else f" --seeds {d['seeds']}")
+    head = (f"**Tables 1-3** (`{cmd}`): `cpu` preset, {d['iterations']} iterations, batch 8, 256 px tiles, "
+            f"test scales {tuple(d['test_scales'])} + flip, {d['seeds']} seed(s), {d['total_min']:.0f} min in all. "
+            "Paper: ImageNet-initialised ResNet38, GPU.")
+    return "\n".join([head, "", table(("Table 1: method", "mIoU", "Dice", "F1", "paper mIoU"), rows1), "",
+                      table(("Table 2: stage", "ours", "paper"), rows2), "",
+                      table(("Table 3: loss", "testA mIoU", "paper"), rows3)])
+
+
+def speed(d: dict, g: dict | None) -> str:
+    t, i = d["train"], d["inference_s_per_image"]
+    rows = [("segmentation training", f"{t['s_per_iteration']:.2f} s / iteration",
+             f"{t['gflop_per_s']:.0f} GFLOP/s, {100 * t['gflop_per_s'] / t['matmul_peak_gflop_per_s']:.0f} % of the "
+             f"matmul peak measured in the same run ({t['matmul_peak_gflop_per_s']:.0f} GFLOP/s)"),
+            (f"inference, {len(d['scales'])} scales + flip, windows batched", f"{i['batched']:.1f} s / image",
+             f"GlaS testA, {d['images']} images"),
+            ("inference, one window at a time", f"{i['one window at a time']:.1f} s / image",
+             f"batched is {d['batched_speedup']:.2f}x faster")]
+    if g:
+        rows.append(("napari event loop while training (p95 / max lateness)",
+                     f"{g['training']['p95_ms']:.0f} / {g['training']['max_ms']:.0f} ms",
+                     f"idle: {g['idle']['p95_ms']:.0f} / {g['idle']['max_ms']:.0f} ms; aim p95 < 100 ms"))
+    return "\n".join(["**Speed** (`python benchmarks/stage2_speed.py`, `xvfb-run -a python benchmarks/gui_latency.py`):",
+                      "", table(("what", "measured", "note"), rows)])
+
+
+def gain(d: dict) -> str:
+    r = d["results"]
+    base = r["none"]["mIoU"]
+    rows = [(label, f"{r[k]['pixels']:,}", f"{100 * r[k]['pixels'] / d['train_pixels']:.2f} %",
+             f"{r[k]['wrong_pseudo_pixels_fixed']:,}", f"{r[k]['mIoU']:.2f}", f"{r[k]['mIoU'] - base:+.2f}")
+            for k, label in (("none", "no corrections"), ("top", f"top-{d['top_k']} confusing regions fixed"),
+                             ("random", "same pixel count at random places"))]
+    return "\n".join([f"**Annotation gain** (`python benchmarks/annotation_gain.py --iterations {d['iterations']}"
+                      f" --top-k {d['top_k']}`): a simulated pathologist replaces the pseudo-mask by the truth "
+                      "inside the regions the tool ranks, then the segmentation is retrained (testA mIoU).", "",
+                      table(("corrections", "pixels", "of train pixels", "wrong labels fixed", "testA mIoU", "gain"),
+                            rows)])
+
+
+def main() -> None:
+    machine = None
+    parts = []
+    for name, fn in (("stage1_glas.json", stage1), ("glas_tables.json", tables), ("annotation_gain.json", gain)):
+        d = load(name)
+        if d:
+            machine = machine or d["machine"]
+            parts.append(fn(d))
+    d = load("stage2_speed.json")
+    if d:
+        parts.append(speed(d, load("gui_latency.json")))
+    if machine:
+        parts.insert(0, f"Machine: {machine['cpus']} CPU cores ({machine['processor']}), torch {machine['torch']}, "
+                        f"{machine['threads']} threads, no GPU.")
+    print("\n\n".join(parts) if parts else "no results yet: run the benchmarks first")
+
+
+if __name__ == "__main__":
+    main()
