@@ -82,6 +82,12 @@ def region_rectangles(regions: list) -> list[np.ndarray]:
     return [np.array([[r.bbox[0], r.bbox[1]], [r.bbox[2], r.bbox[3]]], float) for r in regions]
 
 
+def camera(viewer):
+    """The viewer's camera: ``viewer.scene.camera`` since napari 0.9, ``viewer.camera`` before."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
 def show_image(viewer, store: ProjectStore, name: str) -> None:
     """Replace the project layers with those of ``name``; other layers the user added are left alone.
 

@@ -254,9 +254,10 @@ class OEEMWidget(QWidget):
         y0, x0, y1, x1 = r.bbox
         h, w = self.store.shape(self.current)
         self.viewer.reset_view()  # zoom that fits the whole image, as the reference
-        fit = self.viewer.camera.zoom
-        self.viewer.camera.center = ((y0 + y1) / 2, (x0 + x1) / 2)
-        self.viewer.camera.zoom = fit * max(1.0, 0.6 * min(h / max(y1 - y0, 1), w / max(x1 - x0, 1)))
+        cam = _layers.camera(self.viewer)
+        fit = cam.zoom
+        cam.center = ((y0 + y1) / 2, (x0 + x1) / 2)
+        cam.zoom = fit * max(1.0, 0.6 * min(h / max(y1 - y0, 1), w / max(x1 - x0, 1)))
 
     def undo(self) -> None:
         if not (self.store and self.current and self.keeper):

@@ -49,7 +49,7 @@ def test_real_glas_patch_counts(glas_root):
     for s in find_samples(glas_root / "train"):
         mask = read_mask(s.mask_path)
         labels = patch_labels(mask, patch_grid(mask.shape, 112, 56), 112)
-        total += labels.sum(0)
+        total += labels.sum(0, dtype=np.int64)
         n += len(labels)
     assert n == 9703  # 85 images, edge-flush grid
     assert total.tolist() == [8580, 8079]

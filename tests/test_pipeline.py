@@ -150,7 +150,12 @@ def test_whole_method_on_a_few_real_glas_images(glas_root, tmp_path):
     from pipeline.project import run_all
     from pipeline.store import ProjectStore
 
-    samples = find_samples(glas_root / "train")[:3] + find_samples(glas_root / "testA")[:2]
+    from PIL import Image
+
+    train = find_samples(glas_root / "train")
+    first = Image.open(train[0].image_path).size
+    other = next(s for s in train if Image.open(s.image_path).size != first)
+    samples = [train[0], train[1], other] + find_samples(glas_root / "testA")[:2]
     store = ProjectStore.create(tmp_path / "glas.oeem.zarr", samples)
     assert len({store.shape(n) for n in store.names()}) > 1  # mixed sizes
     cfg = preset("tiny")
