@@ -16,7 +16,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import RESULTS, glas_root, machine, matmul_peak_gflops, print_table, write_json
+from _common import glas_root, machine, matmul_peak_gflops, print_table, write_json
 from pipeline.config import preset
 from pipeline.data import find_samples, load_image
 from pipeline.infer import predict_probs

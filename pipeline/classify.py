@@ -103,7 +103,8 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start_epoch = 0
     ck_path = store.checkpoint_path(STAGE)
-    ck, notice = resume_training(store, STAGE, {"config": asdict(cfg), "patches": asdict(patch_cfg)}, model, opt, restart, on_mismatch)
+    settings = {"config": asdict(cfg), "patches": asdict(patch_cfg)}
+    ck, notice = resume_training(store, STAGE, settings, model, opt, restart, on_mismatch)
     if notice:
         log.info("%s", notice)
         yield Progress(STAGE, 0, 0, "starting afresh", notice=notice)
