@@ -5,8 +5,10 @@ result, printed next to the paper's numbers.
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/glas_tables.py --quick  # CE vs l_norm, one seed
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/glas_tables.py --seeds 3  # all rows, mean +- std
 
-Every training run is a named checkpoint in the project (``segmentation-tables-<loss>-s<seed>``), so an
-interrupted run resumes. Test-time scales default to 1 (+ flip) to fit the CPU budget; ``--scales`` takes the
+Every training run is a named checkpoint in the project (``segmentation-tables-<loss>[-<variant>]-s<seed>``),
+so an interrupted run resumes and a finished one is only scored again. A run that changes the schedule
+(``--iterations``, ``--warmup-ce``, ``--temperature``) is a *variant*: its checkpoints and JSON carry the variant's name
+(e.g. ``-it3000-w500``, ``glas_tables-it3000-w500.json``), so the main tables are never overwritten by it. Test-time scales default to 1 (+ flip) to fit the CPU budget; ``--scales`` takes the
 paper's ``0.75,1,1.25,1.5,1.75,2,2.5,3``. No setting is chosen on testA: every row uses the preset as it is.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -47,21 +50,27 @@ def test_scores(store: ProjectStore, run_name: str, infer_cfg) -> dict:
     return {**from_confusion(total), "predict_s_per_image": (time.perf_counter() - t0) / len(names)}
 
 
-def train_and_score(store, base_cfg, setting: str, seed: int, infer_cfg, log: list) -> dict:
+def variant_of(iterations: int | None, warmup_ce: int | None, temperature: float | None = None) -> str:
+    """The suffix naming a schedule other than the preset's ("" for the preset itself)."""
+    return ((f"-it{iterations}" if iterations else "") + (f"-w{warmup_ce}" if warmup_ce else "")
+            + (f"-t{temperature:g}" if temperature else ""))
+
+
+def train_and_score(store, base_cfg, setting: str, seed: int, infer_cfg, log: list, variant: str = "") -> dict:
     cfg = copy.deepcopy(base_cfg.segmentation)
     cfg.seed = seed
     if setting == "full":
         cfg.loss, cfg.label_source = "ce", "mask"
     else:
         cfg.loss, cfg.label_source = setting, "pseudo"
-    name = f"tables-{setting}-s{seed}"
+    name = f"tables-{setting}{variant}-s{seed}"
     t0 = time.perf_counter()
     last = {}
     rec = run(train_segmenter(store, cfg, "cpu", run_name=name, on_mismatch="restart"),
               lambda p: last.update(p.metrics))
     train_s = time.perf_counter() - t0
     scores = test_scores(store, name, infer_cfg)
-    row = {"setting": setting, "seed": seed, "train_s": train_s, "iterations": cfg.iterations,
+    row = {"setting": setting, "seed": seed, "run_name": name, "warmup_ce_iters": cfg.warmup_ce_iters, "train_s": train_s, "iterations": cfg.iterations,
            "final_loss": last.get("loss"), "config": rec["config"], **scores}
     log.append(row)
     print(f"  {setting:7s} seed {seed}: testA mIoU {scores['mIoU']:.2f}  Dice {scores['Dice']:.2f}  "
@@ -90,6 +99,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--iterations", type=int, default=None, help="override the preset's segmentation iterations")
     ap.add_argument("--warmup-ce", type=int, default=None, help="CE iterations before the chosen loss")
+    ap.add_argument("--temperature", type=float, default=None, help="l_norm/lc_mix weight temperature (paper: 1)")
     ap.add_argument("--scales", default="1.0", help="test scales, comma list (paper: 0.75,1,1.25,1.5,1.75,2,2.5,3)")
     ap.add_argument("--no-flip", action="store_true")
     args = ap.parse_args()
@@ -103,6 +113,9 @@ def main() -> None:
         cfg.segmentation.iterations = args.iterations
     if args.warmup_ce is not None:
         cfg.segmentation.warmup_ce_iters = args.warmup_ce
+    if args.temperature is not None:
+        cfg.segmentation.weight_temperature = args.temperature
+    variant = variant_of(args.iterations, args.warmup_ce, args.temperature)
     infer = copy.deepcopy(cfg.inference)
     infer.scales = tuple(float(s) for s in args.scales.split(","))
     infer.flip = not args.no_flip
@@ -115,7 +128,7 @@ def main() -> None:
     rows: list[dict] = []
     for seed in range(seeds):
         for setting in settings:
-            train_and_score(store, cfg, setting, seed, infer, rows)
+            train_and_score(store, cfg, setting, seed, infer, rows, variant)
     by = {s: [r for r in rows if r["setting"] == s] for s in settings}
 
     print(f"\nTable 1 - GlaS testA, {seeds} seed(s), cpu preset from random init (paper: ImageNet ResNet38)\n")
@@ -141,9 +154,11 @@ def main() -> None:
         print(f"\nOEEM - CE: {gap:+.2f} mIoU (seed spread {spread:.2f}; paper +1.92)")
     total_min = (time.perf_counter() - t0) / 60
     print(f"total {total_min:.1f} min")
-    write_json("glas_tables.json", {
-        "machine": machine(), "quick": args.quick, "seeds": seeds, "settings": settings,
+    write_json(f"glas_tables{variant}.json", {
+        "machine": machine(), "command": " ".join(["python benchmarks/glas_tables.py", *sys.argv[1:]]),
+        "variant": variant, "quick": args.quick, "seeds": seeds, "settings": settings,
         "iterations": cfg.segmentation.iterations, "warmup_ce_iters": cfg.segmentation.warmup_ce_iters,
+        "weight_temperature": cfg.segmentation.weight_temperature,
         "test_scales": infer.scales, "flip": infer.flip, "total_min": total_min,
         "stage1": {"cam_mIoU": cams["cam"]["mIoU"], "pseudo_mIoU": cams["pseudo"]["mIoU"]},
         "rows": rows, "paper": PAPER,

@@ -63,13 +63,34 @@ def tables(d: dict) -> str:
     rows2 += [(f"prediction, {name} (testA)", cell(k), f"{p['table2'][k]:.2f}")
               for name, k in (("CE", "ce"), ("OEEM", "l_norm")) if k in s]
     rows3 = [(k, cell(k), f"{p['table3'][k]:.2f}") for k in p["table3"] if k in s]
-    cmd = "python benchmarks/glas_tables.py" + (" --quick" if d["quick"] else f" --seeds {d['seeds']}")
+    cmd = d.get("command") or ("python benchmarks/glas_tables.py" + (" --quick" if d["quick"] else f" --seeds {d['seeds']}"))
     head = (f"**Tables 1-3** (`{cmd}`): `cpu` preset, {d['iterations']} iterations, batch 8, 256 px tiles, "
             f"test scales {tuple(d['test_scales'])} + flip, {d['seeds']} seed(s), {d['total_min']:.0f} min in all. "
             "Paper: ImageNet-initialised ResNet38, GPU.")
     return "\n".join([head, "", table(("Table 1: method", "mIoU", "Dice", "F1", "paper mIoU"), rows1), "",
                       table(("Table 2: stage", "ours", "paper"), rows2), "",
                       table(("Table 3: loss", "testA mIoU", "paper"), rows3)])
+
+
+def variants(main: dict | None) -> str | None:
+    """One row per schedule experiment (glas_tables-<variant>.json) next to the preset's row of the same loss."""
+    found = sorted(RESULTS.glob("glas_tables-*.json"))
+    if not found:
+        return None
+    ref = (main or {}).get("summary", {})
+    rows = []
+    for path in found:
+        d = json.loads(path.read_text())
+        for k, v in d["summary"].items():
+            base = f"{ref[k]['mIoU'][0]:.2f}" if k in ref else "-"
+            delta = f"{v['mIoU'][0] - ref[k]['mIoU'][0]:+.2f}" if k in ref else "-"
+            rows.append((f"`{d.get('command', path.stem)}`", k, f"{d['iterations']}", f"{d['warmup_ce_iters']}",
+                         f"{d.get('weight_temperature', 1.0):g}",
+                         f"{v['mIoU'][0]:.2f}", f"{v['Dice'][0]:.2f}", base, delta))
+    return "\n".join(["**Schedule experiments** (same stage-1 pseudo-masks, same test protocol; chosen before "
+                      "looking at testA, one seed each):", "",
+                      table(("command", "loss", "iterations", "CE warm-up", "temperature", "testA mIoU", "Dice",
+                             "preset schedule mIoU", "difference"), rows)])
 
 
 def speed(d: dict, g: dict | None) -> str:
@@ -111,6 +132,9 @@ def main() -> None:
         if d:
             machine = machine or d["machine"]
             parts.append(fn(d))
+    extra = variants(load("glas_tables.json"))
+    if extra:
+        parts.append(extra)
     d = load("stage2_speed.json")
     if d:
         parts.append(speed(d, load("gui_latency.json")))

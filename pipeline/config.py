@@ -69,6 +69,7 @@ class SegConfig:
     aux_weight: float = 0.4
     loss: str = "l_norm"
     warmup_ce_iters: int = 0  # iterations of plain CE before the chosen loss takes over
+    weight_temperature: float = 1.0  # l_norm / lc_mix use softmax(-L / T); 1 is the paper, larger is flatter
     tile_size: int = 256
     tile_stride: int = 192
     crop_size: int = 256

@@ -33,11 +33,15 @@ def _multi_class(target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def weight_map(logits: torch.Tensor, target: torch.Tensor, kind: str = "l_norm",
-               ignore_index: int = 255) -> torch.Tensor:
+               ignore_index: int = 255, temperature: float = 1.0) -> torch.Tensor:
     """Per-pixel weights [N, H, W] for ``kind`` in c_max, c_diff, l_norm, lc_mix (Eq. 4-7).
 
     Ignored pixels get 0; an image whose valid target holds fewer than two classes gets 1 on its valid pixels.
+    ``temperature`` T > 0 makes the l_norm softmax softmax(-L / T): T = 1 is the paper; a larger T flattens the
+    weights (all 1 as T grows), which matters when a weak model's losses spread widely.
     """
+    if not temperature > 0:
+        raise OEEMError(f"the weight temperature must be > 0, not {temperature}")
     _check_kind(kind, WEIGHT_KINDS)
     if logits.dim() != 4 or target.dim() != 3 or logits.shape[0] != target.shape[0] \
             or logits.shape[2:] != target.shape[1:]:
@@ -55,7 +59,7 @@ def weight_map(logits: torch.Tensor, target: torch.Tensor, kind: str = "l_norm",
         safe_t = torch.where(valid, target, torch.zeros_like(target)).long()
         ce = F.cross_entropy(logits, safe_t, reduction="none")  # L, the per-pixel loss map
         n = ce.shape[0]
-        neg = torch.where(valid, -ce, torch.full_like(ce, float("-inf"))).reshape(n, -1)
+        neg = torch.where(valid, -ce / temperature, torch.full_like(ce, float("-inf"))).reshape(n, -1)
         log_sm = neg - torch.logsumexp(neg, dim=1, keepdim=True)  # log softmax over valid positions
         n_valid = valid.reshape(n, -1).sum(dim=1, keepdim=True).clamp(min=1)
         w = (log_sm.exp() * n_valid).reshape(ce.shape)  # divide by the mean (= 1 / N_valid)
@@ -88,7 +92,7 @@ def ohem_weight(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7,
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "l_norm", ignore_index: int = 255,
                       clean: torch.Tensor | None = None, ohem_thresh: float = 0.7,
-                      ohem_min_kept: float = 0.1) -> torch.Tensor:
+                      ohem_min_kept: float = 0.1, temperature: float = 1.0) -> torch.Tensor:
     """sum(W * CE) over valid pixels / number of valid pixels, W from :func:`weight_map` (W = 1 for ``ce``).
 
     ``clean``: optional [N, H, W] bool of pathologist-verified pixels, which keep full weight 1 whatever the
@@ -103,7 +107,7 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "l
     elif kind == "ohem":
         w = ohem_weight(logits, target, ohem_thresh, ohem_min_kept, ignore_index)
     else:
-        w = weight_map(logits, target, kind, ignore_index)
+        w = weight_map(logits, target, kind, ignore_index, temperature)
     if clean is not None:
         w = torch.where(clean & valid, torch.ones_like(w), w)
     n_valid = valid.sum().clamp(min=1)

@@ -257,17 +257,31 @@ def safe_torch_load(path: str | Path) -> dict:
                         f"{str(exc).splitlines()[0][:200]})") from None
 
 
+def _as_now(saved, default):
+    """A saved settings dict as the current version reads it: a field added since then takes its default, so a
+    checkpoint made before a setting existed still counts as made with that setting's default."""
+    if isinstance(saved, dict) and isinstance(default, dict):
+        return {**default, **saved}
+    return saved
+
+
+ON_MISMATCH = ("error", "restart")  # what to do with a checkpoint from other settings
+
+
 def resume_training(store, stage: str, settings: dict, model: nn.Module, opt: torch.optim.Optimizer,
-                    restart: bool, on_mismatch: str) -> tuple[dict | None, str]:
+                    restart: bool, on_mismatch: str, defaults: dict | None = None) -> tuple[dict | None, str]:
     """Load a stage's checkpoint into ``model`` and ``opt`` when it was made with the same ``settings``.
 
     Returns (checkpoint or None, notice). A checkpoint from other settings is an error (``on_mismatch="error"``)
-    or is moved aside and training starts afresh (``"restart"``); the notice then says where the old one went."""
+    or is moved aside and training starts afresh (``"restart"``); the notice then says where the old one went.
+    ``defaults`` (same keys as ``settings``) fill in fields a checkpoint predates."""
+    if on_mismatch not in ON_MISMATCH:
+        raise OEEMError(f"on_mismatch={on_mismatch!r} is not one of {', '.join(ON_MISMATCH)}")
     ck_path = store.checkpoint_path(stage)
     if restart or not ck_path.is_file():
         return None, ""
     ck = safe_torch_load(ck_path)
-    if any(ck.get(key) != value for key, value in settings.items()):
+    if any(_as_now(ck.get(key), (defaults or {}).get(key)) != value for key, value in settings.items()):
         if on_mismatch == "error":
             raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
                             "pass --restart to train afresh (the old one is kept as *.previous.pt)")

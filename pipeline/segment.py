@@ -93,6 +93,8 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     uses the *last* checkpoint (no selection on test data). ``on_mismatch`` as in ``train_classifier``."""
     if cfg.loss not in LOSS_KINDS:
         raise OEEMError(f"unknown loss {cfg.loss!r}: choose one of {', '.join(LOSS_KINDS)}")
+    if not cfg.weight_temperature > 0:
+        raise OEEMError(f"the weight temperature must be > 0 (1 is the paper's), not {cfg.weight_temperature}")
     set_threads(cfg.threads)
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
@@ -103,7 +105,8 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     stage = stage_name(run_name)
     ck_path = store.checkpoint_path(stage)
     start = 0
-    ck, notice = resume_training(store, stage, {"config": asdict(cfg)}, model, opt, restart, on_mismatch)
+    ck, notice = resume_training(store, stage, {"config": asdict(cfg)}, model, opt, restart, on_mismatch,
+                                 defaults={"config": asdict(SegConfig())})
     if notice:
         log.info("%s", notice)
         yield Progress(stage, 0, 0, "starting afresh", notice=notice)
@@ -134,7 +137,8 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             model.train()
             main, aux = model(x, with_aux=True)
             kw = dict(kind=kind, ignore_index=IGNORE, clean=clean if clean.any() else None,
-                      ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept)
+                      ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
+                      temperature=cfg.weight_temperature)
             loss = segmentation_loss(main, target, **kw) + cfg.aux_weight * segmentation_loss(aux, target, **kw)
             if not torch.isfinite(loss):
                 raise OEEMError(f"the segmentation loss became {loss.item()} at iteration {it + 1}; stopped. "

@@ -18,7 +18,7 @@ def _case(seed=0):
     return logits, target
 
 
-def _np_lnorm(logits, target, ignore=255):
+def _np_lnorm(logits, target, ignore=255, temperature=1.0):
     out = np.zeros(target.shape)
     for i in range(target.shape[0]):
         lg = logits[i].numpy().astype(np.float64)
@@ -29,7 +29,7 @@ def _np_lnorm(logits, target, ignore=255):
         if len(np.unique(t[valid])) < 2:
             out[i][valid] = 1
             continue
-        sm = np.exp(-ce[valid]) / np.exp(-ce[valid]).sum()
+        sm = np.exp(-ce[valid] / temperature) / np.exp(-ce[valid] / temperature).sum()
         out[i][valid] = sm / sm.mean()
     return out
 
@@ -42,6 +42,21 @@ def test_l_norm_matches_equation_6_on_valid_pixels():
     valid = target[0] != 255
     assert w[0][valid].mean().item() == pytest.approx(1.0, abs=1e-5)  # divided by its mean
     assert (w[0][~valid] == 0).all()  # ignored pixels take no weight
+
+
+def test_temperature_flattens_the_l_norm_weights():
+    """softmax(-L / T): T = 1 is Eq. 6 itself; a larger T narrows the weights towards 1 (plain CE)."""
+    logits, target = _case()
+    assert torch.equal(weight_map(logits, target, "l_norm", temperature=1.0), weight_map(logits, target, "l_norm"))
+    w3 = weight_map(logits, target, "l_norm", temperature=3.0)
+    np.testing.assert_allclose(w3.numpy(), _np_lnorm(logits, target, temperature=3.0), rtol=1e-5, atol=1e-6)
+    valid = target[0] != 255
+    spread = [weight_map(logits, target, "l_norm", temperature=t)[0][valid].std().item() for t in (0.5, 1, 3, 100)]
+    assert spread == sorted(spread, reverse=True) and spread[-1] < 0.05
+    assert segmentation_loss(logits, target, "l_norm", temperature=1e4).item() == pytest.approx(
+        segmentation_loss(logits, target, "ce").item(), rel=1e-3)
+    with pytest.raises(OEEMError, match="temperature must be > 0"):
+        weight_map(logits, target, "l_norm", temperature=0)
 
 
 def test_single_class_images_get_weight_one():

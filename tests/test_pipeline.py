@@ -56,6 +56,9 @@ def test_classifier_resumes_from_its_checkpoint(project_copy):
     cfg.classifier.lr = 0.123
     with pytest.raises(OEEMError, match="different configuration.*--restart"):
         run(train_classifier(store, cfg.classifier, cfg.patches, "cpu"))
+    with pytest.raises(OEEMError, match="'overwrite' is not one of error, restart"):
+        run(train_classifier(store, cfg.classifier, cfg.patches, "cpu", on_mismatch="overwrite"))
+    assert store.checkpoint_path("classifier").is_file()  # a typo never touches the model
 
 
 def test_changed_settings_restart_and_keep_the_previous_model(project_copy):
