@@ -26,7 +26,7 @@ from glas_tables import test_scores
 from pipeline.config import preset
 from pipeline.infer import oeem_weight_of, predict_probs
 from pipeline.progress import run
-from pipeline.regions import confusing_regions, region_mask
+from pipeline.regions import confusing_regions, confusion_map, region_mask
 from pipeline.segment import load_segmenter, train_segmenter
 from pipeline.store import ProjectStore
 
@@ -48,6 +48,25 @@ def rank_regions(store: ProjectStore, run_name: str, infer_cfg) -> tuple[list, d
         maps[n] = (pred, pseudo, weight)
         regions += confusing_regions(n, pred, pseudo, weight)
     return sorted(regions, key=lambda r: -r.score), maps
+
+
+def ranking_quality(store: ProjectStore, maps: dict, chosen: list) -> dict:
+    """How well the confusion signal finds *wrong pseudo-labels* on the training images (the gland masks play
+    the pathologist): base error rate, the model's own error, and the share of wrong labels among flagged
+    pixels and inside the chosen regions."""
+    px = wrong = model_wrong = flagged = flagged_wrong = 0
+    for n, (pred, pseudo, weight) in maps.items():
+        gt = store.mask(n)
+        err = pseudo != gt
+        flag = confusion_map(pred, pseudo, weight) > 0.5
+        px, wrong, model_wrong = px + err.size, wrong + int(err.sum()), model_wrong + int((pred != gt).sum())
+        flagged, flagged_wrong = flagged + int(flag.sum()), flagged_wrong + int((flag & err).sum())
+    area = sum(r.area for r in chosen)
+    in_chosen = sum(int((region_mask(*maps[r.image], r) & (maps[r.image][1] != store.mask(r.image))).sum())
+                    for r in chosen)
+    return {"pseudo_error_rate": wrong / px, "model_error_rate": model_wrong / px,
+            "flagged_share": flagged / px, "flagged_precision": flagged_wrong / max(flagged, 1),
+            "chosen_precision": in_chosen / max(area, 1)}
 
 
 def apply(store: ProjectStore, masks: dict[str, np.ndarray]) -> int:
@@ -72,6 +91,8 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=20, help="confusing regions the simulated pathologist fixes")
     ap.add_argument("--iterations", type=int, default=None, help="segmentation iterations (default: the preset's)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rank-only", action="store_true",
+                    help="only measure how well the ranking finds wrong pseudo-labels (no retraining)")
     args = ap.parse_args()
     glas_root()
     store = ProjectStore.open(args.project)
@@ -92,6 +113,12 @@ def main() -> None:
 
     regions, maps = rank_regions(store, base_name, infer)
     chosen = regions[: args.top_k]
+    quality = ranking_quality(store, maps, chosen)
+    print("ranking: " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()), flush=True)
+    if args.rank_only:
+        write_json("annotation_ranking.json", {"machine": machine(), "top_k": args.top_k, "baseline_run": base_name,
+                                               **quality})
+        return
     top_masks: dict[str, np.ndarray] = {}
     for r in chosen:
         m = region_mask(*maps[r.image], r)
@@ -133,7 +160,7 @@ def main() -> None:
     print_table(rows, ("corrections", "pixels", "of train", "wrong labels fixed", "testA mIoU", "gain"))
     write_json("annotation_gain.json", {
         "machine": machine(), "top_k": args.top_k, "iterations": seg.iterations, "baseline_run": base_name,
-        "train_pixels": train_px, "regions": [r.as_dict() for r in chosen], "results": results,
+        "train_pixels": train_px, "ranking": quality, "regions": [r.as_dict() for r in chosen], "results": results,
         "total_min": (time.perf_counter() - t0) / 60})
 
 

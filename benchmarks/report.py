@@ -110,6 +110,14 @@ def speed(d: dict, g: dict | None) -> str:
                       "", table(("what", "measured", "note"), rows)])
 
 
+def ranking(q: dict) -> str:
+    return (f"How well the ranking finds wrong pseudo-labels on the training images: {100 * q['pseudo_error_rate']:.1f} % "
+            f"of pseudo-mask pixels are wrong and the baseline model's own prediction is wrong on "
+            f"{100 * q['model_error_rate']:.1f} %; {100 * q['flagged_precision']:.1f} % of the pixels flagged as "
+            f"confusing ({100 * q['flagged_share']:.1f} % of all) are wrong pseudo-labels, but only "
+            f"{100 * q['chosen_precision']:.1f} % of those inside the top-ranked regions.")
+
+
 def gain(d: dict) -> str:
     r = d["results"]
     base = r["none"]["mIoU"]
@@ -121,7 +129,7 @@ def gain(d: dict) -> str:
                       f" --top-k {d['top_k']}`): a simulated pathologist replaces the pseudo-mask by the truth "
                       "inside the regions the tool ranks, then the segmentation is retrained (testA mIoU).", "",
                       table(("corrections", "pixels", "of train pixels", "wrong labels fixed", "testA mIoU", "gain"),
-                            rows)])
+                            rows)] + (["", ranking(d["ranking"])] if "ranking" in d else []))
 
 
 def main() -> None:
@@ -132,6 +140,9 @@ def main() -> None:
         if d:
             machine = machine or d["machine"]
             parts.append(fn(d))
+    q = load("annotation_ranking.json")
+    if q and not (load("annotation_gain.json") or {}).get("ranking"):
+        parts.append(f"**Ranking quality** (`python benchmarks/annotation_gain.py --rank-only`): " + ranking(q))
     extra = variants(load("glas_tables.json"))
     if extra:
         parts.append(extra)
