@@ -125,8 +125,9 @@ def gain(d: dict) -> str:
              f"{r[k]['wrong_pseudo_pixels_fixed']:,}", f"{r[k]['mIoU']:.2f}", f"{r[k]['mIoU'] - base:+.2f}")
             for k, label in (("none", "no corrections"), ("top", f"top-{d['top_k']} confusing regions fixed"),
                              ("random", "same pixel count at random places"))]
-    return "\n".join([f"**Annotation gain** (`python benchmarks/annotation_gain.py --iterations {d['iterations']}"
-                      f" --top-k {d['top_k']}`): a simulated pathologist replaces the pseudo-mask by the truth "
+    its = f" --iterations {d['iterations']}" if d["baseline_run"].startswith("gain-") else ""
+    return "\n".join([f"**Annotation gain** (`python benchmarks/annotation_gain.py{its} --top-k {d['top_k']}`, "
+                      f"{d['iterations']} iterations each): a simulated pathologist replaces the pseudo-mask by the truth "
                       "inside the regions the tool ranks, then the segmentation is retrained (testA mIoU).", "",
                       table(("corrections", "pixels", "of train pixels", "wrong labels fixed", "testA mIoU", "gain"),
                             rows)] + (["", ranking(d["ranking"])] if "ranking" in d else []))
