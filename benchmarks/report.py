@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 from _common import RESULTS
 
@@ -65,7 +66,9 @@ def tables(d: dict) -> str:
     rows3 = [(k, cell(k), f"{p['table3'][k]:.2f}") for k in p["table3"] if k in s]
     cmd = d.get("command") or ("python benchmarks/glas_tables.py" + (" --quick" if d["quick"] else f" --seeds {d['seeds']}"))
     head = (f"**Tables 1-3** (`{cmd}`): `cpu` preset, {d['iterations']} iterations, batch 8, 256 px tiles, "
-            f"test scales {tuple(d['test_scales'])} + flip, {d['seeds']} seed(s), {d['total_min']:.0f} min in all. "
+            f"test scales {tuple(d['test_scales'])} + flip, {d['seeds']} seed(s); training time per run: "
+            + ", ".join(f"{r['setting']} {r['train_s'] / 60:.1f} min" for r in d["rows"])
+            + f"; prediction {statistics.fmean(r['predict_s_per_image'] for r in d['rows']):.2f} s / testA image. "
             "Paper: ImageNet-initialised ResNet38, GPU.")
     return "\n".join([head, "", table(("Table 1: method", "mIoU", "Dice", "F1", "paper mIoU"), rows1), "",
                       table(("Table 2: stage", "ours", "paper"), rows2), "",
