@@ -161,6 +161,27 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
     return _build(cls, data)
 
 
+_POSITIVE = {"classifier": ("epochs", "batch_size", "lr"), "cam": ("batch_size",),
+             "segmentation": ("iterations", "batch_size", "lr", "weight_temperature", "checkpoint_every"),
+             "inference": ("crop_size", "stride", "batch_size")}
+
+
+def check(cfg: PipelineConfig) -> PipelineConfig:
+    """Refuse settings no run can use, before they are saved as the project's configuration."""
+    for section, names in _POSITIVE.items():
+        for name in names:
+            value = getattr(getattr(cfg, section), name)
+            if not value > 0:
+                raise OEEMError(f"{section}.{name} must be > 0, not {value}")
+    if cfg.segmentation.warmup_ce_iters < 0:
+        raise OEEMError(f"segmentation.warmup_ce_iters must be >= 0, not {cfg.segmentation.warmup_ce_iters}")
+    for section in ("cam", "inference"):
+        scales = getattr(cfg, section).scales
+        if not scales or any(not s > 0 for s in scales):
+            raise OEEMError(f"{section}.scales must be positive numbers, not {scales}")
+    return cfg
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     """Set dotted keys, e.g. ``{"segmentation.loss": "ce"}``, checking that each key exists."""
     for dotted, value in overrides.items():

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig, apply_overrides, from_dict, preset, to_dict
+from pipeline.config import PipelineConfig, apply_overrides, check, from_dict, preset, to_dict
 from pipeline.data import find_samples
 from pipeline.errors import OEEMError
 from pipeline.progress import Job, Progress
@@ -37,6 +37,7 @@ def project_config(store: ProjectStore, preset_name: str | None = None,
         cfg = preset(preset_name or "cpu")
     if overrides:
         apply_overrides(cfg, {k: v for k, v in overrides.items() if v is not None})
+    check(cfg)
     if save:
         atomic_write_json(path, to_dict(cfg))
     return cfg

@@ -57,10 +57,15 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
     out = capsys.readouterr().out
     assert "CAM mIoU" in out and "mIoU" in out and "testA_1" in out
     assert len(list((tmp_path / "out").glob("train_*_anno.tif"))) == 4
+    # a setting no run can use is refused before it is saved as the project's configuration
+    assert main(["train-seg", p, "--iterations", "3", "--temperature", "0", "--name", "t0"]) == 2
+    assert "temperature must be > 0" in capsys.readouterr().err
+    assert not (tmp_path / "p.zarr" / "checkpoints" / "segmentation-t0.pt").exists()
     import json
 
     saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())
     assert saved["preset"] == "tiny" and saved["segmentation"]["loss"] == "ce"
+    assert saved["segmentation"]["weight_temperature"] == 1.0  # the refused value was not saved
     assert saved["cam"]["scales"] == [1.0]
     capsys.readouterr()
     assert main(["info", p]) == 0
