@@ -116,6 +116,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=None, help="l_norm/lc_mix weight temperature (paper: 1)")
     ap.add_argument("--scales", default="1.0", help="test scales, comma list (paper: 0.75,1,1.25,1.5,1.75,2,2.5,3)")
     ap.add_argument("--no-flip", action="store_true")
+    ap.add_argument("--json", default=None, help="result file name in benchmarks/results (default: glas_tables"
+                    "[-variant].json); give one for partial runs so the main tables are kept")
     args = ap.parse_args()
     glas_root()  # a clear exit when the data is absent
     store = ProjectStore.open(args.project)
@@ -168,7 +170,7 @@ def main() -> None:
         print(f"\nOEEM - CE: {gap:+.2f} mIoU (seed spread {spread:.2f}; paper +1.92)")
     total_min = (time.perf_counter() - t0) / 60
     print(f"total {total_min:.1f} min")
-    write_json(f"glas_tables{variant}.json", {
+    write_json(args.json or f"glas_tables{variant}.json", {
         "machine": machine(), "command": " ".join(["python benchmarks/glas_tables.py", *sys.argv[1:]]),
         "variant": variant, "quick": args.quick, "seeds": seeds, "settings": settings,
         "iterations": cfg.segmentation.iterations, "warmup_ce_iters": cfg.segmentation.warmup_ce_iters,

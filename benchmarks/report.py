@@ -147,6 +147,12 @@ def main() -> None:
     q = load("annotation_ranking.json")
     if q and not (load("annotation_gain.json") or {}).get("ranking"):
         parts.append(f"**Ranking quality** (`python benchmarks/annotation_gain.py --rank-only`): " + ranking(q))
+    seeds = load("glas_tables_seeds.json")
+    if seeds:
+        parts.append(f"**Seed spread** (`{seeds['command']}`): " + "; ".join(
+            f"{k} testA mIoU {v['mIoU'][0]:.2f} ± {v['mIoU'][1]:.2f} over {seeds['seeds']} seeds ("
+            + ", ".join(f"{r['mIoU']:.2f}" for r in seeds["rows"] if r["setting"] == k) + ")"
+            for k, v in seeds["summary"].items()) + ".")
     extra = variants(load("glas_tables.json"))
     if extra:
         parts.append(extra)
