@@ -81,10 +81,14 @@ def train_and_score(store, base_cfg, setting: str, seed: int, infer_cfg, log: li
     rec = run(train_segmenter(store, cfg, "cpu", run_name=name, on_mismatch="restart"),
               lambda p: last.update(p.metrics))
     train_s = time.perf_counter() - t0
-    if rec["iterations_run"] == 0 and earlier is not None:
-        train_s = earlier_train_s(earlier, name) or train_s
+    iterations_timed = rec["iterations_run"]
+    if iterations_timed == 0 and earlier is not None:
+        earlier_s = earlier_train_s(earlier, name)
+        if earlier_s is not None:
+            train_s, iterations_timed = earlier_s, cfg.iterations
     scores = test_scores(store, name, infer_cfg)
-    row = {"setting": setting, "seed": seed, "run_name": name, "warmup_ce_iters": cfg.warmup_ce_iters, "train_s": train_s, "iterations": cfg.iterations,
+    row = {"setting": setting, "seed": seed, "run_name": name, "warmup_ce_iters": cfg.warmup_ce_iters, "train_s": train_s,
+           "iterations_timed": iterations_timed, "iterations": cfg.iterations,
            "final_loss": last.get("loss"), "config": rec["config"], **scores}
     log.append(row)
     print(f"  {setting:7s} seed {seed}: testA mIoU {scores['mIoU']:.2f}  Dice {scores['Dice']:.2f}  "

@@ -67,12 +67,22 @@ def tables(d: dict) -> str:
     cmd = d.get("command") or ("python benchmarks/glas_tables.py" + (" --quick" if d["quick"] else f" --seeds {d['seeds']}"))
     head = (f"**Tables 1-3** (`{cmd}`): `cpu` preset, {d['iterations']} iterations, batch 8, 256 px tiles, "
             f"test scales {tuple(d['test_scales'])} + flip, {d['seeds']} seed(s); training time per run: "
-            + ", ".join(f"{r['setting']} {r['train_s'] / 60:.1f} min" for r in d["rows"])
+            + ", ".join(f"{r['setting']} {train_time(r)}" for r in d["rows"])
             + f"; prediction {statistics.fmean(r['predict_s_per_image'] for r in d['rows']):.2f} s / testA image. "
             "Paper: ImageNet-initialised ResNet38, GPU.")
     return "\n".join([head, "", table(("Table 1: method", "mIoU", "Dice", "F1", "paper mIoU"), rows1), "",
                       table(("Table 2: stage", "ours", "paper"), rows2), "",
                       table(("Table 3: loss", "testA mIoU", "paper"), rows3)])
+
+
+def train_time(row: dict) -> str:
+    """Training time of one run; a run resumed from a checkpoint only timed the iterations it ran."""
+    timed = row.get("iterations_timed", row["iterations"])
+    if timed >= row["iterations"]:
+        return f"{row['train_s'] / 60:.1f} min"
+    if timed == 0:
+        return "not timed (reused)"
+    return f"{row['train_s'] / timed:.2f} s / iteration over the last {timed} (resumed)"
 
 
 def variants(main: dict | None) -> str | None:
@@ -89,11 +99,12 @@ def variants(main: dict | None) -> str | None:
             delta = f"{v['mIoU'][0] - ref[k]['mIoU'][0]:+.2f}" if k in ref else "-"
             rows.append((f"`{d.get('command', path.stem)}`", k, f"{d['iterations']}", f"{d['warmup_ce_iters']}",
                          f"{d.get('weight_temperature', 1.0):g}",
-                         f"{v['mIoU'][0]:.2f}", f"{v['Dice'][0]:.2f}", base, delta))
+                         f"{v['mIoU'][0]:.2f}", f"{v['Dice'][0]:.2f}", base, delta,
+                         "; ".join(train_time(r) for r in d["rows"] if r["setting"] == k)))
     return "\n".join(["**Schedule experiments** (same stage-1 pseudo-masks, same test protocol; chosen before "
                       "looking at testA, one seed each):", "",
                       table(("command", "loss", "iterations", "CE warm-up", "temperature", "testA mIoU", "Dice",
-                             "preset schedule mIoU", "difference"), rows)])
+                             "preset schedule mIoU", "difference", "training"), rows)])
 
 
 def speed(d: dict, g: dict | None) -> str:
