@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every benchmark in order (about 4 h on 2 cores), one at a time (they share 2 cores; running two at once distorts every timing).
+# Every benchmark in order (about 6 h on 2 cores), one at a time (they share 2 cores; running two at once distorts every timing).
 # Logs and JSON go to benchmarks/results/. Usage: OEEM_GLAS_ROOT=../shared/data/glas benchmarks/run_all.sh [--skip-stage1]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -9,7 +9,7 @@ mkdir -p results
 [ "${1:-}" = "--skip-stage1" ] || "$PY" stage1_glas.py | tee results/stage1_glas.log
 "$PY" stage2_speed.py --images 3 --iterations 10 | tee results/stage2_speed.log
 xvfb-run -a -s "-screen 0 1600x1000x24" "$PY" gui_latency.py --seconds 30 | tee results/gui_latency.log
-"$PY" glas_tables.py --losses ce,l_norm | tee results/glas_tables_full.log        # Table 1-3 rows + full
+"$PY" glas_tables.py | tee results/glas_tables_all6.log                          # Tables 1-3: six losses + full
 "$PY" annotation_gain.py --top-k 20 | tee results/annotation_gain.log              # reuses the l_norm run
 "$PY" annotation_gain.py --rank-only | tee results/annotation_ranking.log
 "$PY" glas_tables.py --losses l_norm --no-full --warmup-ce 500 | tee results/glas_tables_w500.log
