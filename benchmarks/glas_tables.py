@@ -57,13 +57,13 @@ def variant_of(iterations: int | None, warmup_ce: int | None, temperature: float
             + (f"-t{temperature:g}" if temperature else ""))
 
 
-def earlier_train_s(path, run_name: str) -> float | None:
-    """Training time a finished run took when it was trained (a resumed, already finished run takes ~0 s)."""
+def earlier_timing(path, run_name: str) -> tuple[float, int] | None:
+    """(seconds, iterations timed) when a finished run was trained: reusing it later takes ~0 s."""
     if not path.is_file():
         return None
     for row in json.loads(path.read_text()).get("rows", []):
         if row.get("run_name", f"tables-{row['setting']}-s{row['seed']}") == run_name and row.get("train_s", 0) > 60:
-            return row["train_s"]
+            return row["train_s"], row.get("iterations_timed", row["iterations"])
     return None
 
 
@@ -83,9 +83,7 @@ def train_and_score(store, base_cfg, setting: str, seed: int, infer_cfg, log: li
     train_s = time.perf_counter() - t0
     iterations_timed = rec["iterations_run"]
     if iterations_timed == 0 and earlier is not None:
-        earlier_s = earlier_train_s(earlier, name)
-        if earlier_s is not None:
-            train_s, iterations_timed = earlier_s, cfg.iterations
+        train_s, iterations_timed = earlier_timing(earlier, name) or (train_s, 0)
     scores = test_scores(store, name, infer_cfg)
     row = {"setting": setting, "seed": seed, "run_name": name, "warmup_ce_iters": cfg.warmup_ce_iters, "train_s": train_s,
            "iterations_timed": iterations_timed, "iterations": cfg.iterations,
