@@ -39,10 +39,10 @@ def clear_corrections(store: ProjectStore) -> None:
 
 def rank_regions(store: ProjectStore, run_name: str, infer_cfg) -> tuple[list, dict]:
     """All training images' confusing regions under the baseline model, best first, and the maps behind them."""
-    model, _ = load_segmenter(store, run_name, "cpu")
+    model, seg_cfg = load_segmenter(store, run_name, "cpu")
     regions, maps = [], {}
     for n in store.names("train"):
-        prob = predict_probs(model, store.image(n), infer_cfg, torch.device("cpu"))
+        prob = predict_probs(model, store.image(n), infer_cfg, torch.device("cpu"), seg_cfg)
         pred, pseudo = prob.argmax(0).astype(np.uint8), store.read(n, "pseudo")
         weight = oeem_weight_of(prob, pseudo)
         maps[n] = (pred, pseudo, weight)

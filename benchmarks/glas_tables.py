@@ -41,12 +41,12 @@ PAPER = {
 def test_scores(store: ProjectStore, run_name: str, infer_cfg) -> dict:
     """Dataset-level mIoU / Dice / F1 of one trained model on testA, computed in memory (the store's own
     predictions are left alone)."""
-    model, _ = load_segmenter(store, run_name, "cpu")
+    model, seg_cfg = load_segmenter(store, run_name, "cpu")
     total = np.zeros((2, 2), np.int64)
     t0 = time.perf_counter()
     names = [n for n in store.names("test") if store.has(n, "mask")]
     for n in names:
-        prob = predict_probs(model, store.image(n), infer_cfg, torch.device("cpu"))
+        prob = predict_probs(model, store.image(n), infer_cfg, torch.device("cpu"), seg_cfg)
         total += confusion(prob.argmax(0), store.mask(n))
     return {**from_confusion(total), "predict_s_per_image": (time.perf_counter() - t0) / len(names)}
 

@@ -71,7 +71,7 @@ def main() -> None:
         c.batch_size = batch
         t0 = time.perf_counter()
         for im in images:
-            predict_probs(model, im, c, torch.device("cpu"))
+            predict_probs(model, im, c, torch.device("cpu"), seg)
         timings[label] = (time.perf_counter() - t0) / len(images)
     ratio = timings["one window at a time"] / timings["batched"]
 

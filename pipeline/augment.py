@@ -57,6 +57,45 @@ def random_zoom_crop(img: torch.Tensor, label: torch.Tensor, out_size: int, rati
     return out, lab
 
 
+def random_rot90(img: torch.Tensor, label: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate each (square) sample by a random multiple of 90 degrees; with a horizontal flip before it this
+    gives all eight orientations, which tissue sections take with no preference."""
+    k = torch.randint(0, 4, (img.shape[0],), generator=gen)
+    img, label = img.clone(), label.clone()
+    for r in (1, 2, 3):
+        sel = (k == r).nonzero().flatten().to(img.device)
+        if len(sel):
+            img[sel] = torch.rot90(img[sel], r, dims=(-2, -1))
+            label[sel] = torch.rot90(label[sel], r, dims=(-2, -1))
+    return img, label
+
+
+def _hed_matrices(device) -> tuple[torch.Tensor, torch.Tensor]:
+    from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
+
+    return (torch.tensor(hed_from_rgb, dtype=torch.float32, device=device),
+            torch.tensor(rgb_from_hed, dtype=torch.float32, device=device))
+
+
+def stain_jitter(x: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
+    """H&E stain augmentation (Tellez et al. 2018): colour deconvolution into haematoxylin / eosin / DAB optical
+    densities (scikit-image's Ruifrok-Johnston matrices, as ``skimage.color.rgb2hed``), each scaled by
+    U(1 - sigma, 1 + sigma) and shifted by U(-sigma, sigma) per sample, then back to RGB. Mimics the staining
+    differences between labs and batches that colour jitter in RGB only roughly imitates."""
+    if sigma <= 0:
+        return x
+    n = x.shape[0]
+    to_hed, to_rgb = _hed_matrices(x.device)
+    log_adjust = torch.log(torch.tensor(1e-6))
+    rgb = x.clamp(min=1e-6).permute(0, 2, 3, 1)  # N, H, W, 3
+    stains = ((torch.log(rgb) / log_adjust) @ to_hed).clamp(min=0)
+    alpha = torch.empty(n, 1, 1, 3).uniform_(1 - sigma, 1 + sigma, generator=gen).to(x.device)
+    beta = torch.empty(n, 1, 1, 3).uniform_(-sigma, sigma, generator=gen).to(x.device)
+    stains = (stains * alpha + beta).clamp(min=0)
+    out = torch.exp((stains * log_adjust) @ to_rgb)
+    return out.clamp(0, 1).permute(0, 3, 1, 2).contiguous()
+
+
 def photometric(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     """Brightness +-32/255, contrast and saturation 0.5-1.5, hue +-18 deg, on [0, 1] RGB (N, 3, H, W)."""
     n = x.shape[0]

@@ -128,11 +128,10 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
     """CAMs and pseudo-masks for every training image with patch labels; scores them where masks exist."""
     dev = resolve_device(device)
     model, cls_cfg = load_classifier(store, dev)
-    names = names or [n for n in store.names("train") if store.has(n, "patch_labels")]
+    names = names or [n for split in ("train", "val") for n in store.names(split) if store.has(n, "patch_labels")]
     if not names:
         raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
-    cm_cam = np.zeros((2, 2), np.int64)
-    cm_pseudo = np.zeros((2, 2), np.int64)
+    cms = {split: (np.zeros((2, 2), np.int64), np.zeros((2, 2), np.int64)) for split in ("train", "val")}
     t0 = time.perf_counter()
     for k, n in enumerate(names):
         image = store.image(n)
@@ -140,16 +139,23 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
                                      patch_cfg, cls_cfg, cam_cfg, dev)
         store.write(n, "cam", cam)
         store.write(n, "pseudo", pseudo)
+        store.delete(n, "pseudo_cam")  # a new stage 1 starts self-training over
         mask = store.mask(n)
-        if mask is not None:
+        if mask is not None and store.split(n) in cms:
+            cm_cam, cm_pseudo = cms[store.split(n)]
             cm_cam += confusion(cam.argmax(0), mask)
             cm_pseudo += confusion(pseudo, mask)
         yield Progress(STAGE, k + 1, len(names), n)
+    store.root.attrs["pseudo_round"] = 0
     seconds = time.perf_counter() - t0
     record: dict = {"config": asdict(cam_cfg), "images": len(names), "seconds": seconds,
                     "seconds_per_image": seconds / len(names), "device": str(dev)}
-    if cm_cam.sum():
+    cm_cam, cm_pseudo = cms["train"]
+    if cm_cam.sum():  # the paper's Table 2 figures: CAM and pseudo-mask against the training masks
         record["cam"] = from_confusion(cm_cam)
         record["pseudo"] = from_confusion(cm_pseudo)
+    cm_cam, cm_pseudo = cms["val"]
+    if cm_cam.sum():
+        record["val"] = {"cam": from_confusion(cm_cam), "pseudo": from_confusion(cm_pseudo)}
     store.save_run(STAGE, record)
     return record

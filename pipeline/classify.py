@@ -23,22 +23,31 @@ log = logging.getLogger("oeem")
 STAGE = "classifier"
 
 
-def make_patch_labels(store: ProjectStore, cfg: PatchConfig, split: str = "train") -> dict[str, int]:
-    """Cut the edge-flush patch grid of every image of ``split`` that has a mask and store its weak labels."""
-    names = [n for n in store.names(split) if store.has(n, "mask")]
-    if not names:
-        raise OEEMError(f"{store.path}: no {split} image has a gland mask to derive patch labels from")
+def make_patch_labels(store: ProjectStore, cfg: PatchConfig,
+                      splits: tuple[str, ...] = ("train", "val")) -> dict[str, int]:
+    """Cut the edge-flush patch grid of every image of ``splits`` that has a mask and store its weak labels.
+
+    Only ``train`` patches train the classifier; ``val`` ones give held-out pseudo-masks to choose settings on.
+    """
+    names = [n for split in splits for n in store.names(split) if store.has(n, "mask")]
+    if not any(store.split(n) == "train" for n in names):
+        raise OEEMError(f"{store.path}: no train image has a gland mask to derive patch labels from")
     counts = np.zeros(2, np.int64)
     total = 0
+    held_out = 0
     for n in names:
         corners = patch_grid(store.shape(n), cfg.size, cfg.stride)
         labels = patch_labels(store.mask(n), corners, cfg.size, cfg.min_fraction)
         store.write(n, "patch_corners", corners)
         store.write(n, "patch_labels", labels)
+        if store.split(n) != "train":
+            held_out += len(labels)
+            continue
         counts += labels.sum(0, dtype=np.int64)
         total += len(labels)
-    summary = {"images": len(names), "patches": total, "with_non_gland": int(counts[0]),
-               "with_gland": int(counts[1])}
+    n_train = sum(store.split(n) == "train" for n in names)
+    summary = {"images": n_train, "patches": total, "with_non_gland": int(counts[0]),
+               "with_gland": int(counts[1]), "val_images": len(names) - n_train, "val_patches": held_out}
     store.save_run("patches", {"config": asdict(cfg), "summary": summary})
     return summary
 

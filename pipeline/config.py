@@ -31,6 +31,7 @@ class BackboneConfig:
     widths: tuple[int, ...] = (24, 48, 96, 192)
     blocks: tuple[int, ...] = (1, 1, 2, 2)
     pretrained: str | None = None  # path to a local checkpoint with backbone weights
+    output_stride: int = 8  # resnet_os8 only: 8 (dilated last stage: classifier, PSPNet) or 16 (U-Net encoder)
 
 
 @dataclass
@@ -62,10 +63,24 @@ class CamConfig:
     batch_size: int = 32
 
 
+NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "glas": (GLAS_MEAN, GLAS_STD)}
+DECODERS = ("psp", "unet")
+
+
 @dataclass
 class SegConfig:
+    """Defaults are the paper's network (PSPNet at full resolution); the ``cpu`` preset swaps in a U-Net at half
+    resolution started from the stage-1 classifier. A checkpoint made before a field existed reads as its default.
+    """
+
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    decoder: str = "psp"  # "psp" (PSPNet, the paper) or "unet" (skip connections; for CPUs)
     head_channels: int = 128
+    working_scale: float = 1.0  # images are resized by this for training and prediction; masks scored at 1x
+    input_norm: str = "imagenet"  # "imagenet" (the reference) or "glas" (the classifier's, for its weights)
+    init_from_classifier: bool = False  # start the backbone from this project's stage-1 classifier
+    rotate90: bool = False  # random 90-degree rotations and vertical flips (tissue has no up)
+    stain_jitter: float = 0.0  # HED stain augmentation strength (0: off; ~0.05 per Tellez et al.)
     aux_weight: float = 0.4
     loss: str = "l_norm"
     warmup_ce_iters: int = 0  # iterations of plain CE before the chosen loss takes over
@@ -99,6 +114,11 @@ class InferConfig:
 
 
 @dataclass
+class SelfTrainConfig:
+    rounds: int = 0  # times the pseudo-masks are refined by the segmentation network and it is trained again
+
+
+@dataclass
 class PipelineConfig:
     preset: str = "cpu"
     patches: PatchConfig = field(default_factory=PatchConfig)
@@ -106,6 +126,7 @@ class PipelineConfig:
     cam: CamConfig = field(default_factory=CamConfig)
     segmentation: SegConfig = field(default_factory=SegConfig)
     inference: InferConfig = field(default_factory=InferConfig)
+    selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
 
 def preset(name: str) -> PipelineConfig:
@@ -117,6 +138,14 @@ def preset(name: str) -> PipelineConfig:
         # Per-patch CAMs as the reference makes them: on GlaS they beat whole-image CAMs by ~8 mIoU points
         # (benchmarks/stage1_glas.py); three scales instead of five keep stage 1 near 30 min on 2 cores.
         cfg.cam = CamConfig(mode="patch", scales=(1.0, 1.5, 2.0))
+        # A U-Net at half resolution, its encoder the stage-1 classifier's backbone (same widths; strided instead
+        # of dilated last stage), with H&E-specific augmentation: see benchmarks/ablation.py for each lever.
+        cfg.segmentation = SegConfig(
+            backbone=BackboneConfig(output_stride=16), decoder="unet", head_channels=64, working_scale=0.5,
+            input_norm="glas", init_from_classifier=True, rotate90=True, stain_jitter=0.05, tile_size=256,
+            tile_stride=128, crop_size=192, ratio_range=(0.75, 1.5), iterations=1000, batch_size=8, lr=0.01)
+        cfg.inference = InferConfig(scales=(1.0,), flip=True, crop_size=384, stride=320)
+        cfg.selftrain = SelfTrainConfig(rounds=1)
     if name == "paper":
         r38 = BackboneConfig(name="resnet38d", widths=(), blocks=())
         cfg.classifier = ClassifierConfig(backbone=r38, input_size=224, epochs=20, batch_size=20, lr=0.01,
@@ -173,7 +202,18 @@ def check(cfg: PipelineConfig) -> PipelineConfig:
             value = getattr(getattr(cfg, section), name)
             if not value > 0:
                 raise OEEMError(f"{section}.{name} must be > 0, not {value}")
-    if cfg.segmentation.warmup_ce_iters < 0:
+    seg = cfg.segmentation
+    if seg.decoder not in DECODERS:
+        raise OEEMError(f"segmentation.decoder must be one of {', '.join(DECODERS)}, not {seg.decoder!r}")
+    if seg.input_norm not in NORMS:
+        raise OEEMError(f"segmentation.input_norm must be one of {', '.join(NORMS)}, not {seg.input_norm!r}")
+    if not 0.1 <= seg.working_scale <= 2:
+        raise OEEMError(f"segmentation.working_scale must be between 0.1 and 2, not {seg.working_scale}")
+    if seg.stain_jitter < 0:
+        raise OEEMError(f"segmentation.stain_jitter must be >= 0, not {seg.stain_jitter}")
+    if not 0 <= cfg.selftrain.rounds <= 5:
+        raise OEEMError(f"selftrain.rounds must be between 0 and 5, not {cfg.selftrain.rounds}")
+    if seg.warmup_ce_iters < 0:
         raise OEEMError(f"segmentation.warmup_ce_iters must be >= 0, not {cfg.segmentation.warmup_ce_iters}")
     for section in ("cam", "inference"):
         scales = getattr(cfg, section).scales

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, InferConfig
+from pipeline.config import NORMS, InferConfig, SegConfig
 from pipeline.errors import OEEMError
 from pipeline.losses import weight_map
 from pipeline.metrics import confusion, from_confusion
@@ -26,10 +26,10 @@ def _available_bytes() -> int:
         return 8 << 30
 
 
-def check_memory(shape: tuple[int, int], cfg: InferConfig) -> None:
+def check_memory(shape: tuple[int, int], cfg: InferConfig, working_scale: float = 1.0) -> None:
     """Refuse, with what to do, an image whose largest scale would not fit in memory."""
     h, w = shape
-    s = max(cfg.scales)
+    s = max(cfg.scales) * working_scale
     need = h * w * (s * s * 3 * 4 * 3 + 2 * 4 * 4)  # scaled input, its logits and accumulators, float32
     if need > 0.6 * _available_bytes():
         raise OEEMError(f"an image of {w}x{h} px at scale {s} needs about {need / 2**30:.1f} GiB; use fewer or "
@@ -59,14 +59,20 @@ def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: i
 
 
 @torch.no_grad()
-def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.device) -> np.ndarray:
-    """Class probabilities (C, H, W): softmax averaged over scales (and horizontal flips)."""
-    check_memory(image.shape[:2], cfg)
+def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.device,
+                  seg_cfg: SegConfig | None = None) -> np.ndarray:
+    """Class probabilities (C, H, W) at the image's own size: softmax averaged over scales (and horizontal flips).
+
+    ``seg_cfg`` (the model's training settings) gives the input normalisation and the working resolution: each
+    test scale is relative to it, and the logits are upsampled to the original size before the softmax."""
+    seg_cfg = seg_cfg or SegConfig()
+    check_memory(image.shape[:2], cfg, seg_cfg.working_scale)
     h, w = image.shape[:2]
-    x = to_tensor_image(image, IMAGENET_MEAN, IMAGENET_STD, device)
+    x = to_tensor_image(image, *NORMS[seg_cfg.input_norm], device)
     acc = None
     n = 0
     for s in cfg.scales:
+        s = s * seg_cfg.working_scale
         size = (max(8, round(h * s)), max(8, round(w * s)))
         xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
         for flip in ((False, True) if cfg.flip else (False,)):
@@ -95,7 +101,7 @@ def predict(store: ProjectStore, cfg: InferConfig, names: list[str] | None = Non
     names = names or store.names()
     t0 = time.perf_counter()
     for k, n in enumerate(names):
-        prob = predict_probs(model, store.image(n), cfg, dev)
+        prob = predict_probs(model, store.image(n), cfg, dev, seg_cfg)
         store.write(n, "prob", prob[1].astype(np.float32))
         store.write(n, "prediction", prob.argmax(0).astype(np.uint8))
         if store.has(n, "pseudo"):
@@ -103,10 +109,18 @@ def predict(store: ProjectStore, cfg: InferConfig, names: list[str] | None = Non
             store.write(n, "weight", oeem_weight_of(prob, label).astype(np.float32))
         yield Progress("predict", k + 1, len(names), n)
     seconds = time.perf_counter() - t0
-    record = {"config": asdict(cfg), "model": stage_name(run_name), "images": len(names), "seconds": seconds,
+    labels_round = load_run_round(store, run_name)
+    record = {"config": asdict(cfg), "model": stage_name(run_name), "labels_round": labels_round,
+              "images": len(names), "seconds": seconds,
               "seconds_per_image": seconds / max(1, len(names)), "device": str(dev)}
     store.save_run("predict", record)
     return record
+
+
+def load_run_round(store: ProjectStore, run_name: str | None) -> int:
+    """The self-training round of the labels the model was trained on (0 when unknown)."""
+    rec = store.load_run(stage_name(run_name)) or {}
+    return int(rec.get("labels_round", 0))
 
 
 def evaluate(store: ProjectStore, split: str = "test", key: str = "prediction") -> dict:

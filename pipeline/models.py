@@ -35,15 +35,22 @@ class BasicBlock(nn.Module):
 
 
 class ResNetOS8(nn.Module):
-    """Stem (stride 2) + four stages with strides 1, 2, 2, 1 (dilation 2): stages at OS 2, 4, 8, 8."""
+    """Stem (stride 2) + four stages with strides 1, 2, 2, 1 (dilation 2): stages at OS 2, 4, 8, 8.
 
-    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), blocks: tuple[int, ...] = (1, 2, 2, 2)):
+    ``output_stride=16`` makes the last stage strided instead of dilated (OS 2, 4, 8, 16), the encoder of a
+    U-Net. Stride and dilation do not change any weight's shape, so a classifier trained with OS 8 initialises
+    an OS 16 encoder of the same widths exactly (in-domain initialisation, no ImageNet needed)."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128, 256), blocks: tuple[int, ...] = (1, 2, 2, 2),
+                 output_stride: int = 8):
         super().__init__()
         if len(widths) != 4 or len(blocks) != 4:
             raise OEEMError("resnet_os8 needs four widths and four block counts")
+        if output_stride not in (8, 16):
+            raise OEEMError(f"resnet_os8 supports output stride 8 or 16, not {output_stride}")
         self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1, bias=False), nn.BatchNorm2d(widths[0]),
                                   nn.ReLU(inplace=True))
-        strides, dilations = (1, 2, 2, 1), (1, 1, 1, 2)
+        strides, dilations = ((1, 2, 2, 1), (1, 1, 1, 2)) if output_stride == 8 else ((1, 2, 2, 2), (1, 1, 1, 1))
         stages, cin = [], widths[0]
         for w, n, s, d in zip(widths, blocks, strides, dilations):
             layers = [BasicBlock(cin, w, s, 1 if s > 1 else d)] + [BasicBlock(w, w, 1, d) for _ in range(n - 1)]
@@ -153,7 +160,7 @@ def build_backbone(cfg: BackboneConfig) -> nn.Module:
     if cfg.name == "resnet38d":
         net: nn.Module = ResNet38d()
     elif cfg.name == "resnet_os8":
-        net = ResNetOS8(tuple(cfg.widths), tuple(cfg.blocks))
+        net = ResNetOS8(tuple(cfg.widths), tuple(cfg.blocks), cfg.output_stride)
     else:
         raise OEEMError(f"unknown backbone {cfg.name!r}: choose resnet38d or resnet_os8")
     if cfg.pretrained:
@@ -244,6 +251,46 @@ class PSPNet(nn.Module):
         return y, a
 
 
+class _ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    """A U-Net decoder on a backbone's four stages: each step upsamples x2, concatenates the skip connection of
+    that stride and applies two 3x3 convolutions; logits at the input size. On a CPU it spends its FLOPs at low
+    strides where glands (large objects) need context, and recovers sharp boundaries from the skips.
+    ``with_aux`` returns a second (deep-supervision) head on the coarsest decoder step, as PSPNet's aux head."""
+
+    def __init__(self, backbone: nn.Module, n_classes: int = 2, channels: int = 64, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        c = list(backbone.out_channels)
+        self.bridge = _ConvBNReLU(c[3], 2 * channels)
+        widths = [2 * channels, channels, channels // 2]
+        self.decoders = nn.ModuleList()
+        cin = 2 * channels
+        for skip, cout in zip((c[2], c[1], c[0]), widths):
+            self.decoders.append(nn.Sequential(_ConvBNReLU(cin + skip, cout), _ConvBNReLU(cout, cout)))
+            cin = cout
+        self.cls = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(cin, n_classes, 1))
+        self.aux = nn.Conv2d(widths[0], n_classes, 1)
+
+    def forward(self, x: torch.Tensor, with_aux: bool = False):
+        size = x.shape[-2:]
+        feats = self.backbone(x)
+        y = self.bridge(feats[3])
+        aux = None
+        for k, (dec, skip) in enumerate(zip(self.decoders, (feats[2], feats[1], feats[0]))):
+            if y.shape[-2:] != skip.shape[-2:]:
+                y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = dec(torch.cat([y, skip], dim=1))
+            if k == 0 and with_aux:
+                aux = F.interpolate(self.aux(y), size=size, mode="bilinear", align_corners=False)
+        y = F.interpolate(self.cls(y), size=size, mode="bilinear", align_corners=False)
+        return (y, aux) if with_aux else y
+
+
 # ---------------------------------------------------------------------------- checkpoints
 def safe_torch_load(path: str | Path) -> dict:
     """``torch.load`` with ``weights_only=True`` (a checkpoint cannot run code), with readable errors."""
@@ -260,8 +307,10 @@ def safe_torch_load(path: str | Path) -> dict:
 def _as_now(saved, default):
     """A saved settings dict as the current version reads it: a field added since then takes its default, so a
     checkpoint made before a setting existed still counts as made with that setting's default."""
+    if saved is None:
+        return default
     if isinstance(saved, dict) and isinstance(default, dict):
-        return {**default, **saved}
+        return {**default, **{k: _as_now(v, default.get(k)) for k, v in saved.items()}}
     return saved
 
 

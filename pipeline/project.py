@@ -20,10 +20,33 @@ def sample_data_folder() -> Path:
     return SAMPLE_DATA
 
 
-def create_project(data: str | Path, path: str | Path, overwrite: bool = False, progress=None) -> ProjectStore:
-    """Make a project from a GlaS-style folder, or from the embedded sample data when ``data`` is ``sample``."""
+def create_project(data: str | Path, path: str | Path, overwrite: bool = False, progress=None,
+                   val_images: int = 0, seed: int = 0) -> ProjectStore:
+    """Make a project from a GlaS-style folder, or from the embedded sample data when ``data`` is ``sample``.
+
+    ``val_images`` training images (with masks) are held out as the ``val`` split: no stage trains on them, and
+    their masks are only used to choose settings, so the test split stays untouched until it is reported."""
     folder = sample_data_folder() if str(data) == "sample" else Path(data)
-    return ProjectStore.create(path, find_samples(folder), overwrite=overwrite, progress=progress)
+    store = ProjectStore.create(path, find_samples(folder), overwrite=overwrite, progress=progress)
+    if val_images:
+        hold_out_validation(store, val_images, seed)
+    return store
+
+
+def hold_out_validation(store: ProjectStore, count: int, seed: int = 0) -> list[str]:
+    """Move ``count`` randomly chosen (seeded) training images with gland masks to the ``val`` split."""
+    import numpy as np
+
+    candidates = [n for n in store.names("train") if store.has(n, "mask")]
+    if count < 0 or count >= len(candidates):
+        raise OEEMError(f"cannot hold out {count} validation images: {len(candidates)} training images have "
+                        f"masks and at least one must stay for training; choose 0 to {len(candidates) - 1}")
+    rng = np.random.default_rng(seed)
+    chosen = sorted((candidates[i] for i in rng.choice(len(candidates), count, replace=False)))
+    for n in chosen:
+        store.set_split(n, "val")
+    store.root.attrs["validation"] = {"images": chosen, "seed": seed}
+    return chosen
 
 
 def project_config(store: ProjectStore, preset_name: str | None = None,
@@ -48,9 +71,20 @@ def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
     rec = store.load_run(stage)
     if rec is None:
         return False
+    from pipeline.models import _as_now
+    from pipeline.selftrain import pseudo_round
+
     want = {"patches": to_dict(cfg.patches), "classifier": to_dict(cfg.classifier), "cams": to_dict(cfg.cam),
             "segmentation": to_dict(cfg.segmentation), "predict": to_dict(cfg.inference)}.get(stage)
-    return want is None or json.loads(json.dumps(rec.get("config"))) == json.loads(json.dumps(want))
+    if want is None:
+        return True
+    want = json.loads(json.dumps(want))  # tuples -> lists, as saved
+    if _as_now(json.loads(json.dumps(rec.get("config"))), want) != want:
+        return False
+    if stage in ("segmentation", "predict") and cfg.segmentation.label_source != "mask":
+        # trained on (or predicted with a model of) the current self-training round's pseudo-masks?
+        return rec.get("labels_round", 0) == pseudo_round(store)
+    return True
 
 
 def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> Job[dict]:
@@ -71,12 +105,19 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
     if not stage_done(store, "cams", cfg):
         yield from make_cams(store, cfg.cam, cfg.patches, device)
     report["cams"] = store.load_run("cams")
-    if not stage_done(store, "segmentation", cfg):
-        yield from train_segmenter(store, cfg.segmentation, device, on_mismatch="restart")
+    from pipeline.selftrain import pseudo_round, refine_round
+
+    for r in range(cfg.selftrain.rounds + 1):
+        if not stage_done(store, "segmentation", cfg):
+            yield from train_segmenter(store, cfg.segmentation, device, on_mismatch="restart")
+        if r < cfg.selftrain.rounds and pseudo_round(store) == r:
+            labelled = [n for s in ("train", "val") for n in store.names(s) if store.has(n, "patch_labels")]
+            yield from predict(store, cfg.inference, names=labelled, device=device)
+            report[f"selftrain-round-{r + 1}"] = yield from refine_round(store, cfg.patches.size)
     report["segmentation"] = store.load_run("segmentation")
-    if not stage_done(store, "predict", cfg):
+    if not stage_done(store, "predict", cfg) or store.load_run("predict").get("images") != len(store.names()):
         yield from predict(store, cfg.inference, device=device)
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         if any(store.has(n, "mask") for n in store.names(split)):
             ev = evaluate(store, split)
             report[f"evaluation-{split}"] = {k: v for k, v in ev.items() if k != "per_image"}

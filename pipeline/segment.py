@@ -1,4 +1,6 @@
-"""Stage 2: PSPNet trained on the pseudo-masks (or corrected / full masks) with the OEEM loss."""
+"""Stage 2: a segmentation network (PSPNet as in the paper, or a U-Net for CPUs) trained on the pseudo-masks (or
+corrected / full masks) with the OEEM loss, optionally at a reduced working resolution and started from the
+stage-1 classifier's backbone."""
 from __future__ import annotations
 
 import io
@@ -10,11 +12,11 @@ import logging
 
 import torch
 
-from pipeline.augment import photometric, random_zoom_crop
-from pipeline.config import IMAGENET_MEAN, IMAGENET_STD, LOSS_KINDS, SegConfig
+from pipeline.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
+from pipeline.config import LOSS_KINDS, NORMS, SegConfig
 from pipeline.errors import OEEMError
 from pipeline.losses import segmentation_loss
-from pipeline.models import PSPNet, build_backbone, load_model_state, resume_training, safe_torch_load
+from pipeline.models import PSPNet, UNet, build_backbone, load_model_state, resume_training, safe_torch_load
 from pipeline.patches import grid_starts
 from pipeline.progress import Job, Progress, poly_lr, resolve_device, set_threads
 from pipeline.store import ProjectStore, atomic_write_bytes
@@ -28,8 +30,50 @@ def stage_name(run_name: str | None = None) -> str:
     return "segmentation" if not run_name else f"segmentation-{run_name}"
 
 
-def build_segmenter(cfg: SegConfig) -> PSPNet:
-    return PSPNet(build_backbone(cfg.backbone), channels=cfg.head_channels)
+def build_segmenter(cfg: SegConfig) -> PSPNet | UNet:
+    if cfg.decoder == "unet":
+        return UNet(build_backbone(cfg.backbone), channels=cfg.head_channels)
+    if cfg.decoder == "psp":
+        return PSPNet(build_backbone(cfg.backbone), channels=cfg.head_channels)
+    raise OEEMError(f"unknown decoder {cfg.decoder!r}: choose psp or unet")
+
+
+def resize_to_working(image: np.ndarray, label: np.ndarray | None, scale: float):
+    """Image (anti-aliased, bilinear) and label (nearest) at the working resolution."""
+    if scale == 1.0:
+        return image, label
+    from skimage.transform import resize
+
+    h, w = image.shape[:2]
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    img = resize(image, (*size, image.shape[2]), order=1, anti_aliasing=scale < 1, preserve_range=True)
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    if label is None:
+        return img, None
+    lab = resize(label, size, order=0, anti_aliasing=False, preserve_range=True).astype(label.dtype)
+    return img, lab
+
+
+def init_from_classifier(model: PSPNet | UNet, store: ProjectStore, seg_cfg: SegConfig) -> str:
+    """Copy the stage-1 classifier's backbone into the segmenter: in-domain weights for a network that cannot get
+    ImageNet ones. Refused, naming both, when the classifier's backbone is another network or width."""
+    cls_path = store.checkpoint_path("classifier")
+    if not cls_path.is_file():
+        raise OEEMError(f"{store.path}: segmentation.init_from_classifier needs a trained classifier; run "
+                        f"`oeem train-cls {store.path}` first, or set init_from_classifier to false")
+    ck = safe_torch_load(cls_path)
+    cls_bb = ck.get("config", {}).get("backbone", {})
+    state = {k.removeprefix("backbone."): v for k, v in ck.get("model", {}).items() if k.startswith("backbone.")}
+    own = model.backbone.state_dict()
+    mismatched = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if cls_bb.get("name") != seg_cfg.backbone.name or mismatched:
+        raise OEEMError(
+            f"the classifier checkpoint {cls_path} ({cls_bb.get('name')} widths {cls_bb.get('widths')}) does not "
+            f"fit the segmentation backbone ({seg_cfg.backbone.name} widths {list(seg_cfg.backbone.widths)}): "
+            "give both stages the same backbone widths and blocks, or set segmentation.init_from_classifier "
+            "to false")
+    model.backbone.load_state_dict(state)
+    return str(cls_path)
 
 
 def cut_tiles(image: np.ndarray, label: np.ndarray, size: int, stride: int) -> tuple[list, list]:
@@ -48,26 +92,38 @@ def cut_tiles(image: np.ndarray, label: np.ndarray, size: int, stride: int) -> t
     return ims, labs
 
 
-def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """Training tiles: uint8 images (N, T, T, 3) and codes (N, T, T) = label + 2 * clean (255 = ignore).
+def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> tuple[torch.Tensor, torch.Tensor,
+                                                                                       list[str]]:
+    """Training tiles at the working resolution: uint8 images (N, T, T, 3) and codes (N, T, T) = label + 2 * clean
+    (255 = ignore), and the names of images smaller than a tile (padded with ignored pixels).
 
     Packing the clean (pathologist-verified) flag into the label lets one nearest-neighbour warp move both."""
-    ims, codes = [], []
+    ims, codes, padded = [], [], []
     for n in store.names(split):
         label, clean = store.training_mask(n, cfg.label_source)
         code = label.astype(np.uint8) + (2 * clean.astype(np.uint8) if clean is not None else 0)
-        a, b = cut_tiles(store.image(n), code, cfg.tile_size, cfg.tile_stride)
+        image, code = resize_to_working(store.image(n), code, cfg.working_scale)
+        if min(code.shape) < cfg.tile_size:
+            padded.append(n)
+        a, b = cut_tiles(image, code, cfg.tile_size, cfg.tile_stride)
         ims += a
         codes += b
     if not ims:
         raise OEEMError(f"{store.path}: no {split} images to train on")
-    return torch.from_numpy(np.stack(ims)), torch.from_numpy(np.stack(codes))
+    return torch.from_numpy(np.stack(ims)), torch.from_numpy(np.stack(codes)), padded
 
 
-def _save(path, model, opt, it: int, cfg: SegConfig) -> None:
+def labels_round_of(store: ProjectStore, cfg: SegConfig) -> int:
+    """The self-training round of the labels a run trains on (0 for the gland masks and stage-1 pseudo-masks)."""
+    from pipeline.selftrain import pseudo_round
+
+    return 0 if cfg.label_source == "mask" else pseudo_round(store)
+
+
+def _save(path, model, opt, it: int, cfg: SegConfig, labels_round: int = 0) -> None:
     buf = io.BytesIO()
     torch.save({"kind": "segmentation", "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "iteration": it, "config": asdict(cfg)}, buf)
+                "iteration": it, "config": asdict(cfg), "labels_round": labels_round}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -99,21 +155,27 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     dev = resolve_device(device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    images, codes = tile_dataset(store, cfg)
-    model = build_segmenter(cfg).to(dev)
+    images, codes, padded = tile_dataset(store, cfg)
+    if padded:
+        log.info("%d image(s) are smaller than a %d px tile at working scale %g and were padded (ignored pixels)",
+                 len(padded), cfg.tile_size, cfg.working_scale)
+    model = build_segmenter(cfg)
+    initialised_from = init_from_classifier(model, store, cfg) if cfg.init_from_classifier else None
+    model = model.to(dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     stage = stage_name(run_name)
     ck_path = store.checkpoint_path(stage)
     start = 0
-    ck, notice = resume_training(store, stage, {"config": asdict(cfg)}, model, opt, restart, on_mismatch,
-                                 defaults={"config": asdict(SegConfig())})
+    labels_round = labels_round_of(store, cfg)
+    ck, notice = resume_training(store, stage, {"config": asdict(cfg), "labels_round": labels_round}, model, opt,
+                                 restart, on_mismatch, defaults={"config": asdict(SegConfig()), "labels_round": 0})
     if notice:
         log.info("%s", notice)
         yield Progress(stage, 0, 0, "starting afresh", notice=notice)
     elif ck is not None:
         start = int(ck["iteration"])
-    mean = torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1)
+    mean = torch.tensor(NORMS[cfg.input_norm][0], device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(NORMS[cfg.input_norm][1], device=dev).view(1, 3, 1, 1)
     n = len(images)
     t0 = time.perf_counter()
     loss_ema = None
@@ -127,6 +189,9 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             x = images[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
             code = codes[idx].to(dev).long()
             x, code = random_zoom_crop(x, code, cfg.crop_size, cfg.ratio_range, gen, IGNORE)
+            if cfg.rotate90:
+                x, code = random_rot90(x, code, gen)
+            x = stain_jitter(x, cfg.stain_jitter, gen)
             x = (photometric(x, gen) - mean) / std
             valid = code != IGNORE
             target = torch.where(valid, code % 2, torch.full_like(code, IGNORE))
@@ -149,16 +214,17 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             it += 1
             loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
             if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-                _save(ck_path, model, opt, it, cfg)
+                _save(ck_path, model, opt, it, cfg, labels_round)
             elapsed = time.perf_counter() - t0
             yield Progress(stage, it, cfg.iterations, f"{kind} loss",
                            {"loss": loss_ema, "it_per_s": (it - start) / elapsed})
     except (GeneratorExit, KeyboardInterrupt):  # cancelled: keep what was learnt so far
         if it > start:
-            _save(ck_path, model, opt, it, cfg)
+            _save(ck_path, model, opt, it, cfg, labels_round)
         raise
     elapsed = time.perf_counter() - t0
     record = {"config": asdict(cfg), "device": str(dev), "tiles": n, "iterations_run": it - start,
+              "padded_images": padded, "initialised_from": initialised_from, "labels_round": labels_round,
               "clean_pixels_in_tiles": int(((codes >= 2) & (codes != IGNORE)).sum()),
               "seconds": elapsed, "it_per_s": (it - start) / elapsed if elapsed > 0 else None,
               "final_loss": loss_ema, "checkpoint": "last iteration (no model selection)"}

@@ -37,7 +37,9 @@ from pipeline.errors import OEEMError
 
 STORE_VERSION = 1
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-HISTORY_KEEP = 50  # earlier correction states kept per image
+HISTORY_KEEP = 50
+# train: weak labels train both stages; val: held out of training, its masks only choose settings; test: reported
+SPLITS = ("train", "val", "test")  # earlier correction states kept per image
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -170,6 +172,12 @@ class ProjectStore:
 
     def split(self, name: str) -> str:
         return self.group(name).attrs.get("split", "train")
+
+    def set_split(self, name: str, split: str) -> None:
+        """Move an image to another split, e.g. ``val``: images held out of training to choose settings on."""
+        if split not in SPLITS:
+            raise OEEMError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+        self.group(name).attrs["split"] = split
 
     def shape(self, name: str) -> tuple[int, int]:
         a = self.group(name).attrs

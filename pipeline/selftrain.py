@@ -1,0 +1,83 @@
+"""Self-training: refine the pseudo-masks with the segmentation network's prediction, then train again.
+
+The segmentation network, trained on noisy pseudo-masks with augmentation and limited capacity, smooths much of
+their noise away; its probabilities, restricted by the patch labels exactly as the CAMs are (Eq. 2: a class the
+pathologist's patch label says is absent cannot win), give the next round's pseudo-masks. Each round is recorded:
+the store keeps the stage-1 pseudo-mask as ``pseudo_cam``, the round number in the project's attributes and the
+per-round scores in ``runs/selftrain.json``.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pipeline.cams import refine_patches, stitch_votes
+from pipeline.errors import OEEMError
+from pipeline.metrics import confusion, from_confusion
+from pipeline.progress import Job, Progress
+from pipeline.store import ProjectStore
+
+STAGE = "selftrain"
+
+
+def pseudo_round(store: ProjectStore) -> int:
+    """How many self-training rounds the current pseudo-masks have been through (0: straight from the CAMs)."""
+    return int(store.root.attrs.get("pseudo_round", 0))
+
+
+def refined_pseudo(prob: np.ndarray, corners: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
+    """Eq. 2 on the segmentation probabilities (gland ``prob``, H x W) instead of the CAM."""
+    pprob = np.stack([np.stack([1 - prob[y:y + size, x:x + size], prob[y:y + size, x:x + size]])
+                      for y, x in corners])
+    return stitch_votes(refine_patches(pprob, labels), corners, prob.shape)
+
+
+def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None = None) -> Job[dict]:
+    """One self-training round: every image with patch labels gets a new pseudo-mask from its ``prob``."""
+    names = names or [n for split in ("train", "val") for n in store.names(split) if store.has(n, "patch_labels")]
+    if not names:
+        raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
+    missing = [n for n in names if not store.has(n, "prob") or not store.has(n, "pseudo")]
+    if missing:
+        raise OEEMError(f"{store.path}: {len(missing)} image(s) have no prediction yet (e.g. {missing[0]}); a "
+                        f"self-training round refines the pseudo-masks with one: run `oeem train-seg {store.path}` "
+                        f"and `oeem predict {store.path}` first")
+    before = pseudo_round(store)
+    cms = {s: {k: np.zeros((2, 2), np.int64) for k in ("before", "after")} for s in ("train", "val")}
+    changed = 0
+    t0 = time.perf_counter()
+    for k, n in enumerate(names):
+        old = store.read(n, "pseudo")
+        if not store.has(n, "pseudo_cam"):
+            store.write(n, "pseudo_cam", old)  # stage 1's own, kept for comparison and to start over
+        new = refined_pseudo(store.read(n, "prob"), store.read(n, "patch_corners"), store.read(n, "patch_labels"),
+                             patch_size)
+        store.write(n, "pseudo", new)
+        changed += int((new != old).sum())
+        mask = store.mask(n)
+        if mask is not None and store.split(n) in cms:
+            cms[store.split(n)]["before"] += confusion(old, mask)
+            cms[store.split(n)]["after"] += confusion(new, mask)
+        yield Progress(STAGE, k + 1, len(names), n)
+    store.root.attrs["pseudo_round"] = before + 1
+    entry = {"round": before + 1, "images": len(names), "pixels_changed": changed,
+             "seconds": time.perf_counter() - t0}
+    for split, cm in cms.items():
+        if cm["before"].sum():
+            entry[split] = {"before": from_confusion(cm["before"]), "after": from_confusion(cm["after"])}
+    history = (store.load_run(STAGE) or {}).get("rounds", [])
+    record = {"rounds": [h for h in history if h["round"] <= before] + [entry]}
+    store.save_run(STAGE, record)
+    return entry
+
+
+def reset_rounds(store: ProjectStore) -> int:
+    """Put the stage-1 pseudo-masks back (round 0); returns how many images were restored."""
+    restored = 0
+    for n in store.names():
+        if store.has(n, "pseudo_cam"):
+            store.write(n, "pseudo", store.read(n, "pseudo_cam"))
+            restored += 1
+    store.root.attrs["pseudo_round"] = 0
+    return restored
