@@ -11,11 +11,13 @@ resumes and a finished one is only scored again. Rows accumulate in ``benchmarks
 from __future__ import annotations
 
 import argparse
+import os
 import copy
 import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -25,8 +27,8 @@ from pipeline.config import apply_overrides, preset, to_dict
 from pipeline.progress import run
 from pipeline.store import ProjectStore, atomic_write_json
 
-PROJECT = RESULTS / "ablation.oeem.zarr"
-OUT = RESULTS / "ablation.json"
+PROJECT = Path(os.environ.get("OEEM_ABLATION_PROJECT", RESULTS / "ablation.oeem.zarr"))
+OUT = Path(os.environ.get("OEEM_ABLATION_JSON", RESULTS / "ablation.json"))
 VAL_IMAGES = 10
 
 
@@ -65,11 +67,86 @@ def cmd_stage1(args) -> None:
     print(json.dumps(data["stage1"], indent=2))
 
 
+def scores(store: ProjectStore, run_name: str, infer_cfg, splits=("val", "test", "train")) -> dict:
+    """Dataset-level mIoU / Dice / F1 of one model per split, in memory (the store's predictions are untouched),
+    plus the current pseudo-masks' scores on the train and val splits for comparison."""
+    from pipeline.infer import predict_probs
+    from pipeline.metrics import confusion, from_confusion
+    from pipeline.segment import load_segmenter
+
+    model, seg_cfg = load_segmenter(store, run_name, "cpu")
+    out = {}
+    for split in splits:
+        names = [n for n in store.names(split) if store.has(n, "mask")]
+        cm, cm_pseudo = np.zeros((2, 2), np.int64), np.zeros((2, 2), np.int64)
+        t0 = time.perf_counter()
+        for n in names:
+            prob = predict_probs(model, store.image(n), infer_cfg, torch.device("cpu"), seg_cfg)
+            cm += confusion(prob.argmax(0), store.mask(n))
+            if store.has(n, "pseudo"):
+                cm_pseudo += confusion(store.read(n, "pseudo"), store.mask(n))
+        out[split] = {**from_confusion(cm), "s_per_image": (time.perf_counter() - t0) / len(names)}
+        if cm_pseudo.sum():
+            out[split]["pseudo_mIoU"] = from_confusion(cm_pseudo)["mIoU"]
+    return out
+
+
+def cmd_stage2(args) -> None:
+    from pipeline.segment import train_segmenter
+    from pipeline.selftrain import pseudo_round
+
+    store = ProjectStore.open(PROJECT)
+    cfg = preset("cpu")
+    sets = parse_sets(args.set)
+    apply_overrides(cfg, sets)
+    cfg.segmentation.seed = args.seed
+    rnd = pseudo_round(store) if cfg.segmentation.label_source != "mask" else 0
+    name = f"abl-{args.name}-r{rnd}-s{args.seed}"
+    t0 = time.perf_counter()
+    rec = run(train_segmenter(store, cfg.segmentation, "cpu", run_name=name, on_mismatch="restart"))
+    train_s = time.perf_counter() - t0
+    row = {"name": args.name, "run_name": name, "seed": args.seed, "round": rnd, "overrides": sets,
+           "train_s": train_s, "iterations_run": rec["iterations_run"], "config": rec["config"],
+           "final_loss": rec["final_loss"], **scores(store, name, cfg.inference)}
+    data = load_rows()
+    data["rows"] = [r for r in data["rows"] if r["run_name"] != name] + [row]
+    save_rows(data)
+    print(f"{name}: val {row['val']['mIoU']:.2f}  testA {row['test']['mIoU']:.2f}  train {row['train']['mIoU']:.2f}"
+          f" (pseudo {row['train'].get('pseudo_mIoU', float('nan')):.2f})  {train_s / 60:.1f} min", flush=True)
+
+
+def cmd_refine(args) -> None:
+    """One self-training round from a finished ablation run (its prediction refines the pseudo-masks)."""
+    from pipeline.infer import predict
+    from pipeline.selftrain import refine_round
+
+    store = ProjectStore.open(PROJECT)
+    cfg = preset("cpu")
+    if len(args.source) > 1:  # choose the source on the validation split, never on testA
+        rows = {r["run_name"]: r for r in load_rows()["rows"]}
+        args.source = [max(args.source, key=lambda n: rows[n]["val"]["mIoU"])]
+        print(f"refining with {args.source[0]} (best validation mIoU)", flush=True)
+    args.source = args.source[0]
+    labelled = [n for s in ("train", "val") for n in store.names(s) if store.has(n, "patch_labels")]
+    t0 = time.perf_counter()
+    run(predict(store, cfg.inference, names=labelled, device="cpu", run_name=args.source))
+    entry = run(refine_round(store, cfg.patches.size))
+    entry["source"] = args.source
+    entry["total_s"] = time.perf_counter() - t0
+    data = load_rows()
+    data.setdefault("selftrain", []).append(entry)
+    save_rows(data)
+    print(json.dumps(entry, indent=1), flush=True)
+
+
 def parse_sets(items: list[str]) -> dict:
     out = {}
     for item in items:
         key, _, value = item.partition("=")
-        out[key] = json.loads(value) if value[:1] in "[{0123456789-tfn\"" else value
+        try:
+            out[key] = json.loads(value)  # numbers, true/false, [lists]
+        except json.JSONDecodeError:
+            out[key] = value  # a plain word: ce, mask, unet...
     return out
 
 
@@ -78,8 +155,15 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     s1 = sub.add_parser("stage1")
     s1.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. classifier.epochs=6")
+    s2 = sub.add_parser("stage2")
+    s2.add_argument("name")
+    s2.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. segmentation.loss=ce")
+    s2.add_argument("--seed", type=int, default=0)
+    rf = sub.add_parser("refine")
+    rf.add_argument("source", nargs="+", help="run name(s) of the model whose prediction refines the pseudo-masks;"
+                    " with several, the best on the validation split")
     args = ap.parse_args()
-    {"stage1": cmd_stage1}[args.cmd](args)
+    {"stage1": cmd_stage1, "stage2": cmd_stage2, "refine": cmd_refine}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -76,10 +76,28 @@ def _config(args, store):
         "segmentation.seed": getattr(args, "seed", None),
         "inference.scales": getattr(args, "scales", None),
     }
+    if getattr(args, "rounds", None) is not None:
+        over["selftrain.rounds"] = args.rounds
     if getattr(args, "fast", False):
         over["inference.scales"] = (1.0,)
         over["inference.flip"] = False
+    over.update(_settings(getattr(args, "set", None) or []))
     return project_config(store, getattr(args, "preset", None), over)
+
+
+def _settings(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs: any setting of the configuration by its dotted name, the value as JSON when it
+    parses (numbers, true/false, [lists]) and as a plain string otherwise."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise OEEMError(f"--set expects KEY=VALUE (e.g. segmentation.working_scale=0.5), not {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _print(obj) -> None:
@@ -89,9 +107,9 @@ def _print(obj) -> None:
 def cmd_init(args) -> None:
     from pipeline.project import create_project
 
-    store = create_project(args.data, args.project, overwrite=args.overwrite)
-    tr, te = store.names("train"), store.names("test")
-    print(f"created {store.path}: {len(tr)} train and {len(te)} test images, "
+    store = create_project(args.data, args.project, overwrite=args.overwrite, val_images=args.val_images)
+    tr, va, te = store.names("train"), store.names("val"), store.names("test")
+    print(f"created {store.path}: {len(tr)} train, {len(va)} validation and {len(te)} test images, "
           f"{sum(store.has(n, 'mask') for n in store.names())} with gland masks")
 
 
@@ -136,6 +154,24 @@ def cmd_train_seg(args) -> None:
           f"{rec['iterations_run']} iterations in {rec['seconds']:.0f} s, final loss {rec['final_loss']:.4f}")
 
 
+def cmd_selftrain(args) -> None:
+    from pipeline.selftrain import refine_round, reset_rounds
+
+    store = _open(args.project)
+    if args.reset:
+        print(f"restored the stage-1 pseudo-masks of {reset_rounds(store)} images (round 0)")
+        return
+    cfg = _config(args, store)
+    entry = _drive(refine_round(store, cfg.patches.size), "selftrain")
+    line = f"self-training round {entry['round']}: {entry['pixels_changed']} pseudo-mask pixels changed"
+    for split in ("train", "val"):
+        if split in entry:
+            line += (f"; {split} pseudo-mask mIoU {entry[split]['before']['mIoU']:.2f} -> "
+                     f"{entry[split]['after']['mIoU']:.2f}")
+    print(line)
+    print(f"next: `oeem train-seg {store.path}` trains on the refined pseudo-masks")
+
+
 def cmd_predict(args) -> None:
     from pipeline.infer import predict
 
@@ -165,7 +201,7 @@ def cmd_run(args) -> None:
     from pipeline.store import ProjectStore
 
     if args.data is not None and not Path(args.project).exists():
-        create_project(args.data, args.project)
+        create_project(args.data, args.project, val_images=args.val_images)
     store = ProjectStore.open(args.project)
     cfg = _config(args, store)
     report = _drive(run_all(store, cfg, args.device), "run")
@@ -181,9 +217,15 @@ def print_report(report: dict) -> None:
     cams = report["cams"]
     if "cam" in cams:
         print(f"stage 1 (train): CAM mIoU {cams['cam']['mIoU']:.2f}, pseudo-mask mIoU {cams['pseudo']['mIoU']:.2f}")
+    for key in sorted(k for k in report if k.startswith("selftrain-round-")):
+        r = report[key]
+        if "train" in r:
+            print(f"self-training round {r['round']}: pseudo-mask mIoU (train) {r['train']['before']['mIoU']:.2f} "
+                  f"-> {r['train']['after']['mIoU']:.2f}")
     s = report["segmentation"]
-    print(f"segmentation: loss {s['config']['loss']}, {s['config']['iterations']} iterations")
-    for split in ("train", "test"):
+    print(f"segmentation: {s['config'].get('decoder', 'psp')}, loss {s['config']['loss']}, "
+          f"{s['config']['iterations']} iterations")
+    for split in ("train", "val", "test"):
         ev = report.get(f"evaluation-{split}")
         if ev:
             print(f"prediction ({split}, {ev['images']} images): mIoU {ev['mIoU']:.2f}  Dice {ev['Dice']:.2f}  "
@@ -202,7 +244,8 @@ def cmd_info(args) -> None:
     store = _open(args.project)
     names = store.names()
     have = {k: sum(store.has(n, k) for n in names) for k in ("mask", "cam", "pseudo", "prediction", "corrected")}
-    _print({"project": str(store.path), "train": len(store.names("train")), "test": len(store.names("test")),
+    _print({"project": str(store.path), "train": len(store.names("train")), "val": len(store.names("val")),
+            "test": len(store.names("test")),
             "arrays": have, "corrections": store.correction_summary(),
             "runs": sorted(p.stem for p in (store.path / "runs").glob("*.json")),
             "metrics": _last_metrics(store)})
@@ -215,7 +258,10 @@ def _last_metrics(store) -> dict:
     if cams:
         out["cam_mIoU (train)"] = cams.get("cam", {}).get("mIoU")
         out["pseudo_mIoU (train)"] = cams.get("pseudo", {}).get("mIoU")
-    for split in ("train", "test"):
+    st = store.load_run("selftrain")
+    if st and st.get("rounds") and "train" in st["rounds"][-1]:
+        out["pseudo_mIoU (train, self-trained)"] = st["rounds"][-1]["train"]["after"]["mIoU"]
+    for split in ("train", "val", "test"):
         ev = store.load_run(f"evaluation-{split}")
         if ev:
             out[f"prediction ({split})"] = {k: ev[k] for k in ("mIoU", "Dice", "F1") if k in ev}
@@ -232,7 +278,7 @@ def cmd_fetch_glas(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="oeem", description="Weakly-supervised gland segmentation with OEEM "
                                  "(MICCAI 2022). Stages: init -> patches -> train-cls -> cams -> train-seg -> "
-                                 "predict -> evaluate; `run` does them all; `export` writes masks out.")
+                                 "predict [-> selftrain -> train-seg -> predict] -> evaluate; `run` does them all; `export` writes masks out.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help_, project=True):
@@ -246,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--preset", choices=PRESETS, default=None,
                        help="start from a preset (default: the project's saved settings, else cpu)")
         p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda")
+        p.add_argument("--set", nargs="+", metavar="KEY=VALUE", default=None,
+                       help="any setting by name, e.g. segmentation.working_scale=0.5 selftrain.rounds=0 "
+                            "(saved with the project like the other options)")
         if train:
             p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start afresh")
             p.add_argument("--pretrained", default=None, help="local checkpoint with backbone weights")
@@ -255,6 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="folder with NAME.png/.bmp and NAME_anno.png/.bmp, or `sample`")
     p.add_argument("project", help="where to create the project (e.g. glas.oeem.zarr)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing project at that path")
+    p.add_argument("--val-images", type=int, default=0,
+                   help="hold this many training images out as a validation split (no stage trains on them; "
+                        "their masks only choose settings)")
 
     p = add("patches", cmd_patches, "cut 112 px patches (stride 56) and compute their weak labels (>5%% rule)")
     common(p)
@@ -266,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--mode", choices=("image", "patch"), help="whole-image CAM or the reference's per-patch crops")
     p.add_argument("--scales", dest="cam_scales", type=_floats, help="e.g. 1,1.25,1.5,1.75,2")
-    p = add("train-seg", cmd_train_seg, "train PSPNet on the pseudo-masks with the OEEM loss (resumable)")
+    p = add("train-seg", cmd_train_seg, "train the segmentation network on the pseudo-masks with the OEEM loss (resumable)")
     common(p, train=True)
     p.add_argument("--loss", choices=LOSS_KINDS, help="weighting (default l_norm, the paper's OEEM)")
     p.add_argument("--iterations", type=int)
@@ -278,19 +330,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", dest="seg_lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--name", default=None, help="keep this model apart (checkpoints/segmentation-NAME.pt)")
+    p = add("selftrain", cmd_selftrain, "one self-training round: refine the pseudo-masks with the current "
+            "prediction (restricted by the patch labels); then train-seg again")
+    common(p)
+    p.add_argument("--reset", action="store_true", help="put the stage-1 pseudo-masks back instead")
     p = add("predict", cmd_predict, "multi-scale sliding-window prediction at the original size")
     common(p)
     p.add_argument("--fast", action="store_true", help="single scale, no flip (interactive use)")
     p.add_argument("--scales", type=_floats, help="e.g. 0.75,1,1.25,1.5,1.75,2,2.5,3")
-    p.add_argument("--split", default="all", choices=("all", "train", "test"))
+    p.add_argument("--split", default="all", choices=("all", "train", "val", "test"))
     p.add_argument("--name", default=None, help="use the model trained with --name")
     p = add("evaluate", cmd_evaluate, "mIoU, Dice and F1 (percent, dataset level) against the gland masks")
-    p.add_argument("--split", default="test", choices=("train", "test"))
+    p.add_argument("--split", default="test", choices=("train", "val", "test"))
     p.add_argument("--key", default="prediction", choices=("prediction", "pseudo", "corrected"))
     p.add_argument("--per-image", action="store_true")
     p = add("run", cmd_run, "the whole pipeline (stage 1, stage 2, evaluation), resuming what is done")
     common(p)
     p.add_argument("--data", default=None, help="create the project from this folder (or `sample`) if needed")
+    p.add_argument("--val-images", type=int, default=0, help="with --data: validation images held out")
+    p.add_argument("--rounds", type=int, help="self-training rounds (cpu preset: 1)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--iterations", type=int)
     p.add_argument("--loss", choices=LOSS_KINDS)

@@ -1,0 +1,280 @@
+"""Issue 10's levers: the U-Net at a working resolution, weight transfer from the stage-1 classifier, H&E stain
+augmentation, the validation split and self-training rounds - each checked for what it must do."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.config import GLAS_MEAN, GLAS_STD, IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, InferConfig, preset
+from pipeline.errors import OEEMError
+from pipeline.progress import run
+
+SMALL = dict(widths=(8, 16, 24, 32), blocks=(1, 1, 1, 1))
+
+
+def tiny_cpu_config():
+    """The cpu preset's structure (U-Net at half resolution from the classifier, one self-training round) at
+    test size."""
+    cfg = preset("cpu")
+    cfg.classifier.backbone = BackboneConfig(**SMALL)
+    cfg.classifier.epochs = 2
+    cfg.classifier.batch_size = 16
+    cfg.cam.scales = (1.0,)
+    seg = cfg.segmentation
+    seg.backbone = BackboneConfig(**SMALL, output_stride=16)
+    seg.head_channels, seg.iterations, seg.batch_size, seg.checkpoint_every = 16, 40, 4, 20
+    seg.tile_size, seg.tile_stride, seg.crop_size = 96, 64, 96
+    cfg.classifier.threads = seg.threads = 2
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def cpu_project(tmp_path_factory):
+    """The sample data through `run_all` with the cpu preset's structure: validation split, U-Net from the
+    classifier, one self-training round."""
+    from pipeline.project import create_project, run_all
+
+    store = create_project("sample", tmp_path_factory.mktemp("cpu") / "p.oeem.zarr", val_images=2)
+    cfg = tiny_cpu_config()
+    report = run(run_all(store, cfg, "cpu"))
+    return store, cfg, report
+
+
+def test_cpu_preset_end_to_end_with_validation_and_self_training(cpu_project):
+    from pipeline.selftrain import pseudo_round
+
+    store, cfg, report = cpu_project
+    val = store.names("val")
+    assert len(val) == 2 and not set(val) & set(store.names("train"))
+    # no stage trained on the validation images, but they are scored
+    assert store.load_run("patches")["summary"]["val_images"] == 2
+    assert report["evaluation-val"]["images"] == 2 and report["evaluation-test"]["images"] == 4
+    assert "val" in report["cams"] and 0 < report["cams"]["val"]["pseudo"]["mIoU"] <= 100
+    # one self-training round, and the final model trained on its labels, from the classifier's backbone
+    assert pseudo_round(store) == 1 and "selftrain-round-1" in report
+    seg = store.load_run("segmentation")
+    assert seg["labels_round"] == 1 and seg["initialised_from"].endswith("classifier.pt")
+    assert store.load_run("predict")["images"] == len(store.names())
+    for n in store.names():
+        assert store.read(n, "prediction").shape == store.shape(n)  # scored at the original size
+    assert report["evaluation-test"]["mIoU"] > 45  # one class everywhere scores < 35 on the sample
+
+
+def test_run_all_again_does_nothing_new(cpu_project):
+    from pipeline.project import run_all
+
+    store, cfg, _ = cpu_project
+    stages = []
+    run(run_all(store, cfg, "cpu"), lambda p: stages.append(p.stage))
+    assert not {"classifier", "segmentation", "selftrain", "predict"} & set(stages)
+
+
+def test_encoder_starts_from_the_classifier_weights(cpu_project):
+    from pipeline.segment import build_segmenter, init_from_classifier
+
+    store, cfg, _ = cpu_project
+    model = build_segmenter(cfg.segmentation)
+    init_from_classifier(model, store, cfg.segmentation)
+    cls = torch.load(store.checkpoint_path("classifier"), weights_only=True)["model"]
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, cls[f"backbone.{key}"]), key
+    # OS 8 (classifier) and OS 16 (U-Net encoder) share every weight shape; only strides differ
+    assert model.backbone.stages[3][0].conv1.stride == (2, 2)
+
+
+def test_mismatched_classifier_is_refused_naming_both(cpu_project):
+    from pipeline.segment import build_segmenter, init_from_classifier
+
+    store, cfg, _ = cpu_project
+    wide = cfg.segmentation
+    wide.backbone = BackboneConfig(widths=(16, 32, 48, 64), blocks=(1, 1, 1, 1), output_stride=16)
+    try:
+        with pytest.raises(OEEMError, match=r"classifier checkpoint .*classifier\.pt .*widths.* does not fit the "
+                                            r"segmentation backbone .*widths \[16, 32, 48, 64\]"):
+            init_from_classifier(build_segmenter(wide), store, wide)
+    finally:
+        wide.backbone = BackboneConfig(**SMALL, output_stride=16)
+
+
+def test_input_normalisation_follows_the_model_settings():
+    """A model trained on GlaS-normalised input must be fed GlaS-normalised input at prediction."""
+    from pipeline.config import SegConfig
+    from pipeline.infer import predict_probs
+
+    def red_channel(x):  # logits (value, 0): the softmax tells the normalised red value back
+        return torch.stack([x[:, 0], torch.zeros_like(x[:, 0])], 1)
+
+    image = np.full((40, 50, 3), 128, np.uint8)
+    for norm, (mean, std) in (("glas", (GLAS_MEAN, GLAS_STD)), ("imagenet", (IMAGENET_MEAN, IMAGENET_STD))):
+        prob = predict_probs(red_channel, image, InferConfig(scales=(1.0,), flip=False, crop_size=64, stride=48),
+                             torch.device("cpu"), SegConfig(input_norm=norm))
+        value = (128 / 255 - mean[0]) / std[0]
+        np.testing.assert_allclose(prob[0], 1 / (1 + np.exp(-value)), atol=1e-5)
+
+
+def test_prediction_at_the_original_size_from_half_resolution():
+    from pipeline.config import SegConfig
+    from pipeline.infer import predict_probs
+
+    seen = []
+
+    def model(x):
+        seen.append(tuple(x.shape[-2:]))
+        return torch.zeros(x.shape[0], 2, *x.shape[-2:])
+
+    image = np.zeros((101, 77, 3), np.uint8)
+    prob = predict_probs(model, image, InferConfig(scales=(1.0,), flip=False, crop_size=128, stride=96),
+                         torch.device("cpu"), SegConfig(working_scale=0.5))
+    assert prob.shape == (2, 101, 77)
+    assert seen == [(128, 128)]  # one window: the 51 x 38 half-size image padded to the crop
+
+
+def test_training_tiles_at_the_working_scale_and_padding_recorded(tmp_path, small_folder):
+    from pipeline.project import create_project
+    from pipeline.segment import tile_dataset
+
+    store = create_project(small_folder, tmp_path / "p.zarr")
+    cfg = tiny_cpu_config().segmentation
+    cfg.label_source = "mask"
+    cfg.tile_size, cfg.tile_stride, cfg.working_scale = 64, 48, 0.5  # images are 160 x 192 -> 80 x 96
+    images, codes, padded = tile_dataset(store, cfg)
+    assert images.shape[1:] == (64, 64, 3) and codes.shape[1:] == (64, 64) and padded == []
+    assert len(images) == 4 * 2 * 2
+    cfg.tile_size = 90  # larger than the 80 px side at half scale: padded with ignored pixels, and named
+    images, codes, padded = tile_dataset(store, cfg)
+    assert len(padded) == 4 and (codes == 255).any()
+
+
+def test_self_training_round_bookkeeping(tmp_path, cpu_project):
+    import shutil
+
+    from pipeline.segment import train_segmenter
+    from pipeline.selftrain import pseudo_round, refine_round, refined_pseudo, reset_rounds
+    from pipeline.store import ProjectStore
+
+    src, cfg, _ = cpu_project
+    shutil.copytree(src.path, tmp_path / "p.zarr")
+    store = ProjectStore.open(tmp_path / "p.zarr")
+    n = store.names("train")[0]
+    stage1 = store.read(n, "pseudo_cam")
+    before = store.read(n, "pseudo")
+    entry = run(refine_round(store, cfg.patches.size))
+    assert entry["round"] == pseudo_round(store) == 2
+    assert np.array_equal(store.read(n, "pseudo_cam"), stage1)  # stage 1's own is never overwritten
+    expected = refined_pseudo(store.read(n, "prob"), store.read(n, "patch_corners"),
+                              store.read(n, "patch_labels"), cfg.patches.size)
+    assert np.array_equal(store.read(n, "pseudo"), expected)
+    rounds = store.load_run("selftrain")["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2] and "train" in rounds[-1] and "val" in rounds[-1]
+    assert entry["pixels_changed"] >= int((store.read(n, "pseudo") != before).sum())
+    # a model trained on round-1 labels is not silently resumed on round-2 labels
+    with pytest.raises(OEEMError, match="different configuration"):
+        run(train_segmenter(store, cfg.segmentation, "cpu"))
+    assert reset_rounds(store) == len(store.names("train")) + len(store.names("val"))
+    assert pseudo_round(store) == 0 and np.array_equal(store.read(n, "pseudo"), stage1)
+
+
+def test_refinement_obeys_the_patch_labels():
+    from pipeline.selftrain import refined_pseudo
+
+    prob = np.full((8, 12), 0.9, np.float32)  # the network says gland everywhere
+    corners = np.array([[0, 0], [0, 4], [0, 8]])
+    labels = np.array([[1, 0], [1, 1], [0, 1]])  # non-gland only, mixed, gland only
+    out = refined_pseudo(prob, corners, labels, 8)[:, :]
+    assert (out[:, :4] == 0).all() and (out[:, 8:] == 1).all()
+
+
+def test_self_training_before_a_prediction_names_the_command(tmp_path, small_folder):
+    from pipeline.classify import make_patch_labels
+    from pipeline.project import create_project
+    from pipeline.selftrain import refine_round
+
+    store = create_project(small_folder, tmp_path / "p.zarr")
+    make_patch_labels(store, tiny_cpu_config().patches)
+    with pytest.raises(OEEMError, match=r"no prediction yet .*run `oeem train-seg .*` and `oeem predict"):
+        run(refine_round(store, 112))
+
+
+def test_validation_split_is_seeded_and_bounded(tmp_path, small_folder):
+    from pipeline.project import create_project, hold_out_validation
+
+    a = create_project(small_folder, tmp_path / "a.zarr", val_images=1, seed=3)
+    b = create_project(small_folder, tmp_path / "b.zarr", val_images=1, seed=3)
+    assert a.names("val") == b.names("val") and len(a.names("train")) == 3
+    with pytest.raises(OEEMError, match="at least one must stay for training"):
+        hold_out_validation(a, 3)
+
+
+def test_stain_change_matches_scikit_image_and_jitter_is_mild():
+    from skimage.color import hed2rgb, rgb2hed
+
+    from pipeline.augment import apply_stain_change, stain_jitter
+    from pipeline.synth import synth_tissue
+
+    image, _ = synth_tissue(48, 48, seed=1)
+    x = torch.tensor(image / 255, dtype=torch.float32).permute(2, 0, 1)[None]
+    one, zero = torch.ones(1, 3), torch.zeros(1, 3)
+    np.testing.assert_allclose(apply_stain_change(x, one, zero).numpy(), x.numpy(), atol=1e-5)  # exact identity
+    # where the deconvolution holds (non-negative stains), the change is scikit-image's
+    hed = rgb2hed(image / 255)
+    alpha, beta = torch.tensor([[1.05, 0.95, 1.0]]), torch.tensor([[0.004, -0.003, 0.0]])
+    ok = (hed >= 0).all(-1) & (hed * alpha.numpy() + beta.numpy() >= 0).all(-1) \
+        & (np.abs(hed2rgb(hed) - image / 255) < 1e-4).all(-1)  # scikit-image's own round trip exact there
+    assert ok.mean() > 0.5
+    ours = apply_stain_change(x, alpha, beta)[0].permute(1, 2, 0).numpy()
+    ref = hed2rgb(hed * alpha.numpy() + beta.numpy())
+    np.testing.assert_allclose(ours[ok], ref[ok], atol=2e-3)
+    jittered = stain_jitter(x.repeat(4, 1, 1, 1), 0.05, torch.Generator().manual_seed(0))
+    change = float((jittered - x).abs().mean())
+    assert jittered.shape == (4, 3, 48, 48) and 1e-3 < change < 0.08  # visible, but still the same tissue
+
+
+def test_rot90_keeps_image_and_label_aligned():
+    from pipeline.augment import random_rot90
+
+    label = torch.zeros(16, 8, 8, dtype=torch.long)
+    label[:, :3, :2] = 1
+    img = label[:, None].float().repeat(1, 3, 1, 1)
+    out, lab = random_rot90(img, label, torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, 0].long(), lab)
+    assert len({tuple(l.nonzero()[0].tolist()) for l in lab}) > 1  # several orientations drawn
+
+
+def test_old_projects_predict_with_the_model_they_hold(tmp_path, trained_project):
+    """A checkpoint and run records written before these settings existed read as the paper's PSPNet."""
+    import shutil
+
+    from pipeline.infer import predict
+    from pipeline.project import project_config, stage_done
+    from pipeline.segment import load_segmenter
+    from pipeline.store import ProjectStore
+
+    src, _, _ = trained_project
+    shutil.copytree(src.path, tmp_path / "old.zarr")
+    store = ProjectStore.open(tmp_path / "old.zarr")
+    path = store.checkpoint_path("segmentation")
+    ck = torch.load(path, weights_only=True)
+    new_keys = ("decoder", "working_scale", "input_norm", "init_from_classifier", "rotate90", "stain_jitter")
+    for key in new_keys:
+        ck["config"].pop(key)
+    ck["config"]["backbone"].pop("output_stride")
+    ck.pop("labels_round")
+    torch.save(ck, path)
+    rec = json.loads((store.path / "runs" / "segmentation.json").read_text())
+    for key in new_keys:
+        rec["config"].pop(key)
+    rec["config"]["backbone"].pop("output_stride")
+    rec.pop("labels_round")
+    (store.path / "runs" / "segmentation.json").write_text(json.dumps(rec))
+    cfg_path = store.path / "runs" / "config.json"
+    old_cfg = json.loads(cfg_path.read_text())
+    old_cfg.pop("selftrain")
+    cfg_path.write_text(json.dumps(old_cfg))
+
+    model, seg_cfg = load_segmenter(store)
+    assert seg_cfg.decoder == "psp" and seg_cfg.working_scale == 1.0 and seg_cfg.input_norm == "imagenet"
+    cfg = project_config(store)
+    assert stage_done(store, "segmentation", cfg)  # not retrained just because the code is newer
+    rec = run(predict(store, cfg.inference, names=store.names("test")[:1], device="cpu"))
+    assert rec["images"] == 1
