@@ -139,6 +139,79 @@ def cmd_refine(args) -> None:
     print(json.dumps(entry, indent=1), flush=True)
 
 
+# The project's figures before this work (README, PSPNet on the `cpu` backbone at full resolution, random init,
+# 1500 iterations, stage 1 on all 85 training images, one seed): the "before" rows.
+BEFORE = {"cam": 58.59, "pseudo": 65.23, "full": 69.63, "ce": 52.76, "l_norm": 50.04, "train_min": 23.0,
+          "predict_s": 0.57}
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} +- {statistics.stdev(values):.2f}"
+
+
+def cmd_report(args) -> None:
+    data = load_rows()
+    s1 = data.get("stage1")
+    rows = data["rows"]
+    if s1:
+        print("\nStage 1 (cpu preset, 75 training images, 10 held out for validation)\n")
+        val = s1.get("val") or {}
+        print_table([
+            ("classifier training", f"{s1['classifier_s'] / 60:.1f} min", ""),
+            ("CAMs + pseudo-masks", f"{s1['cams_s'] / 60:.1f} min", ""),
+            ("CAM mIoU", f"{s1['cam_mIoU']:.2f}", f"{val.get('cam', {}).get('mIoU', float('nan')):.2f}"),
+            ("pseudo-mask mIoU", f"{s1['pseudo_mIoU']:.2f}", f"{val.get('pseudo', {}).get('mIoU', float('nan')):.2f}"),
+        ], ("what", "train", "validation"))
+    for entry in data.get("selftrain", []):
+        print(f"\nself-training round {entry['round']} from {entry['source']} ({entry['total_s'] / 60:.1f} min): "
+              f"pseudo-mask mIoU train {entry['train']['before']['mIoU']:.2f} -> {entry['train']['after']['mIoU']:.2f}"
+              f", validation {entry['val']['before']['mIoU']:.2f} -> {entry['val']['after']['mIoU']:.2f}")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["name"], r["round"]), []).append(r)
+    table = [("before: PSPNet full res. (README)", "-", "-", f"{BEFORE['ce']:.2f} (ce) / {BEFORE['l_norm']:.2f} "
+              f"(l_norm) / {BEFORE['full']:.2f} (full)", "-", f"{BEFORE['pseudo']:.2f}", f"{BEFORE['train_min']:.0f}",
+              "1")]
+    for (name, rnd), rs in groups.items():
+        table.append((name, str(rnd), fmt([r["val"]["mIoU"] for r in rs]), fmt([r["test"]["mIoU"] for r in rs]),
+                      fmt([r["train"]["mIoU"] for r in rs]), fmt([r["train"]["pseudo_mIoU"] for r in rs])
+                      if "pseudo_mIoU" in rs[0]["train"] else "-",
+                      f"{statistics.fmean(r['train_s'] for r in rs) / 60:.1f}", str(len(rs))))
+    print("\nStage 2 (mIoU; round = self-training round of the labels; train = prediction vs the train masks, "
+          "pseudo = the labels it learned from)\n")
+    print_table(table, ("run", "round", "validation", "testA", "train", "pseudo (train)", "min", "seeds"))
+    speed = data.get("scales")
+    if speed:
+        print(f"\nTest-time scales ({speed['model']}; + flip)\n")
+        print_table([(",".join(f"{x:g}" for x in r["scales"]), f"{r['val']:.2f}", f"{r['test']:.2f}",
+                      f"{r['s_per_image']:.2f}") for r in speed["rows"]],
+                    ("scales", "validation", "testA", "s / image"))
+
+
+def cmd_scales(args) -> None:
+    """What each test-time scale buys (mIoU on validation and testA) and costs (s / image)."""
+    from pipeline.config import InferConfig
+
+    store = ProjectStore.open(PROJECT)
+    out = {"model": args.run, "rows": []}
+    for text in args.sets:
+        scales = tuple(float(x) for x in text.split(","))
+        infer = InferConfig(scales=scales, flip=True, crop_size=384, stride=320)
+        sc = scores(store, args.run, infer, splits=("val", "test"))
+        n_val, n_test = len(store.names("val")), len(store.names("test"))
+        s_img = (sc["val"]["s_per_image"] * n_val + sc["test"]["s_per_image"] * n_test) / (n_val + n_test)
+        out["rows"].append({"scales": scales, "val": sc["val"]["mIoU"], "test": sc["test"]["mIoU"],
+                            "s_per_image": s_img})
+        print(f"{text}: val {sc['val']['mIoU']:.2f} testA {sc['test']['mIoU']:.2f} {s_img:.2f} s/image", flush=True)
+    data = load_rows()
+    data["scales"] = out
+    save_rows(data)
+
+
 def parse_sets(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -162,8 +235,13 @@ def main() -> None:
     rf = sub.add_parser("refine")
     rf.add_argument("source", nargs="+", help="run name(s) of the model whose prediction refines the pseudo-masks;"
                     " with several, the best on the validation split")
+    sub.add_parser("report")
+    sc = sub.add_parser("scales")
+    sc.add_argument("run", help="run name of the model to predict with")
+    sc.add_argument("sets", nargs="+", help="comma lists of scales, e.g. 1 0.75,1,1.25")
     args = ap.parse_args()
-    {"stage1": cmd_stage1, "stage2": cmd_stage2, "refine": cmd_refine}[args.cmd](args)
+    {"stage1": cmd_stage1, "stage2": cmd_stage2, "refine": cmd_refine, "report": cmd_report,
+     "scales": cmd_scales}[args.cmd](args)
 
 
 if __name__ == "__main__":

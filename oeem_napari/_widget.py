@@ -27,6 +27,7 @@ STAGES = {
     "cams": "CAMs + pseudo-masks",
     "segmentation": "Train segmentation",
     "predict": "Predict",
+    "selftrain": "Self-train round",
     "evaluate": "Evaluate",
     "all": "Run all",
 }
@@ -118,9 +119,10 @@ class OEEMWidget(QWidget):
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.setEnabled(False)
         self.cancel_btn.clicked.connect(self.cancel)
-        grid.addWidget(self.progress_bar, 3, 0)
-        grid.addWidget(self.cancel_btn, 3, 1)
-        grid.addWidget(self.status_label, 4, 0, 1, 2)
+        first = (len(STAGES) + 1) // 2
+        grid.addWidget(self.progress_bar, first, 0)
+        grid.addWidget(self.cancel_btn, first, 1)
+        grid.addWidget(self.status_label, first + 1, 0, 1, 2)
         root.addWidget(box)
 
         box = QGroupBox("Corrections and confusing regions")
@@ -307,8 +309,12 @@ class OEEMWidget(QWidget):
             return train_segmenter(store, cfg.segmentation, device, on_mismatch="restart")
         if stage == "predict":
             return predict(store, cfg.inference, device=device)
+        if stage == "selftrain":
+            from pipeline.selftrain import refine_round
+
+            return refine_round(store, cfg.patches.size)
         if stage == "evaluate":
-            return run_step("evaluate", lambda: {s: evaluate(store, s) for s in ("train", "test")
+            return run_step("evaluate", lambda: {s: evaluate(store, s) for s in ("train", "val", "test")
                                                  if any(store.has(n, "mask") for n in store.names(s))})
         if stage == "all":
             return run_all(store, cfg, device)

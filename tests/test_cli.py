@@ -6,8 +6,8 @@ import pytest
 
 from pipeline.cli import build_parser, main
 
-STAGES = ["init", "patches", "train-cls", "cams", "train-seg", "predict", "evaluate", "run", "export", "info",
-          "fetch-glas"]
+STAGES = ["init", "patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "evaluate", "run", "export",
+          "info", "fetch-glas"]
 
 
 def oeem(*args, cwd=None):
@@ -29,6 +29,11 @@ def test_help_lists_every_stage():
     (["init", "/nonexistent/folder", "x.zarr"], "folder not found"),
     (["patches", "/nonexistent/p.zarr"], "no project here"),
     (["train-seg", "{project}", "--iterations", "2"], "run `oeem cams"),
+    (["selftrain", "{project}"], "no patch labels yet; run `oeem patches"),
+    (["train-seg", "{project}", "--set", "segmentation.working_scale"], "--set expects KEY=VALUE"),
+    (["train-seg", "{project}", "--set", "segmentation.working_scale=5"], "working_scale must be between"),
+    (["train-seg", "{project}", "--set", "segmentation.decoder=fcn"], "decoder must be one of psp, unet"),
+    (["train-seg", "{project}", "--set", "segmentation.depth=3"], "unknown setting 'segmentation.depth'"),
 ])
 def test_bad_input_is_one_clear_line(tmp_path, small_folder, args, fragment):
     project = tmp_path / "p.zarr"
@@ -73,3 +78,29 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
     assert info["train"] == 4 and info["test"] == 2 and info["arrays"]["pseudo"] == 4
     assert 0 < info["metrics"]["prediction (test)"]["mIoU"] <= 100
     assert info["metrics"]["pseudo_mIoU (train)"] > 0
+
+
+def test_validation_split_and_self_training_from_the_command_line(tmp_path, small_folder, capsys):
+    import json
+
+    p = str(tmp_path / "p.zarr")
+    assert main(["init", str(small_folder), p, "--val-images", "1"]) == 0
+    assert "3 train, 1 validation and 2 test images" in capsys.readouterr().out
+    assert main(["patches", p, "--preset", "tiny"]) == 0
+    assert main(["train-cls", p, "--epochs", "1", "--device", "cpu"]) == 0
+    assert main(["cams", p, "--scales", "1"]) == 0
+    assert main(["selftrain", p]) == 2
+    assert "run `oeem train-seg" in capsys.readouterr().err
+    assert main(["train-seg", p, "--iterations", "3", "--set", "segmentation.working_scale=0.5"]) == 0
+    assert main(["predict", p, "--fast", "--split", "val"]) == 0
+    assert main(["selftrain", p]) == 2  # the training images have no prediction yet
+    assert main(["predict", p, "--fast", "--split", "train"]) == 0
+    capsys.readouterr()
+    assert main(["selftrain", p]) == 0
+    out = capsys.readouterr().out
+    assert "self-training round 1" in out and "val pseudo-mask mIoU" in out
+    saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())
+    assert saved["segmentation"]["working_scale"] == 0.5  # --set is saved like the other options
+    assert main(["evaluate", p, "--split", "val"]) == 0
+    assert main(["selftrain", p, "--reset"]) == 0
+    assert "restored the stage-1 pseudo-masks of 4 images" in capsys.readouterr().out
