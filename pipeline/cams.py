@@ -8,6 +8,7 @@ Either way the pseudo-mask is the per-patch argmax over the classes that patch's
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import asdict
@@ -94,6 +95,14 @@ def stitch_votes(patch_masks: np.ndarray, corners: np.ndarray, shape: tuple[int,
     return (2 * gland > total).astype(np.uint8)
 
 
+def restricted_pseudo(margin: np.ndarray, corners: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
+    """Eq. 2 from a per-pixel gland margin (gland score minus non-gland score, H x W): in each patch the classes
+    its label says are absent cannot win, mixed patches take the sign of the margin; patches are then stitched by
+    majority vote. Used on the stitched CAM and, in self-training, on the segmentation's logit margin."""
+    pm = np.stack([margin[y:y + size, x:x + size] for y, x in corners])
+    return stitch_votes(refine_patches(np.stack([np.zeros_like(pm), pm], 1), labels), corners, margin.shape)
+
+
 def stitch_mean(patch_cam: np.ndarray, corners: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     size = patch_cam.shape[-1]
     acc = np.zeros((patch_cam.shape[1], *shape), np.float32)
@@ -110,6 +119,7 @@ def cam_and_pseudo(model: PatchClassifier, image: np.ndarray, corners: np.ndarra
     """CAM (2, H, W) float32 and pseudo-mask (H, W) uint8 of one image."""
     size = patch_cfg.size
     shape = image.shape[:2]
+    bias = np.array([0.0, cam_cfg.gland_bias], np.float32)[None, :, None, None]
     if cam_cfg.mode == "image":
         cam = image_cam(model, image, cam_cfg.scales, cls_cfg.input_size / size, device)
         pcam = np.stack([cam[:, y:y + size, x:x + size] for y, x in corners])
@@ -119,8 +129,31 @@ def cam_and_pseudo(model: PatchClassifier, image: np.ndarray, corners: np.ndarra
         cam = stitch_mean(pcam, corners, shape)
     else:
         raise OEEMError(f"unknown CAM mode {cam_cfg.mode!r}: choose image or patch")
-    pseudo = stitch_votes(refine_patches(pcam, labels), corners, shape)
+    if cam_cfg.pseudo_from == "stitched":
+        pseudo = pseudo_from_cam(cam, corners, labels, size, cam_cfg.gland_bias)
+    else:
+        pseudo = stitch_votes(refine_patches(pcam + bias, labels), corners, shape)
     return cam.astype(np.float32), pseudo
+
+
+def pseudo_from_cam(cam: np.ndarray, corners: np.ndarray, labels: np.ndarray, size: int,
+                    gland_bias: float = 0.0) -> np.ndarray:
+    """The pseudo-mask of a stitched CAM (2, H, W): Eq. 2 on the margin CAM_gland + bias - CAM_non-gland."""
+    return restricted_pseudo(cam[1] + gland_bias - cam[0], corners, labels, size)
+
+
+CAM_SETTINGS = ("scales", "mode")  # what the CAM itself depends on (the pseudo-mask settings are applied after)
+
+
+def cams_reusable(store: ProjectStore, cam_cfg: CamConfig) -> bool:
+    """Were the stored CAMs made by the same classifier run with the same CAM settings?"""
+    rec = store.load_run(STAGE)
+    cls = store.load_run("classifier")
+    if rec is None or cls is None:
+        return False
+    same = all(json.loads(json.dumps(rec["config"].get(k))) == json.loads(json.dumps(getattr(cam_cfg, k)))
+               for k in CAM_SETTINGS)
+    return same and cls.get("run_id") is not None and rec.get("classifier_run_id") == cls.get("run_id")
 
 
 def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, device: str = "auto",
@@ -132,11 +165,15 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
     if not names:
         raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
     cms = {split: (np.zeros((2, 2), np.int64), np.zeros((2, 2), np.int64)) for split in ("train", "val")}
+    reuse = cam_cfg.pseudo_from == "stitched" and cams_reusable(store, cam_cfg)
     t0 = time.perf_counter()
     for k, n in enumerate(names):
-        image = store.image(n)
-        cam, pseudo = cam_and_pseudo(model, image, store.read(n, "patch_corners"), store.read(n, "patch_labels"),
-                                     patch_cfg, cls_cfg, cam_cfg, dev)
+        corners, labels = store.read(n, "patch_corners"), store.read(n, "patch_labels")
+        if reuse and store.has(n, "cam"):  # same CAMs, other pseudo-mask settings: no network needed
+            cam = store.read(n, "cam")
+            pseudo = pseudo_from_cam(cam, corners, labels, patch_cfg.size, cam_cfg.gland_bias)
+        else:
+            cam, pseudo = cam_and_pseudo(model, store.image(n), corners, labels, patch_cfg, cls_cfg, cam_cfg, dev)
         store.write(n, "cam", cam)
         store.write(n, "pseudo", pseudo)
         store.delete(n, "pseudo_cam")  # a new stage 1 starts self-training over
@@ -148,7 +185,7 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
         yield Progress(STAGE, k + 1, len(names), n)
     store.root.attrs["pseudo_round"] = 0
     seconds = time.perf_counter() - t0
-    record: dict = {"config": asdict(cam_cfg), "images": len(names), "seconds": seconds,
+    record: dict = {"config": asdict(cam_cfg), "images": len(names), "seconds": seconds, "reused_cams": reuse,
                     "seconds_per_image": seconds / len(names), "device": str(dev)}
     cm_cam, cm_pseudo = cms["train"]
     if cm_cam.sum():  # the paper's Table 2 figures: CAM and pseudo-mask against the training masks
@@ -157,5 +194,6 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
     cm_cam, cm_pseudo = cms["val"]
     if cm_cam.sum():
         record["val"] = {"cam": from_confusion(cm_cam), "pseudo": from_confusion(cm_pseudo)}
+    record["classifier_run_id"] = (store.load_run("classifier") or {}).get("run_id")
     store.save_run(STAGE, record)
     return record

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import asdict
 
 import numpy as np
@@ -154,6 +155,7 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
         _save(store, model, opt, epoch + 1, cfg, patch_cfg)
     elapsed = time.perf_counter() - t0
     record = {"config": asdict(cfg), "patches": asdict(patch_cfg), "device": str(dev), "n_patches": n,
+              "run_id": uuid.uuid4().hex,  # lets the CAM stage tell whether its CAMs came from this model
               "epochs_run": cfg.epochs - start_epoch, "seconds": elapsed, "final_loss": loss_ema,
               "patches_per_s": seen / elapsed if elapsed > 0 else None}
     store.save_run(STAGE, record)

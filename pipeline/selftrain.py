@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from pipeline.cams import refine_patches, stitch_votes
+from pipeline.cams import restricted_pseudo
 from pipeline.errors import OEEMError
 from pipeline.metrics import confusion, from_confusion
 from pipeline.progress import Job, Progress
@@ -28,9 +28,7 @@ def pseudo_round(store: ProjectStore) -> int:
 
 def refined_pseudo(prob: np.ndarray, corners: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
     """Eq. 2 on the segmentation probabilities (gland ``prob``, H x W) instead of the CAM."""
-    pprob = np.stack([np.stack([1 - prob[y:y + size, x:x + size], prob[y:y + size, x:x + size]])
-                      for y, x in corners])
-    return stitch_votes(refine_patches(pprob, labels), corners, prob.shape)
+    return restricted_pseudo(prob - 0.5, corners, labels, size)
 
 
 def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None = None) -> Job[dict]:
