@@ -154,6 +154,13 @@ def fmt(values: list[float]) -> str:
 
 
 def cmd_report(args) -> None:
+    global print_table
+    if args.markdown:  # the README's tables
+        def print_table(rows, header):  # noqa: F811 - same call, markdown output
+            print("| " + " | ".join(header) + " |")
+            print("|" + " --- |" * len(header))
+            for r in rows:
+                print("| " + " | ".join(str(x) for x in r) + " |")
     data = load_rows()
     s1 = data.get("stage1")
     rows = data["rows"]
@@ -166,6 +173,14 @@ def cmd_report(args) -> None:
             ("CAM mIoU", f"{s1['cam_mIoU']:.2f}", f"{val.get('cam', {}).get('mIoU', float('nan')):.2f}"),
             ("pseudo-mask mIoU", f"{s1['pseudo_mIoU']:.2f}", f"{val.get('pseudo', {}).get('mIoU', float('nan')):.2f}"),
         ], ("what", "train", "validation"))
+    gb = data.get("gland_bias")
+    if gb:
+        print("\nGland bias of the pseudo-mask (stitched CAM), chosen on validation\n")
+        print_table([(f"{b:g}", f"{v:.2f}", f"{t:.2f}") for b, v, t in zip(gb["biases"], gb["val"], gb["train"])],
+                    ("gland bias", "validation pseudo mIoU", "train pseudo mIoU"))
+        if s1 and "patch_votes" in s1:
+            print(f"(reference per-patch votes, no bias: validation {s1['patch_votes']['val']['pseudo']['mIoU']:.2f}, "
+                  f"train {s1['patch_votes']['pseudo_mIoU']:.2f})")
     for entry in data.get("selftrain", []):
         print(f"\nself-training round {entry['round']} from {entry['source']} ({entry['total_s'] / 60:.1f} min): "
               f"pseudo-mask mIoU train {entry['train']['before']['mIoU']:.2f} -> {entry['train']['after']['mIoU']:.2f}"
@@ -212,6 +227,32 @@ def cmd_scales(args) -> None:
     save_rows(data)
 
 
+def cmd_bias(args) -> None:
+    """Pseudo-mask mIoU on the validation split for each gland bias, from the stored CAMs (seconds, no network):
+    how the cpu preset's ``cam.gland_bias`` was chosen. testA plays no part; train is shown for reference."""
+    from pipeline.cams import pseudo_from_cam
+    from pipeline.metrics import confusion, from_confusion
+
+    store = ProjectStore.open(PROJECT)
+    size = preset("cpu").patches.size
+    out = {"biases": args.biases, "val": [], "train": []}
+    for split in ("val", "train"):
+        items = [(store.read(n, "cam"), store.read(n, "patch_corners"), store.read(n, "patch_labels"), store.mask(n))
+                 for n in store.names(split)]
+        for b in args.biases:
+            cm = np.zeros((2, 2), np.int64)
+            for cam, corners, labels, mask in items:
+                cm += confusion(pseudo_from_cam(cam, corners, labels, size, b), mask)
+            out[split].append(from_confusion(cm)["mIoU"])
+    print_table([(f"{b:g}", f"{v:.2f}", f"{t:.2f}") for b, v, t in zip(args.biases, out["val"], out["train"])],
+                ("gland bias", "validation pseudo mIoU", "train pseudo mIoU"))
+    best = args.biases[int(np.argmax(out["val"]))]
+    print(f"best on validation: {best:g}")
+    data = load_rows()
+    data["gland_bias"] = {**out, "best_on_val": best}
+    save_rows(data)
+
+
 def parse_sets(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -235,13 +276,16 @@ def main() -> None:
     rf = sub.add_parser("refine")
     rf.add_argument("source", nargs="+", help="run name(s) of the model whose prediction refines the pseudo-masks;"
                     " with several, the best on the validation split")
-    sub.add_parser("report")
+    rp = sub.add_parser("report")
+    rp.add_argument("--markdown", action="store_true", help="tables as markdown (for the README)")
+    bs = sub.add_parser("bias")
+    bs.add_argument("biases", nargs="*", type=float, default=[0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 8])
     sc = sub.add_parser("scales")
     sc.add_argument("run", help="run name of the model to predict with")
     sc.add_argument("sets", nargs="+", help="comma lists of scales, e.g. 1 0.75,1,1.25")
     args = ap.parse_args()
     {"stage1": cmd_stage1, "stage2": cmd_stage2, "refine": cmd_refine, "report": cmd_report,
-     "scales": cmd_scales}[args.cmd](args)
+     "scales": cmd_scales, "bias": cmd_bias}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 A="$PY benchmarks/ablation.py"
-[ "${SKIP_STAGE1:-0}" = 1 ] || $A stage1
+[ "${SKIP_STAGE1:-0}" = 1 ] || { $A stage1; $A bias; }
 $A stage2 ce --set segmentation.loss=ce
 $A stage2 l_norm --set segmentation.loss=l_norm
+$A bias
 $A refine abl-ce-r0-s0 abl-l_norm-r0-s0
 $A stage2 ce --set segmentation.loss=ce
 $A stage2 l_norm --set segmentation.loss=l_norm

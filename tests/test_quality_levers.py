@@ -178,11 +178,13 @@ def test_self_training_round_bookkeeping(tmp_path, cpu_project):
 def test_refinement_obeys_the_patch_labels():
     from pipeline.selftrain import refined_pseudo
 
-    prob = np.full((8, 12), 0.9, np.float32)  # the network says gland everywhere
+    prob = np.full((8, 16), 0.9, np.float32)  # the network says gland everywhere
     corners = np.array([[0, 0], [0, 4], [0, 8]])
     labels = np.array([[1, 0], [1, 1], [0, 1]])  # non-gland only, mixed, gland only
-    out = refined_pseudo(prob, corners, labels, 8)[:, :]
-    assert (out[:, :4] == 0).all() and (out[:, 8:] == 1).all()
+    out = refined_pseudo(prob, corners, labels, 8)
+    assert (out[:, :4] == 0).all() and (out[:, 12:] == 1).all()
+    assert (out[:, 8:12] == 1).all()  # mixed + gland-only agree; 4-8 is a tie (non-gland only vs mixed)
+    assert (out[:, 4:8] == 0).all()
 
 
 def test_self_training_before_a_prediction_names_the_command(tmp_path, small_folder):
@@ -278,3 +280,44 @@ def test_old_projects_predict_with_the_model_they_hold(tmp_path, trained_project
     assert stage_done(store, "segmentation", cfg)  # not retrained just because the code is newer
     rec = run(predict(store, cfg.inference, names=store.names("test")[:1], device="cpu"))
     assert rec["images"] == 1
+
+
+def test_gland_bias_moves_only_mixed_patches_toward_gland():
+    from pipeline.cams import pseudo_from_cam
+
+    rng = np.random.default_rng(0)
+    cam = rng.normal(size=(2, 16, 24)).astype(np.float32)
+    corners = np.array([[0, 0], [0, 8], [0, 16], [8, 0], [8, 8], [8, 16]])
+    labels = np.array([[1, 1], [1, 0], [0, 1], [1, 1], [1, 1], [1, 1]])  # mixed, non-gland only, gland only...
+    base = pseudo_from_cam(cam, corners, labels, 8, 0.0)
+    more = pseudo_from_cam(cam, corners, labels, 8, 1.0)
+    assert (more >= base).all() and more.sum() > base.sum()  # monotone: a bias only adds gland
+    assert (base[:8, 8:16] == 0).all() and (more[:8, 8:16] == 0).all()  # the patch label still rules
+    assert (base[:8, 16:] == 1).all()
+    np.testing.assert_array_equal(base[8:], (cam[1] - cam[0] > 0)[8:])  # mixed patches: the CAM margin's sign
+    assert (pseudo_from_cam(cam, corners, labels, 8, 100.0)[8:] == 1).all()
+
+
+def test_new_pseudo_mask_settings_reuse_the_stored_cams(tmp_path, cpu_project):
+    import shutil
+
+    from pipeline.cams import make_cams
+    from pipeline.classify import train_classifier
+    from pipeline.store import ProjectStore
+
+    src, cfg, _ = cpu_project
+    shutil.copytree(src.path, tmp_path / "p.zarr")
+    store = ProjectStore.open(tmp_path / "p.zarr")
+    n = store.names("train")[0]
+    cam = store.read(n, "cam")
+    import copy
+
+    cam_cfg = copy.deepcopy(cfg.cam)
+    cam_cfg.gland_bias += 5.0
+    rec = run(make_cams(store, cam_cfg, cfg.patches, "cpu"))
+    assert rec["reused_cams"] and np.array_equal(store.read(n, "cam"), cam)
+    assert not store.has(n, "pseudo_cam")  # a new stage 1 result starts self-training over
+    # a retrained classifier makes new CAMs
+    run(train_classifier(store, cfg.classifier, cfg.patches, "cpu", restart=True))
+    rec = run(make_cams(store, cam_cfg, cfg.patches, "cpu"))
+    assert not rec["reused_cams"]
