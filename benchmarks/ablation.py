@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import copy
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -54,7 +52,7 @@ def cmd_stage1(args) -> None:
     store = create_project(root, PROJECT, overwrite=True, val_images=VAL_IMAGES, seed=0)
     labels = make_patch_labels(store, cfg.patches)
     t1 = time.perf_counter()
-    cls = run(train_classifier(store, cfg.classifier, cfg.patches, "cpu", restart=True))
+    run(train_classifier(store, cfg.classifier, cfg.patches, "cpu", restart=True))
     t2 = time.perf_counter()
     cams = run(make_cams(store, cfg.cam, cfg.patches, "cpu"))
     t3 = time.perf_counter()

@@ -41,6 +41,18 @@ def cpu_project(tmp_path_factory):
     return store, cfg, report
 
 
+@pytest.fixture
+def cpu_copy(cpu_project, tmp_path):
+    """A private copy of the cpu-structured project that a test may change."""
+    import shutil
+
+    from pipeline.store import ProjectStore
+
+    src, cfg, _ = cpu_project
+    shutil.copytree(src.path, tmp_path / "p.zarr")
+    return ProjectStore.open(tmp_path / "p.zarr"), cfg
+
+
 def test_cpu_preset_end_to_end_with_validation_and_self_training(cpu_project):
     from pipeline.selftrain import pseudo_round
 
@@ -146,16 +158,11 @@ def test_training_tiles_at_the_working_scale_and_padding_recorded(tmp_path, smal
     assert len(padded) == 4 and (codes == 255).any()
 
 
-def test_self_training_round_bookkeeping(tmp_path, cpu_project):
-    import shutil
-
+def test_self_training_round_bookkeeping(cpu_copy):
     from pipeline.segment import train_segmenter
     from pipeline.selftrain import pseudo_round, refine_round, refined_pseudo, reset_rounds
-    from pipeline.store import ProjectStore
 
-    src, cfg, _ = cpu_project
-    shutil.copytree(src.path, tmp_path / "p.zarr")
-    store = ProjectStore.open(tmp_path / "p.zarr")
+    store, cfg = cpu_copy
     n = store.names("train")[0]
     stage1 = store.read(n, "pseudo_cam")
     before = store.read(n, "pseudo")
@@ -298,20 +305,15 @@ def test_gland_bias_moves_only_mixed_patches_toward_gland():
     assert (pseudo_from_cam(cam, corners, labels, 8, 100.0)[8:] == 1).all()
 
 
-def test_new_pseudo_mask_settings_reuse_the_stored_cams(tmp_path, cpu_project):
-    import shutil
+def test_new_pseudo_mask_settings_reuse_the_stored_cams(cpu_copy):
+    import copy
 
     from pipeline.cams import make_cams
     from pipeline.classify import train_classifier
-    from pipeline.store import ProjectStore
 
-    src, cfg, _ = cpu_project
-    shutil.copytree(src.path, tmp_path / "p.zarr")
-    store = ProjectStore.open(tmp_path / "p.zarr")
+    store, cfg = cpu_copy
     n = store.names("train")[0]
     cam = store.read(n, "cam")
-    import copy
-
     cam_cfg = copy.deepcopy(cfg.cam)
     cam_cfg.gland_bias += 5.0
     rec = run(make_cams(store, cam_cfg, cfg.patches, "cpu"))
