@@ -278,7 +278,8 @@ def cmd_fetch_glas(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="oeem", description="Weakly-supervised gland segmentation with OEEM "
                                  "(MICCAI 2022). Stages: init -> patches -> train-cls -> cams -> train-seg -> "
-                                 "predict [-> selftrain -> train-seg -> predict] -> evaluate; `run` does them all; `export` writes masks out.")
+                                 "predict [-> selftrain -> train-seg -> predict] -> evaluate; `run` does them "
+                                 "all; `export` writes masks out.")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name, func, help_, project=True):
@@ -318,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--mode", choices=("image", "patch"), help="whole-image CAM or the reference's per-patch crops")
     p.add_argument("--scales", dest="cam_scales", type=_floats, help="e.g. 1,1.25,1.5,1.75,2")
-    p = add("train-seg", cmd_train_seg, "train the segmentation network on the pseudo-masks with the OEEM loss (resumable)")
+    p = add("train-seg", cmd_train_seg,
+            "train the segmentation network on the pseudo-masks with the OEEM loss (resumable)")
     common(p, train=True)
     p.add_argument("--loss", choices=LOSS_KINDS, help="weighting (paper preset: l_norm, the paper's OEEM; "
                    "cpu preset: ce, which beat l_norm on the validation split from random init)")
