@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from _common import RESULTS, glas_root, machine, print_table
+from _common import print_table as plain_table
 from pipeline.config import apply_overrides, preset, to_dict
 from pipeline.progress import run
 from pipeline.store import ProjectStore, atomic_write_json
@@ -151,14 +152,15 @@ def fmt(values: list[float]) -> str:
     return f"{statistics.fmean(values):.2f} +- {statistics.stdev(values):.2f}"
 
 
+def markdown_table(rows: list[tuple], header: tuple) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + " --- |" * len(header))
+    for r in rows:
+        print("| " + " | ".join(str(x) for x in r) + " |")
+
+
 def cmd_report(args) -> None:
-    global print_table
-    if args.markdown:  # the README's tables
-        def print_table(rows, header):  # noqa: F811 - same call, markdown output
-            print("| " + " | ".join(header) + " |")
-            print("|" + " --- |" * len(header))
-            for r in rows:
-                print("| " + " | ".join(str(x) for x in r) + " |")
+    print_table = markdown_table if args.markdown else plain_table  # markdown: the README's tables
     data = load_rows()
     s1 = data.get("stage1")
     rows = data["rows"]

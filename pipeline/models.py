@@ -304,13 +304,13 @@ def safe_torch_load(path: str | Path) -> dict:
                         f"{str(exc).splitlines()[0][:200]})") from None
 
 
-def _as_now(saved, default):
+def settings_as_now(saved, default):
     """A saved settings dict as the current version reads it: a field added since then takes its default, so a
     checkpoint made before a setting existed still counts as made with that setting's default."""
     if saved is None:
         return default
     if isinstance(saved, dict) and isinstance(default, dict):
-        return {**default, **{k: _as_now(v, default.get(k)) for k, v in saved.items()}}
+        return {**default, **{k: settings_as_now(v, default.get(k)) for k, v in saved.items()}}
     return saved
 
 
@@ -330,7 +330,7 @@ def resume_training(store, stage: str, settings: dict, model: nn.Module, opt: to
     if restart or not ck_path.is_file():
         return None, ""
     ck = safe_torch_load(ck_path)
-    if any(_as_now(ck.get(key), (defaults or {}).get(key)) != value for key, value in settings.items()):
+    if any(settings_as_now(ck.get(key), (defaults or {}).get(key)) != value for key, value in settings.items()):
         if on_mismatch == "error":
             raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
                             "pass --restart to train afresh (the old one is kept as *.previous.pt)")

@@ -71,7 +71,7 @@ def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
     rec = store.load_run(stage)
     if rec is None:
         return False
-    from pipeline.models import _as_now
+    from pipeline.models import settings_as_now
     from pipeline.selftrain import pseudo_round
 
     want = {"patches": to_dict(cfg.patches), "classifier": to_dict(cfg.classifier), "cams": to_dict(cfg.cam),
@@ -79,7 +79,7 @@ def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
     if want is None:
         return True
     want = json.loads(json.dumps(want))  # tuples -> lists, as saved
-    if _as_now(json.loads(json.dumps(rec.get("config"))), want) != want:
+    if settings_as_now(json.loads(json.dumps(rec.get("config"))), want) != want:
         return False
     if stage in ("segmentation", "predict") and cfg.segmentation.label_source != "mask":
         # trained on (or predicted with a model of) the current self-training round's pseudo-masks?
