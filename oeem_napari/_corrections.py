@@ -12,9 +12,11 @@ import numpy as np
 from napari.utils.notifications import show_warning
 from qtpy.QtCore import QTimer
 
+from pipeline.lock import ProjectBusy
 from pipeline.store import ProjectStore
 
 SAVE_DELAY_MS = 300
+BUSY_RETRY_MS = 5000  # another process writes the project: the strokes stay in the layer and are saved later
 
 
 class CorrectionKeeper:
@@ -22,6 +24,7 @@ class CorrectionKeeper:
         self.store, self.name, self.layer = store, name, layer
         self.on_saved = on_saved
         self._saved = np.array(layer.data, copy=True)
+        self._warned_busy = False
         self._timer = QTimer()
         self._timer.setSingleShot(True)
         self._timer.setInterval(SAVE_DELAY_MS)
@@ -35,7 +38,7 @@ class CorrectionKeeper:
         self.layer.events.selected_label.disconnect(self._clamp_label)
 
     def _schedule(self, event=None) -> None:
-        self._timer.start()
+        self._timer.start(SAVE_DELAY_MS)
 
     def _clamp_label(self, event=None) -> None:
         if self.layer.selected_label > 1:
@@ -58,7 +61,15 @@ class CorrectionKeeper:
             show_warning(f"label(s) {values} are not classes (1 = gland, 0 = non-gland); that stroke was undone")
         if np.array_equal(data, self._saved):
             return None
-        count = self.store.save_correction(self.name, data)
+        try:
+            count = self.store.save_correction(self.name, data)
+        except ProjectBusy as exc:
+            if not self._warned_busy:
+                show_warning(f"{exc}. Your strokes stay in the layer and are saved as soon as it is free.")
+                self._warned_busy = True
+            self._timer.start(BUSY_RETRY_MS)
+            return None
+        self._warned_busy = False
         self._saved = np.array(data, copy=True)
         if self.on_saved:
             self.on_saved()

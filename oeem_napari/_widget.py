@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayo
 from pipeline.config import LOSS_KINDS, PRESETS
 from pipeline.errors import OEEMError
 from pipeline.export import FORMATS, SOURCES, export_masks
+from pipeline.lock import holding_writer
 from pipeline.progress import Progress
 from pipeline.store import ProjectStore
 
@@ -150,9 +151,14 @@ class OEEMWidget(QWidget):
         self.source_combo.addItems(SOURCES)
         export_btn = QPushButton("Export…")
         export_btn.clicked.connect(self._browse_export)
+        import_btn = QPushButton("Import GeoJSON…")
+        import_btn.setToolTip("QuPath annotations (NAME.geojson, or any file for the image shown) become "
+                              "pathologist-verified corrections; undoable")
+        import_btn.clicked.connect(self._browse_import)
         row.addWidget(self.format_combo)
         row.addWidget(self.source_combo)
         row.addWidget(export_btn)
+        row.addWidget(import_btn)
         root.addWidget(box)
         root.addStretch()
         self._set_busy(False)
@@ -285,7 +291,8 @@ class OEEMWidget(QWidget):
         except OEEMError as exc:
             show_error(str(exc))
             return None
-        return self._start(STAGES[stage], job)
+        # one writer per project: a CLI run on the same project makes this job stop at once with who holds it
+        return self._start(STAGES[stage], holding_writer(self.store.path, f"napari: {STAGES[stage]}", job))
 
     def _make_job(self, stage: str):
         from pipeline.cams import make_cams
@@ -379,6 +386,37 @@ class OEEMWidget(QWidget):
             return []
         show_info(f"exported {len(paths)} masks to {folder}")
         return paths
+
+    def _browse_import(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Import QuPath annotations", "", "GeoJSON (*.geojson *.json)")
+        if path:
+            self.import_geojson(path)
+
+    def import_geojson(self, path: str, image: str | None = None) -> dict | None:
+        """Import one annotation file as a correction of ``image`` (default: the file's name if it is an image
+        of the project, else the image shown)."""
+        from pipeline.geojson import image_name_of, import_geojson
+
+        if self.store is None or self.current is None:
+            show_error("open a project first")
+            return None
+        if self.keeper is not None:
+            self.keeper.flush()
+        if image is None:
+            named = image_name_of(Path(path))
+            image = named if named in self.store.names() else self.current
+        try:
+            report = import_geojson(self.store, path, image)
+        except OEEMError as exc:
+            show_error(str(exc))
+            return None
+        pixels = report["images"].get(image, 0)
+        skipped = "; skipped " + ", ".join(f"{c} {w}" for w, c in report["skipped"].items()) \
+            if report["skipped"] else ""
+        show_info(f"{image}: {pixels:,} px imported as pathologist-verified (undo takes them back){skipped}")
+        self.set_image(image)
+        self._update_info()
+        return report
 
     # ------------------------------------------------------------------ closing
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:

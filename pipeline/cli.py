@@ -7,10 +7,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from pipeline.config import LOSS_KINDS, PRESETS
 from pipeline.errors import OEEMError
+
+
+# commands that write into the project: one at a time per project (the writer lock)
+WRITERS = {"patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "run", "import-geojson", "undo",
+           "doctor"}
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -195,16 +201,16 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from pathlib import Path
-
+    from pipeline.lock import project_writer
     from pipeline.project import create_project, run_all
     from pipeline.store import ProjectStore
 
     if args.data is not None and not Path(args.project).exists():
         create_project(args.data, args.project, val_images=args.val_images)
-    store = ProjectStore.open(args.project)
-    cfg = _config(args, store)
-    report = _drive(run_all(store, cfg, args.device), "run")
+    with project_writer(args.project, "oeem run"):  # re-entrant: main() may hold it already
+        store = ProjectStore.open(args.project)
+        cfg = _config(args, store)
+        report = _drive(run_all(store, cfg, args.device), "run")
     print_report(report)
 
 
@@ -238,6 +244,38 @@ def cmd_export(args) -> None:
     store = _open(args.project)
     paths = export_masks(store, args.folder, args.format, args.source)
     print(f"wrote {len(paths)} {args.format} masks ({args.source}) to {args.folder}")
+
+
+def cmd_import_geojson(args) -> None:
+    from pipeline.geojson import import_geojson
+
+    store = _open(args.project)
+    rep = import_geojson(store, args.path, args.image)
+    for name, pixels in rep["images"].items():
+        print(f"{name}: {pixels:,} px imported as pathologist-verified" if pixels else f"{name}: no polygons")
+    for why, count in rep["skipped"].items():
+        print(f"skipped {count} feature(s): {why}", file=sys.stderr)
+    print(f"next: `oeem train-seg {store.path} --labels corrected` trains on them; "
+          f"`oeem undo {store.path} NAME` takes one back")
+
+
+def cmd_undo(args) -> None:
+    store = _open(args.project)
+    if store.undo_correction(args.image):
+        left = len(store.correction_history(args.image))
+        print(f"{args.image}: last correction undone ({left} saved state(s) left)")
+    else:
+        print(f"{args.image}: no correction to undo")
+
+
+def cmd_doctor(args) -> None:
+    from pipeline.doctor import check_project, format_report
+
+    store = _open(args.project)
+    rep = check_project(store, repair=not args.check_only)
+    print("\n".join(format_report(rep, store)))
+    if rep.unfixed:
+        raise OEEMError(f"{len(rep.unfixed)} problem(s) need the command named above")
 
 
 def cmd_info(args) -> None:
@@ -356,10 +394,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iterations", type=int)
     p.add_argument("--loss", choices=LOSS_KINDS)
     p.add_argument("--fast", action="store_true", help="single-scale prediction")
-    p = add("export", cmd_export, "write masks as GlaS-style PNG, TIFF or OME-Zarr")
+    p = add("export", cmd_export, "write masks as GlaS-style PNG, TIFF, OME-Zarr or QuPath GeoJSON (all or nothing)")
     p.add_argument("folder")
-    p.add_argument("--format", choices=("png", "tiff", "zarr"), default="png")
+    p.add_argument("--format", choices=("png", "tiff", "zarr", "geojson"), default="png")
     p.add_argument("--source", choices=("corrected", "pseudo", "prediction"), default="corrected")
+    p = add("import-geojson", cmd_import_geojson, "import QuPath GeoJSON annotations (a file or a folder of "
+            "NAME.geojson) as pathologist-verified corrections (undoable)")
+    p.add_argument("path", help="a .geojson file or a folder of them")
+    p.add_argument("--image", default=None, help="the image a single file annotates (default: its file name)")
+    p = add("undo", cmd_undo, "undo the last correction of an image")
+    p.add_argument("image")
+    p = add("doctor", cmd_doctor, "read every array; restore damaged corrections from their history")
+    p.add_argument("--check-only", action="store_true", help="report, change nothing")
     add("info", cmd_info, "what a project holds")
     p = add("fetch-glas", cmd_fetch_glas, "download GlaS (needs internet) into a cache folder", project=False)
     p.add_argument("--dest", default=None, help="where to unpack (default: the user cache)")
@@ -370,7 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.func(args)
+        if args.command in WRITERS and Path(args.project).is_dir():
+            from pipeline.lock import project_writer
+
+            with project_writer(args.project, f"oeem {args.command}"):
+                args.func(args)
+        else:
+            args.func(args)
     except OEEMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -82,6 +82,7 @@ class SegConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     decoder: str = "psp"  # "psp" (PSPNet, the paper) or "unet" (skip connections; for CPUs)
     head_channels: int = 128
+    decoder_full_res: bool = False  # unet: a last decoder step at the input's resolution (sharper borders)
     working_scale: float = 1.0  # images are resized by this for training and prediction; masks scored at 1x
     input_norm: str = "imagenet"  # "imagenet" (the reference) or "glas" (the classifier's, for its weights)
     init_from_classifier: bool = False  # start the backbone from this project's stage-1 classifier

@@ -1,7 +1,11 @@
-"""Export (corrected) masks in formats other tools read: GlaS-style PNG, TIFF, and OME-Zarr-style zarr."""
+"""Export (corrected) masks in formats other tools read: GlaS-style PNG, TIFF, OME-Zarr and QuPath GeoJSON."""
 from __future__ import annotations
 
+import io
+import json
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +14,10 @@ import zarr
 from PIL import Image
 
 from pipeline.errors import OEEMError
-from pipeline.store import ProjectStore, atomic_write_bytes
+from pipeline.store import ProjectStore
 
-FORMATS = ("png", "tiff", "zarr")
+FORMATS = ("png", "tiff", "zarr", "geojson")
+SUFFIXES = {"png": "_anno.png", "tiff": "_anno.tif", "zarr": "_anno.zarr", "geojson": ".geojson"}
 SOURCES = ("corrected", "pseudo", "prediction")
 
 
@@ -35,36 +40,91 @@ def _check_writable(folder: Path) -> None:
 
 def export_masks(store: ProjectStore, folder: str | Path, fmt: str = "png", source: str = "corrected",
                  names: list[str] | None = None) -> list[Path]:
-    """Write one mask per image; 0/255 in PNG (GlaS ``NAME_anno.png``) and TIFF, 0/1 labels in zarr."""
+    """Write one mask per image: 0/255 in PNG (GlaS ``NAME_anno.png``) and TIFF, 0/1 labels in OME-Zarr, "Gland"
+    polygons in QuPath GeoJSON (``NAME.geojson``).
+
+    All or nothing: every image is checked before anything is written, the files are made in a hidden folder
+    beside the destination and only then moved into place, so a failure (a missing prediction, a full disk)
+    leaves the folder as it was."""
     if fmt not in FORMATS:
         raise OEEMError(f"unknown export format {fmt!r}: choose {', '.join(FORMATS)}")
+    if source not in SOURCES:
+        raise OEEMError(f"unknown export source {source!r}: choose {', '.join(SOURCES)}")
     folder = Path(folder)
     _check_writable(folder)
     names = names or [n for n in store.names() if store.has(n, "pseudo") or store.has(n, source)]
     if not names:
         raise OEEMError(f"{store.path}: nothing to export yet; run `oeem cams {store.path}` first")
-    written = []
-    for n in names:
-        mask = mask_for_export(store, n, source).astype(np.uint8)
-        if fmt == "png":
-            path = folder / f"{n}_anno.png"
-            import io
-
-            buf = io.BytesIO()
-            Image.fromarray(mask * 255).save(buf, format="PNG")
-            atomic_write_bytes(path, buf.getvalue())
-        elif fmt == "tiff":
-            path = folder / f"{n}_anno.tif"
-            import io
-
-            buf = io.BytesIO()
-            tifffile.imwrite(buf, mask * 255, compression="zlib", metadata={"axes": "YX"})
-            atomic_write_bytes(path, buf.getvalue())
-        else:
-            path = folder / f"{n}_anno.zarr"
-            write_ome_labels(path, mask, n)
-        written.append(path)
+    needs = "pseudo" if source == "corrected" else source
+    missing = [n for n in names if not store.has(n, needs)]
+    if missing:
+        raise OEEMError(f"{store.path}: {len(missing)} of {len(names)} images have no {needs!r} yet "
+                        f"(first: {missing[0]}); {_make_hint(store, needs)} - nothing was exported")
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".oeem-export-"))
+    try:
+        staged = []
+        for n in names:
+            staged.append(_write_one(staging / f"{n}{SUFFIXES[fmt]}", mask_for_export(store, n, source), n, fmt))
+        written = []
+        for path in staged:
+            dst = folder / path.name
+            if dst.is_dir():
+                shutil.rmtree(dst)
+            os.replace(path, dst)
+            written.append(dst)
+    except OSError as exc:
+        raise OEEMError(f"{folder}: export failed ({exc.strerror or exc}); nothing was changed there") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def _make_hint(store: ProjectStore, key: str) -> str:
+    from pipeline.store import _MAKES
+
+    return _MAKES.get(key, "").replace("PROJECT", str(store.path)) or f"make {key!r} first"
+
+
+def _write_one(path: Path, mask: np.ndarray, name: str, fmt: str) -> Path:
+    mask = (np.asarray(mask) > 0).astype(np.uint8)
+    if fmt == "png":
+        buf = io.BytesIO()
+        Image.fromarray(mask * 255).save(buf, format="PNG")
+        path.write_bytes(buf.getvalue())
+    elif fmt == "tiff":
+        tifffile.imwrite(path, mask * 255, compression="zlib", metadata={"axes": "YX"})
+    elif fmt == "zarr":
+        write_ome_labels(path, mask, name)
+    else:
+        from pipeline.geojson import mask_to_geojson
+
+        path.write_text(json.dumps(mask_to_geojson(mask, name)))
+    return path
+
+
+def write_mask_file(path: str | Path, mask: np.ndarray, name: str | None = None) -> Path:
+    """One mask to one file, the format from the name (``.png``, ``.tif``, ``.zarr``, ``.geojson``), written
+    atomically: what napari's "Save Selected Layers" and the dock's export both use."""
+    path = Path(path)
+    lower = path.name.lower()
+    fmt = next((f for f, suffixes in (("png", (".png",)), ("tiff", (".tif", ".tiff")), ("zarr", (".zarr",)),
+                                       ("geojson", (".geojson", ".json"))) if lower.endswith(suffixes)), None)
+    if fmt is None:
+        raise OEEMError(f"{path}: unknown mask format; use .png, .tif, .zarr or .geojson")
+    if not path.parent.is_dir():
+        raise OEEMError(f"{path.parent}: folder does not exist")
+    name = name or path.name.split(".")[0]
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".oeem-save-"))
+    try:
+        tmp = _write_one(staging / path.name, mask, name, fmt)
+        if path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OEEMError(f"{path}: could not be written ({exc.strerror or exc})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
 
 
 def write_ome_labels(path: Path, mask: np.ndarray, name: str) -> None:
@@ -81,7 +141,8 @@ def write_ome_labels(path: Path, mask: np.ndarray, name: str) -> None:
 
 
 def read_exported_mask(path: str | Path) -> np.ndarray:
-    """Read back a mask written by :func:`export_masks` (any of the three formats) as 0/1 uint8."""
+    """Read back a mask written by :func:`export_masks` as 0/1 uint8 (PNG, TIFF, OME-Zarr; GeoJSON needs the
+    image size: see :func:`pipeline.geojson.rasterise_geojson`)."""
     path = Path(path)
     if path.is_dir() and (path / "zarr.json").is_file():
         return (np.asarray(zarr.open_group(str(path), mode="r")["0"][...]) > 0).astype(np.uint8)

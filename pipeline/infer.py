@@ -74,7 +74,9 @@ def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.devi
     for s in cfg.scales:
         s = s * seg_cfg.working_scale
         size = (max(8, round(h * s)), max(8, round(w * s)))
-        xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        # anti-aliased when shrinking, as the training images were made (skimage resize with anti-aliasing)
+        xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False,
+                                                    antialias=s < 1)
         for flip in ((False, True) if cfg.flip else (False,)):
             inp = xs.flip(-1) if flip else xs
             logits = sliding_logits(model, inp, cfg.crop_size, cfg.stride, cfg.batch_size)

@@ -262,15 +262,25 @@ class UNet(nn.Module):
     strides where glands (large objects) need context, and recovers sharp boundaries from the skips.
     ``with_aux`` returns a second (deep-supervision) head on the coarsest decoder step, as PSPNet's aux head."""
 
-    def __init__(self, backbone: nn.Module, n_classes: int = 2, channels: int = 64, dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, n_classes: int = 2, channels: int = 64, dropout: float = 0.1,
+                 full_res: bool = False):
         super().__init__()
         self.backbone = backbone
         c = list(backbone.out_channels)
         self.bridge = _ConvBNReLU(c[3], 2 * channels)
         widths = [2 * channels, channels, channels // 2]
+        skips = [c[2], c[1], c[0]]
+        # full_res: a last step at the input's own resolution, its skip two light convolutions on the input itself
+        # (the backbone's stem already halves it) - gland borders are a few pixels wide at the working scale.
+        self.input_block = None
+        if full_res:
+            fine = max(8, channels // 4)
+            self.input_block = nn.Sequential(_ConvBNReLU(3, fine), _ConvBNReLU(fine, fine))
+            widths.append(max(8, channels // 4))
+            skips.append(fine)
         self.decoders = nn.ModuleList()
         cin = 2 * channels
-        for skip, cout in zip((c[2], c[1], c[0]), widths):
+        for skip, cout in zip(skips, widths):
             self.decoders.append(nn.Sequential(_ConvBNReLU(cin + skip, cout), _ConvBNReLU(cout, cout)))
             cin = cout
         self.cls = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(cin, n_classes, 1))
@@ -279,15 +289,20 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, with_aux: bool = False):
         size = x.shape[-2:]
         feats = self.backbone(x)
+        skips = [feats[2], feats[1], feats[0]]
+        if self.input_block is not None:
+            skips.append(self.input_block(x))
         y = self.bridge(feats[3])
         aux = None
-        for k, (dec, skip) in enumerate(zip(self.decoders, (feats[2], feats[1], feats[0]))):
+        for k, (dec, skip) in enumerate(zip(self.decoders, skips)):
             if y.shape[-2:] != skip.shape[-2:]:
                 y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = dec(torch.cat([y, skip], dim=1))
             if k == 0 and with_aux:
                 aux = F.interpolate(self.aux(y), size=size, mode="bilinear", align_corners=False)
-        y = F.interpolate(self.cls(y), size=size, mode="bilinear", align_corners=False)
+        y = self.cls(y)
+        if y.shape[-2:] != size:
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
         return (y, aux) if with_aux else y
 
 

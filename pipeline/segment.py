@@ -32,7 +32,7 @@ def stage_name(run_name: str | None = None) -> str:
 
 def build_segmenter(cfg: SegConfig) -> PSPNet | UNet:
     if cfg.decoder == "unet":
-        return UNet(build_backbone(cfg.backbone), channels=cfg.head_channels)
+        return UNet(build_backbone(cfg.backbone), channels=cfg.head_channels, full_res=cfg.decoder_full_res)
     if cfg.decoder == "psp":
         return PSPNet(build_backbone(cfg.backbone), channels=cfg.head_channels)
     raise OEEMError(f"unknown decoder {cfg.decoder!r}: choose psp or unet")

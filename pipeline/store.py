@@ -7,11 +7,15 @@ Layout (``<project>.zarr``)::
         image (H, W, 3) uint8      mask (H, W) uint8 0/1 (when known)
         patch_corners (N, 2) int32 patch_labels (N, 2) uint8 [non-gland, gland]
         cam (2, H, W) float32      pseudo (H, W) uint8
-        corrected (H, W) uint8     verified (H, W) uint8 (1 = painted by a pathologist)
-        history/vNNNN (2, H, W)    earlier (corrected, verified) states, for undo
+        corrections/vNNNNNN (2, H, W) uint8   a saved correction state: (corrected labels, verified = 1 where a
+                                   pathologist painted); each version written whole, never modified
         weight (H, W) float32      prob (H, W) float32 (gland)   prediction (H, W) uint8
+    corrections/<name>.json        which versions are the undo stack, the last one current; replaced atomically
+                                   *after* its version is written, so a crash at any moment leaves the last
+                                   saved (or the new) state, never a mix
     checkpoints/<stage>.pt         plain torch files (weights-only loadable), written atomically
     runs/<stage>.json              config, metrics and timings of the last run of each stage
+    .lock, .lock.json              the writer lock (one writing process at a time) and who holds it
 
 The CLI, the Python API and the napari plugin all read and write here, so a stage can be resumed or re-run
 and a correction painted in the viewer is seen by the next training run without copying anything.
@@ -37,9 +41,10 @@ from pipeline.errors import OEEMError
 
 STORE_VERSION = 1
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-HISTORY_KEEP = 50
+HISTORY_KEEP = 50  # earlier correction states kept per image (undo)
 # train: weak labels train both stages; val: held out of training, its masks only choose settings; test: reported
-SPLITS = ("train", "val", "test")  # earlier correction states kept per image
+SPLITS = ("train", "val", "test")
+CORRECTION_KEYS = ("corrected", "verified")  # read through the versioned corrections, not plain arrays
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -184,6 +189,8 @@ class ProjectStore:
         return int(a["height"]), int(a["width"])
 
     def has(self, name: str, key: str) -> bool:
+        if key in CORRECTION_KEYS:
+            return self.correction_version(name) is not None
         return key in self.group(name)
 
     def array(self, name: str, key: str) -> zarr.Array:
@@ -194,7 +201,19 @@ class ProjectStore:
         return g[key]
 
     def read(self, name: str, key: str) -> np.ndarray:
-        return np.asarray(self.array(name, key)[...])
+        if key in CORRECTION_KEYS:
+            state = self.correction(name)
+            if state is None:
+                raise OEEMError(f"{self.path}: image {name!r} has no correction yet; paint one in the plugin or "
+                                f"import annotations with `oeem import-geojson {self.path} FILE`")
+            return state[CORRECTION_KEYS.index(key)]
+        try:
+            return np.asarray(self.array(name, key)[...])
+        except OEEMError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a damaged chunk or metadata: name it, say what to do
+            raise OEEMError(f"{self.path}: array {key!r} of image {name!r} cannot be read ({type(exc).__name__}); "
+                            f"run `oeem doctor {self.path}`") from None
 
     def image(self, name: str) -> np.ndarray:
         return self.read(name, "image")
@@ -260,10 +279,84 @@ class ProjectStore:
             return self.read(name, "pseudo"), None
         raise OEEMError(f"unknown label source {source!r}: choose pseudo, corrected or mask")
 
+    def _index_path(self, name: str) -> Path:
+        return self.path / "corrections" / f"{name}.json"
+
+    def _correction_stack(self, name: str) -> list[int] | None:
+        """The undo stack of saved versions (last = current), or None for a project that never used it."""
+        p = self._index_path(name)
+        if not p.is_file():
+            return None
+        try:
+            stack = json.loads(p.read_text())["stack"]
+            return [int(v) for v in stack]
+        except (ValueError, KeyError, TypeError):
+            raise OEEMError(f"{p}: the correction index of {name!r} is damaged; run `oeem doctor {self.path}` to "
+                            "restore the last good correction") from None
+
+    def correction_version(self, name: str) -> int | None:
+        """The current correction's version (0: one from an older layout), None when there is none."""
+        stack = self._correction_stack(name)
+        if stack is None:
+            return 0 if "corrected" in self.group(name) and "verified" in self.group(name) else None
+        return stack[-1] if stack else None
+
+    def _read_version(self, name: str, version: int) -> np.ndarray:
+        if version == 0:  # the layout before versions: two separate arrays
+            g = self.group(name)
+            return np.stack([np.asarray(g["corrected"][...]), np.asarray(g["verified"][...])])
+        try:
+            state = np.asarray(self.group(name)[f"corrections/v{version:06d}"][...])
+        except Exception as exc:  # noqa: BLE001
+            raise OEEMError(f"{self.path}: correction version {version} of image {name!r} is damaged or missing "
+                            f"({type(exc).__name__}); run `oeem doctor {self.path}`") from None
+        if state.shape != (2, *self.shape(name)):
+            raise OEEMError(f"{self.path}: correction version {version} of image {name!r} has shape {state.shape}; "
+                            f"run `oeem doctor {self.path}`")
+        return state
+
+    def correction(self, name: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(corrected labels, verified pixels) of the current correction, or None."""
+        version = self.correction_version(name)
+        if version is None:
+            return None
+        state = self._read_version(name, version)
+        return state[0], state[1]
+
+    def _write_stack(self, name: str, stack: list[int]) -> None:
+        atomic_write_json(self._index_path(name), {"image": name, "stack": stack,
+                                                   "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self._collect_versions(name, keep=set(stack))
+
+    def _collect_versions(self, name: str, keep: set[int]) -> None:
+        """Delete versions the stack no longer names (and half-written ones a crash left); best effort - a
+        leftover is harmless because nothing refers to it."""
+        g = self.group(name)
+        for key in ("corrected", "verified", "history"):  # the older layout, now migrated
+            if key in g:
+                del g[key]
+        if "corrections" not in g:
+            return
+        for key in list(g["corrections"].keys()):
+            if not (key.startswith("v") and key[1:].isdigit() and int(key[1:]) in keep):
+                try:
+                    del g["corrections"][key]
+                except Exception:  # noqa: BLE001
+                    pass
+
     def save_correction(self, name: str, labels: np.ndarray, painted: np.ndarray | None = None) -> int:
         """Store an edited pseudo-mask. Pixels that differ from the machine's pseudo-mask (plus any ``painted``
-        ones) become pathologist-verified. The previous state goes to history first, so it can be undone.
-        Returns the number of verified pixels."""
+        ones) become pathologist-verified. The previous state stays on the undo stack.
+
+        Crash-safe: the new state is written as a new version first and becomes current only when the index
+        naming it is replaced (an atomic rename), so a kill at any moment leaves the previous or the new state
+        - labels and verified pixels together. Returns the number of verified pixels."""
+        from pipeline.lock import project_writer
+
+        with project_writer(self.path, "saving a correction"):
+            return self._save_correction(name, labels, painted)
+
+    def _save_correction(self, name: str, labels: np.ndarray, painted: np.ndarray | None) -> int:
         labels = np.asarray(labels)
         if labels.shape != self.shape(name):
             raise OEEMError(f"correction for {name!r} has shape {labels.shape}, the image is {self.shape(name)}")
@@ -272,45 +365,46 @@ class ProjectStore:
             raise OEEMError(f"correction for {name!r} uses label(s) {bad.tolist()}; only 0 (non-gland) and "
                             "1 (gland) are allowed")
         pseudo = self.read(name, "pseudo")
-        g = self.group(name)
-        if "corrected" in g:
-            self._push_history(name)
-            verified = self.read(name, "verified").astype(bool)
-        else:
-            verified = np.zeros(labels.shape, bool)
+        stack = self._correction_stack(name)
+        current = self.correction(name)
+        if stack is None:
+            stack = []
+            if current is not None:  # migrate the older layout's state so it can still be undone to
+                stack = [self._new_version(name, np.stack(current))]
+        verified = current[1].astype(bool) if current is not None else np.zeros(labels.shape, bool)
         verified |= labels != pseudo
         if painted is not None:
             verified |= np.asarray(painted, bool)
-        self._write(g, "corrected", labels.astype(np.uint8))
-        self._write(g, "verified", verified.astype(np.uint8))
-        g.attrs["corrected_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        version = self._new_version(name, np.stack([labels.astype(np.uint8), verified.astype(np.uint8)]))
+        self._write_stack(name, (stack + [version])[-(HISTORY_KEEP + 1):])
         return int(verified.sum())
 
-    def _push_history(self, name: str) -> None:
-        g = self.group(name)
-        hist = g.require_group("history")
-        keys = sorted(hist.array_keys())
-        nxt = int(keys[-1][1:]) + 1 if keys else 1
-        state = np.stack([self.read(name, "corrected"), self.read(name, "verified")])
-        self._write(hist, f"v{nxt:04d}", state)
-        for old in keys[: max(0, len(keys) + 1 - HISTORY_KEEP)]:
-            del hist[old]
+    def _new_version(self, name: str, state: np.ndarray) -> int:
+        g = self.group(name).require_group("corrections")
+        taken = [int(k[1:]) for k in g.keys() if k.startswith("v") and k[1:].isdigit()]
+        version = max(taken + (self._correction_stack(name) or []) + [0]) + 1
+        arr = g.create_array(f"v{version:06d}", shape=state.shape, dtype="uint8", chunks=_chunks(state.shape),
+                             overwrite=True)
+        arr[...] = state
+        return version
 
     def undo_correction(self, name: str) -> bool:
-        """Restore the previous correction state (or none at all). Returns False when there is nothing to undo."""
-        g = self.group(name)
-        if "corrected" not in g:
-            return False
-        keys = sorted(g["history"].array_keys()) if "history" in g else []
-        if keys:
-            state = np.asarray(g["history"][keys[-1]][...])
-            self._write(g, "corrected", state[0])
-            self._write(g, "verified", state[1])
-            del g["history"][keys[-1]]
-        else:
-            del g["corrected"]
-            del g["verified"]
-        return True
+        """Go back to the previous correction state (or none at all). False when there is nothing to undo."""
+        from pipeline.lock import project_writer
+
+        with project_writer(self.path, "undoing a correction"):
+            if self.correction_version(name) is None:
+                return False
+            stack = self._correction_stack(name) or []
+            self._write_stack(name, stack[:-1])
+            return True
+
+    def correction_history(self, name: str) -> list[int]:
+        """Saved versions, oldest first; the last is current."""
+        stack = self._correction_stack(name)
+        if stack is None:
+            return [0] if self.correction_version(name) == 0 else []
+        return stack
 
     def correction_summary(self) -> dict[str, Any]:
         per_image = {}

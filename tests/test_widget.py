@@ -137,7 +137,7 @@ def test_painted_correction_is_saved_and_used_by_retraining(widget, project_copy
     # a second stroke (erase a gland elsewhere), then undo restores the first state
     second = _pixel_with(corrected, 1, away_from=first)
     layer.paint(second, 0)
-    qtbot.waitUntil(lambda: "history" in store.group(name), timeout=5000)
+    qtbot.waitUntil(lambda: len(store.correction_history(name)) == 2, timeout=5000)
     assert ProjectStore.open(store.path).read(name, "corrected")[second] == 0
     widget.undo()
     assert np.array_equal(widget.viewer.layers[_layers.PSEUDO].data, corrected)

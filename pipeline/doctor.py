@@ -1,0 +1,91 @@
+"""``oeem doctor``: read every array of a project and restore what a crash or a bad disk damaged.
+
+Image data and the stages' outputs can be made again (the message says by which command); a pathologist's
+correction cannot, so a damaged current correction is replaced by the newest intact earlier version."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import OEEMError
+from pipeline.store import _MAKES, ProjectStore, atomic_write_json
+
+
+@dataclass
+class Finding:
+    image: str
+    what: str
+    fixed: bool
+    hint: str = ""
+
+
+@dataclass
+class DoctorReport:
+    arrays_checked: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def unfixed(self) -> list[Finding]:
+        return [f for f in self.findings if not f.fixed]
+
+
+def _readable(group, key: str) -> bool:
+    try:
+        np.asarray(group[key][...])
+        return True
+    except Exception:  # noqa: BLE001 - any failure to read is damage
+        return False
+
+
+def check_project(store: ProjectStore, repair: bool = True) -> DoctorReport:
+    rep = DoctorReport()
+    for name in store.names():
+        g = store.group(name)
+        for key in sorted(g.array_keys()):
+            rep.arrays_checked += 1
+            if not _readable(g, key):
+                hint = _MAKES.get(key, "").replace("PROJECT", str(store.path)) or \
+                    f"re-create the project with `oeem init` (the {key!r} data is its source)"
+                rep.findings.append(Finding(name, f"array {key!r} is damaged", False, hint))
+        _check_corrections(store, name, repair, rep)
+    return rep
+
+
+def _check_corrections(store: ProjectStore, name: str, repair: bool, rep: DoctorReport) -> None:
+    g = store.group(name)
+    versions = g["corrections"] if "corrections" in g else None
+    on_disk = sorted(int(k[1:]) for k in (versions.array_keys() if versions is not None else ())
+                     if k[1:].isdigit())
+    index = store._index_path(name)
+    try:
+        stack = store._correction_stack(name)
+        index_ok = True
+    except OEEMError:
+        stack, index_ok = None, False
+    if stack is None and index_ok:
+        return  # no corrections (or the older layout, checked as plain arrays)
+    good = []
+    for v in (stack if index_ok else on_disk):
+        rep.arrays_checked += 1
+        try:
+            store._read_version(name, v)
+            good.append(v)
+        except OEEMError:
+            rep.findings.append(Finding(name, f"correction version {v} is damaged", repair))
+    if not index_ok:
+        rep.findings.append(Finding(name, f"correction index {index.name} is damaged", repair,
+                                    "" if good else "no intact version left: the correction is lost"))
+    if repair and (not index_ok or good != stack):
+        atomic_write_json(index, {"image": name, "stack": good, "repaired": True})
+        store._collect_versions(name, keep=set(good))
+
+
+def format_report(rep: DoctorReport, store: ProjectStore) -> list[str]:
+    lines = [f"{store.path}: {rep.arrays_checked} arrays read, {len(rep.findings)} problem(s)"]
+    for f in rep.findings:
+        state = "restored" if f.fixed else "NOT fixed"
+        lines.append(f"  {f.image}: {f.what} - {state}" + (f"; {f.hint}" if f.hint else ""))
+    return lines
