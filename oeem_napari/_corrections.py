@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from napari.utils.notifications import show_warning
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 
+from pipeline.errors import OEEMError
 from pipeline.lock import ProjectBusy
 from pipeline.store import ProjectStore
 
@@ -66,6 +67,12 @@ class CorrectionKeeper:
         except ProjectBusy as exc:
             if not self._warned_busy:
                 show_warning(f"{exc}. Your strokes stay in the layer and are saved as soon as it is free.")
+                self._warned_busy = True
+            self._timer.start(BUSY_RETRY_MS)
+            return None
+        except OEEMError as exc:  # e.g. disk full: the saved state is intact, the strokes stay in the layer
+            if not self._warned_busy:
+                show_error(f"{exc}")
                 self._warned_busy = True
             self._timer.start(BUSY_RETRY_MS)
             return None

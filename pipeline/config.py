@@ -245,8 +245,41 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
             target = getattr(target, part)
         if not hasattr(target, leaf):
             raise OEEMError(f"unknown setting {dotted!r}")
-        current = getattr(target, leaf)
-        if isinstance(current, tuple) and not isinstance(value, tuple):
-            value = tuple(value)
-        setattr(target, leaf, value)
+        setattr(target, leaf, _coerce(dotted, getattr(target, leaf), value))
     return cfg
+
+
+def _coerce(dotted: str, current: Any, value: Any) -> Any:
+    """``value`` as the type of the setting it replaces, or a one-line error saying what the setting takes."""
+    def bad(kind: str) -> OEEMError:
+        return OEEMError(f"setting {dotted!r} takes {kind}, not {value!r}")
+
+    if dataclasses.is_dataclass(current):
+        raise OEEMError(f"{dotted!r} is a group of settings; set its fields, e.g. {dotted}.<name>=...")
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if isinstance(current, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("a whole number")
+        return value
+    if isinstance(current, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise bad("a number")
+        return float(value)
+    if isinstance(current, str):
+        if not isinstance(value, str):
+            raise bad("a word")
+        return value
+    if isinstance(current, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list, e.g. [1, 1.5]")
+        if current:
+            value = tuple(_coerce(dotted, current[0], v) for v in value)
+        return tuple(value)
+    if current is None:  # optional settings (e.g. a checkpoint path)
+        if value is not None and not isinstance(value, str):
+            raise bad("a path or null")
+        return value
+    return value

@@ -74,7 +74,8 @@ def _check_corrections(store: ProjectStore, name: str, repair: bool, rep: Doctor
             store._read_version(name, v)
             good.append(v)
         except OEEMError:
-            rep.findings.append(Finding(name, f"correction version {v} is damaged", repair))
+            rep.findings.append(Finding(name, f"correction version {v} is damaged", repair,
+                                        "" if repair else f"`oeem doctor {store.path}` restores the newest intact one"))
     if not index_ok:
         rep.findings.append(Finding(name, f"correction index {index.name} is damaged", repair,
                                     "" if good else "no intact version left: the correction is lost"))

@@ -58,6 +58,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as exc:  # disk full, quota, permissions: the previous file is untouched
+        Path(tmp).unlink(missing_ok=True)
+        raise OEEMError(f"{path}: could not be written ({exc.strerror or exc}); the previous version is intact - "
+                        "free some space and run the command again") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -161,10 +165,17 @@ class ProjectStore:
             self._write(g, "mask", mask.astype(np.uint8))
 
     # ------------------------------------------------------------------ reading
+    def _damaged(self, what: str, exc: BaseException) -> OEEMError:
+        return OEEMError(f"{self.path}: {what} cannot be read ({type(exc).__name__}): the store is damaged; run "
+                         f"`oeem doctor {self.path}`, or re-create the project with `oeem init`")
+
     def names(self, split: str | None = None) -> list[str]:
-        if "images" not in self.root:
-            return []
-        names = sorted(self.root["images"].group_keys(), key=natural_key)
+        try:
+            if "images" not in self.root:
+                return []
+            names = sorted(self.root["images"].group_keys(), key=natural_key)
+        except Exception as exc:  # noqa: BLE001 - damaged metadata (zarr.json) of the image list
+            raise self._damaged("the list of images", exc) from None
         if split is not None:
             names = [n for n in names if self.split(n) == split]
         return names
@@ -174,9 +185,14 @@ class ProjectStore:
             return self.root[f"images/{name}"]
         except KeyError:
             raise OEEMError(f"{self.path}: no image named {name!r} in this project") from None
+        except Exception as exc:  # noqa: BLE001
+            raise self._damaged(f"image {name!r}", exc) from None
 
     def split(self, name: str) -> str:
-        return self.group(name).attrs.get("split", "train")
+        split = self.group(name).attrs.get("split", "train")
+        if split not in SPLITS:
+            raise OEEMError(f"{self.path}: image {name!r} has an unknown split {split!r}; run `oeem doctor {self.path}`")
+        return split
 
     def set_split(self, name: str, split: str) -> None:
         """Move an image to another split, e.g. ``val``: images held out of training to choose settings on."""
@@ -186,19 +202,29 @@ class ProjectStore:
 
     def shape(self, name: str) -> tuple[int, int]:
         a = self.group(name).attrs
-        return int(a["height"]), int(a["width"])
+        try:
+            return int(a["height"]), int(a["width"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self._damaged(f"the size of image {name!r}", exc) from None
 
     def has(self, name: str, key: str) -> bool:
         if key in CORRECTION_KEYS:
             return self.correction_version(name) is not None
-        return key in self.group(name)
+        try:
+            return key in self.group(name)
+        except OEEMError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise self._damaged(f"the arrays of image {name!r}", exc) from None
 
     def array(self, name: str, key: str) -> zarr.Array:
         """The zarr array itself (for lazy, dask-backed viewing)."""
-        g = self.group(name)
-        if key not in g:
+        if not self.has(name, key):
             raise OEEMError(f"{self.path}: image {name!r} has no {key!r} yet; {_MAKES.get(key, '')}".rstrip("; "))
-        return g[key]
+        try:
+            return self.group(name)[key]
+        except Exception as exc:  # noqa: BLE001
+            raise self._damaged(f"array {key!r} of image {name!r}", exc) from None
 
     def read(self, name: str, key: str) -> np.ndarray:
         if key in CORRECTION_KEYS:
@@ -375,7 +401,11 @@ class ProjectStore:
         verified |= labels != pseudo
         if painted is not None:
             verified |= np.asarray(painted, bool)
-        version = self._new_version(name, np.stack([labels.astype(np.uint8), verified.astype(np.uint8)]))
+        try:
+            version = self._new_version(name, np.stack([labels.astype(np.uint8), verified.astype(np.uint8)]))
+        except OSError as exc:
+            raise OEEMError(f"{self.path}: the correction of {name!r} could not be saved ({exc.strerror or exc}); "
+                            "the previous one is intact - free some space, the strokes are saved again") from None
         self._write_stack(name, (stack + [version])[-(HISTORY_KEEP + 1):])
         return int(verified.sum())
 
