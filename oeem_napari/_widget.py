@@ -9,10 +9,11 @@ import torch
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject
 from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
-                            QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox, QTableWidget,
+                            QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox,
+                            QTableWidget, QTabWidget,
                             QTableWidgetItem, QVBoxLayout, QWidget)
 
-from pipeline.config import LOSS_KINDS, PRESETS
+from pipeline.config import PRESETS, preset
 from pipeline.errors import OEEMError
 from pipeline.export import FORMATS, SOURCES, export_masks
 from pipeline.lock import holding_writer
@@ -21,6 +22,7 @@ from pipeline.store import ProjectStore
 
 from oeem_napari import _layers
 from oeem_napari._corrections import CorrectionKeeper
+from oeem_napari._settings import SECTIONS, SettingsForm
 from oeem_napari._jobs import JobRunner, run_step
 
 STAGES = {
@@ -89,22 +91,28 @@ class OEEMWidget(QWidget):
         self.preset_combo.setCurrentText("cpu")
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-        self.loss_combo = QComboBox()
-        self.loss_combo.addItems(LOSS_KINDS)
-        self.loss_combo.setCurrentText("l_norm")
-        self.labels_combo = QComboBox()
-        self.labels_combo.addItems(["corrected", "pseudo", "mask"])
-        self.epochs_spin = QSpinBox()
-        self.epochs_spin.setRange(1, 500)
-        self.iter_spin = QSpinBox()
-        self.iter_spin.setRange(1, 200_000)
         self.predict_combo = QComboBox()
         self.predict_combo.addItems(["fast (1 scale)", "multi-scale + flip"])
         for label, w in (("preset", self.preset_combo), ("device", self.device_combo),
-                         ("loss", self.loss_combo), ("train on", self.labels_combo),
-                         ("classifier epochs", self.epochs_spin), ("segmentation iterations", self.iter_spin),
                          ("prediction", self.predict_combo)):
             form.addRow(label, w)
+        # every other setting, generated from pipeline.config (magicgui): one tab per stage
+        self.settings = SettingsForm(preset("cpu"))
+        self.settings_tabs = QTabWidget()
+        for section, box_ in self.settings.sections.items():
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setWidget(box_.native)
+            self.settings_tabs.addTab(scroll, SECTIONS[section])
+        self.settings_tabs.setCurrentIndex(list(SECTIONS).index("segmentation"))
+        self.settings_tabs.setMinimumHeight(220)
+        form.addRow(self.settings_tabs)
+        # the settings changed most often, by their old names (scripts and tests use them)
+        self.loss_combo = self.settings.fields["segmentation.loss"].native
+        self.labels_combo = self.settings.fields["segmentation.label_source"].native
+        self.epochs_spin = self.settings.fields["classifier.epochs"].native
+        self.iter_spin = self.settings.fields["segmentation.iterations"].native
+        self.preset_combo.textActivated.connect(lambda name: self.settings.set_values(preset(name)))
         root.addWidget(box)
 
         box = QGroupBox("Run")
@@ -195,9 +203,7 @@ class OEEMWidget(QWidget):
         self.path_edit.setText(str(path))
         cfg = self._config(save=False)
         self.preset_combo.setCurrentText(cfg.preset)
-        self.epochs_spin.setValue(cfg.classifier.epochs)
-        self.iter_spin.setValue(cfg.segmentation.iterations)
-        self.loss_combo.setCurrentText(cfg.segmentation.loss)
+        self.settings.set_values(cfg)
         self.image_combo.blockSignals(True)
         self.image_combo.clear()
         self.image_combo.addItems(store.names())
@@ -212,16 +218,10 @@ class OEEMWidget(QWidget):
     def _config(self, save: bool = True):
         from pipeline.project import project_config
 
-        saved = self.store.load_run("config") if self.store else None
-        preset = self.preset_combo.currentText() if saved and saved.get("preset") != self.preset_combo.currentText() \
-            and save else None
-        overrides = {}
-        if save:
-            overrides = {"classifier.epochs": self.epochs_spin.value(),
-                         "segmentation.iterations": self.iter_spin.value(),
-                         "segmentation.loss": self.loss_combo.currentText(),
-                         "segmentation.label_source": self.labels_combo.currentText()}
-        return project_config(self.store, preset, overrides, save=save)
+        if not save:  # what the project holds
+            return project_config(self.store, None, None, save=False)
+        # the form holds every setting: it is the configuration, checked and saved with the project
+        return project_config(self.store, self.preset_combo.currentText(), self.settings.values(), save=True)
 
     def _update_info(self) -> None:
         if not self.store:

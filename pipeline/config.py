@@ -283,3 +283,17 @@ def _coerce(dotted: str, current: Any, value: Any) -> Any:
             raise bad("a path or null")
         return value
     return value
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """The comment written beside each field of a settings dataclass in this file: the one place a setting is
+    explained, shown as the plugin's tooltip."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    found = re.findall(r"^\s+(\w+):[^#\n]*#\s*(.+)$", source, flags=re.M)
+    return {name: text.strip() for name, text in found}

@@ -263,3 +263,46 @@ def test_images_of_different_sizes_switch_cleanly(widget, tmp_path, qtbot):
         for layer in widget.viewer.layers:
             if layer.name in (_layers.IMAGE, _layers.MASK):
                 assert tuple(layer.data.shape[:2]) == shape, (name, layer.name)
+
+
+def test_settings_form_covers_every_setting_and_drives_the_next_run(widget, project_copy, qtbot, notes):
+    import dataclasses
+    import json
+
+    from pipeline.config import PipelineConfig
+
+    store, _ = project_copy
+    widget.open_project(store.path)
+
+    def leaves(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            v = getattr(obj, f.name)
+            yield from leaves(v, f"{prefix}{f.name}.") if dataclasses.is_dataclass(v) else [f"{prefix}{f.name}"]
+
+    expected = {k for k in leaves(PipelineConfig()) if k.split(".")[0] != "preset"}
+    assert set(widget.settings.fields) == expected  # generated: a new setting appears without Qt code
+    assert "stain" in widget.settings.fields["segmentation.stain_jitter"].tooltip  # config.py's comment
+    # the form shows the project's saved settings
+    saved = json.loads((store.path / "runs" / "config.json").read_text())
+    assert widget.settings.fields["segmentation.iterations"].value == saved["segmentation"]["iterations"]
+    # a bad value: one notification, no job
+    widget.settings.fields["segmentation.lr"].value = "fast"
+    assert widget.run_stage("segmentation") is None
+    assert any("'segmentation.lr'" in n and "not a number" in n for n in notes)
+    # change values -> saved with the project -> used by the next run
+    widget.settings.fields["segmentation.lr"].value = "0.02"
+    widget.settings.fields["segmentation.stain_jitter"].value = "0.1"
+    widget.settings.fields["segmentation.rotate90"].value = False
+    widget.settings.fields["inference.scales"].value = "1, 1.25"
+    widget.iter_spin.setValue(2)
+    widget.loss_combo.setCurrentText("ce")
+    widget.run_stage("segmentation")
+    wait_job(qtbot, widget)
+    cfg = json.loads((store.path / "runs" / "config.json").read_text())
+    assert cfg["segmentation"]["lr"] == 0.02 and cfg["inference"]["scales"] == [1.0, 1.25]
+    record = store.load_run("segmentation")
+    assert record["config"]["stain_jitter"] == 0.1 and record["config"]["rotate90"] is False
+    assert record["config"]["loss"] == "ce" and record["iterations_run"] == 2
+    # reopening shows them again
+    widget.open_project(store.path)
+    assert widget.settings.fields["segmentation.stain_jitter"].value == "0.1"
