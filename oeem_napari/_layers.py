@@ -5,7 +5,6 @@ import dask.array as da
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
-from pipeline.regions import confusing_regions
 from pipeline.store import ProjectStore
 
 IMAGE = "H&E"
@@ -15,7 +14,7 @@ CAM_NON_GLAND = "CAM non-gland"
 PSEUDO = "pseudo-mask (editable)"
 WEIGHT = "OEEM weight"
 PREDICTION = "prediction"
-CONFUSING = "confusing regions"
+CONFUSING = "probably wrong labels"  # outlines of the ranked regions (label review)
 ORDER = (IMAGE, MASK, CAM_NON_GLAND, CAM_GLAND, WEIGHT, PREDICTION, PSEUDO, CONFUSING)
 
 _TRANSPARENT = (0, 0, 0, 0)
@@ -24,6 +23,7 @@ GLAND_COLOURS = {
     MASK: (0.0, 0.9, 0.3, 1.0),        # green: ground truth
     PREDICTION: (0.2, 0.6, 1.0, 1.0),  # blue: the model's answer
 }
+REGION_COLOUR = (1.0, 0.15, 0.15, 1.0)
 
 
 def label_colormap(layer_name: str) -> DirectLabelColormap:
@@ -52,8 +52,10 @@ def layer_specs(store: ProjectStore, name: str) -> list[tuple]:
         limits = [lo, hi] if hi > lo else [lo, lo + 1]
         specs.append((cam[0], {"name": CAM_NON_GLAND, "colormap": "cyan", "blending": "additive",
                                "opacity": 0.5, "contrast_limits": limits, "visible": False}, "image"))
+        # additive: black adds nothing, so the lower 40 % of the range leaves the H&E as it is
+        strong = [lo + 0.4 * (limits[1] - lo), limits[1]]
         specs.append((cam[1], {"name": CAM_GLAND, "colormap": "inferno", "blending": "additive",
-                               "opacity": 0.6, "contrast_limits": limits}, "image"))
+                               "opacity": 0.45, "contrast_limits": strong}, "image"))
     if store.has(name, "weight"):
         specs.append((da.from_zarr(store.array(name, "weight")),
                       {"name": WEIGHT, "colormap": "viridis", "contrast_limits": [0.0, 2.0], "opacity": 0.7,
@@ -68,18 +70,13 @@ def layer_specs(store: ProjectStore, name: str) -> list[tuple]:
     return specs
 
 
-def regions_for(store: ProjectStore, name: str) -> list:
-    """Confusing regions of one image, from the prediction, the (corrected) pseudo-mask and the OEEM weight."""
-    labels = editable_labels(store, name)
-    if labels is None or not (store.has(name, "prediction") or store.has(name, "weight")):
-        return []
-    pred = store.read(name, "prediction") if store.has(name, "prediction") else None
-    weight = store.read(name, "weight") if store.has(name, "weight") else None
-    return confusing_regions(name, pred, labels, weight)
-
-
-def region_rectangles(regions: list) -> list[np.ndarray]:
-    return [np.array([[r.bbox[0], r.bbox[1]], [r.bbox[2], r.bbox[3]]], float) for r in regions]
+def region_outlines(store: ProjectStore, name: str, top: int) -> np.ndarray | None:
+    """The image's ``top`` ranked regions as a label image (drawn as outlines), or None before any ranking."""
+    if not store.has(name, "regions"):
+        return None
+    ids = store.read(name, "regions")
+    ids[ids > top] = 0
+    return ids if ids.any() else None
 
 
 def camera(viewer):
@@ -88,7 +85,7 @@ def camera(viewer):
     return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
 
 
-def show_image(viewer, store: ProjectStore, name: str) -> None:
+def show_image(viewer, store: ProjectStore, name: str, top: int = 10) -> None:
     """Replace the project layers with those of ``name``; other layers the user added are left alone.
 
     Each layer keeps the visibility and opacity the user last gave it, so toggling works by habit across images."""
@@ -100,10 +97,12 @@ def show_image(viewer, store: ProjectStore, name: str) -> None:
         getattr(viewer, f"add_{kind}")(data, **{**kwargs, **habits.get(kwargs["name"], {})})
     if WEIGHT in viewer.layers:
         viewer.layers[WEIGHT].colorbar.visible = True
-    regions = regions_for(store, name)
-    if regions:
-        viewer.add_shapes(region_rectangles(regions), shape_type="rectangle", name=CONFUSING, edge_color="red",
-                          face_color="transparent", edge_width=3, features={"score": [r.score for r in regions]})
+    outlines = region_outlines(store, name, top)
+    if outlines is not None:
+        layer = viewer.add_labels(outlines, name=CONFUSING, **{"opacity": 1.0, **habits.get(CONFUSING, {})},
+                                  colormap=DirectLabelColormap(color_dict={0: _TRANSPARENT, None: REGION_COLOUR}))
+        layer.contour = 2
+        layer.editable = False
     if PSEUDO in viewer.layers:
         viewer.layers.selection.active = viewer.layers[PSEUDO]
     viewer.reset_view()

@@ -34,6 +34,7 @@ STAGES = {
     "evaluate": "Evaluate",
     "all": "Run all",
 }
+JOB_LABELS = {**STAGES, "rank": "Rank regions"}  # every background job; STAGES are the Run box's buttons
 
 
 class OEEMWidget(QWidget):
@@ -134,7 +135,7 @@ class OEEMWidget(QWidget):
         grid.addWidget(self.status_label, first + 1, 0, 1, 2)
         root.addWidget(box)
 
-        box = QGroupBox("Corrections and confusing regions")
+        box = QGroupBox("Corrections")
         lay = QVBoxLayout(box)
         row = QHBoxLayout()
         self.undo_btn = QPushButton("Undo last correction")
@@ -143,12 +144,41 @@ class OEEMWidget(QWidget):
         row.addWidget(self.undo_btn)
         row.addWidget(self.corrections_label)
         lay.addLayout(row)
-        self.region_table = QTableWidget(0, 3)
-        self.region_table.setHorizontalHeaderLabels(["area (px)", "confusion", "score"])
+        root.addWidget(box)
+
+        box = QGroupBox("Label review: regions whose pseudo-label is probably wrong")
+        lay = QVBoxLayout(box)
+        row = QHBoxLayout()
+        self.rank_btn = QPushButton("Rank regions")
+        self.rank_btn.setToolTip("out-of-fold evidence + CAM margin, calibrated on the validation split "
+                                 "(`oeem regions`); a few minutes")
+        self.rank_btn.clicked.connect(lambda: self.run_stage("rank"))
+        self.top_spin = QSpinBox()
+        self.top_spin.setRange(1, 200)
+        self.top_spin.setValue(10)
+        self.top_spin.setPrefix("show top ")
+        self.top_spin.setSuffix(" per image")
+        self.top_spin.valueChanged.connect(lambda _v: self.current and self.set_image(self.current))
+        row.addWidget(self.rank_btn)
+        row.addWidget(self.top_spin)
+        lay.addLayout(row)
+        self.review_label = QLabel("no ranking yet")
+        lay.addWidget(self.review_label)
+        self.region_table = QTableWidget(0, 4)
+        self.region_table.setHorizontalHeaderLabels(["suggested", "expected wrong px", "area px", "review"])
         self.region_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.region_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.region_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.region_table.cellClicked.connect(lambda row, _col: self.zoom_to_region(row))
         lay.addWidget(self.region_table)
+        row = QHBoxLayout()
+        for text, key, slot in (("Accept", "Shift-A", self.accept_region), ("Skip", "Shift-S", self.skip_region),
+                                ("Next", "Shift-N", self.next_region), ("Undo review", "Shift-U", self.undo_review)):
+            btn = QPushButton(f"{text} ({key})")
+            btn.clicked.connect(lambda _=False, f=slot: f())
+            row.addWidget(btn)
+            self.viewer.bind_key(key, lambda _viewer, f=slot: f(), overwrite=True)
+        lay.addLayout(row)
         root.addWidget(box)
 
         box = QGroupBox("Export masks")
@@ -239,7 +269,7 @@ class OEEMWidget(QWidget):
     def set_image(self, name: str) -> None:
         self._release_keeper()
         self.current = name
-        _layers.show_image(self.viewer, self.store, name)
+        _layers.show_image(self.viewer, self.store, name, self.top_spin.value())
         if _layers.PSEUDO in self.viewer.layers:
             self.keeper = CorrectionKeeper(self.store, name, self.viewer.layers[_layers.PSEUDO],
                                            on_saved=self._update_info)
@@ -251,14 +281,37 @@ class OEEMWidget(QWidget):
             self.keeper = None
 
     def _fill_regions(self) -> None:
-        self.regions = _layers.regions_for(self.store, self.current) if self.store and self.current else []
+        from pipeline.labelerrors import ranked_regions, review_state
+
+        if not (self.store and self.current):
+            self.regions = []
+            return
+        self.regions = ranked_regions(self.store, self.top_spin.value(), self.current)
+        state = review_state(self.store)
+        if state["notice"]:
+            show_info(state["notice"])
         self.region_table.setRowCount(len(self.regions))
         for row, r in enumerate(self.regions):
-            for col, text in enumerate((f"{r.area}", f"{r.confusion:.2f}", f"{r.score:.0f}")):
+            texts = ("gland" if r.suggested_label else "non-gland", f"{r.expected_wrong:,.0f}", f"{r.area:,}",
+                     state["state"].get(r.key, ""))
+            for col, text in enumerate(texts):
                 self.region_table.setItem(row, col, QTableWidgetItem(text))
+        if state["total"]:
+            self.review_label.setText(f"reviewed {state['reviewed']} of {state['total']} regions "
+                                      f"({state['accepted']} accepted, {state['skipped']} skipped)")
+        else:
+            self.review_label.setText("no ranking yet: press Rank regions (needs CAMs and a prediction)")
+
+    def _selected_region(self):
+        rows = self.region_table.selectionModel().selectedRows() if self.regions else []
+        if not rows:
+            show_info("select a region first (click a row, or Next)")
+            return None
+        return self.regions[rows[0].row()]
 
     def zoom_to_region(self, row: int) -> None:
         r = self.regions[row]
+        self.region_table.selectRow(row)
         y0, x0, y1, x1 = r.bbox
         h, w = self.store.shape(self.current)
         self.viewer.reset_view()  # zoom that fits the whole image, as the reference
@@ -266,6 +319,84 @@ class OEEMWidget(QWidget):
         fit = cam.zoom
         cam.center = ((y0 + y1) / 2, (x0 + x1) / 2)
         cam.zoom = fit * max(1.0, 0.6 * min(h / max(y1 - y0, 1), w / max(x1 - x0, 1)))
+
+    def accept_region(self) -> dict | None:
+        """Fill the selected region with its suggested label (pathologist-verified, undoable), then go on."""
+        from pipeline.labelerrors import accept_region
+
+        r = self._selected_region()
+        if r is None:
+            return None
+        if self.keeper is not None:
+            self.keeper.flush()  # strokes painted by hand count as a change of the labels
+        try:
+            result = accept_region(self.store, r.key, self._config(save=False))
+        except OEEMError as exc:
+            show_error(str(exc))
+            return None
+        if result["reranked"]:
+            show_info(result["notice"])
+        self.set_image(self.current)
+        self._update_info()
+        if result["accepted"]:
+            self.next_region()
+        return result
+
+    def skip_region(self) -> None:
+        from pipeline.labelerrors import skip_region
+
+        r = self._selected_region()
+        if r is None:
+            return
+        try:
+            skip_region(self.store, r.key)
+        except OEEMError as exc:
+            show_error(str(exc))
+            return
+        self._fill_regions()
+        self.next_region()
+
+    def next_region(self) -> None:
+        """The best-ranked region not yet reviewed (any image): switch to its image, select it and zoom."""
+        from pipeline.labelerrors import ranked_regions, review_state
+
+        if not self.store:
+            return
+        done = review_state(self.store)["state"]
+        top = self.top_spin.value()
+        for r in ranked_regions(self.store):
+            if r.key in done or r.id > top:
+                continue
+            if r.image != self.current:
+                self.image_combo.setCurrentText(r.image)
+            row = next((k for k, x in enumerate(self.regions) if x.key == r.key), None)
+            if row is not None:
+                self.zoom_to_region(row)
+                return
+        show_info("every listed region has been reviewed")
+
+    def undo_review(self) -> None:
+        from pipeline.labelerrors import undo_review
+
+        if not self.store:
+            return
+        if self.keeper is not None:
+            self.keeper.flush()
+        try:
+            last = undo_review(self.store)
+        except OEEMError as exc:
+            show_error(str(exc))
+            return
+        if last is None:
+            show_info("nothing to undo in the review")
+            return
+        name = last["key"].split(":")[0]
+        if name == self.current:
+            self.set_image(name)
+        else:
+            self.image_combo.setCurrentText(name)
+        self._update_info()
+        show_info(f"{last['key']}: {last['status']} taken back")
 
     def undo(self) -> None:
         if not (self.store and self.current and self.keeper):
@@ -292,7 +423,8 @@ class OEEMWidget(QWidget):
             show_error(str(exc))
             return None
         # one writer per project: a CLI run on the same project makes this job stop at once with who holds it
-        return self._start(STAGES[stage], holding_writer(self.store.path, f"napari: {STAGES[stage]}", job))
+        label = JOB_LABELS[stage]
+        return self._start(label, holding_writer(self.store.path, f"napari: {label}", job))
 
     def _make_job(self, stage: str):
         from pipeline.cams import make_cams
@@ -325,6 +457,10 @@ class OEEMWidget(QWidget):
                                                  if any(store.has(n, "mask") for n in store.names(s))})
         if stage == "all":
             return run_all(store, cfg, device)
+        if stage == "rank":
+            from pipeline.labelerrors import rank_label_errors
+
+            return rank_label_errors(store, cfg, "train")
         raise OEEMError(f"unknown stage {stage!r}")
 
     def _start(self, label: str, job, after=None):
@@ -343,7 +479,7 @@ class OEEMWidget(QWidget):
         self.runner.cancel()
 
     def _set_busy(self, busy: bool) -> None:
-        for btn in self.stage_buttons.values():
+        for btn in [*self.stage_buttons.values(), self.rank_btn]:
             btn.setEnabled(not busy)
         self.cancel_btn.setEnabled(busy)
 

@@ -16,7 +16,7 @@ from pipeline.errors import OEEMError
 
 # commands that write into the project: one at a time per project (the writer lock)
 WRITERS = {"patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "run", "import-geojson", "undo",
-           "doctor"}
+           "doctor", "regions"}
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -278,6 +278,73 @@ def cmd_doctor(args) -> None:
         raise OEEMError(f"{len(rep.unfixed)} problem(s) need the command named above")
 
 
+def cmd_regions(args) -> None:
+    from pipeline.labelerrors import (label_fingerprint, load_ranking, rank_label_errors, ranked_regions,
+                                      rerank_image, review_state)
+
+    store = _open(args.project)
+    ranking = load_ranking(store)
+    stale = [n for n, fp in (ranking or {}).get("labels", {}).items() if fp != label_fingerprint(store, n)]
+    new_round = any(fp.split(":")[0] != label_fingerprint(store, n).split(":")[0] for n, fp in
+                    (ranking or {}).get("labels", {}).items())
+    if new_round:
+        print("note: the pseudo-masks changed since the ranking (self-training or new CAMs): ranking again",
+              file=sys.stderr)
+    elif stale and not args.refresh:
+        cfg = _config(args, store)
+        for n in stale:
+            rerank_image(store, n, cfg)
+        print(f"note: re-ranked {len(stale)} image(s) whose corrections changed", file=sys.stderr)
+    if args.refresh or new_round or ranking is None or ranking.get("split") != args.split:
+        cfg = _config(args, store)
+        ranking = _drive(rank_label_errors(store, cfg, args.split), "regions")
+        print(f"ranked {len(ranking['regions'])} regions in {ranking['seconds']:.0f} s "
+              f"(calibration: {ranking['calibration']['source']})", file=sys.stderr)
+    regions = ranked_regions(store, args.top)
+    state = review_state(store)
+    if state["notice"]:
+        print(f"note: {state['notice']}", file=sys.stderr)
+    print(f"{'rank':>4}  {'image':<14} {'box y0,x0,y1,x1':<22} {'area':>7} {'exp. wrong':>10}  suggested  review")
+    for k, r in enumerate(regions, start=1):
+        print(f"{k:>4}  {r.image:<14} {','.join(map(str, r.bbox)):<22} {r.area:>7} {r.expected_wrong:>10.0f}  "
+              f"{'gland' if r.suggested_label else 'non-gland':<9}  {state['state'].get(r.key, '-')}")
+    print(f"{state['reviewed']} of {state['total']} regions reviewed ({state['accepted']} accepted, "
+          f"{state['skipped']} skipped)")
+    if args.out:
+        written = write_region_files(store, regions, args.out)
+        print(f"wrote {written} region masks and regions.json to {args.out}")
+
+
+def write_region_files(store, regions: list, folder: str) -> int:
+    """``NAME_regions.png`` (0/255, the listed regions' pixels) per image, and ``regions.json``; all or nothing."""
+    import io
+    import os
+    import shutil
+    import tempfile
+
+    import numpy as np
+    from PIL import Image
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".oeem-regions-"))
+    try:
+        by_image: dict[str, list] = {}
+        for r in regions:
+            by_image.setdefault(r.image, []).append(r.id)
+        for name, ids in by_image.items():
+            mask = np.isin(store.read(name, "regions"), ids).astype(np.uint8) * 255
+            buf = io.BytesIO()
+            Image.fromarray(mask).save(buf, format="PNG")
+            (staging / f"{name}_regions.png").write_bytes(buf.getvalue())
+        (staging / "regions.json").write_text(json.dumps([r.as_dict() for r in regions], indent=2))
+        for p in staging.iterdir():
+            os.replace(p, out / p.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return len(by_image)
+
+
 def cmd_info(args) -> None:
     store = _open(args.project)
     names = store.names()
@@ -398,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder")
     p.add_argument("--format", choices=("png", "tiff", "zarr", "geojson"), default="png")
     p.add_argument("--source", choices=("corrected", "pseudo", "prediction"), default="corrected")
+    p = add("regions", cmd_regions, "rank the regions whose pseudo-label is probably wrong (out-of-fold evidence, "
+            "calibrated on the validation split) and print them, best first")
+    common(p)
+    p.add_argument("--top", type=int, default=20, help="how many regions to list (default 20)")
+    p.add_argument("--split", default="train", choices=("train", "val"))
+    p.add_argument("--out", default=None, help="write NAME_regions.png (0/255) per image and regions.json here")
+    p.add_argument("--refresh", action="store_true", help="rank again (e.g. after new pseudo-masks)")
     p = add("import-geojson", cmd_import_geojson, "import QuPath GeoJSON annotations (a file or a folder of "
             "NAME.geojson) as pathologist-verified corrections (undoable)")
     p.add_argument("path", help="a .geojson file or a folder of them")

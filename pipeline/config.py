@@ -71,6 +71,7 @@ class CamConfig:
 
 NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "glas": (GLAS_MEAN, GLAS_STD)}
 DECODERS = ("psp", "unet")
+CALIBRATORS = ("boosting", "logistic")
 
 
 @dataclass
@@ -121,6 +122,21 @@ class InferConfig:
 
 
 @dataclass
+class RankConfig:
+    """Finding wrong pseudo-labels (``oeem regions``): out-of-fold pixel classifier + calibration on validation."""
+
+    feature_scale: float = 0.25  # images are shrunk by this for the out-of-fold pixel classifier's features
+    folds: int = 5  # each training image's evidence comes from a classifier that never saw its labels
+    samples_per_image: int = 2000  # labelled pixels per image the pixel classifier learns from
+    trees: int = 50
+    calibrator: str = "boosting"  # "boosting" or "logistic": how the evidence becomes P(label wrong), on validation
+    smooth_sigma: float = 4.0  # px; wrong labels come in patches, so regions follow the smoothed probability
+    threshold: float = 0.5  # a region is where the smoothed probability that the label is wrong exceeds this
+    min_area: int = 200  # px; smaller fragments are dropped (not worth a stroke)
+    top_per_image: int = 10  # regions shown per image in the viewer
+
+
+@dataclass
 class SelfTrainConfig:
     rounds: int = 0  # times the pseudo-masks are refined by the segmentation network and it is trained again
 
@@ -134,6 +150,7 @@ class PipelineConfig:
     segmentation: SegConfig = field(default_factory=SegConfig)
     inference: InferConfig = field(default_factory=InferConfig)
     selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
+    ranking: RankConfig = field(default_factory=RankConfig)
 
 
 def preset(name: str) -> PipelineConfig:
@@ -223,6 +240,13 @@ def check(cfg: PipelineConfig) -> PipelineConfig:
         raise OEEMError(f"segmentation.stain_jitter must be >= 0, not {seg.stain_jitter}")
     if cfg.cam.pseudo_from not in ("patches", "stitched"):
         raise OEEMError(f"cam.pseudo_from must be patches or stitched, not {cfg.cam.pseudo_from!r}")
+    rk = cfg.ranking
+    if rk.folds < 2 or rk.trees < 1 or rk.samples_per_image < 10 or not 0 < rk.feature_scale <= 1:
+        raise OEEMError("ranking needs folds >= 2, trees >= 1, samples_per_image >= 10 and 0 < feature_scale <= 1")
+    if rk.calibrator not in CALIBRATORS:
+        raise OEEMError(f"ranking.calibrator must be one of {', '.join(CALIBRATORS)}, not {rk.calibrator!r}")
+    if not 0 < rk.threshold < 1:
+        raise OEEMError(f"ranking.threshold is a probability between 0 and 1, not {rk.threshold}")
     if not 0 <= cfg.selftrain.rounds <= 5:
         raise OEEMError(f"selftrain.rounds must be between 0 and 5, not {cfg.selftrain.rounds}")
     if seg.warmup_ce_iters < 0:

@@ -1,0 +1,179 @@
+"""Ranking wrong pseudo-labels and reviewing them: planted errors are found, review state is kept, the CLI lists
+and writes the regions."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from pipeline.cli import main
+from pipeline.config import preset
+from pipeline.errors import OEEMError
+from pipeline.labelerrors import (accept_region, label_fingerprint, rank_label_errors, ranked_regions, review_state,
+                                  skip_region, undo_review)
+from pipeline.progress import run
+
+
+def plant_errors(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A pseudo-mask as stage 1 gets them wrong, in blobs: half the glands grown into the stroma, or their rim
+    cut off."""
+    pseudo = mask.copy()
+    glands, n = ndi.label(mask)
+    for k in rng.choice(np.arange(1, n + 1), size=max(1, n // 2), replace=False):
+        g = glands == k
+        if rng.random() < 0.5:
+            pseudo[ndi.binary_dilation(g, iterations=8)] = 1
+        else:
+            pseudo[g & ~ndi.binary_erosion(g, iterations=6)] = 0
+    return pseudo
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """The sample data with masks, patch labels from them, a neutral CAM and prediction, and pseudo-masks with
+    planted errors; 3 training images held out as validation (the calibration's)."""
+    from pipeline.classify import make_patch_labels
+    from pipeline.project import create_project
+
+    path = tmp_path_factory.mktemp("planted") / "p.oeem.zarr"
+    store = create_project("sample", path, val_images=3, seed=0)
+    cfg = preset("tiny")
+    make_patch_labels(store, cfg.patches)
+    rng = np.random.default_rng(0)
+    for n in store.names("train") + store.names("val"):
+        mask = store.mask(n)
+        pseudo = plant_errors(mask, rng)
+        store.write(n, "pseudo", pseudo)
+        margin = ndi.gaussian_filter(pseudo.astype(np.float32), 6) - 0.5  # a CAM that agrees with the pseudo-mask
+        store.write(n, "cam", np.stack([-margin, margin]).astype(np.float32))
+        store.write(n, "prob", np.full(mask.shape, 0.5, np.float32))
+    cfg.cam.gland_bias = 0.0
+    cfg.ranking.trees = 30
+    return store, cfg
+
+
+def test_planted_label_errors_are_ranked_first(planted):
+    store, cfg = planted
+    ranking = run(rank_label_errors(store, cfg, "train"))
+    assert "validation" in ranking["calibration"]["source"]
+    regions = ranked_regions(store, 20)
+    assert regions
+    expected = [r.expected_wrong for r in ranked_regions(store)]
+    assert expected == sorted(expected, reverse=True)
+    inside = wrong = 0
+    for r in regions:
+        pixels = store.read(r.image, "regions") == r.id
+        err = store.read(r.image, "pseudo") != store.mask(r.image)
+        inside += pixels.sum()
+        wrong += (pixels & err).sum()
+        # the suggested label is what most of the region truly is
+        assert r.suggested_label == int(store.mask(r.image)[pixels].mean() >= 0.5) or (pixels & err).mean() < 0.5
+    base = np.mean([np.mean(store.read(n, "pseudo") != store.mask(n)) for n in store.names("train")])
+    precision = wrong / inside
+    assert precision >= 0.5 and precision >= 3 * base, (precision, base)
+
+
+def test_accept_skip_undo_and_the_review_survive_a_reopen(planted, tmp_path):
+    import shutil
+
+    from pipeline.store import ProjectStore
+
+    src, cfg = planted
+    if not ranked_regions(src):
+        run(rank_label_errors(src, cfg, "train"))
+    shutil.copytree(src.path, tmp_path / "p.zarr")
+    store = ProjectStore.open(tmp_path / "p.zarr")
+    first, second = ranked_regions(store, 2)
+    before = store.read(first.image, "pseudo")
+    result = accept_region(store, first.key, cfg)
+    assert result["accepted"] and result["pixels"] == first.area
+    corrected, verified = store.correction(first.image)
+    pixels = store.read(first.image, "regions") == first.id
+    assert (corrected[pixels] == first.suggested_label).all() and verified[pixels].all()
+    assert np.array_equal(corrected[~pixels], before[~pixels])
+    skip_region(store, second.key)
+    reopened = ProjectStore.open(store.path)
+    state = review_state(reopened)
+    assert state["state"] == {first.key: "accepted", second.key: "skipped"}
+    assert (state["reviewed"], state["accepted"], state["skipped"]) == (2, 1, 1)
+    assert undo_review(reopened)["key"] == second.key
+    assert undo_review(reopened)["key"] == first.key
+    assert not reopened.has(first.image, "corrected")
+    assert review_state(reopened)["reviewed"] == 0
+    assert undo_review(reopened) is None
+
+
+def test_accepting_after_the_labels_changed_reranks_and_says_so(planted, tmp_path):
+    import shutil
+
+    from pipeline.store import ProjectStore
+
+    src, cfg = planted
+    if not ranked_regions(src):
+        run(rank_label_errors(src, cfg, "train"))
+    shutil.copytree(src.path, tmp_path / "p.zarr")
+    store = ProjectStore.open(tmp_path / "p.zarr")
+    r = ranked_regions(store, 1)[0]
+    painted = store.read(r.image, "pseudo").copy()
+    painted[:5, :5] = 1 - painted[:5, :5]
+    store.save_correction(r.image, painted)  # a stroke by hand
+    result = accept_region(store, r.key, cfg)
+    assert not result["accepted"] and result["reranked"] and "re-ranked" in result["notice"]
+    assert np.array_equal(store.read(r.image, "corrected"), painted)  # nothing filled
+    assert load_fp(store, r.image) == label_fingerprint(store, r.image)
+
+
+def load_fp(store, name):
+    return store.load_run("regions")["labels"][name]
+
+
+def test_a_review_from_another_ranking_is_set_aside_with_a_notice(planted, tmp_path):
+    import shutil
+
+    from pipeline.store import ProjectStore
+
+    src, cfg = planted
+    if not ranked_regions(src):
+        run(rank_label_errors(src, cfg, "train"))
+    shutil.copytree(src.path, tmp_path / "p.zarr")
+    store = ProjectStore.open(tmp_path / "p.zarr")
+    (store.path / "runs" / "review.json").write_text(json.dumps(
+        {"ranking_id": "older", "state": {"x:1": "accepted"}, "actions": []}))
+    state = review_state(store)
+    assert state["reviewed"] == 0 and "earlier ranking" in state["notice"]
+    with pytest.raises(OEEMError, match="no region 'nope:3'"):
+        skip_region(store, "nope:3")
+
+
+def test_cli_regions_lists_and_writes(planted, tmp_path, capsys):
+    import shutil
+
+    from PIL import Image
+
+    src, cfg = planted
+    if not ranked_regions(src):
+        run(rank_label_errors(src, cfg, "train"))
+    shutil.copytree(src.path, tmp_path / "p.zarr")
+    out = tmp_path / "out"
+    assert main(["regions", str(tmp_path / "p.zarr"), "--top", "5", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "exp. wrong" in text and "0 of" in text
+    listed = json.loads((out / "regions.json").read_text())
+    assert len(listed) == 5 and {"image", "bbox", "area", "expected_wrong", "suggested_label"} <= set(listed[0])
+    for r in listed:
+        png = np.asarray(Image.open(out / f"{r['image']}_regions.png"))
+        assert set(np.unique(png)) <= {0, 255}
+        y0, x0, y1, x1 = r["bbox"]
+        assert png[y0:y1, x0:x1].max() == 255
+
+
+def test_ranking_before_a_prediction_names_the_command(tmp_path):
+    from pipeline.project import create_project
+
+    store = create_project("sample", tmp_path / "p.zarr")
+    for n in store.names("train"):
+        store.write(n, "pseudo", store.mask(n))
+    with pytest.raises(OEEMError, match="run `oeem cams` and `oeem predict"):
+        run(rank_label_errors(store, preset("tiny"), "train"))
