@@ -1,167 +1,244 @@
-"""What a few minutes of pathologist correction buys: a simulated annotator on real GlaS.
+"""How well the label review finds wrong pseudo-labels, and what fixing them buys: real GlaS, a simulated
+pathologist.
 
-The tool ranks confusing regions (where the segmentation disagrees with the pseudo-mask or the OEEM weight is
-low) over the training images. The simulated pathologist fixes the top-k of them (pseudo-mask := gland mask
-there, all pixels marked verified, exactly what painting in the plugin stores). The control fixes the same number
-of pixels at random places (squares of the same sizes in random training images). Both retrain the segmentation
-(``corrected`` labels, verified pixels at full weight) with the same settings as the uncorrected baseline, and
-are scored on testA.
+    OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/annotation_gain.py rank      # ranking + precision curve
+    OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/annotation_gain.py gain --budgets 3 --seeds 0 1 2
+    python benchmarks/annotation_gain.py plot                                        # the PNGs in docs/
 
-    OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/annotation_gain.py [--top-k 20] [--iterations N]
-
-Needs the stage-1 project from stage1_glas.py; the baseline is glas_tables.py's l_norm run when it exists with
-the same settings (otherwise it is trained here). The corrections are removed from the project afterwards.
+Runs on the ablation project (``benchmarks/ablation.py stage1``, its pseudo-masks after self-training, its CE
+model and its validation split, on which the ranking is calibrated). ``rank`` ranks the training images' regions
+with the tool (``oeem regions``) and measures, with the gland masks playing the pathologist, the share of wrong
+pseudo-labels inside the top regions at several pixel budgets - against the same areas placed at random.
+``gain`` lets the simulated pathologist fix the top regions up to a budget (painting the truth inside them,
+pathologist-verified as the plugin stores it) or the same number of pixels at random places, retrains the `cpu`
+preset's segmentation with the seed of a baseline run (``abl-ce-r1-sSEED``) and scores testA. Rows accumulate in
+``benchmarks/results/annotation_gain.json``.
 """
 from __future__ import annotations
 
 import argparse
-import copy
+import json
+import os
 import time
+from pathlib import Path
 
 import numpy as np
-import torch
 
-from _common import RESULTS, glas_root, machine, print_table, write_json
-from glas_tables import test_scores
+from _common import RESULTS, glas_root, machine, print_table
 from pipeline.config import preset
-from pipeline.infer import oeem_weight_of, predict_probs
 from pipeline.progress import run
-from pipeline.regions import confusing_regions, confusion_map, region_mask
-from pipeline.segment import load_segmenter, train_segmenter
-from pipeline.store import ProjectStore
+from pipeline.store import ProjectStore, atomic_write_json
+
+PROJECT = Path(os.environ.get("OEEM_ABLATION_PROJECT", RESULTS / "ablation.oeem.zarr"))
+OUT = RESULTS / "annotation_gain.json"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+BUDGETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0)  # percent of the training pixels
+
+
+def load() -> dict:
+    return json.loads(OUT.read_text()) if OUT.is_file() else {"machine": machine(), "rank": None, "gain": []}
+
+
+def save(data: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(OUT, data)
 
 
 def clear_corrections(store: ProjectStore) -> None:
-    for n in store.names("train"):
+    for n in store.names():
         while store.undo_correction(n):
             pass
 
 
-def rank_regions(store: ProjectStore, run_name: str, infer_cfg) -> tuple[list, dict]:
-    """All training images' confusing regions under the baseline model, best first, and the maps behind them."""
-    model, seg_cfg = load_segmenter(store, run_name, "cpu")
-    regions, maps = [], {}
-    for n in store.names("train"):
-        prob = predict_probs(model, store.image(n), infer_cfg, torch.device("cpu"), seg_cfg)
-        pred, pseudo = prob.argmax(0).astype(np.uint8), store.read(n, "pseudo")
-        weight = oeem_weight_of(prob, pseudo)
-        maps[n] = (pred, pseudo, weight)
-        regions += confusing_regions(n, pred, pseudo, weight)
-    return sorted(regions, key=lambda r: -r.score), maps
+def top_masks(store: ProjectStore, budget_px: int) -> dict[str, np.ndarray]:
+    """The best-ranked regions, whole, until they cover ``budget_px`` pixels."""
+    from pipeline.labelerrors import ranked_regions
 
-
-def ranking_quality(store: ProjectStore, maps: dict, chosen: list) -> dict:
-    """How well the confusion signal finds *wrong pseudo-labels* on the training images (the gland masks play
-    the pathologist): base error rate, the model's own error, and the share of wrong labels among flagged
-    pixels and inside the chosen regions."""
-    px = wrong = model_wrong = flagged = flagged_wrong = 0
-    for n, (pred, pseudo, weight) in maps.items():
-        gt = store.mask(n)
-        err = pseudo != gt
-        flag = confusion_map(pred, pseudo, weight) > 0.5
-        px, wrong, model_wrong = px + err.size, wrong + int(err.sum()), model_wrong + int((pred != gt).sum())
-        flagged, flagged_wrong = flagged + int(flag.sum()), flagged_wrong + int((flag & err).sum())
-    area = sum(r.area for r in chosen)
-    in_chosen = sum(int((region_mask(*maps[r.image], r) & (maps[r.image][1] != store.mask(r.image))).sum())
-                    for r in chosen)
-    return {"pseudo_error_rate": wrong / px, "model_error_rate": model_wrong / px,
-            "flagged_share": flagged / px, "flagged_precision": flagged_wrong / max(flagged, 1),
-            "chosen_precision": in_chosen / max(area, 1)}
-
-
-def apply(store: ProjectStore, masks: dict[str, np.ndarray]) -> int:
-    """Write the simulated corrections: gland mask inside ``masks``, pseudo-mask elsewhere; all inside verified."""
+    masks: dict[str, np.ndarray] = {}
+    ids: dict[str, list[int]] = {}
     total = 0
+    for r in ranked_regions(store):
+        if total >= budget_px:
+            break
+        ids.setdefault(r.image, []).append(r.id)
+        total += r.area
+    for n, chosen in ids.items():
+        masks[n] = np.isin(store.read(n, "regions"), chosen)
+    return masks
+
+
+def random_masks(store: ProjectStore, areas: list[int], seed: int) -> dict[str, np.ndarray]:
+    """Squares of the given areas at random places of random training images (the control)."""
+    rng = np.random.default_rng(seed)
+    names = store.names("train")
+    masks: dict[str, np.ndarray] = {}
+    for area in areas:
+        n = names[rng.integers(len(names))]
+        h, w = store.shape(n)
+        side = min(int(round(np.sqrt(area))), h, w)
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        masks.setdefault(n, np.zeros((h, w), bool))[y:y + side, x:x + side] = True
+    return masks
+
+
+def wrong_inside(store: ProjectStore, masks: dict[str, np.ndarray]) -> tuple[int, int]:
+    px = wrong = 0
     for n, m in masks.items():
-        labels = np.where(m, store.mask(n), store.read(n, "pseudo")).astype(np.uint8)
-        store.save_correction(n, labels, painted=m)
-        total += int(m.sum())
-    return total
+        err = store.read(n, "pseudo") != store.mask(n)
+        px += int(m.sum())
+        wrong += int((m & err).sum())
+    return px, wrong
 
 
-def retrain(store, cfg, name: str, infer_cfg) -> dict:
+def cmd_rank(args) -> None:
+    from pipeline.labelerrors import rank_label_errors, ranked_regions
+
+    glas_root()
+    store = ProjectStore.open(PROJECT)
+    clear_corrections(store)
+    cfg = preset("cpu")
+    from pipeline.infer import predict
+
+    # the prediction the ranking reads is the current model's, as after `oeem run` (round-1 labels, CE)
+    run(predict(store, cfg.inference, None, "cpu", "abl-ce-r1-s0"))
     t0 = time.perf_counter()
-    run(train_segmenter(store, cfg, "cpu", run_name=name, restart=True))
-    return {**test_scores(store, name, infer_cfg), "train_s": time.perf_counter() - t0}
+    ranking = run(rank_label_errors(store, cfg, "train"))
+    rank_s = time.perf_counter() - t0
+    train = store.names("train")
+    train_px = sum(int(np.prod(store.shape(n))) for n in train)
+    wrong_px = sum(int((store.read(n, "pseudo") != store.mask(n)).sum()) for n in train)
+    rows = []
+    for top in (20, 50, 100):
+        regions = ranked_regions(store, top)
+        masks: dict[str, np.ndarray] = {}
+        for r in regions:
+            m = store.read(r.image, "regions") == r.id
+            masks[r.image] = masks.get(r.image, np.zeros_like(m)) | m
+        px, wrong = wrong_inside(store, masks)
+        rpx, rwrong = wrong_inside(store, random_masks(store, [r.area for r in regions], args.seed))
+        rows.append({"top": top, "pixels": px, "share": px / train_px, "precision": wrong / max(px, 1),
+                     "random_precision": rwrong / max(rpx, 1)})
+    curve = []
+    for b in BUDGETS:
+        masks = top_masks(store, int(b / 100 * train_px))
+        px, wrong = wrong_inside(store, masks)
+        areas = [int(m.sum()) for m in masks.values()]
+        rpx, rwrong = wrong_inside(store, random_masks(store, areas, args.seed))
+        curve.append({"budget_pct": b, "pixels": px, "precision": wrong / max(px, 1),
+                      "random_precision": rwrong / max(rpx, 1), "wrong_fixed": wrong, "random_wrong_fixed": rwrong})
+    data = load()
+    data["rank"] = {"seconds": rank_s, "regions": len(ranking["regions"]), "calibration": ranking["calibration"],
+                    "train_pixels": train_px, "pseudo_error_rate": wrong_px / train_px, "top": rows, "curve": curve}
+    save(data)
+    print(f"ranked {len(ranking['regions'])} regions in {rank_s / 60:.1f} min; pseudo-label error rate "
+          f"{100 * wrong_px / train_px:.1f} % of the training pixels\n")
+    print_table([(r["top"], f"{100 * r['share']:.2f} %", f"{100 * r['precision']:.1f} %",
+                  f"{100 * r['random_precision']:.1f} %") for r in rows],
+                ("top regions", "of train pixels", "wrong labels inside", "same areas at random"))
+    print()
+    print_table([(f"{c['budget_pct']} %", f"{100 * c['precision']:.1f} %", f"{100 * c['random_precision']:.1f} %",
+                  f"{c['wrong_fixed']:,}", f"{c['random_wrong_fixed']:,}") for c in curve],
+                ("budget (of train px)", "precision ranked", "precision random", "wrong fixed ranked",
+                 "wrong fixed random"))
+
+
+def cmd_gain(args) -> None:
+    from ablation import scores
+    from pipeline.labelerrors import load_ranking
+    from pipeline.segment import train_segmenter
+
+    glas_root()
+    store = ProjectStore.open(PROJECT)
+    if load_ranking(store) is None:
+        raise SystemExit("no ranking in the project: run `annotation_gain.py rank` first")
+    cfg = preset("cpu")
+    train_px = sum(int(np.prod(store.shape(n))) for n in store.names("train"))
+    data = load()
+    for budget in args.budgets:
+        ranked = top_masks(store, int(budget / 100 * train_px))
+        areas = [int(m.sum()) for m in ranked.values()]
+        for seed in args.seeds:
+            base_name = f"abl-ce-r1-s{seed}"
+            if not store.checkpoint_path(f"segmentation-{base_name}").is_file():
+                raise SystemExit(f"no baseline {base_name}: run `ablation.py stage2 ce --seed {seed}` first")
+            base = scores(store, base_name, cfg.inference, splits=("test",))["test"]
+            for kind, masks in (("ranked", ranked), ("random", random_masks(store, areas, 1000 + seed))):
+                name = f"gain-{kind}-b{budget:g}-s{seed}"
+                clear_corrections(store)
+                for n, m in masks.items():
+                    store.save_correction(n, np.where(m, store.mask(n), store.read(n, "pseudo")).astype(np.uint8),
+                                          painted=m)
+                px, wrong = wrong_inside(store, masks)
+                seg = cfg.segmentation
+                seg.seed, seg.label_source = seed, "corrected"
+                t0 = time.perf_counter()
+                run(train_segmenter(store, seg, "cpu", run_name=name, on_mismatch="restart"))
+                train_s = time.perf_counter() - t0
+                test = scores(store, name, cfg.inference, splits=("test",))["test"]
+                row = {"budget_pct": budget, "seed": seed, "kind": kind, "pixels": px, "wrong_fixed": wrong,
+                       "testA_mIoU": test["mIoU"], "baseline_mIoU": base["mIoU"], "gain": test["mIoU"] - base["mIoU"],
+                       "train_s": train_s}
+                data["gain"] = [g for g in data["gain"] if (g["budget_pct"], g["seed"], g["kind"]) !=
+                                (budget, seed, kind)] + [row]
+                save(data)
+                print(f"{name}: {px:,} px fixed ({wrong:,} were wrong) -> testA {test['mIoU']:.2f} "
+                      f"({row['gain']:+.2f} vs {base['mIoU']:.2f}) {train_s / 60:.1f} min", flush=True)
+    clear_corrections(store)
+
+
+def cmd_plot(args) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = load()
+    if data.get("rank"):
+        c = data["rank"]["curve"]
+        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+        ax.plot([x["budget_pct"] for x in c], [100 * x["precision"] for x in c], "o-", label="ranked regions")
+        ax.plot([x["budget_pct"] for x in c], [100 * x["random_precision"] for x in c], "s--",
+                label="same areas at random")
+        ax.axhline(100 * data["rank"]["pseudo_error_rate"], color="grey", lw=0.8, ls=":",
+                   label="all pseudo-labels")
+        ax.set_xlabel("pixels reviewed (% of training pixels)")
+        ax.set_ylabel("wrong pseudo-labels inside (%)")
+        ax.set_ylim(0, 100)
+        ax.legend(frameon=False, fontsize=8)
+        ax.set_title("GlaS train: where the label review points", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(DOCS / "ranking_precision.png")
+        print(f"wrote {DOCS / 'ranking_precision.png'}")
+    if data.get("gain"):
+        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+        for kind, style in (("ranked", "o-"), ("random", "s--")):
+            rows = [g for g in data["gain"] if g["kind"] == kind]
+            budgets = sorted({g["budget_pct"] for g in rows})
+            means = [np.mean([g["gain"] for g in rows if g["budget_pct"] == b]) for b in budgets]
+            spread = [np.std([g["gain"] for g in rows if g["budget_pct"] == b]) for b in budgets]
+            ax.errorbar(budgets, means, yerr=spread, fmt=style, capsize=3,
+                        label=f"{kind} ({len({g['seed'] for g in rows})} seed(s))")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xlabel("pixels corrected (% of training pixels)")
+        ax.set_ylabel("testA mIoU gain")
+        ax.legend(frameon=False, fontsize=8)
+        ax.set_title("GlaS: what correcting pseudo-labels buys", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(DOCS / "annotation_gain.png")
+        print(f"wrote {DOCS / 'annotation_gain.png'}")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--project", default=str(RESULTS / "glas.oeem.zarr"))
-    ap.add_argument("--top-k", type=int, default=20, help="confusing regions the simulated pathologist fixes")
-    ap.add_argument("--iterations", type=int, default=None, help="segmentation iterations (default: the preset's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rank-only", action="store_true",
-                    help="only measure how well the ranking finds wrong pseudo-labels (no retraining)")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("rank")
+    r.add_argument("--seed", type=int, default=0, help="of the random control's placement")
+    g = sub.add_parser("gain")
+    g.add_argument("--budgets", type=float, nargs="+", default=[3.0], help="percent of the training pixels")
+    g.add_argument("--seeds", type=int, nargs="+", default=[0])
+    sub.add_parser("plot")
     args = ap.parse_args()
-    glas_root()
-    store = ProjectStore.open(args.project)
-    if store.load_run("cams") is None:
-        raise SystemExit(f"{args.project} has no stage-1 result; run benchmarks/stage1_glas.py first")
-    cfg = preset("cpu")
-    seg = copy.deepcopy(cfg.segmentation)
-    if args.iterations:
-        seg.iterations = args.iterations
-    infer = copy.deepcopy(cfg.inference)
-    infer.scales, infer.flip = (1.0,), True
-    base_name = "tables-l_norm-s0" if args.iterations is None else f"gain-none-{seg.iterations}"
-    clear_corrections(store)
-    t0 = time.perf_counter()
-    print(f"baseline ({base_name}): training or resuming", flush=True)
-    run(train_segmenter(store, seg, "cpu", run_name=base_name, on_mismatch="restart"))
-    base = test_scores(store, base_name, infer)
-
-    regions, maps = rank_regions(store, base_name, infer)
-    chosen = regions[: args.top_k]
-    quality = ranking_quality(store, maps, chosen)
-    print("ranking: " + ", ".join(f"{k} {v:.3f}" for k, v in quality.items()), flush=True)
-    if args.rank_only:
-        write_json("annotation_ranking.json", {"machine": machine(), "top_k": args.top_k, "baseline_run": base_name,
-                                               **quality})
-        return
-    top_masks: dict[str, np.ndarray] = {}
-    for r in chosen:
-        m = region_mask(*maps[r.image], r)
-        top_masks[r.image] = top_masks.get(r.image, np.zeros_like(m)) | m
-    rng = np.random.default_rng(args.seed)
-    train_names = store.names("train")
-    rand_masks: dict[str, np.ndarray] = {}
-    for r in chosen:  # squares of the same areas at random places
-        n = train_names[rng.integers(len(train_names))]
-        h, w = store.shape(n)
-        side = min(int(round(np.sqrt(r.area))), h, w)
-        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        m = rand_masks.setdefault(n, np.zeros((h, w), bool))
-        m[y:y + side, x:x + side] = True
-    train_px = sum(int(np.prod(store.shape(n))) for n in train_names)
-    wrong_in = {k: sum(int((masks[n] & (maps[n][1] != store.mask(n))).sum()) for n in masks)
-                for k, masks in (("top", top_masks), ("random", rand_masks))}
-
-    seg_c = copy.deepcopy(seg)
-    seg_c.label_source = "corrected"
-    results = {"none": {**base, "pixels": 0, "wrong_pseudo_pixels_fixed": 0}}
-    for key, masks in (("top", top_masks), ("random", rand_masks)):
-        clear_corrections(store)
-        px = apply(store, masks)
-        print(f"{key}: {px} px corrected in {len(masks)} images ({wrong_in[key]} of them were wrong); retraining",
-              flush=True)
-        results[key] = {**retrain(store, seg_c, f"gain-{key}-k{args.top_k}-{seg.iterations}", infer),
-                        "pixels": px, "wrong_pseudo_pixels_fixed": wrong_in[key], "images": len(masks)}
-    clear_corrections(store)
-
-    print(f"\nAnnotation gain on GlaS testA: top-{args.top_k} confusing regions vs random, "
-          f"{seg.iterations} iterations, cpu preset\n")
-    rows = []
-    for key, label in (("none", "no corrections"), ("top", f"top-{args.top_k} confusing regions"),
-                       ("random", "same pixels at random")):
-        r = results[key]
-        rows.append((label, f"{r['pixels']:,}", f"{100 * r['pixels'] / train_px:.2f}%",
-                     f"{r['wrong_pseudo_pixels_fixed']:,}", f"{r['mIoU']:.2f}", f"{r['mIoU'] - base['mIoU']:+.2f}"))
-    print_table(rows, ("corrections", "pixels", "of train", "wrong labels fixed", "testA mIoU", "gain"))
-    write_json("annotation_gain.json", {
-        "machine": machine(), "top_k": args.top_k, "iterations": seg.iterations, "baseline_run": base_name,
-        "train_pixels": train_px, "ranking": quality, "regions": [r.as_dict() for r in chosen], "results": results,
-        "total_min": (time.perf_counter() - t0) / 60})
+    {"rank": cmd_rank, "gain": cmd_gain, "plot": cmd_plot}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,12 @@ def main() -> None:
     _, widget = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
     if not widget.open_project(args.project):
         raise SystemExit(f"{args.project}: no project; run `make demo` first")
-    best = max(widget.store.names("train"), key=lambda n: len(_layers.regions_for(widget.store, n)))
+    from pipeline.labelerrors import load_ranking, rank_label_errors, ranked_regions
+    from pipeline.progress import run
+
+    if load_ranking(widget.store) is None:
+        run(rank_label_errors(widget.store, widget._config(save=False), "train"))
+    best = max(widget.store.names("train"), key=lambda n: len(ranked_regions(widget.store, image=n)))
     widget.image_combo.setCurrentText(best)
     layers = viewer.layers
     for name in (_layers.PREDICTION,):

@@ -222,23 +222,6 @@ def test_exporting_to_an_unwritable_place_notifies(widget, project_copy, tmp_pat
     assert any("cannot create the export folder" in n for n in notes)
 
 
-def test_confusing_regions_table_zooms_the_viewer(widget, project_copy):
-    store, _ = project_copy
-    widget.open_project(store.path)
-    for name in store.names():
-        widget.set_image(name)
-        if widget.regions:
-            break
-    assert widget.regions, "the tiny model disagrees with its pseudo-masks somewhere"
-    scores = [r.score for r in widget.regions]
-    assert scores == sorted(scores, reverse=True)
-    assert _layers.CONFUSING in widget.viewer.layers
-    widget.zoom_to_region(0)
-    r = widget.regions[0]
-    cy, cx = _layers.camera(widget.viewer).center[-2:]
-    assert abs(cy - (r.bbox[0] + r.bbox[2]) / 2) < 1 and abs(cx - (r.bbox[1] + r.bbox[3]) / 2) < 1
-
-
 def test_sample_data_and_reader_are_registered(make_napari_viewer, project_copy):
     viewer = make_napari_viewer()
     layers = viewer.open_sample("oeem-napari", "synthetic_glands")
@@ -306,3 +289,52 @@ def test_settings_form_covers_every_setting_and_drives_the_next_run(widget, proj
     # reopening shows them again
     widget.open_project(store.path)
     assert widget.settings.fields["segmentation.stain_jitter"].value == "0.1"
+
+
+def press(widget, key: str) -> None:
+    """A key press as the canvas delivers it (napari's keymap handler, the same path as a real key)."""
+    handler = widget.viewer.window._qt_viewer._key_map_handler
+    handler.press_key(key)
+    handler.release_key(key)
+
+
+def test_label_review_with_keyboard_shortcuts_survives_a_reopen(widget, project_copy, qtbot):
+    from pipeline.labelerrors import review_state
+
+    store, _ = project_copy
+    widget.open_project(store.path)
+    assert "no ranking yet" in widget.review_label.text()
+    widget.settings.fields["ranking.threshold"].value = "0.2"  # the tiny model's evidence is weak
+    widget.settings.fields["ranking.trees"].value = 10
+    widget.run_stage("rank")
+    wait_job(qtbot, widget)
+    assert widget.status_label.text() == "done"
+    widget.next_region()
+    assert widget.regions, "no region ranked on the sample data"
+    first = widget.regions[widget.region_table.currentRow()]
+    assert widget.region_table.item(widget.region_table.currentRow(), 0).text() in ("gland", "non-gland")
+    outlines = widget.viewer.layers[_layers.CONFUSING]
+    assert outlines.contour == 2 and not outlines.editable
+    cy, cx = _layers.camera(widget.viewer).center[-2:]
+    assert abs(cy - (first.bbox[0] + first.bbox[2]) / 2) < 1 and abs(cx - (first.bbox[1] + first.bbox[3]) / 2) < 1
+    press(widget, "Shift-A")  # accept
+    state = review_state(store)
+    assert state["state"] == {first.key: "accepted"}
+    pixels = store.read(first.image, "regions") == first.id
+    corrected, verified = store.correction(first.image)
+    assert (corrected[pixels] == first.suggested_label).all() and verified[pixels].all()
+    assert "reviewed 1 of" in widget.review_label.text()
+    second = widget.regions[widget.region_table.currentRow()]  # accept moved on to the next region
+    assert second.key != first.key
+    press(widget, "Shift-S")  # skip
+    assert review_state(store)["state"] == {first.key: "accepted", second.key: "skipped"}
+    # as after restarting napari
+    widget.open_project(store.path)
+    widget.image_combo.setCurrentText(first.image)
+    row = next(k for k, r in enumerate(widget.regions) if r.key == first.key)
+    assert widget.region_table.item(row, 3).text() == "accepted"
+    assert "reviewed 2 of" in widget.review_label.text()
+    press(widget, "Shift-U")
+    press(widget, "Shift-U")
+    assert review_state(store)["reviewed"] == 0
+    assert not store.has(first.image, "corrected")
