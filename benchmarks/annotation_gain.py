@@ -136,9 +136,9 @@ def cmd_rank(args) -> None:
                   f"{100 * r['random_precision']:.1f} %") for r in rows],
                 ("top regions", "of train pixels", "wrong labels inside", "same areas at random"))
     print()
-    print_table([(f"{c['budget_pct']} %", f"{100 * c['precision']:.1f} %", f"{100 * c['random_precision']:.1f} %",
+    print_table([(f"{c['budget_pct']} % ({100 * c['pixels'] / train_px:.2f} %)", f"{100 * c['precision']:.1f} %", f"{100 * c['random_precision']:.1f} %",
                   f"{c['wrong_fixed']:,}", f"{c['random_wrong_fixed']:,}") for c in curve],
-                ("budget (of train px)", "precision ranked", "precision random", "wrong fixed ranked",
+                ("budget (reached) of train px", "precision ranked", "precision random", "wrong fixed ranked",
                  "wrong fixed random"))
 
 
@@ -195,10 +195,10 @@ def cmd_plot(args) -> None:
     data = load()
     if data.get("rank"):
         c = data["rank"]["curve"]
+        share = [100 * x["pixels"] / data["rank"]["train_pixels"] for x in c]  # all regions may cover less
         fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-        ax.plot([x["budget_pct"] for x in c], [100 * x["precision"] for x in c], "o-", label="ranked regions")
-        ax.plot([x["budget_pct"] for x in c], [100 * x["random_precision"] for x in c], "s--",
-                label="same areas at random")
+        ax.plot(share, [100 * x["precision"] for x in c], "o-", label="ranked regions")
+        ax.plot(share, [100 * x["random_precision"] for x in c], "s--", label="same areas at random")
         ax.axhline(100 * data["rank"]["pseudo_error_rate"], color="grey", lw=0.8, ls=":",
                    label="all pseudo-labels")
         ax.set_xlabel("pixels reviewed (% of training pixels)")
