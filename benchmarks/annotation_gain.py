@@ -11,7 +11,8 @@ with the tool (``oeem regions``) and measures, with the gland masks playing the 
 pseudo-labels inside the top regions at several pixel budgets - against the same areas placed at random.
 ``gain`` lets the simulated pathologist fix the top regions up to a budget (painting the truth inside them,
 pathologist-verified as the plugin stores it) or the same number of pixels at random places, retrains the `cpu`
-preset's segmentation with the seed of a baseline run (``abl-ce-r1-sSEED``) and scores testA. Rows accumulate in
+preset's segmentation with the settings and seed of a baseline run (``--baseline``, default
+``abl-ce-2k-r1-sSEED``) and scores testA. Rows accumulate in
 ``benchmarks/results/annotation_gain.json``.
 """
 from __future__ import annotations
@@ -144,7 +145,9 @@ def cmd_rank(args) -> None:
 
 def cmd_gain(args) -> None:
     from ablation import scores
+    from pipeline.config import SegConfig, from_dict
     from pipeline.labelerrors import load_ranking
+    from pipeline.models import safe_torch_load
     from pipeline.segment import train_segmenter
 
     glas_root()
@@ -158,10 +161,12 @@ def cmd_gain(args) -> None:
         ranked = top_masks(store, int(budget / 100 * train_px))
         areas = [int(m.sum()) for m in ranked.values()]
         for seed in args.seeds:
-            base_name = f"abl-ce-r1-s{seed}"
+            base_name = args.baseline.format(seed=seed)
             if not store.checkpoint_path(f"segmentation-{base_name}").is_file():
-                raise SystemExit(f"no baseline {base_name}: run `ablation.py stage2 ce --seed {seed}` first")
+                raise SystemExit(f"no baseline {base_name}: train it with benchmarks/ablation.py stage2 first")
             base = scores(store, base_name, cfg.inference, splits=("test",))["test"]
+            # retrain exactly as the baseline was trained, on the corrected labels
+            base_cfg = safe_torch_load(store.checkpoint_path(f"segmentation-{base_name}"))["config"]
             for kind, masks in (("ranked", ranked), ("random", random_masks(store, areas, 1000 + seed))):
                 name = f"gain-{kind}-b{budget:g}-s{seed}"
                 clear_corrections(store)
@@ -169,7 +174,7 @@ def cmd_gain(args) -> None:
                     store.save_correction(n, np.where(m, store.mask(n), store.read(n, "pseudo")).astype(np.uint8),
                                           painted=m)
                 px, wrong = wrong_inside(store, masks)
-                seg = cfg.segmentation
+                seg = from_dict(SegConfig, base_cfg)
                 seg.seed, seg.label_source = seed, "corrected"
                 t0 = time.perf_counter()
                 run(train_segmenter(store, seg, "cpu", run_name=name, on_mismatch="restart"))
@@ -236,6 +241,8 @@ def main() -> None:
     g = sub.add_parser("gain")
     g.add_argument("--budgets", type=float, nargs="+", default=[3.0], help="percent of the training pixels")
     g.add_argument("--seeds", type=int, nargs="+", default=[0])
+    g.add_argument("--baseline", default="abl-ce-2k-r1-s{seed}",
+                   help="the uncorrected run (per seed) whose settings the retraining copies")
     sub.add_parser("plot")
     args = ap.parse_args()
     {"rank": cmd_rank, "gain": cmd_gain, "plot": cmd_plot}[args.cmd](args)

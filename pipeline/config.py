@@ -167,7 +167,8 @@ def preset(name: str) -> PipelineConfig:
         cfg.segmentation = SegConfig(
             backbone=BackboneConfig(output_stride=16), decoder="unet", head_channels=32, working_scale=0.5,
             input_norm="glas", init_from_classifier=True, rotate90=True, stain_jitter=0.05, tile_size=256,
-            tile_stride=128, crop_size=192, ratio_range=(0.75, 1.5), iterations=1000, batch_size=8, lr=0.01,
+            # 2000 iterations: the network underfits at 1000 (validation 70.0 -> 72.2 weak, 80.9 -> 85.4 full)
+            tile_stride=128, crop_size=192, ratio_range=(0.75, 1.5), iterations=2000, batch_size=8, lr=0.01,
             # plain CE: on GlaS's validation split it beat OEEM's l_norm in every round and seed measured from
             # random init (benchmarks/ablation.py); every weighting stays selectable (--loss l_norm).
             loss="ce")
