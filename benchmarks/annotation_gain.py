@@ -221,7 +221,8 @@ def cmd_plot(args) -> None:
             budgets = sorted({g["budget_pct"] for g in rows})
             means = [np.mean([g["gain"] for g in rows if g["budget_pct"] == b]) for b in budgets]
             spread = [np.std([g["gain"] for g in rows if g["budget_pct"] == b]) for b in budgets]
-            ax.errorbar(budgets, means, yerr=spread, fmt=style, capsize=3,
+            # no correction, no gain: the curves start at the origin
+            ax.errorbar([0.0, *budgets], [0.0, *means], yerr=[0.0, *spread], fmt=style, capsize=3,
                         label=f"{kind} ({len({g['seed'] for g in rows})} seed(s))")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("pixels corrected (% of training pixels)")

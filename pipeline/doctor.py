@@ -42,6 +42,14 @@ def _readable(group, key: str) -> bool:
 
 def check_project(store: ProjectStore, repair: bool = True) -> DoctorReport:
     rep = DoctorReport()
+    # temporary files a killed write left behind (zarr's *.partial, our *.tmp): never referenced, only clutter
+    leftovers = [p for pattern in ("**/*.partial", "**/.*.tmp") for p in store.path.glob(pattern) if p.is_file()]
+    if leftovers:
+        if repair:
+            for p in leftovers:
+                p.unlink(missing_ok=True)
+        rep.findings.append(Finding("(project)", f"{len(leftovers)} temporary file(s) left by interrupted writes",
+                                    repair, "" if repair else "`oeem doctor` removes them"))
     for name in store.names():
         g = store.group(name)
         for key in sorted(g.array_keys()):

@@ -193,3 +193,16 @@ def test_older_projects_corrections_still_read_and_migrate(project_copy):
     assert "corrected" not in g and np.array_equal(store.read(name, "corrected"), new)
     assert store.undo_correction(name)
     assert np.array_equal(store.read(name, "corrected"), old)
+
+
+def test_doctor_removes_what_interrupted_writes_left(project_copy, capsys):
+    store, _ = project_copy
+    name = store.names("train")[0]
+    left = store.path / "images" / name / "pseudo" / "c" / "zarr.0123abcd.partial"
+    left.parent.mkdir(parents=True, exist_ok=True)
+    left.write_bytes(b"half a chunk")
+    assert main(["doctor", str(store.path)]) == 0
+    assert "1 temporary file(s) left by interrupted writes - restored" in capsys.readouterr().out
+    assert not left.exists()
+    assert main(["doctor", str(store.path)]) == 0
+    assert "0 problem(s)" in capsys.readouterr().out
