@@ -70,8 +70,12 @@ def project_writer(project: str | Path, task: str, timeout: float = 0.0) -> Iter
             info = {"task": task, "pid": os.getpid(), "host": socket.gethostname(),
                     "since": time.strftime("%Y-%m-%d %H:%M:%S")}
             tmp = project / f".lock.json.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(info))
-            os.replace(tmp, project / ".lock.json")
+            try:
+                tmp.write_text(json.dumps(info))
+                os.replace(tmp, project / ".lock.json")
+            except OSError:  # e.g. a full disk: the lock holds all the same, only the "who" note is missing
+                tmp.unlink(missing_ok=True)
+                (project / ".lock.json").unlink(missing_ok=True)  # never name an earlier holder
         yield
     finally:
         lock.release()

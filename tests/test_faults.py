@@ -206,3 +206,51 @@ def test_doctor_removes_what_interrupted_writes_left(project_copy, capsys):
     assert not left.exists()
     assert main(["doctor", str(store.path)]) == 0
     assert "0 problem(s)" in capsys.readouterr().out
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path):
+    """A real, tiny filesystem (tmpfs) - needs root and a kernel that lets this container mount."""
+    if os.geteuid() != 0:
+        pytest.skip("a real full disk needs root to mount a tmpfs (ENOSPC is injected in the tests above)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs is not permitted here (ENOSPC is injected in the tests above)")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def fill(folder: Path, leave: int) -> None:
+    """Fill the filesystem of ``folder`` up to ``leave`` free bytes."""
+    free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
+    with open(folder / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave))
+
+
+def test_a_really_full_disk_keeps_the_correction_and_the_export_folder(project_copy, full_tmpfs, capsys):
+    import shutil
+
+    from pipeline.export import export_masks
+
+    src, _ = project_copy
+    project = full_tmpfs / "p.oeem.zarr"
+    shutil.copytree(src.path, project)
+    store = ProjectStore.open(project)
+    name = store.names("train")[0]
+    first = edit(store, name, 0)
+    store.save_correction(name, first)
+    out = full_tmpfs / "out"
+    out.mkdir()
+    fill(full_tmpfs, leave=2048)
+    with pytest.raises(OEEMError, match="No space left on device"):
+        for k in range(1, 200):  # a few may still fit in the last blocks
+            store.save_correction(name, edit(store, name, k % 100))
+    current = ProjectStore.open(project).correction(name)
+    assert current is not None and set(np.unique(current[0])) <= {0, 1}  # a whole state, readable
+    assert np.array_equal(current[1].astype(bool) | (current[0] != store.read(name, "pseudo")), current[1] > 0)
+    with pytest.raises(OEEMError, match="No space left on device"):
+        export_masks(store, out, "tiff", "pseudo")
+    assert list(out.iterdir()) == []
+    (full_tmpfs / "filler").unlink()
+    assert main(["doctor", str(project)]) == 0  # the store is whole once there is room again
