@@ -67,16 +67,22 @@ def export_masks(store: ProjectStore, folder: str | Path, fmt: str = "png", sour
             staged.append(_write_one(staging / f"{n}{SUFFIXES[fmt]}", mask_for_export(store, n, source), n, fmt))
         written = []
         for path in staged:
-            dst = folder / path.name
-            if dst.is_dir():
-                shutil.rmtree(dst)
-            os.replace(path, dst)
-            written.append(dst)
+            written.append(_move_into_place(path, folder / path.name, staging))
     except OSError as exc:
         raise OEEMError(f"{folder}: export failed ({exc.strerror or exc}); nothing was changed there") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+def _move_into_place(src: Path, dst: Path, staging: Path) -> Path:
+    """Rename ``src`` over ``dst``. A folder (OME-Zarr) cannot be swapped in one step: the old one is first
+    renamed into the hidden staging folder (deleted with it), so an interruption leaves the old or the new
+    folder whole - or, between the two renames, none - never one half deleted."""
+    if dst.is_dir():
+        os.replace(dst, staging / f".old-{dst.name}")
+    os.replace(src, dst)
+    return dst
 
 
 def _make_hint(store: ProjectStore, key: str) -> str:
@@ -116,10 +122,7 @@ def write_mask_file(path: str | Path, mask: np.ndarray, name: str | None = None)
     name = name or path.name.split(".")[0]
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=".oeem-save-"))
     try:
-        tmp = _write_one(staging / path.name, mask, name, fmt)
-        if path.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        _move_into_place(_write_one(staging / path.name, mask, name, fmt), path, staging)
     except OSError as exc:
         raise OEEMError(f"{path}: could not be written ({exc.strerror or exc})") from None
     finally:
