@@ -280,7 +280,7 @@ def cmd_doctor(args) -> None:
 
 def cmd_regions(args) -> None:
     from pipeline.labelerrors import (label_fingerprint, load_ranking, rank_label_errors, ranked_regions,
-                                      rerank_image, review_state)
+                                      rerank_image, review_state, write_region_files)
 
     store = _open(args.project)
     ranking = load_ranking(store)
@@ -313,36 +313,6 @@ def cmd_regions(args) -> None:
     if args.out:
         written = write_region_files(store, regions, args.out)
         print(f"wrote {written} region masks and regions.json to {args.out}")
-
-
-def write_region_files(store, regions: list, folder: str) -> int:
-    """``NAME_regions.png`` (0/255, the listed regions' pixels) per image, and ``regions.json``; all or nothing."""
-    import io
-    import os
-    import shutil
-    import tempfile
-
-    import numpy as np
-    from PIL import Image
-
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".oeem-regions-"))
-    try:
-        by_image: dict[str, list] = {}
-        for r in regions:
-            by_image.setdefault(r.image, []).append(r.id)
-        for name, ids in by_image.items():
-            mask = np.isin(store.read(name, "regions"), ids).astype(np.uint8) * 255
-            buf = io.BytesIO()
-            Image.fromarray(mask).save(buf, format="PNG")
-            (staging / f"{name}_regions.png").write_bytes(buf.getvalue())
-        (staging / "regions.json").write_text(json.dumps([r.as_dict() for r in regions], indent=2))
-        for p in staging.iterdir():
-            os.replace(p, out / p.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return len(by_image)
 
 
 def cmd_info(args) -> None:

@@ -429,3 +429,34 @@ def undo_review(store: ProjectStore) -> dict | None:
     review["state"].pop(last["key"], None)
     _save_review(store, review)
     return last
+
+
+def write_region_files(store: ProjectStore, regions: list[LabelRegion], folder: str) -> int:
+    """``NAME_regions.png`` (0/255, the listed regions' pixels) per image, and ``regions.json``; all or nothing."""
+    import io
+    import json
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from PIL import Image
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=".oeem-regions-"))
+    try:
+        by_image: dict[str, list] = {}
+        for r in regions:
+            by_image.setdefault(r.image, []).append(r.id)
+        for name, ids in by_image.items():
+            mask = np.isin(store.read(name, "regions"), ids).astype(np.uint8) * 255
+            buf = io.BytesIO()
+            Image.fromarray(mask).save(buf, format="PNG")
+            (staging / f"{name}_regions.png").write_bytes(buf.getvalue())
+        (staging / "regions.json").write_text(json.dumps([r.as_dict() for r in regions], indent=2))
+        for p in staging.iterdir():
+            os.replace(p, out / p.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return len(by_image)

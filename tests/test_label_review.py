@@ -54,6 +54,20 @@ def planted(tmp_path_factory):
     return store, cfg
 
 
+@pytest.fixture
+def ranked_copy(planted, tmp_path):
+    """A private copy of the planted project, ranked (the ranking is made once, on the shared project)."""
+    import shutil
+
+    from pipeline.store import ProjectStore
+
+    src, cfg = planted
+    if not ranked_regions(src):
+        run(rank_label_errors(src, cfg, "train"))
+    shutil.copytree(src.path, tmp_path / "p.zarr")
+    return ProjectStore.open(tmp_path / "p.zarr"), cfg
+
+
 def test_planted_label_errors_are_ranked_first(planted):
     store, cfg = planted
     ranking = run(rank_label_errors(store, cfg, "train"))
@@ -75,16 +89,10 @@ def test_planted_label_errors_are_ranked_first(planted):
     assert precision >= 0.5 and precision >= 3 * base, (precision, base)
 
 
-def test_accept_skip_undo_and_the_review_survive_a_reopen(planted, tmp_path):
-    import shutil
-
+def test_accept_skip_undo_and_the_review_survive_a_reopen(ranked_copy):
     from pipeline.store import ProjectStore
 
-    src, cfg = planted
-    if not ranked_regions(src):
-        run(rank_label_errors(src, cfg, "train"))
-    shutil.copytree(src.path, tmp_path / "p.zarr")
-    store = ProjectStore.open(tmp_path / "p.zarr")
+    store, cfg = ranked_copy
     first, second = ranked_regions(store, 2)
     before = store.read(first.image, "pseudo")
     result = accept_region(store, first.key, cfg)
@@ -105,16 +113,8 @@ def test_accept_skip_undo_and_the_review_survive_a_reopen(planted, tmp_path):
     assert undo_review(reopened) is None
 
 
-def test_accepting_after_the_labels_changed_reranks_and_says_so(planted, tmp_path):
-    import shutil
-
-    from pipeline.store import ProjectStore
-
-    src, cfg = planted
-    if not ranked_regions(src):
-        run(rank_label_errors(src, cfg, "train"))
-    shutil.copytree(src.path, tmp_path / "p.zarr")
-    store = ProjectStore.open(tmp_path / "p.zarr")
+def test_accepting_after_the_labels_changed_reranks_and_says_so(ranked_copy):
+    store, cfg = ranked_copy
     r = ranked_regions(store, 1)[0]
     painted = store.read(r.image, "pseudo").copy()
     painted[:5, :5] = 1 - painted[:5, :5]
@@ -129,16 +129,8 @@ def load_fp(store, name):
     return store.load_run("regions")["labels"][name]
 
 
-def test_a_review_from_another_ranking_is_set_aside_with_a_notice(planted, tmp_path):
-    import shutil
-
-    from pipeline.store import ProjectStore
-
-    src, cfg = planted
-    if not ranked_regions(src):
-        run(rank_label_errors(src, cfg, "train"))
-    shutil.copytree(src.path, tmp_path / "p.zarr")
-    store = ProjectStore.open(tmp_path / "p.zarr")
+def test_a_review_from_another_ranking_is_set_aside_with_a_notice(ranked_copy):
+    store, cfg = ranked_copy
     (store.path / "runs" / "review.json").write_text(json.dumps(
         {"ranking_id": "older", "state": {"x:1": "accepted"}, "actions": []}))
     state = review_state(store)
@@ -147,17 +139,12 @@ def test_a_review_from_another_ranking_is_set_aside_with_a_notice(planted, tmp_p
         skip_region(store, "nope:3")
 
 
-def test_cli_regions_lists_and_writes(planted, tmp_path, capsys):
-    import shutil
-
+def test_cli_regions_lists_and_writes(ranked_copy, tmp_path, capsys):
     from PIL import Image
 
-    src, cfg = planted
-    if not ranked_regions(src):
-        run(rank_label_errors(src, cfg, "train"))
-    shutil.copytree(src.path, tmp_path / "p.zarr")
+    store, _ = ranked_copy
     out = tmp_path / "out"
-    assert main(["regions", str(tmp_path / "p.zarr"), "--top", "5", "--out", str(out)]) == 0
+    assert main(["regions", str(store.path), "--top", "5", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "exp. wrong" in text and "0 of" in text
     listed = json.loads((out / "regions.json").read_text())
