@@ -106,3 +106,40 @@ def show_image(viewer, store: ProjectStore, name: str, top: int = 10) -> None:
     if PSEUDO in viewer.layers:
         viewer.layers.selection.active = viewer.layers[PSEUDO]
     viewer.reset_view()
+
+
+# ---------------------------------------------------------------------------- whole slides
+SLIDE_REGIONS = "slide regions"  # rectangles drawn on a slide, added to the project as training images
+SLIDE_PREDICTION = "slide prediction"
+
+
+def slide_layer_spec(path) -> tuple:
+    """A slide as a lazy multiscale RGB layer in microns (when its pixel size is known), its path and pixel size
+    in the metadata the widget reads back."""
+    from pipeline.slide import open_slide
+
+    slide = open_slide(path)
+    mpp = slide.info.mpp or 1.0
+    name = f"slide: {slide.path.name}"
+    meta = {"oeem_slide": str(slide.path), "mpp": slide.info.mpp, "mpp_source": slide.info.mpp_source,
+            "levels": slide.info.level_dimensions, "notes": slide.info.notes}
+    return (slide.pyramid(), {"name": name, "rgb": True, "multiscale": True, "scale": (mpp, mpp),
+                              "metadata": meta}, "image")
+
+
+def slide_prediction_specs(out) -> list[tuple]:
+    """The gland probability (hidden) and mask of a slide prediction as multiscale layers, in microns."""
+    import zarr
+
+    root = zarr.open_group(str(out), mode="r")
+    mpp = float(root.attrs["oeem_slide_prediction"]["project_mpp"])
+    levels = [d["path"] for d in root.attrs["ome"]["multiscales"][0]["datasets"]]
+    pred = root["labels/prediction"]
+    probs = [da.from_zarr(root[k]) for k in levels]
+    masks = [da.from_zarr(pred[k]) for k in levels]
+    return [(probs, {"name": "slide gland probability", "multiscale": True, "scale": (mpp, mpp),
+                     "colormap": "inferno", "contrast_limits": [0, 255], "blending": "additive",
+                     "visible": False}, "image"),
+            (masks, {"name": SLIDE_PREDICTION, "multiscale": True, "scale": (mpp, mpp),
+                     "colormap": label_colormap(PREDICTION), "opacity": 0.5,
+                     "metadata": {"oeem_slide_prediction": str(out)}}, "labels")]

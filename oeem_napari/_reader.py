@@ -1,4 +1,6 @@
-"""Reader: an OEEM project (its first image's layers) or an exported mask (PNG, TIFF, OME-Zarr) as Labels."""
+"""Reader: an OEEM project (its first image's layers), an exported mask (PNG, TIFF, OME-Zarr) as Labels, a whole
+slide (SVS, NDPI, pyramidal TIFF, OME-TIFF) as a lazy multiscale image, or a slide prediction as multiscale
+Labels."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +37,34 @@ def get_reader(path):
         return read_project
     if _is_exported(path):
         return read_mask_file
+    if path.is_dir() and _is_slide_prediction(path):
+        return read_slide_prediction
+    from pipeline.slide import is_slide_file
+
+    if is_slide_file(path):
+        return read_slide
     return None
+
+
+def _is_slide_prediction(path: Path) -> bool:
+    import json
+
+    try:
+        return "oeem_slide_prediction" in json.loads((path / "zarr.json").read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+
+
+def read_slide(path):
+    from oeem_napari._layers import slide_layer_spec
+
+    return [slide_layer_spec(p) for p in (path if isinstance(path, list) else [path])]
+
+
+def read_slide_prediction(path):
+    from oeem_napari._layers import slide_prediction_specs
+
+    return slide_prediction_specs(path[0] if isinstance(path, list) else path)
 
 
 def read_mask_file(path):

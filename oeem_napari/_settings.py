@@ -11,16 +11,15 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, SpinBox, Widget
 
-from pipeline.config import CALIBRATORS, DECODERS, LOSS_KINDS, NORMS, PipelineConfig, field_help
+from pipeline.config import BACKBONES, CALIBRATORS, DECODERS, LOSS_KINDS, NORMS, PipelineConfig, field_help
 from pipeline.errors import OEEMError
 
 SECTIONS = {"patches": "Patches", "classifier": "Classifier", "cam": "CAMs", "segmentation": "Segmentation",
-            "inference": "Prediction", "selftrain": "Self-training", "ranking": "Label review"}
-BACKBONES = ("resnet_os8", "resnet38d")
+            "inference": "Prediction", "selftrain": "Self-training", "ranking": "Label review", "slide": "Slides"}
 CHOICES: dict[str, tuple[str, ...]] = {
     "segmentation.loss": LOSS_KINDS, "segmentation.decoder": DECODERS, "segmentation.input_norm": tuple(NORMS),
     "segmentation.label_source": ("pseudo", "corrected", "mask"), "cam.mode": ("image", "patch"),
-    "cam.pseudo_from": ("patches", "stitched"), "classifier.backbone.name": BACKBONES,
+    "cam.pseudo_from": ("patches", "stitched"), "classifier.backbone.name": BACKBONES[:2],
     "ranking.calibrator": CALIBRATORS,
     "segmentation.backbone.name": BACKBONES}
 

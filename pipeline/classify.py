@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from pipeline.augment import random_resized_crop
 from pipeline.config import GLAS_MEAN, GLAS_STD, ClassifierConfig, PatchConfig
+from pipeline.distributed import setup as setup_distributed
 from pipeline.errors import OEEMError
 from pipeline.models import PatchClassifier, build_backbone, load_model_state, resume_training, safe_torch_load
 from pipeline.patches import patch_grid, patch_labels
@@ -31,8 +32,10 @@ def make_patch_labels(store: ProjectStore, cfg: PatchConfig,
     Only ``train`` patches train the classifier; ``val`` ones give held-out pseudo-masks to choose settings on.
     """
     names = [n for split in splits for n in store.names(split) if store.has(n, "mask")]
-    if not any(store.split(n) == "train" for n in names):
-        raise OEEMError(f"{store.path}: no train image has a gland mask to derive patch labels from")
+    given = [n for n in store.names("train") if not store.has(n, "mask") and store.has(n, "patch_labels")]
+    if not any(store.split(n) == "train" for n in names) and not given:
+        raise OEEMError(f"{store.path}: no train image has a gland mask to derive patch labels from, nor patch "
+                        "labels of its own (slide regions: `oeem add-regions`)")
     counts = np.zeros(2, np.int64)
     total = 0
     held_out = 0
@@ -46,7 +49,11 @@ def make_patch_labels(store: ProjectStore, cfg: PatchConfig,
             continue
         counts += labels.sum(0, dtype=np.int64)
         total += len(labels)
-    n_train = sum(store.split(n) == "train" for n in names)
+    for n in given:  # labels a pathologist gave (slide regions) are kept as they are
+        labels = store.read(n, "patch_labels")
+        counts += labels.sum(0, dtype=np.int64)
+        total += len(labels)
+    n_train = sum(store.split(n) == "train" for n in names) + len(given)
     summary = {"images": n_train, "patches": total, "with_non_gland": int(counts[0]),
                "with_gland": int(counts[1]), "val_images": len(names) - n_train, "val_patches": held_out}
     store.save_run("patches", {"config": asdict(cfg), "summary": summary})
@@ -103,9 +110,14 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
 
     A checkpoint made with other settings is an error with ``on_mismatch="error"`` (the CLI's train commands,
     which offer ``--restart``); with ``"restart"`` (``oeem run``, the plugin) it is moved aside and training
-    starts afresh."""
+    starts afresh.
+
+    Under ``torchrun`` every rank draws and augments the same global batch and trains on its slice through
+    DistributedDataParallel (as ``train_segmenter``); only rank 0 writes the checkpoint and the run record."""
     set_threads(cfg.threads)
-    dev = resolve_device(device)
+    dist = setup_distributed(resolve_device(device))
+    dev = dist.device
+    dist.shard(cfg.batch_size, "classifier.batch_size")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     patches, labels = patch_dataset(store, patch_cfg.size)
@@ -114,13 +126,17 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     start_epoch = 0
     ck_path = store.checkpoint_path(STAGE)
     settings = {"config": asdict(cfg), "patches": asdict(patch_cfg)}
-    ck, notice = resume_training(store, STAGE, settings, model, opt, restart, on_mismatch)
+    # rank 0 first: it may move a checkpoint of other settings aside; the others then load what it left
+    ck, notice = dist.main_first(lambda: resume_training(store, STAGE, settings, model, opt, restart, on_mismatch))
+    net = dist.wrap(model)  # the training step's module; checkpoints take model's own state
     if notice:
         log.info("%s", notice)
         yield Progress(STAGE, 0, 0, "starting afresh", notice=notice)
     elif ck is not None:
         start_epoch = int(ck["epoch"])
     n = len(patches)
+    if n < dist.world_size:
+        raise OEEMError(f"{n} training patches cannot be shared by {dist.world_size} torchrun processes")
     steps_per_epoch = max(1, n // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     mean = torch.tensor(GLAS_MEAN, device=dev).view(1, 3, 1, 1)
@@ -130,33 +146,40 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     loss_ema = None
     for epoch in range(start_epoch, cfg.epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        model.train()
+        net.train()
         for it in range(steps_per_epoch):
             step = epoch * steps_per_epoch + it
             idx = order[it * cfg.batch_size:(it + 1) * cfg.batch_size]
             x = patches[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
             x = random_resized_crop(x, cfg.input_size, cfg.crop_scale, gen)
             x = (x - mean) / std
+            y = labels[idx].to(dev)
+            if dist.enabled:  # the whole global batch was drawn and augmented above: keep this rank's slice
+                x, y = x[dist.rank::dist.world_size], y[dist.rank::dist.world_size]
             for g in opt.param_groups:
                 g["lr"] = poly_lr(cfg.lr, step, total, cfg.poly_power)
-            loss = F.binary_cross_entropy_with_logits(model(x), labels[idx].to(dev))
-            if not torch.isfinite(loss):
-                raise OEEMError(f"the classifier loss became {loss.item()} at epoch {epoch + 1}; the last good "
+            loss = F.binary_cross_entropy_with_logits(net(x), y)
+            value = dist.all_reduce_mean(loss.item())  # the global batch's loss, the same on every rank
+            if not np.isfinite(value):
+                raise OEEMError(f"the classifier loss became {value} at epoch {epoch + 1}; the last good "
                                 f"checkpoint is kept in {ck_path} - lower the learning rate (--lr) and resume")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             seen += len(idx)
-            loss_ema = loss.item() if loss_ema is None else 0.9 * loss_ema + 0.1 * loss.item()
+            loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
             if it % 5 == 0 or it == steps_per_epoch - 1:
                 rate = seen / (time.perf_counter() - t0)
                 yield Progress(STAGE, step + 1, total, f"epoch {epoch + 1}/{cfg.epochs}",
                                {"loss": loss_ema, "patches_per_s": rate})
-        _save(store, model, opt, epoch + 1, cfg, patch_cfg)
+        if dist.is_main:
+            _save(store, model, opt, epoch + 1, cfg, patch_cfg)
+        dist.barrier()  # no rank goes on (or resumes later) before the checkpoint is whole
     elapsed = time.perf_counter() - t0
     record = {"config": asdict(cfg), "patches": asdict(patch_cfg), "device": str(dev), "n_patches": n,
               "run_id": uuid.uuid4().hex,  # lets the CAM stage tell whether its CAMs came from this model
               "epochs_run": cfg.epochs - start_epoch, "seconds": elapsed, "final_loss": loss_ema,
-              "patches_per_s": seen / elapsed if elapsed > 0 else None}
-    store.save_run(STAGE, record)
+              "patches_per_s": seen / elapsed if elapsed > 0 else None, "world_size": dist.world_size}
+    if dist.is_main:
+        store.save_run(STAGE, record)
     return record

@@ -1,6 +1,10 @@
 """The ``oeem`` command: every stage of the method from a terminal, on a project store.
 
 Errors a user can fix are printed as one line (exit code 2); Ctrl-C stops cleanly and keeps the last checkpoint.
+
+``train-seg`` and ``train-cls`` also run data-parallel under torchrun, e.g.
+``torchrun --standalone --nproc-per-node 2 -m pipeline train-seg PROJECT``: rank 0 takes the writer lock, writes
+the project and prints; the other ranks only read it and train.
 """
 from __future__ import annotations
 
@@ -16,7 +20,9 @@ from pipeline.errors import OEEMError
 
 # commands that write into the project: one at a time per project (the writer lock)
 WRITERS = {"patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "run", "import-geojson", "undo",
-           "doctor", "regions"}
+           "doctor", "regions", "add-regions"}
+# commands that may run as several processes under torchrun (data-parallel training)
+DISTRIBUTED = {"train-seg", "train-cls"}
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -26,12 +32,25 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
+def _is_main() -> bool:
+    """Rank 0 of a torchrun launch, or a plain run: the process that writes the project and prints."""
+    from pipeline.distributed import env_is_main
+
+    try:
+        return env_is_main()
+    except OEEMError:  # a malformed RANK is reported by the stage itself
+        return True
+
+
 def _drive(job, desc: str):
-    """Run a stage generator with a tqdm progress bar showing its metrics (loss, throughput)."""
+    """Run a stage generator with a tqdm progress bar showing its metrics (loss, throughput); under torchrun
+    only rank 0 shows one."""
     from tqdm import tqdm
 
     from pipeline.progress import run
 
+    if not _is_main():
+        return run(job)
     bars: dict[str, Any] = {}
 
     def show(p):
@@ -62,7 +81,8 @@ def _drive(job, desc: str):
 def _open(path: str):
     from pipeline.store import ProjectStore
 
-    return ProjectStore.open(path)
+    # the other ranks of a torchrun launch only read the project: rank 0 writes it, under the writer lock
+    return ProjectStore.open(path, mode="r+" if _is_main() else "r")
 
 
 def _config(args, store):
@@ -81,6 +101,7 @@ def _config(args, store):
         "segmentation.lr": getattr(args, "seg_lr", None),
         "segmentation.seed": getattr(args, "seed", None),
         "inference.scales": getattr(args, "scales", None),
+        "slide.block": getattr(args, "block", None),
     }
     if getattr(args, "rounds", None) is not None:
         over["selftrain.rounds"] = args.rounds
@@ -88,7 +109,7 @@ def _config(args, store):
         over["inference.scales"] = (1.0,)
         over["inference.flip"] = False
     over.update(_settings(getattr(args, "set", None) or []))
-    return project_config(store, getattr(args, "preset", None), over)
+    return project_config(store, getattr(args, "preset", None), over, save=_is_main())
 
 
 def _settings(items: list[str]) -> dict[str, Any]:
@@ -135,6 +156,8 @@ def cmd_train_cls(args) -> None:
     store = _open(args.project)
     cfg = _config(args, store)
     rec = _drive(train_classifier(store, cfg.classifier, cfg.patches, args.device, args.restart), "classifier")
+    if not _is_main():
+        return
     print(f"classifier trained: {rec['n_patches']} patches, {rec['epochs_run']} epochs in {rec['seconds']:.0f} s "
           f"({rec['patches_per_s']:.0f} patches/s), final loss {rec['final_loss']:.4f}")
 
@@ -156,6 +179,8 @@ def cmd_train_seg(args) -> None:
     store = _open(args.project)
     cfg = _config(args, store)
     rec = _drive(train_segmenter(store, cfg.segmentation, args.device, args.name, args.restart), "segmentation")
+    if not _is_main():
+        return
     print(f"segmentation trained with loss {cfg.segmentation.loss} on {cfg.segmentation.label_source} labels: "
           f"{rec['iterations_run']} iterations in {rec['seconds']:.0f} s, final loss {rec['final_loss']:.4f}")
 
@@ -315,6 +340,56 @@ def cmd_regions(args) -> None:
         print(f"wrote {written} region masks and regions.json to {args.out}")
 
 
+def cmd_slide_info(args) -> None:
+    from pipeline.slide import open_slide, tissue_mask
+
+    with open_slide(args.slide, args.mpp) as slide:
+        info = slide.info
+        print(f"{info.path}: {info.width} x {info.height} px, {len(info.level_dimensions)} level(s)")
+        for k, ((w, h), d) in enumerate(zip(info.level_dimensions, info.level_downsamples)):
+            print(f"  level {k}: {w} x {h} px (downsample {d:g})")
+        mpp = f"{info.mpp:.4g} µm/px ({info.mpp_source})" if info.mpp else "unknown: give it with --mpp"
+        print(f"microns per pixel: {mpp}")
+        thumb, _ = slide.thumbnail(1024)
+        print(f"tissue: {100 * tissue_mask(thumb).mean():.1f} % of the slide")
+        for note in info.notes:
+            print(f"note: {note}")
+
+
+def cmd_predict_slide(args) -> None:
+    from pipeline.slidepredict import predict_slide
+
+    store = _open(args.project)
+    cfg = _config(args, store)
+    rec = _drive(predict_slide(store, args.slide, cfg.slide, cfg.inference, args.mpp, args.out, args.device,
+                               args.name, args.restart, args.scheduler), "predict-slide")
+    b = rec["blocks"]
+    print(f"{rec['output']}: {rec['size'][1]} x {rec['size'][0]} px at {rec['project_mpp']:.4g} µm/px, "
+          f"{rec['levels']} level(s); {b['tissue']} tissue blocks ({b['resumed']} resumed), "
+          f"{b['skipped_as_glass']} skipped as glass; {rec['seconds']:.1f} s, peak memory "
+          f"{rec['peak_rss_mb']:.0f} MB")
+    print(f"note: {rec['resampling']}")
+    print(f"open it over the slide: napari {args.slide} {rec['output']}")
+
+
+def cmd_add_regions(args) -> None:
+    from pipeline.geojson import read_geojson
+    from pipeline.slideregions import add_slide_regions, parse_box, regions_from_geojson
+
+    store = _open(args.project)
+    cfg = _config(args, store)
+    regions = [parse_box(b, args.label) for b in args.box or []]
+    if args.geojson:
+        regions += regions_from_geojson(read_geojson(args.geojson), args.label, args.geojson)
+    if not regions:
+        raise OEEMError("no regions: give --box X,Y,W,H (level-0 pixels) or --geojson ROIS.geojson")
+    names = add_slide_regions(store, args.slide, regions, cfg.patches, cfg.slide.project_mpp, args.mpp,
+                              args.split)
+    for n in names:
+        print(f"added {n}")
+    print(f"next: `oeem run {store.path}` trains on them with the other images")
+
+
 def cmd_info(args) -> None:
     store = _open(args.project)
     names = store.names()
@@ -450,6 +525,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image")
     p = add("doctor", cmd_doctor, "read every array; restore damaged corrections from their history")
     p.add_argument("--check-only", action="store_true", help="report, change nothing")
+    p = add("slide-info", cmd_slide_info, "levels, microns per pixel and tissue of a whole-slide image",
+            project=False)
+    p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
+    p.add_argument("--mpp", type=float, default=None, help="microns per pixel, when the file does not say")
+    p = add("predict-slide", cmd_predict_slide, "predict a whole slide block by block into an OME-Zarr pyramid "
+            "beside the project (bounded memory, resumable, optionally on a dask cluster)")
+    common(p)
+    p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
+    p.add_argument("--mpp", type=float, default=None, help="microns per pixel, when the file does not say")
+    p.add_argument("--out", default=None, help="output .ome.zarr (default: PROJECT.slides/NAME.ome.zarr)")
+    p.add_argument("--restart", action="store_true", help="replace an earlier prediction of other settings")
+    p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler "
+                   "(e.g. tcp://10.0.0.5:8786): its workers predict the blocks")
+    p.add_argument("--block", type=int, default=None, help="block size in px (default: slide.block)")
+    p.add_argument("--fast", action="store_true", help="single scale, no flip")
+    p.add_argument("--name", default=None, help="use the model trained with --name")
+    p = add("add-regions", cmd_add_regions, "cut regions of a slide into the project as training images, each "
+            "with one weak label (gland, non-gland or mixed) that all its patches take")
+    common(p)
+    p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
+    p.add_argument("--box", action="append", metavar="X,Y,W,H", help="a region in level-0 pixels (repeatable)")
+    p.add_argument("--geojson", default=None, help="QuPath GeoJSON ROIs; their classification is the label")
+    p.add_argument("--label", default=None, help="gland, non-gland or mixed (for --box, and unclassified ROIs)")
+    p.add_argument("--mpp", type=float, default=None, help="microns per pixel, when the file does not say")
+    p.add_argument("--split", default="train", choices=("train", "val"))
     add("info", cmd_info, "what a project holds")
     p = add("fetch-glas", cmd_fetch_glas, "download GlaS (needs internet) into a cache folder", project=False)
     p.add_argument("--dest", default=None, help="where to unpack (default: the user cache)")
@@ -458,9 +558,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.distributed import env_world_size, launched
+
     args = build_parser().parse_args(argv)
+    # under torchrun every rank runs this; rank 0 alone locks, writes and speaks (the others fail with it: every
+    # rank checks the same project and settings, and torchrun stops the others when one exits with an error)
+    main_rank = _is_main()
     try:
-        if args.command in WRITERS and Path(args.project).is_dir():
+        if launched() and args.command not in DISTRIBUTED:
+            raise OEEMError(f"`oeem {args.command}` runs as one process; only {' and '.join(sorted(DISTRIBUTED))} "
+                            f"run under torchrun (here with {env_world_size()} processes)")
+        if args.command in WRITERS and Path(args.project).is_dir() and main_rank:
             from pipeline.lock import project_writer
 
             with project_writer(args.project, f"oeem {args.command}"):
@@ -468,11 +576,19 @@ def main(argv: list[str] | None = None) -> int:
         else:
             args.func(args)
     except OEEMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if main_rank:
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrupted: the last checkpoint is kept; run the same command again to resume", file=sys.stderr)
+        if main_rank:
+            print("\ninterrupted: the last checkpoint is kept; run the same command again to resume",
+                  file=sys.stderr)
         return 130
+    finally:
+        if "pipeline.distributed" in sys.modules:
+            from pipeline.distributed import shutdown
+
+            shutdown()
     return 0
 
 

@@ -21,11 +21,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 LOSS_KINDS = ("ce", "ohem", "c_max", "c_diff", "l_norm", "lc_mix")
 PRESETS = ("paper", "cpu", "tiny")
+BACKBONES = ("resnet_os8", "resnet38d", "unet")  # unet: a plain U-Net encoder, stage 2 only
 
 
 @dataclass
 class BackboneConfig:
-    """``resnet38d`` (the paper) or ``resnet_os8`` (light basic-block ResNet, output stride 8)."""
+    """``resnet38d`` (the paper), ``resnet_os8`` (light basic-block ResNet, output stride 8) or ``unet`` (the plain
+    U-Net encoder: two convolutions per level from full resolution; ``blocks`` unused)."""
 
     name: str = "resnet_os8"
     widths: tuple[int, ...] = (24, 48, 96, 192)
@@ -119,6 +121,7 @@ class InferConfig:
     crop_size: int = 320
     stride: int = 256
     batch_size: int = 8
+    blend: str = "mean"  # "mean" or "gaussian": centre-weighted windows (whole slides use it: no seams)
 
 
 @dataclass
@@ -137,6 +140,16 @@ class RankConfig:
 
 
 @dataclass
+class SlideConfig:
+    """Whole slides (``oeem predict-slide``, ``oeem add-regions``): how they map onto the project's images."""
+
+    project_mpp: float = 0.62  # µm per pixel of the project's images; slides are resampled to it (GlaS: 20x, 0.62)
+    block: int = 1024  # px at the project's resolution: one unit of work, one zarr chunk, resumable on its own
+    margin: int = 96  # px of context read around each block so neighbouring blocks agree at their seam
+    min_tissue: float = 0.01  # a block with less tissue than this fraction (on the overview) is skipped as glass
+
+
+@dataclass
 class SelfTrainConfig:
     rounds: int = 0  # times the pseudo-masks are refined by the segmentation network and it is trained again
 
@@ -151,6 +164,7 @@ class PipelineConfig:
     inference: InferConfig = field(default_factory=InferConfig)
     selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     ranking: RankConfig = field(default_factory=RankConfig)
+    slide: SlideConfig = field(default_factory=SlideConfig)
 
 
 def preset(name: str) -> PipelineConfig:
@@ -241,6 +255,11 @@ def check(cfg: PipelineConfig) -> PipelineConfig:
         raise OEEMError(f"segmentation.stain_jitter must be >= 0, not {seg.stain_jitter}")
     if cfg.cam.pseudo_from not in ("patches", "stitched"):
         raise OEEMError(f"cam.pseudo_from must be patches or stitched, not {cfg.cam.pseudo_from!r}")
+    sl = cfg.slide
+    if not (0.01 <= sl.project_mpp <= 100) or sl.block < 64 or not (0 <= sl.margin < sl.block) \
+            or not (0 <= sl.min_tissue < 1):
+        raise OEEMError("slide settings: project_mpp between 0.01 and 100 µm/px, block >= 64 px, "
+                        "0 <= margin < block, 0 <= min_tissue < 1")
     rk = cfg.ranking
     if rk.folds < 2 or rk.trees < 1 or rk.samples_per_image < 10 or not 0 < rk.feature_scale <= 1:
         raise OEEMError("ranking needs folds >= 2, trees >= 1, samples_per_image >= 10 and 0 < feature_scale <= 1")

@@ -36,15 +36,31 @@ def check_memory(shape: tuple[int, int], cfg: InferConfig, working_scale: float 
                         "smaller scales (--scales 1) or cut the image into tiles (e.g. 2048 px) first")
 
 
+def _window_weight(crop: int, blend: str, device) -> torch.Tensor:
+    """1 everywhere (plain average) or a Gaussian centred on the window (sigma = crop / 8, floored) so a pixel
+    is decided mostly by windows that see it with context on every side."""
+    if blend == "mean":
+        return torch.ones(1, 1, crop, crop, device=device)
+    if blend != "gaussian":
+        raise OEEMError(f"inference.blend must be mean or gaussian, not {blend!r}")
+    r = torch.arange(crop, device=device, dtype=torch.float32) - (crop - 1) / 2
+    g = torch.exp(-0.5 * (r / (crop / 8)) ** 2)
+    w = g[:, None] * g[None, :]
+    return (w / w.max()).clamp_min(1e-3).view(1, 1, crop, crop)
+
+
 @torch.no_grad()
-def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: int) -> torch.Tensor:
-    """Logits (1, C, H, W) from overlapping windows, averaged where they overlap; windows run in batches."""
+def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: int,
+                   blend: str = "mean") -> torch.Tensor:
+    """Logits (1, C, H, W) from overlapping windows, averaged (weighted by ``blend``) where they overlap;
+    windows run in batches."""
     _, _, h, w = x.shape
     ph, pw = max(0, crop - h), max(0, crop - w)
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph))
     H, W = x.shape[-2:]
     boxes = [(y, xx) for y in grid_starts(H, crop, stride) for xx in grid_starts(W, crop, stride)]
+    weight = _window_weight(crop, blend, x.device)
     out = None
     count = torch.zeros(1, 1, H, W, device=x.device)
     for b in range(0, len(boxes), batch_size):
@@ -53,8 +69,8 @@ def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: i
         if out is None:
             out = torch.zeros(1, logits.shape[1], H, W, device=x.device)
         for k, (y, xx) in enumerate(chunk):
-            out[:, :, y:y + crop, xx:xx + crop] += logits[k:k + 1]
-            count[:, :, y:y + crop, xx:xx + crop] += 1
+            out[:, :, y:y + crop, xx:xx + crop] += logits[k:k + 1] * weight
+            count[:, :, y:y + crop, xx:xx + crop] += weight
     return (out / count)[:, :, :h, :w]
 
 
@@ -79,7 +95,7 @@ def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.devi
                                                     antialias=s < 1)
         for flip in ((False, True) if cfg.flip else (False,)):
             inp = xs.flip(-1) if flip else xs
-            logits = sliding_logits(model, inp, cfg.crop_size, cfg.stride, cfg.batch_size)
+            logits = sliding_logits(model, inp, cfg.crop_size, cfg.stride, cfg.batch_size, cfg.blend)
             if flip:
                 logits = logits.flip(-1)
             prob = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)

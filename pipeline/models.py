@@ -12,8 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import BackboneConfig
+from pipeline.config import BACKBONES, BackboneConfig
 from pipeline.errors import OEEMError
+
+
+class _ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int):
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 # ---------------------------------------------------------------------------- light ResNet, output stride 8
@@ -156,13 +161,40 @@ class ResNet38d(nn.Module):
         return [s4, f5, f6, F.relu(self.bn7(x))]
 
 
+class PlainEncoder(nn.Module):
+    """The encoder of Ronneberger's U-Net: two 3x3 convolutions per level, max-pooling between levels, the first
+    level at the input's own resolution (stages at OS 1, 2, 4, ...). Unlike ``resnet_os8`` it keeps a full-resolution
+    stage, which is where gland borders are decided; it cannot start from the stage-1 classifier."""
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128, 256)):
+        super().__init__()
+        if len(widths) < 3:
+            raise OEEMError("the unet encoder needs at least three widths, e.g. 16,32,64,128,256")
+        levels, cin = [], 3
+        for k, w in enumerate(widths):
+            pool = [nn.MaxPool2d(2)] if k else []
+            levels.append(nn.Sequential(*pool, _ConvBNReLU(cin, w), _ConvBNReLU(w, w)))
+            cin = w
+        self.stages = nn.ModuleList(levels)
+        self.out_channels = list(widths)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for stage in self.stages:
+            x = stage(x)
+            outs.append(x)
+        return outs
+
+
 def build_backbone(cfg: BackboneConfig) -> nn.Module:
     if cfg.name == "resnet38d":
         net: nn.Module = ResNet38d()
     elif cfg.name == "resnet_os8":
         net = ResNetOS8(tuple(cfg.widths), tuple(cfg.blocks), cfg.output_stride)
+    elif cfg.name == "unet":
+        net = PlainEncoder(tuple(cfg.widths))
     else:
-        raise OEEMError(f"unknown backbone {cfg.name!r}: choose resnet38d or resnet_os8")
+        raise OEEMError(f"unknown backbone {cfg.name!r}: choose one of {', '.join(BACKBONES)}")
     if cfg.pretrained:
         load_backbone_weights(net, cfg.pretrained)
     return net
@@ -251,11 +283,6 @@ class PSPNet(nn.Module):
         return y, a
 
 
-class _ConvBNReLU(nn.Sequential):
-    def __init__(self, cin: int, cout: int):
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
 class UNet(nn.Module):
     """A U-Net decoder on a backbone's four stages: each step upsamples x2, concatenates the skip connection of
     that stride and applies two 3x3 convolutions; logits at the input size. On a CPU it spends its FLOPs at low
@@ -267,17 +294,17 @@ class UNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         c = list(backbone.out_channels)
-        self.bridge = _ConvBNReLU(c[3], 2 * channels)
-        widths = [2 * channels, channels, channels // 2]
-        skips = [c[2], c[1], c[0]]
+        self.bridge = _ConvBNReLU(c[-1], 2 * channels)
+        # one decoder step per skip, finest last; widths halve from 2 * channels (at least 8)
+        skips = c[-2::-1]
         # full_res: a last step at the input's own resolution, its skip two light convolutions on the input itself
-        # (the backbone's stem already halves it) - gland borders are a few pixels wide at the working scale.
+        # (resnet_os8's stem already halves it) - gland borders are a few pixels wide at the working scale.
         self.input_block = None
         if full_res:
             fine = max(8, channels // 4)
             self.input_block = nn.Sequential(_ConvBNReLU(3, fine), _ConvBNReLU(fine, fine))
-            widths.append(max(8, channels // 4))
             skips.append(fine)
+        widths = [max(8, (2 * channels) >> k) for k in range(len(skips))]
         self.decoders = nn.ModuleList()
         cin = 2 * channels
         for skip, cout in zip(skips, widths):
@@ -289,10 +316,10 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, with_aux: bool = False):
         size = x.shape[-2:]
         feats = self.backbone(x)
-        skips = [feats[2], feats[1], feats[0]]
+        skips = feats[-2::-1]
         if self.input_block is not None:
             skips.append(self.input_block(x))
-        y = self.bridge(feats[3])
+        y = self.bridge(feats[-1])
         aux = None
         for k, (dec, skip) in enumerate(zip(self.decoders, skips)):
             if y.shape[-2:] != skip.shape[-2:]:

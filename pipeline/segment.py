@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 import logging
@@ -14,6 +15,7 @@ import torch
 
 from pipeline.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
 from pipeline.config import LOSS_KINDS, NORMS, SegConfig
+from pipeline.distributed import setup as setup_distributed
 from pipeline.errors import OEEMError
 from pipeline.losses import segmentation_loss
 from pipeline.models import PSPNet, UNet, build_backbone, load_model_state, resume_training, safe_torch_load
@@ -120,20 +122,28 @@ def labels_round_of(store: ProjectStore, cfg: SegConfig) -> int:
     return 0 if cfg.label_source == "mask" else pseudo_round(store)
 
 
-def _save(path, model, opt, it: int, cfg: SegConfig, labels_round: int = 0) -> None:
+def _save(path, model, opt, it: int, cfg: SegConfig, labels_round: int = 0,
+          loss_history: list[float | None] | None = None) -> None:
     buf = io.BytesIO()
     torch.save({"kind": "segmentation", "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "iteration": it, "config": asdict(cfg), "labels_round": labels_round}, buf)
+                "iteration": it, "config": asdict(cfg), "labels_round": labels_round,
+                "loss_history": list(loss_history or [])}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_segmenter(store: ProjectStore, run_name: str | None = None,
-                   device: str | torch.device = "cpu") -> tuple[PSPNet, SegConfig]:
-    from pipeline.config import from_dict
-
+                   device: str | torch.device = "cpu") -> tuple[PSPNet | UNet, SegConfig]:
     path = store.checkpoint_path(stage_name(run_name))
     if not path.is_file():
         raise OEEMError(f"{store.path}: no trained segmentation model; run `oeem train-seg {store.path}` first")
+    return load_segmenter_file(path, device)
+
+
+def load_segmenter_file(path: Path, device: str | torch.device = "cpu") -> tuple[PSPNet | UNet, SegConfig]:
+    """A segmentation checkpoint file as an eval-mode model and the settings it was trained with (what a
+    distributed worker loads once)."""
+    from pipeline.config import from_dict
+
     ck = safe_torch_load(path)
     if ck.get("kind") != "segmentation":
         raise OEEMError(f"{path}: not a segmentation checkpoint")
@@ -146,17 +156,24 @@ def load_segmenter(store: ProjectStore, run_name: str | None = None,
 def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", run_name: str | None = None,
                     restart: bool = False, on_mismatch: str = "error") -> Job[dict]:
     """Train (or resume) PSPNet. Checkpoints every ``checkpoint_every`` iterations and when cancelled; the run
-    uses the *last* checkpoint (no selection on test data). ``on_mismatch`` as in ``train_classifier``."""
+    uses the *last* checkpoint (no selection on test data). ``on_mismatch`` as in ``train_classifier``.
+
+    Under ``torchrun`` (see :mod:`pipeline.distributed`) every rank draws and augments the same global batch
+    with the shared seeded generator - the random stream of a one-process run - and trains on its slice
+    ``[rank::world_size]`` through DistributedDataParallel; only rank 0 writes the checkpoint and the run record,
+    and every rank resumes from that one checkpoint."""
     if cfg.loss not in LOSS_KINDS:
         raise OEEMError(f"unknown loss {cfg.loss!r}: choose one of {', '.join(LOSS_KINDS)}")
     if not cfg.weight_temperature > 0:
         raise OEEMError(f"the weight temperature must be > 0 (1 is the paper's), not {cfg.weight_temperature}")
     set_threads(cfg.threads)
-    dev = resolve_device(device)
+    dist = setup_distributed(resolve_device(device))
+    dev = dist.device
+    dist.shard(cfg.batch_size, "segmentation.batch_size")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     images, codes, padded = tile_dataset(store, cfg)
-    if padded:
+    if padded and dist.is_main:
         log.info("%d image(s) are smaller than a %d px tile at working scale %g and were padded (ignored pixels)",
                  len(padded), cfg.tile_size, cfg.working_scale)
     model = build_segmenter(cfg)
@@ -167,13 +184,20 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     ck_path = store.checkpoint_path(stage)
     start = 0
     labels_round = labels_round_of(store, cfg)
-    ck, notice = resume_training(store, stage, {"config": asdict(cfg), "labels_round": labels_round}, model, opt,
-                                 restart, on_mismatch, defaults={"config": asdict(SegConfig()), "labels_round": 0})
+    # rank 0 first: it may move a checkpoint of other settings aside; the others then load what it left
+    ck, notice = dist.main_first(lambda: resume_training(
+        store, stage, {"config": asdict(cfg), "labels_round": labels_round}, model, opt, restart, on_mismatch,
+        defaults={"config": asdict(SegConfig()), "labels_round": 0}))
+    loss_history: list[float | None] = []
     if notice:
         log.info("%s", notice)
         yield Progress(stage, 0, 0, "starting afresh", notice=notice)
     elif ck is not None:
         start = int(ck["iteration"])
+        # the global-mean loss of every iteration so far; None for those of a checkpoint that predates the list
+        loss_history = list(ck.get("loss_history") or [])[:start]
+        loss_history = [None] * (start - len(loss_history)) + loss_history
+    net = dist.wrap(model)  # the training step's module; checkpoints take model's own state
     mean = torch.tensor(NORMS[cfg.input_norm][0], device=dev).view(1, 3, 1, 1)
     std = torch.tensor(NORMS[cfg.input_norm][1], device=dev).view(1, 3, 1, 1)
     n = len(images)
@@ -193,40 +217,49 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
                 x, code = random_rot90(x, code, gen)
             x = stain_jitter(x, cfg.stain_jitter, gen)
             x = (photometric(x, gen) - mean) / std
+            if dist.enabled:  # the whole global batch was drawn and augmented above: keep this rank's slice
+                x, code = x[dist.rank::dist.world_size], code[dist.rank::dist.world_size]
             valid = code != IGNORE
             target = torch.where(valid, code % 2, torch.full_like(code, IGNORE))
             clean = valid & (code >= 2)
             kind = "ce" if it < cfg.warmup_ce_iters else cfg.loss
             for g in opt.param_groups:
                 g["lr"] = poly_lr(cfg.lr, it, cfg.iterations, cfg.poly_power, cfg.min_lr)
-            model.train()
-            main, aux = model(x, with_aux=True)
+            net.train()
+            main, aux = net(x, with_aux=True)
             kw = dict(kind=kind, ignore_index=IGNORE, clean=clean if clean.any() else None,
                       ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
                       temperature=cfg.weight_temperature)
             loss = segmentation_loss(main, target, **kw) + cfg.aux_weight * segmentation_loss(aux, target, **kw)
-            if not torch.isfinite(loss):
-                raise OEEMError(f"the segmentation loss became {loss.item()} at iteration {it + 1}; stopped. "
+            # the global batch's loss; a non-finite loss on any rank makes it non-finite on all, so all stop
+            value = dist.all_reduce_mean(loss.item())
+            if not np.isfinite(value):
+                raise OEEMError(f"the segmentation loss became {value} at iteration {it + 1}; stopped. "
                                 f"The last good checkpoint is kept in {ck_path}: lower --lr and resume")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             it += 1
-            loss_ema = loss.item() if loss_ema is None else 0.95 * loss_ema + 0.05 * loss.item()
+            loss_history.append(value)
+            loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
             if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
-                _save(ck_path, model, opt, it, cfg, labels_round)
+                if dist.is_main:
+                    _save(ck_path, model, opt, it, cfg, labels_round, loss_history)
+                dist.barrier()  # no rank goes on (or resumes later) before the checkpoint is whole
             elapsed = time.perf_counter() - t0
             yield Progress(stage, it, cfg.iterations, f"{kind} loss",
                            {"loss": loss_ema, "it_per_s": (it - start) / elapsed})
     except (GeneratorExit, KeyboardInterrupt):  # cancelled: keep what was learnt so far
-        if it > start:
-            _save(ck_path, model, opt, it, cfg, labels_round)
+        if it > start and dist.is_main:  # no barrier: the other ranks may be gone already
+            _save(ck_path, model, opt, it, cfg, labels_round, loss_history)
         raise
     elapsed = time.perf_counter() - t0
     record = {"config": asdict(cfg), "device": str(dev), "tiles": n, "iterations_run": it - start,
               "padded_images": padded, "initialised_from": initialised_from, "labels_round": labels_round,
               "clean_pixels_in_tiles": int(((codes >= 2) & (codes != IGNORE)).sum()),
               "seconds": elapsed, "it_per_s": (it - start) / elapsed if elapsed > 0 else None,
-              "final_loss": loss_ema, "checkpoint": "last iteration (no model selection)"}
-    store.save_run(stage, record)
+              "final_loss": loss_ema, "checkpoint": "last iteration (no model selection)",
+              "world_size": dist.world_size, "loss_history": loss_history}
+    if dist.is_main:
+        store.save_run(stage, record)
     return record

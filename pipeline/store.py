@@ -157,6 +157,22 @@ class ProjectStore:
             raise
         return cls.open(path)
 
+    def add_image(self, name: str, split: str, image: np.ndarray, source: str, **attrs: Any) -> None:
+        """Add one image (no mask) to an existing project, e.g. a region cut from a slide; ``attrs`` (JSON values)
+        record where it came from."""
+        if not _NAME_OK.match(name):
+            raise OEEMError(f"image name {name!r} has characters a project cannot use (letters, digits, '_', '-', "
+                            "'.')")
+        if name in self.names():
+            raise OEEMError(f"{self.path}: already has an image {name!r}")
+        if split not in SPLITS:
+            raise OEEMError(f"split must be one of {', '.join(SPLITS)}, not {split!r}")
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise OEEMError(f"{name}: an image must be 8-bit RGB (H, W, 3), not {image.dtype} {image.shape}")
+        self._add_image(name, split, image, None, source)
+        if attrs:
+            self.group(name).attrs.update(json.loads(json.dumps(attrs, default=_json_default)))
+
     def _add_image(self, name: str, split: str, image: np.ndarray, mask: np.ndarray | None, source: str) -> None:
         g = self.root.require_group(f"images/{name}")
         g.attrs.update({"split": split, "source": source, "height": image.shape[0], "width": image.shape[1]})

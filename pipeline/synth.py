@@ -94,6 +94,9 @@ def synth_tissue(h: int = 256, w: int = 256, seed: int = 0) -> tuple[np.ndarray,
     return image, gland.astype(np.uint8)
 
 
+GLASS_RGB = 242  # empty glass on a brightfield scan
+
+
 def write_sample_folder(folder, n_train: int = 10, n_test: int = 4, size: tuple[int, int] = (320, 384),
                         seed: int = 0) -> None:
     """Write a GlaS-style folder (``train_N.png`` + ``train_N_anno.png`` with 0/255 masks)."""
@@ -108,3 +111,68 @@ def write_sample_folder(folder, n_train: int = 10, n_test: int = 4, size: tuple[
         image, mask = synth_tissue(*size, seed=seed * 1000 + k)
         Image.fromarray(image).save(folder / f"{name}.png", optimize=True)
         Image.fromarray(mask * 255).save(folder / f"{name}_anno.png", optimize=True)
+
+
+def write_synthetic_slide(path, size: tuple[int, int] = (4096, 4096), tissue_fraction: float = 0.5,
+                          mpp: float = 0.5, tile: int = 256, seed: int = 0, min_side: int = 512) -> float:
+    """A pyramidal tiled TIFF (levels halving until ``min_side``) of synthetic H&E glands inside an elliptical
+    piece of tissue on glass, its pixel size in the resolution tags - for tests and benchmarks of whole-slide
+    code. Each level is made in a temporary zarr from the one above it, then written tile by tile, so memory stays
+    at a few tiles whatever the size. Returns the tissue fraction of the slide."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    import tifffile
+    import zarr
+
+    path = Path(path)
+    h, w = size
+    a = np.sqrt(max(tissue_fraction, 1e-6) * h * w / np.pi * (h / w))  # ellipse semi-axes: area = fraction
+    b = a * w / h
+    block = 2 * tile
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        levels = [zarr.open_array(str(tmp / "0"), mode="w", shape=(h, w, 3), chunks=(block, block, 3),
+                                  dtype="uint8")]
+        for by in range(-(-h // block)):
+            for bx in range(-(-w // block)):
+                y0, x0 = by * block, bx * block
+                yy, xx = np.mgrid[y0:y0 + block, x0:x0 + block]
+                inside = ((yy - h / 2) / a) ** 2 + ((xx - w / 2) / b) ** 2 < 1
+                rng = np.random.default_rng(seed * 7919 + by * 100003 + bx)
+                out = np.clip(rng.normal(GLASS_RGB, 2, (block, block, 3)), 0, 255).astype(np.uint8)
+                if inside.any():
+                    image, _ = synth_tissue(block, block, seed=int(rng.integers(1 << 30)))
+                    out = np.where(inside[..., None], image, out)
+                levels[0][y0:y0 + block, x0:x0 + block] = out[:min(block, h - y0), :min(block, w - x0)]
+        while max(levels[-1].shape[:2]) // 2 >= min_side:
+            prev = levels[-1]
+            ph, pw = prev.shape[:2]
+            nh, nw = -(-ph // 2), -(-pw // 2)
+            arr = zarr.open_array(str(tmp / str(len(levels))), mode="w", shape=(nh, nw, 3),
+                                  chunks=(block, block, 3), dtype="uint8")
+            for y0 in range(0, nh, block):
+                for x0 in range(0, nw, block):
+                    src = np.asarray(prev[2 * y0:2 * (y0 + block), 2 * x0:2 * (x0 + block)])
+                    src = np.pad(src, ((0, src.shape[0] % 2), (0, src.shape[1] % 2), (0, 0)), mode="edge")
+                    small = src.reshape(src.shape[0] // 2, 2, src.shape[1] // 2, 2, 3).mean((1, 3))
+                    arr[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = np.rint(small).astype(np.uint8)
+            levels.append(arr)
+
+        def tiles(arr):
+            for y0 in range(0, arr.shape[0], tile):
+                for x0 in range(0, arr.shape[1], tile):
+                    t = np.asarray(arr[y0:y0 + tile, x0:x0 + tile])
+                    yield np.pad(t, ((0, tile - t.shape[0]), (0, tile - t.shape[1]), (0, 0)), mode="edge")
+
+        opts = dict(tile=(tile, tile), photometric="rgb", compression="zlib", dtype=np.uint8,
+                    resolutionunit="CENTIMETER")
+        with tifffile.TiffWriter(path, bigtiff=h * w * 3 > 2**31) as tw:
+            for k, arr in enumerate(levels):
+                extra = {"subifds": len(levels) - 1} if k == 0 else {"subfiletype": 1}
+                tw.write(tiles(arr), shape=arr.shape, resolution=(1e4 / mpp / 2**k, 1e4 / mpp / 2**k),
+                         **extra, **opts)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return float(min(1.0, np.pi * a * b / (h * w)))

@@ -1,0 +1,320 @@
+"""Predict a whole slide block by block into an OME-Zarr pyramid beside the project.
+
+Why blocks with a margin: each output block (``slide.block`` px at the project's resolution, one zarr chunk) is
+predicted from the block plus ``slide.margin`` px of context on every side, with centre-weighted (Gaussian)
+windows inside. Memory is therefore fixed by the block size - never by the slide (TIAToolbox and MONAI merge
+into slide-sized canvases and run out of memory) - and a block is finished, written and recorded on its own, so a
+killed run resumes where it stopped, and blocks are natural tasks for a ``dask.distributed`` cluster.
+
+Layout of ``NAME.ome.zarr`` (OME-Zarr 0.5 on zarr v3): the gland probability (uint8, 0-255) as the multiscale
+image, ``labels/prediction`` the 0/1 mask as multiscale labels, both at the project's microns per pixel.
+``NAME.ome.zarr.progress.json`` beside it lists the finished blocks (written atomically after each one);
+``NAME.ome.zarr.record.json`` says what was done, resampling included (also in the root's attributes).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import InferConfig, SlideConfig
+from pipeline.errors import OEEMError
+from pipeline.progress import Job, Progress, resolve_device
+from pipeline.slide import Slide, open_slide, tissue_mask
+from pipeline.store import ProjectStore, atomic_write_json
+
+LEVELS_MIN_SIDE = 512  # the pyramid stops when a level fits in this
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """Everything a process needs to predict blocks of one slide (picklable: sent to dask workers)."""
+
+    slide: str
+    slide_mpp: float
+    project_mpp: float
+    out: str
+    height: int  # output size, px at the project's resolution
+    width: int
+    block: int
+    margin: int
+    infer: dict
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return math.ceil(self.height / self.block), math.ceil(self.width / self.block)
+
+
+def default_output(store: ProjectStore, slide_path: str | Path) -> Path:
+    """``PROJECT.slides/NAME.ome.zarr`` beside the project (not inside its store)."""
+    stem = Path(slide_path).name.split(".")[0] or "slide"
+    return store.path.parent / f"{store.path.name}.slides" / f"{stem}.ome.zarr"
+
+
+# ---------------------------------------------------------------------------- one block
+def predict_block(model, seg_cfg, infer_cfg: InferConfig, slide: Slide, job: SlideJob, by: int, bx: int,
+                  device) -> tuple[np.ndarray, np.ndarray]:
+    """Gland probability (uint8 0-255) and mask of block (by, bx), from the block plus its margin."""
+    from pipeline.infer import predict_probs
+
+    y, x = by * job.block, bx * job.block
+    h, w = min(job.block, job.height - y), min(job.block, job.width - x)
+    m = job.margin
+    region = slide.read_at(job.project_mpp, y - m, x - m, h + 2 * m, w + 2 * m)
+    prob = predict_probs(model, region, infer_cfg, device, seg_cfg)[:, m:m + h, m:m + w]
+    return np.clip(np.rint(prob[1] * 255), 0, 255).astype(np.uint8), prob.argmax(0).astype(np.uint8)
+
+
+def write_blocks(job: SlideJob, model, seg_cfg, blocks: list[tuple[int, int]], device, slide: Slide | None = None
+                 ) -> list[tuple[int, int]]:
+    """Predict and write ``blocks``; returns them. Each block is exactly one chunk of each array, so two
+    processes never write the same chunk and a block written twice (a retried task) gives the same bytes."""
+    import zarr
+
+    infer_cfg = InferConfig(**{**job.infer, "scales": tuple(job.infer["scales"])})
+    own = slide is None
+    slide = slide or open_slide(job.slide, job.slide_mpp)
+    try:
+        root = zarr.open_group(job.out, mode="r+")
+        prob_arr, mask_arr = root["0"], root["labels/prediction/0"]
+        for by, bx in blocks:
+            prob, mask = predict_block(model, seg_cfg, infer_cfg, slide, job, by, bx, device)
+            y, x = by * job.block, bx * job.block
+            try:
+                prob_arr[y:y + prob.shape[0], x:x + prob.shape[1]] = prob
+                mask_arr[y:y + mask.shape[0], x:x + mask.shape[1]] = mask
+            except OSError as exc:
+                raise OEEMError(f"{job.out}: block ({by}, {bx}) could not be written ({exc.strerror or exc}); "
+                                "the blocks written so far are kept - free some space and run the same command "
+                                "again to resume") from None
+    finally:
+        if own:
+            slide.close()
+    return blocks
+
+
+# ---------------------------------------------------------------------------- bookkeeping
+def _fingerprint(job: SlideJob, checkpoint: Path) -> dict:
+    """What the output depends on, as saved (JSON: tuples become lists), to tell a resumable run from a new one."""
+    st = Path(job.slide).stat()
+    ck = checkpoint.stat()
+    return json.loads(json.dumps({"slide": str(Path(job.slide).resolve()), "slide_bytes": st.st_size, "slide_mpp": job.slide_mpp,
+            "project_mpp": job.project_mpp, "block": job.block, "margin": job.margin, "infer": job.infer,
+            "model": str(checkpoint.resolve()), "model_bytes": ck.st_size, "model_mtime": int(ck.st_mtime)}))
+
+
+def progress_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.parent / f"{out.name}.progress.json"
+
+
+def record_path(out: str | Path) -> Path:
+    out = Path(out)
+    return out.parent / f"{out.name}.record.json"
+
+
+def read_done(out: Path, grid: tuple[int, int]) -> np.ndarray:
+    p = progress_path(out)
+    done = np.zeros(grid, bool)
+    if p.is_file():
+        rec = json.loads(p.read_text())
+        bits = np.unpackbits(np.frombuffer(base64.b64decode(rec["done"]), np.uint8))[: grid[0] * grid[1]]
+        done = bits.reshape(grid).astype(bool)
+    return done
+
+
+def _write_done(out: Path, done: np.ndarray, fingerprint: dict, complete: bool = False) -> None:
+    atomic_write_json(progress_path(out), {"grid": list(done.shape), "fingerprint": fingerprint, "complete": complete,
+                                       "done": base64.b64encode(np.packbits(done.ravel())).decode()})
+
+
+def _multiscales(name: str, levels: int, mpp: float) -> list[dict]:
+    return [{"name": name, "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
+                                    {"name": "x", "type": "space", "unit": "micrometer"}],
+             "datasets": [{"path": str(k), "coordinateTransformations": [
+                 {"type": "scale", "scale": [mpp * 2 ** k, mpp * 2 ** k]}]} for k in range(levels)]}]
+
+
+def _create_output(out: Path, job: SlideJob, fingerprint: dict) -> None:
+    """An empty output (unwritten chunks read as 0: glass costs nothing), made in a temporary folder first."""
+    import zarr
+
+    tmp = out.parent / f".{out.name}.creating"
+    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        root = zarr.open_group(str(tmp), mode="w")
+        chunks = (job.block, job.block)
+        root.create_array("0", shape=(job.height, job.width), dtype="uint8", chunks=chunks, fill_value=0)
+        labels = root.require_group("labels")
+        labels.attrs["ome"] = {"version": "0.5", "labels": ["prediction"]}
+        pred = labels.require_group("prediction")
+        pred.create_array("0", shape=(job.height, job.width), dtype="uint8", chunks=chunks, fill_value=0)
+        root.attrs["ome"] = {"version": "0.5", "multiscales": _multiscales("gland probability", 1,
+                                                                             job.project_mpp)}
+        pred.attrs["ome"] = {"version": "0.5", "multiscales": _multiscales("prediction", 1, job.project_mpp),
+                             "image-label": {"colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]},
+                                                        {"label-value": 1, "rgba": [0, 200, 80, 255]}]}}
+        root.attrs["oeem_slide_prediction"] = {"slide": job.slide, "project_mpp": job.project_mpp}
+        os.replace(tmp, out)
+        _write_done(out, np.zeros(job.grid, bool), fingerprint)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OEEMError(f"{out}: cannot be created ({exc.strerror or exc}); choose another place with --out") \
+            from None
+
+
+def build_pyramid(out: Path, project_mpp: float) -> int:
+    """Levels 1.. of both arrays from level 0, chunk by chunk (dask), until a level fits LEVELS_MIN_SIDE:
+    the probability averaged 2x2, the mask taken every second pixel (labels are never averaged)."""
+    import dask.array as da
+    import zarr
+
+    root = zarr.open_group(str(out), mode="r+")
+    pred = root["labels/prediction"]
+    k = 0
+    while max(root[str(k)].shape) > LEVELS_MIN_SIDE:
+        prob = da.from_zarr(root[str(k)])
+        mask = da.from_zarr(pred[str(k)])
+        h, w = prob.shape
+        if h < 2 or w < 2:
+            break
+        small_p = da.coarsen(np.mean, prob, {0: 2, 1: 2}, trim_excess=True).round().astype(np.uint8)
+        small_m = mask[: h - h % 2: 2, : w - w % 2: 2]
+        k += 1
+        for group, data in ((root, small_p), (pred, small_m)):
+            chunks = tuple(min(c, s) for c, s in zip(root["0"].chunks, data.shape))
+            arr = group.create_array(str(k), shape=data.shape, dtype="uint8", chunks=chunks, fill_value=0,
+                                     overwrite=True)
+            da.store(data.rechunk(chunks), arr, lock=False)
+    levels = k + 1
+    root.attrs["ome"] = {"version": "0.5", "multiscales": _multiscales("gland probability", levels, project_mpp)}
+    attrs = dict(pred.attrs["ome"])
+    attrs["multiscales"] = _multiscales("prediction", levels, project_mpp)
+    pred.attrs["ome"] = attrs
+    return levels
+
+
+# ---------------------------------------------------------------------------- the whole slide
+def plan(slide: Slide, cfg: SlideConfig, infer_cfg: InferConfig, out: Path) -> tuple[SlideJob, np.ndarray,
+                                                                                      float]:
+    """The job, which blocks hold tissue, and the tissue fraction of the slide (on its overview)."""
+    mpp = slide.require_mpp()
+    scale = mpp / cfg.project_mpp  # output px per level-0 px
+    height, width = max(1, round(slide.info.height * scale)), max(1, round(slide.info.width * scale))
+    infer = asdict(replace(infer_cfg, blend="gaussian"))
+    job = SlideJob(str(slide.path), mpp, cfg.project_mpp, str(out), height, width, cfg.block, cfg.margin, infer)
+    thumb, factor = slide.thumbnail(2048)
+    tissue = tissue_mask(thumb)
+    ny, nx = job.grid
+    wanted = np.zeros((ny, nx), bool)
+    per_block = cfg.block / scale / factor  # thumbnail px per block
+    for by in range(ny):
+        for bx in range(nx):
+            y0, x0 = int(by * per_block), int(bx * per_block)
+            y1, x1 = max(y0 + 1, int(math.ceil((by + 1) * per_block))), max(x0 + 1,
+                                                                             int(math.ceil((bx + 1) * per_block)))
+            patch = tissue[y0:y1, x0:x1]
+            wanted[by, bx] = patch.size > 0 and patch.mean() >= cfg.min_tissue
+    return job, wanted, float(tissue.mean())
+
+
+def predict_slide(store: ProjectStore, slide_path: str | Path, cfg: SlideConfig, infer_cfg: InferConfig,
+                  mpp: float | None = None, out: str | Path | None = None, device: str = "auto",
+                  run_name: str | None = None, restart: bool = False, scheduler: str | None = None,
+                  tasks_per_worker: int = 4) -> Job[dict]:
+    """Predict ``slide_path`` with the project's segmentation model into an OME-Zarr pyramid; resumable.
+
+    With ``scheduler`` (a dask.distributed address) the blocks are sent to that cluster's workers, which load the
+    model once each; results land in the same zarr, so the output path must be visible to every worker."""
+    from pipeline.segment import stage_name
+
+    t0 = time.perf_counter()
+    checkpoint = store.checkpoint_path(stage_name(run_name))
+    if not checkpoint.is_file():
+        raise OEEMError(f"{store.path}: no trained segmentation model; run `oeem train-seg {store.path}` first")
+    out = Path(out) if out else default_output(store, slide_path)
+    client = None
+    if scheduler:  # before anything is touched: an address that does not answer changes nothing
+        from pipeline.cluster import connect
+
+        client = connect(scheduler)
+    with open_slide(slide_path, mpp) as slide:
+        job, wanted, tissue_fraction = plan(slide, cfg, infer_cfg, out)
+        fingerprint = _fingerprint(job, checkpoint)
+        notice = ""
+        if out.exists():
+            p = progress_path(out)
+            previous = json.loads(p.read_text()) if p.is_file() else {}
+            if previous.get("fingerprint") != fingerprint:
+                if not restart:
+                    raise OEEMError(f"{out}: holds a prediction of another slide, model or settings; pass "
+                                    "--restart to replace it, or --out to write elsewhere")
+                shutil.rmtree(out)
+                progress_path(out).unlink(missing_ok=True)
+        if not out.exists():
+            _create_output(out, job, fingerprint)
+        done = read_done(out, job.grid)
+        resumed = int((done & wanted).sum())
+        todo = [(int(by), int(bx)) for by, bx in zip(*np.nonzero(wanted & ~done))]
+        total = int(wanted.sum())
+        if resumed:
+            notice = f"resuming: {resumed} of {total} blocks were already written"
+        scale_note = (f"the slide ({job.slide_mpp:.4g} µm/px) is resampled x{job.slide_mpp / job.project_mpp:.3f} "
+                      f"to the project's {job.project_mpp:.4g} µm/px")
+        yield Progress("predict-slide", resumed, total, scale_note, notice=notice or scale_note)
+        dev = resolve_device(device)
+        step = resumed
+        try:
+            if client is not None:
+                from pipeline.cluster import run_on_cluster
+
+                runner = run_on_cluster(client, job, checkpoint, todo, tasks_per_worker, device)
+            else:
+                runner = _run_here(job, checkpoint, todo, dev, slide)
+            for finished in runner:
+                for by, bx in finished:
+                    done[by, bx] = True
+                step += len(finished)
+                _write_done(out, done, fingerprint)
+                yield Progress("predict-slide", step, total, f"{step}/{total} tissue blocks")
+        finally:
+            if "runner" in locals():
+                runner.close()  # a cancelled cluster run cancels its tasks
+            if client is not None:
+                client.close()
+    complete = bool((done | ~wanted).all())
+    levels = build_pyramid(out, job.project_mpp) if complete else 1
+    _write_done(out, done, fingerprint, complete)
+    seconds = time.perf_counter() - t0
+    record = {"slide": slide.info.as_dict(), "output": str(out), "size": [job.height, job.width],
+              "project_mpp": job.project_mpp, "resampled_by": job.slide_mpp / job.project_mpp,
+              "resampling": scale_note, "blocks": {"grid": list(job.grid), "tissue": total,
+                                                   "skipped_as_glass": int((~wanted).sum()),
+                                                   "resumed": resumed, "predicted": total - resumed},
+              "tissue_fraction": tissue_fraction, "levels": levels, "model": str(checkpoint),
+              "config": asdict(cfg), "inference": job.infer, "scheduler": scheduler, "device": str(dev),
+              "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    atomic_write_json(record_path(out), record)
+    import zarr
+
+    root = zarr.open_group(str(out), mode="r+")
+    root.attrs["oeem_slide_prediction"] = json.loads(json.dumps(record, default=str))
+    return record
+
+
+def _run_here(job: SlideJob, checkpoint: Path, todo: list[tuple[int, int]], dev, slide: Slide):
+    """Blocks one by one in this process: yields each finished block as a one-element list."""
+    from pipeline.segment import load_segmenter_file
+
+    model, seg_cfg = load_segmenter_file(checkpoint, dev)
+    for block in todo:
+        yield write_blocks(job, model, seg_cfg, [block], dev, slide)
