@@ -109,6 +109,17 @@ def show_image(viewer, store: ProjectStore, name: str, top: int = 10) -> None:
 
 
 # ---------------------------------------------------------------------------- whole slides
+def _micrometres(kwargs: dict) -> dict:
+    """Layer units in µm where napari has them (0.6+), so the scale bar reads microns."""
+    import inspect
+
+    from napari.layers import Image
+
+    if "units" in inspect.signature(Image.__init__).parameters:
+        kwargs["units"] = ("um", "um")
+    return kwargs
+
+
 SLIDE_REGIONS = "slide regions"  # rectangles drawn on a slide, added to the project as training images
 SLIDE_PREDICTION = "slide prediction"
 
@@ -123,8 +134,8 @@ def slide_layer_spec(path) -> tuple:
     name = f"slide: {slide.path.name}"
     meta = {"oeem_slide": str(slide.path), "mpp": slide.info.mpp, "mpp_source": slide.info.mpp_source,
             "levels": slide.info.level_dimensions, "notes": slide.info.notes}
-    return (slide.pyramid(), {"name": name, "rgb": True, "multiscale": True, "scale": (mpp, mpp),
-                              "metadata": meta}, "image")
+    kwargs = {"name": name, "rgb": True, "multiscale": True, "scale": (mpp, mpp), "metadata": meta}
+    return (slide.pyramid(), _micrometres(kwargs) if slide.info.mpp else kwargs, "image")
 
 
 def slide_prediction_specs(out) -> list[tuple]:
@@ -137,9 +148,12 @@ def slide_prediction_specs(out) -> list[tuple]:
     pred = root["labels/prediction"]
     probs = [da.from_zarr(root[k]) for k in levels]
     masks = [da.from_zarr(pred[k]) for k in levels]
-    return [(probs, {"name": "slide gland probability", "multiscale": True, "scale": (mpp, mpp),
-                     "colormap": "inferno", "contrast_limits": [0, 255], "blending": "additive",
-                     "visible": False}, "image"),
-            (masks, {"name": SLIDE_PREDICTION, "multiscale": True, "scale": (mpp, mpp),
-                     "colormap": label_colormap(PREDICTION), "opacity": 0.5,
-                     "metadata": {"oeem_slide_prediction": str(out)}}, "labels")]
+    if len(levels) == 1:  # a small slide: one level, which napari takes as a plain array
+        probs, masks = probs[0], masks[0]
+    multi = len(levels) > 1
+    return [(probs, _micrometres({"name": "slide gland probability", "multiscale": multi, "scale": (mpp, mpp),
+                                  "colormap": "inferno", "contrast_limits": [0, 255], "blending": "additive",
+                                  "visible": False}), "image"),
+            (masks, _micrometres({"name": SLIDE_PREDICTION, "multiscale": multi, "scale": (mpp, mpp),
+                                  "colormap": label_colormap(PREDICTION), "opacity": 0.5,
+                                  "metadata": {"oeem_slide_prediction": str(out)}}), "labels")]

@@ -553,11 +553,11 @@ class OEEMWidget(QWidget):
             show_info(f"{Path(path).name}: the file does not say its microns per pixel; set µm/px in Whole "
                       "slides before predicting")
         else:
-            self.viewer.scale_bar.visible = True
-            self.viewer.scale_bar.unit = "um"
+            self.viewer.scale_bar.visible = True  # in µm: the layers carry their units
         if _layers.SLIDE_REGIONS not in self.viewer.layers:
+            extra = {"units": kwargs["units"]} if "units" in kwargs else {}
             self.viewer.add_shapes(name=_layers.SLIDE_REGIONS, scale=kwargs["scale"], edge_color="yellow",
-                                   face_color="transparent", edge_width=4 * kwargs["scale"][0])
+                                   face_color="transparent", edge_width=4, **extra)
         self.viewer.layers.selection.active = layer
         self.viewer.reset_view()
         return layer

@@ -338,3 +338,43 @@ def test_label_review_with_keyboard_shortcuts_survives_a_reopen(widget, project_
     press(widget, "Shift-U")
     assert review_state(store)["reviewed"] == 0
     assert not store.has(first.image, "corrected")
+
+
+def test_a_slide_opens_lazily_is_predicted_and_gives_training_regions(widget, project_copy, tmp_path, qtbot,
+                                                                     notes):
+    from pipeline.synth import write_synthetic_slide
+
+    store, _ = project_copy
+    slide = tmp_path / "scan.tif"
+    write_synthetic_slide(slide, (768, 1024), 0.6, mpp=0.31, tile=256, min_side=256)  # "40x": resampled x0.5
+    viewer = widget.viewer
+    (opened,) = viewer.open(str(slide), plugin="oeem-napari")  # the reader contribution
+    assert opened.multiscale and len(opened.data) == 3 and opened.metadata["mpp"] == pytest.approx(0.31)
+    assert tuple(opened.scale) == pytest.approx((0.31, 0.31))
+    viewer.layers.clear()
+    assert widget.open_project(store.path)
+    layer = widget.open_slide(slide)
+    assert layer.multiscale and _layers.SLIDE_REGIONS in viewer.layers
+    assert viewer.scale_bar.visible
+    if hasattr(layer, "units"):  # napari 0.6+: the scale bar reads microns
+        assert str(layer.units[-1]) == "micrometer"
+    widget.predict_combo.setCurrentIndex(0)  # fast prediction
+    assert widget.predict_slide() is not None
+    wait_job(qtbot, widget)
+    pred = viewer.layers[_layers.SLIDE_PREDICTION]
+    assert tuple(pred.scale) == pytest.approx((0.62, 0.62))
+    assert pred.data.shape == (384, 512)  # the project's 0.62 µm/px: half the scan's pixels
+    assert any("resampled" in n for n in notes)
+    from napari.layers import Labels
+
+    (again,) = [lyr for lyr in viewer.open(str(pred.metadata["oeem_slide_prediction"]), plugin="oeem-napari")
+                if isinstance(lyr, Labels)]
+    assert again.data.shape == (384, 512)
+    # a rectangle drawn on the regions layer (its data are level-0 pixels) becomes a training image
+    shapes = viewer.layers[_layers.SLIDE_REGIONS]
+    shapes.add_rectangles(np.array([[100, 200], [500, 700]]))
+    widget.region_label_combo.setCurrentText("non-gland")
+    (name,) = widget.add_drawn_regions()
+    assert name == "scan_x200_y100" and store.shape(name) == (200, 250)
+    assert (store.read(name, "patch_labels") == [1, 0]).all()
+    assert len(shapes.data) == 0 and widget.image_combo.findText(name) >= 0
