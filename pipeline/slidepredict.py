@@ -292,7 +292,11 @@ def predict_slide(store: ProjectStore, slide_path: str | Path, cfg: SlideConfig,
             if client is not None:
                 client.close()
     complete = bool((done | ~wanted).all())
-    levels = build_pyramid(out, job.project_mpp) if complete else 1
+    try:
+        levels = build_pyramid(out, job.project_mpp) if complete else 1
+    except OSError as exc:
+        raise OEEMError(f"{out}: the pyramid levels could not be written ({exc.strerror or exc}); every block is "
+                        "kept - free some space and run the same command again to finish") from None
     _write_done(out, done, fingerprint, complete)
     seconds = time.perf_counter() - t0
     record = {"slide": slide.info.as_dict(), "output": str(out), "size": [job.height, job.width],

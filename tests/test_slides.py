@@ -238,3 +238,55 @@ def test_slide_regions_become_training_images_with_patch_labels(project_copy, sl
                                                           [300, 300]]]}}]}
     (roi,) = regions_from_geojson(rois, None)
     assert (roi.x, roi.y, roi.w, roi.h, roi.label) == (300, 300, 300, 200, "non-gland")
+
+
+def test_a_worker_killed_mid_run_loses_nothing(trained_project, slide_path, tmp_path):
+    """kill -9 one of two dask workers after the first finished task: its tasks run again elsewhere and the mask
+    is the one a single process makes."""
+    import os
+    import signal
+
+    distributed = pytest.importorskip("distributed")
+    store, _, _ = trained_project
+    cfg = SlideConfig(block=256, margin=32)
+    one = run(predict_slide(store, slide_path, cfg, FAST, out=tmp_path / "one.ome.zarr", device="cpu"))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        pids = list(client.run(os.getpid).values())
+        job = predict_slide(store, slide_path, cfg, FAST, out=tmp_path / "two.ome.zarr", device="cpu",
+                            scheduler=cluster.scheduler_address, tasks_per_worker=1)
+        next(job)  # the plan
+        next(job)  # one task finished
+        os.kill(pids[0], signal.SIGKILL)
+        two = run(job)
+    assert two["blocks"]["tissue"] == one["blocks"]["tissue"]
+    np.testing.assert_array_equal(_mask(one["output"]), _mask(two["output"]))
+
+
+def test_a_full_disk_while_streaming_is_one_line_and_resumable(trained_project, slide_path, tmp_path,
+                                                               monkeypatch):
+    import errno
+
+    from zarr.core.array import Array
+
+    store, _, _ = trained_project
+    cfg = SlideConfig(block=256, margin=32)
+    out = tmp_path / "full.ome.zarr"
+    real = Array.__setitem__
+    writes = {"n": 0}
+
+    def fills_up(self, key, value):
+        writes["n"] += 1
+        if writes["n"] > 4:  # two blocks (probability + mask each), then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, key, value)
+
+    monkeypatch.setattr(Array, "__setitem__", fills_up)
+    with pytest.raises(OEEMError, match="No space left on device.*resume"):
+        run(predict_slide(store, slide_path, cfg, FAST, out=out, device="cpu"))
+    monkeypatch.setattr(Array, "__setitem__", real)
+    assert read_done(out, (6, 8)).sum() == 2
+    rec = run(predict_slide(store, slide_path, cfg, FAST, out=out, device="cpu"))
+    assert rec["blocks"]["resumed"] == 2
+    fresh = run(predict_slide(store, slide_path, cfg, FAST, out=tmp_path / "fresh.ome.zarr", device="cpu"))
+    np.testing.assert_array_equal(_mask(out), _mask(fresh["output"]))
