@@ -109,6 +109,28 @@ def test_mismatched_classifier_is_refused_naming_both(cpu_project):
         wide.backbone = BackboneConfig(**SMALL, output_stride=16)
 
 
+def test_plain_unet_encoder_keeps_full_resolution_and_refuses_classifier_weights(cpu_project):
+    """The plain U-Net encoder (the strongest network measured on GlaS, benchmarks/ablation.py) has a stage at
+    the input's resolution, gives logits at the input size, and cannot start from the ResNet classifier."""
+    from dataclasses import replace
+
+    from pipeline.models import PlainEncoder
+    from pipeline.segment import build_segmenter, init_from_classifier
+
+    store, cfg, _ = cpu_project
+    plain = replace(cfg.segmentation, backbone=BackboneConfig(name="unet", widths=(8, 16, 32, 64)),
+                    head_channels=16)
+    model = build_segmenter(plain).eval()
+    assert isinstance(model.backbone, PlainEncoder)
+    feats = model.backbone(torch.zeros(1, 3, 96, 128))
+    assert [f.shape[-1] for f in feats] == [128, 64, 32, 16]  # stride 1, 2, 4, 8
+    assert len(model.decoders) == 3 and model(torch.zeros(2, 3, 96, 128)).shape == (2, 2, 96, 128)
+    with pytest.raises(OEEMError, match="does not fit the segmentation backbone \\(unet"):
+        init_from_classifier(model, store, plain)
+    with pytest.raises(OEEMError, match="at least three widths"):
+        build_segmenter(replace(plain, backbone=BackboneConfig(name="unet", widths=(8, 16))))
+
+
 def test_input_normalisation_follows_the_model_settings():
     """A model trained on GlaS-normalised input must be fed GlaS-normalised input at prediction."""
     from pipeline.config import SegConfig

@@ -70,6 +70,20 @@ def test_pixel_size_from_ome_xml_from_the_user_or_refused(tmp_path):
         open_slide(plain, mpp=0)
 
 
+def test_an_aperio_svs_gives_its_pixel_size_and_pixels(tmp_path):
+    image, _ = synth_tissue(512, 768, seed=2)
+    head = "Aperio Image Library v12.0.15\r\n768x512 [0,0 768x512] (256x256) JPEG/RGB Q=70|AppMag = 20"
+    path = tmp_path / "scan.svs"
+    with tifffile.TiffWriter(path) as tw:
+        tw.write(image, tile=(256, 256), photometric="rgb", compression="zlib",
+                 description=f"{head}|MPP = 0.5021|Filename = scan")
+        tw.write(image[::8, ::8], photometric="rgb", description=f"{head}|MPP = 0.5021")  # the thumbnail
+    with open_slide(path) as slide:
+        assert slide.info.vendor == "aperio"
+        assert slide.info.mpp == pytest.approx(0.5021) and slide.info.mpp_source == "file"
+        np.testing.assert_array_equal(slide.read(0, 10, 20, 30, 40), image[10:40, 20:60])
+
+
 def test_files_that_are_not_slides_give_one_line(tmp_path, slide_path):
     (tmp_path / "text.tif").write_text("hello")
     with pytest.raises(OEEMError, match="not a slide this tool can read"):
