@@ -629,7 +629,7 @@ class OEEMWidget(QWidget):
             cfg = self._config()
             with project_writer(self.store.path, "napari: add slide regions"):
                 names = add_slide_regions(self.store, slide.metadata["oeem_slide"], regions, cfg.patches,
-                                          cfg.slide.project_mpp, self._slide_mpp())
+                                          cfg.slide.project_mpp, self._slide_mpp(), reader=cfg.slide.reader)
         except OEEMError as exc:
             show_error(str(exc))
             return []

@@ -343,9 +343,10 @@ def cmd_regions(args) -> None:
 def cmd_slide_info(args) -> None:
     from pipeline.slide import open_slide, tissue_mask
 
-    with open_slide(args.slide, args.mpp) as slide:
+    with open_slide(args.slide, args.mpp, args.reader) as slide:
         info = slide.info
-        print(f"{info.path}: {info.width} x {info.height} px, {len(info.level_dimensions)} level(s)")
+        print(f"{info.path}: {info.width} x {info.height} px, {len(info.level_dimensions)} level(s) "
+              f"(read with {slide.backend}{', ' + info.vendor if info.vendor else ''})")
         for k, ((w, h), d) in enumerate(zip(info.level_dimensions, info.level_downsamples)):
             print(f"  level {k}: {w} x {h} px (downsample {d:g})")
         mpp = f"{info.mpp:.4g} µm/px ({info.mpp_source})" if info.mpp else "unknown: give it with --mpp"
@@ -384,7 +385,7 @@ def cmd_add_regions(args) -> None:
     if not regions:
         raise OEEMError("no regions: give --box X,Y,W,H (level-0 pixels) or --geojson ROIS.geojson")
     names = add_slide_regions(store, args.slide, regions, cfg.patches, cfg.slide.project_mpp, args.mpp,
-                              args.split)
+                              args.split, cfg.slide.reader)
     for n in names:
         print(f"added {n}")
     print(f"next: `oeem run {store.path}` trains on them with the other images")
@@ -529,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
             project=False)
     p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
     p.add_argument("--mpp", type=float, default=None, help="microns per pixel, when the file does not say")
+    p.add_argument("--reader", choices=("auto", "tiffslide", "openslide"), default="auto",
+                   help="auto: tiffslide, OpenSlide (when installed) for what it cannot read")
     p = add("predict-slide", cmd_predict_slide, "predict a whole slide block by block into an OME-Zarr pyramid "
             "beside the project (bounded memory, resumable, optionally on a dask cluster)")
     common(p)

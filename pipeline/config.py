@@ -147,6 +147,7 @@ class SlideConfig:
     block: int = 1024  # px at the project's resolution: one unit of work, one zarr chunk, resumable on its own
     margin: int = 96  # px of context read around each block so neighbouring blocks agree at their seam
     min_tissue: float = 0.01  # a block with less tissue than this fraction (on the overview) is skipped as glass
+    reader: str = "auto"  # auto (tiffslide; OpenSlide for what it cannot read, when installed), tiffslide, openslide
 
 
 @dataclass
@@ -260,6 +261,8 @@ def check(cfg: PipelineConfig) -> PipelineConfig:
             or not (0 <= sl.min_tissue < 1):
         raise OEEMError("slide settings: project_mpp between 0.01 and 100 µm/px, block >= 64 px, "
                         "0 <= margin < block, 0 <= min_tissue < 1")
+    if sl.reader not in ("auto", "tiffslide", "openslide"):
+        raise OEEMError(f"slide.reader must be auto, tiffslide or openslide, not {sl.reader!r}")
     rk = cfg.ranking
     if rk.folds < 2 or rk.trees < 1 or rk.samples_per_image < 10 or not 0 < rk.feature_scale <= 1:
         raise OEEMError("ranking needs folds >= 2, trees >= 1, samples_per_image >= 10 and 0 < feature_scale <= 1")

@@ -64,10 +64,42 @@ def _check_complete(path: Path, tif) -> None:
                             f"{size} bytes); copy the slide again")
 
 
-class Slide:
-    """A whole-slide image opened lazily. ``levels[k]`` is a zarr array (H, W, 3) of pyramid level ``k``."""
+BACKENDS = ("auto", "tiffslide", "openslide")
 
-    def __init__(self, path: str | Path, mpp: float | None = None):
+
+class _OpenSlideLevel:
+    """One OpenSlide level as an array (H, W, 3) uint8 that reads only the region sliced - what dask and
+    :meth:`Slide.read` need from a level."""
+
+    ndim = 3
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, osr, level: int):
+        self._osr, self._level = osr, level
+        w, h = osr.level_dimensions[level]
+        self.shape = (h, w, 3)
+        self._down = osr.level_downsamples[level]
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        ys, xs = (list(key) + [slice(None), slice(None)])[:2]
+        y0, y1, _ = ys.indices(self.shape[0])
+        x0, x1, _ = xs.indices(self.shape[1])
+        if y1 <= y0 or x1 <= x0:
+            return np.zeros((max(0, y1 - y0), max(0, x1 - x0), 3), np.uint8)
+        region = self._osr.read_region((int(x0 * self._down), int(y0 * self._down)), self._level,
+                                       (x1 - x0, y1 - y0))
+        rgba = np.asarray(region)
+        out = rgba[..., :3].copy()
+        out[rgba[..., 3] == 0] = GLASS  # OpenSlide gives transparent pixels outside scanned areas
+        return out[(slice(None), slice(None), *key[2:])] if len(key) > 2 else out
+
+
+class Slide:
+    """A whole-slide image opened lazily. ``levels[k]`` is an array (H, W, 3) of pyramid level ``k`` (zarr with
+    tiffslide, a region reader with OpenSlide) from which only what is sliced is read."""
+
+    def __init__(self, path: str | Path, mpp: float | None = None, backend: str = "auto"):
         path = Path(path)
         if not path.exists():
             raise OEEMError(f"{path}: no such file")
@@ -76,9 +108,14 @@ class Slide:
                             "OME-TIFF)")
         if mpp is not None and not (0.01 <= mpp <= 100):
             raise OEEMError(f"--mpp {mpp}: microns per pixel are between 0.01 and 100 (0.25 at 40x, 0.5 at 20x)")
-        import tiffslide
-
+        if backend not in BACKENDS:
+            raise OEEMError(f"unknown slide reader {backend!r}: choose {', '.join(BACKENDS)}")
+        self.backend = "tiffslide"
         try:
+            if backend == "openslide":
+                raise _UseOpenSlide
+            import tiffslide
+
             self._slide = tiffslide.TiffSlide(str(path))
             _check_complete(path, self._slide.ts_tifffile)
             group = self._slide.zarr_group
@@ -87,8 +124,7 @@ class Slide:
         except OEEMError:
             raise
         except Exception as exc:  # noqa: BLE001 - tifffile/tiffslide raise many kinds for a bad file
-            raise OEEMError(f"{path}: not a slide this tool can read ({type(exc).__name__}: {exc}); "
-                            "give an SVS, NDPI, pyramidal TIFF or OME-TIFF file") from None
+            arrays = self._open_with_openslide(path, exc, asked=backend == "openslide")
         self.path = path
         notes: list[str] = []
         self.levels = []
@@ -98,8 +134,10 @@ class Slide:
                                 "(brightfield H&E) slides are supported")
             self.levels.append(a)
         props = self._slide.properties
-        file_mpp = props.get("tiffslide.mpp-x") or _ome_mpp(self._slide.ts_tifffile)
-        source = "file" if props.get("tiffslide.mpp-x") else ("OME-XML" if file_mpp else "unknown")
+        prefix = self.backend  # "tiffslide.mpp-x" / "openslide.mpp-x"
+        own = props.get(f"{prefix}.mpp-x")
+        file_mpp = float(own) if own else (_ome_mpp(self._slide.ts_tifffile) if self.backend == "tiffslide" else None)
+        source = "file" if own else ("OME-XML" if file_mpp else "unknown")
         if mpp is not None:
             if file_mpp and abs(file_mpp - mpp) / file_mpp > 0.05:
                 notes.append(f"--mpp {mpp} overrides the file's {float(file_mpp):.4g} µm/px")
@@ -110,7 +148,27 @@ class Slide:
         dims = [(int(w), int(h)) for w, h in self._slide.level_dimensions]
         self.info = SlideInfo(str(path), dims[0][0], dims[0][1], dims, [float(d) for d in
                               self._slide.level_downsamples], float(file_mpp) if file_mpp else None, source,
-                              props.get("tiffslide.vendor"), notes)
+                              props.get(f"{prefix}.vendor"), notes)
+
+    def _open_with_openslide(self, path: Path, first: BaseException, asked: bool) -> list:
+        """OpenSlide (``pip install 'oeem-napari[openslide]'``) for what tiffslide cannot read (NDPI fully,
+        MIRAX, Hamamatsu VMS, ...), or when asked for with ``backend="openslide"``."""
+        try:
+            import openslide
+        except ImportError:
+            hint = ("install OpenSlide with pip install 'oeem-napari[openslide]'" if asked else
+                    "give an SVS, NDPI, pyramidal TIFF or OME-TIFF file, or install OpenSlide for other formats "
+                    "(pip install 'oeem-napari[openslide]')")
+            reason = "" if asked else f" ({type(first).__name__}: {first})"
+            raise OEEMError(f"{path}: not a slide this tool can read{reason}; {hint}") from None
+        try:
+            self._slide = openslide.OpenSlide(str(path))
+        except Exception as exc:  # noqa: BLE001 - OpenSlideError, OpenSlideUnsupportedFormatError, OSError
+            reason = exc if asked else first
+            raise OEEMError(f"{path}: not a slide this tool can read ({type(reason).__name__}: {reason}); give an "
+                            "SVS, NDPI, pyramidal TIFF or OME-TIFF file") from None
+        self.backend = "openslide"
+        return [_OpenSlideLevel(self._slide, k) for k in range(self._slide.level_count)]
 
     # ------------------------------------------------------------------ lazy access
     def require_mpp(self) -> float:
@@ -124,7 +182,8 @@ class Slide:
         lazily coarsened ones so a zoomed-out view never holds the full image."""
         import dask.array as da
 
-        out = [da.from_zarr(a)[..., :3] for a in self.levels]
+        out = [(da.from_zarr(a) if self.backend == "tiffslide" else da.from_array(a, chunks=(512, 512, 3)))[..., :3]
+               for a in self.levels]
         while len(self.levels) == 1 and max(out[-1].shape[:2]) > 2 * min_side:
             out.append(da.coarsen(np.mean, out[-1], {0: 2, 1: 2}, trim_excess=True).astype(np.uint8))
         return out
@@ -194,8 +253,12 @@ class Slide:
         self.close()
 
 
-def open_slide(path: str | Path, mpp: float | None = None) -> Slide:
-    return Slide(path, mpp)
+class _UseOpenSlide(Exception):
+    """Internal: go straight to OpenSlide."""
+
+
+def open_slide(path: str | Path, mpp: float | None = None, backend: str = "auto") -> Slide:
+    return Slide(path, mpp, backend)
 
 
 def is_slide_file(path: str | Path) -> bool:

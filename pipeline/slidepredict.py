@@ -47,6 +47,7 @@ class SlideJob:
     block: int
     margin: int
     infer: dict
+    reader: str = "auto"
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -81,7 +82,7 @@ def write_blocks(job: SlideJob, model, seg_cfg, blocks: list[tuple[int, int]], d
 
     infer_cfg = InferConfig(**{**job.infer, "scales": tuple(job.infer["scales"])})
     own = slide is None
-    slide = slide or open_slide(job.slide, job.slide_mpp)
+    slide = slide or open_slide(job.slide, job.slide_mpp, job.reader)
     try:
         root = zarr.open_group(job.out, mode="r+")
         prob_arr, mask_arr = root["0"], root["labels/prediction/0"]
@@ -211,7 +212,8 @@ def plan(slide: Slide, cfg: SlideConfig, infer_cfg: InferConfig, out: Path) -> t
     scale = mpp / cfg.project_mpp  # output px per level-0 px
     height, width = max(1, round(slide.info.height * scale)), max(1, round(slide.info.width * scale))
     infer = asdict(replace(infer_cfg, blend="gaussian"))
-    job = SlideJob(str(slide.path), mpp, cfg.project_mpp, str(out), height, width, cfg.block, cfg.margin, infer)
+    job = SlideJob(str(slide.path), mpp, cfg.project_mpp, str(out), height, width, cfg.block, cfg.margin, infer,
+                   slide.backend)
     thumb, factor = slide.thumbnail(2048)
     tissue = tissue_mask(thumb)
     ny, nx = job.grid
@@ -247,7 +249,7 @@ def predict_slide(store: ProjectStore, slide_path: str | Path, cfg: SlideConfig,
         from pipeline.cluster import connect
 
         client = connect(scheduler)
-    with open_slide(slide_path, mpp) as slide:
+    with open_slide(slide_path, mpp, cfg.reader) as slide:
         job, wanted, tissue_fraction = plan(slide, cfg, infer_cfg, out)
         fingerprint = _fingerprint(job, checkpoint)
         notice = ""

@@ -80,10 +80,11 @@ def regions_from_geojson(obj: Any, default_label: str | None, source: str = "Geo
 
 
 def add_slide_regions(store, slide_path: str | Path, regions: list[SlideRegion], patch_cfg: PatchConfig,
-                      project_mpp: float, mpp: float | None = None, split: str = "train") -> list[str]:
+                      project_mpp: float, mpp: float | None = None, split: str = "train",
+                      reader: str = "auto") -> list[str]:
     """Cut ``regions`` from the slide into the project as images with patch labels; all are checked before any
     is written. Returns the new image names (``SLIDE_xX_yY``)."""
-    with open_slide(slide_path, mpp) as slide:
+    with open_slide(slide_path, mpp, reader) as slide:
         slide_mpp = slide.require_mpp()
         s = slide_mpp / project_mpp  # project px per level-0 px
         stem = Path(slide_path).name.split(".")[0]

@@ -84,6 +84,17 @@ def test_an_aperio_svs_gives_its_pixel_size_and_pixels(tmp_path):
         np.testing.assert_array_equal(slide.read(0, 10, 20, 30, 40), image[10:40, 20:60])
 
 
+def test_openslide_reads_the_same_pixels_when_installed(slide_path):
+    pytest.importorskip("openslide")
+    with open_slide(slide_path) as a, open_slide(slide_path, backend="openslide") as b:
+        assert (a.backend, b.backend) == ("tiffslide", "openslide")
+        assert b.info.mpp == pytest.approx(0.62)
+        np.testing.assert_array_equal(a.read(0, 100, 200, 64, 96), b.read(0, 100, 200, 64, 96))
+        np.testing.assert_array_equal(np.asarray(a.pyramid()[0][:300, :200]), np.asarray(b.pyramid()[0][:300, :200]))
+    with pytest.raises(OEEMError, match="unknown slide reader"):
+        open_slide(slide_path, backend="bioformats")
+
+
 def test_files_that_are_not_slides_give_one_line(tmp_path, slide_path):
     (tmp_path / "text.tif").write_text("hello")
     with pytest.raises(OEEMError, match="not a slide this tool can read"):
