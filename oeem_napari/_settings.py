@@ -21,7 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "segmentation.label_source": ("pseudo", "corrected", "mask"), "cam.mode": ("image", "patch"),
     "cam.pseudo_from": ("patches", "stitched"), "classifier.backbone.name": BACKBONES[:2],
     "ranking.calibrator": CALIBRATORS,
-    "segmentation.backbone.name": BACKBONES}
+    "segmentation.backbone.name": BACKBONES, "slide.reader": ("auto", "tiffslide", "openslide")}
 
 
 def _flat(obj: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
