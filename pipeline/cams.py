@@ -23,7 +23,8 @@ from pipeline.errors import OEEMError
 from pipeline.metrics import confusion, from_confusion
 from pipeline.models import PatchClassifier
 from pipeline.patches import grid_starts
-from pipeline.progress import Job, Progress, resolve_device, to_tensor_image
+from pipeline.progress import (Job, Progress, autocast, channels_last, precision_name, resolve_device,
+                               resolve_precision, to_tensor_image)
 from pipeline.store import ProjectStore
 
 STAGE = "cams"
@@ -34,9 +35,15 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
                                                                       align_corners=False)
 
 
+def _cam(model: PatchClassifier, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """The classifier's CAM of a batch, under autocast to ``dtype`` when given, returned as fp32."""
+    with autocast(x.device, dtype):
+        return model.cam(channels_last(x)).float()
+
+
 @torch.no_grad()
 def image_cam(model: PatchClassifier, image: np.ndarray, scales: Iterable[float], zoom: float,
-              device: torch.device) -> np.ndarray:
+              device: torch.device, dtype: torch.dtype | None = None) -> np.ndarray:
     """Whole-image CAM (2, H, W): the mean over scales of the classifier run fully convolutionally."""
     h, w = image.shape[:2]
     x = to_tensor_image(image, GLAS_MEAN, GLAS_STD, device)
@@ -44,13 +51,14 @@ def image_cam(model: PatchClassifier, image: np.ndarray, scales: Iterable[float]
     scales = list(scales)
     for s in scales:
         size = (max(8, round(h * s * zoom)), max(8, round(w * s * zoom)))
-        acc += _resize(model.cam(_resize(x, size)), (h, w))
+        acc += _resize(_cam(model, _resize(x, size), dtype), (h, w))
     return (acc[0] / len(scales)).cpu().numpy()
 
 
 @torch.no_grad()
 def patch_cams(model: PatchClassifier, image: np.ndarray, corners: np.ndarray, patch: int, input_size: int,
-               scales: Iterable[float], batch_size: int, device: torch.device) -> np.ndarray:
+               scales: Iterable[float], batch_size: int, device: torch.device,
+               dtype: torch.dtype | None = None) -> np.ndarray:
     """Reference-style CAM of each patch, (N, 2, patch, patch): per scale the patch is resized, cut into
     ``patch``-px crops (stride patch/2, edge flush), each crop fed at ``input_size``, crop CAMs averaged."""
     x = to_tensor_image(image, GLAS_MEAN, GLAS_STD, device)
@@ -72,7 +80,7 @@ def patch_cams(model: PatchClassifier, image: np.ndarray, corners: np.ndarray, p
             cams = []
             for b in range(0, len(crop), batch_size):
                 inp = _resize(crop[b:b + batch_size], (input_size, input_size))
-                cams.append(_resize(model.cam(inp), (patch, patch)))
+                cams.append(_resize(_cam(model, inp, dtype), (patch, patch)))
             acc[:, :, cy:cy + patch, cx:cx + patch] += torch.cat(cams)
         out += _resize(acc / cnt, (patch, patch))
     return (out / len(scales)).cpu().numpy()
@@ -120,12 +128,13 @@ def cam_and_pseudo(model: PatchClassifier, image: np.ndarray, corners: np.ndarra
     size = patch_cfg.size
     shape = image.shape[:2]
     bias = np.array([0.0, cam_cfg.gland_bias], np.float32)[None, :, None, None]
+    dtype = resolve_precision(cam_cfg.precision, torch.device(device))
     if cam_cfg.mode == "image":
-        cam = image_cam(model, image, cam_cfg.scales, cls_cfg.input_size / size, device)
+        cam = image_cam(model, image, cam_cfg.scales, cls_cfg.input_size / size, device, dtype)
         pcam = np.stack([cam[:, y:y + size, x:x + size] for y, x in corners])
     elif cam_cfg.mode == "patch":
         pcam = patch_cams(model, image, corners, size, cls_cfg.input_size, cam_cfg.scales, cam_cfg.batch_size,
-                          device)
+                          device, dtype)
         cam = stitch_mean(pcam, corners, shape)
     else:
         raise OEEMError(f"unknown CAM mode {cam_cfg.mode!r}: choose image or patch")
@@ -186,7 +195,8 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
     store.root.attrs["pseudo_round"] = 0
     seconds = time.perf_counter() - t0
     record: dict = {"config": asdict(cam_cfg), "images": len(names), "seconds": seconds, "reused_cams": reuse,
-                    "seconds_per_image": seconds / len(names), "device": str(dev)}
+                    "seconds_per_image": seconds / len(names), "device": str(dev),
+                    "precision": precision_name(resolve_precision(cam_cfg.precision, dev))}
     cm_cam, cm_pseudo = cms["train"]
     if cm_cam.sum():  # the paper's Table 2 figures: CAM and pseudo-mask against the training masks
         record["cam"] = from_confusion(cm_cam)

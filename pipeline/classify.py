@@ -17,7 +17,8 @@ from pipeline.distributed import setup as setup_distributed
 from pipeline.errors import OEEMError
 from pipeline.models import PatchClassifier, build_backbone, load_model_state, resume_training, safe_torch_load
 from pipeline.patches import patch_grid, patch_labels
-from pipeline.progress import Job, Progress, poly_lr, resolve_device, set_threads
+from pipeline.progress import (Job, Progress, autocast, channels_last, poly_lr, precision_name, resolve_device,
+                               resolve_precision, set_threads)
 from pipeline.store import ProjectStore, atomic_write_bytes
 
 log = logging.getLogger("oeem")
@@ -101,7 +102,7 @@ def load_classifier(store: ProjectStore, device: str | torch.device = "cpu") -> 
     cfg = from_dict(ClassifierConfig, ck["config"])
     model = build_classifier(cfg)
     load_model_state(model, ck["model"], path)
-    return model.to(device).eval(), cfg
+    return model.to(device, memory_format=torch.channels_last).eval(), cfg
 
 
 def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: PatchConfig, device: str = "auto",
@@ -121,7 +122,8 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     patches, labels = patch_dataset(store, patch_cfg.size)
-    model = build_classifier(cfg).to(dev)
+    model = build_classifier(cfg).to(dev, memory_format=torch.channels_last)
+    amp = resolve_precision(cfg.precision, dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     start_epoch = 0
     ck_path = store.checkpoint_path(STAGE)
@@ -158,7 +160,9 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
                 x, y = x[dist.rank::dist.world_size], y[dist.rank::dist.world_size]
             for g in opt.param_groups:
                 g["lr"] = poly_lr(cfg.lr, step, total, cfg.poly_power)
-            loss = F.binary_cross_entropy_with_logits(net(x), y)
+            with autocast(dev, amp):
+                logits = net(channels_last(x))
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
             value = dist.all_reduce_mean(loss.item())  # the global batch's loss, the same on every rank
             if not np.isfinite(value):
                 raise OEEMError(f"the classifier loss became {value} at epoch {epoch + 1}; the last good "
@@ -179,7 +183,8 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     record = {"config": asdict(cfg), "patches": asdict(patch_cfg), "device": str(dev), "n_patches": n,
               "run_id": uuid.uuid4().hex,  # lets the CAM stage tell whether its CAMs came from this model
               "epochs_run": cfg.epochs - start_epoch, "seconds": elapsed, "final_loss": loss_ema,
-              "patches_per_s": seen / elapsed if elapsed > 0 else None, "world_size": dist.world_size}
+              "patches_per_s": seen / elapsed if elapsed > 0 else None, "world_size": dist.world_size,
+              "precision": precision_name(amp)}
     if dist.is_main:
         store.save_run(STAGE, record)
     return record

@@ -56,6 +56,7 @@ class ClassifierConfig:
     crop_scale: tuple[float, float] = (0.7, 1.0)
     seed: int = 0
     threads: int = 0  # 0: torch's default
+    precision: str = "auto"  # auto (bf16 where the hardware does it natively), fp32 or bf16: see progress.py
 
 
 @dataclass
@@ -69,11 +70,13 @@ class CamConfig:
     # Added to the gland CAM before the argmax: the two classes' CAMs are not on one scale, and the classifier
     # under-calls gland in mixed patches; the cpu preset's value was chosen on GlaS's validation split.
     gland_bias: float = 0.0
+    precision: str = "auto"  # auto (bf16 where the hardware does it natively), fp32 or bf16
 
 
 NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "glas": (GLAS_MEAN, GLAS_STD)}
 DECODERS = ("psp", "unet")
 CALIBRATORS = ("boosting", "logistic")
+PRECISIONS = ("auto", "fp32", "bf16")  # pipeline.progress.resolve_precision decides what auto means
 
 
 @dataclass
@@ -112,6 +115,7 @@ class SegConfig:
     label_source: str = "pseudo"  # "pseudo" (weak), "corrected" (pseudo + pathologist edits) or "mask" (full)
     seed: int = 0
     threads: int = 0
+    precision: str = "auto"  # auto (bf16 where the hardware does it natively), fp32 or bf16: see progress.py
 
 
 @dataclass
@@ -122,6 +126,7 @@ class InferConfig:
     stride: int = 256
     batch_size: int = 8
     blend: str = "mean"  # "mean" or "gaussian": centre-weighted windows (whole slides use it: no seams)
+    precision: str = "auto"  # auto (bf16 where the hardware does it natively), fp32 or bf16
 
 
 @dataclass
@@ -274,6 +279,10 @@ def check(cfg: PipelineConfig) -> PipelineConfig:
         raise OEEMError(f"selftrain.rounds must be between 0 and 5, not {cfg.selftrain.rounds}")
     if seg.warmup_ce_iters < 0:
         raise OEEMError(f"segmentation.warmup_ce_iters must be >= 0, not {cfg.segmentation.warmup_ce_iters}")
+    for section in ("classifier", "cam", "segmentation", "inference"):
+        precision = getattr(cfg, section).precision
+        if precision not in PRECISIONS:
+            raise OEEMError(f"{section}.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     for section in ("cam", "inference"):
         scales = getattr(cfg, section).scales
         if not scales or any(not s > 0 for s in scales):

@@ -14,7 +14,8 @@ from pipeline.errors import OEEMError
 from pipeline.losses import weight_map
 from pipeline.metrics import confusion, from_confusion
 from pipeline.patches import grid_starts
-from pipeline.progress import Job, Progress, resolve_device, to_tensor_image
+from pipeline.progress import (Job, Progress, autocast, channels_last, precision_name, resolve_device,
+                               resolve_precision, to_tensor_image)
 from pipeline.segment import load_segmenter, stage_name
 from pipeline.store import ProjectStore
 
@@ -51,9 +52,9 @@ def _window_weight(crop: int, blend: str, device) -> torch.Tensor:
 
 @torch.no_grad()
 def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: int,
-                   blend: str = "mean") -> torch.Tensor:
+                   blend: str = "mean", dtype: torch.dtype | None = None) -> torch.Tensor:
     """Logits (1, C, H, W) from overlapping windows, averaged (weighted by ``blend``) where they overlap;
-    windows run in batches."""
+    windows run in batches (under autocast to ``dtype`` when given; the blend is fp32)."""
     _, _, h, w = x.shape
     ph, pw = max(0, crop - h), max(0, crop - w)
     if ph or pw:
@@ -65,7 +66,9 @@ def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: i
     count = torch.zeros(1, 1, H, W, device=x.device)
     for b in range(0, len(boxes), batch_size):
         chunk = boxes[b:b + batch_size]
-        logits = model(torch.cat([x[:, :, y:y + crop, xx:xx + crop] for y, xx in chunk]))
+        with autocast(x.device, dtype):
+            logits = model(channels_last(torch.cat([x[:, :, y:y + crop, xx:xx + crop] for y, xx in chunk])))
+        logits = logits.float()
         if out is None:
             out = torch.zeros(1, logits.shape[1], H, W, device=x.device)
         for k, (y, xx) in enumerate(chunk):
@@ -82,6 +85,8 @@ def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.devi
     ``seg_cfg`` (the model's training settings) gives the input normalisation and the working resolution: each
     test scale is relative to it, and the logits are upsampled to the original size before the softmax."""
     seg_cfg = seg_cfg or SegConfig()
+    device = torch.device(device)
+    amp = resolve_precision(cfg.precision, device)
     check_memory(image.shape[:2], cfg, seg_cfg.working_scale)
     h, w = image.shape[:2]
     x = to_tensor_image(image, *NORMS[seg_cfg.input_norm], device)
@@ -95,7 +100,7 @@ def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.devi
                                                     antialias=s < 1)
         for flip in ((False, True) if cfg.flip else (False,)):
             inp = xs.flip(-1) if flip else xs
-            logits = sliding_logits(model, inp, cfg.crop_size, cfg.stride, cfg.batch_size, cfg.blend)
+            logits = sliding_logits(model, inp, cfg.crop_size, cfg.stride, cfg.batch_size, cfg.blend, amp)
             if flip:
                 logits = logits.flip(-1)
             prob = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)
@@ -130,7 +135,8 @@ def predict(store: ProjectStore, cfg: InferConfig, names: list[str] | None = Non
     labels_round = load_run_round(store, run_name)
     record = {"config": asdict(cfg), "model": stage_name(run_name), "labels_round": labels_round,
               "images": len(names), "seconds": seconds,
-              "seconds_per_image": seconds / max(1, len(names)), "device": str(dev)}
+              "seconds_per_image": seconds / max(1, len(names)), "device": str(dev),
+              "precision": precision_name(resolve_precision(cfg.precision, dev))}
     store.save_run("predict", record)
     return record
 

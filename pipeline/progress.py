@@ -6,12 +6,16 @@ its last checkpoint). :func:`run` drives one to the end for plain Python use.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
+from pipeline.config import PRECISIONS
 from pipeline.errors import OEEMError
 
 T = TypeVar("T")
@@ -54,6 +58,50 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name not in ("cpu",) and not name.startswith("cuda"):
         raise OEEMError(f"unknown device {name!r}: use auto, cpu or cuda")
     return torch.device(name)
+
+
+@functools.cache
+def _cpu_has_native_bf16() -> bool:
+    """True on x86 CPUs with AVX512-BF16 or AMX (Linux flags): there bf16 convolutions run about twice as fast as
+    fp32; elsewhere bf16 is emulated and slower, so ``auto`` keeps fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a stage, or None for plain fp32. ``auto`` uses bf16 where the hardware computes it
+    natively (a CUDA GPU that supports it, a CPU with AVX512-BF16/AMX); weights, optimiser and losses stay fp32."""
+    if name not in PRECISIONS:
+        raise OEEMError(f"unknown precision {name!r}: choose one of {', '.join(PRECISIONS)}")
+    if name == "fp32":
+        return None
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = device.type == "cpu" and _cpu_has_native_bf16()
+    if name == "auto":
+        return torch.bfloat16 if native else None
+    return torch.bfloat16
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return "fp32" if dtype is None else "bf16"
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Mixed precision for a forward pass (a no-op for fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def channels_last(x: torch.Tensor) -> torch.Tensor:
+    """Convolutions on CPUs (oneDNN) and GPUs run faster on NHWC tensors: ~25 % on 2 cores in fp32, more in bf16.
+    Models are moved once with ``model.to(memory_format=torch.channels_last)``; inputs pass through this."""
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def set_threads(n: int) -> None:

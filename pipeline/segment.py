@@ -20,7 +20,8 @@ from pipeline.errors import OEEMError
 from pipeline.losses import segmentation_loss
 from pipeline.models import PSPNet, UNet, build_backbone, load_model_state, resume_training, safe_torch_load
 from pipeline.patches import grid_starts
-from pipeline.progress import Job, Progress, poly_lr, resolve_device, set_threads
+from pipeline.progress import (Job, Progress, autocast, channels_last, poly_lr, precision_name, resolve_device,
+                               resolve_precision, set_threads)
 from pipeline.store import ProjectStore, atomic_write_bytes
 
 log = logging.getLogger("oeem")
@@ -150,7 +151,7 @@ def load_segmenter_file(path: Path, device: str | torch.device = "cpu") -> tuple
     cfg = from_dict(SegConfig, ck["config"])
     model = build_segmenter(cfg)
     load_model_state(model, ck["model"], path)
-    return model.to(device).eval(), cfg
+    return model.to(device, memory_format=torch.channels_last).eval(), cfg
 
 
 def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", run_name: str | None = None,
@@ -178,7 +179,8 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
                  len(padded), cfg.tile_size, cfg.working_scale)
     model = build_segmenter(cfg)
     initialised_from = init_from_classifier(model, store, cfg) if cfg.init_from_classifier else None
-    model = model.to(dev)
+    model = model.to(dev, memory_format=torch.channels_last)
+    amp = resolve_precision(cfg.precision, dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     stage = stage_name(run_name)
     ck_path = store.checkpoint_path(stage)
@@ -226,7 +228,9 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             for g in opt.param_groups:
                 g["lr"] = poly_lr(cfg.lr, it, cfg.iterations, cfg.poly_power, cfg.min_lr)
             net.train()
-            main, aux = net(x, with_aux=True)
+            with autocast(dev, amp):
+                main, aux = net(channels_last(x), with_aux=True)
+            main, aux = main.float(), aux.float()  # losses (and OEEM's weights) in fp32
             kw = dict(kind=kind, ignore_index=IGNORE, clean=clean if clean.any() else None,
                       ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
                       temperature=cfg.weight_temperature)
@@ -259,7 +263,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
               "clean_pixels_in_tiles": int(((codes >= 2) & (codes != IGNORE)).sum()),
               "seconds": elapsed, "it_per_s": (it - start) / elapsed if elapsed > 0 else None,
               "final_loss": loss_ema, "checkpoint": "last iteration (no model selection)",
-              "world_size": dist.world_size, "loss_history": loss_history}
+              "world_size": dist.world_size, "precision": precision_name(amp), "loss_history": loss_history}
     if dist.is_main:
         store.save_run(stage, record)
     return record
