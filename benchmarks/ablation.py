@@ -22,7 +22,7 @@ import torch
 
 from _common import RESULTS, glas_root, machine, print_table
 from _common import print_table as plain_table
-from pipeline.config import apply_overrides, preset, to_dict
+from pipeline.config import apply_overrides, parse_settings, preset, to_dict
 from pipeline.progress import run
 from pipeline.store import ProjectStore, atomic_write_json
 
@@ -48,7 +48,7 @@ def cmd_stage1(args) -> None:
     root = glas_root()
     cfg = preset("cpu")
     if args.set:
-        apply_overrides(cfg, parse_sets(args.set))
+        apply_overrides(cfg, parse_settings(args.set))
     t0 = time.perf_counter()
     store = create_project(root, PROJECT, overwrite=True, val_images=VAL_IMAGES, seed=0)
     labels = make_patch_labels(store, cfg.patches)
@@ -96,7 +96,7 @@ def cmd_stage2(args) -> None:
 
     store = ProjectStore.open(PROJECT)
     cfg = preset("cpu")
-    sets = parse_sets(args.set)
+    sets = parse_settings(args.set)
     apply_overrides(cfg, sets)
     cfg.segmentation.seed = args.seed
     rnd = pseudo_round(store) if cfg.segmentation.label_source != "mask" else 0
@@ -254,17 +254,6 @@ def cmd_bias(args) -> None:
     data = load_rows()
     data["gland_bias"] = {**out, "best_on_val": best}
     save_rows(data)
-
-
-def parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        try:
-            out[key] = json.loads(value)  # numbers, true/false, [lists]
-        except json.JSONDecodeError:
-            out[key] = value  # a plain word: ce, mask, unet...
-    return out
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import LOSS_KINDS, PRECISIONS, PRESETS
+from pipeline.config import LOSS_KINDS, PRECISIONS, PRESETS, parse_settings
 from pipeline.errors import OEEMError
 
 
@@ -111,23 +111,8 @@ def _config(args, store):
     if getattr(args, "fast", False):
         over["inference.scales"] = (1.0,)
         over["inference.flip"] = False
-    over.update(_settings(getattr(args, "set", None) or []))
+    over.update(parse_settings(getattr(args, "set", None) or []))
     return project_config(store, getattr(args, "preset", None), over, save=_is_main())
-
-
-def _settings(items: list[str]) -> dict[str, Any]:
-    """``--set KEY=VALUE`` pairs: any setting of the configuration by its dotted name, the value as JSON when it
-    parses (numbers, true/false, [lists]) and as a plain string otherwise."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise OEEMError(f"--set expects KEY=VALUE (e.g. segmentation.working_scale=0.5), not {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
 
 
 def _print(obj) -> None:

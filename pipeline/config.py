@@ -7,6 +7,7 @@ for tests and the embedded sample data.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -288,6 +289,21 @@ def check(cfg: PipelineConfig) -> PipelineConfig:
         if not scales or any(not s > 0 for s in scales):
             raise OEEMError(f"{section}.scales must be positive numbers, not {scales}")
     return cfg
+
+
+def parse_settings(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs: any setting of the configuration by its dotted name, the value as JSON when it
+    parses (numbers, true/false, [lists]) and as a plain string otherwise."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise OEEMError(f"--set expects KEY=VALUE (e.g. segmentation.working_scale=0.5), not {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
