@@ -200,12 +200,17 @@ def cmd_report(args) -> None:
     print("\nStage 2 (mIoU; round = self-training round of the labels; train = prediction vs the train masks, "
           "pseudo = the labels it learned from)\n")
     print_table(table, ("run", "round", "validation", "testA", "train", "pseudo (train)", "min", "seeds"))
-    speed = data.get("scales")
-    if speed:
+    for speed in scale_tables(data).values():
         print(f"\nTest-time scales ({speed['model']}; + flip)\n")
         print_table([(",".join(f"{x:g}" for x in r["scales"]), f"{r['val']:.2f}", f"{r['test']:.2f}",
                       f"{r['s_per_image']:.2f}") for r in speed["rows"]],
                     ("scales", "validation", "testA", "s / image"))
+
+
+def scale_tables(data: dict) -> dict:
+    """The test-time scale tables by model (the first results file held one table for one model)."""
+    tables = data.get("scales") or {}
+    return {tables["model"]: tables} if "model" in tables else tables
 
 
 def cmd_scales(args) -> None:
@@ -224,7 +229,7 @@ def cmd_scales(args) -> None:
                             "s_per_image": s_img})
         print(f"{text}: val {sc['val']['mIoU']:.2f} testA {sc['test']['mIoU']:.2f} {s_img:.2f} s/image", flush=True)
     data = load_rows()
-    data["scales"] = out
+    data["scales"] = {**scale_tables(data), args.run: out}
     save_rows(data)
 
 

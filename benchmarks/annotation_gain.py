@@ -155,6 +155,7 @@ def cmd_gain(args) -> None:
     if load_ranking(store) is None:
         raise SystemExit("no ranking in the project: run `annotation_gain.py rank` first")
     cfg = preset("cpu")
+    cfg.inference.precision = "fp32"  # as the fp32 baselines and the first rows were scored
     train_px = sum(int(np.prod(store.shape(n))) for n in store.names("train"))
     data = load()
     for budget in args.budgets:
@@ -176,6 +177,8 @@ def cmd_gain(args) -> None:
                 px, wrong = wrong_inside(store, masks)
                 seg = from_dict(SegConfig, base_cfg)
                 seg.seed, seg.label_source = seed, "corrected"
+                # a baseline saved before the precision setting existed was trained in fp32
+                seg.precision = base_cfg.get("precision", "fp32")
                 t0 = time.perf_counter()
                 run(train_segmenter(store, seg, "cpu", run_name=name, on_mismatch="restart"))
                 train_s = time.perf_counter() - t0

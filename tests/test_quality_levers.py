@@ -14,15 +14,14 @@ SMALL = dict(widths=(8, 16, 24, 32), blocks=(1, 1, 1, 1))
 
 
 def tiny_cpu_config():
-    """The cpu preset's structure (U-Net at half resolution from the classifier, one self-training round) at
-    test size."""
+    """The cpu preset's structure (plain U-Net at half resolution, one self-training round) at test size."""
     cfg = preset("cpu")
     cfg.classifier.backbone = BackboneConfig(**SMALL)
     cfg.classifier.epochs = 2
     cfg.classifier.batch_size = 16
     cfg.cam.scales = (1.0,)
     seg = cfg.segmentation
-    seg.backbone = BackboneConfig(**SMALL, output_stride=16)
+    seg.backbone = BackboneConfig(name="unet", widths=(8, 16, 24, 32))
     seg.head_channels, seg.iterations, seg.batch_size, seg.checkpoint_every = 16, 40, 4, 20
     seg.tile_size, seg.tile_stride, seg.crop_size = 96, 64, 96
     cfg.classifier.threads = seg.threads = 2
@@ -31,8 +30,8 @@ def tiny_cpu_config():
 
 @pytest.fixture(scope="module")
 def cpu_project(tmp_path_factory):
-    """The sample data through `run_all` with the cpu preset's structure: validation split, U-Net from the
-    classifier, one self-training round."""
+    """The sample data through `run_all` with the cpu preset's structure: validation split, plain U-Net, one
+    self-training round."""
     from pipeline.project import create_project, run_all
 
     store = create_project("sample", tmp_path_factory.mktemp("cpu") / "p.oeem.zarr", val_images=2)
@@ -63,10 +62,11 @@ def test_cpu_preset_end_to_end_with_validation_and_self_training(cpu_project):
     assert store.load_run("patches")["summary"]["val_images"] == 2
     assert report["evaluation-val"]["images"] == 2 and report["evaluation-test"]["images"] == 4
     assert "val" in report["cams"] and 0 < report["cams"]["val"]["pseudo"]["mIoU"] <= 100
-    # one self-training round, and the final model trained on its labels, from the classifier's backbone
+    # one self-training round, and the final model trained on its labels, from random init
     assert pseudo_round(store) == 1 and "selftrain-round-1" in report
     seg = store.load_run("segmentation")
-    assert seg["labels_round"] == 1 and seg["initialised_from"].endswith("classifier.pt")
+    assert seg["labels_round"] == 1 and seg["initialised_from"] is None
+    assert seg["precision"] in ("fp32", "bf16") and seg["config"]["backbone"]["name"] == "unet"
     assert store.load_run("predict")["images"] == len(store.names())
     for n in store.names():
         assert store.read(n, "prediction").shape == store.shape(n)  # scored at the original size
@@ -83,11 +83,15 @@ def test_run_all_again_does_nothing_new(cpu_project):
 
 
 def test_encoder_starts_from_the_classifier_weights(cpu_project):
+    """Selectable (segmentation.init_from_classifier): a ResNet encoder of the classifier's widths starts from it."""
+    from dataclasses import replace
+
     from pipeline.segment import build_segmenter, init_from_classifier
 
     store, cfg, _ = cpu_project
-    model = build_segmenter(cfg.segmentation)
-    init_from_classifier(model, store, cfg.segmentation)
+    resnet = replace(cfg.segmentation, backbone=BackboneConfig(**SMALL, output_stride=16), init_from_classifier=True)
+    model = build_segmenter(resnet)
+    init_from_classifier(model, store, resnet)
     cls = torch.load(store.checkpoint_path("classifier"), weights_only=True)["model"]
     for key, value in model.backbone.state_dict().items():
         assert torch.equal(value, cls[f"backbone.{key}"]), key
@@ -98,15 +102,14 @@ def test_encoder_starts_from_the_classifier_weights(cpu_project):
 def test_mismatched_classifier_is_refused_naming_both(cpu_project):
     from pipeline.segment import build_segmenter, init_from_classifier
 
+    from dataclasses import replace
+
     store, cfg, _ = cpu_project
-    wide = cfg.segmentation
-    wide.backbone = BackboneConfig(widths=(16, 32, 48, 64), blocks=(1, 1, 1, 1), output_stride=16)
-    try:
-        with pytest.raises(OEEMError, match=r"classifier checkpoint .*classifier\.pt .*widths.* does not fit the "
-                                            r"segmentation backbone .*widths \[16, 32, 48, 64\]"):
-            init_from_classifier(build_segmenter(wide), store, wide)
-    finally:
-        wide.backbone = BackboneConfig(**SMALL, output_stride=16)
+    wide = replace(cfg.segmentation, init_from_classifier=True,
+                   backbone=BackboneConfig(widths=(16, 32, 48, 64), blocks=(1, 1, 1, 1), output_stride=16))
+    with pytest.raises(OEEMError, match=r"classifier checkpoint .*classifier\.pt .*widths.* does not fit the "
+                                        r"segmentation backbone .*widths \[16, 32, 48, 64\]"):
+        init_from_classifier(build_segmenter(wide), store, wide)
 
 
 def test_plain_unet_encoder_keeps_full_resolution_and_refuses_classifier_weights(cpu_project):
