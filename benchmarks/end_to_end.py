@@ -40,16 +40,16 @@ def main() -> None:
         store = create_project(glas_root(), path, val_images=VAL_IMAGES, seed=0)
     cfg = project_config(store, args.preset, parse_settings(args.set))
     stage_seconds: dict[str, float] = {}
-    last = [time.perf_counter(), None]
+    current: list = [None, time.perf_counter()]  # the stage now running and when it started
 
-    def tick(p) -> None:  # wall time per stage, as the progress reports it
+    def switch_to(stage: str | None) -> None:  # wall time per stage, as the progress reports it
         now = time.perf_counter()
-        if last[1] is not None:
-            stage_seconds[last[1]] = stage_seconds.get(last[1], 0.0) + now - last[0]
-        last[:] = [now, p.stage]
+        if current[0] is not None:
+            stage_seconds[current[0]] = stage_seconds.get(current[0], 0.0) + now - current[1]
+        current[:] = [stage, now]
 
-    report = run(run_all(store, cfg, "auto"), tick)
-    tick(type("End", (), {"stage": None})())
+    report = run(run_all(store, cfg, "auto"), lambda p: switch_to(p.stage))
+    switch_to(None)
     wall = time.perf_counter() - t0
     rounds = (store.load_run("selftrain") or {}).get("rounds", [])
     rows = [("stage 1: pseudo-masks (train / val)", f"{report['cams']['pseudo']['mIoU']:.2f}",

@@ -11,8 +11,8 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, SpinBox, Widget
 
-from pipeline.config import (BACKBONES, CALIBRATORS, DECODERS, LOSS_KINDS, NORMS, PRECISIONS, PipelineConfig,
-                             field_help)
+from pipeline.config import (BACKBONES, CALIBRATORS, DECODERS, LOSS_KINDS, NORMS, PRECISION_SECTIONS, PRECISIONS,
+                             SLIDE_READERS, PipelineConfig, field_help)
 from pipeline.errors import OEEMError
 
 SECTIONS = {"patches": "Patches", "classifier": "Classifier", "cam": "CAMs", "segmentation": "Segmentation",
@@ -22,8 +22,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "segmentation.label_source": ("pseudo", "corrected", "mask"), "cam.mode": ("image", "patch"),
     "cam.pseudo_from": ("patches", "stitched"), "classifier.backbone.name": BACKBONES[:2],
     "ranking.calibrator": CALIBRATORS,
-    "segmentation.backbone.name": BACKBONES, "slide.reader": ("auto", "tiffslide", "openslide"),
-    **{f"{section}.precision": PRECISIONS for section in ("classifier", "cam", "segmentation", "inference")}}
+    "segmentation.backbone.name": BACKBONES, "slide.reader": SLIDE_READERS,
+    **{f"{section}.precision": PRECISIONS for section in PRECISION_SECTIONS}}
 
 
 def _flat(obj: Any, prefix: str = "") -> list[tuple[str, Any, str]]:

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import LOSS_KINDS, PRECISIONS, PRESETS, parse_settings
+from pipeline.config import LOSS_KINDS, PRECISION_SECTIONS, PRECISIONS, PRESETS, SLIDE_READERS, parse_settings
 from pipeline.errors import OEEMError
 
 
@@ -107,7 +107,7 @@ def _config(args, store):
         over["selftrain.rounds"] = args.rounds
     if getattr(args, "precision", None) is not None:
         over.update({f"{section}.precision": args.precision
-                     for section in ("classifier", "cam", "segmentation", "inference")})
+                     for section in PRECISION_SECTIONS})
     if getattr(args, "fast", False):
         over["inference.scales"] = (1.0,)
         over["inference.flip"] = False
@@ -521,7 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
             project=False)
     p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
     p.add_argument("--mpp", type=float, default=None, help="microns per pixel, when the file does not say")
-    p.add_argument("--reader", choices=("auto", "tiffslide", "openslide"), default="auto",
+    p.add_argument("--reader", choices=SLIDE_READERS, default="auto",
                    help="auto: tiffslide, OpenSlide (when installed) for what it cannot read")
     p = add("predict-slide", cmd_predict_slide, "predict a whole slide block by block into an OME-Zarr pyramid "
             "beside the project (bounded memory, resumable, optionally on a dask cluster)")

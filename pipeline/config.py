@@ -78,6 +78,8 @@ NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "glas": (GLAS_MEAN, GLAS_STD
 DECODERS = ("psp", "unet")
 CALIBRATORS = ("boosting", "logistic")
 PRECISIONS = ("auto", "fp32", "bf16")  # pipeline.progress.resolve_precision decides what auto means
+PRECISION_SECTIONS = ("classifier", "cam", "segmentation", "inference")  # the stages with a precision setting
+SLIDE_READERS = ("auto", "tiffslide", "openslide")  # pipeline.slide.Slide's backends
 
 
 @dataclass
@@ -270,8 +272,8 @@ def check(cfg: PipelineConfig) -> PipelineConfig:
             or not (0 <= sl.min_tissue < 1):
         raise OEEMError("slide settings: project_mpp between 0.01 and 100 µm/px, block >= 64 px, "
                         "0 <= margin < block, 0 <= min_tissue < 1")
-    if sl.reader not in ("auto", "tiffslide", "openslide"):
-        raise OEEMError(f"slide.reader must be auto, tiffslide or openslide, not {sl.reader!r}")
+    if sl.reader not in SLIDE_READERS:
+        raise OEEMError(f"slide.reader must be one of {', '.join(SLIDE_READERS)}, not {sl.reader!r}")
     rk = cfg.ranking
     if rk.folds < 2 or rk.trees < 1 or rk.samples_per_image < 10 or not 0 < rk.feature_scale <= 1:
         raise OEEMError("ranking needs folds >= 2, trees >= 1, samples_per_image >= 10 and 0 < feature_scale <= 1")
@@ -283,7 +285,7 @@ def check(cfg: PipelineConfig) -> PipelineConfig:
         raise OEEMError(f"selftrain.rounds must be between 0 and 5, not {cfg.selftrain.rounds}")
     if seg.warmup_ce_iters < 0:
         raise OEEMError(f"segmentation.warmup_ce_iters must be >= 0, not {cfg.segmentation.warmup_ce_iters}")
-    for section in ("classifier", "cam", "segmentation", "inference"):
+    for section in PRECISION_SECTIONS:
         precision = getattr(cfg, section).precision
         if precision not in PRECISIONS:
             raise OEEMError(f"{section}.precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")

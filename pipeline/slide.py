@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import SLIDE_READERS
 from pipeline.errors import OEEMError
 
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".btf", ".scn", ".bif", ".qptiff")
@@ -64,7 +65,7 @@ def _check_complete(path: Path, tif) -> None:
                             f"{size} bytes); copy the slide again")
 
 
-BACKENDS = ("auto", "tiffslide", "openslide")
+BACKENDS = SLIDE_READERS
 
 
 class _OpenSlideLevel:
