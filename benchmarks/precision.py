@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from _common import machine, print_table, write_json
 from pipeline.classify import build_classifier
-from pipeline.config import InferConfig, preset
+from pipeline.config import preset
 from pipeline.infer import predict_probs
 from pipeline.progress import _cpu_has_native_bf16, autocast, channels_last
 from pipeline.segment import build_segmenter

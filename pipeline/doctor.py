@@ -4,9 +4,7 @@ Image data and the stages' outputs can be made again (the message says by which 
 correction cannot, so a damaged current correction is replaced by the newest intact earlier version."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
