@@ -4,8 +4,9 @@ self-training rounds of stage 2, every prediction), with the quality of each sta
 
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/end_to_end.py [--preset cpu] [--set KEY=VALUE ...]
 
-Resumable: the project (``benchmarks/results/end_to_end-PRESET.oeem.zarr``) keeps every finished stage, so a
-second call only scores again; ``--fresh`` starts over. Writes ``benchmarks/results/end_to_end-PRESET.json``.
+Resumable: the project (``benchmarks/results/end_to_end-NAME.oeem.zarr``) keeps every finished stage, so a
+second call only scores again; ``--fresh`` starts over. Writes ``benchmarks/results/end_to_end-NAME.json`` (NAME:
+``--name``, by default the preset).
 """
 from __future__ import annotations
 
@@ -28,8 +29,11 @@ def main() -> None:
     ap.add_argument("--preset", default="cpu")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. segmentation.loss=l_norm")
     ap.add_argument("--fresh", action="store_true", help="delete the project and start over")
+    ap.add_argument("--name", help="name of the project and JSON (default: the preset), so variants can sit side "
+                                   "by side, e.g. --name cpu-rounds2")
     args = ap.parse_args()
-    path = RESULTS / f"end_to_end-{args.preset}.oeem.zarr"
+    name = args.name or args.preset
+    path = RESULTS / f"end_to_end-{name}.oeem.zarr"
     if args.fresh and path.exists():
         shutil.rmtree(path)
     t0 = time.perf_counter()
@@ -66,7 +70,7 @@ def main() -> None:
                 ("stage", "min"))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory {peak_mb:.0f} MB")
-    write_json(f"end_to_end-{args.preset}.json", {
+    write_json(f"end_to_end-{name}.json", {
         "machine": machine(), "preset": args.preset, "overrides": parse_settings(args.set),
         "wall_seconds": wall, "resumed": resumed, "stage_seconds": stage_seconds, "peak_rss_mb": peak_mb,
         "precision": {k: (report.get(k) or {}).get("precision") for k in ("classifier", "cams", "segmentation")},
