@@ -493,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--data", default=None, help="create the project from this folder (or `sample`) if needed")
     p.add_argument("--val-images", type=int, default=0, help="with --data: validation images held out")
-    p.add_argument("--rounds", type=int, help="self-training rounds (cpu preset: 1)")
+    p.add_argument("--rounds", type=int, help="self-training rounds (cpu preset: 2)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--iterations", type=int)
     p.add_argument("--loss", choices=LOSS_KINDS)
