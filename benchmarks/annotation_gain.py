@@ -225,8 +225,9 @@ def cmd_plot(args) -> None:
             means = [np.mean([g["gain"] for g in rows if g["budget_pct"] == b]) for b in budgets]
             spread = [np.std([g["gain"] for g in rows if g["budget_pct"] == b]) for b in budgets]
             # no correction, no gain: the curves start at the origin
+            seeds = ", ".join(f"{b:g} %: {sum(g['budget_pct'] == b for g in rows)}" for b in budgets)
             ax.errorbar([0.0, *budgets], [0.0, *means], yerr=[0.0, *spread], fmt=style, capsize=3,
-                        label=f"{kind} ({len({g['seed'] for g in rows})} seed(s))")
+                        label=f"{kind} (seeds - {seeds}; bars: sd)")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("pixels corrected (% of training pixels)")
         ax.set_ylabel("testA mIoU gain")
