@@ -65,9 +65,6 @@ def _check_complete(path: Path, tif) -> None:
                             f"{size} bytes); copy the slide again")
 
 
-BACKENDS = SLIDE_READERS
-
-
 class _OpenSlideLevel:
     """One OpenSlide level as an array (H, W, 3) uint8 that reads only the region sliced - what dask and
     :meth:`Slide.read` need from a level."""
@@ -109,8 +106,8 @@ class Slide:
                             "OME-TIFF)")
         if mpp is not None and not (0.01 <= mpp <= 100):
             raise OEEMError(f"--mpp {mpp}: microns per pixel are between 0.01 and 100 (0.25 at 40x, 0.5 at 20x)")
-        if backend not in BACKENDS:
-            raise OEEMError(f"unknown slide reader {backend!r}: choose {', '.join(BACKENDS)}")
+        if backend not in SLIDE_READERS:
+            raise OEEMError(f"unknown slide reader {backend!r}: choose {', '.join(SLIDE_READERS)}")
         self.backend = "tiffslide"
         try:
             if backend == "openslide":
