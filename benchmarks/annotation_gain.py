@@ -45,6 +45,11 @@ def save(data: dict) -> None:
     atomic_write_json(OUT, data)
 
 
+def gain_key(row: dict) -> tuple:
+    """One row per budget, seed, arm and verified weight (rows from before the weight existed used 1)."""
+    return row["budget_pct"], row["seed"], row["kind"], row.get("verified_weight", 1.0)
+
+
 def clear_corrections(store: ProjectStore) -> None:
     for n in store.names():
         while store.undo_correction(n):
@@ -165,11 +170,14 @@ def cmd_gain(args) -> None:
             base_name = args.baseline.format(seed=seed)
             if not store.checkpoint_path(f"segmentation-{base_name}").is_file():
                 raise SystemExit(f"no baseline {base_name}: train it with benchmarks/ablation.py stage2 first")
-            base = scores(store, base_name, cfg.inference, splits=("test",))["test"]
+            base = scores(store, base_name, cfg.inference, splits=("val", "test"))
             # retrain exactly as the baseline was trained, on the corrected labels
             base_cfg = safe_torch_load(store.checkpoint_path(f"segmentation-{base_name}"))["config"]
-            for kind, masks in (("ranked", ranked), ("random", random_masks(store, areas, 1000 + seed))):
-                name = f"gain-{kind}-b{budget:g}-s{seed}"
+            arms = {"ranked": ranked, "random": random_masks(store, areas, 1000 + seed)}
+            for kind in args.kinds:
+                masks = arms[kind]
+                weight = args.verified_weight
+                name = f"gain-{kind}-b{budget:g}-s{seed}" + (f"-w{weight:g}" if weight != 1 else "")
                 clear_corrections(store)
                 for n, m in masks.items():
                     store.save_correction(n, np.where(m, store.mask(n), store.read(n, "pseudo")).astype(np.uint8),
@@ -179,18 +187,23 @@ def cmd_gain(args) -> None:
                 seg.seed, seg.label_source = seed, "corrected"
                 # a baseline saved before the precision setting existed was trained in fp32
                 seg.precision = base_cfg.get("precision", "fp32")
+                seg.verified_weight = weight
                 t0 = time.perf_counter()
                 run(train_segmenter(store, seg, "cpu", run_name=name, on_mismatch="restart"))
                 train_s = time.perf_counter() - t0
-                test = scores(store, name, cfg.inference, splits=("test",))["test"]
-                row = {"budget_pct": budget, "seed": seed, "kind": kind, "pixels": px, "wrong_fixed": wrong,
-                       "testA_mIoU": test["mIoU"], "baseline_mIoU": base["mIoU"], "gain": test["mIoU"] - base["mIoU"],
+                sc = scores(store, name, cfg.inference, splits=("val", "test"))
+                val, test, base_val, base_test = sc["val"], sc["test"], base["val"], base["test"]
+                # the validation images are never corrected: their gain is how the verified weight was chosen
+                row = {"budget_pct": budget, "seed": seed, "kind": kind, "verified_weight": weight, "pixels": px,
+                       "wrong_fixed": wrong, "testA_mIoU": test["mIoU"], "baseline_mIoU": base_test["mIoU"],
+                       "gain": test["mIoU"] - base_test["mIoU"], "val_mIoU": val["mIoU"],
+                       "baseline_val_mIoU": base_val["mIoU"], "val_gain": val["mIoU"] - base_val["mIoU"],
                        "train_s": train_s}
-                data["gain"] = [g for g in data["gain"] if (g["budget_pct"], g["seed"], g["kind"]) !=
-                                (budget, seed, kind)] + [row]
+                data["gain"] = [g for g in data["gain"] if gain_key(g) != gain_key(row)] + [row]
                 save(data)
                 print(f"{name}: {px:,} px fixed ({wrong:,} were wrong) -> testA {test['mIoU']:.2f} "
-                      f"({row['gain']:+.2f} vs {base['mIoU']:.2f}) {train_s / 60:.1f} min", flush=True)
+                      f"({row['gain']:+.2f} vs {base_test['mIoU']:.2f}), validation {row['val_gain']:+.2f} "
+                      f"{train_s / 60:.1f} min", flush=True)
     clear_corrections(store)
 
 
@@ -219,19 +232,23 @@ def cmd_plot(args) -> None:
         print(f"wrote {DOCS / 'ranking_precision.png'}")
     if data.get("gain"):
         fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-        for kind, style in (("ranked", "o-"), ("random", "s--")):
-            rows = [g for g in data["gain"] if g["kind"] == kind]
-            budgets = sorted({g["budget_pct"] for g in rows})
-            means = [np.mean([g["gain"] for g in rows if g["budget_pct"] == b]) for b in budgets]
-            spread = [np.std([g["gain"] for g in rows if g["budget_pct"] == b]) for b in budgets]
-            # no correction, no gain: the curves start at the origin
-            seeds = ", ".join(f"{b:g} %: {sum(g['budget_pct'] == b for g in rows)}" for b in budgets)
-            ax.errorbar([0.0, *budgets], [0.0, *means], yerr=[0.0, *spread], fmt=style, capsize=3,
-                        label=f"{kind} (seeds - {seeds}; bars: sd)")
+        weights = sorted({g.get("verified_weight", 1.0) for g in data["gain"]})
+        for colour, weight in zip(("tab:blue", "tab:orange", "tab:green", "tab:red"), weights):
+            for kind, style in (("ranked", "o-"), ("random", "s--")):
+                rows = [g for g in data["gain"] if g["kind"] == kind and g.get("verified_weight", 1.0) == weight]
+                if not rows:
+                    continue
+                budgets = sorted({g["budget_pct"] for g in rows})
+                means = [np.mean([g["gain"] for g in rows if g["budget_pct"] == b]) for b in budgets]
+                spread = [np.std([g["gain"] for g in rows if g["budget_pct"] == b]) for b in budgets]
+                # no correction, no gain: the curves start at the origin
+                seeds = ", ".join(f"{b:g} %: {sum(g['budget_pct'] == b for g in rows)}" for b in budgets)
+                ax.errorbar([0.0, *budgets], [0.0, *means], yerr=[0.0, *spread], fmt=style, capsize=3,
+                            color=colour, label=f"{kind}, verified weight {weight:g} (seeds - {seeds})")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("pixels corrected (% of training pixels)")
-        ax.set_ylabel("testA mIoU gain")
-        ax.legend(frameon=False, fontsize=8)
+        ax.set_ylabel("testA mIoU gain (bars: sd over seeds)")
+        ax.legend(frameon=False, fontsize=7)
         ax.set_title("GlaS: what correcting pseudo-labels buys", fontsize=9)
         fig.tight_layout()
         fig.savefig(DOCS / "annotation_gain.png")
@@ -248,6 +265,10 @@ def main() -> None:
     g.add_argument("--seeds", type=int, nargs="+", default=[0])
     g.add_argument("--baseline", default="abl-ce-2k-r1-s{seed}",
                    help="the uncorrected run (per seed) whose settings the retraining copies")
+    g.add_argument("--kinds", nargs="+", choices=("ranked", "random"), default=["ranked", "random"],
+                   help="which arms to retrain (both by default)")
+    g.add_argument("--verified-weight", type=float, default=preset("cpu").segmentation.verified_weight,
+                   help="loss weight of the corrected pixels in the retraining (default: the cpu preset's)")
     sub.add_parser("plot")
     args = ap.parse_args()
     {"rank": cmd_rank, "gain": cmd_gain, "plot": cmd_plot}[args.cmd](args)

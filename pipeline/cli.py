@@ -98,6 +98,7 @@ def _config(args, store):
         "segmentation.label_source": getattr(args, "labels", None),
         "segmentation.warmup_ce_iters": getattr(args, "warmup_ce", None),
         "segmentation.weight_temperature": getattr(args, "temperature", None),
+        "segmentation.verified_weight": getattr(args, "verified_weight", None),
         "segmentation.lr": getattr(args, "seg_lr", None),
         "segmentation.seed": getattr(args, "seed", None),
         "inference.scales": getattr(args, "scales", None),
@@ -472,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-ce", type=int, help="iterations of plain CE before the chosen loss")
     p.add_argument("--temperature", type=float,
                    help="l_norm/lc_mix weight softmax(-loss / T); 1 (default) is the paper, larger is flatter")
+    p.add_argument("--verified-weight", type=float,
+                   help="with --labels corrected: loss weight of the pathologist-verified pixels (others: 1)")
     p.add_argument("--lr", dest="seg_lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--name", default=None, help="keep this model apart (checkpoints/segmentation-NAME.pt)")

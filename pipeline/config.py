@@ -101,6 +101,9 @@ class SegConfig:
     loss: str = "l_norm"
     warmup_ce_iters: int = 0  # iterations of plain CE before the chosen loss takes over
     weight_temperature: float = 1.0  # l_norm / lc_mix use softmax(-L / T); 1 is the paper, larger is flatter
+    # loss weight of pathologist-verified pixels (the others weigh 1 at most): a few corrected pixels must outweigh
+    # the many wrong pseudo-labels around them that agree with each other
+    verified_weight: float = 1.0
     tile_size: int = 256
     tile_stride: int = 192
     crop_size: int = 256
@@ -247,7 +250,8 @@ def from_dict(cls: type, data: dict[str, Any]) -> Any:
 
 
 _POSITIVE = {"classifier": ("epochs", "batch_size", "lr"), "cam": ("batch_size",),
-             "segmentation": ("iterations", "batch_size", "lr", "weight_temperature", "checkpoint_every"),
+             "segmentation": ("iterations", "batch_size", "lr", "weight_temperature", "checkpoint_every",
+                              "verified_weight"),
              "inference": ("crop_size", "stride", "batch_size")}
 
 

@@ -233,7 +233,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             main, aux = main.float(), aux.float()  # losses (and OEEM's weights) in fp32
             kw = dict(kind=kind, ignore_index=IGNORE, clean=clean if clean.any() else None,
                       ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
-                      temperature=cfg.weight_temperature)
+                      temperature=cfg.weight_temperature, clean_weight=cfg.verified_weight)
             loss = segmentation_loss(main, target, **kw) + cfg.aux_weight * segmentation_loss(aux, target, **kw)
             # the global batch's loss; a non-finite loss on any rank makes it non-finite on all, so all stop
             value = dist.all_reduce_mean(loss.item())

@@ -66,6 +66,8 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
     assert main(["train-seg", p, "--iterations", "3", "--temperature", "0", "--name", "t0"]) == 2
     assert "temperature must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "p.zarr" / "checkpoints" / "segmentation-t0.pt").exists()
+    assert main(["train-seg", p, "--labels", "corrected", "--verified-weight", "0", "--name", "t0"]) == 2
+    assert "verified_weight must be > 0" in capsys.readouterr().err
     import json
 
     saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())

@@ -122,6 +122,21 @@ def test_clean_pixels_keep_full_weight():
     assert segmentation_loss(logits, target, "l_norm", clean=clean).item() == pytest.approx(expected.item())
 
 
+@pytest.mark.parametrize("kind", ["ce", "l_norm"])
+def test_verified_pixels_weigh_the_verified_weight(kind):
+    logits = torch.zeros(1, 2, 1, 4)
+    logits[0, 1] = torch.tensor([4.0, 2.0, -2.0, -4.0])
+    target = torch.tensor([[[1, 1, 1, 0]]])
+    clean = torch.tensor([[[False, False, True, False]]])
+    ce = F.cross_entropy(logits, target, reduction="none")
+    w = weight_map(logits, target, kind) if kind != "ce" else torch.ones_like(ce)
+    w[clean] = 5.0
+    expected = (w * ce).sum() / 4  # still divided by the valid pixels: the others keep their scale
+    got = segmentation_loss(logits, target, kind, clean=clean, clean_weight=5.0).item()
+    assert got == pytest.approx(expected.item())
+    assert got > segmentation_loss(logits, target, kind, clean=clean).item()  # the verified pixel is a wrong guess
+
+
 def test_ohem_is_the_mean_over_hard_pixels():
     logits = torch.zeros(1, 2, 1, 4)
     logits[0, 1] = torch.tensor([4.0, 2.0, -2.0, -4.0])
