@@ -101,9 +101,8 @@ class SegConfig:
     loss: str = "l_norm"
     warmup_ce_iters: int = 0  # iterations of plain CE before the chosen loss takes over
     weight_temperature: float = 1.0  # l_norm / lc_mix use softmax(-L / T); 1 is the paper, larger is flatter
-    # loss weight of pathologist-verified pixels (the others weigh 1 at most): a few corrected pixels must outweigh
-    # the many wrong pseudo-labels around them that agree with each other
-    verified_weight: float = 1.0
+    # a few corrected pixels must outweigh the many wrong pseudo-labels around them that agree with each other
+    verified_weight: float = 1.0  # loss weight of pathologist-verified pixels (pseudo-labels weigh 1 on average)
     tile_size: int = 256
     tile_stride: int = 192
     crop_size: int = 256
