@@ -3,6 +3,7 @@ pathologist.
 
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/annotation_gain.py rank      # ranking + precision curve
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/annotation_gain.py gain --budgets 3 --seeds 0 1 2
+    python benchmarks/annotation_gain.py rescore     # earlier rows scored on validation too (kept checkpoints)
     python benchmarks/annotation_gain.py plot                                        # the PNGs in docs/
 
 Runs on the ablation project (``benchmarks/ablation.py stage1``, its pseudo-masks after self-training, its CE
@@ -207,6 +208,30 @@ def cmd_gain(args) -> None:
     clear_corrections(store)
 
 
+def cmd_rescore(args) -> None:
+    """Score the kept checkpoints of earlier gain rows on validation too (rows from before it was recorded)."""
+    from ablation import scores
+
+    store = ProjectStore.open(PROJECT)
+    cfg = preset("cpu")
+    cfg.inference.precision = "fp32"
+    data = load()
+    for row in data["gain"]:
+        if "val_gain" in row:
+            continue
+        w = row.get("verified_weight", 1.0)
+        name = f"gain-{row['kind']}-b{row['budget_pct']:g}-s{row['seed']}" + (f"-w{w:g}" if w != 1 else "")
+        base_name = args.baseline.format(seed=row["seed"])
+        if not store.checkpoint_path(f"segmentation-{name}").is_file():
+            print(f"{name}: no checkpoint kept, skipped")
+            continue
+        val = scores(store, name, cfg.inference, splits=("val",))["val"]["mIoU"]
+        base = scores(store, base_name, cfg.inference, splits=("val",))["val"]["mIoU"]
+        row.update(verified_weight=w, val_mIoU=val, baseline_val_mIoU=base, val_gain=val - base)
+        print(f"{name}: validation {val:.2f} ({val - base:+.2f} vs {base:.2f})", flush=True)
+    save(data)
+
+
 def cmd_plot(args) -> None:
     import matplotlib
 
@@ -269,9 +294,11 @@ def main() -> None:
                    help="which arms to retrain (both by default)")
     g.add_argument("--verified-weight", type=float, default=preset("cpu").segmentation.verified_weight,
                    help="loss weight of the corrected pixels in the retraining (default: the cpu preset's)")
+    rs = sub.add_parser("rescore")
+    rs.add_argument("--baseline", default="abl-ce-2k-r1-s{seed}")
     sub.add_parser("plot")
     args = ap.parse_args()
-    {"rank": cmd_rank, "gain": cmd_gain, "plot": cmd_plot}[args.cmd](args)
+    {"rank": cmd_rank, "gain": cmd_gain, "rescore": cmd_rescore, "plot": cmd_plot}[args.cmd](args)
 
 
 if __name__ == "__main__":
