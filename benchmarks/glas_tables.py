@@ -86,7 +86,7 @@ def train_and_score(store, base_cfg, setting: str, seed: int, infer_cfg, log: li
         train_s, iterations_timed = earlier_timing(earlier, name) or (train_s, 0)
     scores = test_scores(store, name, infer_cfg)
     row = {"setting": setting, "seed": seed, "run_name": name, "warmup_ce_iters": cfg.warmup_ce_iters, "train_s": train_s,
-           "iterations_timed": iterations_timed, "iterations": cfg.iterations,
+           "iterations_timed": iterations_timed, "iterations": cfg.training_iterations(),
            "final_loss": last.get("loss"), "config": rec["config"], **scores}
     log.append(row)
     print(f"  {setting:7s} seed {seed}: testA mIoU {scores['mIoU']:.2f}  Dice {scores['Dice']:.2f}  "
@@ -128,7 +128,7 @@ def main() -> None:
         raise SystemExit(f"{args.project} has no stage-1 result; run benchmarks/stage1_glas.py first")
     cfg = preset("cpu")
     if args.iterations:
-        cfg.segmentation.iterations = args.iterations
+        cfg.segmentation.iterations = cfg.segmentation.full_iterations = args.iterations
     if args.warmup_ce is not None:
         cfg.segmentation.warmup_ce_iters = args.warmup_ce
     if args.temperature is not None:

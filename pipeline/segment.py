@@ -206,11 +206,12 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     t0 = time.perf_counter()
     loss_ema = None
     it = start
+    total = cfg.training_iterations()
     # the generator state must not depend on where a resumed run starts
     for _ in range(start):
         torch.randint(0, n, (cfg.batch_size,), generator=gen)
     try:
-        while it < cfg.iterations:
+        while it < total:
             idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
             x = images[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
             code = codes[idx].to(dev).long()
@@ -226,7 +227,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             clean = valid & (code >= 2)
             kind = "ce" if it < cfg.warmup_ce_iters else cfg.loss
             for g in opt.param_groups:
-                g["lr"] = poly_lr(cfg.lr, it, cfg.iterations, cfg.poly_power, cfg.min_lr)
+                g["lr"] = poly_lr(cfg.lr, it, total, cfg.poly_power, cfg.min_lr)
             net.train()
             with autocast(dev, amp):
                 main, aux = net(channels_last(x), with_aux=True)
@@ -246,12 +247,12 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             it += 1
             loss_history.append(value)
             loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
-            if it % cfg.checkpoint_every == 0 or it == cfg.iterations:
+            if it % cfg.checkpoint_every == 0 or it == total:
                 if dist.is_main:
                     _save(ck_path, model, opt, it, cfg, labels_round, loss_history)
                 dist.barrier()  # no rank goes on (or resumes later) before the checkpoint is whole
             elapsed = time.perf_counter() - t0
-            yield Progress(stage, it, cfg.iterations, f"{kind} loss",
+            yield Progress(stage, it, total, f"{kind} loss",
                            {"loss": loss_ema, "it_per_s": (it - start) / elapsed})
     except (GeneratorExit, KeyboardInterrupt):  # cancelled: keep what was learnt so far
         if it > start and dist.is_main:  # no barrier: the other ranks may be gone already

@@ -23,6 +23,7 @@ def tiny_cpu_config():
     seg = cfg.segmentation
     seg.backbone = BackboneConfig(name="unet", widths=(8, 16, 24, 32))
     seg.head_channels, seg.iterations, seg.batch_size, seg.checkpoint_every = 16, 40, 4, 20
+    seg.full_iterations = 60  # fully supervised trains longer, as in the preset
     seg.tile_size, seg.tile_stride, seg.crop_size = 96, 64, 96
     cfg.classifier.threads = seg.threads = 2
     return cfg
@@ -184,6 +185,29 @@ def test_training_tiles_at_the_working_scale_and_padding_recorded(tmp_path, smal
     cfg.tile_size = 90  # larger than the 80 px side at half scale: padded with ignored pixels, and named
     images, codes, padded = tile_dataset(store, cfg)
     assert len(padded) == 4 and (codes == 255).any()
+
+
+def test_full_supervision_trains_its_own_iterations(tmp_path, small_folder):
+    from pipeline.config import check
+    from pipeline.project import create_project
+    from pipeline.segment import train_segmenter
+
+    cpu = preset("cpu").segmentation
+    assert cpu.training_iterations() == cpu.iterations < cpu.full_iterations  # weak runs keep their schedule
+    cpu.label_source = "mask"
+    assert cpu.training_iterations() == cpu.full_iterations
+    store = create_project(small_folder, tmp_path / "p.zarr")
+    cfg = tiny_cpu_config().segmentation
+    cfg.label_source, cfg.iterations, cfg.full_iterations = "mask", 3, 5
+    seen = []
+    rec = run(train_segmenter(store, cfg, "cpu", run_name="full"), lambda p: seen.append((p.step, p.total)))
+    assert rec["iterations_run"] == 5 and len(rec["loss_history"]) == 5 and seen[-1] == (5, 5)
+    cfg.full_iterations = 0  # 0: as iterations
+    assert run(train_segmenter(store, cfg, "cpu", run_name="full0"))["iterations_run"] == 3
+    bad = tiny_cpu_config()
+    bad.segmentation.full_iterations = -1
+    with pytest.raises(OEEMError, match="full_iterations must be >= 0"):
+        check(bad)
 
 
 def test_self_training_round_bookkeeping(cpu_copy):
