@@ -3,6 +3,7 @@ pathologist.
 
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/annotation_gain.py rank      # ranking + precision curve
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/annotation_gain.py gain --budgets 3 --seeds 0 1 2
+    ... gain --budgets 3 --seeds 0 --kinds ranked --verified-weight W   # W = 1, 4, 10, 25: how the weight was chosen
     python benchmarks/annotation_gain.py rescore     # earlier rows scored on validation too (kept checkpoints)
     python benchmarks/annotation_gain.py plot                                        # the PNGs in docs/
 
@@ -13,7 +14,8 @@ pseudo-labels inside the top regions at several pixel budgets - against the same
 ``gain`` lets the simulated pathologist fix the top regions up to a budget (painting the truth inside them,
 pathologist-verified as the plugin stores it) or the same number of pixels at random places, retrains the `cpu`
 preset's segmentation with the settings and seed of a baseline run (``--baseline``, default
-``abl-ce-2k-r1-sSEED``) and scores testA. Rows accumulate in
+``abl-ce-2k-r1-sSEED``) - the corrected pixels weighted by ``--verified-weight`` (default: the cpu preset's) -
+and scores validation (never corrected: how the weight was chosen) and testA. Rows accumulate in
 ``benchmarks/results/annotation_gain.json``.
 """
 from __future__ import annotations
