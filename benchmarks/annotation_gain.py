@@ -5,6 +5,7 @@ pathologist.
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/annotation_gain.py gain --budgets 3 --seeds 0 1 2
     ... gain --budgets 3 --seeds 0 --kinds ranked --verified-weight W   # W = 1, 4, 10, 25: how the weight was chosen
     python benchmarks/annotation_gain.py rescore     # earlier rows scored on validation too (kept checkpoints)
+    python benchmarks/annotation_gain.py table                                # the gain rows, mean ± sd, markdown
     python benchmarks/annotation_gain.py plot                                        # the PNGs in docs/
 
 Runs on the ablation project (``benchmarks/ablation.py stage1``, its pseudo-masks after self-training, its CE
@@ -234,6 +235,31 @@ def cmd_rescore(args) -> None:
     save(data)
 
 
+def mean_sd(values: list[float]) -> str:
+    return "-" if not values else f"{np.mean(values):+.2f}" + (f" ± {np.std(values):.2f}" if len(values) > 1 else "")
+
+
+def cmd_table(args) -> None:
+    """The gain rows as one markdown table: mean ± sd over seeds per verified weight, budget and arm."""
+    data = load()
+    groups: dict[tuple, list[dict]] = {}
+    for g in data["gain"]:
+        groups.setdefault((g.get("verified_weight", 1.0), g["budget_pct"], g["kind"]), []).append(g)
+    rows = []
+    for (w, b, kind), gs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "ranked")):
+        gs = sorted(gs, key=lambda g: g["seed"])
+        test, val = [g["gain"] for g in gs], [g["val_gain"] for g in gs if "val_gain" in g]
+        rows.append((f"{w:g}", f"{b:g} %", kind, ", ".join(str(g["seed"]) for g in gs),
+                     f"{int(np.mean([g['wrong_fixed'] for g in gs])):,}", mean_sd(val), mean_sd(test),
+                     " / ".join(f"{t:+.2f}" for t in test)))
+    header = ("verified weight", "budget", "arm", "seeds", "wrong labels fixed", "validation gain", "testA gain",
+              "testA per seed")
+    print("| " + " | ".join(header) + " |")
+    print("| " + " | ".join("---" for _ in header) + " |")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+
+
 def cmd_plot(args) -> None:
     import matplotlib
 
@@ -298,9 +324,10 @@ def main() -> None:
                    help="loss weight of the corrected pixels in the retraining (default: the cpu preset's)")
     rs = sub.add_parser("rescore")
     rs.add_argument("--baseline", default="abl-ce-2k-r1-s{seed}")
+    sub.add_parser("table")
     sub.add_parser("plot")
     args = ap.parse_args()
-    {"rank": cmd_rank, "gain": cmd_gain, "rescore": cmd_rescore, "plot": cmd_plot}[args.cmd](args)
+    {"rank": cmd_rank, "gain": cmd_gain, "rescore": cmd_rescore, "table": cmd_table, "plot": cmd_plot}[args.cmd](args)
 
 
 if __name__ == "__main__":
