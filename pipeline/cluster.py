@@ -60,7 +60,9 @@ def run_on_cluster(client: Client, job: SlideJob, checkpoint: Path, todo: list[t
         client.register_plugin(ModelPlugin(str(checkpoint), device), name=ModelPlugin.name)
         batches = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
         futures = [client.submit(_cluster_task, job, b, pure=False, retries=2) for b in batches]
-        for fut in as_completed(futures):
+        # this client's loop, not the default client's: a process may hold another client (a notebook's, a
+        # test's), and futures waited on from another client's loop fail at random ("bound to a different loop")
+        for fut in as_completed(futures, loop=client.loop):
             try:
                 yield fut.result()
             except OEEMError:
