@@ -54,6 +54,11 @@ def gain_key(row: dict) -> tuple:
     return row["budget_pct"], row["seed"], row["kind"], row.get("verified_weight", 1.0)
 
 
+def gain_run_name(kind: str, budget: float, seed: int, weight: float) -> str:
+    """The retrained model's checkpoint name (weight 1, the rows from before the weight existed, has no suffix)."""
+    return f"gain-{kind}-b{budget:g}-s{seed}" + (f"-w{weight:g}" if weight != 1 else "")
+
+
 def clear_corrections(store: ProjectStore) -> None:
     for n in store.names():
         while store.undo_correction(n):
@@ -178,10 +183,10 @@ def cmd_gain(args) -> None:
             # retrain exactly as the baseline was trained, on the corrected labels
             base_cfg = safe_torch_load(store.checkpoint_path(f"segmentation-{base_name}"))["config"]
             arms = {"ranked": ranked, "random": random_masks(store, areas, 1000 + seed)}
+            weight = args.verified_weight
             for kind in args.kinds:
                 masks = arms[kind]
-                weight = args.verified_weight
-                name = f"gain-{kind}-b{budget:g}-s{seed}" + (f"-w{weight:g}" if weight != 1 else "")
+                name = gain_run_name(kind, budget, seed, weight)
                 clear_corrections(store)
                 for n, m in masks.items():
                     store.save_correction(n, np.where(m, store.mask(n), store.read(n, "pseudo")).astype(np.uint8),
@@ -219,17 +224,20 @@ def cmd_rescore(args) -> None:
     cfg = preset("cpu")
     cfg.inference.precision = "fp32"
     data = load()
+    base_val: dict[int, float] = {}  # each seed's baseline is scored once
     for row in data["gain"]:
         if "val_gain" in row:
             continue
         w = row.get("verified_weight", 1.0)
-        name = f"gain-{row['kind']}-b{row['budget_pct']:g}-s{row['seed']}" + (f"-w{w:g}" if w != 1 else "")
-        base_name = args.baseline.format(seed=row["seed"])
+        name = gain_run_name(row["kind"], row["budget_pct"], row["seed"], w)
         if not store.checkpoint_path(f"segmentation-{name}").is_file():
             print(f"{name}: no checkpoint kept, skipped")
             continue
         val = scores(store, name, cfg.inference, splits=("val",))["val"]["mIoU"]
-        base = scores(store, base_name, cfg.inference, splits=("val",))["val"]["mIoU"]
+        if row["seed"] not in base_val:
+            base_name = args.baseline.format(seed=row["seed"])
+            base_val[row["seed"]] = scores(store, base_name, cfg.inference, splits=("val",))["val"]["mIoU"]
+        base = base_val[row["seed"]]
         row.update(verified_weight=w, val_mIoU=val, baseline_val_mIoU=base, val_gain=val - base)
         print(f"{name}: validation {val:.2f} ({val - base:+.2f} vs {base:.2f})", flush=True)
     save(data)
@@ -241,6 +249,8 @@ def mean_sd(values: list[float]) -> str:
 
 def cmd_table(args) -> None:
     """The gain rows as one markdown table: mean ± sd over seeds per verified weight, budget and arm."""
+    from ablation import markdown_table
+
     data = load()
     groups: dict[tuple, list[dict]] = {}
     for g in data["gain"]:
@@ -252,12 +262,8 @@ def cmd_table(args) -> None:
         rows.append((f"{w:g}", f"{b:g} %", kind, ", ".join(str(g["seed"]) for g in gs),
                      f"{int(np.mean([g['wrong_fixed'] for g in gs])):,}", mean_sd(val), mean_sd(test),
                      " / ".join(f"{t:+.2f}" for t in test)))
-    header = ("verified weight", "budget", "arm", "seeds", "wrong labels fixed", "validation gain", "testA gain",
-              "testA per seed")
-    print("| " + " | ".join(header) + " |")
-    print("| " + " | ".join("---" for _ in header) + " |")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    markdown_table(rows, ("verified weight", "budget", "arm", "seeds", "wrong labels fixed", "validation gain",
+                          "testA gain", "testA per seed"))
 
 
 def cmd_plot(args) -> None:
