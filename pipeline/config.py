@@ -98,6 +98,8 @@ class SegConfig:
     rotate90: bool = False  # random 90-degree rotations and vertical flips (tissue has no up)
     stain_jitter: float = 0.0  # HED stain augmentation strength (0: off; ~0.05 per Tellez et al.)
     aux_weight: float = 0.4
+    ema_decay: float = 0.0  # > 0: predict with an exponential moving average of the weights (e.g. 0.998); 0: off
+    warm_start: bool = False  # a self-training round starts from the model whose prediction made its labels
     loss: str = "l_norm"
     warmup_ce_iters: int = 0  # iterations of plain CE before the chosen loss takes over
     weight_temperature: float = 1.0  # l_norm / lc_mix use softmax(-L / T); 1 is the paper, larger is flatter
@@ -281,6 +283,8 @@ def check(cfg: PipelineConfig) -> PipelineConfig:
         raise OEEMError(f"segmentation.working_scale must be between 0.1 and 2, not {seg.working_scale}")
     if seg.stain_jitter < 0:
         raise OEEMError(f"segmentation.stain_jitter must be >= 0, not {seg.stain_jitter}")
+    if not 0 <= seg.ema_decay < 1:
+        raise OEEMError(f"segmentation.ema_decay must be in [0, 1) (0: off, e.g. 0.998), not {seg.ema_decay}")
     if cfg.cam.pseudo_from not in ("patches", "stitched"):
         raise OEEMError(f"cam.pseudo_from must be patches or stitched, not {cfg.cam.pseudo_from!r}")
     sl = cfg.slide

@@ -123,12 +123,38 @@ def labels_round_of(store: ProjectStore, cfg: SegConfig) -> int:
     return 0 if cfg.label_source == "mask" else pseudo_round(store)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights (and batch-norm statistics): on noisy labels the average
+    of the last few hundred steps predicts more smoothly than the last step. The decay ramps up from 0 (as in
+    timm's ModelEmaV2 warm-up) so the random initial weights are forgotten within the first steps."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for avg, cur in zip(self.module.state_dict().values(), model.state_dict().values()):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur, 1 - d)
+            else:
+                avg.copy_(cur)
+
+
 def _save(path, model, opt, it: int, cfg: SegConfig, labels_round: int = 0,
-          loss_history: list[float | None] | None = None) -> None:
+          loss_history: list[float | None] | None = None, average: WeightAverage | None = None) -> None:
+    """``model`` holds what predicts (the weight average when there is one); ``train_model`` what training
+    resumes from."""
     buf = io.BytesIO()
-    torch.save({"kind": "segmentation", "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "iteration": it, "config": asdict(cfg), "labels_round": labels_round,
-                "loss_history": list(loss_history or [])}, buf)
+    state = {"kind": "segmentation", "model": (average.module if average else model).state_dict(),
+             "optimizer": opt.state_dict(), "iteration": it, "config": asdict(cfg), "labels_round": labels_round,
+             "loss_history": list(loss_history or [])}
+    if average is not None:
+        state["train_model"] = model.state_dict()
+    torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -138,6 +164,17 @@ def load_segmenter(store: ProjectStore, run_name: str | None = None,
     if not path.is_file():
         raise OEEMError(f"{store.path}: no trained segmentation model; run `oeem train-seg {store.path}` first")
     return load_segmenter_file(path, device)
+
+
+def previous_round_weights(store: ProjectStore, stage: str, labels_round: int) -> tuple[dict, str] | None:
+    """The weights of the model whose prediction made this round's labels (``warm_start``), and where they are: the
+    stage's checkpoint, or the one a fresh start moved aside, when it was trained on the previous round's labels."""
+    for path in (store.checkpoint_path(stage), store.checkpoint_path(stage).with_name(f"{stage}.previous.pt")):
+        if labels_round > 0 and path.is_file():
+            ck = safe_torch_load(path)
+            if ck.get("kind") == "segmentation" and ck.get("labels_round", 0) == labels_round - 1:
+                return ck["model"], str(path)
+    return None
 
 
 def load_segmenter_file(path: Path, device: str | torch.device = "cpu") -> tuple[PSPNet | UNet, SegConfig]:
@@ -179,23 +216,31 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
                  len(padded), cfg.tile_size, cfg.working_scale)
     model = build_segmenter(cfg)
     initialised_from = init_from_classifier(model, store, cfg) if cfg.init_from_classifier else None
-    model = model.to(dev, memory_format=torch.channels_last)
-    amp = resolve_precision(cfg.precision, dev)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     stage = stage_name(run_name)
     ck_path = store.checkpoint_path(stage)
     start = 0
     labels_round = labels_round_of(store, cfg)
+    model = model.to(dev, memory_format=torch.channels_last)
+    amp = resolve_precision(cfg.precision, dev)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # rank 0 first: it may move a checkpoint of other settings aside; the others then load what it left
     ck, notice = dist.main_first(lambda: resume_training(
         store, stage, {"config": asdict(cfg), "labels_round": labels_round}, model, opt, restart, on_mismatch,
         defaults={"config": asdict(SegConfig()), "labels_round": 0}))
     loss_history: list[float | None] = []
+    warm = previous_round_weights(store, stage, labels_round) if cfg.warm_start and ck is None else None
+    if warm is not None:
+        load_model_state(model, *warm)
+        initialised_from = warm[1]
+    average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if notice:
         log.info("%s", notice)
         yield Progress(stage, 0, 0, "starting afresh", notice=notice)
     elif ck is not None:
         start = int(ck["iteration"])
+        if average is not None:  # "model" held the average; training resumes from its own weights
+            average.module.load_state_dict(ck["model"])
+            load_model_state(model, ck["train_model"], ck_path)
         # the global-mean loss of every iteration so far; None for those of a checkpoint that predates the list
         loss_history = list(ck.get("loss_history") or [])[:start]
         loss_history = [None] * (start - len(loss_history)) + loss_history
@@ -244,19 +289,21 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if average is not None:
+                average.update(model, it)
             it += 1
             loss_history.append(value)
             loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
             if it % cfg.checkpoint_every == 0 or it == total:
                 if dist.is_main:
-                    _save(ck_path, model, opt, it, cfg, labels_round, loss_history)
+                    _save(ck_path, model, opt, it, cfg, labels_round, loss_history, average)
                 dist.barrier()  # no rank goes on (or resumes later) before the checkpoint is whole
             elapsed = time.perf_counter() - t0
             yield Progress(stage, it, total, f"{kind} loss",
                            {"loss": loss_ema, "it_per_s": (it - start) / elapsed})
     except (GeneratorExit, KeyboardInterrupt):  # cancelled: keep what was learnt so far
         if it > start and dist.is_main:  # no barrier: the other ranks may be gone already
-            _save(ck_path, model, opt, it, cfg, labels_round, loss_history)
+            _save(ck_path, model, opt, it, cfg, labels_round, loss_history, average)
         raise
     elapsed = time.perf_counter() - t0
     record = {"config": asdict(cfg), "device": str(dev), "tiles": n, "iterations_run": it - start,

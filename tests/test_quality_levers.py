@@ -376,3 +376,79 @@ def test_new_pseudo_mask_settings_reuse_the_stored_cams(cpu_copy):
     run(train_classifier(store, cfg.classifier, cfg.patches, "cpu", restart=True))
     rec = run(make_cams(store, cam_cfg, cfg.patches, "cpu"))
     assert not rec["reused_cams"]
+
+
+def test_weight_average_is_what_predicts_and_training_resumes_from_its_own_weights(cpu_copy):
+    """segmentation.ema_decay: the checkpoint's model is the running average (decay ramped up from 0.1 at the first
+    step), and a cancelled run resumes both the weights and their average."""
+    from dataclasses import replace
+
+    from pipeline.segment import WeightAverage, load_segmenter, train_segmenter
+
+    # the average by hand: decay min(0.9, (1 + step) / (10 + step)), buffers averaged, counters copied
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(net, 0.9)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    for step, value in enumerate((1.0, 2.0)):
+        for v in net.state_dict().values():
+            v.fill_(value) if v.is_floating_point() else v.add_(1)
+        avg.update(net, step)
+    d0, d1 = 1 / 10, 2 / 11
+    for key, v in avg.module.state_dict().items():
+        expect = ((start[key] * d0 + (1 - d0) * 1.0) * d1 + (1 - d1) * 2.0) if v.is_floating_point() else start[key] + 2
+        assert torch.allclose(v, expect.to(v.dtype)), key
+    store, cfg = cpu_copy
+    seg = replace(cfg.segmentation, ema_decay=0.9, iterations=2, full_iterations=0, checkpoint_every=100,
+                  label_source="mask")
+    run(train_segmenter(store, seg, "cpu", run_name="ema1"))
+    ck = torch.load(store.checkpoint_path("segmentation-ema1"), weights_only=True)
+    assert not all(torch.equal(v, ck["train_model"][k]) for k, v in ck["model"].items())
+    model, _ = load_segmenter(store, "ema1")
+    assert all(torch.equal(v, ck["model"][k]) for k, v in model.state_dict().items())
+    # cancelled after 3 of 4 steps, resumed: the last step moves the saved average towards the resumed weights
+    seg = replace(seg, iterations=4)
+    job = train_segmenter(store, seg, "cpu", run_name="ema-cut")
+    for p in job:
+        if p.step == 3:
+            break
+    job.close()
+    cut = torch.load(store.checkpoint_path("segmentation-ema-cut"), weights_only=True)
+    assert cut["iteration"] == 3 and "train_model" in cut
+    assert run(train_segmenter(store, seg, "cpu", run_name="ema-cut"))["iterations_run"] == 1
+    end = torch.load(store.checkpoint_path("segmentation-ema-cut"), weights_only=True)
+    d = 4 / 13  # the decay at step 3
+    for key, v in end["model"].items():
+        if v.is_floating_point():
+            assert torch.allclose(v, d * cut["model"][key] + (1 - d) * end["train_model"][key], atol=1e-6), key
+    bad = tiny_cpu_config()
+    bad.segmentation.ema_decay = 1.0
+    with pytest.raises(OEEMError, match=r"ema_decay must be in \[0, 1\)"):
+        from pipeline.config import check
+
+        check(bad)
+
+
+def test_warm_start_begins_from_the_model_that_made_the_labels(cpu_copy):
+    """segmentation.warm_start: a self-training round's training starts from the previous round's model (moved
+    aside as segmentation.previous.pt); without a previous round it starts from random init."""
+    from dataclasses import replace
+
+    from pipeline.segment import train_segmenter
+    from pipeline.selftrain import refine_round
+
+    store, cfg = cpu_copy
+    before = torch.load(store.checkpoint_path("segmentation"), weights_only=True)
+    run(refine_round(store, cfg.patches.size))  # the labels move on a round; the model made them
+    seg = replace(cfg.segmentation, warm_start=True, iterations=1, lr=1e-9, min_lr=1e-10, checkpoint_every=100)
+    rec = run(train_segmenter(store, seg, "cpu", on_mismatch="restart"))
+    assert rec["initialised_from"].endswith("segmentation.previous.pt")
+    after = torch.load(store.checkpoint_path("segmentation"), weights_only=True)
+    assert after["labels_round"] == before["labels_round"] + 1
+    from pipeline.segment import build_segmenter
+
+    names = dict(build_segmenter(seg).named_parameters())
+    for key in names:  # one step at a vanishing learning rate: still the previous round's weights
+        assert torch.allclose(after["model"][key], before["model"][key], atol=1e-5), key
+    # the gland masks have no previous round: random init
+    full = replace(seg, label_source="mask")
+    assert run(train_segmenter(store, full, "cpu", run_name="full-ws"))["initialised_from"] is None
