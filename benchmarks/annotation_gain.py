@@ -49,14 +49,24 @@ def save(data: dict) -> None:
     atomic_write_json(OUT, data)
 
 
+# How the loss is divided: "weighted" (a verified pixel counts as verified_weight pixels, pipeline/losses.py since
+# the verified-weight change) or "pixels" (every valid pixel counts once: the rows measured before).
+DIVISOR = "weighted"
+
+
+def divisor(row: dict) -> str:
+    return row.get("divisor", "pixels")
+
+
 def gain_key(row: dict) -> tuple:
-    """One row per budget, seed, arm and verified weight (rows from before the weight existed used 1)."""
-    return row["budget_pct"], row["seed"], row["kind"], row.get("verified_weight", 1.0)
+    """One row per budget, seed, arm, verified weight (rows from before the weight existed used 1) and divisor."""
+    return row["budget_pct"], row["seed"], row["kind"], row.get("verified_weight", 1.0), divisor(row)
 
 
-def gain_run_name(kind: str, budget: float, seed: int, weight: float) -> str:
+def gain_run_name(kind: str, budget: float, seed: int, weight: float, div: str = DIVISOR) -> str:
     """The retrained model's checkpoint name (weight 1, the rows from before the weight existed, has no suffix)."""
-    return f"gain-{kind}-b{budget:g}-s{seed}" + (f"-w{weight:g}" if weight != 1 else "")
+    return (f"gain-{kind}-b{budget:g}-s{seed}" + (f"-w{weight:g}" if weight != 1 else "")
+            + ("-norm" if div == "weighted" else ""))
 
 
 def clear_corrections(store: ProjectStore) -> None:
@@ -203,7 +213,8 @@ def cmd_gain(args) -> None:
                 sc = scores(store, name, cfg.inference, splits=("val", "test"))
                 val, test, base_val, base_test = sc["val"], sc["test"], base["val"], base["test"]
                 # the validation images are never corrected: their gain is how the verified weight was chosen
-                row = {"budget_pct": budget, "seed": seed, "kind": kind, "verified_weight": weight, "pixels": px,
+                row = {"budget_pct": budget, "seed": seed, "kind": kind, "verified_weight": weight,
+                       "divisor": DIVISOR, "pixels": px,
                        "wrong_fixed": wrong, "testA_mIoU": test["mIoU"], "baseline_mIoU": base_test["mIoU"],
                        "gain": test["mIoU"] - base_test["mIoU"], "val_mIoU": val["mIoU"],
                        "baseline_val_mIoU": base_val["mIoU"], "val_gain": val["mIoU"] - base_val["mIoU"],
@@ -229,7 +240,7 @@ def cmd_rescore(args) -> None:
         if "val_gain" in row:
             continue
         w = row.get("verified_weight", 1.0)
-        name = gain_run_name(row["kind"], row["budget_pct"], row["seed"], w)
+        name = gain_run_name(row["kind"], row["budget_pct"], row["seed"], w, divisor(row))
         if not store.checkpoint_path(f"segmentation-{name}").is_file():
             print(f"{name}: no checkpoint kept, skipped")
             continue
@@ -248,21 +259,22 @@ def mean_sd(values: list[float]) -> str:
 
 
 def cmd_table(args) -> None:
-    """The gain rows as one markdown table: mean ± sd over seeds per verified weight, budget and arm."""
+    """The gain rows as one markdown table: mean ± sd over seeds per verified weight, divisor, budget and arm."""
     from ablation import markdown_table
 
     data = load()
     groups: dict[tuple, list[dict]] = {}
     for g in data["gain"]:
-        groups.setdefault((g.get("verified_weight", 1.0), g["budget_pct"], g["kind"]), []).append(g)
+        groups.setdefault((g.get("verified_weight", 1.0), divisor(g), g["budget_pct"], g["kind"]), []).append(g)
     rows = []
-    for (w, b, kind), gs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] != "ranked")):
+    for (w, div, b, kind), gs in sorted(groups.items(),
+                                        key=lambda kv: (kv[0][0], kv[0][1] != "pixels", kv[0][2], kv[0][3] != "ranked")):
         gs = sorted(gs, key=lambda g: g["seed"])
         test, val = [g["gain"] for g in gs], [g["val_gain"] for g in gs if "val_gain" in g]
-        rows.append((f"{w:g}", f"{b:g} %", kind, ", ".join(str(g["seed"]) for g in gs),
+        rows.append((f"{w:g}", div, f"{b:g} %", kind, ", ".join(str(g["seed"]) for g in gs),
                      f"{int(np.mean([g['wrong_fixed'] for g in gs])):,}", mean_sd(val), mean_sd(test),
                      " / ".join(f"{t:+.2f}" for t in test)))
-    markdown_table(rows, ("verified weight", "budget", "arm", "seeds", "wrong labels fixed", "validation gain",
+    markdown_table(rows, ("verified weight", "loss divided by", "budget", "arm", "seeds", "wrong labels fixed", "validation gain",
                           "testA gain", "testA per seed"))
 
 
@@ -291,10 +303,11 @@ def cmd_plot(args) -> None:
         print(f"wrote {DOCS / 'ranking_precision.png'}")
     if data.get("gain"):
         fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-        weights = sorted({g.get("verified_weight", 1.0) for g in data["gain"]})
-        for colour, weight in zip(("tab:blue", "tab:orange", "tab:green", "tab:red"), weights):
+        series = sorted({(g.get("verified_weight", 1.0), divisor(g)) for g in data["gain"]})
+        for colour, (weight, div) in zip(("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"), series):
             for kind, style in (("ranked", "o-"), ("random", "s--")):
-                rows = [g for g in data["gain"] if g["kind"] == kind and g.get("verified_weight", 1.0) == weight]
+                rows = [g for g in data["gain"] if g["kind"] == kind and g.get("verified_weight", 1.0) == weight
+                        and divisor(g) == div]
                 if not rows:
                     continue
                 budgets = sorted({g["budget_pct"] for g in rows})
@@ -303,7 +316,8 @@ def cmd_plot(args) -> None:
                 # no correction, no gain: the curves start at the origin
                 seeds = ", ".join(f"{b:g} %: {sum(g['budget_pct'] == b for g in rows)}" for b in budgets)
                 ax.errorbar([0.0, *budgets], [0.0, *means], yerr=[0.0, *spread], fmt=style, capsize=3,
-                            color=colour, label=f"{kind}, verified weight {weight:g} (seeds - {seeds})")
+                            color=colour, label=f"{kind}, verified weight {weight:g}"
+                                                f"{', / weights' if div == 'weighted' else ''} (seeds - {seeds})")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("pixels corrected (% of training pixels)")
         ax.set_ylabel("testA mIoU gain (bars: sd over seeds)")
