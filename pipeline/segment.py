@@ -216,13 +216,13 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
                  len(padded), cfg.tile_size, cfg.working_scale)
     model = build_segmenter(cfg)
     initialised_from = init_from_classifier(model, store, cfg) if cfg.init_from_classifier else None
+    model = model.to(dev, memory_format=torch.channels_last)
+    amp = resolve_precision(cfg.precision, dev)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     stage = stage_name(run_name)
     ck_path = store.checkpoint_path(stage)
     start = 0
     labels_round = labels_round_of(store, cfg)
-    model = model.to(dev, memory_format=torch.channels_last)
-    amp = resolve_precision(cfg.precision, dev)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     # rank 0 first: it may move a checkpoint of other settings aside; the others then load what it left
     ck, notice = dist.main_first(lambda: resume_training(
         store, stage, {"config": asdict(cfg), "labels_round": labels_round}, model, opt, restart, on_mismatch,
@@ -230,7 +230,12 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     loss_history: list[float | None] = []
     warm = previous_round_weights(store, stage, labels_round) if cfg.warm_start and ck is None else None
     if warm is not None:
-        load_model_state(model, *warm)
+        try:
+            load_model_state(model, *warm)
+        except OEEMError:
+            raise OEEMError(f"segmentation.warm_start: the previous round's model {warm[1]} is another network than "
+                            "this configuration's; train this round from scratch (set segmentation.warm_start to "
+                            "false) or keep the previous round's network settings") from None
         initialised_from = warm[1]
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if notice:

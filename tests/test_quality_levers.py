@@ -449,6 +449,11 @@ def test_warm_start_begins_from_the_model_that_made_the_labels(cpu_copy):
     names = dict(build_segmenter(seg).named_parameters())
     for key in names:  # one step at a vanishing learning rate: still the previous round's weights
         assert torch.allclose(after["model"][key], before["model"][key], atol=1e-5), key
+    # a previous round of another network is refused with what to do, not a state-dict traceback
+    run(refine_round(store, cfg.patches.size))
+    with pytest.raises(OEEMError, match="warm_start: the previous round's model .* is another network.*"
+                                        "warm_start to false"):
+        run(train_segmenter(store, replace(seg, head_channels=8), "cpu", on_mismatch="restart"))
     # the gland masks have no previous round: random init
     full = replace(seg, label_source="mask")
     assert run(train_segmenter(store, full, "cpu", run_name="full-ws"))["initialised_from"] is None
