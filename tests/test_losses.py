@@ -131,8 +131,7 @@ def test_verified_pixels_weigh_the_verified_weight(kind):
     ce = F.cross_entropy(logits, target, reduction="none")
     w = weight_map(logits, target, kind) if kind != "ce" else torch.ones_like(ce)
     w[clean] = 5.0
-    # a verified pixel counts as that many pixels: the loss keeps its scale however many a batch holds
-    expected = (w * ce).sum() / (3 + 5.0)
+    expected = (w * ce).sum() / 4  # still divided by the valid pixels: the others keep their scale
     got = segmentation_loss(logits, target, kind, clean=clean, clean_weight=5.0).item()
     assert got == pytest.approx(expected.item())
     assert got > segmentation_loss(logits, target, kind, clean=clean).item()  # the verified pixel is a wrong guess
