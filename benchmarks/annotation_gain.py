@@ -49,9 +49,10 @@ def save(data: dict) -> None:
     atomic_write_json(OUT, data)
 
 
-# How the loss is divided: "weighted" (a verified pixel counts as verified_weight pixels, pipeline/losses.py since
-# the verified-weight change) or "pixels" (every valid pixel counts once: the rows measured before).
-DIVISOR = "weighted"
+# How the loss was divided: "pixels" (every valid pixel counts once, as pipeline/losses.py does) or "weighted" (a
+# verified pixel counted as verified_weight pixels: a variant measured over 3 seeds and not kept - validation gains
+# were lower on average, README); rows without the field used "pixels".
+DIVISOR = "pixels"
 
 
 def divisor(row: dict) -> str:
@@ -317,7 +318,7 @@ def cmd_plot(args) -> None:
                 seeds = ", ".join(f"{b:g} %: {sum(g['budget_pct'] == b for g in rows)}" for b in budgets)
                 ax.errorbar([0.0, *budgets], [0.0, *means], yerr=[0.0, *spread], fmt=style, capsize=3,
                             color=colour, label=f"{kind}, verified weight {weight:g}"
-                                                f"{', / weights' if div == 'weighted' else ''} (seeds - {seeds})")
+                                                f"{', divisor weighted (not kept)' if div == 'weighted' else ''} (seeds - {seeds})")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("pixels corrected (% of training pixels)")
         ax.set_ylabel("testA mIoU gain (bars: sd over seeds)")
