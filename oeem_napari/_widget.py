@@ -459,7 +459,7 @@ class OEEMWidget(QWidget):
         from pipeline.cams import make_cams
         from pipeline.classify import make_patch_labels, train_classifier
         from pipeline.infer import evaluate, predict
-        from pipeline.project import run_all
+        from pipeline.project import run_all, segmentation_settings
         from pipeline.segment import train_segmenter
 
         cfg = self._config()
@@ -474,7 +474,7 @@ class OEEMWidget(QWidget):
         if stage == "cams":
             return make_cams(store, cfg.cam, cfg.patches, device)
         if stage == "segmentation":
-            return train_segmenter(store, cfg.segmentation, device, on_mismatch="restart")
+            return train_segmenter(store, segmentation_settings(store, cfg), device, on_mismatch="restart")
         if stage == "predict":
             return predict(store, cfg.inference, device=device)
         if stage == "selftrain":

@@ -165,14 +165,16 @@ def cmd_cams(args) -> None:
 
 
 def cmd_train_seg(args) -> None:
+    from pipeline.project import segmentation_settings
     from pipeline.segment import train_segmenter
 
     store = _open(args.project)
     cfg = _config(args, store)
-    rec = _drive(train_segmenter(store, cfg.segmentation, args.device, args.name, args.restart), "segmentation")
+    seg = segmentation_settings(store, cfg)
+    rec = _drive(train_segmenter(store, seg, args.device, args.name, args.restart), "segmentation")
     if not _is_main():
         return
-    print(f"segmentation trained with loss {cfg.segmentation.loss} on {cfg.segmentation.label_source} labels: "
+    print(f"segmentation trained with loss {seg.loss} on {seg.label_source} labels: "
           f"{rec['iterations_run']} iterations in {rec['seconds']:.0f} s, final loss {rec['final_loss']:.4f}")
 
 

@@ -66,6 +66,14 @@ def project_config(store: ProjectStore, preset_name: str | None = None,
     return cfg
 
 
+def segmentation_settings(store: ProjectStore, cfg: PipelineConfig):
+    """The segmentation settings a training on this project's current pseudo-masks runs with (the last
+    self-training round may train longer: ``selftrain.last_iterations``)."""
+    from pipeline.selftrain import pseudo_round
+
+    return cfg.segmentation_for_round(pseudo_round(store))
+
+
 def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
     """Has ``stage`` finished with the current configuration? (Lets ``oeem run`` resume.)"""
     rec = store.load_run(stage)
@@ -75,7 +83,7 @@ def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
     from pipeline.selftrain import pseudo_round
 
     want = {"patches": to_dict(cfg.patches), "classifier": to_dict(cfg.classifier), "cams": to_dict(cfg.cam),
-            "segmentation": to_dict(cfg.segmentation), "predict": to_dict(cfg.inference)}.get(stage)
+            "segmentation": to_dict(segmentation_settings(store, cfg)), "predict": to_dict(cfg.inference)}.get(stage)
     if want is None:
         return True
     want = json.loads(json.dumps(want))  # tuples -> lists, as saved
@@ -109,7 +117,7 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
 
     for r in range(cfg.selftrain.rounds + 1):
         if not stage_done(store, "segmentation", cfg):
-            yield from train_segmenter(store, cfg.segmentation, device, on_mismatch="restart")
+            yield from train_segmenter(store, segmentation_settings(store, cfg), device, on_mismatch="restart")
         if r < cfg.selftrain.rounds and pseudo_round(store) == r:
             labelled = [n for s in ("train", "val") for n in store.names(s) if store.has(n, "patch_labels")]
             yield from predict(store, cfg.inference, names=labelled, device=device)

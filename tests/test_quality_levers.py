@@ -24,6 +24,7 @@ def tiny_cpu_config():
     seg.backbone = BackboneConfig(name="unet", widths=(8, 16, 24, 32))
     seg.head_channels, seg.iterations, seg.batch_size, seg.checkpoint_every = 16, 40, 4, 20
     seg.full_iterations = 60  # fully supervised trains longer, as in the preset
+    cfg.selftrain.last_iterations = 50  # and so does the last self-training round
     seg.tile_size, seg.tile_stride, seg.crop_size = 96, 64, 96
     cfg.classifier.threads = seg.threads = 2
     return cfg
@@ -63,13 +64,17 @@ def test_cpu_preset_end_to_end_with_validation_and_self_training(cpu_project):
     assert store.load_run("patches")["summary"]["val_images"] == 2
     assert report["evaluation-val"]["images"] == 2 and report["evaluation-test"]["images"] == 4
     assert "val" in report["cams"] and 0 < report["cams"]["val"]["pseudo"]["mIoU"] <= 100
-    # the preset's self-training rounds, and the final model trained on the last round's labels, from random init
+    # the preset's self-training rounds, and the final model trained on the last round's labels - longer, and
+    # starting from the model that made them
     rounds = cfg.selftrain.rounds
     assert rounds >= 1 and pseudo_round(store) == rounds
     assert all(f"selftrain-round-{r}" in report for r in range(1, rounds + 1))
     assert [r["round"] for r in store.load_run("selftrain")["rounds"]] == list(range(1, rounds + 1))
     seg = store.load_run("segmentation")
-    assert seg["labels_round"] == rounds and seg["initialised_from"] is None
+    assert seg["labels_round"] == rounds and seg["initialised_from"].endswith("segmentation.previous.pt")
+    assert seg["config"]["iterations"] == seg["iterations_run"] == cfg.selftrain.last_iterations == 50
+    previous = torch.load(store.path / "checkpoints" / "segmentation.previous.pt", weights_only=True)
+    assert previous["labels_round"] == rounds - 1 and previous["config"]["iterations"] == 40
     assert seg["precision"] in ("fp32", "bf16") and seg["config"]["backbone"]["name"] == "unet"
     assert store.load_run("predict")["images"] == len(store.names())
     for n in store.names():
@@ -208,6 +213,26 @@ def test_full_supervision_trains_its_own_iterations(tmp_path, small_folder):
     bad.segmentation.full_iterations = -1
     with pytest.raises(OEEMError, match="full_iterations must be >= 0"):
         check(bad)
+
+
+def test_only_the_last_round_trains_last_iterations():
+    """selftrain.last_iterations replaces segmentation.iterations for the training on the last round's labels
+    only; the check whether a training is done asks the same question (test_run_all_again_does_nothing_new)."""
+    from pipeline.config import check
+
+    cfg = tiny_cpu_config()
+    cfg.selftrain.rounds = 2
+    assert [cfg.segmentation_for_round(r).iterations for r in range(4)] == [40, 40, 50, 50]
+    assert cfg.segmentation.iterations == 40  # the saved settings are not changed
+    cfg.selftrain.last_iterations = 0  # 0: as segmentation.iterations
+    assert cfg.segmentation_for_round(2) is cfg.segmentation
+    cfg.selftrain.last_iterations, cfg.selftrain.rounds = 50, 0  # no rounds: no last round to lengthen
+    assert cfg.segmentation_for_round(0).iterations == 40
+    cfg.selftrain.rounds, cfg.segmentation.label_source = 2, "mask"  # the gland masks have no rounds either
+    assert cfg.segmentation_for_round(2).iterations == 40
+    cfg.selftrain.last_iterations = -1
+    with pytest.raises(OEEMError, match="last_iterations must be >= 0"):
+        check(cfg)
 
 
 def test_self_training_round_bookkeeping(cpu_copy):
