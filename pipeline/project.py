@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig, apply_overrides, check, from_dict, preset, to_dict
+from pipeline.config import PipelineConfig, SegConfig, apply_overrides, check, from_dict, preset, to_dict
 from pipeline.data import find_samples
 from pipeline.errors import OEEMError
 from pipeline.progress import Job, Progress
@@ -66,7 +66,7 @@ def project_config(store: ProjectStore, preset_name: str | None = None,
     return cfg
 
 
-def segmentation_settings(store: ProjectStore, cfg: PipelineConfig):
+def segmentation_settings(store: ProjectStore, cfg: PipelineConfig) -> SegConfig:
     """The segmentation settings a training on this project's current pseudo-masks runs with (the last
     self-training round may train longer: ``selftrain.last_iterations``)."""
     from pipeline.selftrain import pseudo_round

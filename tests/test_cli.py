@@ -1,4 +1,5 @@
 """The `oeem` command: help for every stage, one-line errors (no tracebacks), and a full tiny run."""
+import json
 import subprocess
 import sys
 
@@ -56,6 +57,10 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
     assert main(["train-cls", p, "--epochs", "1", "--device", "cpu"]) == 0
     assert main(["cams", p, "--scales", "1"]) == 0
     assert main(["train-seg", p, "--iterations", "3", "--loss", "ce"]) == 0
+    # --iterations is what every training runs: each round, the last one (longer in the cpu preset), the masks
+    saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())
+    assert saved["segmentation"]["iterations"] == saved["segmentation"]["full_iterations"] == 3
+    assert saved["selftrain"]["last_iterations"] == 3
     assert main(["predict", p, "--fast", "--split", "test"]) == 0
     assert main(["evaluate", p, "--split", "test", "--per-image"]) == 0
     assert main(["export", p, str(tmp_path / "out"), "--format", "tiff"]) == 0
@@ -68,8 +73,6 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
     assert not (tmp_path / "p.zarr" / "checkpoints" / "segmentation-t0.pt").exists()
     assert main(["train-seg", p, "--labels", "corrected", "--verified-weight", "0", "--name", "t0"]) == 2
     assert "verified_weight must be > 0" in capsys.readouterr().err
-    import json
-
     saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())
     assert saved["preset"] == "tiny" and saved["segmentation"]["loss"] == "ce"
     assert saved["segmentation"]["weight_temperature"] == 1.0  # the refused value was not saved
@@ -83,8 +86,6 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
 
 
 def test_validation_split_and_self_training_from_the_command_line(tmp_path, small_folder, capsys):
-    import json
-
     p = str(tmp_path / "p.zarr")
     assert main(["init", str(small_folder), p, "--val-images", "1"]) == 0
     assert "3 train, 1 validation and 2 test images" in capsys.readouterr().out
