@@ -95,10 +95,9 @@ def _config(args, store):
         "cam.mode": getattr(args, "mode", None), "cam.scales": getattr(args, "cam_scales", None),
         "segmentation.loss": getattr(args, "loss", None),
         "segmentation.iterations": getattr(args, "iterations", None),
-        # asked for on the command line, it is what every training runs: each self-training round, the last one and
-        # the gland masks alike
+        # asked for on the command line, it is what this training runs, on pseudo-masks or gland masks alike (the
+        # last self-training round runs selftrain.last_round_scale times as many)
         "segmentation.full_iterations": getattr(args, "iterations", None),
-        "selftrain.last_iterations": getattr(args, "iterations", None),
         "segmentation.label_source": getattr(args, "labels", None),
         "segmentation.warmup_ce_iters": getattr(args, "warmup_ce", None),
         "segmentation.weight_temperature": getattr(args, "temperature", None),
@@ -476,8 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=LOSS_KINDS, help="weighting (paper preset: l_norm, the paper's OEEM; "
                    "cpu preset: ce, which beat l_norm on the validation split from random init)")
     p.add_argument("--iterations", type=int,
-                   help="iterations of every segmentation training (cpu preset: 2000 per round, "
-                   "3000 for the last round, 4000 on gland masks)")
+                   help="segmentation iterations (cpu preset: 2000 per round, 1.5x that for the last "
+                   "round, 4000 on gland masks)")
     p.add_argument("--labels", choices=("pseudo", "corrected", "mask"),
                    help="pseudo-masks, pseudo-masks with painted corrections, or gland masks (full supervision)")
     p.add_argument("--warmup-ce", type=int, help="iterations of plain CE before the chosen loss")
@@ -509,8 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, help="self-training rounds (cpu preset: 2)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--iterations", type=int,
-                   help="iterations of every segmentation training (cpu preset: 2000 per round, "
-                   "3000 for the last round, 4000 on gland masks)")
+                   help="segmentation iterations (cpu preset: 2000 per round, 1.5x that for the last "
+                   "round, 4000 on gland masks)")
     p.add_argument("--loss", choices=LOSS_KINDS)
     p.add_argument("--fast", action="store_true", help="single-scale prediction")
     p = add("export", cmd_export, "write masks as GlaS-style PNG, TIFF, OME-Zarr or QuPath GeoJSON (all or nothing)")

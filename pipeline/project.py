@@ -68,7 +68,7 @@ def project_config(store: ProjectStore, preset_name: str | None = None,
 
 def segmentation_settings(store: ProjectStore, cfg: PipelineConfig) -> SegConfig:
     """The segmentation settings a training on this project's current pseudo-masks runs with (the last
-    self-training round may train longer: ``selftrain.last_iterations``)."""
+    self-training round may train longer: ``selftrain.last_round_scale``)."""
     from pipeline.selftrain import pseudo_round
 
     return cfg.segmentation_for_round(pseudo_round(store))

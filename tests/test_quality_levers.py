@@ -24,7 +24,7 @@ def tiny_cpu_config():
     seg.backbone = BackboneConfig(name="unet", widths=(8, 16, 24, 32))
     seg.head_channels, seg.iterations, seg.batch_size, seg.checkpoint_every = 16, 40, 4, 20
     seg.full_iterations = 60  # fully supervised trains longer, as in the preset
-    cfg.selftrain.last_iterations = 50  # and so does the last self-training round
+    cfg.selftrain.last_round_scale = 1.25  # and so does the last self-training round: 50 iterations
     seg.tile_size, seg.tile_stride, seg.crop_size = 96, 64, 96
     cfg.classifier.threads = seg.threads = 2
     return cfg
@@ -72,7 +72,7 @@ def test_cpu_preset_end_to_end_with_validation_and_self_training(cpu_project):
     assert [r["round"] for r in store.load_run("selftrain")["rounds"]] == list(range(1, rounds + 1))
     seg = store.load_run("segmentation")
     assert seg["labels_round"] == rounds and seg["initialised_from"].endswith("segmentation.previous.pt")
-    assert seg["config"]["iterations"] == seg["iterations_run"] == cfg.selftrain.last_iterations == 50
+    assert seg["config"]["iterations"] == seg["iterations_run"] == 50
     previous = torch.load(store.path / "checkpoints" / "segmentation.previous.pt", weights_only=True)
     assert previous["labels_round"] == rounds - 1 and previous["config"]["iterations"] == 40
     assert seg["precision"] in ("fp32", "bf16") and seg["config"]["backbone"]["name"] == "unet"
@@ -215,8 +215,8 @@ def test_full_supervision_trains_its_own_iterations(tmp_path, small_folder):
         check(bad)
 
 
-def test_only_the_last_round_trains_last_iterations():
-    """selftrain.last_iterations replaces segmentation.iterations for the training on the last round's labels
+def test_only_the_last_round_trains_longer():
+    """selftrain.last_round_scale multiplies segmentation.iterations for the training on the last round's labels
     only; the check whether a training is done asks the same question (test_run_all_again_does_nothing_new)."""
     from pipeline.config import check
 
@@ -224,14 +224,16 @@ def test_only_the_last_round_trains_last_iterations():
     cfg.selftrain.rounds = 2
     assert [cfg.segmentation_for_round(r).iterations for r in range(4)] == [40, 40, 50, 50]
     assert cfg.segmentation.iterations == 40  # the saved settings are not changed
-    cfg.selftrain.last_iterations = 0  # 0: as segmentation.iterations
+    cfg.segmentation.iterations = 4  # a quick run stays quick: the last round scales with it
+    assert cfg.segmentation_for_round(2).iterations == 5
+    cfg.segmentation.iterations, cfg.selftrain.last_round_scale = 40, 1.0  # 1: as the other rounds
     assert cfg.segmentation_for_round(2) is cfg.segmentation
-    cfg.selftrain.last_iterations, cfg.selftrain.rounds = 50, 0  # no rounds: no last round to lengthen
+    cfg.selftrain.last_round_scale, cfg.selftrain.rounds = 1.25, 0  # no rounds: no last round to lengthen
     assert cfg.segmentation_for_round(0).iterations == 40
     cfg.selftrain.rounds, cfg.segmentation.label_source = 2, "mask"  # the gland masks have no rounds either
     assert cfg.segmentation_for_round(2).iterations == 40
-    cfg.selftrain.last_iterations = -1
-    with pytest.raises(OEEMError, match="last_iterations must be >= 0"):
+    cfg.selftrain.last_round_scale = 0
+    with pytest.raises(OEEMError, match="last_round_scale multiplies the last round's iterations"):
         check(cfg)
 
 
