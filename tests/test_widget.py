@@ -1,6 +1,8 @@
 """The napari plugin in a real (headless, Xvfb) viewer: docking, layers, jobs, corrections, cancel, export."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -90,6 +92,7 @@ def test_tiny_preset_end_to_end_from_the_widget(widget, small_folder, tmp_path, 
     wait_job(qtbot, widget)
     assert widget.store is not None and widget.store.path == target
     widget.preset_combo.setCurrentText("tiny")
+    widget.preset_combo.textActivated.emit("tiny")  # what picking it does: the form takes the preset's values
     widget.epochs_spin.setValue(1)
     widget.iter_spin.setValue(4)
     widget.run_stage("all")
@@ -97,6 +100,9 @@ def test_tiny_preset_end_to_end_from_the_widget(widget, small_folder, tmp_path, 
     wait_job(qtbot, widget)
     assert widget.status_label.text() == "done"
     assert "evaluation-test" in widget.last_result
+    saved = json.loads((target / "runs" / "config.json").read_text())
+    assert saved["preset"] == "tiny" and saved["selftrain"]["rounds"] == 0 and saved["classifier"]["epochs"] == 1
+    assert widget.store.load_run("segmentation")["iterations_run"] == 4
     layers = widget.viewer.layers
     for layer_name in (_layers.CAM_GLAND, _layers.PSEUDO, _layers.PREDICTION, _layers.WEIGHT):
         assert layer_name in layers
@@ -250,7 +256,6 @@ def test_images_of_different_sizes_switch_cleanly(widget, tmp_path, qtbot):
 
 def test_settings_form_covers_every_setting_and_drives_the_next_run(widget, project_copy, qtbot, notes):
     import dataclasses
-    import json
 
     from pipeline.config import PipelineConfig
 
