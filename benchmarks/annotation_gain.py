@@ -316,9 +316,9 @@ def cmd_plot(args) -> None:
                 spread = [np.std([g["gain"] for g in rows if g["budget_pct"] == b]) for b in budgets]
                 # no correction, no gain: the curves start at the origin
                 seeds = ", ".join(f"{b:g} %: {sum(g['budget_pct'] == b for g in rows)}" for b in budgets)
+                note = ", divisor weighted (not kept)" if div == "weighted" else ""
                 ax.errorbar([0.0, *budgets], [0.0, *means], yerr=[0.0, *spread], fmt=style, capsize=3,
-                            color=colour, label=f"{kind}, verified weight {weight:g}"
-                                                f"{', divisor weighted (not kept)' if div == 'weighted' else ''} (seeds - {seeds})")
+                            color=colour, label=f"{kind}, verified weight {weight:g}{note} (seeds - {seeds})")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xlabel("pixels corrected (% of training pixels)")
         ax.set_ylabel("testA mIoU gain (bars: sd over seeds)")
