@@ -68,8 +68,9 @@ def cmd_stage1(args) -> None:
 
 def scores(store: ProjectStore, run_name: str, infer_cfg, splits=("val", "test", "train")) -> dict:
     """Dataset-level mIoU / Dice / F1 of one model per split, in memory (the store's predictions are untouched),
-    plus the current pseudo-masks' scores on the train and val splits for comparison."""
-    from pipeline.infer import predict_probs
+    plus the current pseudo-masks' scores on the train and val splits for comparison. The mask is cleaned as
+    ``infer_cfg`` says (what ``oeem predict`` writes); ``mIoU_raw`` is the uncleaned argmax."""
+    from pipeline.infer import mask_from_probs, predict_probs
     from pipeline.metrics import confusion, from_confusion
     from pipeline.segment import load_segmenter
 
@@ -77,14 +78,16 @@ def scores(store: ProjectStore, run_name: str, infer_cfg, splits=("val", "test",
     out = {}
     for split in splits:
         names = [n for n in store.names(split) if store.has(n, "mask")]
-        cm, cm_pseudo = np.zeros((2, 2), np.int64), np.zeros((2, 2), np.int64)
+        cm, cm_raw, cm_pseudo = (np.zeros((2, 2), np.int64) for _ in range(3))
         t0 = time.perf_counter()
         for n in names:
             prob = predict_probs(model, store.image(n), infer_cfg, torch.device("cpu"), seg_cfg)
-            cm += confusion(prob.argmax(0), store.mask(n))
+            cm += confusion(mask_from_probs(prob, infer_cfg), store.mask(n))
+            cm_raw += confusion(prob.argmax(0), store.mask(n))
             if store.has(n, "pseudo"):
                 cm_pseudo += confusion(store.read(n, "pseudo"), store.mask(n))
-        out[split] = {**from_confusion(cm), "s_per_image": (time.perf_counter() - t0) / len(names)}
+        out[split] = {**from_confusion(cm), "mIoU_raw": from_confusion(cm_raw)["mIoU"],
+                      "s_per_image": (time.perf_counter() - t0) / len(names)}
         if cm_pseudo.sum():
             out[split]["pseudo_mIoU"] = from_confusion(cm_pseudo)["mIoU"]
     return out

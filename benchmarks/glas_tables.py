@@ -25,7 +25,7 @@ import torch
 
 from _common import RESULTS, glas_root, machine, print_table, write_json
 from pipeline.config import LOSS_KINDS, preset
-from pipeline.infer import predict_probs
+from pipeline.infer import mask_from_probs, predict_probs
 from pipeline.metrics import confusion, from_confusion
 from pipeline.progress import run
 from pipeline.segment import load_segmenter, train_segmenter
@@ -47,7 +47,7 @@ def test_scores(store: ProjectStore, run_name: str, infer_cfg) -> dict:
     names = [n for n in store.names("test") if store.has(n, "mask")]
     for n in names:
         prob = predict_probs(model, store.image(n), infer_cfg, torch.device("cpu"), seg_cfg)
-        total += confusion(prob.argmax(0), store.mask(n))
+        total += confusion(mask_from_probs(prob, infer_cfg), store.mask(n))
     return {**from_confusion(total), "predict_s_per_image": (time.perf_counter() - t0) / len(names)}
 
 

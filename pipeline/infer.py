@@ -14,6 +14,7 @@ from pipeline.errors import OEEMError
 from pipeline.losses import weight_map
 from pipeline.metrics import confusion, from_confusion
 from pipeline.patches import grid_starts
+from pipeline.postprocess import clean_mask
 from pipeline.progress import (Job, Progress, autocast, channels_last, precision_name, resolve_device,
                                resolve_precision, to_tensor_image)
 from pipeline.segment import load_segmenter, stage_name
@@ -109,6 +110,11 @@ def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.devi
     return (acc[0] / n).cpu().numpy()
 
 
+def mask_from_probs(prob: np.ndarray, cfg: InferConfig) -> np.ndarray:
+    """The predicted gland mask (uint8 0/1): the most likely class per pixel, cleaned as ``cfg`` says."""
+    return clean_mask(prob.argmax(0), cfg.drop_glands_below, cfg.fill_holes_below)
+
+
 def oeem_weight_of(prob: np.ndarray, label: np.ndarray) -> np.ndarray:
     """The l_norm weight the current model gives each pixel of ``label`` (what OEEM would train on)."""
     logits = torch.from_numpy(np.log(np.clip(prob, 1e-6, 1)))[None]
@@ -126,7 +132,7 @@ def predict(store: ProjectStore, cfg: InferConfig, names: list[str] | None = Non
     for k, n in enumerate(names):
         prob = predict_probs(model, store.image(n), cfg, dev, seg_cfg)
         store.write(n, "prob", prob[1].astype(np.float32))
-        store.write(n, "prediction", prob.argmax(0).astype(np.uint8))
+        store.write(n, "prediction", mask_from_probs(prob, cfg))
         if store.has(n, "pseudo"):
             label = store.read(n, "corrected") if store.has(n, "corrected") else store.read(n, "pseudo")
             store.write(n, "weight", oeem_weight_of(prob, label).astype(np.float32))

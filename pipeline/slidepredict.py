@@ -63,15 +63,18 @@ def default_output(store: ProjectStore, slide_path: str | Path) -> Path:
 # ---------------------------------------------------------------------------- one block
 def predict_block(model, seg_cfg, infer_cfg: InferConfig, slide: Slide, job: SlideJob, by: int, bx: int,
                   device) -> tuple[np.ndarray, np.ndarray]:
-    """Gland probability (uint8 0-255) and mask of block (by, bx), from the block plus its margin."""
-    from pipeline.infer import predict_probs
+    """Gland probability (uint8 0-255) and mask of block (by, bx), from the block plus its margin (the mask is
+    cleaned with the margin in view, so a gland cut by the block's edge keeps its size)."""
+    from pipeline.infer import mask_from_probs, predict_probs
 
     y, x = by * job.block, bx * job.block
     h, w = min(job.block, job.height - y), min(job.block, job.width - x)
     m = job.margin
     region = slide.read_at(job.project_mpp, y - m, x - m, h + 2 * m, w + 2 * m)
-    prob = predict_probs(model, region, infer_cfg, device, seg_cfg)[:, m:m + h, m:m + w]
-    return np.clip(np.rint(prob[1] * 255), 0, 255).astype(np.uint8), prob.argmax(0).astype(np.uint8)
+    prob = predict_probs(model, region, infer_cfg, device, seg_cfg)
+    mask = mask_from_probs(prob, infer_cfg)[m:m + h, m:m + w]
+    prob = prob[1, m:m + h, m:m + w]
+    return np.clip(np.rint(prob * 255), 0, 255).astype(np.uint8), mask
 
 
 def write_blocks(job: SlideJob, model, seg_cfg, blocks: list[tuple[int, int]], device, slide: Slide | None = None

@@ -8,6 +8,7 @@ import torch
 
 from pipeline.config import GLAS_MEAN, GLAS_STD, IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, InferConfig, preset
 from pipeline.errors import OEEMError
+from pipeline.postprocess import clean_mask
 from pipeline.progress import run
 
 SMALL = dict(widths=(8, 16, 24, 32), blocks=(1, 1, 1, 1))
@@ -77,8 +78,14 @@ def test_cpu_preset_end_to_end_with_validation_and_self_training(cpu_project):
     assert previous["labels_round"] == rounds - 1 and previous["config"]["iterations"] == 40
     assert seg["precision"] in ("fp32", "bf16") and seg["config"]["backbone"]["name"] == "unet"
     assert store.load_run("predict")["images"] == len(store.names())
+    inf = cfg.inference
+    assert inf.drop_glands_below > 0 and inf.fill_holes_below > 0
     for n in store.names():
-        assert store.read(n, "prediction").shape == store.shape(n)  # scored at the original size
+        prediction = store.read(n, "prediction")
+        assert prediction.shape == store.shape(n)  # scored at the original size
+        # what is written is the preset's cleaned mask of the stored probability
+        cleaned = clean_mask(store.read(n, "prob") > 0.5, inf.drop_glands_below, inf.fill_holes_below)
+        assert (prediction == cleaned).mean() > 0.9999
     assert report["evaluation-test"]["mIoU"] > 45  # one class everywhere scores < 35 on the sample
 
 
@@ -359,14 +366,19 @@ def test_old_projects_predict_with_the_model_they_hold(tmp_path, trained_project
     cfg_path = store.path / "runs" / "config.json"
     old_cfg = json.loads(cfg_path.read_text())
     old_cfg.pop("selftrain")
+    for key in ("drop_glands_below", "fill_holes_below"):
+        old_cfg["inference"].pop(key)
     cfg_path.write_text(json.dumps(old_cfg))
 
     model, seg_cfg = load_segmenter(store)
     assert seg_cfg.decoder == "psp" and seg_cfg.working_scale == 1.0 and seg_cfg.input_norm == "imagenet"
     cfg = project_config(store)
     assert stage_done(store, "segmentation", cfg)  # not retrained just because the code is newer
-    rec = run(predict(store, cfg.inference, names=store.names("test")[:1], device="cpu"))
+    assert cfg.inference.drop_glands_below == cfg.inference.fill_holes_below == 0  # its masks are not cleaned
+    name = store.names("test")[0]
+    rec = run(predict(store, cfg.inference, names=[name], device="cpu"))
     assert rec["images"] == 1
+    assert ((store.read(name, "prob") > 0.5) == store.read(name, "prediction")).mean() > 0.9999
 
 
 def test_gland_bias_moves_only_mixed_patches_toward_gland():

@@ -14,6 +14,7 @@ import zarr
 
 from pipeline.config import InferConfig, PatchConfig, SlideConfig
 from pipeline.errors import OEEMError
+from pipeline.postprocess import clean_mask
 from pipeline.progress import run
 from pipeline.slide import open_slide
 from pipeline.slidepredict import predict_slide, progress_path, read_done, record_path
@@ -176,6 +177,16 @@ def test_tiled_prediction_equals_whole_image_prediction(project_copy, slide_path
     assert root["labels/prediction/1"].shape == (768, 1024)
     np.testing.assert_array_equal(root["labels/prediction/1"][...], tiled[::2, ::2])
     assert json.loads(record_path(rec["output"]).read_text())["blocks"]["tissue"] == 48
+
+    # a cleaned mask (the cpu preset's kind) is cleaned with each block's margin in view: the same as cleaning
+    # the whole image, but for components larger than a block's context that a seam cuts
+    cleaning = replace(aligned, drop_glands_below=200, fill_holes_below=200)
+    rec = run(predict_slide(store, slide_path, cfg, cleaning, out=tmp_path / "clean.ome.zarr", device="cpu",
+                            run_name="local"))
+    cleaned = _mask(rec["output"])
+    expected = clean_mask(whole.argmax(0), 200, 200)
+    assert (expected != whole.argmax(0))[inner].mean() > 0.01  # the random model leaves specks to clean
+    assert (cleaned[inner] == expected[inner]).mean() > 0.995
 
 
 def test_glass_is_skipped_and_a_cancelled_run_resumes(trained_project, slide_path, tmp_path):
