@@ -132,7 +132,7 @@ def cmd_refine(args) -> None:
     labelled = [n for s in ("train", "val") for n in store.names(s) if store.has(n, "patch_labels")]
     t0 = time.perf_counter()
     run(predict(store, cfg.inference, names=labelled, device="cpu", run_name=args.source))
-    entry = run(refine_round(store, cfg.patches.size))
+    entry = run(refine_round(store, cfg.patches.size, cam_cfg=cfg.cam))
     entry["source"] = args.source
     entry["total_s"] = time.perf_counter() - t0
     data = load_rows()

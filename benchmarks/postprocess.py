@@ -3,12 +3,12 @@
 Each trained model of a project predicts every image once (the cpu preset's scales and flip, probabilities kept in
 memory); then each (drop, fill) pair is scored per split, as the mean over the models (e.g. seeds). The pair is
 chosen on the validation split; train and testA are reported. The pseudo-masks the models learned from are scored
-with the same hole filling, so "the prediction beats its labels" is checked against labels given the same help.
+cleaned the same way, so "the prediction beats its labels" is checked against labels given the same help.
 
     python benchmarks/postprocess.py PROJECT [RUN ...] [--drop 0,500,1000,2000] [--fill 0,1000,2000,4000,8000]
 
 RUN is a named segmentation run of the project (``-`` or nothing: the project's own model). Writes
-``benchmarks/results/postprocess.json``.
+``benchmarks/results/postprocess.json`` (``--json NAME`` for another name).
 """
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="*", default=["-"])
     ap.add_argument("--drop", default="0,500,1000,2000", help="drop_glands_below values (px)")
     ap.add_argument("--fill", default="0,1000,2000,4000,8000,16000", help="fill_holes_below values (px)")
+    ap.add_argument("--json", default="postprocess.json", help="results file name in benchmarks/results/")
     args = ap.parse_args()
     store = ProjectStore.open(args.project, mode="r")
     splits = {s: [n for n in store.names(s) if store.has(n, "mask")] for s in SPLITS}
@@ -72,7 +73,7 @@ def main() -> None:
                           "sd": statistics.stdev(per_run) if len(per_run) > 1 else 0.0}
         for split in ("train", "val"):
             if pseudo and all(n in pseudo for n in splits[split]):
-                row[f"labels_{split}"] = miou({n: clean_mask(pseudo[n], 0, fill) for n in splits[split]}, truth,
+                row[f"labels_{split}"] = miou({n: clean_mask(pseudo[n], drop, fill) for n in splits[split]}, truth,
                                               splits[split])
         rows.append(row)
     clean_s = (time.perf_counter() - t0) / (len(rows) * len(runs) * len(names))
@@ -80,14 +81,14 @@ def main() -> None:
 
     def fmt(r, split):
         return f"{r[split]['mean']:.2f} ± {r[split]['sd']:.2f}"
-    print(f"{len(runs)} model(s) of {args.project}; mean ± sd over them; labels = the pseudo-masks with the same "
-          f"hole filling")
+    print(f"{len(runs)} model(s) of {args.project}; mean ± sd over them; labels = the pseudo-masks cleaned the "
+          f"same way")
     print_table([(r["drop_glands_below"], r["fill_holes_below"], fmt(r, "val"), fmt(r, "train"),
                   f"{r.get('labels_train', float('nan')):.2f}", fmt(r, "test")) for r in rows],
                 ("drop <", "fill <", "val", "train", "labels train", "testA"))
     print(f"chosen on validation: drop < {best['drop_glands_below']} px, fill < {best['fill_holes_below']} px; "
           f"cleaning takes {1000 * clean_s:.1f} ms per image")
-    write_json("postprocess.json", {"machine": machine(), "project": str(args.project), "runs": args.runs,
+    write_json(args.json, {"machine": machine(), "project": str(args.project), "runs": args.runs,
                                "predict_s": predict_s, "clean_ms_per_image": 1000 * clean_s, "rows": rows,
                                "chosen_on_val": {k: best[k] for k in ("drop_glands_below", "fill_holes_below")}})
 

@@ -480,7 +480,7 @@ class OEEMWidget(QWidget):
         if stage == "selftrain":
             from pipeline.selftrain import refine_round
 
-            return refine_round(store, cfg.patches.size)
+            return refine_round(store, cfg.patches.size, cam_cfg=cfg.cam)
         if stage == "evaluate":
             return run_step("evaluate", lambda: {s: evaluate(store, s) for s in ("train", "val", "test")
                                                  if any(store.has(n, "mask") for n in store.names(s))})

@@ -23,6 +23,7 @@ from pipeline.errors import OEEMError
 from pipeline.metrics import confusion, from_confusion
 from pipeline.models import PatchClassifier
 from pipeline.patches import grid_starts
+from pipeline.postprocess import clean_mask
 from pipeline.progress import (Job, Progress, autocast, channels_last, precision_name, resolve_device,
                                resolve_precision, to_tensor_image)
 from pipeline.store import ProjectStore
@@ -183,6 +184,7 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
             pseudo = pseudo_from_cam(cam, corners, labels, patch_cfg.size, cam_cfg.gland_bias)
         else:
             cam, pseudo = cam_and_pseudo(model, store.image(n), corners, labels, patch_cfg, cls_cfg, cam_cfg, dev)
+        pseudo = clean_mask(pseudo, cam_cfg.drop_glands_below, cam_cfg.fill_holes_below)
         store.write(n, "cam", cam)
         store.write(n, "pseudo", pseudo)
         store.delete(n, "pseudo_cam")  # a new stage 1 starts self-training over

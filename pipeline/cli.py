@@ -187,7 +187,7 @@ def cmd_selftrain(args) -> None:
         print(f"restored the stage-1 pseudo-masks of {reset_rounds(store)} images (round 0)")
         return
     cfg = _config(args, store)
-    entry = _drive(refine_round(store, cfg.patches.size), "selftrain")
+    entry = _drive(refine_round(store, cfg.patches.size, cam_cfg=cfg.cam), "selftrain")
     line = f"self-training round {entry['round']}: {entry['pixels_changed']} pseudo-mask pixels changed"
     for split in ("train", "val"):
         if split in entry:

@@ -121,7 +121,7 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
         if r < cfg.selftrain.rounds and pseudo_round(store) == r:
             labelled = [n for s in ("train", "val") for n in store.names(s) if store.has(n, "patch_labels")]
             yield from predict(store, cfg.inference, names=labelled, device=device)
-            report[f"selftrain-round-{r + 1}"] = yield from refine_round(store, cfg.patches.size)
+            report[f"selftrain-round-{r + 1}"] = yield from refine_round(store, cfg.patches.size, cam_cfg=cfg.cam)
     report["segmentation"] = store.load_run("segmentation")
     if not stage_done(store, "predict", cfg) or store.load_run("predict").get("images") != len(store.names()):
         yield from predict(store, cfg.inference, device=device)

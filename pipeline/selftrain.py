@@ -2,7 +2,8 @@
 
 The segmentation network, trained on noisy pseudo-masks with augmentation and limited capacity, smooths much of
 their noise away; its probabilities, restricted by the patch labels exactly as the CAMs are (Eq. 2: a class the
-pathologist's patch label says is absent cannot win), give the next round's pseudo-masks. Each round is recorded:
+pathologist's patch label says is absent cannot win), give the next round's pseudo-masks, cleaned as stage 1's are
+(``cam.drop_glands_below`` / ``cam.fill_holes_below``). Each round is recorded:
 the store keeps the stage-1 pseudo-mask as ``pseudo_cam``, the round number in the project's attributes and the
 per-round scores in ``runs/selftrain.json``.
 """
@@ -13,8 +14,10 @@ import time
 import numpy as np
 
 from pipeline.cams import restricted_pseudo
+from pipeline.config import CamConfig
 from pipeline.errors import OEEMError
 from pipeline.metrics import confusion, from_confusion
+from pipeline.postprocess import clean_mask
 from pipeline.progress import Job, Progress
 from pipeline.store import ProjectStore
 
@@ -31,8 +34,11 @@ def refined_pseudo(prob: np.ndarray, corners: np.ndarray, labels: np.ndarray, si
     return restricted_pseudo(prob - 0.5, corners, labels, size)
 
 
-def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None = None) -> Job[dict]:
-    """One self-training round: every image with patch labels gets a new pseudo-mask from its ``prob``."""
+def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None = None,
+                 cam_cfg: CamConfig | None = None) -> Job[dict]:
+    """One self-training round: every image with patch labels gets a new pseudo-mask from its ``prob``, cleaned
+    as ``cam_cfg`` cleans stage 1's (none without it)."""
+    cam_cfg = cam_cfg or CamConfig()
     names = names or [n for split in ("train", "val") for n in store.names(split) if store.has(n, "patch_labels")]
     if not names:
         raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
@@ -51,6 +57,7 @@ def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None =
             store.write(n, "pseudo_cam", old)  # stage 1's own, kept for comparison and to start over
         new = refined_pseudo(store.read(n, "prob"), store.read(n, "patch_corners"), store.read(n, "patch_labels"),
                              patch_size)
+        new = clean_mask(new, cam_cfg.drop_glands_below, cam_cfg.fill_holes_below)
         store.write(n, "pseudo", new)
         changed += int((new != old).sum())
         mask = store.mask(n)
@@ -60,6 +67,8 @@ def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None =
         yield Progress(STAGE, k + 1, len(names), n)
     store.root.attrs["pseudo_round"] = before + 1
     entry = {"round": before + 1, "images": len(names), "pixels_changed": changed,
+             "cleaning": {"drop_glands_below": cam_cfg.drop_glands_below,
+                          "fill_holes_below": cam_cfg.fill_holes_below},
              "seconds": time.perf_counter() - t0}
     for split, cm in cms.items():
         if cm["before"].sum():

@@ -253,12 +253,17 @@ def test_self_training_round_bookkeeping(cpu_copy):
     stage1 = store.read(n, "pseudo_cam")
     before = store.read(n, "pseudo")
     done = pseudo_round(store)  # the preset's rounds, already run by the fixture
-    entry = run(refine_round(store, cfg.patches.size))
+    entry = run(refine_round(store, cfg.patches.size, cam_cfg=cfg.cam))
     assert entry["round"] == pseudo_round(store) == done + 1
     assert np.array_equal(store.read(n, "pseudo_cam"), stage1)  # stage 1's own is never overwritten
-    expected = refined_pseudo(store.read(n, "prob"), store.read(n, "patch_corners"),
-                              store.read(n, "patch_labels"), cfg.patches.size)
-    assert np.array_equal(store.read(n, "pseudo"), expected)
+    refined = refined_pseudo(store.read(n, "prob"), store.read(n, "patch_corners"),
+                             store.read(n, "patch_labels"), cfg.patches.size)
+    # cleaned as stage 1's pseudo-masks are (the preset drops specks and fills lumens), and recorded
+    assert cfg.cam.drop_glands_below > 0 and cfg.cam.fill_holes_below > 0
+    assert entry["cleaning"] == {"drop_glands_below": cfg.cam.drop_glands_below,
+                                 "fill_holes_below": cfg.cam.fill_holes_below}
+    assert np.array_equal(store.read(n, "pseudo"),
+                          clean_mask(refined, cfg.cam.drop_glands_below, cfg.cam.fill_holes_below))
     rounds = store.load_run("selftrain")["rounds"]
     assert [r["round"] for r in rounds] == list(range(1, done + 2)) and "train" in rounds[-1] and "val" in rounds[-1]
     assert entry["pixels_changed"] >= int((store.read(n, "pseudo") != before).sum())
@@ -400,7 +405,7 @@ def test_gland_bias_moves_only_mixed_patches_toward_gland():
 def test_new_pseudo_mask_settings_reuse_the_stored_cams(cpu_copy):
     import copy
 
-    from pipeline.cams import make_cams
+    from pipeline.cams import make_cams, pseudo_from_cam
     from pipeline.classify import train_classifier
 
     store, cfg = cpu_copy
@@ -408,8 +413,13 @@ def test_new_pseudo_mask_settings_reuse_the_stored_cams(cpu_copy):
     cam = store.read(n, "cam")
     cam_cfg = copy.deepcopy(cfg.cam)
     cam_cfg.gland_bias += 5.0
+    cam_cfg.drop_glands_below = int(np.prod(store.shape(n))) + 1  # and other cleaning: every gland dropped
     rec = run(make_cams(store, cam_cfg, cfg.patches, "cpu"))
     assert rec["reused_cams"] and np.array_equal(store.read(n, "cam"), cam)
+    raw = pseudo_from_cam(cam, store.read(n, "patch_corners"), store.read(n, "patch_labels"), cfg.patches.size,
+                          cam_cfg.gland_bias)
+    expected = clean_mask(raw, cam_cfg.drop_glands_below, cam_cfg.fill_holes_below)
+    assert np.array_equal(store.read(n, "pseudo"), expected) and raw.any() and not expected.any()
     assert not store.has(n, "pseudo_cam")  # a new stage 1 result starts self-training over
     # a retrained classifier makes new CAMs
     run(train_classifier(store, cfg.classifier, cfg.patches, "cpu", restart=True))
