@@ -89,8 +89,8 @@ def main() -> None:
     print(f"chosen on validation: drop < {best['drop_glands_below']} px, fill < {best['fill_holes_below']} px; "
           f"cleaning takes {1000 * clean_s:.1f} ms per image")
     write_json(args.json, {"machine": machine(), "project": str(args.project), "runs": args.runs,
-                               "predict_s": predict_s, "clean_ms_per_image": 1000 * clean_s, "rows": rows,
-                               "chosen_on_val": {k: best[k] for k in ("drop_glands_below", "fill_holes_below")}})
+                           "predict_s": predict_s, "clean_ms_per_image": 1000 * clean_s, "rows": rows,
+                           "chosen_on_val": {k: best[k] for k in ("drop_glands_below", "fill_holes_below")}})
 
 
 if __name__ == "__main__":
