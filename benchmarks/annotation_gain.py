@@ -9,7 +9,9 @@ pathologist.
     python benchmarks/annotation_gain.py plot                                        # the PNGs in docs/
 
 Runs on the ablation project (``benchmarks/ablation.py stage1``, its pseudo-masks after self-training, its CE
-model and its validation split, on which the ranking is calibrated). ``rank`` ranks the training images' regions
+model and its validation split, on which the ranking is calibrated), or on another project with a validation split
+(``OEEM_ABLATION_PROJECT``; ``rank --model current`` reads that project's own model; ``OEEM_ANNOTATION_JSON``
+names the JSON). ``rank`` ranks the training images' regions
 with the tool (``oeem regions``) and measures, with the gland masks playing the pathologist, the share of wrong
 pseudo-labels inside the top regions at several pixel budgets - against the same areas placed at random.
 ``gain`` lets the simulated pathologist fix the top regions up to a budget (painting the truth inside them,
@@ -35,7 +37,7 @@ from pipeline.progress import run
 from pipeline.store import ProjectStore, atomic_write_json
 
 PROJECT = Path(os.environ.get("OEEM_ABLATION_PROJECT", RESULTS / "ablation.oeem.zarr"))
-OUT = RESULTS / "annotation_gain.json"
+OUT = Path(os.environ.get("OEEM_ANNOTATION_JSON", RESULTS / "annotation_gain.json"))
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 BUDGETS = (0.25, 0.5, 1.0, 2.0, 3.0, 5.0)  # percent of the training pixels
 
@@ -125,8 +127,9 @@ def cmd_rank(args) -> None:
     cfg = preset("cpu")
     from pipeline.infer import predict
 
-    # the prediction the ranking reads is the current model's, as after `oeem run` (round-1 labels, CE)
-    run(predict(store, cfg.inference, None, "cpu", "abl-ce-r1-s0"))
+    # the prediction the ranking reads is the model's a user has after `oeem run` (on the ablation project: the
+    # round-1 CE run; on an end-to-end project: its own final model, --model current)
+    run(predict(store, cfg.inference, None, "cpu", None if args.model == "current" else args.model))
     t0 = time.perf_counter()
     ranking = run(rank_label_errors(store, cfg, "train"))
     rank_s = time.perf_counter() - t0
@@ -334,6 +337,9 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("rank")
     r.add_argument("--seed", type=int, default=0, help="of the random control's placement")
+    r.add_argument("--model", default="abl-ce-r1-s0",
+                   help="the run whose prediction the ranking reads; 'current': the project's own model (e.g. on "
+                        "benchmarks/end_to_end.py's project)")
     g = sub.add_parser("gain")
     g.add_argument("--budgets", type=float, nargs="+", default=[3.0], help="percent of the training pixels")
     g.add_argument("--seeds", type=int, nargs="+", default=[0])
