@@ -34,6 +34,15 @@ def refined_pseudo(prob: np.ndarray, corners: np.ndarray, labels: np.ndarray, si
     return restricted_pseudo(prob - 0.5, corners, labels, size)
 
 
+def next_round_labels(store: ProjectStore, name: str, patch_size: int, cam_cfg: CamConfig) -> np.ndarray:
+    """What a self-training round makes of an image's stored prediction (``prob``): Eq. 2 with its patch labels,
+    cleaned as stage 1's pseudo-masks. Also the like-for-like comparison of a model with the labels it learned
+    from: both then hold the patch labels' information."""
+    new = refined_pseudo(store.read(name, "prob"), store.read(name, "patch_corners"),
+                         store.read(name, "patch_labels"), patch_size)
+    return clean_mask(new, cam_cfg.drop_glands_below, cam_cfg.fill_holes_below)
+
+
 def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None = None,
                  cam_cfg: CamConfig | None = None) -> Job[dict]:
     """One self-training round: every image with patch labels gets a new pseudo-mask from its ``prob``, cleaned
@@ -55,9 +64,7 @@ def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None =
         old = store.read(n, "pseudo")
         if not store.has(n, "pseudo_cam"):
             store.write(n, "pseudo_cam", old)  # stage 1's own, kept for comparison and to start over
-        new = refined_pseudo(store.read(n, "prob"), store.read(n, "patch_corners"), store.read(n, "patch_labels"),
-                             patch_size)
-        new = clean_mask(new, cam_cfg.drop_glands_below, cam_cfg.fill_holes_below)
+        new = next_round_labels(store, n, patch_size, cam_cfg)
         store.write(n, "pseudo", new)
         changed += int((new != old).sum())
         mask = store.mask(n)

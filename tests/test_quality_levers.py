@@ -246,13 +246,15 @@ def test_only_the_last_round_trains_longer():
 
 def test_self_training_round_bookkeeping(cpu_copy):
     from pipeline.segment import train_segmenter
-    from pipeline.selftrain import pseudo_round, refine_round, refined_pseudo, reset_rounds
+    from pipeline.selftrain import next_round_labels, pseudo_round, refine_round, refined_pseudo, reset_rounds
 
     store, cfg = cpu_copy
     n = store.names("train")[0]
     stage1 = store.read(n, "pseudo_cam")
     before = store.read(n, "pseudo")
     done = pseudo_round(store)  # the preset's rounds, already run by the fixture
+    preview = next_round_labels(store, n, cfg.patches.size, cfg.cam)  # what the round will write, nothing written
+    assert np.array_equal(store.read(n, "pseudo"), before)
     entry = run(refine_round(store, cfg.patches.size, cam_cfg=cfg.cam))
     assert entry["round"] == pseudo_round(store) == done + 1
     assert np.array_equal(store.read(n, "pseudo_cam"), stage1)  # stage 1's own is never overwritten
@@ -264,6 +266,7 @@ def test_self_training_round_bookkeeping(cpu_copy):
                                  "fill_holes_below": cfg.cam.fill_holes_below}
     assert np.array_equal(store.read(n, "pseudo"),
                           clean_mask(refined, cfg.cam.drop_glands_below, cfg.cam.fill_holes_below))
+    assert np.array_equal(store.read(n, "pseudo"), preview)
     rounds = store.load_run("selftrain")["rounds"]
     assert [r["round"] for r in rounds] == list(range(1, done + 2)) and "train" in rounds[-1] and "val" in rounds[-1]
     assert entry["pixels_changed"] >= int((store.read(n, "pseudo") != before).sum())
