@@ -94,9 +94,10 @@ def restricted_prediction(store: ProjectStore, cfg: PipelineConfig) -> dict[str,
     for split in ("train", "val"):
         cm = np.zeros((2, 2), np.int64)
         for n in store.names(split):
-            if not (store.has(n, "patch_labels") and store.has(n, "prob")) or store.mask(n) is None:
+            truth = store.mask(n)
+            if truth is None or not (store.has(n, "patch_labels") and store.has(n, "prob")):
                 continue
-            cm += confusion(next_round_labels(store, n, cfg.patches.size, cfg.cam), store.mask(n))
+            cm += confusion(next_round_labels(store, n, cfg.patches.size, cfg.cam), truth)
         out[split] = from_confusion(cm) if cm.sum() else {"mIoU": float("nan")}
     return out
 
