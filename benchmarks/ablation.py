@@ -3,10 +3,13 @@ held out, used only to choose settings) and reported on testA, with minutes per 
 
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/ablation.py stage1           # project + stage 1 once
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/ablation.py stage2 NAME [--set KEY=VALUE ...] [--seed S]
-    python benchmarks/ablation.py report                                                # the table, from JSON
+    python benchmarks/ablation.py report [--paired ce lnorm]                            # the table, from JSON
 
-Every stage-2 run is a named checkpoint in the project (``segmentation-abl-NAME-sSEED``), so an interrupted run
-resumes and a finished one is only scored again. Rows accumulate in ``benchmarks/results/ablation.json``.
+Every stage-2 run is a named checkpoint in the project (``segmentation-abl-NAME-rROUND-sSEED``), so an interrupted
+run resumes and a finished one is only scored again. Rows accumulate in ``benchmarks/results/ablation.json``.
+``OEEM_ABLATION_PROJECT`` and ``OEEM_ABLATION_JSON`` point both elsewhere, e.g. at the end-to-end benchmark's
+project to compare losses on its labels (with ``segmentation.warm_start``, copy the model that made the labels to
+``checkpoints/segmentation-abl-NAME-rROUND-sSEED.previous.pt`` first).
 """
 from __future__ import annotations
 
@@ -203,11 +206,30 @@ def cmd_report(args) -> None:
     print("\nStage 2 (mIoU; round = self-training round of the labels; train = prediction vs the train masks, "
           "pseudo = the labels it learned from)\n")
     print_table(table, ("run", "round", "validation", "testA", "train", "pseudo (train)", "min", "seeds"))
+    if args.paired:
+        paired_table(rows, *args.paired, print_table)
     for speed in scale_tables(data).values():
         print(f"\nTest-time scales ({speed['model']}; + flip)\n")
         print_table([(",".join(f"{x:g}" for x in r["scales"]), f"{r['val']:.2f}", f"{r['test']:.2f}",
                       f"{r['s_per_image']:.2f}") for r in speed["rows"]],
                     ("scales", "validation", "testA", "s / image"))
+
+
+def paired_table(rows: list[dict], a: str, b: str, print_table) -> None:
+    """Run ``b`` minus run ``a``, seed by seed on the same labels (same round): the seeds share the data order and
+    augmentation, so the paired difference is what tells a loss from the seed noise."""
+    by = {(r["name"], r["round"], r["seed"]): r for r in rows}
+    pairs = sorted((rnd, seed) for (name, rnd, seed) in by if name == a and (b, rnd, seed) in by)
+    if not pairs:
+        print(f"\nno seeds with both {a!r} and {b!r} on the same labels")
+        return
+    table = []
+    for split in ("val", "test", "train"):
+        d = [by[(b, rnd, s)][split]["mIoU"] - by[(a, rnd, s)][split]["mIoU"] for rnd, s in pairs]
+        table.append(({"val": "validation", "test": "testA", "train": "train"}[split],
+                      " / ".join(f"{x:+.2f}" for x in d), fmt(d)))
+    print(f"\n{b} minus {a}, paired by seed ({', '.join(f'round {r} seed {s}' for r, s in pairs)})\n")
+    print_table(table, ("split", "per seed", "mean +- sd"))
 
 
 def scale_tables(data: dict) -> dict:
@@ -278,6 +300,7 @@ def main() -> None:
                     " with several, the best on the validation split")
     rp = sub.add_parser("report")
     rp.add_argument("--markdown", action="store_true", help="tables as markdown (for the README)")
+    rp.add_argument("--paired", nargs=2, metavar=("A", "B"), help="B minus A seed by seed, e.g. ce lnorm")
     bs = sub.add_parser("bias")
     bs.add_argument("biases", nargs="*", type=float, default=[0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 8])
     sc = sub.add_parser("scales")
