@@ -1,11 +1,16 @@
 """How a project image appears in napari: fixed layer names and colours, so users can toggle them by habit."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dask.array as da
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
 from pipeline.store import ProjectStore
+
+if TYPE_CHECKING:
+    import napari
 
 IMAGE = "H&E"
 MASK = "gland mask (truth)"
@@ -157,3 +162,11 @@ def slide_prediction_specs(out) -> list[tuple]:
             (masks, _micrometres({"name": SLIDE_PREDICTION, "multiscale": multi, "scale": (mpp, mpp),
                                   "colormap": label_colormap(PREDICTION), "opacity": 0.5,
                                   "metadata": {"oeem_slide_prediction": str(out)}}), "labels")]
+
+
+def scale_bar(viewer: napari.Viewer):
+    """The viewer's scale bar overlay: ``viewer.canvas.overlays`` holds it since napari 0.9 (``viewer.scale_bar``
+    is deprecated there), the older releases this plugin supports only have the attribute."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return getattr(overlays, "scale_bar", None) or viewer.scale_bar

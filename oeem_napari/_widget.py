@@ -553,7 +553,7 @@ class OEEMWidget(QWidget):
             show_info(f"{Path(path).name}: the file does not say its microns per pixel; set µm/px in Whole "
                       "slides before predicting")
         else:
-            self.viewer.scale_bar.visible = True  # in µm: the layers carry their units
+            _layers.scale_bar(self.viewer).visible = True  # in µm: the layers carry their units
         if _layers.SLIDE_REGIONS not in self.viewer.layers:
             extra = {"units": kwargs["units"]} if "units" in kwargs else {}
             self.viewer.add_shapes(name=_layers.SLIDE_REGIONS, scale=kwargs["scale"], edge_color="yellow",

@@ -360,7 +360,7 @@ def test_a_slide_opens_lazily_is_predicted_and_gives_training_regions(widget, pr
     assert widget.open_project(store.path)
     layer = widget.open_slide(slide)
     assert layer.multiscale and _layers.SLIDE_REGIONS in viewer.layers
-    assert viewer.scale_bar.visible
+    assert _layers.scale_bar(viewer).visible
     if hasattr(layer, "units"):  # napari 0.6+: the scale bar reads microns
         assert str(layer.units[-1]) == "micrometer"
     widget.predict_combo.setCurrentIndex(0)  # fast prediction
