@@ -3,19 +3,21 @@ held out, used only to choose settings) and reported on testA, with minutes per 
 
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/ablation.py stage1           # project + stage 1 once
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/ablation.py stage2 NAME [--set KEY=VALUE ...] [--seed S]
+                                                                        [--warm-from MODEL.pt]
     python benchmarks/ablation.py report [--paired ce lnorm]                            # the table, from JSON
 
 Every stage-2 run is a named checkpoint in the project (``segmentation-abl-NAME-rROUND-sSEED``), so an interrupted
 run resumes and a finished one is only scored again. Rows accumulate in ``benchmarks/results/ablation.json``.
 ``OEEM_ABLATION_PROJECT`` and ``OEEM_ABLATION_JSON`` point both elsewhere, e.g. at the end-to-end benchmark's
-project to compare losses on its labels (with ``segmentation.warm_start``, copy the model that made the labels to
-``checkpoints/segmentation-abl-NAME-rROUND-sSEED.previous.pt`` first).
+project to compare losses on its labels; ``--warm-from MODEL.pt`` starts a fresh run from the model that made
+those labels (e.g. the project's ``checkpoints/segmentation.previous.pt``), as ``oeem run`` warm-starts its rounds.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -107,17 +109,48 @@ def cmd_stage2(args) -> None:
     cfg.segmentation.seed = args.seed
     rnd = pseudo_round(store) if cfg.segmentation.label_source != "mask" else 0
     name = f"abl-{args.name}-r{rnd}-s{args.seed}"
+    staged = stage_warm_start(store, name, Path(args.warm_from), rnd) if args.warm_from else None
+    if args.warm_from:
+        cfg.segmentation.warm_start = True
     t0 = time.perf_counter()
     rec = run(train_segmenter(store, cfg.segmentation, "cpu", run_name=name, on_mismatch="restart"))
     train_s = time.perf_counter() - t0
+    if staged is not None and rec.get("initialised_from") != str(staged):
+        raise SystemExit(f"{name} trained afresh without the --warm-from model (its old checkpoint of other settings "
+                         "replaced it): run the same command again")
     row = {"name": args.name, "run_name": name, "seed": args.seed, "round": rnd, "overrides": sets,
-           "train_s": train_s, "iterations_run": rec["iterations_run"], "config": rec["config"],
-           "final_loss": rec["final_loss"], **scores(store, name, cfg.inference)}
+           "warm_from": args.warm_from, "train_s": train_s, "iterations_run": rec["iterations_run"],
+           "config": rec["config"], "final_loss": rec["final_loss"], **scores(store, name, cfg.inference)}
     data = load_rows()
     data["rows"] = [r for r in data["rows"] if r["run_name"] != name] + [row]
     save_rows(data)
     print(f"{name}: val {row['val']['mIoU']:.2f}  testA {row['test']['mIoU']:.2f}  train {row['train']['mIoU']:.2f}"
           f" (pseudo {row['train'].get('pseudo_mIoU', float('nan')):.2f})  {train_s / 60:.1f} min", flush=True)
+
+
+def stage_warm_start(store: ProjectStore, name: str, model: Path, rnd: int) -> Path | None:
+    """Put ``model`` where ``segmentation.warm_start`` looks for the run's previous-round model
+    (``checkpoints/segmentation-NAME.previous.pt``), after checking that it made this round's labels; None when
+    the run resumes from its own checkpoint instead."""
+    from pipeline.models import safe_torch_load
+    from pipeline.segment import stage_name
+
+    if store.checkpoint_path(stage_name(name)).is_file():
+        print(f"{name} has a checkpoint: it resumes from it (--warm-from applies to a fresh run)", flush=True)
+        return None
+    if not model.is_file():
+        raise SystemExit(f"--warm-from {model}: no such file")
+    ck = safe_torch_load(model)
+    if ck.get("kind") != "segmentation":
+        raise SystemExit(f"--warm-from {model}: not a segmentation checkpoint")
+    if rnd == 0 or ck.get("labels_round", 0) != rnd - 1:
+        raise SystemExit(f"--warm-from {model}: trained on round {ck.get('labels_round', 0)} labels, but the project's "
+                         f"labels are round {rnd}; give the model whose prediction made them (round {rnd - 1})")
+    dst = store.checkpoint_path(stage_name(name)).with_name(f"{stage_name(name)}.previous.pt")
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(model, tmp)
+    os.replace(tmp, dst)
+    return dst
 
 
 def cmd_refine(args) -> None:
@@ -295,6 +328,8 @@ def main() -> None:
     s2.add_argument("name")
     s2.add_argument("--set", nargs="*", default=[], help="config overrides, e.g. segmentation.loss=ce")
     s2.add_argument("--seed", type=int, default=0)
+    s2.add_argument("--warm-from", metavar="MODEL.pt",
+                    help="start a fresh run from this segmentation checkpoint (the model that made the labels)")
     rf = sub.add_parser("refine")
     rf.add_argument("source", nargs="+", help="run name(s) of the model whose prediction refines the pseudo-masks;"
                     " with several, the best on the validation split")
