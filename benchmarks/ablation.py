@@ -5,6 +5,7 @@ held out, used only to choose settings) and reported on testA, with minutes per 
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/ablation.py stage2 NAME [--set KEY=VALUE ...] [--seed S]
                                                                         [--warm-from MODEL.pt]
     python benchmarks/ablation.py report [--paired ce lnorm]                            # the table, from JSON
+    OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/ablation.py weights RUN [RUN ...]  # weights vs wrong labels
 
 Every stage-2 run is a named checkpoint in the project (``segmentation-abl-NAME-rROUND-sSEED``), so an interrupted
 run resumes and a finished one is only scored again. Rows accumulate in ``benchmarks/results/ablation.json``.
@@ -151,6 +152,56 @@ def stage_warm_start(store: ProjectStore, name: str, model: Path, rnd: int) -> P
     shutil.copyfile(model, tmp)
     os.replace(tmp, dst)
     return dst
+
+
+def cmd_weights(args) -> None:
+    """Where the OEEM (l_norm) weights of a model fall on the project's current pseudo-masks: on the wrong labels
+    (what OEEM should down-weight) or on the right ones. The weight is computed on the whole image at one scale
+    (training softmaxes over each tile instead, which only rescales it within a tile)."""
+    from dataclasses import replace
+
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.infer import oeem_weight_of, predict_probs
+    from pipeline.segment import load_segmenter
+
+    store = ProjectStore.open(PROJECT)
+    one_scale = replace(preset("cpu").inference, scales=(1.0,), flip=False)
+    key = "pseudo_cam" if args.stage1_labels else "pseudo"
+    names = [n for n in store.names("train") if store.has(n, "mask") and store.has(n, key)]
+    rng = np.random.default_rng(0)
+    data = load_rows()
+    for run_name in args.runs:
+        model, seg_cfg = load_segmenter(store, None if run_name == "current" else run_name, "cpu")
+        n_wrong = n_all = copied = 0
+        w_wrong = w_all = 0.0
+        sample_w, sample_y = [], []
+        for n in names:
+            pseudo, mask = store.read(n, key).astype(np.int64), store.mask(n).astype(np.int64)
+            prob = predict_probs(model, store.image(n), one_scale, torch.device("cpu"), seg_cfg)
+            w = oeem_weight_of(prob, pseudo)
+            valid = pseudo < 2  # 255: ignored, no weight
+            wrong, w = (pseudo != mask)[valid], w[valid]
+            n_wrong += int(wrong.sum())
+            n_all += wrong.size
+            w_wrong += float(w[wrong].sum())
+            w_all += float(w.sum())
+            copied += int((prob.argmax(0) == pseudo)[valid][wrong].sum())  # wrong labels the model reproduces
+            pick = rng.choice(wrong.size, size=min(20000, wrong.size), replace=False)
+            sample_w.append(w[pick])
+            sample_y.append(wrong[pick])
+        y, w_s = np.concatenate(sample_y), np.concatenate(sample_w)
+        row = {"run": run_name, "labels": key, "wrong_share": 100 * n_wrong / n_all, "weight_on_wrong": 100 * w_wrong / w_all,
+               "mean_weight_wrong": w_wrong / max(n_wrong, 1),
+               "mean_weight_right": (w_all - w_wrong) / max(n_all - n_wrong, 1),
+               "auc_low_weight_is_wrong": float(roc_auc_score(y, -w_s)) if 0 < y.sum() < y.size else float("nan"),
+               "wrong_reproduced": 100 * copied / max(n_wrong, 1)}
+        data.setdefault("weights", {})[f"{run_name} on {key}"] = row
+        print(f"{run_name} on {key}: {row['wrong_share']:.1f} % of train labels wrong hold {row['weight_on_wrong']:.1f} % of "
+              f"the weight (mean {row['mean_weight_wrong']:.2f} vs {row['mean_weight_right']:.2f}); AUC "
+              f"{row['auc_low_weight_is_wrong']:.3f}; the model reproduces {row['wrong_reproduced']:.1f} % of them",
+              flush=True)
+    save_rows(data)
 
 
 def cmd_refine(args) -> None:
@@ -330,6 +381,10 @@ def main() -> None:
     s2.add_argument("--seed", type=int, default=0)
     s2.add_argument("--warm-from", metavar="MODEL.pt",
                     help="start a fresh run from this segmentation checkpoint (the model that made the labels)")
+    wt = sub.add_parser("weights", help="where a model's OEEM weights fall: on the wrong labels or the right ones")
+    wt.add_argument("runs", nargs="+", help="run names (abl-NAME-rROUND-sSEED), or current for the project's model")
+    wt.add_argument("--stage1-labels", action="store_true",
+                    help="score the weights on the stage-1 pseudo-masks instead of the current round's")
     rf = sub.add_parser("refine")
     rf.add_argument("source", nargs="+", help="run name(s) of the model whose prediction refines the pseudo-masks;"
                     " with several, the best on the validation split")
@@ -343,7 +398,8 @@ def main() -> None:
     sc.add_argument("sets", nargs="+", help="comma lists of scales, e.g. 1 0.75,1,1.25")
     args = ap.parse_args()
     {"stage1": cmd_stage1, "stage2": cmd_stage2, "refine": cmd_refine, "report": cmd_report,
-     "scales": cmd_scales, "bias": cmd_bias}[args.cmd](args)
+     "scales": cmd_scales, "bias": cmd_bias,
+     "weights": cmd_weights}[args.cmd](args)
 
 
 if __name__ == "__main__":
