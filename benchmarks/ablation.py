@@ -10,8 +10,8 @@ held out, used only to choose settings) and reported on testA, with minutes per 
 Every stage-2 run is a named checkpoint in the project (``segmentation-abl-NAME-rROUND-sSEED``), so an interrupted
 run resumes and a finished one is only scored again. Rows accumulate in ``benchmarks/results/ablation.json``.
 ``OEEM_ABLATION_PROJECT`` and ``OEEM_ABLATION_JSON`` point both elsewhere, e.g. at the end-to-end benchmark's
-project to compare losses on its labels; ``--warm-from MODEL.pt`` starts a fresh run from the model that made
-those labels (e.g. the project's ``checkpoints/segmentation.previous.pt``), as ``oeem run`` warm-starts its rounds.
+project to compare losses on its labels; ``--warm-from MODEL.pt`` starts a fresh run from the model whose
+prediction made those labels (trained on the round before), as ``oeem run`` warm-starts its rounds.
 """
 from __future__ import annotations
 
@@ -191,15 +191,17 @@ def cmd_weights(args) -> None:
             sample_w.append(w[pick])
             sample_y.append(wrong[pick])
         y, w_s = np.concatenate(sample_y), np.concatenate(sample_w)
-        row = {"run": run_name, "labels": key, "wrong_share": 100 * n_wrong / n_all, "weight_on_wrong": 100 * w_wrong / w_all,
+        row = {"run": run_name, "labels": key, "wrong_share": 100 * n_wrong / n_all,
+               "weight_on_wrong": 100 * w_wrong / w_all,
                "mean_weight_wrong": w_wrong / max(n_wrong, 1),
                "mean_weight_right": (w_all - w_wrong) / max(n_all - n_wrong, 1),
                "auc_low_weight_is_wrong": float(roc_auc_score(y, -w_s)) if 0 < y.sum() < y.size else float("nan"),
                "wrong_reproduced": 100 * copied / max(n_wrong, 1)}
         data.setdefault("weights", {})[f"{run_name} on {key}"] = row
-        print(f"{run_name} on {key}: {row['wrong_share']:.1f} % of train labels wrong hold {row['weight_on_wrong']:.1f} % of "
-              f"the weight (mean {row['mean_weight_wrong']:.2f} vs {row['mean_weight_right']:.2f}); AUC "
-              f"{row['auc_low_weight_is_wrong']:.3f}; the model reproduces {row['wrong_reproduced']:.1f} % of them",
+        print(f"{run_name} on {key}: {row['wrong_share']:.1f} % of train labels wrong hold "
+              f"{row['weight_on_wrong']:.1f} % of the weight (mean {row['mean_weight_wrong']:.2f} vs "
+              f"{row['mean_weight_right']:.2f}); AUC {row['auc_low_weight_is_wrong']:.3f}; the model reproduces "
+              f"{row['wrong_reproduced']:.1f} % of them",
               flush=True)
     save_rows(data)
 
