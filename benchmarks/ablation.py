@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import json
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from _common import RESULTS, glas_root, machine, print_table
 from _common import print_table as plain_table
 from pipeline.config import apply_overrides, parse_settings, preset, to_dict
 from pipeline.progress import run
-from pipeline.store import ProjectStore, atomic_write_json
+from pipeline.store import ProjectStore, atomic_write_bytes, atomic_write_json
 
 PROJECT = Path(os.environ.get("OEEM_ABLATION_PROJECT", RESULTS / "ablation.oeem.zarr"))
 OUT = Path(os.environ.get("OEEM_ABLATION_JSON", RESULTS / "ablation.json"))
@@ -148,9 +147,7 @@ def stage_warm_start(store: ProjectStore, name: str, model: Path, rnd: int) -> P
         raise SystemExit(f"--warm-from {model}: trained on round {ck.get('labels_round', 0)} labels, but the project's "
                          f"labels are round {rnd}; give the model whose prediction made them (round {rnd - 1})")
     dst = store.checkpoint_path(stage_name(name)).with_name(f"{stage_name(name)}.previous.pt")
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(model, tmp)
-    os.replace(tmp, dst)
+    atomic_write_bytes(dst, model.read_bytes())
     return dst
 
 
