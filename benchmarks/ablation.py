@@ -151,39 +151,55 @@ def stage_warm_start(store: ProjectStore, name: str, model: Path, rnd: int) -> P
     return dst
 
 
+def weight_maps(store: ProjectStore, run_name: str, names: list[str], key: str):
+    """(name, per-pixel weight, the model's label or None) per image: a model's one-scale l_norm weights on the
+    ``key`` labels, or for ``review`` the label review's trust 1 - P(wrong) (what error_prob_weight=1 trains with;
+    it scores the current labels only)."""
+    from dataclasses import replace
+
+    from pipeline.infer import oeem_weight_of, predict_probs
+    from pipeline.labelerrors import label_trust
+    from pipeline.segment import load_segmenter
+
+    if run_name == "review":
+        if key != "pseudo":
+            raise SystemExit("the label review ranks the current labels: leave out --stage1-labels for 'review'")
+        for n in names:
+            yield n, label_trust(store, n, 1.0, "pseudo"), None
+        return
+    one_scale = replace(preset("cpu").inference, scales=(1.0,), flip=False)
+    model, seg_cfg = load_segmenter(store, None if run_name == "current" else run_name, "cpu")
+    for n in names:
+        prob = predict_probs(model, store.image(n), one_scale, torch.device("cpu"), seg_cfg)
+        yield n, oeem_weight_of(prob, store.read(n, key).astype(np.int64)), prob.argmax(0)
+
+
 def cmd_weights(args) -> None:
     """Where the OEEM (l_norm) weights of a model fall on the project's current pseudo-masks: on the wrong labels
     (what OEEM should down-weight) or on the right ones. The weight is computed on the whole image at one scale
-    (training softmaxes over each tile instead, which only rescales it within a tile)."""
-    from dataclasses import replace
-
+    (training softmaxes over each tile instead, which only rescales it within a tile). ``review`` stands for the
+    label review's out-of-sample trust instead of a model's weights."""
     from sklearn.metrics import roc_auc_score
 
-    from pipeline.infer import oeem_weight_of, predict_probs
-    from pipeline.segment import load_segmenter
-
     store = ProjectStore.open(PROJECT)
-    one_scale = replace(preset("cpu").inference, scales=(1.0,), flip=False)
     key = "pseudo_cam" if args.stage1_labels else "pseudo"
     names = [n for n in store.names("train") if store.has(n, "mask") and store.has(n, key)]
     rng = np.random.default_rng(0)
     data = load_rows()
     for run_name in args.runs:
-        model, seg_cfg = load_segmenter(store, None if run_name == "current" else run_name, "cpu")
         n_wrong = n_all = copied = 0
         w_wrong = w_all = 0.0
         sample_w, sample_y = [], []
-        for n in names:
+        for n, w, predicted in weight_maps(store, run_name, names, key):
             pseudo, mask = store.read(n, key).astype(np.int64), store.mask(n).astype(np.int64)
-            prob = predict_probs(model, store.image(n), one_scale, torch.device("cpu"), seg_cfg)
-            w = oeem_weight_of(prob, pseudo)
             valid = pseudo < 2  # 255: ignored, no weight
             wrong, w = (pseudo != mask)[valid], w[valid]
             n_wrong += int(wrong.sum())
             n_all += wrong.size
             w_wrong += float(w[wrong].sum())
             w_all += float(w.sum())
-            copied += int((prob.argmax(0) == pseudo)[valid][wrong].sum())  # wrong labels the model reproduces
+            if predicted is not None:  # wrong labels the model reproduces
+                copied += int((predicted == pseudo)[valid][wrong].sum())
             pick = rng.choice(wrong.size, size=min(20000, wrong.size), replace=False)
             sample_w.append(w[pick])
             sample_y.append(wrong[pick])
@@ -193,13 +209,13 @@ def cmd_weights(args) -> None:
                "mean_weight_wrong": w_wrong / max(n_wrong, 1),
                "mean_weight_right": (w_all - w_wrong) / max(n_all - n_wrong, 1),
                "auc_low_weight_is_wrong": float(roc_auc_score(y, -w_s)) if 0 < y.sum() < y.size else float("nan"),
-               "wrong_reproduced": 100 * copied / max(n_wrong, 1)}
+               "wrong_reproduced": 100 * copied / max(n_wrong, 1) if run_name != "review" else None}
         data.setdefault("weights", {})[f"{run_name} on {key}"] = row
+        reproduced = ("" if row["wrong_reproduced"] is None
+                      else f"; the model reproduces {row['wrong_reproduced']:.1f} % of them")
         print(f"{run_name} on {key}: {row['wrong_share']:.1f} % of train labels wrong hold "
               f"{row['weight_on_wrong']:.1f} % of the weight (mean {row['mean_weight_wrong']:.2f} vs "
-              f"{row['mean_weight_right']:.2f}); AUC {row['auc_low_weight_is_wrong']:.3f}; the model reproduces "
-              f"{row['wrong_reproduced']:.1f} % of them",
-              flush=True)
+              f"{row['mean_weight_right']:.2f}); AUC {row['auc_low_weight_is_wrong']:.3f}{reproduced}", flush=True)
     save_rows(data)
 
 
@@ -381,7 +397,8 @@ def main() -> None:
     s2.add_argument("--warm-from", metavar="MODEL.pt",
                     help="start a fresh run from this segmentation checkpoint (the model that made the labels)")
     wt = sub.add_parser("weights", help="where a model's OEEM weights fall: on the wrong labels or the right ones")
-    wt.add_argument("runs", nargs="+", help="run names (abl-NAME-rROUND-sSEED), or current for the project's model")
+    wt.add_argument("runs", nargs="+", help="run names (abl-NAME-rROUND-sSEED), current for the project's model, "
+                    "or review for the label review's trust (oeem regions)")
     wt.add_argument("--stage1-labels", action="store_true",
                     help="score the weights on the stage-1 pseudo-masks instead of the current round's")
     rf = sub.add_parser("refine")

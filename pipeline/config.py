@@ -109,6 +109,9 @@ class SegConfig:
     weight_temperature: float = 1.0  # l_norm / lc_mix use softmax(-L / T); 1 is the paper, larger is flatter
     # a few corrected pixels must outweigh the many wrong pseudo-labels around them that agree with each other
     verified_weight: float = 1.0  # loss weight of pathologist-verified pixels (pseudo-labels weigh 1 on average)
+    # the label review's out-of-sample doubt, unlike OEEM's loss, does not come from the model that made the labels:
+    # a pseudo-label weighs 1 - error_prob_weight * P(wrong) (`oeem regions` must rank these labels first); 0: off
+    error_prob_weight: float = 0.0
     tile_size: int = 256
     tile_stride: int = 192
     crop_size: int = 256
@@ -128,6 +131,10 @@ class SegConfig:
     seed: int = 0
     threads: int = 0
     precision: str = "auto"  # auto (bf16 where the hardware does it natively), fp32 or bf16: see progress.py
+
+    def weighs_by_error_prob(self) -> bool:
+        """Whether training weighs pseudo-labels by the label review's P(wrong) (the gland masks are not doubted)."""
+        return self.error_prob_weight > 0 and self.label_source != "mask"
 
     def training_iterations(self) -> int:
         """The iterations this training runs: a fully supervised run has no stage 1 and no self-training rounds,
@@ -319,6 +326,9 @@ def check(cfg: PipelineConfig) -> PipelineConfig:
         raise OEEMError(f"segmentation.working_scale must be between 0.1 and 2, not {seg.working_scale}")
     if seg.stain_jitter < 0:
         raise OEEMError(f"segmentation.stain_jitter must be >= 0, not {seg.stain_jitter}")
+    if not 0 <= seg.error_prob_weight <= 1:
+        raise OEEMError(f"segmentation.error_prob_weight must be in [0, 1] (0: off, 1: a label weighs the "
+                        f"probability that it is right), not {seg.error_prob_weight}")
     if not 0 <= seg.ema_decay < 1:
         raise OEEMError(f"segmentation.ema_decay must be in [0, 1) (0: off, e.g. 0.998), not {seg.ema_decay}")
     for section in ("cam", "inference"):

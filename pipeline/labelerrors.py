@@ -94,6 +94,24 @@ def label_fingerprint(store: ProjectStore, name: str) -> str:
     return f"{store.root.attrs.get('pseudo_round', 0)}:{store.correction_version(name) or 0}"
 
 
+def label_trust(store: ProjectStore, name: str, strength: float, source: str) -> np.ndarray:
+    """1 - ``strength`` * P(label wrong) per pixel of the labels a ``source`` run trains on: the weight that
+    ``segmentation.error_prob_weight`` gives each pseudo-label. Refused when the ranking scored other labels."""
+    ranking = load_ranking(store)
+    if ranking is None or not store.has(name, "error_prob"):
+        raise OEEMError(f"{store.path}: segmentation.error_prob_weight needs the label review's P(wrong) of every "
+                        f"training image; run `oeem regions {store.path}` first, or set it to 0")
+    if ranking.get("labels", {}).get(name) != label_fingerprint(store, name):
+        raise OEEMError(f"{store.path}: the labels of {name!r} changed since the label review ranked them "
+                        f"(self-training or corrections); run `oeem regions {store.path} --refresh`, or set "
+                        "segmentation.error_prob_weight to 0")
+    if source == "pseudo" and store.correction(name) is not None:
+        raise OEEMError(f"{store.path}: the label review scored the corrected labels of {name!r}, not its "
+                        "pseudo-mask; train on the corrected labels (--labels corrected) or set "
+                        "segmentation.error_prob_weight to 0")
+    return 1.0 - strength * np.clip(store.read(name, "error_prob").astype(np.float32), 0.0, 1.0)
+
+
 def out_of_fold_probs(store: ProjectStore, train: list[str], extra: list[str], cfg: RankConfig, seed: int = 0):
     """Gland probability of every ``train`` image from a forest trained on the other folds' labels, and of every
     ``extra`` (validation) image from a forest trained on all of ``train``. A generator of (done, total, name,

@@ -93,11 +93,13 @@ def ohem_weight(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7,
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "l_norm", ignore_index: int = 255,
                       clean: torch.Tensor | None = None, ohem_thresh: float = 0.7,
                       ohem_min_kept: float = 0.1, temperature: float = 1.0,
-                      clean_weight: float = 1.0) -> torch.Tensor:
+                      clean_weight: float = 1.0, prior: torch.Tensor | None = None) -> torch.Tensor:
     """sum(W * CE) over valid pixels / number of valid pixels, W from :func:`weight_map` (W = 1 for ``ce``).
 
-    ``clean``: optional [N, H, W] bool of pathologist-verified pixels, which weigh ``clean_weight`` whatever the
-    weighting says (a corrected label is not noise to be down-weighted; above 1 it counts for more than a guess).
+    ``prior``: optional [N, H, W] weights known before training (the label review's trust in each label), which
+    multiply W. ``clean``: optional [N, H, W] bool of pathologist-verified pixels, which weigh ``clean_weight``
+    whatever the weighting says (a corrected label is not noise to be down-weighted; above 1 it counts for more
+    than a guess).
     """
     _check_kind(kind, LOSS_KINDS)
     valid = target != ignore_index
@@ -109,6 +111,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "l
         w = ohem_weight(logits, target, ohem_thresh, ohem_min_kept, ignore_index)
     else:
         w = weight_map(logits, target, kind, ignore_index, temperature)
+    if prior is not None:
+        w = w * prior
     if clean is not None:
         w = torch.where(clean & valid, torch.full_like(w, clean_weight), w)
     n_valid = valid.sum().clamp(min=1)

@@ -27,6 +27,7 @@ from pipeline.store import ProjectStore, atomic_write_bytes
 log = logging.getLogger("oeem")
 
 IGNORE = 255
+TRUST_LEVELS = 15  # a label's trust is packed into its training code in 1/15 steps (codes stay below IGNORE)
 
 
 def stage_name(run_name: str | None = None) -> str:
@@ -98,13 +99,21 @@ def cut_tiles(image: np.ndarray, label: np.ndarray, size: int, stride: int) -> t
 def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> tuple[torch.Tensor, torch.Tensor,
                                                                                        list[str]]:
     """Training tiles at the working resolution: uint8 images (N, T, T, 3) and codes (N, T, T) = label + 2 * clean
-    (255 = ignore), and the names of images smaller than a tile (padded with ignored pixels).
+    + 4 * trust level (255 = ignore; see :func:`decode`), and the names of images smaller than a tile (padded
+    with ignored pixels).
 
-    Packing the clean (pathologist-verified) flag into the label lets one nearest-neighbour warp move both."""
+    Packing the clean (pathologist-verified) flag and the label's trust into the label lets one nearest-neighbour
+    warp move all three."""
+    from pipeline.labelerrors import label_trust
+
+    weigh = cfg.weighs_by_error_prob()
     ims, codes, padded = [], [], []
     for n in store.names(split):
         label, clean = store.training_mask(n, cfg.label_source)
         code = label.astype(np.uint8) + (2 * clean.astype(np.uint8) if clean is not None else 0)
+        if weigh:
+            trust = label_trust(store, n, cfg.error_prob_weight, cfg.label_source)
+            code += 4 * np.rint(trust * TRUST_LEVELS).astype(np.uint8)
         image, code = resize_to_working(store.image(n), code, cfg.working_scale)
         if min(code.shape) < cfg.tile_size:
             padded.append(n)
@@ -114,6 +123,16 @@ def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> t
     if not ims:
         raise OEEMError(f"{store.path}: no {split} images to train on")
     return torch.from_numpy(np.stack(ims)), torch.from_numpy(np.stack(codes)), padded
+
+
+def decode(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target (255 = ignore), the pathologist-verified pixels and each label's trust in [0, 1] of a batch of
+    :func:`tile_dataset` codes (the trust is 0 where the codes carry none: training then ignores it)."""
+    valid = code != IGNORE
+    target = torch.where(valid, code & 1, torch.full_like(code, IGNORE))
+    clean = valid & ((code >> 1) & 1).bool()
+    trust = torch.where(valid, (code >> 2).float() / TRUST_LEVELS, torch.zeros_like(code, dtype=torch.float32))
+    return target, clean, trust
 
 
 def labels_round_of(store: ProjectStore, cfg: SegConfig) -> int:
@@ -211,6 +230,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     images, codes, padded = tile_dataset(store, cfg)
+    weigh = cfg.weighs_by_error_prob()
     if padded and dist.is_main:
         log.info("%d image(s) are smaller than a %d px tile at working scale %g and were padded (ignored pixels)",
                  len(padded), cfg.tile_size, cfg.working_scale)
@@ -272,9 +292,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             x = (photometric(x, gen) - mean) / std
             if dist.enabled:  # the whole global batch was drawn and augmented above: keep this rank's slice
                 x, code = x[dist.rank::dist.world_size], code[dist.rank::dist.world_size]
-            valid = code != IGNORE
-            target = torch.where(valid, code % 2, torch.full_like(code, IGNORE))
-            clean = valid & (code >= 2)
+            target, clean, trust = decode(code)
             kind = "ce" if it < cfg.warmup_ce_iters else cfg.loss
             for g in opt.param_groups:
                 g["lr"] = poly_lr(cfg.lr, it, total, cfg.poly_power, cfg.min_lr)
@@ -284,7 +302,8 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             main, aux = main.float(), aux.float()  # losses (and OEEM's weights) in fp32
             kw = dict(kind=kind, ignore_index=IGNORE, clean=clean if clean.any() else None,
                       ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
-                      temperature=cfg.weight_temperature, clean_weight=cfg.verified_weight)
+                      temperature=cfg.weight_temperature, clean_weight=cfg.verified_weight,
+                      prior=trust if weigh else None)
             loss = segmentation_loss(main, target, **kw) + cfg.aux_weight * segmentation_loss(aux, target, **kw)
             # the global batch's loss; a non-finite loss on any rank makes it non-finite on all, so all stop
             value = dist.all_reduce_mean(loss.item())
@@ -313,10 +332,12 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     elapsed = time.perf_counter() - t0
     record = {"config": asdict(cfg), "device": str(dev), "tiles": n, "iterations_run": it - start,
               "padded_images": padded, "initialised_from": initialised_from, "labels_round": labels_round,
-              "clean_pixels_in_tiles": int(((codes >= 2) & (codes != IGNORE)).sum()),
+              "clean_pixels_in_tiles": int((((codes >> 1) & 1).bool() & (codes != IGNORE)).sum()),
               "seconds": elapsed, "it_per_s": (it - start) / elapsed if elapsed > 0 else None,
               "final_loss": loss_ema, "checkpoint": "last iteration (no model selection)",
               "world_size": dist.world_size, "precision": precision_name(amp), "loss_history": loss_history}
+    if weigh:  # how much of the labels' weight the review's doubt left them, over the tiles' valid pixels
+        record["label_trust_mean"] = float((codes[codes != IGNORE] >> 2).float().mean()) / TRUST_LEVELS
     if dist.is_main:
         store.save_run(stage, record)
     return record

@@ -164,3 +164,56 @@ def test_ranking_before_a_prediction_names_the_command(tmp_path):
         store.write(n, "pseudo", store.mask(n))
     with pytest.raises(OEEMError, match="run `oeem cams` and `oeem predict"):
         run(rank_label_errors(store, preset("tiny"), "train"))
+
+
+def test_training_weighs_each_pseudo_label_by_the_reviews_trust(ranked_copy):
+    """segmentation.error_prob_weight: every training tile carries 1 - w * P(wrong) of its labels, next to the
+    unchanged label and verified flag; a short run trains with it and records how much weight the labels kept."""
+    import dataclasses
+
+    import torch
+
+    from pipeline.segment import TRUST_LEVELS, decode, tile_dataset, train_segmenter
+
+    store, cfg = ranked_copy
+    seg = dataclasses.replace(cfg.segmentation, tile_size=64, tile_stride=64, working_scale=1.0)
+    plain = decode(tile_dataset(store, seg)[1].long())
+    images, codes, _ = tile_dataset(store, dataclasses.replace(seg, error_prob_weight=0.8))
+    target, clean, trust = decode(codes.long())
+    assert torch.equal(target, plain[0]) and torch.equal(clean, plain[1])
+    # the tiles' trust is the review's P(wrong), tile by tile as cut_tiles cuts them
+    n = store.names("train")[0]
+    p = store.read(n, "error_prob")[:64, :64]
+    assert np.abs(trust[0].numpy() - (1 - 0.8 * p)).max() <= 0.5 / TRUST_LEVELS + 1e-6
+    valid = target != 255
+    assert trust[valid].min() >= 0.2 - 1e-6 and trust[valid].max() <= 1 and trust[valid].min() < 0.9
+    # the pixels the review doubts most are mostly the planted errors
+    wrong = np.concatenate([(store.read(k, "pseudo") != store.mask(k)).ravel() for k in store.names("train")])
+    doubt = np.concatenate([store.read(k, "error_prob").ravel() for k in store.names("train")])
+    assert doubt[wrong].mean() > 2 * doubt[~wrong].mean()
+    run_cfg = dataclasses.replace(seg, error_prob_weight=0.8, iterations=2, checkpoint_every=2, crop_size=64)
+    record = run(train_segmenter(store, run_cfg, "cpu", run_name="trust"))
+    assert record["iterations_run"] == 2 and record["config"]["error_prob_weight"] == 0.8
+    assert 0.2 < record["label_trust_mean"] < 1
+
+
+def test_weighing_by_the_review_refuses_labels_it_did_not_rank(ranked_copy, tmp_path):
+    import dataclasses
+
+    from pipeline.project import create_project
+    from pipeline.segment import tile_dataset
+
+    store, cfg = ranked_copy
+    seg = dataclasses.replace(cfg.segmentation, error_prob_weight=1.0)
+    name = store.names("train")[0]
+    painted = store.read(name, "pseudo").copy()
+    painted[:5, :5] = 1 - painted[:5, :5]
+    store.save_correction(name, painted)
+    with pytest.raises(OEEMError, match="changed since the label review ranked them.*--refresh"):
+        tile_dataset(store, dataclasses.replace(seg, label_source="corrected"))
+    fresh = create_project("sample", tmp_path / "fresh.zarr")
+    for n in fresh.names("train"):
+        fresh.write(n, "pseudo", fresh.mask(n))
+    with pytest.raises(OEEMError, match="run `oeem regions .*` first, or set it to 0"):
+        tile_dataset(fresh, seg)
+    assert tile_dataset(fresh, dataclasses.replace(seg, label_source="mask"))[1].max() <= 1  # masks: no doubt

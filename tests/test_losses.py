@@ -137,6 +137,23 @@ def test_verified_pixels_weigh_the_verified_weight(kind):
     assert got > segmentation_loss(logits, target, kind, clean=clean).item()  # the verified pixel is a wrong guess
 
 
+@pytest.mark.parametrize("kind", ["ce", "l_norm"])
+def test_a_prior_multiplies_the_weights_and_verified_pixels_ignore_it(kind):
+    logits = torch.zeros(1, 2, 1, 4)
+    logits[0, 1] = torch.tensor([4.0, 2.0, -2.0, -4.0])
+    target = torch.tensor([[[1, 1, 1, 0]]])
+    prior = torch.tensor([[[1.0, 0.5, 0.2, 0.0]]])
+    clean = torch.tensor([[[False, False, False, True]]])
+    ce = F.cross_entropy(logits, target, reduction="none")
+    w = weight_map(logits, target, kind) if kind != "ce" else torch.ones_like(ce)
+    expected = (w * prior * ce).sum() / 4
+    assert segmentation_loss(logits, target, kind, prior=prior).item() == pytest.approx(expected.item())
+    w2 = w * prior
+    w2[clean] = 3.0  # a pathologist's pixel is not doubted, whatever the ranking said before
+    got = segmentation_loss(logits, target, kind, prior=prior, clean=clean, clean_weight=3.0).item()
+    assert got == pytest.approx(((w2 * ce).sum() / 4).item())
+
+
 def test_ohem_is_the_mean_over_hard_pixels():
     logits = torch.zeros(1, 2, 1, 4)
     logits[0, 1] = torch.tensor([4.0, 2.0, -2.0, -4.0])
