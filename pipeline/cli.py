@@ -102,6 +102,7 @@ def _config(args, store):
         "segmentation.warmup_ce_iters": getattr(args, "warmup_ce", None),
         "segmentation.weight_temperature": getattr(args, "temperature", None),
         "segmentation.verified_weight": getattr(args, "verified_weight", None),
+        "segmentation.error_prob_weight": getattr(args, "error_prob_weight", None),
         "segmentation.lr": getattr(args, "seg_lr", None),
         "segmentation.seed": getattr(args, "seed", None),
         "inference.scales": getattr(args, "scales", None),
@@ -484,6 +485,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="l_norm/lc_mix weight softmax(-loss / T); 1 (default) is the paper, larger is flatter")
     p.add_argument("--verified-weight", type=float,
                    help="with --labels corrected: loss weight of the pathologist-verified pixels (others: 1)")
+    p.add_argument("--error-prob-weight", type=float, metavar="W",
+                   help="weigh each pseudo-label 1 - W x P(wrong) from the label review (oeem regions first); "
+                   "0 (default): off, 1: its probability of being right")
     p.add_argument("--lr", dest="seg_lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--name", default=None, help="keep this model apart (checkpoints/segmentation-NAME.pt)")

@@ -109,9 +109,8 @@ class SegConfig:
     weight_temperature: float = 1.0  # l_norm / lc_mix use softmax(-L / T); 1 is the paper, larger is flatter
     # a few corrected pixels must outweigh the many wrong pseudo-labels around them that agree with each other
     verified_weight: float = 1.0  # loss weight of pathologist-verified pixels (pseudo-labels weigh 1 on average)
-    # the label review's out-of-sample doubt, unlike OEEM's loss, does not come from the model that made the labels:
-    # a pseudo-label weighs 1 - error_prob_weight * P(wrong) (`oeem regions` must rank these labels first); 0: off
-    error_prob_weight: float = 0.0
+    # the label review's doubt is out of sample: unlike OEEM's loss, it does not come from the labels' maker
+    error_prob_weight: float = 0.0  # a pseudo-label weighs 1 - this x P(wrong) of `oeem regions` (0: off, max 1)
     tile_size: int = 256
     tile_stride: int = 192
     crop_size: int = 256

@@ -97,6 +97,10 @@ def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
 
 def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> Job[dict]:
     """Stage 1 + stage 2 + evaluation, skipping what is already done with this configuration."""
+    if cfg.segmentation.weighs_by_error_prob():
+        raise OEEMError("segmentation.error_prob_weight weighs the labels a label review has ranked, and `oeem run` "
+                        "makes new labels in every self-training round: run it with the setting at 0, then "
+                        "`oeem regions` and `oeem train-seg --error-prob-weight W`")
     from pipeline.cams import make_cams
     from pipeline.classify import make_patch_labels, train_classifier
     from pipeline.infer import evaluate, predict

@@ -71,6 +71,14 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
     assert not (tmp_path / "p.zarr" / "checkpoints" / "segmentation-t0.pt").exists()
     assert main(["train-seg", p, "--labels", "corrected", "--verified-weight", "0", "--name", "t0"]) == 2
     assert "verified_weight must be > 0" in capsys.readouterr().err
+    assert main(["train-seg", p, "--error-prob-weight", "1.5", "--name", "t0"]) == 2
+    assert "error_prob_weight must be in [0, 1]" in capsys.readouterr().err
+    # weighing by the label review before there is one names the command that makes it
+    assert main(["train-seg", p, "--iterations", "3", "--error-prob-weight", "1", "--name", "t0"]) == 2
+    assert "run `oeem regions" in capsys.readouterr().err
+    assert main(["run", p, "--set", "segmentation.error_prob_weight=1"]) == 2  # new labels every round
+    assert "`oeem run` makes new labels in every self-training round" in capsys.readouterr().err
+    assert main(["train-seg", p, "--iterations", "3", "--error-prob-weight", "0", "--name", "t0"]) == 0
     saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())
     assert saved["preset"] == "tiny" and saved["segmentation"]["loss"] == "ce"
     assert saved["segmentation"]["weight_temperature"] == 1.0  # the refused value was not saved
