@@ -113,7 +113,8 @@ def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> t
         code = label.astype(np.uint8) + (2 * clean.astype(np.uint8) if clean is not None else 0)
         if weigh:
             trust = label_trust(store, n, cfg.error_prob_weight, cfg.label_source)
-            code += 4 * np.rint(trust * TRUST_LEVELS).astype(np.uint8)
+            levels = np.rint(trust * TRUST_LEVELS).astype(np.uint8)
+            code = np.where(label == IGNORE, code, code + 4 * levels)  # an ignored pixel stays ignored
         image, code = resize_to_working(store.image(n), code, cfg.working_scale)
         if min(code.shape) < cfg.tile_size:
             padded.append(n)
