@@ -152,7 +152,7 @@ def stage_warm_start(store: ProjectStore, name: str, model: Path, rnd: int) -> P
 
 
 def weight_maps(store: ProjectStore, run_name: str, names: list[str], key: str):
-    """(name, per-pixel weight, the model's label or None) per image: a model's one-scale l_norm weights on the
+    """(name, labels, per-pixel weight, the model's label or None) per image: a model's one-scale l_norm weights on the
     ``key`` labels, or for ``review`` the label review's trust 1 - P(wrong) (what error_prob_weight=1 trains with;
     it scores the current labels only)."""
     from dataclasses import replace
@@ -165,13 +165,14 @@ def weight_maps(store: ProjectStore, run_name: str, names: list[str], key: str):
         if key != "pseudo":
             raise SystemExit("the label review ranks the current labels: leave out --stage1-labels for 'review'")
         for n in names:
-            yield n, label_trust(store, n, 1.0, "pseudo"), None
+            yield n, store.read(n, key).astype(np.int64), label_trust(store, n, 1.0, "pseudo"), None
         return
     one_scale = replace(preset("cpu").inference, scales=(1.0,), flip=False)
     model, seg_cfg = load_segmenter(store, None if run_name == "current" else run_name, "cpu")
     for n in names:
+        labels = store.read(n, key).astype(np.int64)
         prob = predict_probs(model, store.image(n), one_scale, torch.device("cpu"), seg_cfg)
-        yield n, oeem_weight_of(prob, store.read(n, key).astype(np.int64)), prob.argmax(0)
+        yield n, labels, oeem_weight_of(prob, labels), prob.argmax(0)
 
 
 def cmd_weights(args) -> None:
@@ -190,8 +191,8 @@ def cmd_weights(args) -> None:
         n_wrong = n_all = copied = 0
         w_wrong = w_all = 0.0
         sample_w, sample_y = [], []
-        for n, w, predicted in weight_maps(store, run_name, names, key):
-            pseudo, mask = store.read(n, key).astype(np.int64), store.mask(n).astype(np.int64)
+        for n, pseudo, w, predicted in weight_maps(store, run_name, names, key):
+            mask = store.mask(n).astype(np.int64)
             valid = pseudo < 2  # 255: ignored, no weight
             wrong, w = (pseudo != mask)[valid], w[valid]
             n_wrong += int(wrong.sum())

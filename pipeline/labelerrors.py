@@ -105,7 +105,7 @@ def label_trust(store: ProjectStore, name: str, strength: float, source: str) ->
         raise OEEMError(f"{store.path}: the labels of {name!r} changed since the label review ranked them "
                         f"(self-training or corrections); run `oeem regions {store.path} --refresh`, or set "
                         "segmentation.error_prob_weight to 0")
-    if source == "pseudo" and store.correction(name) is not None:
+    if source == "pseudo" and store.correction_version(name) is not None:
         raise OEEMError(f"{store.path}: the label review scored the corrected labels of {name!r}, not its "
                         "pseudo-mask; train on the corrected labels (--labels corrected) or set "
                         "segmentation.error_prob_weight to 0")
