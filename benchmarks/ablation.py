@@ -6,6 +6,7 @@ held out, used only to choose settings) and reported on testA, with minutes per 
                                                                         [--warm-from MODEL.pt]
     python benchmarks/ablation.py report [--paired ce lnorm]                            # the table, from JSON
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/ablation.py weights RUN [RUN ...]  # weights vs wrong labels
+    OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/ablation.py gap RUN [RUN ...]      # model vs its labels
 
 Every stage-2 run is a named checkpoint in the project (``segmentation-abl-NAME-rROUND-sSEED``), so an interrupted
 run resumes and a finished one is only scored again. Rows accumulate in ``benchmarks/results/ablation.json``.
@@ -220,6 +221,49 @@ def cmd_weights(args) -> None:
     save_rows(data)
 
 
+def cmd_gap(args) -> None:
+    """Where a model's train prediction falls short of the labels it learned from: on the pixels whose label the
+    patch labels alone decide (there the labels are the pathologist's) and on the rest (there they are the CAM's or
+    an earlier network's guess). The prediction is cleaned as ``oeem predict`` cleans it."""
+    from pipeline.cams import patch_decided
+    from pipeline.infer import mask_from_probs, predict_probs
+    from pipeline.metrics import confusion, from_confusion
+    from pipeline.segment import load_segmenter, patch_size_of
+
+    store = ProjectStore.open(PROJECT)
+    infer_cfg = preset("cpu").inference
+    size = patch_size_of(store)
+    data = load_rows()
+    for run_name in args.runs:
+        model, seg_cfg = load_segmenter(store, None if run_name == "current" else run_name, "cpu")
+        cms = {(who, part): np.zeros((2, 2), np.int64) for who in ("model", "labels") for part in ("decided", "guessed")}
+        for n in store.names("train"):
+            if not (store.has(n, "mask") and store.has(n, "patch_labels")):
+                continue
+            mask, labels = store.mask(n), store.read(n, "pseudo")
+            decided = patch_decided(store.read(n, "patch_corners"), store.read(n, "patch_labels"), size,
+                                    mask.shape) >= 0
+            pred = mask_from_probs(predict_probs(model, store.image(n), infer_cfg, torch.device("cpu"), seg_cfg),
+                                   infer_cfg)
+            valid = labels < 2
+            for part, sel in (("decided", valid & decided), ("guessed", valid & ~decided)):
+                cms["model", part] += confusion(pred[sel], mask[sel])
+                cms["labels", part] += confusion(labels[sel], mask[sel])
+        row = {"run": run_name, "decided_share": 100 * cms["labels", "decided"].sum()
+               / (cms["labels", "decided"].sum() + cms["labels", "guessed"].sum())}
+        for who in ("model", "labels"):
+            for part in ("decided", "guessed", "all"):
+                cm = cms[who, "decided"] + cms[who, "guessed"] if part == "all" else cms[who, part]
+                row[f"{who}_{part}_mIoU"] = from_confusion(cm)["mIoU"]
+                row[f"{who}_{part}_wrong_px"] = int(cm.sum() - np.trace(cm))
+        data.setdefault("gap", {})[run_name] = row
+        print(f"{run_name}: the patch labels decide {row['decided_share']:.1f} % of the train labels; mIoU model / "
+              f"labels there {row['model_decided_mIoU']:.2f} / {row['labels_decided_mIoU']:.2f}, on the guessed rest "
+              f"{row['model_guessed_mIoU']:.2f} / {row['labels_guessed_mIoU']:.2f}, all "
+              f"{row['model_all_mIoU']:.2f} / {row['labels_all_mIoU']:.2f}", flush=True)
+    save_rows(data)
+
+
 def cmd_refine(args) -> None:
     """One self-training round from a finished ablation run (its prediction refines the pseudo-masks)."""
     from pipeline.infer import predict
@@ -402,6 +446,9 @@ def main() -> None:
                     "or review for the label review's trust (oeem regions)")
     wt.add_argument("--stage1-labels", action="store_true",
                     help="score the weights on the stage-1 pseudo-masks instead of the current round's")
+    gp = sub.add_parser("gap", help="a model's train prediction against its labels, where the patch labels decide "
+                        "them and where they were guessed")
+    gp.add_argument("runs", nargs="+", help="run names (abl-NAME-rROUND-sSEED) or current for the project's model")
     rf = sub.add_parser("refine")
     rf.add_argument("source", nargs="+", help="run name(s) of the model whose prediction refines the pseudo-masks;"
                     " with several, the best on the validation split")
@@ -416,7 +463,7 @@ def main() -> None:
     args = ap.parse_args()
     {"stage1": cmd_stage1, "stage2": cmd_stage2, "refine": cmd_refine, "report": cmd_report,
      "scales": cmd_scales, "bias": cmd_bias,
-     "weights": cmd_weights}[args.cmd](args)
+     "weights": cmd_weights, "gap": cmd_gap}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -509,3 +509,64 @@ def test_warm_start_begins_from_the_model_that_made_the_labels(cpu_copy):
     # the gland masks have no previous round: random init
     full = replace(seg, label_source="mask")
     assert run(train_segmenter(store, full, "cpu", run_name="full-ws"))["initialised_from"] is None
+
+
+def test_patch_decided_marks_only_what_the_patch_labels_decide():
+    """A pixel is decided where Eq. 2 gives the same class whatever the margin; mixed patches that can swing the
+    vote, and pixels no patch covers, are left to the margin (-1)."""
+    from pipeline.cams import patch_decided
+
+    corners = np.array([[0, 0], [0, 4], [0, 8]])
+    labels = np.array([[1, 0], [1, 1], [0, 1]])  # non-gland only, mixed, gland only
+    out = patch_decided(corners, labels, 8, (8, 20))
+    expected = [0] * 4 + [0] * 4 + [-1] * 4 + [1] * 4 + [-1] * 4  # 4-8: a tie is non-gland either way
+    assert (out == np.array(expected)[None, :]).all()
+
+
+def test_label_prior_shifts_emphasis_to_decided_labels_at_the_same_step_size():
+    import dataclasses
+
+    from pipeline.segment import label_prior
+
+    seg = dataclasses.replace(preset("cpu").segmentation, patch_label_weight=3.0)
+    valid = torch.tensor([[True, True, True, False]])
+    decided = torch.tensor([[True, False, False, False]])
+    prior = label_prior(valid, decided, torch.zeros(1, 4), seg)
+    assert prior[0, 0] == pytest.approx(3 * prior[0, 1]) and prior[valid].mean() == pytest.approx(1.0)
+    assert label_prior(valid, decided, torch.zeros(1, 4), dataclasses.replace(seg, patch_label_weight=1.0)) is None
+    both = label_prior(valid, decided, torch.tensor([[0.5, 1.0, 0.25, 0.0]]),
+                       dataclasses.replace(seg, error_prob_weight=1.0))
+    assert torch.allclose(both, prior * torch.tensor([[0.5, 1.0, 0.25, 0.0]]))  # the review's trust multiplies
+    masks = dataclasses.replace(seg, label_source="mask")
+    assert not masks.weighs_patch_decided()  # the gland masks are all the pathologist's
+
+
+def test_training_codes_mark_the_labels_the_patch_labels_decide(cpu_copy):
+    """segmentation.patch_label_weight: the training codes flag the pseudo-labels that agree with what the patch
+    labels alone decide, leave label and ignored pixels as they were, and a short run records their share."""
+    import dataclasses
+
+    from pipeline.cams import patch_decided
+    from pipeline.config import check
+    from pipeline.segment import decode, patch_size_of, tile_dataset, train_segmenter
+
+    store, cfg = cpu_copy
+    seg = dataclasses.replace(cfg.segmentation, tile_size=64, tile_stride=64, working_scale=1.0)
+    plain = decode(tile_dataset(store, seg)[1].long())
+    assert not plain[2].any()  # off (weight 1): no pixel is flagged
+    target, clean, decided, _ = decode(tile_dataset(store, dataclasses.replace(seg, patch_label_weight=3.0))[1].long())
+    assert torch.equal(target, plain[0]) and torch.equal(clean, plain[1])
+    n = store.names("train")[0]  # the first tile is this image's top-left corner
+    label = store.read(n, "pseudo")[:64, :64]
+    by_patches = patch_decided(store.read(n, "patch_corners"), store.read(n, "patch_labels"), patch_size_of(store),
+                               store.shape(n))[:64, :64]
+    assert np.array_equal(decided[0].numpy(), (by_patches == label) & (label != 255))
+    share = decided[target != 255].float().mean().item()
+    assert 0.05 < share < 0.95  # the sample images have patches of one class and mixed ones
+    run_cfg = dataclasses.replace(seg, patch_label_weight=3.0, iterations=2, checkpoint_every=2, crop_size=64)
+    record = run(train_segmenter(store, run_cfg, "cpu", run_name="decided"))
+    assert record["config"]["patch_label_weight"] == 3.0 and 0.05 < record["patch_decided_share"] < 0.95
+    bad = preset("cpu")
+    bad.segmentation.patch_label_weight = 0
+    with pytest.raises(OEEMError, match="patch_label_weight must be above 0"):
+        check(bad)
