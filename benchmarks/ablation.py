@@ -228,11 +228,10 @@ def cmd_gap(args) -> None:
     from pipeline.cams import patch_decided
     from pipeline.infer import mask_from_probs, predict_probs
     from pipeline.metrics import confusion, from_confusion
-    from pipeline.segment import load_segmenter, patch_size_of
+    from pipeline.segment import load_segmenter
 
     store = ProjectStore.open(PROJECT)
-    infer_cfg = preset("cpu").inference
-    size = patch_size_of(store)
+    infer_cfg, size = preset("cpu").inference, preset("cpu").patches.size  # the project's patches are the preset's
     data = load_rows()
     for run_name in args.runs:
         model, seg_cfg = load_segmenter(store, None if run_name == "current" else run_name, "cpu")

@@ -115,7 +115,7 @@ def restricted_pseudo(margin: np.ndarray, corners: np.ndarray, labels: np.ndarra
 def patch_decided(corners: np.ndarray, labels: np.ndarray, size: int, shape: tuple[int, int]) -> np.ndarray:
     """Per pixel, the class Eq. 2 gives whatever the margin says (0 / 1), or -1 where the margin decides (mixed
     patches) or no patch covers. On the 0 / 1 pixels a pseudo-mask carries the pathologist's patch labels, not
-    the CAM's or the network's guess (``segmentation.patch_label_weight``)."""
+    the CAM's or the network's guess (``benchmarks/ablation.py gap`` compares a model with its labels on each)."""
     ones = np.ones(shape, np.float32)
     gland_wins = restricted_pseudo(ones, corners, labels, size)
     gland_loses = restricted_pseudo(-ones, corners, labels, size)

@@ -103,7 +103,6 @@ def _config(args, store):
         "segmentation.weight_temperature": getattr(args, "temperature", None),
         "segmentation.verified_weight": getattr(args, "verified_weight", None),
         "segmentation.error_prob_weight": getattr(args, "error_prob_weight", None),
-        "segmentation.patch_label_weight": getattr(args, "patch_label_weight", None),
         "segmentation.lr": getattr(args, "seg_lr", None),
         "segmentation.seed": getattr(args, "seed", None),
         "inference.scales": getattr(args, "scales", None),
@@ -489,9 +488,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--error-prob-weight", type=float, metavar="W",
                    help="weigh each pseudo-label 1 - W x P(wrong) from the label review (oeem regions first); "
                    "0 (default): off, 1: its probability of being right")
-    p.add_argument("--patch-label-weight", type=float, metavar="W",
-                   help="weight of the pseudo-labels the patch labels alone decide (every patch over the pixel "
-                   "has one class) relative to the guessed ones; 1: the same")
     p.add_argument("--lr", dest="seg_lr", type=float)
     p.add_argument("--seed", type=int)
     p.add_argument("--name", default=None, help="keep this model apart (checkpoints/segmentation-NAME.pt)")

@@ -111,8 +111,6 @@ class SegConfig:
     verified_weight: float = 1.0  # loss weight of pathologist-verified pixels (pseudo-labels weigh 1 on average)
     # the label review's doubt is out of sample: unlike OEEM's loss, it does not come from the labels' maker
     error_prob_weight: float = 0.0  # a pseudo-label weighs 1 - this x P(wrong) of `oeem regions` (0: off, max 1)
-    # where every patch covering a pixel has one class, its pseudo-label is the pathologist's patch label, not a guess
-    patch_label_weight: float = 1.0  # weight of those labels relative to the guessed ones (1: off; batch mean stays 1)
     tile_size: int = 256
     tile_stride: int = 192
     crop_size: int = 256
@@ -136,10 +134,6 @@ class SegConfig:
     def weighs_by_error_prob(self) -> bool:
         """Whether training weighs pseudo-labels by the label review's P(wrong) (the gland masks are not doubted)."""
         return self.error_prob_weight > 0 and self.label_source != "mask"
-
-    def weighs_patch_decided(self) -> bool:
-        """Whether the labels the patch labels alone decide weigh other than the rest (not for the gland masks)."""
-        return self.patch_label_weight != 1 and self.label_source != "mask"
 
     def training_iterations(self) -> int:
         """The iterations this training runs: a fully supervised run has no stage 1 and no self-training rounds,
@@ -331,9 +325,6 @@ def check(cfg: PipelineConfig) -> PipelineConfig:
         raise OEEMError(f"segmentation.working_scale must be between 0.1 and 2, not {seg.working_scale}")
     if seg.stain_jitter < 0:
         raise OEEMError(f"segmentation.stain_jitter must be >= 0, not {seg.stain_jitter}")
-    if not seg.patch_label_weight > 0:
-        raise OEEMError(f"segmentation.patch_label_weight must be above 0 (1: the labels the patch labels decide "
-                        f"weigh as the rest, 3: three times), not {seg.patch_label_weight}")
     if not 0 <= seg.error_prob_weight <= 1:
         raise OEEMError(f"segmentation.error_prob_weight must be in [0, 1] (0: off, 1: a label weighs the "
                         f"probability that it is right), not {seg.error_prob_weight}")

@@ -13,7 +13,6 @@ import logging
 
 import torch
 
-from pipeline.cams import patch_decided
 from pipeline.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
 from pipeline.config import LOSS_KINDS, NORMS, SegConfig
 from pipeline.distributed import setup as setup_distributed
@@ -97,26 +96,14 @@ def cut_tiles(image: np.ndarray, label: np.ndarray, size: int, stride: int) -> t
     return ims, labs
 
 
-def patch_size_of(store: ProjectStore) -> int:
-    """The side the project's patch labels were cut at: `oeem patches` records it, slide regions are cut with the
-    project's saved settings, and a project with neither used the default."""
-    from pipeline.config import PatchConfig
-
-    cut = store.load_run("patches")
-    if cut is not None:
-        return int(cut["config"]["size"])
-    saved = store.load_run("config")
-    return int(saved["patches"]["size"]) if saved is not None else PatchConfig().size
-
-
 def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> tuple[torch.Tensor, torch.Tensor,
                                                                                        list[str]]:
     """Training tiles at the working resolution: uint8 images (N, T, T, 3) and codes (N, T, T) = label + 2 * clean
-    + 4 * decided + 8 * trust level (255 = ignore; see :func:`decode`), and the names of images smaller than a
-    tile (padded with ignored pixels).
+    + 4 * trust level (255 = ignore; see :func:`decode`), and the names of images smaller than a tile (padded
+    with ignored pixels).
 
-    Packing the clean (pathologist-verified) flag, whether the patch labels alone decide the label, and the
-    label's trust into the label lets one nearest-neighbour warp move all four."""
+    Packing the clean (pathologist-verified) flag and the label's trust into the label lets one nearest-neighbour
+    warp move all three."""
     from pipeline.labelerrors import label_trust
 
     weigh = cfg.weighs_by_error_prob()
@@ -124,14 +111,10 @@ def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> t
     for n in store.names(split):
         label, clean = store.training_mask(n, cfg.label_source)
         code = label.astype(np.uint8) + (2 * clean.astype(np.uint8) if clean is not None else 0)
-        if cfg.weighs_patch_decided() and store.has(n, "patch_labels"):
-            decided = patch_decided(store.read(n, "patch_corners"), store.read(n, "patch_labels"),
-                                    patch_size_of(store), label.shape)
-            code = np.where((label != IGNORE) & (decided == label), code + 4, code)  # agrees with the patch labels
         if weigh:
             trust = label_trust(store, n, cfg.error_prob_weight, cfg.label_source)
             levels = np.rint(trust * TRUST_LEVELS).astype(np.uint8)
-            code = np.where(label == IGNORE, code, code + 8 * levels)  # an ignored pixel stays ignored
+            code = np.where(label == IGNORE, code, code + 4 * levels)  # an ignored pixel stays ignored
         image, code = resize_to_working(store.image(n), code, cfg.working_scale)
         if min(code.shape) < cfg.tile_size:
             padded.append(n)
@@ -143,28 +126,14 @@ def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> t
     return torch.from_numpy(np.stack(ims)), torch.from_numpy(np.stack(codes)), padded
 
 
-def decode(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The target (255 = ignore), the pathologist-verified pixels, the pixels whose label the patch labels alone
-    decide, and each label's trust in [0, 1] of a batch of :func:`tile_dataset` codes (the trust is 0 where the
-    codes carry none: training then ignores it)."""
+def decode(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The target (255 = ignore), the pathologist-verified pixels and each label's trust in [0, 1] of a batch of
+    :func:`tile_dataset` codes (the trust is 0 where the codes carry none: training then ignores it)."""
     valid = code != IGNORE
     target = torch.where(valid, code & 1, torch.full_like(code, IGNORE))
     clean = valid & ((code >> 1) & 1).bool()
-    decided = valid & ((code >> 2) & 1).bool()
-    trust = torch.where(valid, (code >> 3).float() / TRUST_LEVELS, torch.zeros_like(code, dtype=torch.float32))
-    return target, clean, decided, trust
-
-
-def label_prior(valid: torch.Tensor, decided: torch.Tensor, trust: torch.Tensor, cfg: SegConfig) -> torch.Tensor | None:
-    """The per-pixel weight known before training: the review's trust (``error_prob_weight``) times
-    ``patch_label_weight`` on the labels the patch labels decide, the latter rescaled to mean 1 over the batch's
-    valid pixels so that it shifts emphasis without changing the step size. None when both are off."""
-    prior = trust if cfg.weighs_by_error_prob() else None
-    if cfg.weighs_patch_decided():
-        emphasis = torch.where(decided, cfg.patch_label_weight, 1.0)
-        emphasis = emphasis / emphasis[valid].mean().clamp(min=1e-6) if valid.any() else emphasis
-        prior = emphasis if prior is None else prior * emphasis
-    return prior
+    trust = torch.where(valid, (code >> 2).float() / TRUST_LEVELS, torch.zeros_like(code, dtype=torch.float32))
+    return target, clean, trust
 
 
 def labels_round_of(store: ProjectStore, cfg: SegConfig) -> int:
@@ -324,7 +293,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             x = (photometric(x, gen) - mean) / std
             if dist.enabled:  # the whole global batch was drawn and augmented above: keep this rank's slice
                 x, code = x[dist.rank::dist.world_size], code[dist.rank::dist.world_size]
-            target, clean, decided, trust = decode(code)
+            target, clean, trust = decode(code)
             kind = "ce" if it < cfg.warmup_ce_iters else cfg.loss
             for g in opt.param_groups:
                 g["lr"] = poly_lr(cfg.lr, it, total, cfg.poly_power, cfg.min_lr)
@@ -335,7 +304,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
             kw = dict(kind=kind, ignore_index=IGNORE, clean=clean if clean.any() else None,
                       ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
                       temperature=cfg.weight_temperature, clean_weight=cfg.verified_weight,
-                      prior=label_prior(target != IGNORE, decided, trust, cfg))
+                      prior=trust if weigh else None)
             loss = segmentation_loss(main, target, **kw) + cfg.aux_weight * segmentation_loss(aux, target, **kw)
             # the global batch's loss; a non-finite loss on any rank makes it non-finite on all, so all stop
             value = dist.all_reduce_mean(loss.item())
@@ -369,10 +338,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
               "final_loss": loss_ema, "checkpoint": "last iteration (no model selection)",
               "world_size": dist.world_size, "precision": precision_name(amp), "loss_history": loss_history}
     if weigh:  # how much of the labels' weight the review's doubt left them, over the tiles' valid pixels
-        record["label_trust_mean"] = float((codes[codes != IGNORE] >> 3).float().mean()) / TRUST_LEVELS
-    if cfg.weighs_patch_decided():  # the share of the labels the patch labels alone decide
-        valid = codes != IGNORE
-        record["patch_decided_share"] = float(((codes >> 2) & 1)[valid].float().mean()) if valid.any() else 0.0
+        record["label_trust_mean"] = float((codes[codes != IGNORE] >> 2).float().mean()) / TRUST_LEVELS
     if dist.is_main:
         store.save_run(stage, record)
     return record

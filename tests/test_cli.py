@@ -71,8 +71,6 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
     assert not (tmp_path / "p.zarr" / "checkpoints" / "segmentation-t0.pt").exists()
     assert main(["train-seg", p, "--labels", "corrected", "--verified-weight", "0", "--name", "t0"]) == 2
     assert "verified_weight must be > 0" in capsys.readouterr().err
-    assert main(["train-seg", p, "--patch-label-weight", "0", "--name", "t0"]) == 2
-    assert "patch_label_weight must be above 0" in capsys.readouterr().err
     assert main(["train-seg", p, "--error-prob-weight", "1.5", "--name", "t0"]) == 2
     assert "error_prob_weight must be in [0, 1]" in capsys.readouterr().err
     # weighing by the label review before there is one names the command that makes it

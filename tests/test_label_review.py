@@ -184,7 +184,7 @@ def test_training_weighs_each_pseudo_label_by_the_reviews_trust(ranked_copy):
     plain = decode(tile_dataset(store, seg)[1].long())
     assert (plain[0][0, :8, :8] == 255).all()
     images, codes, _ = tile_dataset(store, dataclasses.replace(seg, error_prob_weight=0.8))
-    target, clean, _, trust = decode(codes.long())
+    target, clean, trust = decode(codes.long())
     assert torch.equal(target, plain[0]) and torch.equal(clean, plain[1]) and (target[0, :8, :8] == 255).all()
     # the tiles' trust is the review's P(wrong), tile by tile as cut_tiles cuts them
     p = store.read(n, "error_prob")[:64, :64]
