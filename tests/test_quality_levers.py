@@ -521,4 +521,3 @@ def test_patch_decided_marks_only_what_the_patch_labels_decide():
     out = patch_decided(corners, labels, 8, (8, 20))
     expected = [0] * 4 + [0] * 4 + [-1] * 4 + [1] * 4 + [-1] * 4  # 4-8: a tie is non-gland either way
     assert (out == np.array(expected)[None, :]).all()
-
