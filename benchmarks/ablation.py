@@ -228,10 +228,12 @@ def cmd_gap(args) -> None:
     from pipeline.cams import patch_decided
     from pipeline.infer import mask_from_probs, predict_probs
     from pipeline.metrics import confusion, from_confusion
+    from pipeline.project import project_config
     from pipeline.segment import load_segmenter
 
     store = ProjectStore.open(PROJECT)
-    infer_cfg, size = preset("cpu").inference, preset("cpu").patches.size  # the project's patches are the preset's
+    infer_cfg = preset("cpu").inference  # as every row of this benchmark is scored
+    size = project_config(store, save=False).patches.size  # what the patch labels were cut with, as `oeem` reads it
     data = load_rows()
     for run_name in args.runs:
         model, seg_cfg = load_segmenter(store, None if run_name == "current" else run_name, "cpu")
