@@ -17,17 +17,17 @@ prediction made those labels (trained on the round before), as ``oeem run`` warm
 from __future__ import annotations
 
 import argparse
-import os
 import json
+import os
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
 from _common import RESULTS, glas_root, machine, print_table
 from _common import print_table as plain_table
+
 from pipeline.config import apply_overrides, parse_settings, preset, to_dict
 from pipeline.progress import run
 from pipeline.store import ProjectStore, atomic_write_bytes, atomic_write_json
@@ -47,9 +47,9 @@ def save_rows(data: dict) -> None:
 
 
 def cmd_stage1(args) -> None:
-    from pipeline.cams import make_cams
-    from pipeline.classify import make_patch_labels, train_classifier
-    from pipeline.project import create_project
+    from pipeline.stages.cams import make_cams
+    from pipeline.stages.classify import make_patch_labels, train_classifier
+    from pipeline.store.project import create_project
 
     root = glas_root()
     cfg = preset("cpu")
@@ -76,9 +76,9 @@ def scores(store: ProjectStore, run_name: str, infer_cfg, splits=("val", "test",
     """Dataset-level mIoU / Dice / F1 of one model per split, in memory (the store's predictions are untouched),
     plus the current pseudo-masks' scores on the train and val splits for comparison. The mask is cleaned as
     ``infer_cfg`` says (what ``oeem predict`` writes); ``mIoU_raw`` is the uncleaned argmax."""
-    from pipeline.infer import mask_from_probs, predict_probs
     from pipeline.metrics import confusion, from_confusion
-    from pipeline.segment import load_segmenter
+    from pipeline.stages.infer import mask_from_probs, predict_probs
+    from pipeline.stages.segment import load_segmenter
 
     model, seg_cfg = load_segmenter(store, run_name, "cpu")
     out = {}
@@ -100,8 +100,8 @@ def scores(store: ProjectStore, run_name: str, infer_cfg, splits=("val", "test",
 
 
 def cmd_stage2(args) -> None:
-    from pipeline.segment import train_segmenter
-    from pipeline.selftrain import pseudo_round
+    from pipeline.stages.segment import train_segmenter
+    from pipeline.stages.selftrain import pseudo_round
 
     store = ProjectStore.open(PROJECT)
     cfg = preset("cpu")
@@ -133,8 +133,8 @@ def stage_warm_start(store: ProjectStore, name: str, model: Path, rnd: int) -> P
     """Put ``model`` where ``segmentation.warm_start`` looks for the run's previous-round model
     (``checkpoints/segmentation-NAME.previous.pt``), after checking that it made this round's labels; None when
     the run resumes from its own checkpoint instead."""
-    from pipeline.models import safe_torch_load
-    from pipeline.segment import stage_name
+    from pipeline.stages.models import safe_torch_load
+    from pipeline.stages.segment import stage_name
 
     if store.checkpoint_path(stage_name(name)).is_file():
         print(f"{name} has a checkpoint: it resumes from it (--warm-from applies to a fresh run)", flush=True)
@@ -158,9 +158,9 @@ def weight_maps(store: ProjectStore, run_name: str, names: list[str], key: str):
     it scores the current labels only)."""
     from dataclasses import replace
 
-    from pipeline.infer import oeem_weight_of, predict_probs
-    from pipeline.labelerrors import label_trust
-    from pipeline.segment import load_segmenter
+    from pipeline.review.regions import label_trust
+    from pipeline.stages.infer import oeem_weight_of, predict_probs
+    from pipeline.stages.segment import load_segmenter
 
     if run_name == "review":
         if key != "pseudo":
@@ -225,11 +225,11 @@ def cmd_gap(args) -> None:
     """Where a model's train prediction falls short of the labels it learned from: on the pixels whose label the
     patch labels alone decide (there the labels are the pathologist's) and on the rest (there they are the CAM's or
     an earlier network's guess). The prediction is cleaned as ``oeem predict`` cleans it."""
-    from pipeline.cams import patch_decided
-    from pipeline.infer import mask_from_probs, predict_probs
     from pipeline.metrics import confusion, from_confusion
-    from pipeline.project import project_config
-    from pipeline.segment import load_segmenter
+    from pipeline.stages.cams import patch_decided
+    from pipeline.stages.infer import mask_from_probs, predict_probs
+    from pipeline.stages.segment import load_segmenter
+    from pipeline.store.project import project_config
 
     store = ProjectStore.open(PROJECT)
     infer_cfg = preset("cpu").inference  # as every row of this benchmark is scored
@@ -267,8 +267,8 @@ def cmd_gap(args) -> None:
 
 def cmd_refine(args) -> None:
     """One self-training round from a finished ablation run (its prediction refines the pseudo-masks)."""
-    from pipeline.infer import predict
-    from pipeline.selftrain import refine_round
+    from pipeline.stages.infer import predict
+    from pipeline.stages.selftrain import refine_round
 
     store = ProjectStore.open(PROJECT)
     cfg = preset("cpu")
@@ -406,8 +406,8 @@ def cmd_scales(args) -> None:
 def cmd_bias(args) -> None:
     """Pseudo-mask mIoU on the validation split for each gland bias, from the stored CAMs (seconds, no network):
     how the cpu preset's ``cam.gland_bias`` was chosen. testA plays no part; train is shown for reference."""
-    from pipeline.cams import pseudo_from_cam
     from pipeline.metrics import confusion, from_confusion
+    from pipeline.stages.cams import pseudo_from_cam
 
     store = ProjectStore.open(PROJECT)
     size = preset("cpu").patches.size

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import RESULTS, glas_root, machine, print_table
+
 from pipeline.config import preset
 from pipeline.progress import run
 from pipeline.store import ProjectStore, atomic_write_json
@@ -51,7 +51,7 @@ def save(data: dict) -> None:
     atomic_write_json(OUT, data)
 
 
-# How the loss was divided: "pixels" (every valid pixel counts once, as pipeline/losses.py does) or "weighted" (a
+# How the loss was divided: "pixels" (every valid pixel counts once, as pipeline/stages/losses.py does) or "weighted" (a
 # verified pixel counted as verified_weight pixels: a variant measured over 3 seeds and not kept - validation gains
 # were lower on average, README); rows without the field used "pixels".
 DIVISOR = "pixels"
@@ -80,7 +80,7 @@ def clear_corrections(store: ProjectStore) -> None:
 
 def top_masks(store: ProjectStore, budget_px: int) -> dict[str, np.ndarray]:
     """The best-ranked regions, whole, until they cover ``budget_px`` pixels."""
-    from pipeline.labelerrors import ranked_regions
+    from pipeline.review.regions import ranked_regions
 
     masks: dict[str, np.ndarray] = {}
     ids: dict[str, list[int]] = {}
@@ -119,13 +119,13 @@ def wrong_inside(store: ProjectStore, masks: dict[str, np.ndarray]) -> tuple[int
 
 
 def cmd_rank(args) -> None:
-    from pipeline.labelerrors import rank_label_errors, ranked_regions
+    from pipeline.review.regions import rank_label_errors, ranked_regions
 
     glas_root()
     store = ProjectStore.open(PROJECT)
     clear_corrections(store)
     cfg = preset("cpu")
-    from pipeline.infer import predict
+    from pipeline.stages.infer import predict
 
     # the prediction the ranking reads is the model's a user has after `oeem run` (on the ablation project: the
     # round-1 CE run; on an end-to-end project: its own final model, --model current)
@@ -173,10 +173,11 @@ def cmd_rank(args) -> None:
 
 def cmd_gain(args) -> None:
     from ablation import scores
+
     from pipeline.config import SegConfig, from_dict
-    from pipeline.labelerrors import load_ranking
-    from pipeline.models import safe_torch_load
-    from pipeline.segment import train_segmenter
+    from pipeline.review.regions import load_ranking
+    from pipeline.stages.models import safe_torch_load
+    from pipeline.stages.segment import train_segmenter
 
     glas_root()
     store = ProjectStore.open(PROJECT)

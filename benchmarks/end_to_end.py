@@ -16,14 +16,15 @@ import shutil
 import time
 
 import numpy as np
-
 from _common import RESULTS, glas_root, machine, print_table, write_json
+
 from pipeline.config import PipelineConfig, parse_settings
 from pipeline.metrics import confusion, from_confusion
 from pipeline.progress import run
-from pipeline.project import create_project, project_config, run_all
-from pipeline.selftrain import next_round_labels
+from pipeline.stages.run import run_all
+from pipeline.stages.selftrain import next_round_labels
 from pipeline.store import ProjectStore
+from pipeline.store.project import create_project, project_config
 
 VAL_IMAGES = 10  # the same seeded split as benchmarks/ablation.py
 

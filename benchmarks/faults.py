@@ -36,8 +36,8 @@ def make_project(folder: Path, shape: tuple[int, int] = SHAPE, images: int = 2) 
     """A project of synthetic H&E images of GlaS size, with pseudo-masks (what corrections edit)."""
     from PIL import Image
 
-    from pipeline.project import create_project
-    from pipeline.synth import synth_tissue
+    from pipeline.io.synth import synth_tissue
+    from pipeline.store.project import create_project
 
     data = folder / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -82,7 +82,7 @@ def child_corrections(project: str, log: str) -> None:
 def child_checkpoint(project: str, log: str) -> None:
     from pipeline.config import preset
     from pipeline.progress import run
-    from pipeline.segment import train_segmenter
+    from pipeline.stages.segment import train_segmenter
     from pipeline.store import ProjectStore
 
     store = ProjectStore.open(project)
@@ -93,7 +93,7 @@ def child_checkpoint(project: str, log: str) -> None:
 
 
 def child_export(project: str, out: str) -> None:
-    from pipeline.export import export_masks
+    from pipeline.io.export import export_masks
     from pipeline.store import ProjectStore
 
     store = ProjectStore.open(project)
@@ -132,7 +132,7 @@ def check_corrections(project: Path, log: Path) -> str | None:
 
 
 def check_checkpoint(project: Path, log: Path) -> str | None:
-    from pipeline.models import safe_torch_load
+    from pipeline.stages.models import safe_torch_load
 
     ck = project / "checkpoints" / "segmentation-faults.pt"
     if not ck.is_file():
@@ -146,8 +146,8 @@ def check_checkpoint(project: Path, log: Path) -> str | None:
 
 
 def check_export(project: Path, out: Path) -> str | None:
-    from pipeline.export import read_exported_mask
-    from pipeline.geojson import rasterise_geojson, read_geojson
+    from pipeline.io.export import read_exported_mask
+    from pipeline.io.geojson import rasterise_geojson, read_geojson
 
     try:
         for p in out.iterdir():

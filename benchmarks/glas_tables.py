@@ -22,13 +22,13 @@ import time
 
 import numpy as np
 import torch
-
 from _common import RESULTS, glas_root, machine, print_table, write_json
+
 from pipeline.config import LOSS_KINDS, preset
-from pipeline.infer import mask_from_probs, predict_probs
 from pipeline.metrics import confusion, from_confusion
 from pipeline.progress import run
-from pipeline.segment import load_segmenter, train_segmenter
+from pipeline.stages.infer import mask_from_probs, predict_probs
+from pipeline.stages.segment import load_segmenter, train_segmenter
 from pipeline.store import ProjectStore
 
 PAPER = {

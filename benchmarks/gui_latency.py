@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _common import machine, print_table, write_json
 
 TICK_MS = 20
@@ -59,9 +58,9 @@ def main() -> None:
     from qtpy.QtWidgets import QApplication
 
     from pipeline.progress import run
-    from pipeline.project import create_project, project_config
-    from pipeline.cams import make_cams
-    from pipeline.classify import make_patch_labels, train_classifier
+    from pipeline.stages.cams import make_cams
+    from pipeline.stages.classify import make_patch_labels, train_classifier
+    from pipeline.store.project import create_project, project_config
 
     tmp = Path(tempfile.mkdtemp())
     store = create_project("sample", tmp / "sample.oeem.zarr")

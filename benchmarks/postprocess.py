@@ -19,13 +19,13 @@ import time
 
 import numpy as np
 import torch
-
 from _common import machine, print_table, write_json
+
 from pipeline.config import preset
-from pipeline.infer import predict_probs
 from pipeline.metrics import confusion, from_confusion
-from pipeline.postprocess import clean_mask
-from pipeline.segment import load_segmenter
+from pipeline.stages.infer import predict_probs
+from pipeline.stages.postprocess import clean_mask
+from pipeline.stages.segment import load_segmenter
 from pipeline.store import ProjectStore
 
 SPLITS = ("val", "train", "test")

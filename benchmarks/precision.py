@@ -15,13 +15,13 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from _common import machine, print_table, write_json
-from pipeline.classify import build_classifier
+
 from pipeline.config import preset
-from pipeline.infer import predict_probs
-from pipeline.progress import _cpu_has_native_bf16, autocast, channels_last
-from pipeline.segment import build_segmenter
+from pipeline.device import _cpu_has_native_bf16, autocast, channels_last
+from pipeline.stages.classify import build_classifier
+from pipeline.stages.infer import predict_probs
+from pipeline.stages.segment import build_segmenter
 
 MODES = (("fp32", False, None), ("fp32 + channels-last", True, None), ("bf16 + channels-last", True, torch.bfloat16))
 

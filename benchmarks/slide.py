@@ -5,7 +5,7 @@ with 1 vs 2 dask workers, and DDP training with 1 vs 2 torchrun processes.
 
 The model is the `cpu` preset's segmentation network (random weights: speed and memory do not depend on them) in a
 project made from the embedded sample data, so nothing here needs GlaS. Slides are made by
-``pipeline.synth.write_synthetic_slide`` (tiled pyramidal TIFF, 0.62 µm/px, an ellipse of tissue on glass) and kept
+``pipeline.io.synth.write_synthetic_slide`` (tiled pyramidal TIFF, 0.62 µm/px, an ellipse of tissue on glass) and kept
 in ``--workdir`` for the next run. Each prediction runs as its own process (``oeem predict-slide --fast``): its
 peak RSS is the kernel's (``wait4``). Prints tables and writes ``benchmarks/results/slide.json``.
 """
@@ -31,9 +31,9 @@ def make_project(work: Path) -> Path:
     import torch
 
     from pipeline.config import preset
-    from pipeline.project import create_project
-    from pipeline.segment import _save, build_segmenter, stage_name
+    from pipeline.stages.segment import _save, build_segmenter, stage_name
     from pipeline.store import ProjectStore
+    from pipeline.store.project import create_project
 
     path = work / "bench.oeem.zarr"
     if not path.exists():
@@ -49,7 +49,7 @@ def make_project(work: Path) -> Path:
 
 
 def make_slide(work: Path, side: int, tissue: float) -> Path:
-    from pipeline.synth import write_synthetic_slide
+    from pipeline.io.synth import write_synthetic_slide
 
     path = work / f"synthetic_{side}_{int(tissue * 100)}.tif"
     if not path.exists():
@@ -94,7 +94,7 @@ def bench_dask(project: Path, work: Path, side: int, tissue: float) -> list[dict
 
     from pipeline.config import InferConfig, SlideConfig
     from pipeline.progress import run
-    from pipeline.slidepredict import predict_slide
+    from pipeline.slides.predict import predict_slide
     from pipeline.store import ProjectStore
 
     store = ProjectStore.open(project)
@@ -115,7 +115,7 @@ def bench_dask(project: Path, work: Path, side: int, tissue: float) -> list[dict
 
 def bench_ddp(work: Path, iterations: int) -> list[dict]:
     """Full supervision on the sample images (no stage 1 needed), the cpu preset's network, global batch 8."""
-    from pipeline.project import create_project
+    from pipeline.store.project import create_project
 
     rows = []
     for procs in (1, 2):

@@ -16,15 +16,15 @@ from dataclasses import asdict
 import numpy as np
 import torch
 import torch.nn.functional as F
+from _common import RESULTS, glas_root, machine, matmul_peak_gflops, print_table, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import RESULTS, glas_root, machine, matmul_peak_gflops, print_table, write_json
-from pipeline.cams import cam_and_pseudo, make_cams
-from pipeline.classify import build_classifier, load_classifier, make_patch_labels, train_classifier
 from pipeline.config import preset
-from pipeline.data import find_samples
+from pipeline.io.data import find_samples
 from pipeline.metrics import confusion, from_confusion
 from pipeline.progress import run
+from pipeline.stages.cams import cam_and_pseudo, make_cams
+from pipeline.stages.classify import build_classifier, load_classifier, make_patch_labels, train_classifier
 from pipeline.store import ProjectStore
 
 

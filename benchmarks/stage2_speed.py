@@ -14,14 +14,14 @@ import copy
 import time
 
 import torch
+from _common import glas_root, machine, matmul_peak_gflops, print_table, write_json
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import glas_root, machine, matmul_peak_gflops, print_table, write_json
 from pipeline.config import preset
-from pipeline.data import find_samples, load_image
-from pipeline.infer import predict_probs
-from pipeline.losses import segmentation_loss
-from pipeline.segment import build_segmenter
+from pipeline.io.data import find_samples, load_image
+from pipeline.stages.infer import predict_probs
+from pipeline.stages.losses import segmentation_loss
+from pipeline.stages.segment import build_segmenter
 
 
 def train_step_flops(model, x, y) -> float:

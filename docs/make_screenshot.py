@@ -25,8 +25,8 @@ def main() -> None:
     _, widget = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
     if not widget.open_project(args.project):
         raise SystemExit(f"{args.project}: no project; run `make demo` first")
-    from pipeline.labelerrors import load_ranking, rank_label_errors, ranked_regions
     from pipeline.progress import run
+    from pipeline.review.regions import load_ranking, rank_label_errors, ranked_regions
 
     if load_ranking(widget.store) is None:
         run(rank_label_errors(widget.store, widget._config(save=False), "train"))

@@ -13,8 +13,8 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer
 
 from pipeline.errors import OEEMError
-from pipeline.lock import ProjectBusy
 from pipeline.store import ProjectStore
+from pipeline.store.lock import ProjectBusy
 
 SAVE_DELAY_MS = 300
 BUSY_RETRY_MS = 5000  # another process writes the project: the strokes stay in the layer and are saved later

@@ -132,7 +132,7 @@ SLIDE_PREDICTION = "slide prediction"
 def slide_layer_spec(path) -> tuple:
     """A slide as a lazy multiscale RGB layer in microns (when its pixel size is known), its path and pixel size
     in the metadata the widget reads back."""
-    from pipeline.slide import open_slide
+    from pipeline.slides.reader import open_slide
 
     slide = open_slide(path)
     mpp = slide.info.mpp or 1.0

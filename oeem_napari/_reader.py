@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.export import read_exported_mask
-
 from oeem_napari._layers import PSEUDO, label_colormap
+from pipeline.io.export import read_exported_mask
 
 
 def _is_project(path: Path) -> bool:
@@ -39,7 +38,7 @@ def get_reader(path):
         return read_mask_file
     if path.is_dir() and _is_slide_prediction(path):
         return read_slide_prediction
-    from pipeline.slide import is_slide_file
+    from pipeline.slides.reader import is_slide_file
 
     if is_slide_file(path):
         return read_slide
@@ -79,9 +78,8 @@ def read_mask_file(path):
 
 
 def read_project(path):
-    from pipeline.store import ProjectStore
-
     from oeem_napari._layers import layer_specs
+    from pipeline.store import ProjectStore
 
     store = ProjectStore.open(path, mode="r")
     names = store.names()

@@ -1,10 +1,9 @@
 """File > Open Sample: one synthetic H&E image with its gland mask, from the embedded sample data."""
 from __future__ import annotations
 
-from pipeline.data import load_image, read_mask
-from pipeline.project import sample_data_folder
-
 from oeem_napari._layers import MASK, label_colormap
+from pipeline.io.data import load_image, read_mask
+from pipeline.store.project import sample_data_folder
 
 
 def make_sample_data():

@@ -11,8 +11,18 @@ from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit, SpinBox, Widget
 
-from pipeline.config import (BACKBONES, CALIBRATORS, DECODERS, LOSS_KINDS, NORMS, PRECISION_SECTIONS, PRECISIONS,
-                             SLIDE_READERS, PipelineConfig, field_help)
+from pipeline.config import (
+    BACKBONES,
+    CALIBRATORS,
+    DECODERS,
+    LOSS_KINDS,
+    NORMS,
+    PRECISION_SECTIONS,
+    PRECISIONS,
+    SLIDE_READERS,
+    PipelineConfig,
+    field_help,
+)
 from pipeline.errors import OEEMError
 
 SECTIONS = {"patches": "Patches", "classifier": "Classifier", "cam": "CAMs", "segmentation": "Segmentation",
@@ -24,6 +34,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "ranking.calibrator": CALIBRATORS,
     "segmentation.backbone.name": BACKBONES, "slide.reader": SLIDE_READERS,
     **{f"{section}.precision": PRECISIONS for section in PRECISION_SECTIONS}}
+
+
+# shown on top of the form; every other setting sits in its stage's tab under *Advanced*
+BASIC = ("classifier.epochs", "segmentation.iterations", "selftrain.rounds", "segmentation.loss",
+         "segmentation.label_source", "segmentation.verified_weight", "inference.scales")
 
 
 def _flat(obj: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
@@ -62,21 +77,26 @@ def _parse(key: str, text: str, like: Any) -> Any:
 
 
 class SettingsForm:
-    """One magicgui container per stage (``sections``, shown as tabs); ``values()`` gives dotted keys → typed
-    values for ``project_config``."""
+    """``basic``: the handful of settings a pathologist changes, one container; ``sections``: every other setting,
+    one container per stage (shown as tabs under *Advanced*). Each setting has exactly one widget, in ``fields``;
+    ``values()`` gives dotted keys → typed values for ``project_config``."""
 
     def __init__(self, cfg: PipelineConfig | None = None):
         self._kinds: dict[str, Any] = {}
         self.fields: dict[str, Widget] = {}
         self.sections: dict[str, Container] = {}
+        self.basic = Container(name="basic", label="Basic")
         cfg = cfg or PipelineConfig()
+        basic: dict[str, Widget] = {}
         for section, title in SECTIONS.items():
             box = Container(name=section, label=title)
             for key, value, help_ in _flat(getattr(cfg, section), f"{section}."):
                 w = self._make(key, value, help_)
-                box.append(w)
+                (basic.__setitem__(key, w) if key in BASIC else box.append(w))
                 self.fields[key] = w
             self.sections[section] = box
+        for key in BASIC:
+            self.basic.append(basic[key])
 
     def _make(self, key: str, value: Any, help_: str) -> Widget:
         label = key.split(".", 1)[1].replace("_", " ")

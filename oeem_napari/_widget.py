@@ -9,23 +9,39 @@ import numpy as np
 import torch
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QObject
-from qtpy.QtWidgets import (QAbstractItemView, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QGridLayout, QGroupBox,
-                            QHBoxLayout, QLabel, QLineEdit, QProgressBar, QPushButton, QScrollArea, QSpinBox,
-                            QTableWidget, QTabWidget,
-                            QTableWidgetItem, QVBoxLayout, QWidget)
-
-from pipeline.config import PRESETS, preset
-from pipeline.errors import OEEMError
-from pipeline.export import FORMATS, SOURCES, export_masks
-from pipeline.lock import holding_writer
-from pipeline.progress import Progress
-from pipeline.slideregions import REGION_LABELS
-from pipeline.store import ProjectStore
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
 
 from oeem_napari import _layers
 from oeem_napari._corrections import CorrectionKeeper
-from oeem_napari._settings import SECTIONS, SettingsForm
 from oeem_napari._jobs import JobRunner, run_step
+from oeem_napari._settings import SECTIONS, SettingsForm
+from pipeline.config import PRESETS, preset
+from pipeline.errors import OEEMError
+from pipeline.io.export import FORMATS, SOURCES, export_masks
+from pipeline.progress import Progress
+from pipeline.slides.regions import REGION_LABELS
+from pipeline.store import ProjectStore
+from pipeline.store.lock import holding_writer
 
 STAGES = {
     "classifier": "Train classifier",
@@ -102,12 +118,13 @@ class OEEMWidget(QWidget):
         # every other setting, generated from pipeline.config (magicgui): one tab per stage
         self.settings = SettingsForm(preset("cpu"))
         self.settings_tabs = QTabWidget()
-        for section, box_ in self.settings.sections.items():
+        for title, box_ in [("Basic", self.settings.basic),
+                            *((SECTIONS[s], b) for s, b in self.settings.sections.items())]:
             scroll = QScrollArea()
             scroll.setWidgetResizable(True)
             scroll.setWidget(box_.native)
-            self.settings_tabs.addTab(scroll, SECTIONS[section])
-        self.settings_tabs.setCurrentIndex(list(SECTIONS).index("segmentation"))
+            self.settings_tabs.addTab(scroll, title)
+        self.settings_tabs.setCurrentIndex(0)
         self.settings_tabs.setMinimumHeight(220)
         form.addRow(self.settings_tabs)
         # the settings changed most often, by their old names (scripts and tests use them)
@@ -246,7 +263,7 @@ class OEEMWidget(QWidget):
             self.create_project(data, target)
 
     def create_project(self, data: str, target: str):
-        from pipeline.project import create_project
+        from pipeline.store.project import create_project
 
         return self._start("Create project", run_step("create", lambda: create_project(data, target)),
                            after=lambda ok, store: ok and self.open_project(target))
@@ -275,7 +292,7 @@ class OEEMWidget(QWidget):
         return True
 
     def _config(self, save: bool = True):
-        from pipeline.project import project_config
+        from pipeline.store.project import project_config
 
         if not save:  # what the project holds
             return project_config(self.store, None, None, save=False)
@@ -310,7 +327,8 @@ class OEEMWidget(QWidget):
             self.keeper = None
 
     def _fill_regions(self) -> None:
-        from pipeline.labelerrors import ranked_regions, review_state
+        from pipeline.review.regions import ranked_regions
+        from pipeline.review.state import review_state
 
         if not (self.store and self.current):
             self.regions = []
@@ -351,7 +369,7 @@ class OEEMWidget(QWidget):
 
     def accept_region(self) -> dict | None:
         """Fill the selected region with its suggested label (pathologist-verified, undoable), then go on."""
-        from pipeline.labelerrors import accept_region
+        from pipeline.review.state import accept_region
 
         r = self._selected_region()
         if r is None:
@@ -372,7 +390,7 @@ class OEEMWidget(QWidget):
         return result
 
     def skip_region(self) -> None:
-        from pipeline.labelerrors import skip_region
+        from pipeline.review.state import skip_region
 
         r = self._selected_region()
         if r is None:
@@ -387,7 +405,8 @@ class OEEMWidget(QWidget):
 
     def next_region(self) -> None:
         """The best-ranked region not yet reviewed (any image): switch to its image, select it and zoom."""
-        from pipeline.labelerrors import ranked_regions, review_state
+        from pipeline.review.regions import ranked_regions
+        from pipeline.review.state import review_state
 
         if not self.store:
             return
@@ -405,7 +424,7 @@ class OEEMWidget(QWidget):
         show_info("every listed region has been reviewed")
 
     def undo_review(self) -> None:
-        from pipeline.labelerrors import undo_review
+        from pipeline.review.state import undo_review
 
         if not self.store:
             return
@@ -456,11 +475,11 @@ class OEEMWidget(QWidget):
         return self._start(label, holding_writer(self.store.path, f"napari: {label}", job))
 
     def _make_job(self, stage: str):
-        from pipeline.cams import make_cams
-        from pipeline.classify import make_patch_labels, train_classifier
-        from pipeline.infer import evaluate, predict
-        from pipeline.project import run_all, segmentation_settings
-        from pipeline.segment import train_segmenter
+        from pipeline.stages.cams import make_cams
+        from pipeline.stages.classify import make_patch_labels, train_classifier
+        from pipeline.stages.infer import evaluate, predict
+        from pipeline.stages.run import run_all, segmentation_settings
+        from pipeline.stages.segment import train_segmenter
 
         cfg = self._config()
         if self.predict_combo.currentIndex() == 0:
@@ -478,7 +497,7 @@ class OEEMWidget(QWidget):
         if stage == "predict":
             return predict(store, cfg.inference, device=device)
         if stage == "selftrain":
-            from pipeline.selftrain import refine_round
+            from pipeline.stages.selftrain import refine_round
 
             return refine_round(store, cfg.patches.size, cam_cfg=cfg.cam)
         if stage == "evaluate":
@@ -487,7 +506,7 @@ class OEEMWidget(QWidget):
         if stage == "all":
             return run_all(store, cfg, device)
         if stage == "rank":
-            from pipeline.labelerrors import rank_label_errors
+            from pipeline.review.regions import rank_label_errors
 
             return rank_label_errors(store, cfg, "train")
         raise OEEMError(f"unknown stage {stage!r}")
@@ -574,7 +593,7 @@ class OEEMWidget(QWidget):
 
     def predict_slide(self):
         """Predict the open slide in the background; the mask appears over it as multiscale Labels."""
-        from pipeline.slidepredict import predict_slide
+        from pipeline.slides.predict import predict_slide
 
         layer = self._slide_layer()
         if layer is None:
@@ -608,8 +627,8 @@ class OEEMWidget(QWidget):
 
     def add_drawn_regions(self) -> list[str]:
         """Every rectangle of the regions layer becomes a training image with the chosen weak label."""
-        from pipeline.lock import project_writer
-        from pipeline.slideregions import SlideRegion, add_slide_regions
+        from pipeline.slides.regions import SlideRegion, add_slide_regions
+        from pipeline.store.lock import project_writer
 
         slide, shapes = self._slide_layer(), self.viewer.layers[_layers.SLIDE_REGIONS] \
             if _layers.SLIDE_REGIONS in self.viewer.layers else None
@@ -668,7 +687,7 @@ class OEEMWidget(QWidget):
     def import_geojson(self, path: str, image: str | None = None) -> dict | None:
         """Import one annotation file as a correction of ``image`` (default: the file's name if it is an image
         of the project, else the image shown)."""
-        from pipeline.geojson import image_name_of, import_geojson
+        from pipeline.io.geojson import image_name_of, import_geojson
 
         if self.store is None or self.current is None:
             show_error("open a project first")

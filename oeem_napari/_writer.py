@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import OEEMError
-from pipeline.export import write_mask_file
+from pipeline.io.export import write_mask_file
 
 
 def write_labels(path: str, data: Any, meta: dict) -> list[str]:

@@ -17,7 +17,6 @@ from typing import Any
 from pipeline.config import LOSS_KINDS, PRECISION_SECTIONS, PRECISIONS, PRESETS, SLIDE_READERS, parse_settings
 from pipeline.errors import OEEMError
 
-
 # commands that write into the project: one at a time per project (the writer lock)
 WRITERS = {"patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "run", "import-geojson", "undo",
            "doctor", "regions", "add-regions"}
@@ -34,7 +33,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 def _is_main() -> bool:
     """Rank 0 of a torchrun launch, or a plain run: the process that writes the project and prints."""
-    from pipeline.distributed import env_is_main
+    from pipeline.stages.distributed import env_is_main
 
     try:
         return env_is_main()
@@ -86,7 +85,7 @@ def _open(path: str):
 
 
 def _config(args, store):
-    from pipeline.project import project_config
+    from pipeline.store.project import project_config
 
     over = {
         "classifier.epochs": getattr(args, "epochs", None), "classifier.lr": getattr(args, "cls_lr", None),
@@ -125,7 +124,7 @@ def _print(obj) -> None:
 
 
 def cmd_init(args) -> None:
-    from pipeline.project import create_project
+    from pipeline.store.project import create_project
 
     store = create_project(args.data, args.project, overwrite=args.overwrite, val_images=args.val_images)
     tr, va, te = store.names("train"), store.names("val"), store.names("test")
@@ -134,7 +133,7 @@ def cmd_init(args) -> None:
 
 
 def cmd_patches(args) -> None:
-    from pipeline.classify import make_patch_labels
+    from pipeline.stages.classify import make_patch_labels
 
     store = _open(args.project)
     cfg = _config(args, store)
@@ -144,7 +143,7 @@ def cmd_patches(args) -> None:
 
 
 def cmd_train_cls(args) -> None:
-    from pipeline.classify import train_classifier
+    from pipeline.stages.classify import train_classifier
 
     store = _open(args.project)
     cfg = _config(args, store)
@@ -156,7 +155,7 @@ def cmd_train_cls(args) -> None:
 
 
 def cmd_cams(args) -> None:
-    from pipeline.cams import make_cams
+    from pipeline.stages.cams import make_cams
 
     store = _open(args.project)
     cfg = _config(args, store)
@@ -167,8 +166,8 @@ def cmd_cams(args) -> None:
 
 
 def cmd_train_seg(args) -> None:
-    from pipeline.project import segmentation_settings
-    from pipeline.segment import train_segmenter
+    from pipeline.stages.run import segmentation_settings
+    from pipeline.stages.segment import train_segmenter
 
     store = _open(args.project)
     cfg = _config(args, store)
@@ -181,7 +180,7 @@ def cmd_train_seg(args) -> None:
 
 
 def cmd_selftrain(args) -> None:
-    from pipeline.selftrain import refine_round, reset_rounds
+    from pipeline.stages.selftrain import refine_round, reset_rounds
 
     store = _open(args.project)
     if args.reset:
@@ -199,7 +198,7 @@ def cmd_selftrain(args) -> None:
 
 
 def cmd_predict(args) -> None:
-    from pipeline.infer import predict
+    from pipeline.stages.infer import predict
 
     store = _open(args.project)
     cfg = _config(args, store)
@@ -209,7 +208,7 @@ def cmd_predict(args) -> None:
 
 
 def cmd_evaluate(args) -> None:
-    from pipeline.infer import evaluate
+    from pipeline.stages.infer import evaluate
 
     store = _open(args.project)
     res = evaluate(store, args.split, args.key)
@@ -221,9 +220,10 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from pipeline.lock import project_writer
-    from pipeline.project import create_project, run_all
+    from pipeline.stages.run import run_all
     from pipeline.store import ProjectStore
+    from pipeline.store.lock import project_writer
+    from pipeline.store.project import create_project
 
     if args.data is not None and not Path(args.project).exists():
         create_project(args.data, args.project, val_images=args.val_images)
@@ -261,7 +261,7 @@ def print_report(report: dict) -> None:
 
 
 def cmd_export(args) -> None:
-    from pipeline.export import export_masks
+    from pipeline.io.export import export_masks
 
     store = _open(args.project)
     paths = export_masks(store, args.folder, args.format, args.source)
@@ -269,7 +269,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_import_geojson(args) -> None:
-    from pipeline.geojson import import_geojson
+    from pipeline.io.geojson import import_geojson
 
     store = _open(args.project)
     rep = import_geojson(store, args.path, args.image)
@@ -291,7 +291,7 @@ def cmd_undo(args) -> None:
 
 
 def cmd_doctor(args) -> None:
-    from pipeline.doctor import check_project, format_report
+    from pipeline.store.doctor import check_project, format_report
 
     store = _open(args.project)
     rep = check_project(store, repair=not args.check_only)
@@ -301,8 +301,14 @@ def cmd_doctor(args) -> None:
 
 
 def cmd_regions(args) -> None:
-    from pipeline.labelerrors import (label_fingerprint, load_ranking, rank_label_errors, ranked_regions,
-                                      rerank_image, review_state, write_region_files)
+    from pipeline.review.regions import (
+        label_fingerprint,
+        load_ranking,
+        rank_label_errors,
+        ranked_regions,
+        write_region_files,
+    )
+    from pipeline.review.state import rerank_image, review_state
 
     store = _open(args.project)
     ranking = load_ranking(store)
@@ -338,7 +344,7 @@ def cmd_regions(args) -> None:
 
 
 def cmd_slide_info(args) -> None:
-    from pipeline.slide import open_slide, tissue_mask
+    from pipeline.slides.reader import open_slide, tissue_mask
 
     with open_slide(args.slide, args.mpp, args.reader) as slide:
         info = slide.info
@@ -355,7 +361,7 @@ def cmd_slide_info(args) -> None:
 
 
 def cmd_predict_slide(args) -> None:
-    from pipeline.slidepredict import predict_slide
+    from pipeline.slides.predict import predict_slide
 
     store = _open(args.project)
     cfg = _config(args, store)
@@ -371,8 +377,8 @@ def cmd_predict_slide(args) -> None:
 
 
 def cmd_add_regions(args) -> None:
-    from pipeline.geojson import read_geojson
-    from pipeline.slideregions import add_slide_regions, parse_box, regions_from_geojson
+    from pipeline.io.geojson import read_geojson
+    from pipeline.slides.regions import add_slide_regions, parse_box, regions_from_geojson
 
     store = _open(args.project)
     cfg = _config(args, store)
@@ -417,7 +423,7 @@ def _last_metrics(store) -> dict:
 
 
 def cmd_fetch_glas(args) -> None:
-    from pipeline.download import fetch_glas
+    from pipeline.io.download import fetch_glas
 
     path = fetch_glas(args.dest, args.sha256)
     print(f"GlaS is in {path}; make a project with `oeem init {path} glas.oeem.zarr`")
@@ -570,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.distributed import env_world_size, launched
+    from pipeline.stages.distributed import env_world_size, launched
 
     args = build_parser().parse_args(argv)
     # under torchrun every rank runs this; rank 0 alone locks, writes and speaks (the others fail with it: every
@@ -581,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
             raise OEEMError(f"`oeem {args.command}` runs as one process; only {' and '.join(sorted(DISTRIBUTED))} "
                             f"run under torchrun (here with {env_world_size()} processes)")
         if args.command in WRITERS and Path(args.project).is_dir() and main_rank:
-            from pipeline.lock import project_writer
+            from pipeline.store.lock import project_writer
 
             with project_writer(args.project, f"oeem {args.command}"):
                 args.func(args)
@@ -597,8 +603,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
         return 130
     finally:
-        if "pipeline.distributed" in sys.modules:
-            from pipeline.distributed import shutdown
+        if "pipeline.stages.distributed" in sys.modules:
+            from pipeline.stages.distributed import shutdown
 
             shutdown()
     return 0

@@ -73,7 +73,7 @@ class CamConfig:
     gland_bias: float = 0.0
     precision: str = "auto"  # auto (bf16 where the hardware does it natively), fp32 or bf16
     # the pseudo-masks (stage 1's and every self-training round's) are cleaned as the prediction is
-    # (pipeline.postprocess; px at the project's resolution, 0 = off)
+    # (pipeline.stages.postprocess; px at the project's resolution, 0 = off)
     drop_glands_below: int = 0
     fill_holes_below: int = 0
 
@@ -83,7 +83,7 @@ DECODERS = ("psp", "unet")
 CALIBRATORS = ("boosting", "logistic")
 PRECISIONS = ("auto", "fp32", "bf16")  # pipeline.progress.resolve_precision decides what auto means
 PRECISION_SECTIONS = ("classifier", "cam", "segmentation", "inference")  # the stages with a precision setting
-SLIDE_READERS = ("auto", "tiffslide", "openslide")  # pipeline.slide.Slide's backends
+SLIDE_READERS = ("auto", "tiffslide", "openslide")  # pipeline.slides.reader.Slide's backends
 
 
 @dataclass
@@ -150,7 +150,7 @@ class InferConfig:
     batch_size: int = 8
     blend: str = "mean"  # "mean" or "gaussian": centre-weighted windows (whole slides use it: no seams)
     precision: str = "auto"  # auto (bf16 where the hardware does it natively), fp32 or bf16
-    # the predicted mask is cleaned (pipeline.postprocess): px at the project's resolution, 0 = off
+    # the predicted mask is cleaned (pipeline.stages.postprocess): px at the project's resolution, 0 = off
     drop_glands_below: int = 0  # predicted glands smaller than this are dropped
     fill_holes_below: int = 0  # non-gland regions smaller than this are filled (the lumens GlaS's masks include)
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from pipeline.config import preset
-from pipeline.synth import synth_tissue
+from pipeline.io.synth import synth_tissue
 
 GLAS_ROOT = os.environ.get("OEEM_GLAS_ROOT")
 
@@ -49,7 +49,8 @@ def tiny_config():
 def trained_project(tmp_path_factory):
     """A project on the embedded sample data taken through every stage with the tiny preset (built once)."""
     from pipeline.progress import run
-    from pipeline.project import create_project, project_config, run_all
+    from pipeline.stages.run import run_all
+    from pipeline.store.project import create_project, project_config
 
     path = tmp_path_factory.mktemp("proj") / "sample.oeem.zarr"
     store = create_project("sample", path)

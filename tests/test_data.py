@@ -4,8 +4,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from pipeline.data import find_samples, load_image, read_image, read_mask
 from pipeline.errors import OEEMError
+from pipeline.io.data import find_samples, load_image, read_image, read_mask
 from tests.conftest import rgb
 
 

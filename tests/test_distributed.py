@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from pipeline.cli import main as oeem
-from pipeline.distributed import Dist, launched, setup
 from pipeline.errors import OEEMError
+from pipeline.stages.distributed import Dist, launched, setup
 from tests.conftest import write_pair
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline.errors import OEEMError
-from pipeline.export import export_masks, read_exported_mask
+from pipeline.io.export import export_masks, read_exported_mask
 
 
 @pytest.mark.parametrize("fmt", ["png", "tiff", "zarr"])

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import OEEMError
-from pipeline.lock import ProjectBusy, holder, project_writer
 from pipeline.store import ProjectStore
+from pipeline.store.lock import ProjectBusy, holder, project_writer
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -28,7 +27,7 @@ def edit(store, name, k):
 
 
 def hold_lock_in_subprocess(project: Path) -> subprocess.Popen:
-    code = ("import sys, time; from pipeline.lock import project_writer\n"
+    code = ("import sys, time; from pipeline.store.lock import project_writer\n"
             f"with project_writer({str(project)!r}, 'oeem train-seg'):\n"
             "    print('held', flush=True); time.sleep(120)\n")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -113,7 +112,7 @@ def test_disk_full_while_saving_a_correction_keeps_the_previous_state(project_co
 
 
 def test_disk_full_while_writing_a_checkpoint_is_one_line(project_copy, monkeypatch, capsys):
-    import pipeline.store as st
+    import pipeline.store.project_store as st
 
     store, _ = project_copy
     ck = store.checkpoint_path("segmentation")
@@ -231,7 +230,7 @@ def fill(folder: Path, leave: int) -> None:
 def test_a_really_full_disk_keeps_the_correction_and_the_export_folder(project_copy, full_tmpfs, capsys):
     import shutil
 
-    from pipeline.export import export_masks
+    from pipeline.io.export import export_masks
 
     src, _ = project_copy
     project = full_tmpfs / "p.oeem.zarr"

@@ -9,9 +9,8 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.errors import OEEMError
-from pipeline.export import export_masks, read_exported_mask, write_mask_file
-from pipeline.geojson import (GLAND_CLASS, import_geojson, mask_to_geojson, mask_to_polygons, rasterise_geojson,
-                              read_geojson)
+from pipeline.io.export import export_masks, read_exported_mask, write_mask_file
+from pipeline.io.geojson import GLAND_CLASS, import_geojson, mask_to_geojson, rasterise_geojson, read_geojson
 
 
 def ring_mask() -> np.ndarray:
@@ -54,7 +53,7 @@ def test_round_trip_is_exact_on_a_gland_with_a_lumen():
 
 
 def test_round_trip_on_real_glas_masks(glas_root):
-    from pipeline.data import read_mask
+    from pipeline.io.data import read_mask
 
     files = sorted((glas_root / "testA").glob("*_anno.*"))[:10]
     assert files
@@ -160,7 +159,7 @@ def test_failed_export_writes_nothing(trained_project, tmp_path, capsys):
 
 
 def test_disk_full_during_export_leaves_the_folder_as_it_was(project_copy, tmp_path, monkeypatch):
-    import pipeline.export as export
+    import pipeline.io.export as export
 
     store, _ = project_copy
     out = tmp_path / "out"
@@ -236,6 +235,6 @@ def test_widget_imports_geojson_for_the_image_shown(make_napari_viewer, project_
 def test_pipeline_geojson_does_not_import_napari():
     import subprocess
 
-    code = ("import sys, pipeline.geojson, pipeline.lock, pipeline.doctor; "
+    code = ("import sys, pipeline.io.geojson, pipeline.store.lock, pipeline.store.doctor; "
             "sys.exit(any(m.split('.')[0] in ('napari', 'qtpy') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -13,7 +13,7 @@ from PIL import Image
 
 from pipeline.config import PipelineConfig, apply_overrides, check, preset
 from pipeline.errors import OEEMError
-from pipeline.geojson import mask_to_geojson, rasterise_geojson
+from pipeline.io.geojson import mask_to_geojson, rasterise_geojson
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -113,7 +113,7 @@ def test_any_correction_is_saved_or_refused_and_the_store_stays_whole(fuzz_proje
 
 @pytest.fixture(scope="module")
 def fuzz_project(tmp_path_factory):
-    from pipeline.project import create_project
+    from pipeline.store.project import create_project
 
     path = tmp_path_factory.mktemp("fuzz") / "p.oeem.zarr"
     store = create_project("sample", path)
@@ -131,7 +131,7 @@ file_bytes = st.one_of(st.binary(max_size=64), st.just(b"\x89PNG\r\n\x1a\n" + b"
                           st.one_of(file_bytes, st.sampled_from(["rgb", "gray", "rgba", "tiny", "mask"]))),
                 min_size=0, max_size=5))
 def test_any_data_folder_makes_a_project_or_says_why(tmp_path_factory, files):
-    from pipeline.project import create_project
+    from pipeline.store.project import create_project
 
     root = tmp_path_factory.mktemp("folder")
     data = root / "data"

@@ -11,9 +11,9 @@ from scipy import ndimage as ndi
 from pipeline.cli import main
 from pipeline.config import preset
 from pipeline.errors import OEEMError
-from pipeline.labelerrors import (accept_region, label_fingerprint, rank_label_errors, ranked_regions, review_state,
-                                  skip_region, undo_review)
 from pipeline.progress import run
+from pipeline.review.regions import label_fingerprint, rank_label_errors, ranked_regions
+from pipeline.review.state import accept_region, review_state, skip_region, undo_review
 
 
 def plant_errors(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -34,8 +34,8 @@ def plant_errors(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def planted(tmp_path_factory):
     """The sample data with masks, patch labels from them, a neutral CAM and prediction, and pseudo-masks with
     planted errors; 3 training images held out as validation (the calibration's)."""
-    from pipeline.classify import make_patch_labels
-    from pipeline.project import create_project
+    from pipeline.stages.classify import make_patch_labels
+    from pipeline.store.project import create_project
 
     path = tmp_path_factory.mktemp("planted") / "p.oeem.zarr"
     store = create_project("sample", path, val_images=3, seed=0)
@@ -157,7 +157,7 @@ def test_cli_regions_lists_and_writes(ranked_copy, tmp_path, capsys):
 
 
 def test_ranking_before_a_prediction_names_the_command(tmp_path):
-    from pipeline.project import create_project
+    from pipeline.store.project import create_project
 
     store = create_project("sample", tmp_path / "p.zarr")
     for n in store.names("train"):
@@ -173,7 +173,7 @@ def test_training_weighs_each_pseudo_label_by_the_reviews_trust(ranked_copy):
 
     import torch
 
-    from pipeline.segment import TRUST_LEVELS, decode, tile_dataset, train_segmenter
+    from pipeline.stages.segment import TRUST_LEVELS, decode, tile_dataset, train_segmenter
 
     store, cfg = ranked_copy
     seg = dataclasses.replace(cfg.segmentation, tile_size=64, tile_stride=64, working_scale=1.0)
@@ -205,8 +205,8 @@ def test_training_weighs_each_pseudo_label_by_the_reviews_trust(ranked_copy):
 def test_weighing_by_the_review_refuses_labels_it_did_not_rank(ranked_copy, tmp_path):
     import dataclasses
 
-    from pipeline.project import create_project
-    from pipeline.segment import tile_dataset
+    from pipeline.stages.segment import tile_dataset
+    from pipeline.store.project import create_project
 
     store, cfg = ranked_copy
     seg = dataclasses.replace(cfg.segmentation, error_prob_weight=1.0)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import OEEMError
-from pipeline.losses import segmentation_loss, weight_map
+from pipeline.stages.losses import segmentation_loss, weight_map
 
 
 def _case(seed=0):

@@ -15,7 +15,7 @@ def test_pipeline_never_imports_napari_or_qt():
     import subprocess
     import sys
 
-    code = ("import sys, pipeline.cli, pipeline.project, pipeline.infer, pipeline.labelerrors, pipeline.export; "
+    code = ("import sys, pipeline.cli, pipeline.store.project, pipeline.stages.run, pipeline.stages.infer, pipeline.review.state, pipeline.io.export; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('napari', 'qtpy', 'PyQt6', 'PyQt5', 'PySide6', "
             "'magicgui')]; print(bad); sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

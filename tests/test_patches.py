@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from pipeline.data import find_samples, read_mask
 from pipeline.errors import OEEMError
-from pipeline.patches import grid_starts, patch_grid, patch_labels
+from pipeline.io.data import find_samples, read_mask
+from pipeline.stages.patches import grid_starts, patch_grid, patch_labels
 
 
 def test_grid_is_edge_flush():

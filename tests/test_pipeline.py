@@ -3,12 +3,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.cams import make_cams
-from pipeline.classify import train_classifier
 from pipeline.errors import OEEMError
-from pipeline.infer import evaluate, predict_probs, sliding_logits
 from pipeline.progress import run
-from pipeline.segment import load_segmenter, train_segmenter
+from pipeline.stages.cams import make_cams
+from pipeline.stages.classify import train_classifier
+from pipeline.stages.infer import evaluate, predict_probs, sliding_logits
+from pipeline.stages.segment import load_segmenter, train_segmenter
 
 
 def test_every_stage_wrote_its_arrays(trained_project):
@@ -40,7 +40,7 @@ def test_pseudo_masks_beat_chance_and_the_segmentation_learns(trained_project):
 def test_refined_pseudo_mask_respects_patch_labels(trained_project):
     """Eq. 2: inside a patch labelled gland-only (or non-gland-only) the pseudo-mask can only hold that class
     where no overlapping patch votes otherwise; a whole image of single-class patches is that class."""
-    from pipeline.cams import refine_patches
+    from pipeline.stages.cams import refine_patches
 
     cam = np.random.default_rng(0).normal(size=(3, 2, 4, 4))
     labels = np.array([[1, 0], [0, 1], [1, 1]])
@@ -103,7 +103,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(project_copy):
 
 
 def test_training_before_pseudo_masks_says_which_command(small_folder, tmp_path):
-    from pipeline.project import create_project
+    from pipeline.store.project import create_project
     from tests.conftest import tiny_config
 
     store = create_project(small_folder, tmp_path / "p.zarr")
@@ -139,7 +139,7 @@ def test_multiscale_flip_prediction_is_a_distribution(trained_project):
 
 def test_too_large_an_image_is_refused_with_advice():
     from pipeline.config import InferConfig
-    from pipeline.infer import check_memory
+    from pipeline.stages.infer import check_memory
 
     with pytest.raises(OEEMError, match="--scales 1"):
         check_memory((200_000, 200_000), InferConfig())
@@ -148,12 +148,12 @@ def test_too_large_an_image_is_refused_with_advice():
 @pytest.mark.glas
 def test_whole_method_on_a_few_real_glas_images(glas_root, tmp_path):
     """Real GlaS sizes (not multiples of the patch grid, differing between images) through every stage."""
-    from pipeline.config import preset
-    from pipeline.data import find_samples
-    from pipeline.project import run_all
-    from pipeline.store import ProjectStore
-
     from PIL import Image
+
+    from pipeline.config import preset
+    from pipeline.io.data import find_samples
+    from pipeline.stages.run import run_all
+    from pipeline.store import ProjectStore
 
     train = find_samples(glas_root / "train")
     first = Image.open(train[0].image_path).size

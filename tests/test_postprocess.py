@@ -4,8 +4,8 @@ import pytest
 
 from pipeline.config import apply_overrides, check, preset
 from pipeline.errors import OEEMError
-from pipeline.infer import mask_from_probs
-from pipeline.postprocess import clean_mask
+from pipeline.stages.infer import mask_from_probs
+from pipeline.stages.postprocess import clean_mask
 
 
 def glands() -> np.ndarray:

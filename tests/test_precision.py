@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import progress
+from pipeline import device as progress
 from pipeline.config import BackboneConfig, InferConfig, SegConfig, check, preset
+from pipeline.device import resolve_precision
 from pipeline.errors import OEEMError
-from pipeline.progress import resolve_precision, run
+from pipeline.progress import run
 
 
 def test_auto_follows_the_hardware_and_explicit_choices_are_kept(monkeypatch):
@@ -35,8 +36,8 @@ def small_unet() -> SegConfig:
 
 
 def test_training_in_bf16_learns_and_records_its_precision(tmp_path, small_folder):
-    from pipeline.project import create_project
-    from pipeline.segment import load_segmenter, train_segmenter
+    from pipeline.stages.segment import load_segmenter, train_segmenter
+    from pipeline.store.project import create_project
 
     store = create_project(small_folder, tmp_path / "p.zarr")
     seg = small_unet()
@@ -52,7 +53,7 @@ def test_training_in_bf16_learns_and_records_its_precision(tmp_path, small_folde
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay fp32; only the maths is bf16
 
     # the same weights predict alike in both precisions
-    from pipeline.infer import predict_probs
+    from pipeline.stages.infer import predict_probs
 
     image = store.image(store.names("test")[0])
     cfg = InferConfig(scales=(1.0,), flip=True, crop_size=64, stride=48, precision="fp32")

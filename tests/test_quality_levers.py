@@ -8,8 +8,8 @@ import torch
 
 from pipeline.config import GLAS_MEAN, GLAS_STD, IMAGENET_MEAN, IMAGENET_STD, BackboneConfig, InferConfig, preset
 from pipeline.errors import OEEMError
-from pipeline.postprocess import clean_mask
 from pipeline.progress import run
+from pipeline.stages.postprocess import clean_mask
 
 SMALL = dict(widths=(8, 16, 24, 32), blocks=(1, 1, 1, 1))
 
@@ -35,7 +35,8 @@ def tiny_cpu_config():
 def cpu_project(tmp_path_factory):
     """The sample data through `run_all` with the cpu preset's structure: validation split, plain U-Net, the
     preset's self-training rounds."""
-    from pipeline.project import create_project, run_all
+    from pipeline.stages.run import run_all
+    from pipeline.store.project import create_project
 
     store = create_project("sample", tmp_path_factory.mktemp("cpu") / "p.oeem.zarr", val_images=2)
     cfg = tiny_cpu_config()
@@ -56,7 +57,7 @@ def cpu_copy(cpu_project, tmp_path):
 
 
 def test_cpu_preset_end_to_end_with_validation_and_self_training(cpu_project):
-    from pipeline.selftrain import pseudo_round
+    from pipeline.stages.selftrain import pseudo_round
 
     store, cfg, report = cpu_project
     val = store.names("val")
@@ -90,7 +91,7 @@ def test_cpu_preset_end_to_end_with_validation_and_self_training(cpu_project):
 
 
 def test_run_all_again_does_nothing_new(cpu_project):
-    from pipeline.project import run_all
+    from pipeline.stages.run import run_all
 
     store, cfg, _ = cpu_project
     stages = []
@@ -102,7 +103,7 @@ def test_encoder_starts_from_the_classifier_weights(cpu_project):
     """Selectable (segmentation.init_from_classifier): a ResNet encoder of the classifier's widths starts from it."""
     from dataclasses import replace
 
-    from pipeline.segment import build_segmenter, init_from_classifier
+    from pipeline.stages.segment import build_segmenter, init_from_classifier
 
     store, cfg, _ = cpu_project
     resnet = replace(cfg.segmentation, backbone=BackboneConfig(**SMALL, output_stride=16), init_from_classifier=True)
@@ -116,9 +117,9 @@ def test_encoder_starts_from_the_classifier_weights(cpu_project):
 
 
 def test_mismatched_classifier_is_refused_naming_both(cpu_project):
-    from pipeline.segment import build_segmenter, init_from_classifier
-
     from dataclasses import replace
+
+    from pipeline.stages.segment import build_segmenter, init_from_classifier
 
     store, cfg, _ = cpu_project
     wide = replace(cfg.segmentation, init_from_classifier=True,
@@ -133,8 +134,8 @@ def test_plain_unet_encoder_keeps_full_resolution_and_refuses_classifier_weights
     the input's resolution, gives logits at the input size, and cannot start from the ResNet classifier."""
     from dataclasses import replace
 
-    from pipeline.models import PlainEncoder
-    from pipeline.segment import build_segmenter, init_from_classifier
+    from pipeline.stages.models import PlainEncoder
+    from pipeline.stages.segment import build_segmenter, init_from_classifier
 
     store, cfg, _ = cpu_project
     plain = replace(cfg.segmentation, backbone=BackboneConfig(name="unet", widths=(8, 16, 32, 64)),
@@ -153,7 +154,7 @@ def test_plain_unet_encoder_keeps_full_resolution_and_refuses_classifier_weights
 def test_input_normalisation_follows_the_model_settings():
     """A model trained on GlaS-normalised input must be fed GlaS-normalised input at prediction."""
     from pipeline.config import SegConfig
-    from pipeline.infer import predict_probs
+    from pipeline.stages.infer import predict_probs
 
     def red_channel(x):  # logits (value, 0): the softmax tells the normalised red value back
         return torch.stack([x[:, 0], torch.zeros_like(x[:, 0])], 1)
@@ -168,7 +169,7 @@ def test_input_normalisation_follows_the_model_settings():
 
 def test_prediction_at_the_original_size_from_half_resolution():
     from pipeline.config import SegConfig
-    from pipeline.infer import predict_probs
+    from pipeline.stages.infer import predict_probs
 
     seen = []
 
@@ -184,8 +185,8 @@ def test_prediction_at_the_original_size_from_half_resolution():
 
 
 def test_training_tiles_at_the_working_scale_and_padding_recorded(tmp_path, small_folder):
-    from pipeline.project import create_project
-    from pipeline.segment import tile_dataset
+    from pipeline.stages.segment import tile_dataset
+    from pipeline.store.project import create_project
 
     store = create_project(small_folder, tmp_path / "p.zarr")
     cfg = tiny_cpu_config().segmentation
@@ -201,8 +202,8 @@ def test_training_tiles_at_the_working_scale_and_padding_recorded(tmp_path, smal
 
 def test_full_supervision_trains_its_own_iterations(tmp_path, small_folder):
     from pipeline.config import check
-    from pipeline.project import create_project
-    from pipeline.segment import train_segmenter
+    from pipeline.stages.segment import train_segmenter
+    from pipeline.store.project import create_project
 
     cpu = preset("cpu").segmentation
     assert cpu.training_iterations() == cpu.iterations < cpu.full_iterations  # weak runs keep their schedule
@@ -245,8 +246,8 @@ def test_only_the_last_round_trains_longer():
 
 
 def test_self_training_round_bookkeeping(cpu_copy):
-    from pipeline.segment import train_segmenter
-    from pipeline.selftrain import next_round_labels, pseudo_round, refine_round, refined_pseudo, reset_rounds
+    from pipeline.stages.segment import train_segmenter
+    from pipeline.stages.selftrain import next_round_labels, pseudo_round, refine_round, refined_pseudo, reset_rounds
 
     store, cfg = cpu_copy
     n = store.names("train")[0]
@@ -278,7 +279,7 @@ def test_self_training_round_bookkeeping(cpu_copy):
 
 
 def test_refinement_obeys_the_patch_labels():
-    from pipeline.selftrain import refined_pseudo
+    from pipeline.stages.selftrain import refined_pseudo
 
     prob = np.full((8, 16), 0.9, np.float32)  # the network says gland everywhere
     corners = np.array([[0, 0], [0, 4], [0, 8]])
@@ -290,9 +291,9 @@ def test_refinement_obeys_the_patch_labels():
 
 
 def test_self_training_before_a_prediction_names_the_command(tmp_path, small_folder):
-    from pipeline.classify import make_patch_labels
-    from pipeline.project import create_project
-    from pipeline.selftrain import refine_round
+    from pipeline.stages.classify import make_patch_labels
+    from pipeline.stages.selftrain import refine_round
+    from pipeline.store.project import create_project
 
     store = create_project(small_folder, tmp_path / "p.zarr")
     make_patch_labels(store, tiny_cpu_config().patches)
@@ -301,7 +302,7 @@ def test_self_training_before_a_prediction_names_the_command(tmp_path, small_fol
 
 
 def test_validation_split_is_seeded_and_bounded(tmp_path, small_folder):
-    from pipeline.project import create_project, hold_out_validation
+    from pipeline.store.project import create_project, hold_out_validation
 
     a = create_project(small_folder, tmp_path / "a.zarr", val_images=1, seed=3)
     b = create_project(small_folder, tmp_path / "b.zarr", val_images=1, seed=3)
@@ -313,8 +314,8 @@ def test_validation_split_is_seeded_and_bounded(tmp_path, small_folder):
 def test_stain_change_matches_scikit_image_and_jitter_is_mild():
     from skimage.color import hed2rgb, rgb2hed
 
-    from pipeline.augment import apply_stain_change, stain_jitter
-    from pipeline.synth import synth_tissue
+    from pipeline.io.synth import synth_tissue
+    from pipeline.stages.augment import apply_stain_change, stain_jitter
 
     image, _ = synth_tissue(48, 48, seed=1)
     x = torch.tensor(image / 255, dtype=torch.float32).permute(2, 0, 1)[None]
@@ -335,7 +336,7 @@ def test_stain_change_matches_scikit_image_and_jitter_is_mild():
 
 
 def test_rot90_keeps_image_and_label_aligned():
-    from pipeline.augment import random_rot90
+    from pipeline.stages.augment import random_rot90
 
     label = torch.zeros(16, 8, 8, dtype=torch.long)
     label[:, :3, :2] = 1
@@ -349,10 +350,11 @@ def test_old_projects_predict_with_the_model_they_hold(tmp_path, trained_project
     """A checkpoint and run records written before these settings existed read as the paper's PSPNet."""
     import shutil
 
-    from pipeline.infer import predict
-    from pipeline.project import project_config, stage_done
-    from pipeline.segment import load_segmenter
+    from pipeline.stages.infer import predict
+    from pipeline.stages.run import stage_done
+    from pipeline.stages.segment import load_segmenter
     from pipeline.store import ProjectStore
+    from pipeline.store.project import project_config
 
     src, _, _ = trained_project
     shutil.copytree(src.path, tmp_path / "old.zarr")
@@ -390,7 +392,7 @@ def test_old_projects_predict_with_the_model_they_hold(tmp_path, trained_project
 
 
 def test_gland_bias_moves_only_mixed_patches_toward_gland():
-    from pipeline.cams import pseudo_from_cam
+    from pipeline.stages.cams import pseudo_from_cam
 
     rng = np.random.default_rng(0)
     cam = rng.normal(size=(2, 16, 24)).astype(np.float32)
@@ -408,8 +410,8 @@ def test_gland_bias_moves_only_mixed_patches_toward_gland():
 def test_new_pseudo_mask_settings_reuse_the_stored_cams(cpu_copy):
     import copy
 
-    from pipeline.cams import make_cams, pseudo_from_cam
-    from pipeline.classify import train_classifier
+    from pipeline.stages.cams import make_cams, pseudo_from_cam
+    from pipeline.stages.classify import train_classifier
 
     store, cfg = cpu_copy
     n = store.names("train")[0]
@@ -435,7 +437,7 @@ def test_weight_average_is_what_predicts_and_training_resumes_from_its_own_weigh
     step), and a cancelled run resumes both the weights and their average."""
     from dataclasses import replace
 
-    from pipeline.segment import WeightAverage, load_segmenter, train_segmenter
+    from pipeline.stages.segment import WeightAverage, load_segmenter, train_segmenter
 
     # the average by hand: decay min(0.9, (1 + step) / (10 + step)), buffers averaged, counters copied
     net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
@@ -485,8 +487,8 @@ def test_warm_start_begins_from_the_model_that_made_the_labels(cpu_copy):
     aside as segmentation.previous.pt); without a previous round it starts from random init."""
     from dataclasses import replace
 
-    from pipeline.segment import train_segmenter
-    from pipeline.selftrain import refine_round
+    from pipeline.stages.segment import train_segmenter
+    from pipeline.stages.selftrain import refine_round
 
     store, cfg = cpu_copy
     before = torch.load(store.checkpoint_path("segmentation"), weights_only=True)
@@ -496,7 +498,7 @@ def test_warm_start_begins_from_the_model_that_made_the_labels(cpu_copy):
     assert rec["initialised_from"].endswith("segmentation.previous.pt")
     after = torch.load(store.checkpoint_path("segmentation"), weights_only=True)
     assert after["labels_round"] == before["labels_round"] + 1
-    from pipeline.segment import build_segmenter
+    from pipeline.stages.segment import build_segmenter
 
     names = dict(build_segmenter(seg).named_parameters())
     for key in names:  # one step at a vanishing learning rate: still the previous round's weights
@@ -514,7 +516,7 @@ def test_warm_start_begins_from_the_model_that_made_the_labels(cpu_copy):
 def test_patch_decided_marks_only_what_the_patch_labels_decide():
     """A pixel is decided where Eq. 2 gives the same class whatever the margin; mixed patches that can swing the
     vote, and pixels no patch covers, are left to the margin (-1)."""
-    from pipeline.cams import patch_decided
+    from pipeline.stages.cams import patch_decided
 
     corners = np.array([[0, 0], [0, 4], [0, 8]])
     labels = np.array([[1, 0], [1, 1], [0, 1]])  # non-gland only, mixed, gland only

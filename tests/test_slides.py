@@ -12,13 +12,13 @@ import pytest
 import tifffile
 import zarr
 
-from pipeline.config import InferConfig, PatchConfig, SlideConfig
+from pipeline.config import InferConfig, SlideConfig
 from pipeline.errors import OEEMError
-from pipeline.postprocess import clean_mask
+from pipeline.io.synth import synth_tissue, write_synthetic_slide
 from pipeline.progress import run
-from pipeline.slide import open_slide
-from pipeline.slidepredict import predict_slide, progress_path, read_done, record_path
-from pipeline.synth import synth_tissue, write_synthetic_slide
+from pipeline.slides.predict import predict_slide, progress_path, read_done, record_path
+from pipeline.slides.reader import open_slide
+from pipeline.stages.postprocess import clean_mask
 
 FAST = InferConfig(scales=(1.0,), flip=False, crop_size=128, stride=96)
 
@@ -123,8 +123,8 @@ def _varied_model(store, image, run_name: str = "local") -> None:
     import torch
 
     from pipeline.config import NORMS, BackboneConfig, SegConfig
-    from pipeline.progress import to_tensor_image
-    from pipeline.segment import _save, build_segmenter, stage_name
+    from pipeline.device import to_tensor_image
+    from pipeline.stages.segment import _save, build_segmenter, stage_name
 
     torch.manual_seed(0)
     cfg = SegConfig(backbone=BackboneConfig(name="unet", widths=(8, 16, 32)), decoder="unet", head_channels=8)
@@ -149,8 +149,8 @@ def test_tiled_prediction_equals_whole_image_prediction(project_copy, slide_path
     """Blocks read with a margin, their windows blended with Gaussian weights, give the whole-image prediction
     (to the last uint8 step) wherever the block saw the same context: everywhere but a margin-wide band at the
     slide's edge, where a block sees padding glass."""
-    from pipeline.infer import predict_probs
-    from pipeline.segment import load_segmenter
+    from pipeline.stages.infer import predict_probs
+    from pipeline.stages.segment import load_segmenter
 
     store, _ = project_copy
     with open_slide(slide_path) as slide:
@@ -233,7 +233,7 @@ def test_a_local_cluster_of_two_workers_gives_the_same_mask(trained_project, sli
 
 def test_a_scheduler_that_does_not_answer_is_one_line_and_no_hang(trained_project, slide_path, tmp_path):
     pytest.importorskip("distributed")
-    from pipeline.cluster import connect
+    from pipeline.slides.cluster import connect
 
     t0 = time.perf_counter()
     with pytest.raises(OEEMError, match="no dask scheduler answered"):
@@ -242,8 +242,8 @@ def test_a_scheduler_that_does_not_answer_is_one_line_and_no_hang(trained_projec
 
 
 def test_slide_regions_become_training_images_with_patch_labels(project_copy, slide_path):
-    from pipeline.classify import make_patch_labels
-    from pipeline.slideregions import SlideRegion, add_slide_regions, regions_from_geojson
+    from pipeline.slides.regions import SlideRegion, add_slide_regions, regions_from_geojson
+    from pipeline.stages.classify import make_patch_labels
 
     store, cfg = project_copy
     before = len(store.names())

@@ -6,9 +6,9 @@ import pytest
 import torch
 import zarr
 
-from pipeline.data import find_samples
 from pipeline.errors import OEEMError
-from pipeline.store import STORE_VERSION, ProjectStore
+from pipeline.io.data import find_samples
+from pipeline.store.project_store import STORE_VERSION, ProjectStore
 
 
 def test_create_and_reopen(small_folder, tmp_path):
@@ -87,7 +87,7 @@ def test_runs_are_written_atomically_as_json(project_copy):
 
 
 def test_checkpoint_errors_are_clear(project_copy, tmp_path):
-    from pipeline.classify import load_classifier
+    from pipeline.stages.classify import load_classifier
 
     store, _ = project_copy
     ck = torch.load(store.checkpoint_path("classifier"), weights_only=True)

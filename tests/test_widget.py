@@ -52,7 +52,7 @@ def test_bad_project_path_shows_a_notification(widget, tmp_path, notes):
     assert any("not an oeem project" in n for n in notes)
     import zarr
 
-    from pipeline.store import STORE_VERSION
+    from pipeline.store.project_store import STORE_VERSION
 
     zarr.open_group(str(tmp_path / "new.zarr"), mode="w").attrs["oeem_store_version"] = STORE_VERSION + 1
     assert not widget.open_project(tmp_path / "new.zarr")
@@ -304,7 +304,7 @@ def press(widget, key: str) -> None:
 
 
 def test_label_review_with_keyboard_shortcuts_survives_a_reopen(widget, project_copy, qtbot):
-    from pipeline.labelerrors import review_state
+    from pipeline.review.state import review_state
 
     store, _ = project_copy
     widget.open_project(store.path)
@@ -347,7 +347,7 @@ def test_label_review_with_keyboard_shortcuts_survives_a_reopen(widget, project_
 
 def test_a_slide_opens_lazily_is_predicted_and_gives_training_regions(widget, project_copy, tmp_path, qtbot,
                                                                      notes):
-    from pipeline.synth import write_synthetic_slide
+    from pipeline.io.synth import write_synthetic_slide
 
     store, _ = project_copy
     slide = tmp_path / "scan.tif"

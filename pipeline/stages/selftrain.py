@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 
-from pipeline.cams import restricted_pseudo
 from pipeline.config import CamConfig
 from pipeline.errors import OEEMError
 from pipeline.metrics import confusion, from_confusion
-from pipeline.postprocess import clean_mask
 from pipeline.progress import Job, Progress
+from pipeline.stages.cams import restricted_pseudo
+from pipeline.stages.postprocess import clean_mask
 from pipeline.store import ProjectStore
 
 STAGE = "selftrain"

@@ -17,15 +17,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.classify import load_classifier
 from pipeline.config import GLAS_MEAN, GLAS_STD, CamConfig, ClassifierConfig, PatchConfig
+from pipeline.device import autocast, channels_last, precision_name, resolve_device, resolve_precision, to_tensor_image
 from pipeline.errors import OEEMError
 from pipeline.metrics import confusion, from_confusion
-from pipeline.models import PatchClassifier
-from pipeline.patches import grid_starts
-from pipeline.postprocess import clean_mask
-from pipeline.progress import (Job, Progress, autocast, channels_last, precision_name, resolve_device,
-                               resolve_precision, to_tensor_image)
+from pipeline.progress import Job, Progress
+from pipeline.stages.classify import load_classifier
+from pipeline.stages.models import PatchClassifier
+from pipeline.stages.patches import grid_starts
+from pipeline.stages.postprocess import clean_mask
 from pipeline.store import ProjectStore
 
 STAGE = "cams"

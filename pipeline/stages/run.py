@@ -1,75 +1,21 @@
-"""Project-level glue: the configuration a project runs with, and the whole pipeline as one resumable job."""
+"""The whole method as one resumable job (``oeem run``, the plugin's *Run all*): each stage runs only
+when its result is missing or was made with other settings.
+"""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig, SegConfig, apply_overrides, check, from_dict, preset, to_dict
-from pipeline.data import find_samples
+from pipeline.config import PipelineConfig, SegConfig, to_dict
 from pipeline.errors import OEEMError
 from pipeline.progress import Job, Progress
-from pipeline.store import ProjectStore, atomic_write_json
-
-SAMPLE_DATA = Path(__file__).resolve().parent.parent / "sample_data" / "glas_synth"
-
-
-def sample_data_folder() -> Path:
-    if not SAMPLE_DATA.is_dir():
-        raise OEEMError(f"the embedded sample data is missing ({SAMPLE_DATA}); reinstall oeem-napari from source")
-    return SAMPLE_DATA
-
-
-def create_project(data: str | Path, path: str | Path, overwrite: bool = False, progress=None,
-                   val_images: int = 0, seed: int = 0) -> ProjectStore:
-    """Make a project from a GlaS-style folder, or from the embedded sample data when ``data`` is ``sample``.
-
-    ``val_images`` training images (with masks) are held out as the ``val`` split: no stage trains on them, and
-    their masks are only used to choose settings, so the test split stays untouched until it is reported."""
-    folder = sample_data_folder() if str(data) == "sample" else Path(data)
-    store = ProjectStore.create(path, find_samples(folder), overwrite=overwrite, progress=progress)
-    if val_images:
-        hold_out_validation(store, val_images, seed)
-    return store
-
-
-def hold_out_validation(store: ProjectStore, count: int, seed: int = 0) -> list[str]:
-    """Move ``count`` randomly chosen (seeded) training images with gland masks to the ``val`` split."""
-    import numpy as np
-
-    candidates = [n for n in store.names("train") if store.has(n, "mask")]
-    if count < 0 or count >= len(candidates):
-        raise OEEMError(f"cannot hold out {count} validation images: {len(candidates)} training images have "
-                        f"masks and at least one must stay for training; choose 0 to {len(candidates) - 1}")
-    rng = np.random.default_rng(seed)
-    chosen = sorted((candidates[i] for i in rng.choice(len(candidates), count, replace=False)))
-    for n in chosen:
-        store.set_split(n, "val")
-    store.root.attrs["validation"] = {"images": chosen, "seed": seed}
-    return chosen
-
-
-def project_config(store: ProjectStore, preset_name: str | None = None,
-                   overrides: dict[str, Any] | None = None, save: bool = True) -> PipelineConfig:
-    """The project's saved configuration (or a preset's), with overrides applied and saved back, so every later
-    command - from the CLI or the plugin - runs with the same settings unless told otherwise."""
-    path = store.path / "runs" / "config.json"
-    if preset_name is None and path.is_file():
-        cfg = from_dict(PipelineConfig, json.loads(path.read_text()))
-    else:
-        cfg = preset(preset_name or "cpu")
-    if overrides:
-        apply_overrides(cfg, {k: v for k, v in overrides.items() if v is not None})
-    check(cfg)
-    if save:
-        atomic_write_json(path, to_dict(cfg))
-    return cfg
+from pipeline.store import ProjectStore
 
 
 def segmentation_settings(store: ProjectStore, cfg: PipelineConfig) -> SegConfig:
     """The segmentation settings a training on this project's current pseudo-masks runs with (the last
     self-training round may train longer: ``selftrain.last_round_scale``)."""
-    from pipeline.selftrain import pseudo_round
+    from pipeline.stages.selftrain import pseudo_round
 
     return cfg.segmentation_for_round(pseudo_round(store))
 
@@ -79,8 +25,8 @@ def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
     rec = store.load_run(stage)
     if rec is None:
         return False
-    from pipeline.models import settings_as_now
-    from pipeline.selftrain import pseudo_round
+    from pipeline.stages.models import settings_as_now
+    from pipeline.stages.selftrain import pseudo_round
 
     want = {"patches": to_dict(cfg.patches), "classifier": to_dict(cfg.classifier), "cams": to_dict(cfg.cam),
             "segmentation": to_dict(segmentation_settings(store, cfg)), "predict": to_dict(cfg.inference)}.get(stage)
@@ -101,10 +47,10 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
         raise OEEMError("segmentation.error_prob_weight weighs the labels a label review has ranked, and `oeem run` "
                         "makes new labels in every self-training round: run it with the setting at 0, then "
                         "`oeem regions` and `oeem train-seg --error-prob-weight W`")
-    from pipeline.cams import make_cams
-    from pipeline.classify import make_patch_labels, train_classifier
-    from pipeline.infer import evaluate, predict
-    from pipeline.segment import train_segmenter
+    from pipeline.stages.cams import make_cams
+    from pipeline.stages.classify import make_patch_labels, train_classifier
+    from pipeline.stages.infer import evaluate, predict
+    from pipeline.stages.segment import train_segmenter
 
     report: dict[str, Any] = {}
     if not stage_done(store, "patches", cfg):
@@ -117,7 +63,7 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
     if not stage_done(store, "cams", cfg):
         yield from make_cams(store, cfg.cam, cfg.patches, device)
     report["cams"] = store.load_run("cams")
-    from pipeline.selftrain import pseudo_round, refine_round
+    from pipeline.stages.selftrain import pseudo_round, refine_round
 
     for r in range(cfg.selftrain.rounds + 1):
         if not stage_done(store, "segmentation", cfg):

@@ -5,11 +5,11 @@ correction cannot, so a damaged current correction is replaced by the newest int
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import OEEMError
-from pipeline.store import _MAKES, ProjectStore, atomic_write_json
+from pipeline.store.project_store import MAKES, ProjectStore
 
 
 @dataclass
@@ -53,7 +53,7 @@ def check_project(store: ProjectStore, repair: bool = True) -> DoctorReport:
         for key in sorted(g.array_keys()):
             rep.arrays_checked += 1
             if not _readable(g, key):
-                hint = _MAKES.get(key, "").replace("PROJECT", str(store.path)) or \
+                hint = MAKES.get(key, "").replace("PROJECT", str(store.path)) or \
                     f"re-create the project with `oeem init` (the {key!r} data is its source)"
                 rep.findings.append(Finding(name, f"array {key!r} is damaged", False, hint))
         _check_corrections(store, name, repair, rep)
@@ -61,33 +61,14 @@ def check_project(store: ProjectStore, repair: bool = True) -> DoctorReport:
 
 
 def _check_corrections(store: ProjectStore, name: str, repair: bool, rep: DoctorReport) -> None:
-    g = store.group(name)
-    versions = g["corrections"] if "corrections" in g else None
-    on_disk = sorted(int(k[1:]) for k in (versions.array_keys() if versions is not None else ())
-                     if k[1:].isdigit())
-    index = store._index_path(name)
-    try:
-        stack = store._correction_stack(name)
-        index_ok = True
-    except OEEMError:
-        stack, index_ok = None, False
-    if stack is None and index_ok:
-        return  # no corrections (or the older layout, checked as plain arrays)
-    good = []
-    for v in (stack if index_ok else on_disk):
-        rep.arrays_checked += 1
-        try:
-            store._read_version(name, v)
-            good.append(v)
-        except OEEMError:
-            rep.findings.append(Finding(name, f"correction version {v} is damaged", repair,
-                                        "" if repair else f"`oeem doctor {store.path}` restores the newest intact one"))
-    if not index_ok:
-        rep.findings.append(Finding(name, f"correction index {index.name} is damaged", repair,
-                                    "" if good else "no intact version left: the correction is lost"))
-    if repair and (not index_ok or good != stack):
-        atomic_write_json(index, {"image": name, "stack": good, "repaired": True})
-        store._collect_versions(name, keep=set(good))
+    check = store.check_corrections(name, repair)
+    rep.arrays_checked += check["read"]
+    for v in check["damaged"]:
+        rep.findings.append(Finding(name, f"correction version {v} is damaged", repair,
+                                    "" if repair else f"`oeem doctor {store.path}` restores the newest intact one"))
+    if not check["index_ok"]:
+        rep.findings.append(Finding(name, f"correction index {Path(check['index']).name} is damaged", repair,
+                                    "" if check["intact"] else "no intact version left: the correction is lost"))
 
 
 def format_report(rep: DoctorReport, store: ProjectStore) -> list[str]:

@@ -95,7 +95,7 @@ class Rasterised:
         return self.gland | self.non_gland
 
 
-def _features(obj: Any, source: str) -> list[dict]:
+def geojson_features(obj: Any, source: str) -> list[dict]:
     if isinstance(obj, list):
         return [f for f in obj if isinstance(f, dict)]
     if isinstance(obj, dict):
@@ -110,7 +110,7 @@ def _features(obj: Any, source: str) -> list[dict]:
                     "Feature or a Polygon); export annotations from QuPath with File > Export objects as GeoJSON")
 
 
-def _class_of(feature: dict) -> str | None:
+def class_of(feature: dict) -> str | None:
     props = feature.get("properties") or {}
     cls = props.get("classification")
     if isinstance(cls, dict):
@@ -142,8 +142,8 @@ def rasterise_geojson(obj: Any, shape_hw: tuple[int, int], source: str = "GeoJSO
     gland = np.zeros(shape_hw, bool)
     non_gland = np.zeros(shape_hw, bool)
     out = Rasterised(gland, non_gland)
-    for feat in _features(obj, source):
-        name = _class_of(feat)
+    for feat in geojson_features(obj, source):
+        name = class_of(feat)
         key = (name or "").strip().lower()
         if name is not None and key != GLAND_CLASS.lower() and key not in NON_GLAND_CLASSES:
             out.skipped[f"class {name!r}"] = out.skipped.get(f"class {name!r}", 0) + 1

@@ -86,9 +86,9 @@ def _move_into_place(src: Path, dst: Path, staging: Path) -> Path:
 
 
 def _make_hint(store: ProjectStore, key: str) -> str:
-    from pipeline.store import _MAKES
+    from pipeline.store.project_store import MAKES
 
-    return _MAKES.get(key, "").replace("PROJECT", str(store.path)) or f"make {key!r} first"
+    return MAKES.get(key, "").replace("PROJECT", str(store.path)) or f"make {key!r} first"
 
 
 def _write_one(path: Path, mask: np.ndarray, name: str, fmt: str) -> Path:
@@ -102,7 +102,7 @@ def _write_one(path: Path, mask: np.ndarray, name: str, fmt: str) -> Path:
     elif fmt == "zarr":
         write_ome_labels(path, mask, name)
     else:
-        from pipeline.geojson import mask_to_geojson
+        from pipeline.io.geojson import mask_to_geojson
 
         path.write_text(json.dumps(mask_to_geojson(mask, name)))
     return path
@@ -145,12 +145,12 @@ def write_ome_labels(path: Path, mask: np.ndarray, name: str) -> None:
 
 def read_exported_mask(path: str | Path) -> np.ndarray:
     """Read back a mask written by :func:`export_masks` as 0/1 uint8 (PNG, TIFF, OME-Zarr; GeoJSON needs the
-    image size: see :func:`pipeline.geojson.rasterise_geojson`)."""
+    image size: see :func:`pipeline.io.geojson.rasterise_geojson`)."""
     path = Path(path)
     if path.is_dir() and (path / "zarr.json").is_file():
         return (np.asarray(zarr.open_group(str(path), mode="r")["0"][...]) > 0).astype(np.uint8)
     if path.suffix.lower() in (".tif", ".tiff"):
         return (tifffile.imread(path) > 0).astype(np.uint8)
-    from pipeline.data import read_mask
+    from pipeline.io.data import read_mask
 
     return read_mask(path)

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from distributed import Client, WorkerPlugin, as_completed, get_worker
 
+from pipeline.device import resolve_device
 from pipeline.errors import OEEMError
-from pipeline.progress import resolve_device
-from pipeline.slidepredict import SlideJob, write_blocks
+from pipeline.slides.blocks import SlideJob, write_blocks
+
 
 class ModelPlugin(WorkerPlugin):
     """A dask worker plugin: each worker loads the model once (not once per task) and keeps one thread count."""
@@ -26,7 +27,7 @@ class ModelPlugin(WorkerPlugin):
     def setup(self, worker) -> None:
         import torch
 
-        from pipeline.segment import load_segmenter_file
+        from pipeline.stages.segment import load_segmenter_file
 
         torch.set_num_threads(max(1, int(getattr(worker.state, "nthreads", 1) or 1)))
         self.dev = resolve_device(self.device)

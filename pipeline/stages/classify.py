@@ -1,24 +1,24 @@
 """Stage 1a: patch labels and the multi-label patch classifier."""
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import asdict
 
 import numpy as np
-import logging
-
 import torch
 import torch.nn.functional as F
 
-from pipeline.augment import random_resized_crop
 from pipeline.config import GLAS_MEAN, GLAS_STD, ClassifierConfig, PatchConfig
-from pipeline.distributed import setup as setup_distributed
+from pipeline.device import autocast, channels_last, precision_name, resolve_device, resolve_precision, set_threads
 from pipeline.errors import OEEMError
-from pipeline.models import PatchClassifier, build_backbone, load_model_state, resume_training, safe_torch_load
-from pipeline.patches import patch_grid, patch_labels
-from pipeline.progress import (Job, Progress, autocast, channels_last, poly_lr, precision_name, resolve_device,
-                               resolve_precision, set_threads)
+from pipeline.progress import Job, Progress
+from pipeline.stages.augment import random_resized_crop
+from pipeline.stages.distributed import setup as setup_distributed
+from pipeline.stages.models import PatchClassifier, build_backbone, load_model_state, resume_training, safe_torch_load
+from pipeline.stages.patches import patch_grid, patch_labels
+from pipeline.stages.training import poly_lr
 from pipeline.store import ProjectStore, atomic_write_bytes
 
 log = logging.getLogger("oeem")

@@ -36,8 +36,8 @@ import numpy as np
 import zarr
 
 from pipeline import __version__
-from pipeline.data import Sample, load_image, natural_key, read_mask
 from pipeline.errors import OEEMError
+from pipeline.io.data import Sample, load_image, natural_key, read_mask
 
 STORE_VERSION = 1
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -236,7 +236,7 @@ class ProjectStore:
     def array(self, name: str, key: str) -> zarr.Array:
         """The zarr array itself (for lazy, dask-backed viewing)."""
         if not self.has(name, key):
-            raise OEEMError(f"{self.path}: image {name!r} has no {key!r} yet; {_MAKES.get(key, '')}".rstrip("; "))
+            raise OEEMError(f"{self.path}: image {name!r} has no {key!r} yet; {MAKES.get(key, '')}".rstrip("; "))
         try:
             return self.group(name)[key]
         except Exception as exc:  # noqa: BLE001
@@ -393,7 +393,7 @@ class ProjectStore:
         Crash-safe: the new state is written as a new version first and becomes current only when the index
         naming it is replaced (an atomic rename), so a kill at any moment leaves the previous or the new state
         - labels and verified pixels together. Returns the number of verified pixels."""
-        from pipeline.lock import project_writer
+        from pipeline.store.lock import project_writer
 
         with project_writer(self.path, "saving a correction"):
             return self._save_correction(name, labels, painted)
@@ -436,7 +436,7 @@ class ProjectStore:
 
     def undo_correction(self, name: str) -> bool:
         """Go back to the previous correction state (or none at all). False when there is nothing to undo."""
-        from pipeline.lock import project_writer
+        from pipeline.store.lock import project_writer
 
         with project_writer(self.path, "undoing a correction"):
             if self.correction_version(name) is None:
@@ -452,6 +452,36 @@ class ProjectStore:
             return [0] if self.correction_version(name) == 0 else []
         return stack
 
+    def check_corrections(self, name: str, repair: bool = False) -> dict[str, Any]:
+        """Read every saved correction version of ``name``: ``{"index", "index_ok", "read", "damaged", "intact",
+        "repaired"}`` (``read``: versions tried). With ``repair``, the index is rewritten to the intact versions
+        (newest last) and the others are deleted. Here, not in the doctor, because the store owns the corrections'
+        layout."""
+        out: dict[str, Any] = {"index": str(self._index_path(name)), "index_ok": True, "read": 0, "damaged": [],
+                               "intact": [], "repaired": False}
+        g = self.group(name)
+        versions = g["corrections"] if "corrections" in g else None
+        on_disk = sorted(int(k[1:]) for k in (versions.array_keys() if versions is not None else ())
+                         if k[1:].isdigit())
+        try:
+            stack = self._correction_stack(name)
+        except OEEMError:
+            stack, out["index_ok"] = None, False
+        if stack is None and out["index_ok"]:
+            return out  # no corrections (or the older layout, checked as plain arrays)
+        for v in (stack if out["index_ok"] else on_disk):
+            out["read"] += 1
+            try:
+                self._read_version(name, v)
+                out["intact"].append(v)
+            except OEEMError:
+                out["damaged"].append(v)
+        if repair and (not out["index_ok"] or out["intact"] != stack):
+            atomic_write_json(self._index_path(name), {"image": name, "stack": out["intact"], "repaired": True})
+            self._collect_versions(name, keep=set(out["intact"]))
+            out["repaired"] = True
+        return out
+
     def correction_summary(self) -> dict[str, Any]:
         per_image = {}
         for n in self.names():
@@ -462,7 +492,8 @@ class ProjectStore:
         return {"images": len(per_image), "pixels": int(sum(per_image.values())), "per_image": per_image}
 
 
-_MAKES = {
+# what makes each array, for the messages about a missing one (PROJECT: the project's path)
+MAKES = {
     "patch_labels": "run `oeem patches PROJECT` first",
     "cam": "run `oeem cams PROJECT` first",
     "pseudo": "run `oeem cams PROJECT` first",

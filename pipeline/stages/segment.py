@@ -4,24 +4,24 @@ stage-1 classifier's backbone."""
 from __future__ import annotations
 
 import io
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import logging
-
 import torch
 
-from pipeline.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
 from pipeline.config import LOSS_KINDS, NORMS, SegConfig
-from pipeline.distributed import setup as setup_distributed
+from pipeline.device import autocast, channels_last, precision_name, resolve_device, resolve_precision, set_threads
 from pipeline.errors import OEEMError
-from pipeline.losses import segmentation_loss
-from pipeline.models import PSPNet, UNet, build_backbone, load_model_state, resume_training, safe_torch_load
-from pipeline.patches import grid_starts
-from pipeline.progress import (Job, Progress, autocast, channels_last, poly_lr, precision_name, resolve_device,
-                               resolve_precision, set_threads)
+from pipeline.progress import Job, Progress
+from pipeline.stages.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
+from pipeline.stages.distributed import setup as setup_distributed
+from pipeline.stages.losses import segmentation_loss
+from pipeline.stages.models import PSPNet, UNet, build_backbone, load_model_state, resume_training, safe_torch_load
+from pipeline.stages.patches import grid_starts
+from pipeline.stages.training import poly_lr
 from pipeline.store import ProjectStore, atomic_write_bytes
 
 log = logging.getLogger("oeem")
@@ -104,7 +104,7 @@ def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> t
 
     Packing the clean (pathologist-verified) flag and the label's trust into the label lets one nearest-neighbour
     warp move all three."""
-    from pipeline.labelerrors import label_trust
+    from pipeline.review.regions import label_trust
 
     weigh = cfg.weighs_by_error_prob()
     ims, codes, padded = [], [], []
@@ -138,7 +138,7 @@ def decode(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 def labels_round_of(store: ProjectStore, cfg: SegConfig) -> int:
     """The self-training round of the labels a run trains on (0 for the gland masks and stage-1 pseudo-masks)."""
-    from pipeline.selftrain import pseudo_round
+    from pipeline.stages.selftrain import pseudo_round
 
     return 0 if cfg.label_source == "mask" else pseudo_round(store)
 
@@ -216,7 +216,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     """Train (or resume) PSPNet. Checkpoints every ``checkpoint_every`` iterations and when cancelled; the run
     uses the *last* checkpoint (no selection on test data). ``on_mismatch`` as in ``train_classifier``.
 
-    Under ``torchrun`` (see :mod:`pipeline.distributed`) every rank draws and augments the same global batch
+    Under ``torchrun`` (see :mod:`pipeline.stages.distributed`) every rank draws and augments the same global batch
     with the shared seeded generator - the random stream of a one-process run - and trains on its slice
     ``[rank::world_size]`` through DistributedDataParallel; only rank 0 writes the checkpoint and the run record,
     and every rank resumes from that one checkpoint."""

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import NORMS, InferConfig, SegConfig
+from pipeline.device import autocast, channels_last, precision_name, resolve_device, resolve_precision, to_tensor_image
 from pipeline.errors import OEEMError
-from pipeline.losses import weight_map
 from pipeline.metrics import confusion, from_confusion
-from pipeline.patches import grid_starts
-from pipeline.postprocess import clean_mask
-from pipeline.progress import (Job, Progress, autocast, channels_last, precision_name, resolve_device,
-                               resolve_precision, to_tensor_image)
-from pipeline.segment import load_segmenter, stage_name
+from pipeline.progress import Job, Progress
+from pipeline.stages.losses import weight_map
+from pipeline.stages.patches import grid_starts
+from pipeline.stages.postprocess import clean_mask
+from pipeline.stages.segment import load_segmenter, stage_name
 from pipeline.store import ProjectStore
 
 

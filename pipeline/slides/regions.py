@@ -15,8 +15,8 @@ import numpy as np
 
 from pipeline.config import PatchConfig
 from pipeline.errors import OEEMError
-from pipeline.patches import patch_grid
-from pipeline.slide import open_slide
+from pipeline.slides.reader import open_slide
+from pipeline.stages.patches import patch_grid
 
 # label -> patch label [non-gland, gland]
 REGION_LABELS = {"gland": (0, 1), "non-gland": (1, 0), "mixed": (1, 1)}
@@ -61,10 +61,10 @@ def regions_from_geojson(obj: Any, default_label: str | None, source: str = "Geo
     is the label, an unclassified one takes ``default_label``."""
     from shapely.geometry import shape
 
-    from pipeline.geojson import _class_of, _features
+    from pipeline.io.geojson import class_of, geojson_features
 
     out = []
-    for feat in _features(obj, source):
+    for feat in geojson_features(obj, source):
         try:
             geom = shape(feat["geometry"])
         except Exception:  # noqa: BLE001 - malformed geometry
@@ -73,7 +73,7 @@ def regions_from_geojson(obj: Any, default_label: str | None, source: str = "Geo
             continue
         x0, y0, x1, y1 = geom.bounds
         out.append(SlideRegion(int(np.floor(x0)), int(np.floor(y0)), int(np.ceil(x1 - x0)), int(np.ceil(y1 - y0)),
-                               region_label(_class_of(feat), default_label)))
+                               region_label(class_of(feat), default_label)))
     if not out:
         raise OEEMError(f"{source}: no polygon or rectangle annotations to use as regions")
     return out

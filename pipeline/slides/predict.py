@@ -9,8 +9,7 @@ killed run resumes where it stopped, and blocks are natural tasks for a ``dask.d
 Layout of ``NAME.ome.zarr`` (OME-Zarr 0.5 on zarr v3): the gland probability (uint8, 0-255) as the multiscale
 image, ``labels/prediction`` the 0/1 mask as multiscale labels, both at the project's microns per pixel.
 ``NAME.ome.zarr.progress.json`` beside it lists the finished blocks (written atomically after each one);
-``NAME.ome.zarr.record.json`` says what was done, resampling included (also in the root's attributes).
-"""
+``NAME.ome.zarr.record.json`` says what was done, resampling included (also in the root's attributes)."""
 from __future__ import annotations
 
 import base64
@@ -20,89 +19,26 @@ import os
 import resource
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import InferConfig, SlideConfig
+from pipeline.device import resolve_device
 from pipeline.errors import OEEMError
-from pipeline.progress import Job, Progress, resolve_device
-from pipeline.slide import Slide, open_slide, tissue_mask
+from pipeline.progress import Job, Progress
+from pipeline.slides.blocks import SlideJob, write_blocks
+from pipeline.slides.reader import Slide, open_slide, tissue_mask
 from pipeline.store import ProjectStore, atomic_write_json
 
 LEVELS_MIN_SIDE = 512  # the pyramid stops when a level fits in this
-
-
-@dataclass(frozen=True)
-class SlideJob:
-    """Everything a process needs to predict blocks of one slide (picklable: sent to dask workers)."""
-
-    slide: str
-    slide_mpp: float
-    project_mpp: float
-    out: str
-    height: int  # output size, px at the project's resolution
-    width: int
-    block: int
-    margin: int
-    infer: dict
-    reader: str = "auto"
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return math.ceil(self.height / self.block), math.ceil(self.width / self.block)
 
 
 def default_output(store: ProjectStore, slide_path: str | Path) -> Path:
     """``PROJECT.slides/NAME.ome.zarr`` beside the project (not inside its store)."""
     stem = Path(slide_path).name.split(".")[0] or "slide"
     return store.path.parent / f"{store.path.name}.slides" / f"{stem}.ome.zarr"
-
-
-# ---------------------------------------------------------------------------- one block
-def predict_block(model, seg_cfg, infer_cfg: InferConfig, slide: Slide, job: SlideJob, by: int, bx: int,
-                  device) -> tuple[np.ndarray, np.ndarray]:
-    """Gland probability (uint8 0-255) and mask of block (by, bx), from the block plus its margin (the mask is
-    cleaned with the margin in view, so a gland cut by the block's edge keeps its size)."""
-    from pipeline.infer import mask_from_probs, predict_probs
-
-    y, x = by * job.block, bx * job.block
-    h, w = min(job.block, job.height - y), min(job.block, job.width - x)
-    m = job.margin
-    region = slide.read_at(job.project_mpp, y - m, x - m, h + 2 * m, w + 2 * m)
-    prob = predict_probs(model, region, infer_cfg, device, seg_cfg)
-    mask = mask_from_probs(prob, infer_cfg)[m:m + h, m:m + w]
-    prob = prob[1, m:m + h, m:m + w]
-    return np.clip(np.rint(prob * 255), 0, 255).astype(np.uint8), mask
-
-
-def write_blocks(job: SlideJob, model, seg_cfg, blocks: list[tuple[int, int]], device, slide: Slide | None = None
-                 ) -> list[tuple[int, int]]:
-    """Predict and write ``blocks``; returns them. Each block is exactly one chunk of each array, so two
-    processes never write the same chunk and a block written twice (a retried task) gives the same bytes."""
-    import zarr
-
-    infer_cfg = InferConfig(**{**job.infer, "scales": tuple(job.infer["scales"])})
-    own = slide is None
-    slide = slide or open_slide(job.slide, job.slide_mpp, job.reader)
-    try:
-        root = zarr.open_group(job.out, mode="r+")
-        prob_arr, mask_arr = root["0"], root["labels/prediction/0"]
-        for by, bx in blocks:
-            prob, mask = predict_block(model, seg_cfg, infer_cfg, slide, job, by, bx, device)
-            y, x = by * job.block, bx * job.block
-            try:
-                prob_arr[y:y + prob.shape[0], x:x + prob.shape[1]] = prob
-                mask_arr[y:y + mask.shape[0], x:x + mask.shape[1]] = mask
-            except OSError as exc:
-                raise OEEMError(f"{job.out}: block ({by}, {bx}) could not be written ({exc.strerror or exc}); "
-                                "the blocks written so far are kept - free some space and run the same command "
-                                "again to resume") from None
-    finally:
-        if own:
-            slide.close()
-    return blocks
 
 
 # ---------------------------------------------------------------------------- bookkeeping
@@ -240,7 +176,7 @@ def predict_slide(store: ProjectStore, slide_path: str | Path, cfg: SlideConfig,
 
     With ``scheduler`` (a dask.distributed address) the blocks are sent to that cluster's workers, which load the
     model once each; results land in the same zarr, so the output path must be visible to every worker."""
-    from pipeline.segment import stage_name
+    from pipeline.stages.segment import stage_name
 
     t0 = time.perf_counter()
     checkpoint = store.checkpoint_path(stage_name(run_name))
@@ -249,7 +185,7 @@ def predict_slide(store: ProjectStore, slide_path: str | Path, cfg: SlideConfig,
     out = Path(out) if out else default_output(store, slide_path)
     client = None
     if scheduler:  # before anything is touched: an address that does not answer changes nothing
-        from pipeline.cluster import connect
+        from pipeline.slides.cluster import connect
 
         client = connect(scheduler)
     with open_slide(slide_path, mpp, cfg.reader) as slide:
@@ -280,7 +216,7 @@ def predict_slide(store: ProjectStore, slide_path: str | Path, cfg: SlideConfig,
         step = resumed
         try:
             if client is not None:
-                from pipeline.cluster import run_on_cluster
+                from pipeline.slides.cluster import run_on_cluster
 
                 runner = run_on_cluster(client, job, checkpoint, todo, tasks_per_worker, device)
             else:
@@ -322,7 +258,7 @@ def predict_slide(store: ProjectStore, slide_path: str | Path, cfg: SlideConfig,
 
 def _run_here(job: SlideJob, checkpoint: Path, todo: list[tuple[int, int]], dev, slide: Slide):
     """Blocks one by one in this process: yields each finished block as a one-element list."""
-    from pipeline.segment import load_segmenter_file
+    from pipeline.stages.segment import load_segmenter_file
 
     model, seg_cfg = load_segmenter_file(checkpoint, dev)
     for block in todo:

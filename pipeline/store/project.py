@@ -1,0 +1,66 @@
+"""A project from a folder of images, and the configuration it runs with.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PipelineConfig, apply_overrides, check, from_dict, preset, to_dict
+from pipeline.errors import OEEMError
+from pipeline.io.data import find_samples
+from pipeline.store import ProjectStore, atomic_write_json
+
+SAMPLE_DATA = Path(__file__).resolve().parents[2] / "sample_data" / "glas_synth"
+
+
+def sample_data_folder() -> Path:
+    if not SAMPLE_DATA.is_dir():
+        raise OEEMError(f"the embedded sample data is missing ({SAMPLE_DATA}); reinstall oeem-napari from source")
+    return SAMPLE_DATA
+
+
+def create_project(data: str | Path, path: str | Path, overwrite: bool = False, progress=None,
+                   val_images: int = 0, seed: int = 0) -> ProjectStore:
+    """Make a project from a GlaS-style folder, or from the embedded sample data when ``data`` is ``sample``.
+
+    ``val_images`` training images (with masks) are held out as the ``val`` split: no stage trains on them, and
+    their masks are only used to choose settings, so the test split stays untouched until it is reported."""
+    folder = sample_data_folder() if str(data) == "sample" else Path(data)
+    store = ProjectStore.create(path, find_samples(folder), overwrite=overwrite, progress=progress)
+    if val_images:
+        hold_out_validation(store, val_images, seed)
+    return store
+
+
+def hold_out_validation(store: ProjectStore, count: int, seed: int = 0) -> list[str]:
+    """Move ``count`` randomly chosen (seeded) training images with gland masks to the ``val`` split."""
+    import numpy as np
+
+    candidates = [n for n in store.names("train") if store.has(n, "mask")]
+    if count < 0 or count >= len(candidates):
+        raise OEEMError(f"cannot hold out {count} validation images: {len(candidates)} training images have "
+                        f"masks and at least one must stay for training; choose 0 to {len(candidates) - 1}")
+    rng = np.random.default_rng(seed)
+    chosen = sorted((candidates[i] for i in rng.choice(len(candidates), count, replace=False)))
+    for n in chosen:
+        store.set_split(n, "val")
+    store.root.attrs["validation"] = {"images": chosen, "seed": seed}
+    return chosen
+
+
+def project_config(store: ProjectStore, preset_name: str | None = None,
+                   overrides: dict[str, Any] | None = None, save: bool = True) -> PipelineConfig:
+    """The project's saved configuration (or a preset's), with overrides applied and saved back, so every later
+    command - from the CLI or the plugin - runs with the same settings unless told otherwise."""
+    path = store.path / "runs" / "config.json"
+    if preset_name is None and path.is_file():
+        cfg = from_dict(PipelineConfig, json.loads(path.read_text()))
+    else:
+        cfg = preset(preset_name or "cpu")
+    if overrides:
+        apply_overrides(cfg, {k: v for k, v in overrides.items() if v is not None})
+    check(cfg)
+    if save:
+        atomic_write_json(path, to_dict(cfg))
+    return cfg
