@@ -157,7 +157,7 @@ def main() -> None:
             parts.append(fn(d))
     q = load("annotation_ranking.json")
     if q and not (load("annotation_gain.json") or {}).get("ranking"):
-        parts.append(f"**Ranking quality** (`python benchmarks/annotation_gain.py --rank-only`): " + ranking(q))
+        parts.append("**Ranking quality** (`python benchmarks/annotation_gain.py --rank-only`): " + ranking(q))
     seeds = load("glas_tables_seeds.json")
     if seeds:
         parts.append(f"**Seed spread** (`{seeds['command']}`): " + "; ".join(

@@ -78,7 +78,7 @@ def bench_sizes(project: Path, work: Path, sizes: list[int], tissue: float) -> l
         slide = make_slide(work, side, tissue)
         out = work / f"pred_{side}.ome.zarr"
         seconds, rss, _ = measured([sys.executable, "-m", "pipeline", "predict-slide", str(project), str(slide),
-                                    "--fast", "--restart", "--out", str(out)])
+                                    "--fast", "--redo", "--out", str(out)])
         rec = json.loads((work / f"pred_{side}.ome.zarr.record.json").read_text())
         block_px = rec["config"]["block"] ** 2
         tissue_mpx = rec["blocks"]["tissue"] * block_px / 1e6
@@ -125,8 +125,8 @@ def bench_ddp(work: Path, iterations: int) -> list[dict]:
         sets = ["segmentation.label_source=mask", "segmentation.init_from_classifier=false",
                 f"segmentation.threads={2 // procs}", "segmentation.checkpoint_every=1000"]
         cmd = ["torchrun", "--standalone", f"--nproc-per-node={procs}", "-m", "pipeline", "train-seg",
-               str(project), "--preset", "cpu", "--device", "cpu", "--iterations", str(iterations), "--restart",
-               "--set", *sets]
+               str(project), "--preset", "cpu", "--device", "cpu", "--iterations", str(iterations), "--redo",
+               *[arg for s in sets for arg in ("--set", s)]]
         torchrun = str(Path(sys.executable).with_name("torchrun"))
         seconds, _, _ = measured([torchrun, *cmd[1:]], env={"OMP_NUM_THREADS": str(2 // procs)})
         rec = json.loads((project / "runs" / "segmentation.json").read_text())

@@ -57,8 +57,8 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
     assert main(["train-cls", p, "--epochs", "1", "--device", "cpu"]) == 0
     assert main(["cams", p, "--scales", "1"]) == 0
     assert main(["train-seg", p, "--iterations", "3", "--loss", "ce"]) == 0
-    saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())
-    assert saved["segmentation"]["iterations"] == saved["segmentation"]["full_iterations"] == 3
+    ran = json.loads((tmp_path / "p.zarr" / "runs" / "segmentation.json").read_text())["config"]
+    assert ran["iterations"] == ran["full_iterations"] == 3 and ran["loss"] == "ce"
     assert main(["predict", p, "--fast", "--split", "test"]) == 0
     assert main(["evaluate", p, "--split", "test", "--per-image"]) == 0
     assert main(["export", p, str(tmp_path / "out"), "--format", "tiff"]) == 0
@@ -72,7 +72,7 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
     assert main(["train-seg", p, "--labels", "corrected", "--verified-weight", "0", "--name", "t0"]) == 2
     assert "verified_weight must be > 0" in capsys.readouterr().err
     assert main(["train-seg", p, "--error-prob-weight", "1.5", "--name", "t0"]) == 2
-    assert "error_prob_weight must be in [0, 1]" in capsys.readouterr().err
+    assert "error_prob_weight must be between 0 and 1 ([0, 1])" in capsys.readouterr().err
     # weighing by the label review before there is one names the command that makes it
     assert main(["train-seg", p, "--iterations", "3", "--error-prob-weight", "1", "--name", "t0"]) == 2
     assert "run `oeem regions" in capsys.readouterr().err
@@ -80,9 +80,9 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
     assert "`oeem run` makes new labels in every self-training round" in capsys.readouterr().err
     assert main(["train-seg", p, "--iterations", "3", "--error-prob-weight", "0", "--name", "t0"]) == 0
     saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())
-    assert saved["preset"] == "tiny" and saved["segmentation"]["loss"] == "ce"
-    assert saved["segmentation"]["weight_temperature"] == 1.0  # the refused value was not saved
-    assert saved["cam"]["scales"] == [1.0]
+    # the project keeps the preset its first command chose; each command's flags were for that run only
+    assert saved["preset"] == "tiny" and saved["segmentation"]["loss"] == "l_norm"
+    assert saved["segmentation"]["weight_temperature"] == 1.0 and saved["cam"]["scales"] == [1.0, 1.5]
     capsys.readouterr()
     assert main(["info", p]) == 0
     info = json.loads(capsys.readouterr().out)
@@ -109,7 +109,12 @@ def test_validation_split_and_self_training_from_the_command_line(tmp_path, smal
     out = capsys.readouterr().out
     assert "self-training round 1" in out and "val pseudo-mask mIoU" in out
     saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())
-    assert saved["segmentation"]["working_scale"] == 0.5  # --set is saved like the other options
+    assert saved["preset"] == "tiny"  # the first command's preset is the project's
+    assert saved["segmentation"]["working_scale"] == 1.0  # a flag or --set applies to its own run only
+    assert saved["classifier"]["epochs"] == 2
     assert main(["evaluate", p, "--split", "val"]) == 0
     assert main(["selftrain", p, "--reset"]) == 0
     assert "restored the stage-1 pseudo-masks of 4 images" in capsys.readouterr().out
+    assert main(["cams", p, "--scales", "1", "--set", "cam.gland_bias=0.5", "--save-settings"]) == 0
+    saved = json.loads((tmp_path / "p.zarr" / "runs" / "config.json").read_text())
+    assert saved["cam"]["gland_bias"] == 0.5 and saved["cam"]["scales"] == [1.0]  # ... unless asked to keep it

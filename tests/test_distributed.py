@@ -107,7 +107,7 @@ def test_two_processes_follow_the_one_process_run(project):
 
 
 def test_a_killed_two_process_run_resumes_from_its_checkpoint(project):
-    args = ("train-seg", str(project), *SEG, "segmentation.checkpoint_every=2", "--iterations", "40",
+    args = ("train-seg", str(project), *SEG, "--set", "segmentation.checkpoint_every=2", "--iterations", "40",
             "--name", "cut")
     ck_path = project / "checkpoints" / "segmentation-cut.pt"
     log = project.parent / "cut.log"
@@ -137,7 +137,7 @@ def test_a_killed_two_process_run_resumes_from_its_checkpoint(project):
 
 
 def test_a_batch_the_processes_cannot_share_is_one_line(project):
-    res = torchrun("train-seg", str(project), *SEG, "segmentation.batch_size=3", "--iterations", "2",
+    res = torchrun("train-seg", str(project), *SEG, "--set", "segmentation.batch_size=3", "--iterations", "2",
                    "--name", "odd")
     assert res.returncode != 0
     errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
@@ -149,7 +149,7 @@ def test_a_batch_the_processes_cannot_share_is_one_line(project):
 def test_the_classifier_trains_under_torchrun(project):
     assert run_in_process("patches", str(project), "--preset", "tiny") == 0
     res = torchrun("train-cls", str(project), "--preset", "tiny", "--device", "cpu", "--epochs", "2",
-                   "--set", "classifier.threads=1", "classifier.batch_size=8")
+                   "--set", "classifier.threads=1", "--set", "classifier.batch_size=8")
     assert res.returncode == 0, res.stderr[-3000:]
     rec = record(project, "classifier")
     assert rec["world_size"] == 2 and rec["epochs_run"] == 2 and math.isfinite(rec["final_loss"])

@@ -133,7 +133,7 @@ def test_disk_full_while_writing_a_checkpoint_is_one_line(project_copy, monkeypa
             raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(st.os, "fdopen", lambda fd, mode: Full(real(fd, mode)))
-    code = main(["train-seg", str(store.path), "--iterations", "2", "--restart", "--device", "cpu"])
+    code = main(["train-seg", str(store.path), "--iterations", "2", "--redo", "--device", "cpu"])
     monkeypatch.undo()
     assert code == 2
     err = capsys.readouterr().err

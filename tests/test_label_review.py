@@ -214,7 +214,7 @@ def test_weighing_by_the_review_refuses_labels_it_did_not_rank(ranked_copy, tmp_
     painted = store.read(name, "pseudo").copy()
     painted[:5, :5] = 1 - painted[:5, :5]
     store.save_correction(name, painted)
-    with pytest.raises(OEEMError, match="changed since the label review ranked them.*--refresh"):
+    with pytest.raises(OEEMError, match="changed since the label review ranked them.*--redo"):
         tile_dataset(store, dataclasses.replace(seg, label_source="corrected"))
     fresh = create_project("sample", tmp_path / "fresh.zarr")
     for n in fresh.names("train"):

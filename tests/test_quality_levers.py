@@ -476,7 +476,7 @@ def test_weight_average_is_what_predicts_and_training_resumes_from_its_own_weigh
             assert torch.allclose(v, d * cut["model"][key] + (1 - d) * end["train_model"][key], atol=1e-6), key
     bad = tiny_cpu_config()
     bad.segmentation.ema_decay = 1.0
-    with pytest.raises(OEEMError, match=r"ema_decay must be in \[0, 1\)"):
+    with pytest.raises(OEEMError, match=r"ema_decay must be between 0 and 1 \(\[0, 1\)\)"):
         from pipeline.config import check
 
         check(bad)

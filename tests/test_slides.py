@@ -209,8 +209,8 @@ def test_glass_is_skipped_and_a_cancelled_run_resumes(trained_project, slide_pat
     fresh = run(predict_slide(store, slide_path, cfg, FAST, out=tmp_path / "fresh.ome.zarr", device="cpu"))
     np.testing.assert_array_equal(_mask(out), _mask(fresh["output"]))
     assert json.loads(progress_path(out).read_text())["complete"] is True
-    # another model or settings: refused unless --restart
-    with pytest.raises(OEEMError, match="--restart"):
+    # another model or settings: refused unless --redo
+    with pytest.raises(OEEMError, match="--redo"):
         run(predict_slide(store, slide_path, replace(cfg, margin=16), FAST, out=out, device="cpu"))
 
 

@@ -68,7 +68,7 @@ def label_trust(store: ProjectStore, name: str, strength: float, source: str) ->
                         f"training image; run `oeem regions {store.path}` first, or set it to 0")
     if ranking.get("labels", {}).get(name) != label_fingerprint(store, name):
         raise OEEMError(f"{store.path}: the labels of {name!r} changed since the label review ranked them "
-                        f"(self-training or corrections); run `oeem regions {store.path} --refresh`, or set "
+                        f"(self-training or corrections); run `oeem regions {store.path} --redo`, or set "
                         "segmentation.error_prob_weight to 0")
     if source == "pseudo" and store.correction_version(name) is not None:
         raise OEEMError(f"{store.path}: the label review scored the corrected labels of {name!r}, not its "

@@ -198,7 +198,7 @@ def predict_slide(store: ProjectStore, slide_path: str | Path, cfg: SlideConfig,
             if previous.get("fingerprint") != fingerprint:
                 if not restart:
                     raise OEEMError(f"{out}: holds a prediction of another slide, model or settings; pass "
-                                    "--restart to replace it, or --out to write elsewhere")
+                                    "--redo to replace it, or --out to write elsewhere")
                 shutil.rmtree(out)
                 progress_path(out).unlink(missing_ok=True)
         if not out.exists():

@@ -110,7 +110,7 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     """Train (or resume) the patch classifier; checkpoint after every epoch. Yields progress every few steps.
 
     A checkpoint made with other settings is an error with ``on_mismatch="error"`` (the CLI's train commands,
-    which offer ``--restart``); with ``"restart"`` (``oeem run``, the plugin) it is moved aside and training
+    which offer ``--redo``); with ``"restart"`` (``oeem run``, the plugin) it is moved aside and training
     starts afresh.
 
     Under ``torchrun`` every rank draws and augments the same global batch and trains on its slice through

@@ -375,7 +375,7 @@ def resume_training(store, stage: str, settings: dict, model: nn.Module, opt: to
     if any(settings_as_now(ck.get(key), (defaults or {}).get(key)) != value for key, value in settings.items()):
         if on_mismatch == "error":
             raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
-                            "pass --restart to train afresh (the old one is kept as *.previous.pt)")
+                            "pass --redo to train afresh (the old one is kept as *.previous.pt)")
         kept = store.retire_checkpoint(stage)
         return None, f"settings changed: training afresh (previous model kept as {kept.name})"
     load_model_state(model, ck["model"], ck_path)
@@ -389,4 +389,4 @@ def load_model_state(model: nn.Module, state: dict, path: str | Path) -> None:
     except RuntimeError as exc:
         first = str(exc).splitlines()[0][:200]
         raise OEEMError(f"{path}: the checkpoint does not match the model of this configuration ({first}); "
-                        "use the preset it was trained with, or start afresh with --restart") from None
+                        "use the preset it was trained with, or start afresh with --redo") from None

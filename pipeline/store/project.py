@@ -49,6 +49,11 @@ def hold_out_validation(store: ProjectStore, count: int, seed: int = 0) -> list[
     return chosen
 
 
+def has_saved_config(store: ProjectStore) -> bool:
+    """Whether the project has settings of its own yet (the first command saves its preset's)."""
+    return (store.path / "runs" / "config.json").is_file()
+
+
 def project_config(store: ProjectStore, preset_name: str | None = None,
                    overrides: dict[str, Any] | None = None, save: bool = True) -> PipelineConfig:
     """The project's saved configuration (or a preset's), with overrides applied and saved back, so every later

@@ -131,7 +131,7 @@ class ProjectStore:
         path = Path(path)
         samples = sorted(samples, key=lambda s: natural_key(s.name))
         if path.exists() and not overwrite:
-            raise OEEMError(f"{path}: already exists; choose another path or pass --overwrite")
+            raise OEEMError(f"{path}: already exists; choose another path or pass --redo")
         for s in samples:
             if not _NAME_OK.match(s.name):
                 raise OEEMError(f"{s.image_path}: file name {s.name!r} has characters a project cannot use; "

@@ -1,0 +1,91 @@
+"""``oeem`` commands for whole slides: slide-info, predict-slide, add-regions.
+"""
+from __future__ import annotations
+
+from pipeline.cli.common import add_common, add_redo, config_for, drive, open_project
+from pipeline.config import SLIDE_READERS
+from pipeline.errors import OEEMError
+
+# commands that write into the project: one at a time per project (the writer lock)
+
+
+def cmd_slide_info(args) -> None:
+    from pipeline.slides.reader import open_slide, tissue_mask
+
+    with open_slide(args.slide, args.mpp, args.reader) as slide:
+        info = slide.info
+        print(f"{info.path}: {info.width} x {info.height} px, {len(info.level_dimensions)} level(s) "
+              f"(read with {slide.backend}{', ' + info.vendor if info.vendor else ''})")
+        for k, ((w, h), d) in enumerate(zip(info.level_dimensions, info.level_downsamples)):
+            print(f"  level {k}: {w} x {h} px (downsample {d:g})")
+        mpp = f"{info.mpp:.4g} µm/px ({info.mpp_source})" if info.mpp else "unknown: give it with --mpp"
+        print(f"microns per pixel: {mpp}")
+        thumb, _ = slide.thumbnail(1024)
+        print(f"tissue: {100 * tissue_mask(thumb).mean():.1f} % of the slide")
+        for note in info.notes:
+            print(f"note: {note}")
+
+
+def cmd_predict_slide(args) -> None:
+    from pipeline.slides.predict import predict_slide
+
+    store = open_project(args.project)
+    cfg = config_for(args, store)
+    rec = drive(predict_slide(store, args.slide, cfg.slide, cfg.inference, args.mpp, args.out, args.device,
+                               args.name, args.redo, args.scheduler), "predict-slide")
+    b = rec["blocks"]
+    print(f"{rec['output']}: {rec['size'][1]} x {rec['size'][0]} px at {rec['project_mpp']:.4g} µm/px, "
+          f"{rec['levels']} level(s); {b['tissue']} tissue blocks ({b['resumed']} resumed), "
+          f"{b['skipped_as_glass']} skipped as glass; {rec['seconds']:.1f} s, peak memory "
+          f"{rec['peak_rss_mb']:.0f} MB")
+    print(f"note: {rec['resampling']}")
+    print(f"open it over the slide: napari {args.slide} {rec['output']}")
+
+
+def cmd_add_regions(args) -> None:
+    from pipeline.io.geojson import read_geojson
+    from pipeline.slides.regions import add_slide_regions, parse_box, regions_from_geojson
+
+    store = open_project(args.project)
+    cfg = config_for(args, store)
+    regions = [parse_box(b, args.label) for b in args.box or []]
+    if args.geojson:
+        regions += regions_from_geojson(read_geojson(args.geojson), args.label, args.geojson)
+    if not regions:
+        raise OEEMError("no regions: give --box X,Y,W,H (level-0 pixels) or --geojson ROIS.geojson")
+    names = add_slide_regions(store, args.slide, regions, cfg.patches, cfg.slide.project_mpp, args.mpp,
+                              args.split, cfg.slide.reader)
+    for n in names:
+        print(f"added {n}")
+    print(f"next: `oeem run {store.path}` trains on them with the other images")
+
+
+def register(add) -> None:
+    p = add("slide-info", cmd_slide_info, "levels, microns per pixel and tissue of a whole-slide image",
+            project=False)
+    p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
+    p.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: what the file says)")
+    p.add_argument("--reader", choices=SLIDE_READERS, default="auto",
+                   help="auto (default): tiffslide, OpenSlide (when installed) for what it cannot read")
+    p = add("predict-slide", cmd_predict_slide, "predict a whole slide block by block into an OME-Zarr pyramid "
+            "beside the project (bounded memory, resumable, optionally on a dask cluster)")
+    add_common(p, "predict-slide")
+    p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
+    p.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: what the file says)")
+    p.add_argument("--out", default=None, help="output .ome.zarr (default: PROJECT.slides/NAME.ome.zarr)")
+    add_redo(p, "replace an earlier prediction of other settings", "--restart")
+    p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler "
+                   "(e.g. tcp://10.0.0.5:8786) whose workers predict the blocks (default: this process)")
+    p.add_argument("--fast", action="store_true", help="single scale, no flip (default: off)")
+    p.add_argument("--name", default=None, help="use the model trained with --name (default: the project's)")
+    p = add("add-regions", cmd_add_regions, "cut regions of a slide into the project as training images, each "
+            "with one weak label (gland, non-gland or mixed) that all its patches take")
+    add_common(p, "add-regions")
+    p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
+    p.add_argument("--box", action="append", metavar="X,Y,W,H",
+                   help="a region in level-0 pixels (repeatable; default: none)")
+    p.add_argument("--geojson", default=None, help="QuPath GeoJSON ROIs; their classification is the label (default: none)")
+    p.add_argument("--label", default=None,
+                   help="gland, non-gland or mixed (for --box, and unclassified ROIs; default: none)")
+    p.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: what the file says)")
+    p.add_argument("--split", default="train", choices=("train", "val"), help="where they go (default: train)")

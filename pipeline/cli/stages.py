@@ -1,0 +1,179 @@
+"""``oeem`` commands that run the method's stages: patches, train-cls, cams, train-seg, selftrain, predict,
+evaluate, and run (all of them).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.cli.common import add_common, config_for, drive, is_main, open_project
+
+# commands that write into the project: one at a time per project (the writer lock)
+
+
+def cmd_patches(args) -> None:
+    from pipeline.stages.classify import make_patch_labels
+
+    store = open_project(args.project)
+    cfg = config_for(args, store)
+    s = make_patch_labels(store, cfg.patches)
+    print(f"{s['patches']} patches from {s['images']} images: {s['with_gland']} with gland, "
+          f"{s['with_non_gland']} with non-gland")
+
+
+def cmd_train_cls(args) -> None:
+    from pipeline.stages.classify import train_classifier
+
+    store = open_project(args.project)
+    cfg = config_for(args, store)
+    rec = drive(train_classifier(store, cfg.classifier, cfg.patches, args.device, args.redo), "classifier")
+    if not is_main():
+        return
+    print(f"classifier trained: {rec['n_patches']} patches, {rec['epochs_run']} epochs in {rec['seconds']:.0f} s "
+          f"({rec['patches_per_s']:.0f} patches/s), final loss {rec['final_loss']:.4f}")
+
+
+def cmd_cams(args) -> None:
+    from pipeline.stages.cams import make_cams
+
+    store = open_project(args.project)
+    cfg = config_for(args, store)
+    rec = drive(make_cams(store, cfg.cam, cfg.patches, args.device), "cams")
+    print(f"CAMs and pseudo-masks for {rec['images']} images ({rec['seconds_per_image']:.2f} s/image)")
+    if "cam" in rec:
+        print(f"CAM mIoU {rec['cam']['mIoU']:.2f}  pseudo-mask mIoU {rec['pseudo']['mIoU']:.2f} (train, vs masks)")
+
+
+def cmd_train_seg(args) -> None:
+    from pipeline.stages.run import segmentation_settings
+    from pipeline.stages.segment import train_segmenter
+
+    store = open_project(args.project)
+    cfg = config_for(args, store)
+    seg = segmentation_settings(store, cfg)
+    rec = drive(train_segmenter(store, seg, args.device, args.name, args.redo), "segmentation")
+    if not is_main():
+        return
+    print(f"segmentation trained with loss {seg.loss} on {seg.label_source} labels: "
+          f"{rec['iterations_run']} iterations in {rec['seconds']:.0f} s, final loss {rec['final_loss']:.4f}")
+
+
+def cmd_selftrain(args) -> None:
+    from pipeline.stages.selftrain import refine_round, reset_rounds
+
+    store = open_project(args.project)
+    if args.reset:
+        print(f"restored the stage-1 pseudo-masks of {reset_rounds(store)} images (round 0)")
+        return
+    cfg = config_for(args, store)
+    entry = drive(refine_round(store, cfg.patches.size, cam_cfg=cfg.cam), "selftrain")
+    line = f"self-training round {entry['round']}: {entry['pixels_changed']} pseudo-mask pixels changed"
+    for split in ("train", "val"):
+        if split in entry:
+            line += (f"; {split} pseudo-mask mIoU {entry[split]['before']['mIoU']:.2f} -> "
+                     f"{entry[split]['after']['mIoU']:.2f}")
+    print(line)
+    print(f"next: `oeem train-seg {store.path}` trains on the refined pseudo-masks")
+
+
+def cmd_predict(args) -> None:
+    from pipeline.stages.infer import predict
+
+    store = open_project(args.project)
+    cfg = config_for(args, store)
+    names = store.names(args.split) if args.split != "all" else None
+    rec = drive(predict(store, cfg.inference, names, args.device, args.name), "predict")
+    print(f"predicted {rec['images']} images ({rec['seconds_per_image']:.2f} s/image)")
+
+
+def cmd_evaluate(args) -> None:
+    from pipeline.stages.infer import evaluate
+
+    store = open_project(args.project)
+    res = evaluate(store, args.split, args.labels)
+    print(f"{args.labels} on {res['images']} {args.split} images: mIoU {res['mIoU']:.2f}  Dice {res['Dice']:.2f}  "
+          f"F1 {res['F1']:.2f}")
+    if args.per_image:
+        for n, r in res["per_image"].items():
+            print(f"  {n:<16} mIoU {r['mIoU']:6.2f}  Dice {r['Dice']:6.2f}  F1 {r['F1']:6.2f}")
+
+
+def cmd_run(args) -> None:
+    from pipeline.stages.run import run_all
+    from pipeline.store import ProjectStore
+    from pipeline.store.lock import project_writer
+    from pipeline.store.project import create_project
+
+    if args.data is not None and not Path(args.project).exists():
+        create_project(args.data, args.project, val_images=args.val_images)
+    with project_writer(args.project, "oeem run"):  # re-entrant: main() may hold it already
+        store = ProjectStore.open(args.project)
+        cfg = config_for(args, store)
+        report = drive(run_all(store, cfg, args.device), "run")
+    print_report(report)
+
+
+def print_report(report: dict) -> None:
+    p = report["patches"]
+    print("\n== OEEM report ==")
+    print(f"patches: {p['patches']} from {p['images']} train images")
+    c = report["classifier"]
+    print(f"classifier: {c['config']['epochs']} epochs, {c.get('patches_per_s') or 0:.0f} patches/s")
+    cams = report["cams"]
+    if "cam" in cams:
+        print(f"stage 1 (train): CAM mIoU {cams['cam']['mIoU']:.2f}, pseudo-mask mIoU {cams['pseudo']['mIoU']:.2f}")
+    for key in sorted(k for k in report if k.startswith("selftrain-round-")):
+        r = report[key]
+        if "train" in r:
+            print(f"self-training round {r['round']}: pseudo-mask mIoU (train) {r['train']['before']['mIoU']:.2f} "
+                  f"-> {r['train']['after']['mIoU']:.2f}")
+    from pipeline.config import SegConfig, from_dict
+
+    s = report["segmentation"]
+    print(f"segmentation: {s['config'].get('decoder', 'psp')}, loss {s['config']['loss']}, "
+          f"{from_dict(SegConfig, s['config']).training_iterations()} iterations")
+    for split in ("train", "val", "test"):
+        ev = report.get(f"evaluation-{split}")
+        if ev:
+            print(f"prediction ({split}, {ev['images']} images): mIoU {ev['mIoU']:.2f}  Dice {ev['Dice']:.2f}  "
+                  f"F1 {ev['F1']:.2f}")
+
+
+def register(add) -> None:
+    p = add("patches", cmd_patches, "cut 112 px patches (stride 56) and compute their weak labels (>5%% rule)")
+    add_common(p, "patches")
+    p = add("train-cls", cmd_train_cls, "train the multi-label patch classifier (resumable)")
+    add_common(p, "train-cls", train=True)
+    p = add("cams", cmd_cams, "multi-scale CAMs and pseudo-masks for the training images, scored against masks")
+    add_common(p, "cams")
+    p = add("train-seg", cmd_train_seg,
+            "train the segmentation network on the pseudo-masks with the OEEM loss (resumable)")
+    add_common(p, "train-seg", train=True)
+    p.add_argument("--name", default=None,
+                   help="keep this model apart (checkpoints/segmentation-NAME.pt; default: the project's model)")
+    p = add("selftrain", cmd_selftrain, "one self-training round: refine the pseudo-masks with the current "
+            "prediction (restricted by the patch labels); then train-seg again")
+    add_common(p, "selftrain")
+    p.add_argument("--reset", action="store_true",
+                   help="undo every round: put the stage-1 pseudo-masks back (default: run one round)")
+    p = add("predict", cmd_predict, "multi-scale sliding-window prediction at the original size")
+    add_common(p, "predict")
+    p.add_argument("--fast", action="store_true", help="single scale, no flip (interactive use; default: off)")
+    p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
+                   help="the images to predict (default: all)")
+    p.add_argument("--name", default=None, help="use the model trained with --name (default: the project's)")
+    p = add("evaluate", cmd_evaluate, "mIoU, Dice and F1 (percent, dataset level) against the gland masks")
+    p.add_argument("--split", default="test", choices=("train", "val", "test"),
+                   help="the images to score (default: test)")
+    p.add_argument("--labels", default="prediction", choices=("prediction", "pseudo", "corrected"),
+                   help="what to score: the prediction, the pseudo-masks or the corrected labels (default: "
+                        "prediction)")
+    p.add_argument("--key", dest="labels", choices=("prediction", "pseudo", "corrected"), help=argparse.SUPPRESS)
+    p.add_argument("--per-image", action="store_true", help="also print each image's scores (default: off)")
+    p = add("run", cmd_run, "the whole pipeline (stage 1, stage 2, evaluation), resuming what is done")
+    add_common(p, "run")
+    p.add_argument("--data", default=None, help="create the project from this folder (or `sample`) if needed "
+                   "(default: the project must exist)")
+    p.add_argument("--val-images", type=int, default=0,
+                   help="with --data: training images held out as a validation split (default: 0)")
+    p.add_argument("--fast", action="store_true", help="single-scale prediction, no flip (default: off)")
