@@ -11,13 +11,17 @@ from pipeline.errors import OEEMError
 from pipeline.io.data import find_samples
 from pipeline.store import ProjectStore, atomic_write_json
 
-SAMPLE_DATA = Path(__file__).resolve().parents[2] / "sample_data" / "glas_synth"
+# installed: the wheel ships the repository's sample_data/ as pipeline/sample_data; in a checkout it is at the top
+SAMPLE_DATA_PLACES = (Path(__file__).resolve().parents[1] / "sample_data" / "glas_synth",
+                      Path(__file__).resolve().parents[2] / "sample_data" / "glas_synth")
 
 
 def sample_data_folder() -> Path:
-    if not SAMPLE_DATA.is_dir():
-        raise OEEMError(f"the embedded sample data is missing ({SAMPLE_DATA}); reinstall oeem-napari from source")
-    return SAMPLE_DATA
+    for folder in SAMPLE_DATA_PLACES:
+        if folder.is_dir():
+            return folder
+    raise OEEMError(f"the embedded sample data is missing (looked in {', '.join(map(str, SAMPLE_DATA_PLACES))}); "
+                    "reinstall oeem-napari")
 
 
 def create_project(data: str | Path, path: str | Path, overwrite: bool = False, progress=None,
