@@ -1,0 +1,64 @@
+"""What each Run button starts: a stage of ``pipeline`` as a job (a generator of ``Progress``). No Qt here."""
+from __future__ import annotations
+
+from pipeline.config import PipelineConfig
+from pipeline.errors import OEEMError
+from pipeline.store import ProjectStore
+
+STAGES = {
+    "classifier": "Train classifier",
+    "cams": "CAMs + pseudo-masks",
+    "segmentation": "Train segmentation",
+    "predict": "Predict",
+    "selftrain": "Self-train round",
+    "evaluate": "Evaluate",
+    "all": "Run all",
+}
+JOB_LABELS = {**STAGES, "rank": "Rank regions"}  # every background job; STAGES are the Run box's buttons
+
+
+def make_job(stage: str, store: ProjectStore, cfg: PipelineConfig, device: str):
+    """The job of ``stage`` (a key of JOB_LABELS); torch and the stages are imported only here, when one runs."""
+    from oeem_napari._jobs import run_step
+    from pipeline.stages.cams import make_cams
+    from pipeline.stages.classify import make_patch_labels, train_classifier
+    from pipeline.stages.infer import evaluate, predict
+    from pipeline.stages.run import run_all, segmentation_settings
+    from pipeline.stages.segment import train_segmenter
+
+    if stage == "classifier":
+        def job():
+            make_patch_labels(store, cfg.patches)
+            return (yield from train_classifier(store, cfg.classifier, cfg.patches, device, on_mismatch="restart"))
+        return job()
+    if stage == "cams":
+        return make_cams(store, cfg.cam, cfg.patches, device)
+    if stage == "segmentation":
+        return train_segmenter(store, segmentation_settings(store, cfg), device, on_mismatch="restart")
+    if stage == "predict":
+        return predict(store, cfg.inference, device=device)
+    if stage == "selftrain":
+        from pipeline.stages.selftrain import refine_round
+
+        return refine_round(store, cfg.patches.size, cam_cfg=cfg.cam)
+    if stage == "evaluate":
+        return run_step("evaluate", lambda: {s: evaluate(store, s) for s in ("train", "val", "test")
+                                             if any(store.has(n, "mask") for n in store.names(s))})
+    if stage == "all":
+        return run_all(store, cfg, device)
+    if stage == "rank":
+        from pipeline.review.regions import rank_label_errors
+
+        return rank_label_errors(store, cfg, "train")
+    raise OEEMError(f"unknown stage {stage!r}")
+
+
+def summary(result: dict) -> str:
+    """One line of the scores a job returned (Evaluate, Run all)."""
+    parts = []
+    for key, val in result.items():
+        if isinstance(val, dict) and "mIoU" in val:
+            parts.append(f"{key}: mIoU {val['mIoU']:.1f}")
+        elif key in ("train", "test") and isinstance(val, dict):
+            parts.append(f"{key}: mIoU {val.get('mIoU', float('nan')):.1f}")
+    return "; ".join(parts) or "done"

@@ -1,0 +1,163 @@
+"""The one object the dock's panels share: the viewer, the open project, the image shown and its correction keeper,
+the running job and the configuration the next job runs with. Panels act through it and redraw themselves from its
+signals, so none of them needs to know another."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
+
+from oeem_napari import _layers
+from oeem_napari._corrections import CorrectionKeeper
+from oeem_napari._jobs import JobRunner
+from oeem_napari._panels.stages import JOB_LABELS, make_job, summary
+from pipeline.config import FAST_INFERENCE, PipelineConfig, apply_overrides
+from pipeline.errors import OEEMError
+from pipeline.store import ProjectStore
+from pipeline.store.lock import holding_writer
+
+
+class RunSettings(Protocol):
+    """What the settings panel tells the state: the chosen preset, every setting, the device, fast prediction."""
+
+    def preset(self) -> str: ...
+    def values(self) -> dict[str, Any]: ...
+    def device(self) -> str: ...
+    def fast(self) -> bool: ...
+
+
+class DockState(QObject):
+    opened = Signal()  # a project was opened: ``store`` is new
+    shown = Signal(str)  # the layers of this image are in the viewer (``current``)
+    changed = Signal()  # the project's images or corrections changed (counts to redraw)
+    busy = Signal(bool)  # a job started (True) or ended (False)
+    started = Signal(str)  # the label of the job that started
+    progressed = Signal(object)  # pipeline.progress.Progress of the running job
+    finished = Signal(str)  # "done", "cancelled" or "failed", before the job's follow-up runs
+
+    def __init__(self, viewer, parent: QObject | None = None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.store: ProjectStore | None = None
+        self.current: str | None = None
+        self.keeper: CorrectionKeeper | None = None
+        self.settings: RunSettings | None = None  # the settings panel registers itself
+        self.top = 10  # ranked regions outlined per image
+        self.last_result = None
+        self.runner = JobRunner(self)
+        self.runner.progressed.connect(self.progressed)
+        self.runner.finished.connect(self._on_job_finished)
+        self._after = None
+
+    # ------------------------------------------------------------------ project and image
+    def open(self, path: str | Path) -> bool:
+        """Open a project (a notification and no change when it cannot be), show its first training image."""
+        try:
+            store = ProjectStore.open(path)
+        except OEEMError as exc:
+            show_error(str(exc))
+            return False
+        self.release_keeper()
+        self.store, self.current = store, None
+        self.opened.emit()
+        first = store.names("train")[:1] or store.names()[:1]
+        if first:
+            self.show(first[0])
+        self.changed.emit()
+        return True
+
+    def show(self, name: str) -> None:
+        """The layers of image ``name``; its pseudo-mask is editable and every stroke saved."""
+        self.release_keeper()
+        self.current = name
+        _layers.show_image(self.viewer, self.store, name, self.top)
+        if _layers.PSEUDO in self.viewer.layers:
+            self.keeper = CorrectionKeeper(self.store, name, self.viewer.layers[_layers.PSEUDO],
+                                           on_saved=self.changed.emit)
+        self.shown.emit(name)
+
+    def reshow(self) -> None:
+        if self.store and self.current:
+            self.show(self.current)
+
+    def release_keeper(self) -> None:
+        if self.keeper is not None:
+            self.keeper.disconnect()
+            self.keeper = None
+
+    def flush(self) -> None:
+        """Save pending strokes now (before a job, an export, a review step reads the labels)."""
+        if self.keeper is not None:
+            self.keeper.flush()
+
+    # ------------------------------------------------------------------ configuration
+    def config(self, save: bool = True) -> PipelineConfig:
+        """``save=False``: what the project holds. Else the settings form's values: checked, saved with the
+        project, and returned (raises OEEMError for a bad value)."""
+        from pipeline.store.project import project_config
+
+        if not save or self.settings is None:
+            return project_config(self.store, None, None, save=False)
+        return project_config(self.store, self.settings.preset(), self.settings.values(), save=True)
+
+    def run_config(self) -> PipelineConfig:
+        """The configuration a job runs with: the saved one, with the one-scale prediction when *fast* is chosen."""
+        cfg = self.config()
+        if self.settings is not None and self.settings.fast():
+            apply_overrides(cfg, FAST_INFERENCE)
+        return cfg
+
+    def device(self) -> str:
+        return self.settings.device() if self.settings is not None else "auto"
+
+    # ------------------------------------------------------------------ jobs
+    def run_stage(self, stage: str):
+        """Start a stage in the background; returns the worker (None if it could not start)."""
+        if self.store is None:
+            show_error("open or create a project first")
+            return None
+        self.flush()  # the next training run must see the latest strokes
+        try:
+            job = make_job(stage, self.store, self.run_config(), self.device())
+        except OEEMError as exc:
+            show_error(str(exc))
+            return None
+        # one writer per project: a CLI run on the same project makes this job stop at once with who holds it
+        label = JOB_LABELS[stage]
+        return self.start(label, holding_writer(self.store.path, f"napari: {label}", job))
+
+    def start(self, label: str, job, after=None):
+        """Run ``job`` in the background; ``after(ok, result)`` replaces the default follow-up (show what the job
+        wrote)."""
+        try:
+            worker = self.runner.start(label, job)
+        except OEEMError as exc:
+            show_error(str(exc))
+            return None
+        self._after = after
+        self.busy.emit(True)
+        self.started.emit(label)
+        return worker
+
+    def cancel(self) -> None:
+        self.runner.cancel()
+
+    def _on_job_finished(self, ok: bool, result) -> None:
+        self.busy.emit(False)
+        self.last_result = result if ok else None
+        self.finished.emit("done" if ok else ("cancelled" if self.runner.cancelled else "failed"))
+        after, self._after = self._after, None
+        if after is not None:
+            after(ok, result)
+        elif self.store and self.current:
+            self.show(self.current)  # what the job wrote
+            self.changed.emit()
+        if ok and isinstance(result, dict) and "mIoU" in str(result)[:2000]:
+            show_info(summary(result))
+
+    def shutdown(self) -> None:
+        """Stop a running job (its checkpoint is kept) and save pending strokes; napari is closing."""
+        self.flush()
+        self.runner.shutdown()
