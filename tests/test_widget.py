@@ -383,3 +383,65 @@ def test_a_slide_opens_lazily_is_predicted_and_gives_training_regions(widget, pr
     assert name == "scan_x200_y100" and store.shape(name) == (200, 250)
     assert (store.read(name, "patch_labels") == [1, 0]).all()
     assert len(shapes.data) == 0 and widget.image_combo.findText(name) >= 0
+
+
+def test_the_dock_fits_a_1000_px_screen_and_its_table_headers_read_whole(make_napari_viewer, project_copy, qtbot):
+    """On a 1600x1000 screen (the Xvfb of `make test`) napari's window must not grow past the screen: the panels
+    scroll, the rarely used ones start folded. Measured: 1222 px when the dock was one column of group boxes."""
+    viewer = make_napari_viewer(show=True)
+    _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
+    window = w.window()  # napari's main window, the dock's top level
+    assert window is not w
+    screen = window.screen().availableGeometry()
+    store, _ = project_copy
+    assert w.open_project(store.path)
+    qtbot.wait(50)
+    assert window.frameGeometry().height() <= min(screen.height(), 1000)
+    assert not w.export_panel.unfolded and not w.slides.unfolded  # used now and then: folded
+    # the pathologist's settings on top, the rest under Advanced
+    assert w.settings.basic.native.isVisibleTo(w) and not w.settings_panel.tabs.isVisibleTo(w)
+    for panel in (w.settings_panel.advanced, w.export_panel, w.slides):  # everything open: it scrolls
+        panel.unfold()
+    qtbot.wait(50)
+    assert w.settings_panel.tabs.isVisibleTo(w)
+    assert window.frameGeometry().height() <= min(screen.height(), 1000)
+    assert window.frameGeometry().width() <= screen.width()
+    header = w.region_table.horizontalHeader()
+    for col in range(w.region_table.columnCount()):
+        text = w.region_table.horizontalHeaderItem(col).text()
+        assert header.sectionSize(col) >= header.fontMetrics().horizontalAdvance(text), text
+    w.runner.shutdown()
+
+
+def test_review_keys_are_on_the_project_layers_and_the_review_box_never_the_viewer(widget, project_copy):
+    import napari
+    from napari.components import ViewerModel
+    from napari.utils.key_bindings import coerce_keybinding
+    from qtpy.QtGui import QShortcut
+
+    from oeem_napari._panels.review import KEYS
+
+    keys = {coerce_keybinding(k) for k in KEYS}
+    viewer = widget.viewer
+    store, _ = project_copy
+    widget.open_project(store.path)
+    for keymap in (viewer.keymap, napari.Viewer.class_keymap, ViewerModel.class_keymap):
+        assert not keys & set(keymap)  # napari's and other plugins' keys are left alone
+    project_layers = [lyr for lyr in viewer.layers if lyr.name in _layers.ORDER]
+    assert _layers.PSEUDO in [lyr.name for lyr in project_layers]
+    for layer in project_layers:
+        assert keys <= set(layer.keymap), layer.name
+    assert not keys & set(viewer.add_points(name="mine").keymap)  # a layer of the user's keeps its own keys
+    # on the review box too (after clicking a row the focus is there, not on the canvas)
+    shortcuts = widget.review.findChildren(QShortcut)
+    assert {s.key().toString() for s in shortcuts} == {k.replace("-", "+") for k in KEYS}
+    press(widget, "Shift-N")  # through the active layer (the pseudo-mask): no ranking yet, nothing breaks
+
+
+def test_loading_the_plugin_does_not_import_torch():
+    """torch takes seconds and a lot of memory to import: only a job that runs needs it."""
+    import subprocess
+    import sys
+
+    code = "import sys, oeem_napari._widget; sys.exit(int('torch' in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], timeout=300).returncode == 0
