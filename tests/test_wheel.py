@@ -48,6 +48,11 @@ def test_the_wheel_ships_every_package_and_the_sample_data(fresh_env):
     module, sample = out.stdout.split()
     assert module.startswith(purelib) and sample.startswith(purelib)  # not the repository's copy
     assert len(list(Path(sample).glob("train_*_anno.png"))) == 12
+    # every package of the repository is in the wheel (a new sub-package must be listed in pyproject.toml)
+    packages = sorted(".".join(p.parent.relative_to(ROOT).parts) for top in ("pipeline", "oeem_napari")
+                      for p in (ROOT / top).rglob("__init__.py"))
+    out = python(env, work, "-c", f"import importlib; [importlib.import_module(m) for m in {packages!r}]")
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 def test_oeem_init_sample_and_run_tiny_from_the_wheel(fresh_env):
