@@ -14,7 +14,8 @@ from pipeline.errors import OEEMError
 def cmd_init(args) -> None:
     from pipeline.store.project import create_project
 
-    store = create_project(args.data, args.project, overwrite=args.redo, val_images=args.val_images)
+    store = create_project(args.data, args.project, overwrite=args.redo, val_images=args.val_images,
+                           train=args.train, test=args.test)
     tr, va, te = store.names("train"), store.names("val"), store.names("test")
     print(f"created {store.path}: {len(tr)} train, {len(va)} validation and {len(te)} test images, "
           f"{sum(store.has(n, 'mask') for n in store.names())} with gland masks")
@@ -98,9 +99,16 @@ def cmd_fetch_glas(args) -> None:
 def register(add) -> None:
     p = add("init", cmd_init, "create a project from a GlaS-style folder, or `sample` for the embedded data",
             project=False)
-    p.add_argument("data", help="folder with NAME.png/.bmp and NAME_anno.png/.bmp, or `sample`")
+    p.add_argument("data", help="a folder of images (PNG, TIFF, JPEG, BMP; gland masks NAME_anno.png beside them "
+                   "are optional), or `sample` for the embedded data")
     p.add_argument("project", help="where to create the project (e.g. glas.oeem.zarr)")
     add_redo(p, "replace an existing project at that path", "--overwrite")
+    p.add_argument("--train", default=None, metavar="GLOB",
+                   help="file names of the training images, e.g. '*.tif' (default: GlaS names train_*/testA_* "
+                        "decide, every other image is a training image)")
+    p.add_argument("--test", default=None, metavar="GLOB",
+                   help="file names of the test images, e.g. 'case9_*' (default: none, or GlaS's testA_*/testB_*); "
+                        "with --train or --test, an image matching neither is left out")
     p.add_argument("--val-images", type=int, default=0,
                    help="hold this many training images out as a validation split (no stage trains on them; "
                         "their masks only choose settings; default: 0)")

@@ -5,6 +5,7 @@ images are ``uint8`` RGB ``(H, W, 3)``, masks are ``uint8`` ``(H, W)`` with 1 = 
 """
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,11 +133,16 @@ def _mask_for(image_path: Path) -> Path | None:
     return None
 
 
-def find_samples(folder: str | Path, require_masks: bool = False) -> list[Sample]:
-    """List image/mask pairs in a GlaS-style folder (``train_1.png`` + ``train_1_anno.png``; BMP, TIFF also).
+def find_samples(folder: str | Path, require_masks: bool = False, train: str | None = None,
+                 test: str | None = None) -> list[Sample]:
+    """List the images of a folder (PNG, BMP, TIFF, JPEG), each with its gland mask when one lies beside it
+    (``NAME_anno.png`` / ``NAME_mask.png``...); masks are optional.
 
-    Sub-folders named ``train``, ``test``, ``testA``... are searched too and give the split when the file name
-    does not. Raises :class:`OEEMError` for a missing or empty folder, or for missing masks when required.
+    Which images are for training: with ``train`` / ``test`` (shell patterns on the file name, e.g. ``"*.tif"``,
+    ``"case1_*"``) an image matching ``test`` is a test image, one matching ``train`` a training image, and the
+    others are left out; without them, the GlaS naming (``train_*``, ``testA_*``, sub-folders ``train/``,
+    ``testA/``...) decides, and every other image is a training image. Raises :class:`OEEMError` for a missing
+    or empty folder, or for missing masks when required.
     """
     folder = Path(folder)
     if not folder.exists():
@@ -154,14 +160,24 @@ def find_samples(folder: str | Path, require_masks: bool = False) -> list[Sample
     for path, folder_split in candidates:
         if path.suffix.lower() not in IMAGE_SUFFIXES or any(path.stem.endswith(t) for t in MASK_TAGS):
             continue
+        split = _split_of(path.stem, folder_split)
+        if train is not None or test is not None:
+            if test is not None and fnmatch.fnmatch(path.name, test):
+                split = "test"
+            elif fnmatch.fnmatch(path.name, train if train is not None else "*"):
+                split = "train"
+            else:
+                continue
         mask = _mask_for(path)
         if require_masks and mask is None:
             raise OEEMError(f"{path}: no gland mask found (expected {path.stem}_anno.png or .bmp beside it); "
                             "add the masks or create the project without them")
-        samples.append(Sample(path.stem, _split_of(path.stem, folder_split), path, mask))
+        samples.append(Sample(path.stem, split, path, mask))
     if not samples:
-        raise OEEMError(f"{folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)} files, "
-                        "with masks named NAME_anno.png or NAME_anno.bmp)")
+        given = [f"--{flag} {value!r}" for flag, value in (("train", train), ("test", test)) if value is not None]
+        chosen = f" matching {' or '.join(given)}" if given else ""
+        raise OEEMError(f"{folder}: no images found{chosen} (looked for {', '.join(IMAGE_SUFFIXES)} files; masks, "
+                        "optional, are named NAME_anno.png)")
     names = [s.name for s in samples]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})

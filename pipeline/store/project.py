@@ -25,13 +25,17 @@ def sample_data_folder() -> Path:
 
 
 def create_project(data: str | Path, path: str | Path, overwrite: bool = False, progress=None,
-                   val_images: int = 0, seed: int = 0) -> ProjectStore:
-    """Make a project from a GlaS-style folder, or from the embedded sample data when ``data`` is ``sample``.
+                   val_images: int = 0, seed: int = 0, train: str | None = None,
+                   test: str | None = None) -> ProjectStore:
+    """Make a project from a folder of images, or from the embedded sample data when ``data`` is ``sample``.
 
+    Masks are optional (``NAME_anno.png`` beside an image): without them the weak labels are patch tags. ``train``
+    / ``test`` are file-name patterns choosing the splits (see :func:`pipeline.io.data.find_samples`).
     ``val_images`` training images (with masks) are held out as the ``val`` split: no stage trains on them, and
     their masks are only used to choose settings, so the test split stays untouched until it is reported."""
     folder = sample_data_folder() if str(data) == "sample" else Path(data)
-    store = ProjectStore.create(path, find_samples(folder), overwrite=overwrite, progress=progress)
+    store = ProjectStore.create(path, find_samples(folder, train=train, test=test), overwrite=overwrite,
+                                progress=progress)
     if val_images:
         hold_out_validation(store, val_images, seed)
     return store
