@@ -101,14 +101,13 @@ def scores(store: ProjectStore, run_name: str, infer_cfg, splits=("val", "test",
 
 def cmd_stage2(args) -> None:
     from pipeline.stages.segment import train_segmenter
-    from pipeline.stages.selftrain import pseudo_round
 
     store = ProjectStore.open(PROJECT)
     cfg = preset("cpu")
     sets = parse_settings(args.set)
     apply_overrides(cfg, sets)
     cfg.segmentation.seed = args.seed
-    rnd = pseudo_round(store) if cfg.segmentation.label_source != "mask" else 0
+    rnd = store.pseudo_round if cfg.segmentation.label_source != "mask" else 0
     name = f"abl-{args.name}-r{rnd}-s{args.seed}"
     staged = stage_warm_start(store, name, Path(args.warm_from), rnd) if args.warm_from else None
     if args.warm_from:
@@ -277,9 +276,8 @@ def cmd_refine(args) -> None:
         args.source = [max(args.source, key=lambda n: rows[n]["val"]["mIoU"])]
         print(f"refining with {args.source[0]} (best validation mIoU)", flush=True)
     args.source = args.source[0]
-    labelled = [n for s in ("train", "val") for n in store.names(s) if store.has(n, "patch_labels")]
     t0 = time.perf_counter()
-    run(predict(store, cfg.inference, names=labelled, device="cpu", run_name=args.source))
+    run(predict(store, cfg.inference, names=store.labelled_images(), device="cpu", run_name=args.source))
     entry = run(refine_round(store, cfg.patches.size, cam_cfg=cfg.cam))
     entry["source"] = args.source
     entry["total_s"] = time.perf_counter() - t0

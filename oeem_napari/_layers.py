@@ -38,11 +38,7 @@ def label_colormap(layer_name: str) -> DirectLabelColormap:
 
 def editable_labels(store: ProjectStore, name: str) -> np.ndarray | None:
     """The pseudo-mask with any saved corrections (in memory: napari paints on numpy arrays)."""
-    if store.has(name, "corrected"):
-        return store.read(name, "corrected")
-    if store.has(name, "pseudo"):
-        return store.read(name, "pseudo")
-    return None
+    return store.labels(name)[0] if store.has(name, "pseudo") else None
 
 
 def layer_specs(store: ProjectStore, name: str) -> list[tuple]:

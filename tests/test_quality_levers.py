@@ -57,8 +57,6 @@ def cpu_copy(cpu_project, tmp_path):
 
 
 def test_cpu_preset_end_to_end_with_validation_and_self_training(cpu_project):
-    from pipeline.stages.selftrain import pseudo_round
-
     store, cfg, report = cpu_project
     val = store.names("val")
     assert len(val) == 2 and not set(val) & set(store.names("train"))
@@ -69,7 +67,7 @@ def test_cpu_preset_end_to_end_with_validation_and_self_training(cpu_project):
     # the preset's self-training rounds, and the final model trained on the last round's labels - longer, and
     # starting from the model that made them
     rounds = cfg.selftrain.rounds
-    assert rounds >= 1 and pseudo_round(store) == rounds
+    assert rounds >= 1 and store.pseudo_round == rounds
     assert all(f"selftrain-round-{r}" in report for r in range(1, rounds + 1))
     assert [r["round"] for r in store.load_run("selftrain")["rounds"]] == list(range(1, rounds + 1))
     seg = store.load_run("segmentation")
@@ -247,17 +245,17 @@ def test_only_the_last_round_trains_longer():
 
 def test_self_training_round_bookkeeping(cpu_copy):
     from pipeline.stages.segment import train_segmenter
-    from pipeline.stages.selftrain import next_round_labels, pseudo_round, refine_round, refined_pseudo, reset_rounds
+    from pipeline.stages.selftrain import next_round_labels, refine_round, refined_pseudo, reset_rounds
 
     store, cfg = cpu_copy
     n = store.names("train")[0]
     stage1 = store.read(n, "pseudo_cam")
     before = store.read(n, "pseudo")
-    done = pseudo_round(store)  # the preset's rounds, already run by the fixture
+    done = store.pseudo_round  # the preset's rounds, already run by the fixture
     preview = next_round_labels(store, n, cfg.patches.size, cfg.cam)  # what the round will write, nothing written
     assert np.array_equal(store.read(n, "pseudo"), before)
     entry = run(refine_round(store, cfg.patches.size, cam_cfg=cfg.cam))
-    assert entry["round"] == pseudo_round(store) == done + 1
+    assert entry["round"] == store.pseudo_round == done + 1
     assert np.array_equal(store.read(n, "pseudo_cam"), stage1)  # stage 1's own is never overwritten
     refined = refined_pseudo(store.read(n, "prob"), store.read(n, "patch_corners"),
                              store.read(n, "patch_labels"), cfg.patches.size)
@@ -275,7 +273,7 @@ def test_self_training_round_bookkeeping(cpu_copy):
     with pytest.raises(OEEMError, match="different configuration"):
         run(train_segmenter(store, cfg.segmentation, "cpu"))
     assert reset_rounds(store) == len(store.names("train")) + len(store.names("val"))
-    assert pseudo_round(store) == 0 and np.array_equal(store.read(n, "pseudo"), stage1)
+    assert store.pseudo_round == 0 and np.array_equal(store.read(n, "pseudo"), stage1)
 
 
 def test_refinement_obeys_the_patch_labels():

@@ -55,7 +55,7 @@ def test_corrections_are_kept_with_history_and_undo(project_copy):
     edit2[50:60, 50:55] = 1 - edit2[50:60, 50:55]
     n2 = store.save_correction(name, edit2)
     assert n2 == 150
-    label, clean = store.training_mask(name, "corrected")
+    label, clean = store.labels(name, "corrected")
     assert np.array_equal(label, edit2) and clean.sum() == 150
     assert store.correction_summary() == {"images": 1, "pixels": 150, "per_image": {name: 150}}
     # survives reopening
@@ -66,8 +66,8 @@ def test_corrections_are_kept_with_history_and_undo(project_copy):
     assert reopened.undo_correction(name)
     assert not reopened.has(name, "corrected")
     assert not reopened.undo_correction(name)
-    label, clean = reopened.training_mask(name, "corrected")
-    assert np.array_equal(label, pseudo) and clean is None
+    label, clean = reopened.labels(name, "corrected")
+    assert np.array_equal(label, pseudo) and not clean.any()
 
 
 def test_corrections_refuse_other_labels(project_copy):

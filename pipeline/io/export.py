@@ -23,7 +23,7 @@ SOURCES = ("corrected", "pseudo", "prediction")
 
 def mask_for_export(store: ProjectStore, name: str, source: str) -> np.ndarray:
     if source == "corrected":  # corrections where painted, the pseudo-mask elsewhere
-        return store.read(name, "corrected") if store.has(name, "corrected") else store.read(name, "pseudo")
+        return store.labels(name)[0]
     if source in ("pseudo", "prediction"):
         return store.read(name, source)
     raise OEEMError(f"unknown export source {source!r}: choose {', '.join(SOURCES)}")

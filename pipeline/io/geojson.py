@@ -216,8 +216,7 @@ def import_geojson(store, path: str | Path, image: str | None = None) -> dict[st
         if not r.painted.any():
             report["images"][name] = 0
         else:
-            labels = store.read(name, "corrected") if store.has(name, "corrected") else store.read(name, "pseudo")
-            labels = labels.copy()
+            labels = store.labels(name)[0].copy()
             labels[r.gland] = 1
             labels[r.non_gland] = 0
             store.save_correction(name, labels, painted=r.painted)

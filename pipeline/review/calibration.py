@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import OEEMError
-from pipeline.review.evidence import FEATURES, current_labels, signals
+from pipeline.review.evidence import FEATURES, signals
 from pipeline.store import ProjectStore
 
 # Fitted by `benchmarks/annotation_gain.py calibrate` on GlaS's validation split (10 training images held out,
@@ -34,7 +34,7 @@ def _validation_rows(store: ProjectStore, names: list[str], pcfg: PipelineConfig
     rng = np.random.default_rng(seed)
     xs, ys = [], []
     for n in names:
-        labels, _ = current_labels(store, n)
+        labels, _ = store.labels(n)
         sig = signals(store, n, labels, store.read(n, "oof_prob"), pcfg).reshape(len(FEATURES), -1).T
         wrong = (labels != store.mask(n)).ravel()
         idx = rng.choice(wrong.size, min(per_image, wrong.size), replace=False)

@@ -35,14 +35,6 @@ def _labels_at(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return resize(labels.astype(np.float32), shape, order=0, anti_aliasing=False) > 0.5
 
 
-def current_labels(store: ProjectStore, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """The labels training uses now (corrections where painted) and the pathologist-verified pixels."""
-    state = store.correction(name)
-    if state is not None:
-        return state[0], state[1].astype(bool)
-    return store.read(name, "pseudo"), np.zeros(store.shape(name), bool)
-
-
 def out_of_fold_probs(store: ProjectStore, train: list[str], extra: list[str], cfg: RankConfig, seed: int = 0):
     """Gland probability of every ``train`` image from a forest trained on the other folds' labels, and of every
     ``extra`` (validation) image from a forest trained on all of ``train``. A generator of (done, total, name,
@@ -56,7 +48,7 @@ def out_of_fold_probs(store: ProjectStore, train: list[str], extra: list[str], c
     done = 0
     for n in train:
         f = pixel_features(store.image(n), cfg.feature_scale)
-        lab = _labels_at(current_labels(store, n)[0], f.shape[:2]).ravel()
+        lab = _labels_at(store.labels(n)[0], f.shape[:2]).ravel()
         idx = rng.choice(lab.size, min(cfg.samples_per_image, lab.size), replace=False)
         samples[n] = (f.reshape(-1, f.shape[-1])[idx], lab[idx])
         done += 1

@@ -30,7 +30,7 @@ from pipeline.config import PipelineConfig, RankConfig, to_dict
 from pipeline.errors import OEEMError
 from pipeline.progress import Job, Progress
 from pipeline.review.calibration import DEFAULT_CALIBRATION, calibrator, error_probability, fit_calibration
-from pipeline.review.evidence import current_labels, out_of_fold_probs, signals, signals_ready
+from pipeline.review.evidence import out_of_fold_probs, signals, signals_ready
 from pipeline.store import ProjectStore
 
 STAGE = "regions"
@@ -56,7 +56,7 @@ class LabelRegion:
 
 def label_fingerprint(store: ProjectStore, name: str) -> str:
     """Changes whenever the image's labels change: the self-training round and the correction version."""
-    return f"{store.root.attrs.get('pseudo_round', 0)}:{store.correction_version(name) or 0}"
+    return f"{store.pseudo_round}:{store.correction_version(name) or 0}"
 
 
 def label_trust(store: ProjectStore, name: str, strength: float, source: str) -> np.ndarray:
@@ -141,7 +141,7 @@ def rank_label_errors(store: ProjectStore, pcfg: PipelineConfig, split: str = "t
 
 
 def rank_image(store: ProjectStore, name: str, calibration: dict, pcfg: PipelineConfig, ranking: dict) -> list:
-    labels, verified = current_labels(store, name)
+    labels, verified = store.labels(name)
     predict = calibrator(store, calibration, pcfg)
     p = error_probability(signals(store, name, labels, store.read(name, "oof_prob"), pcfg), predict, verified)
     ids, regions = regions_of(name, p, labels, pcfg.ranking)

@@ -8,7 +8,6 @@ from typing import Any
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import OEEMError
-from pipeline.review.evidence import current_labels
 from pipeline.review.regions import STAGE, label_fingerprint, load_ranking, rank_image, sort_regions
 from pipeline.store import ProjectStore, atomic_write_json
 
@@ -76,7 +75,7 @@ def accept_region(store: ProjectStore, key: str, pcfg: PipelineConfig) -> dict[s
                 "notice": f"{name}: its labels changed since the ranking; re-ranked it - look at the new regions"}
     ids = store.read(name, "regions")
     pixels = ids == region["id"]
-    labels, _ = current_labels(store, name)
+    labels, _ = store.labels(name)
     labels = labels.copy()
     changed = int((labels[pixels] != region["suggested_label"]).sum())
     labels[pixels] = region["suggested_label"]

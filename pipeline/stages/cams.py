@@ -184,7 +184,7 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
     """CAMs and pseudo-masks for every training image with patch labels; scores them where masks exist."""
     dev = resolve_device(device)
     model, cls_cfg = load_classifier(store, dev)
-    names = names or [n for split in ("train", "val") for n in store.names(split) if store.has(n, "patch_labels")]
+    names = names or store.labelled_images()
     if not names:
         raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
     cms = {split: (np.zeros((2, 2), np.int64), np.zeros((2, 2), np.int64)) for split in ("train", "val")}
@@ -207,7 +207,7 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
             cm_cam += confusion(cam.argmax(0), mask)
             cm_pseudo += confusion(pseudo, mask)
         yield Progress(STAGE, k + 1, len(names), n)
-    store.root.attrs["pseudo_round"] = 0
+    store.pseudo_round = 0
     seconds = time.perf_counter() - t0
     record: dict = {"config": asdict(cam_cfg), "images": len(names), "seconds": seconds, "reused_cams": reuse,
                     "seconds_per_image": seconds / len(names), "device": str(dev),

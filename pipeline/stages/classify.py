@@ -64,9 +64,7 @@ def make_patch_labels(store: ProjectStore, cfg: PatchConfig,
 def patch_dataset(store: ProjectStore, size: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
     """All labelled patches of ``split`` as uint8 (N, S, S, 3) and float labels (N, 2), held in memory."""
     images, labels = [], []
-    for n in store.names(split):
-        if not store.has(n, "patch_labels"):
-            continue
+    for n in store.labelled_images((split,)):
         img = store.image(n)
         corners = store.read(n, "patch_corners")
         images += [img[y:y + size, x:x + size] for y, x in corners]

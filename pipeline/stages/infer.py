@@ -134,8 +134,7 @@ def predict(store: ProjectStore, cfg: InferConfig, names: list[str] | None = Non
         store.write(n, "prob", prob[1].astype(np.float32))
         store.write(n, "prediction", mask_from_probs(prob, cfg))
         if store.has(n, "pseudo"):
-            label = store.read(n, "corrected") if store.has(n, "corrected") else store.read(n, "pseudo")
-            store.write(n, "weight", oeem_weight_of(prob, label).astype(np.float32))
+            store.write(n, "weight", oeem_weight_of(prob, store.labels(n)[0]).astype(np.float32))
         yield Progress("predict", k + 1, len(names), n)
     seconds = time.perf_counter() - t0
     labels_round = load_run_round(store, run_name)

@@ -15,9 +15,7 @@ from pipeline.store import ProjectStore
 def segmentation_settings(store: ProjectStore, cfg: PipelineConfig) -> SegConfig:
     """The segmentation settings a training on this project's current pseudo-masks runs with (the last
     self-training round may train longer: ``selftrain.last_round_scale``)."""
-    from pipeline.stages.selftrain import pseudo_round
-
-    return cfg.segmentation_for_round(pseudo_round(store))
+    return cfg.segmentation_for_round(store.pseudo_round)
 
 
 def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
@@ -26,7 +24,6 @@ def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
     if rec is None:
         return False
     from pipeline.stages.models import settings_as_now
-    from pipeline.stages.selftrain import pseudo_round
 
     want = {"patches": to_dict(cfg.patches), "classifier": to_dict(cfg.classifier), "cams": to_dict(cfg.cam),
             "segmentation": to_dict(segmentation_settings(store, cfg)), "predict": to_dict(cfg.inference)}.get(stage)
@@ -37,7 +34,7 @@ def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
         return False
     if stage in ("segmentation", "predict") and cfg.segmentation.label_source != "mask":
         # trained on (or predicted with a model of) the current self-training round's pseudo-masks?
-        return rec.get("labels_round", 0) == pseudo_round(store)
+        return rec.get("labels_round", 0) == store.pseudo_round
     return True
 
 
@@ -63,14 +60,13 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
     if not stage_done(store, "cams", cfg):
         yield from make_cams(store, cfg.cam, cfg.patches, device)
     report["cams"] = store.load_run("cams")
-    from pipeline.stages.selftrain import pseudo_round, refine_round
+    from pipeline.stages.selftrain import refine_round
 
     for r in range(cfg.selftrain.rounds + 1):
         if not stage_done(store, "segmentation", cfg):
             yield from train_segmenter(store, segmentation_settings(store, cfg), device, on_mismatch="restart")
-        if r < cfg.selftrain.rounds and pseudo_round(store) == r:
-            labelled = [n for s in ("train", "val") for n in store.names(s) if store.has(n, "patch_labels")]
-            yield from predict(store, cfg.inference, names=labelled, device=device)
+        if r < cfg.selftrain.rounds and store.pseudo_round == r:
+            yield from predict(store, cfg.inference, names=store.labelled_images(), device=device)
             report[f"selftrain-round-{r + 1}"] = yield from refine_round(store, cfg.patches.size, cam_cfg=cfg.cam)
     report["segmentation"] = store.load_run("segmentation")
     if not stage_done(store, "predict", cfg) or store.load_run("predict").get("images") != len(store.names()):

@@ -109,8 +109,8 @@ def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> t
     weigh = cfg.weighs_by_error_prob()
     ims, codes, padded = [], [], []
     for n in store.names(split):
-        label, clean = store.training_mask(n, cfg.label_source)
-        code = label.astype(np.uint8) + (2 * clean.astype(np.uint8) if clean is not None else 0)
+        label, clean = store.labels(n, cfg.label_source)
+        code = label.astype(np.uint8) + 2 * clean.astype(np.uint8)
         if weigh:
             trust = label_trust(store, n, cfg.error_prob_weight, cfg.label_source)
             levels = np.rint(trust * TRUST_LEVELS).astype(np.uint8)
@@ -138,9 +138,7 @@ def decode(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 def labels_round_of(store: ProjectStore, cfg: SegConfig) -> int:
     """The self-training round of the labels a run trains on (0 for the gland masks and stage-1 pseudo-masks)."""
-    from pipeline.stages.selftrain import pseudo_round
-
-    return 0 if cfg.label_source == "mask" else pseudo_round(store)
+    return 0 if cfg.label_source == "mask" else store.pseudo_round
 
 
 class WeightAverage:

@@ -4,7 +4,7 @@ The segmentation network, trained on noisy pseudo-masks with augmentation and li
 their noise away; its probabilities, restricted by the patch labels exactly as the CAMs are (Eq. 2: a class the
 pathologist's patch label says is absent cannot win), give the next round's pseudo-masks, cleaned as stage 1's are
 (``cam.drop_glands_below`` / ``cam.fill_holes_below``). Each round is recorded:
-the store keeps the stage-1 pseudo-mask as ``pseudo_cam``, the round number in the project's attributes and the
+the store keeps the stage-1 pseudo-mask as ``pseudo_cam``, the round number (``ProjectStore.pseudo_round``) and the
 per-round scores in ``runs/selftrain.json``.
 """
 from __future__ import annotations
@@ -22,11 +22,6 @@ from pipeline.stages.postprocess import clean_mask
 from pipeline.store import ProjectStore
 
 STAGE = "selftrain"
-
-
-def pseudo_round(store: ProjectStore) -> int:
-    """How many self-training rounds the current pseudo-masks have been through (0: straight from the CAMs)."""
-    return int(store.root.attrs.get("pseudo_round", 0))
 
 
 def refined_pseudo(prob: np.ndarray, corners: np.ndarray, labels: np.ndarray, size: int) -> np.ndarray:
@@ -48,7 +43,7 @@ def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None =
     """One self-training round: every image with patch labels gets a new pseudo-mask from its ``prob``, cleaned
     as ``cam_cfg`` cleans stage 1's (none without it)."""
     cam_cfg = cam_cfg or CamConfig()
-    names = names or [n for split in ("train", "val") for n in store.names(split) if store.has(n, "patch_labels")]
+    names = names or store.labelled_images()
     if not names:
         raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
     missing = [n for n in names if not store.has(n, "prob") or not store.has(n, "pseudo")]
@@ -56,7 +51,7 @@ def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None =
         raise OEEMError(f"{store.path}: {len(missing)} image(s) have no prediction yet (e.g. {missing[0]}); a "
                         f"self-training round refines the pseudo-masks with one: run `oeem train-seg {store.path}` "
                         f"and `oeem predict {store.path}` first")
-    before = pseudo_round(store)
+    before = store.pseudo_round
     cms = {s: {k: np.zeros((2, 2), np.int64) for k in ("before", "after")} for s in ("train", "val")}
     changed = 0
     t0 = time.perf_counter()
@@ -72,7 +67,7 @@ def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None =
             cms[store.split(n)]["before"] += confusion(old, mask)
             cms[store.split(n)]["after"] += confusion(new, mask)
         yield Progress(STAGE, k + 1, len(names), n)
-    store.root.attrs["pseudo_round"] = before + 1
+    store.pseudo_round = before + 1
     entry = {"round": before + 1, "images": len(names), "pixels_changed": changed,
              "cleaning": {"drop_glands_below": cam_cfg.drop_glands_below,
                           "fill_holes_below": cam_cfg.fill_holes_below},
@@ -93,5 +88,5 @@ def reset_rounds(store: ProjectStore) -> int:
         if store.has(n, "pseudo_cam"):
             store.write(n, "pseudo", store.read(n, "pseudo_cam"))
             restored += 1
-    store.root.attrs["pseudo_round"] = 0
+    store.pseudo_round = 0
     return restored

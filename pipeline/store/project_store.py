@@ -2,19 +2,27 @@
 
 Layout (``<project>.zarr``)::
 
-    zarr.json                      attrs: oeem_store_version, created_with
-    images/<name>/                 attrs: split, source, height, width
+    zarr.json                      attrs: oeem_store_version, created_with, created; pseudo_round (self-training
+                                   rounds the pseudo-masks went through: :attr:`ProjectStore.pseudo_round`);
+                                   validation (the held-out images and the seed that chose them)
+    images/<name>/                 attrs: split, source, height, width (slide regions: slide_region, where from)
         image (H, W, 3) uint8      mask (H, W) uint8 0/1 (when known)
         patch_corners (N, 2) int32 patch_labels (N, 2) uint8 [non-gland, gland]
-        cam (2, H, W) float32      pseudo (H, W) uint8
+        cam (2, H, W) float32      pseudo (H, W) uint8   pseudo_cam (H, W) uint8 (stage 1's own, once self-training
+                                   replaced it)
         corrections/vNNNNNN (2, H, W) uint8   a saved correction state: (corrected labels, verified = 1 where a
                                    pathologist painted); each version written whole, never modified
         weight (H, W) float32      prob (H, W) float32 (gland)   prediction (H, W) uint8
+        oof_prob (H, W) float32    error_prob (H, W) float32   regions (H, W) int32   the label review: the
+                                   out-of-fold pixel classifier, P(label wrong) and the ranked regions' ids
     corrections/<name>.json        which versions are the undo stack, the last one current; replaced atomically
                                    *after* its version is written, so a crash at any moment leaves the last
                                    saved (or the new) state, never a mix
     checkpoints/<stage>.pt         plain torch files (weights-only loadable), written atomically
-    runs/<stage>.json              config, metrics and timings of the last run of each stage
+                                   (:meth:`ProjectStore.save_checkpoint`); <stage>.previous.pt: the one a fresh
+                                   run moved aside
+    runs/<stage>.json              config, metrics and timings of the last run of each stage (config.json: the
+                                   project's settings; review.json: the pathologist's accept / skip / undo)
     .lock, .lock.json              the writer lock (one writing process at a time) and who holds it
 
 The CLI, the Python API and the napari plugin all read and write here, so a stage can be resumed or re-run
@@ -301,26 +309,57 @@ class ProjectStore:
         p = self.path / "runs" / f"{stage}.json"
         return json.loads(p.read_text()) if p.is_file() else None
 
-    # ------------------------------------------------------------------ corrections
-    def training_mask(self, name: str, source: str) -> tuple[np.ndarray, np.ndarray | None]:
-        """The label a segmentation run trains on, and the pixels known to be clean (pathologist-verified).
+    def save_checkpoint(self, stage: str, state: dict[str, Any]) -> Path:
+        """Write a stage's checkpoint (a plain torch file, loadable with ``weights_only``) atomically: a reader, or a
+        run killed while it is written, sees the previous checkpoint or the new one, never half of one."""
+        import io
 
-        ``source``: ``pseudo`` (weak labels only), ``corrected`` (pseudo-mask with the painted corrections; the
-        painted pixels are returned as clean) or ``mask`` (the gland mask: the fully-supervised upper bound).
-        """
+        import torch
+
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        path = self.checkpoint_path(stage)
+        atomic_write_bytes(path, buf.getvalue())
+        return path
+
+    # ------------------------------------------------------------------ what training learns from
+    @property
+    def pseudo_round(self) -> int:
+        """How many self-training rounds the current pseudo-masks have been through (0: straight from the CAMs)."""
+        return int(self.root.attrs.get("pseudo_round", 0))
+
+    @pseudo_round.setter
+    def pseudo_round(self, value: int) -> None:
+        self.root.attrs["pseudo_round"] = int(value)
+
+    def labelled_images(self, splits: Sequence[str] = ("train", "val")) -> list[str]:
+        """The images of ``splits`` (in that order) that have patch labels: those stage 1 makes pseudo-masks for and
+        self-training refines."""
+        return [n for split in splits for n in self.names(split) if self.has(n, "patch_labels")]
+
+    def labels(self, name: str, source: str = "corrected") -> tuple[np.ndarray, np.ndarray]:
+        """The labels ``name`` trains on (H x W, 0/1) and the pixels among them a pathologist verified (bool).
+
+        ``source``: ``corrected`` (the default: the current correction where there is one, else the pseudo-mask with
+        nothing verified), ``pseudo`` (the pseudo-mask alone) or ``mask`` (the gland mask: the fully-supervised
+        upper bound, nothing verified). Training, prediction's weight map, export, the label review and the viewer
+        all ask here."""
         if source == "mask":
             m = self.mask(name)
             if m is None:
                 raise OEEMError(f"{self.path}: image {name!r} has no gland mask; full supervision needs masks")
-            return m, None
+            return m, np.zeros(m.shape, bool)
+        if source not in ("pseudo", "corrected"):
+            raise OEEMError(f"unknown label source {source!r}: choose pseudo, corrected or mask")
         if not self.has(name, "pseudo"):
             raise OEEMError(f"{self.path}: image {name!r} has no pseudo-mask yet; run `oeem cams {self.path}` first")
-        if source == "corrected" and self.has(name, "corrected"):
-            return self.read(name, "corrected"), self.read(name, "verified").astype(bool)
-        if source in ("pseudo", "corrected"):
-            return self.read(name, "pseudo"), None
-        raise OEEMError(f"unknown label source {source!r}: choose pseudo, corrected or mask")
+        state = self.correction(name) if source == "corrected" else None
+        if state is not None:
+            return state[0], state[1].astype(bool)
+        pseudo = self.read(name, "pseudo")
+        return pseudo, np.zeros(pseudo.shape, bool)
 
+    # ------------------------------------------------------------------ corrections
     def _index_path(self, name: str) -> Path:
         return self.path / "corrections" / f"{name}.json"
 
