@@ -31,7 +31,7 @@ def make_project(work: Path) -> Path:
     import torch
 
     from pipeline.config import preset
-    from pipeline.stages.segment import _save, build_segmenter, stage_name
+    from pipeline.stages.segment import build_segmenter, segmentation_checkpoint, stage_name
     from pipeline.store import ProjectStore
     from pipeline.store.project import create_project
 
@@ -42,9 +42,9 @@ def make_project(work: Path) -> Path:
     cfg = preset("cpu").segmentation
     torch.manual_seed(0)
     model = build_segmenter(cfg).eval()
-    ck = store.checkpoint_path(stage_name(None))
-    if not ck.exists():
-        _save(ck, model, torch.optim.SGD(model.parameters(), lr=0.01), 1, cfg)
+    if not store.checkpoint_path(stage_name(None)).exists():
+        store.save_checkpoint(stage_name(None), segmentation_checkpoint(
+            model, torch.optim.SGD(model.parameters(), lr=0.01), 1, cfg))
     return path
 
 

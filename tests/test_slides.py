@@ -124,7 +124,7 @@ def _varied_model(store, image, run_name: str = "local") -> None:
 
     from pipeline.config import NORMS, BackboneConfig, SegConfig
     from pipeline.device import to_tensor_image
-    from pipeline.stages.segment import _save, build_segmenter, stage_name
+    from pipeline.stages.segment import build_segmenter, segmentation_checkpoint, stage_name
 
     torch.manual_seed(0)
     cfg = SegConfig(backbone=BackboneConfig(name="unet", widths=(8, 16, 32)), decoder="unet", head_channels=8)
@@ -142,7 +142,8 @@ def _varied_model(store, image, run_name: str = "local") -> None:
         diff = (out[:, 1] - out[:, 0]).flatten()
         model.cls[1].bias[1] -= diff.median()
         model.cls[1].weight.mul_(3 / (diff.std() + 1e-6))
-    _save(store.checkpoint_path(stage_name(run_name)), model, torch.optim.SGD(model.parameters(), lr=0.1), 1, cfg)
+    store.save_checkpoint(stage_name(run_name),
+                          segmentation_checkpoint(model, torch.optim.SGD(model.parameters(), lr=0.1), 1, cfg))
 
 
 def test_tiled_prediction_equals_whole_image_prediction(project_copy, slide_path, tmp_path):

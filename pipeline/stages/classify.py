@@ -1,8 +1,7 @@
 """Stage 1a: patch labels and the multi-label patch classifier."""
 from __future__ import annotations
 
-import logging
-import time
+import functools
 import uuid
 from dataclasses import asdict
 
@@ -11,17 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import GLAS_MEAN, GLAS_STD, ClassifierConfig, PatchConfig
-from pipeline.device import autocast, channels_last, precision_name, resolve_device, resolve_precision, set_threads
+from pipeline.device import autocast, channels_last, precision_name, resolve_precision
 from pipeline.errors import OEEMError
-from pipeline.progress import Job, Progress
+from pipeline.progress import Job
 from pipeline.stages.augment import random_resized_crop
-from pipeline.stages.distributed import setup as setup_distributed
-from pipeline.stages.models import PatchClassifier, build_backbone, load_model_state, resume_training, safe_torch_load
+from pipeline.stages.models import PatchClassifier, build_backbone, load_model_state, safe_torch_load
 from pipeline.stages.patches import patch_grid, patch_labels
-from pipeline.stages.training import poly_lr
-from pipeline.store import ProjectStore, atomic_write_bytes
-
-log = logging.getLogger("oeem")
+from pipeline.stages.training import Loop, prepare, resume, train
+from pipeline.store import ProjectStore
 
 STAGE = "classifier"
 
@@ -78,15 +74,6 @@ def build_classifier(cfg: ClassifierConfig) -> PatchClassifier:
     return PatchClassifier(build_backbone(cfg.backbone))
 
 
-def _save(store: ProjectStore, model, opt, epoch: int, cfg: ClassifierConfig, patch_cfg: PatchConfig) -> None:
-    import io
-
-    buf = io.BytesIO()
-    torch.save({"kind": STAGE, "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
-                "config": asdict(cfg), "patches": asdict(patch_cfg)}, buf)
-    atomic_write_bytes(store.checkpoint_path(STAGE), buf.getvalue())
-
-
 def load_classifier(store: ProjectStore, device: str | torch.device = "cpu") -> tuple[PatchClassifier,
                                                                                        ClassifierConfig]:
     from pipeline.config import from_dict
@@ -109,79 +96,58 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
 
     A checkpoint made with other settings is an error with ``on_mismatch="error"`` (the CLI's train commands,
     which offer ``--redo``); with ``"restart"`` (``oeem run``, the plugin) it is moved aside and training
-    starts afresh.
-
-    Under ``torchrun`` every rank draws and augments the same global batch and trains on its slice through
-    DistributedDataParallel (as ``train_segmenter``); only rank 0 writes the checkpoint and the run record."""
-    set_threads(cfg.threads)
-    dist = setup_distributed(resolve_device(device))
+    starts afresh. The loop, torchrun included, is :func:`pipeline.stages.training.train`'s; only rank 0 writes
+    the checkpoint and the run record."""
+    dist, gen = prepare(cfg.threads, device, cfg.batch_size, "classifier.batch_size", cfg.seed)
     dev = dist.device
-    dist.shard(cfg.batch_size, "classifier.batch_size")
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     patches, labels = patch_dataset(store, patch_cfg.size)
     model = build_classifier(cfg).to(dev, memory_format=torch.channels_last)
     amp = resolve_precision(cfg.precision, dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    start_epoch = 0
-    ck_path = store.checkpoint_path(STAGE)
     settings = {"config": asdict(cfg), "patches": asdict(patch_cfg)}
-    # rank 0 first: it may move a checkpoint of other settings aside; the others then load what it left
-    ck, notice = dist.main_first(lambda: resume_training(store, STAGE, settings, model, opt, restart, on_mismatch))
-    net = dist.wrap(model)  # the training step's module; checkpoints take model's own state
-    if notice:
-        log.info("%s", notice)
-        yield Progress(STAGE, 0, 0, "starting afresh", notice=notice)
-    elif ck is not None:
-        start_epoch = int(ck["epoch"])
+    ck, notice = resume(store, STAGE, dist, settings, model, opt, restart, on_mismatch)
     n = len(patches)
     if n < dist.world_size:
         raise OEEMError(f"{n} training patches cannot be shared by {dist.world_size} torchrun processes")
     steps_per_epoch = max(1, n // cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
+    start_epoch = int(ck["epoch"]) if ck is not None else 0
     mean = torch.tensor(GLAS_MEAN, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(GLAS_STD, device=dev).view(1, 3, 1, 1)
-    t0 = time.perf_counter()
-    seen = 0
-    loss_ema = None
-    for epoch in range(start_epoch, cfg.epochs):
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-        net.train()
-        for it in range(steps_per_epoch):
-            step = epoch * steps_per_epoch + it
-            idx = order[it * cfg.batch_size:(it + 1) * cfg.batch_size]
-            x = patches[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
-            x = random_resized_crop(x, cfg.input_size, cfg.crop_scale, gen)
-            x = (x - mean) / std
-            y = labels[idx].to(dev)
-            if dist.enabled:  # the whole global batch was drawn and augmented above: keep this rank's slice
-                x, y = x[dist.rank::dist.world_size], y[dist.rank::dist.world_size]
-            for g in opt.param_groups:
-                g["lr"] = poly_lr(cfg.lr, step, total, cfg.poly_power)
-            with autocast(dev, amp):
-                logits = net(channels_last(x))
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y)
-            value = dist.all_reduce_mean(loss.item())  # the global batch's loss, the same on every rank
-            if not np.isfinite(value):
-                raise OEEMError(f"the classifier loss became {value} at epoch {epoch + 1}; the last good "
-                                f"checkpoint is kept in {ck_path} - lower the learning rate (--lr) and resume")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += len(idx)
-            loss_ema = value if loss_ema is None else 0.9 * loss_ema + 0.1 * value
-            if it % 5 == 0 or it == steps_per_epoch - 1:
-                rate = seen / (time.perf_counter() - t0)
-                yield Progress(STAGE, step + 1, total, f"epoch {epoch + 1}/{cfg.epochs}",
-                               {"loss": loss_ema, "patches_per_s": rate})
-        if dist.is_main:
-            _save(store, model, opt, epoch + 1, cfg, patch_cfg)
-        dist.barrier()  # no rank goes on (or resumes later) before the checkpoint is whole
-    elapsed = time.perf_counter() - t0
-    record = {"config": asdict(cfg), "patches": asdict(patch_cfg), "device": str(dev), "n_patches": n,
+
+    @functools.lru_cache(maxsize=1)
+    def epoch_order(epoch: int) -> torch.Tensor:  # each epoch's own shuffle, whatever epoch a run resumes at
+        return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, it = divmod(step, steps_per_epoch)
+        idx = epoch_order(epoch)[it * cfg.batch_size:(it + 1) * cfg.batch_size]
+        x = patches[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
+        x = random_resized_crop(x, cfg.input_size, cfg.crop_scale, gen)
+        return (x - mean) / std, labels[idx].to(dev)
+
+    def loss(net: torch.nn.Module, xy: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
+        x, y = xy
+        with autocast(dev, amp):
+            logits = net(channels_last(x))
+        return F.binary_cross_entropy_with_logits(logits.float(), y)
+
+    def checkpoint(steps: int, history: list) -> dict:
+        return {"kind": STAGE, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "epoch": steps // steps_per_epoch, **settings}
+
+    def message(step: int) -> str | None:
+        epoch, it = divmod(step, steps_per_epoch)
+        return f"epoch {epoch + 1}/{cfg.epochs}" if it % 5 == 0 or it == steps_per_epoch - 1 else None
+
+    loop = Loop(STAGE, "classifier", steps_per_epoch * cfg.epochs, batch, loss, checkpoint,
+                checkpoint_every=steps_per_epoch, save_on_cancel=False,  # a checkpoint marks a whole epoch
+                where=lambda step: f"epoch {step // steps_per_epoch + 1}", message=message, lr=cfg.lr,
+                poly_power=cfg.poly_power, loss_weight=0.1, rate="patches_per_s")
+    done = yield from train(store, loop, dist, model, opt, start_epoch * steps_per_epoch, notice)
+    record = {**settings, "device": str(dev), "n_patches": n,
               "run_id": uuid.uuid4().hex,  # lets the CAM stage tell whether its CAMs came from this model
-              "epochs_run": cfg.epochs - start_epoch, "seconds": elapsed, "final_loss": loss_ema,
-              "patches_per_s": seen / elapsed if elapsed > 0 else None, "world_size": dist.world_size,
+              "epochs_run": cfg.epochs - start_epoch, "seconds": done.seconds, "final_loss": done.final_loss,
+              "patches_per_s": done.per_second(done.samples), "world_size": dist.world_size,
               "precision": precision_name(amp)}
     if dist.is_main:
         store.save_run(STAGE, record)

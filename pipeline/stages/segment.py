@@ -3,9 +3,7 @@ corrected / full masks) with the OEEM loss, optionally at a reduced working reso
 stage-1 classifier's backbone."""
 from __future__ import annotations
 
-import io
 import logging
-import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -13,16 +11,15 @@ import numpy as np
 import torch
 
 from pipeline.config import LOSS_KINDS, NORMS, SegConfig
-from pipeline.device import autocast, channels_last, precision_name, resolve_device, resolve_precision, set_threads
+from pipeline.device import autocast, channels_last, precision_name, resolve_precision
 from pipeline.errors import OEEMError
-from pipeline.progress import Job, Progress
+from pipeline.progress import Job
 from pipeline.stages.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
-from pipeline.stages.distributed import setup as setup_distributed
 from pipeline.stages.losses import segmentation_loss
-from pipeline.stages.models import PSPNet, UNet, build_backbone, load_model_state, resume_training, safe_torch_load
+from pipeline.stages.models import PSPNet, UNet, build_backbone, load_model_state, safe_torch_load
 from pipeline.stages.patches import grid_starts
-from pipeline.stages.training import poly_lr
-from pipeline.store import ProjectStore, atomic_write_bytes
+from pipeline.stages.training import Loop, prepare, resume, train
+from pipeline.store import ProjectStore
 
 log = logging.getLogger("oeem")
 
@@ -162,18 +159,17 @@ class WeightAverage:
                 avg.copy_(cur)
 
 
-def _save(path, model, opt, it: int, cfg: SegConfig, labels_round: int = 0,
-          loss_history: list[float | None] | None = None, average: WeightAverage | None = None) -> None:
-    """``model`` holds what predicts (the weight average when there is one); ``train_model`` what training
-    resumes from."""
-    buf = io.BytesIO()
+def segmentation_checkpoint(model, opt, it: int, cfg: SegConfig, labels_round: int = 0,
+                            loss_history: list[float | None] | None = None,
+                            average: WeightAverage | None = None) -> dict:
+    """What a segmentation checkpoint holds (:meth:`ProjectStore.save_checkpoint` writes it): ``model`` what
+    predicts (the weight average when there is one), ``train_model`` what training resumes from."""
     state = {"kind": "segmentation", "model": (average.module if average else model).state_dict(),
              "optimizer": opt.state_dict(), "iteration": it, "config": asdict(cfg), "labels_round": labels_round,
              "loss_history": list(loss_history or [])}
     if average is not None:
         state["train_model"] = model.state_dict()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    return state
 
 
 def load_segmenter(store: ProjectStore, run_name: str | None = None,
@@ -211,23 +207,16 @@ def load_segmenter_file(path: Path, device: str | torch.device = "cpu") -> tuple
 
 def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", run_name: str | None = None,
                     restart: bool = False, on_mismatch: str = "error") -> Job[dict]:
-    """Train (or resume) PSPNet. Checkpoints every ``checkpoint_every`` iterations and when cancelled; the run
-    uses the *last* checkpoint (no selection on test data). ``on_mismatch`` as in ``train_classifier``.
-
-    Under ``torchrun`` (see :mod:`pipeline.stages.distributed`) every rank draws and augments the same global batch
-    with the shared seeded generator - the random stream of a one-process run - and trains on its slice
-    ``[rank::world_size]`` through DistributedDataParallel; only rank 0 writes the checkpoint and the run record,
-    and every rank resumes from that one checkpoint."""
+    """Train (or resume) the segmentation network (``cfg.decoder``: PSPNet as in the paper, or a U-Net).
+    Checkpoints every ``checkpoint_every`` iterations and when cancelled; the run uses the *last* checkpoint (no
+    selection on test data). ``on_mismatch`` as in ``train_classifier``. The loop, torchrun included, is
+    :func:`pipeline.stages.training.train`'s: every rank resumes from the one checkpoint rank 0 wrote."""
     if cfg.loss not in LOSS_KINDS:
         raise OEEMError(f"unknown loss {cfg.loss!r}: choose one of {', '.join(LOSS_KINDS)}")
     if not cfg.weight_temperature > 0:
         raise OEEMError(f"the weight temperature must be > 0 (1 is the paper's), not {cfg.weight_temperature}")
-    set_threads(cfg.threads)
-    dist = setup_distributed(resolve_device(device))
+    dist, gen = prepare(cfg.threads, device, cfg.batch_size, "segmentation.batch_size", cfg.seed)
     dev = dist.device
-    dist.shard(cfg.batch_size, "segmentation.batch_size")
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
     images, codes, padded = tile_dataset(store, cfg)
     weigh = cfg.weighs_by_error_prob()
     if padded and dist.is_main:
@@ -239,13 +228,10 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     amp = resolve_precision(cfg.precision, dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     stage = stage_name(run_name)
-    ck_path = store.checkpoint_path(stage)
     start = 0
     labels_round = labels_round_of(store, cfg)
-    # rank 0 first: it may move a checkpoint of other settings aside; the others then load what it left
-    ck, notice = dist.main_first(lambda: resume_training(
-        store, stage, {"config": asdict(cfg), "labels_round": labels_round}, model, opt, restart, on_mismatch,
-        defaults={"config": asdict(SegConfig()), "labels_round": 0}))
+    ck, notice = resume(store, stage, dist, {"config": asdict(cfg), "labels_round": labels_round}, model, opt,
+                        restart, on_mismatch, defaults={"config": asdict(SegConfig()), "labels_round": 0})
     loss_history: list[float | None] = []
     warm = previous_round_weights(store, stage, labels_round) if cfg.warm_start and ck is None else None
     if warm is not None:
@@ -257,84 +243,60 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
                             "false) or keep the previous round's network settings") from None
         initialised_from = warm[1]
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    if notice:
-        log.info("%s", notice)
-        yield Progress(stage, 0, 0, "starting afresh", notice=notice)
-    elif ck is not None:
+    if ck is not None:
         start = int(ck["iteration"])
         if average is not None:  # "model" held the average; training resumes from its own weights
             average.module.load_state_dict(ck["model"])
-            load_model_state(model, ck["train_model"], ck_path)
+            load_model_state(model, ck["train_model"], store.checkpoint_path(stage))
         # the global-mean loss of every iteration so far; None for those of a checkpoint that predates the list
         loss_history = list(ck.get("loss_history") or [])[:start]
         loss_history = [None] * (start - len(loss_history)) + loss_history
-    net = dist.wrap(model)  # the training step's module; checkpoints take model's own state
     mean = torch.tensor(NORMS[cfg.input_norm][0], device=dev).view(1, 3, 1, 1)
     std = torch.tensor(NORMS[cfg.input_norm][1], device=dev).view(1, 3, 1, 1)
     n = len(images)
-    t0 = time.perf_counter()
-    loss_ema = None
-    it = start
-    total = cfg.training_iterations()
     # the generator state must not depend on where a resumed run starts
     for _ in range(start):
         torch.randint(0, n, (cfg.batch_size,), generator=gen)
-    try:
-        while it < total:
-            idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
-            x = images[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
-            code = codes[idx].to(dev).long()
-            x, code = random_zoom_crop(x, code, cfg.crop_size, cfg.ratio_range, gen, IGNORE)
-            if cfg.rotate90:
-                x, code = random_rot90(x, code, gen)
-            x = stain_jitter(x, cfg.stain_jitter, gen)
-            x = (photometric(x, gen) - mean) / std
-            if dist.enabled:  # the whole global batch was drawn and augmented above: keep this rank's slice
-                x, code = x[dist.rank::dist.world_size], code[dist.rank::dist.world_size]
-            target, clean, trust = decode(code)
-            kind = "ce" if it < cfg.warmup_ce_iters else cfg.loss
-            for g in opt.param_groups:
-                g["lr"] = poly_lr(cfg.lr, it, total, cfg.poly_power, cfg.min_lr)
-            net.train()
-            with autocast(dev, amp):
-                main, aux = net(channels_last(x), with_aux=True)
-            main, aux = main.float(), aux.float()  # losses (and OEEM's weights) in fp32
-            kw = dict(kind=kind, ignore_index=IGNORE, clean=clean if clean.any() else None,
-                      ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
-                      temperature=cfg.weight_temperature, clean_weight=cfg.verified_weight,
-                      prior=trust if weigh else None)
-            loss = segmentation_loss(main, target, **kw) + cfg.aux_weight * segmentation_loss(aux, target, **kw)
-            # the global batch's loss; a non-finite loss on any rank makes it non-finite on all, so all stop
-            value = dist.all_reduce_mean(loss.item())
-            if not np.isfinite(value):
-                raise OEEMError(f"the segmentation loss became {value} at iteration {it + 1}; stopped. "
-                                f"The last good checkpoint is kept in {ck_path}: lower --lr and resume")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if average is not None:
-                average.update(model, it)
-            it += 1
-            loss_history.append(value)
-            loss_ema = value if loss_ema is None else 0.95 * loss_ema + 0.05 * value
-            if it % cfg.checkpoint_every == 0 or it == total:
-                if dist.is_main:
-                    _save(ck_path, model, opt, it, cfg, labels_round, loss_history, average)
-                dist.barrier()  # no rank goes on (or resumes later) before the checkpoint is whole
-            elapsed = time.perf_counter() - t0
-            yield Progress(stage, it, total, f"{kind} loss",
-                           {"loss": loss_ema, "it_per_s": (it - start) / elapsed})
-    except (GeneratorExit, KeyboardInterrupt):  # cancelled: keep what was learnt so far
-        if it > start and dist.is_main:  # no barrier: the other ranks may be gone already
-            _save(ck_path, model, opt, it, cfg, labels_round, loss_history, average)
-        raise
-    elapsed = time.perf_counter() - t0
-    record = {"config": asdict(cfg), "device": str(dev), "tiles": n, "iterations_run": it - start,
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
+        x = images[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
+        code = codes[idx].to(dev).long()
+        x, code = random_zoom_crop(x, code, cfg.crop_size, cfg.ratio_range, gen, IGNORE)
+        if cfg.rotate90:
+            x, code = random_rot90(x, code, gen)
+        x = stain_jitter(x, cfg.stain_jitter, gen)
+        return (photometric(x, gen) - mean) / std, code
+
+    def kind(step: int) -> str:
+        return "ce" if step < cfg.warmup_ce_iters else cfg.loss
+
+    def loss(net: torch.nn.Module, xc: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
+        x, code = xc
+        target, clean, trust = decode(code)
+        with autocast(dev, amp):
+            main, aux = net(channels_last(x), with_aux=True)
+        main, aux = main.float(), aux.float()  # losses (and OEEM's weights) in fp32
+        kw = dict(kind=kind(step), ignore_index=IGNORE, clean=clean if clean.any() else None,
+                  ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
+                  temperature=cfg.weight_temperature, clean_weight=cfg.verified_weight,
+                  prior=trust if weigh else None)
+        return segmentation_loss(main, target, **kw) + cfg.aux_weight * segmentation_loss(aux, target, **kw)
+
+    loop = Loop(stage, "segmentation", cfg.training_iterations(), batch, loss,
+                checkpoint=lambda it, history: segmentation_checkpoint(model, opt, it, cfg, labels_round, history,
+                                                                       average),
+                checkpoint_every=cfg.checkpoint_every, save_on_cancel=True,
+                where=lambda step: f"iteration {step + 1}", message=lambda step: f"{kind(step)} loss", lr=cfg.lr,
+                poly_power=cfg.poly_power, min_lr=cfg.min_lr, loss_weight=0.05, rate="it_per_s",
+                after_step=(lambda step: average.update(model, step)) if average is not None else None)
+    done = yield from train(store, loop, dist, model, opt, start, notice, loss_history)
+    record = {"config": asdict(cfg), "device": str(dev), "tiles": n, "iterations_run": done.steps,
               "padded_images": padded, "initialised_from": initialised_from, "labels_round": labels_round,
               "clean_pixels_in_tiles": int((((codes >> 1) & 1).bool() & (codes != IGNORE)).sum()),
-              "seconds": elapsed, "it_per_s": (it - start) / elapsed if elapsed > 0 else None,
-              "final_loss": loss_ema, "checkpoint": "last iteration (no model selection)",
-              "world_size": dist.world_size, "precision": precision_name(amp), "loss_history": loss_history}
+              "seconds": done.seconds, "it_per_s": done.per_second(done.steps), "final_loss": done.final_loss,
+              "checkpoint": "last iteration (no model selection)", "world_size": dist.world_size,
+              "precision": precision_name(amp), "loss_history": done.history}
     if weigh:  # how much of the labels' weight the review's doubt left them, over the tiles' valid pixels
         record["label_trust_mean"] = float((codes[codes != IGNORE] >> 2).float().mean()) / TRUST_LEVELS
     if dist.is_main:
