@@ -14,6 +14,7 @@ import zarr
 from PIL import Image
 
 from pipeline.errors import OEEMError
+from pipeline.io.omezarr import write_label_file
 from pipeline.store import ProjectStore
 
 FORMATS = ("png", "tiff", "zarr", "geojson")
@@ -100,7 +101,7 @@ def _write_one(path: Path, mask: np.ndarray, name: str, fmt: str) -> Path:
     elif fmt == "tiff":
         tifffile.imwrite(path, mask * 255, compression="zlib", metadata={"axes": "YX"})
     elif fmt == "zarr":
-        write_ome_labels(path, mask, name)
+        write_label_file(path, mask, name)
     else:
         from pipeline.io.geojson import mask_to_geojson
 
@@ -128,19 +129,6 @@ def write_mask_file(path: str | Path, mask: np.ndarray, name: str | None = None)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
-
-
-def write_ome_labels(path: Path, mask: np.ndarray, name: str) -> None:
-    """A single-scale OME-Zarr (NGFF 0.5 'multiscales' on zarr v3) holding the label image as ``0``."""
-    g = zarr.open_group(str(path), mode="w")
-    arr = g.create_array("0", shape=mask.shape, dtype="uint8", chunks=(min(512, mask.shape[0]),
-                                                                       min(512, mask.shape[1])))
-    arr[...] = mask
-    g.attrs["ome"] = {"version": "0.5", "multiscales": [{
-        "name": name, "axes": [{"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0, 1.0]}]}]}],
-        "image-label": {"colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]},
-                                   {"label-value": 1, "rgba": [0, 200, 80, 255]}]}}
 
 
 def read_exported_mask(path: str | Path) -> np.ndarray:

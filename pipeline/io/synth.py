@@ -94,9 +94,6 @@ def synth_tissue(h: int = 256, w: int = 256, seed: int = 0) -> tuple[np.ndarray,
     return image, gland.astype(np.uint8)
 
 
-GLASS_RGB = 242  # empty glass on a brightfield scan
-
-
 def write_sample_folder(folder, n_train: int = 10, n_test: int = 4, size: tuple[int, int] = (320, 384),
                         seed: int = 0) -> None:
     """Write a GlaS-style folder (``train_N.png`` + ``train_N_anno.png`` with 0/255 masks)."""
@@ -126,6 +123,9 @@ def write_synthetic_slide(path, size: tuple[int, int] = (4096, 4096), tissue_fra
     import tifffile
     import zarr
 
+    from pipeline.io.omezarr import half
+
+    glass = 242  # empty glass on a brightfield scan
     path = Path(path)
     h, w = size
     a = np.sqrt(max(tissue_fraction, 1e-6) * h * w / np.pi * (h / w))  # ellipse semi-axes: area = fraction
@@ -141,7 +141,7 @@ def write_synthetic_slide(path, size: tuple[int, int] = (4096, 4096), tissue_fra
                 yy, xx = np.mgrid[y0:y0 + block, x0:x0 + block]
                 inside = ((yy - h / 2) / a) ** 2 + ((xx - w / 2) / b) ** 2 < 1
                 rng = np.random.default_rng(seed * 7919 + by * 100003 + bx)
-                out = np.clip(rng.normal(GLASS_RGB, 2, (block, block, 3)), 0, 255).astype(np.uint8)
+                out = np.clip(rng.normal(glass, 2, (block, block, 3)), 0, 255).astype(np.uint8)
                 if inside.any():
                     image, _ = synth_tissue(block, block, seed=int(rng.integers(1 << 30)))
                     out = np.where(inside[..., None], image, out)
@@ -155,9 +155,10 @@ def write_synthetic_slide(path, size: tuple[int, int] = (4096, 4096), tissue_fra
             for y0 in range(0, nh, block):
                 for x0 in range(0, nw, block):
                     src = np.asarray(prev[2 * y0:2 * (y0 + block), 2 * x0:2 * (x0 + block)])
+                    # an odd side is padded, not trimmed: a TIFF level covers the whole slide
                     src = np.pad(src, ((0, src.shape[0] % 2), (0, src.shape[1] % 2), (0, 0)), mode="edge")
-                    small = src.reshape(src.shape[0] // 2, 2, src.shape[1] // 2, 2, 3).mean((1, 3))
-                    arr[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = np.rint(small).astype(np.uint8)
+                    small = half(src)
+                    arr[y0:y0 + small.shape[0], x0:x0 + small.shape[1]] = small
             levels.append(arr)
 
         def tiles(arr):

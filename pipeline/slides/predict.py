@@ -27,6 +27,7 @@ import numpy as np
 from pipeline.config import InferConfig, SlideConfig
 from pipeline.device import resolve_device
 from pipeline.errors import OEEMError
+from pipeline.io.omezarr import add_levels, image_metadata, label_metadata, labels_group_metadata
 from pipeline.progress import Job, Progress
 from pipeline.slides.blocks import SlideJob, write_blocks
 from pipeline.slides.reader import Slide, open_slide, tissue_mask
@@ -76,13 +77,6 @@ def _write_done(out: Path, done: np.ndarray, fingerprint: dict, complete: bool =
                                        "done": base64.b64encode(np.packbits(done.ravel())).decode()})
 
 
-def _multiscales(name: str, levels: int, mpp: float) -> list[dict]:
-    return [{"name": name, "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
-                                    {"name": "x", "type": "space", "unit": "micrometer"}],
-             "datasets": [{"path": str(k), "coordinateTransformations": [
-                 {"type": "scale", "scale": [mpp * 2 ** k, mpp * 2 ** k]}]} for k in range(levels)]}]
-
-
 def _create_output(out: Path, job: SlideJob, fingerprint: dict) -> None:
     """An empty output (unwritten chunks read as 0: glass costs nothing), made in a temporary folder first."""
     import zarr
@@ -95,14 +89,11 @@ def _create_output(out: Path, job: SlideJob, fingerprint: dict) -> None:
         chunks = (job.block, job.block)
         root.create_array("0", shape=(job.height, job.width), dtype="uint8", chunks=chunks, fill_value=0)
         labels = root.require_group("labels")
-        labels.attrs["ome"] = {"version": "0.5", "labels": ["prediction"]}
+        labels.attrs["ome"] = labels_group_metadata(["prediction"])
         pred = labels.require_group("prediction")
         pred.create_array("0", shape=(job.height, job.width), dtype="uint8", chunks=chunks, fill_value=0)
-        root.attrs["ome"] = {"version": "0.5", "multiscales": _multiscales("gland probability", 1,
-                                                                             job.project_mpp)}
-        pred.attrs["ome"] = {"version": "0.5", "multiscales": _multiscales("prediction", 1, job.project_mpp),
-                             "image-label": {"colors": [{"label-value": 0, "rgba": [0, 0, 0, 0]},
-                                                        {"label-value": 1, "rgba": [0, 200, 80, 255]}]}}
+        root.attrs["ome"] = image_metadata("gland probability", 1, job.project_mpp)
+        pred.attrs["ome"] = label_metadata("prediction", 1, job.project_mpp)
         root.attrs["oeem_slide_prediction"] = {"slide": job.slide, "project_mpp": job.project_mpp}
         os.replace(tmp, out)
         _write_done(out, np.zeros(job.grid, bool), fingerprint)
@@ -113,33 +104,16 @@ def _create_output(out: Path, job: SlideJob, fingerprint: dict) -> None:
 
 
 def build_pyramid(out: Path, project_mpp: float) -> int:
-    """Levels 1.. of both arrays from level 0, chunk by chunk (dask), until a level fits LEVELS_MIN_SIDE:
-    the probability averaged 2x2, the mask taken every second pixel (labels are never averaged)."""
-    import dask.array as da
+    """Levels 1.. of both arrays from level 0 (:func:`pipeline.io.omezarr.add_levels`) until a level fits
+    LEVELS_MIN_SIDE: the probability averaged 2x2, the mask taken every second pixel (labels are never averaged)."""
     import zarr
 
     root = zarr.open_group(str(out), mode="r+")
     pred = root["labels/prediction"]
-    k = 0
-    while max(root[str(k)].shape) > LEVELS_MIN_SIDE:
-        prob = da.from_zarr(root[str(k)])
-        mask = da.from_zarr(pred[str(k)])
-        h, w = prob.shape
-        if h < 2 or w < 2:
-            break
-        small_p = da.coarsen(np.mean, prob, {0: 2, 1: 2}, trim_excess=True).round().astype(np.uint8)
-        small_m = mask[: h - h % 2: 2, : w - w % 2: 2]
-        k += 1
-        for group, data in ((root, small_p), (pred, small_m)):
-            chunks = tuple(min(c, s) for c, s in zip(root["0"].chunks, data.shape))
-            arr = group.create_array(str(k), shape=data.shape, dtype="uint8", chunks=chunks, fill_value=0,
-                                     overwrite=True)
-            da.store(data.rechunk(chunks), arr, lock=False)
-    levels = k + 1
-    root.attrs["ome"] = {"version": "0.5", "multiscales": _multiscales("gland probability", levels, project_mpp)}
-    attrs = dict(pred.attrs["ome"])
-    attrs["multiscales"] = _multiscales("prediction", levels, project_mpp)
-    pred.attrs["ome"] = attrs
+    levels = add_levels(root, LEVELS_MIN_SIDE)
+    add_levels(pred, LEVELS_MIN_SIDE, labels=True)
+    root.attrs["ome"] = image_metadata("gland probability", levels, project_mpp)
+    pred.attrs["ome"] = label_metadata("prediction", levels, project_mpp)
     return levels
 
 

@@ -180,10 +180,12 @@ class Slide:
         lazily coarsened ones so a zoomed-out view never holds the full image."""
         import dask.array as da
 
+        from pipeline.io.omezarr import half
+
         out = [(da.from_zarr(a) if self.backend == "tiffslide" else da.from_array(a, chunks=(512, 512, 3)))[..., :3]
                for a in self.levels]
         while len(self.levels) == 1 and max(out[-1].shape[:2]) > 2 * min_side:
-            out.append(da.coarsen(np.mean, out[-1], {0: 2, 1: 2}, trim_excess=True).astype(np.uint8))
+            out.append(half(out[-1]))
         return out
 
     def read(self, level: int, y: int, x: int, h: int, w: int) -> np.ndarray:
