@@ -220,12 +220,26 @@ def cmd_weights(args) -> None:
     save_rows(data)
 
 
+def patch_decided(corners: np.ndarray, labels: np.ndarray, size: int, shape: tuple[int, int]) -> np.ndarray:
+    """Per pixel, the class Eq. 2 gives whatever the margin says (0 / 1), or -1 where the margin decides (mixed
+    patches) or no patch covers. On the 0 / 1 pixels a pseudo-mask carries the pathologist's patch labels, not
+    the CAM's or the network's guess (``gap`` compares a model with its labels on each)."""
+    from pipeline.stages.cams import restricted_pseudo
+
+    ones = np.ones(shape, np.float32)
+    gland_wins = restricted_pseudo(ones, corners, labels, size)
+    gland_loses = restricted_pseudo(-ones, corners, labels, size)
+    covered = np.zeros(shape, bool)
+    for y, x in corners:
+        covered[y:y + size, x:x + size] = True
+    return np.where(covered & (gland_wins == gland_loses), gland_wins, -1).astype(np.int8)
+
+
 def cmd_gap(args) -> None:
     """Where a model's train prediction falls short of the labels it learned from: on the pixels whose label the
     patch labels alone decide (there the labels are the pathologist's) and on the rest (there they are the CAM's or
     an earlier network's guess). The prediction is cleaned as ``oeem predict`` cleans it."""
     from pipeline.metrics import confusion, from_confusion
-    from pipeline.stages.cams import patch_decided
     from pipeline.stages.infer import mask_from_probs, predict_probs
     from pipeline.stages.segment import load_segmenter
     from pipeline.store.project import project_config

@@ -3,7 +3,3 @@
 
 class OEEMError(Exception):
     """A user-facing error: the message names the file or setting at fault and what to do about it."""
-
-
-class Cancelled(Exception):
-    """Raised inside a long job when the caller asked it to stop; the last checkpoint is kept."""

@@ -112,19 +112,6 @@ def restricted_pseudo(margin: np.ndarray, corners: np.ndarray, labels: np.ndarra
     return stitch_votes(refine_patches(np.stack([np.zeros_like(pm), pm], 1), labels), corners, margin.shape)
 
 
-def patch_decided(corners: np.ndarray, labels: np.ndarray, size: int, shape: tuple[int, int]) -> np.ndarray:
-    """Per pixel, the class Eq. 2 gives whatever the margin says (0 / 1), or -1 where the margin decides (mixed
-    patches) or no patch covers. On the 0 / 1 pixels a pseudo-mask carries the pathologist's patch labels, not
-    the CAM's or the network's guess (``benchmarks/ablation.py gap`` compares a model with its labels on each)."""
-    ones = np.ones(shape, np.float32)
-    gland_wins = restricted_pseudo(ones, corners, labels, size)
-    gland_loses = restricted_pseudo(-ones, corners, labels, size)
-    covered = np.zeros(shape, bool)
-    for y, x in corners:
-        covered[y:y + size, x:x + size] = True
-    return np.where(covered & (gland_wins == gland_loses), gland_wins, -1).astype(np.int8)
-
-
 def stitch_mean(patch_cam: np.ndarray, corners: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     size = patch_cam.shape[-1]
     acc = np.zeros((patch_cam.shape[1], *shape), np.float32)

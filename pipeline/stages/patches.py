@@ -6,7 +6,6 @@ import numpy as np
 from pipeline.errors import OEEMError
 
 GLAND, NON_GLAND = 1, 0  # class index in CAMs / masks; patch label vectors are [non-gland, gland]
-CLASS_NAMES = ("non-gland", "gland")
 
 
 def grid_starts(length: int, size: int, stride: int) -> list[int]:
