@@ -40,15 +40,16 @@ def own_folder(tmp_path):
 
 def test_a_folder_without_masks_or_glas_names_is_all_training_images(own_folder):
     samples = find_samples(own_folder)
-    assert sorted(s.name for s in samples) == ["case1 tile A", "case1_tile_B", "case2-001", "case9_x"]
+    # names a project cannot hold as they are become '_'; the file stays the image's source
+    assert sorted(s.name for s in samples) == ["case1_tile_A", "case1_tile_B", "case2-001", "case9_x"]
     assert {s.split for s in samples} == {"train"} and all(s.mask_path is None for s in samples)
 
 
 def test_train_and_test_patterns_choose_the_splits(own_folder):
     samples = {s.name: s.split for s in find_samples(own_folder, test="case9_*")}
-    assert samples == {"case1 tile A": "train", "case1_tile_B": "train", "case2-001": "train", "case9_x": "test"}
+    assert samples == {"case1_tile_A": "train", "case1_tile_B": "train", "case2-001": "train", "case9_x": "test"}
     samples = {s.name: s.split for s in find_samples(own_folder, train="case1*", test="case9_*")}
-    assert samples == {"case1 tile A": "train", "case1_tile_B": "train", "case9_x": "test"}  # case2 left out
+    assert samples == {"case1_tile_A": "train", "case1_tile_B": "train", "case9_x": "test"}  # case2 left out
     with pytest.raises(OEEMError, match=r"no images found matching --train 'nothing_\*' \(looked for"):
         find_samples(own_folder, train="nothing_*")
 
@@ -71,22 +72,26 @@ def test_a_square_off_the_grid_labels_the_patches_it_mostly_covers():
     tags = tags_on_grid([PatchLabel("a", 60, 0, 112, GLAND)], corners, 112)
     labelled = {tuple(c) for c, t in zip(corners.tolist(), tags) if t}
     assert labelled == {(0, 56), (0, 112)}
-    # two squares over one patch: the union of their classes
-    tags = tags_on_grid([PatchLabel("a", 56, 0, 112, GLAND), PatchLabel("a", 56, 10, 112, NON_GLAND)], corners, 112)
+    # two squares off the grid over one patch: the union of their classes
+    tags = tags_on_grid([PatchLabel("a", 60, 0, 112, GLAND), PatchLabel("a", 56, 10, 112, NON_GLAND)], corners, 112)
     assert tags[1] == BOTH
+    # a square exactly on a patch is its label, whatever else covers it
+    tags = tags_on_grid([PatchLabel("a", 56, 0, 112, GLAND), PatchLabel("a", 56, 10, 112, NON_GLAND)], corners, 112)
+    assert tags[1] == GLAND
 
 
-def test_csv_and_geojson_round_trip(tmp_path):
-    corners = patch_grid((224, 336), 112, 56)
+@pytest.mark.parametrize("shape", [(224, 336), (160, 197)])  # the second grid's edge patches overlap > half
+def test_csv_and_geojson_round_trip(tmp_path, shape):
+    corners = patch_grid(shape, 112, 56)
     rng = np.random.default_rng(0)
     tags = rng.integers(0, 4, len(corners)).astype(np.uint8)
-    rows = grid_rows("img 1", corners, 112, tags)
+    rows = grid_rows("img 1.png", corners, 112, tags)  # a file name; the project calls the image img_1
     for path, write, read in ((tmp_path / "t.csv", write_label_csv, read_label_csv),
                               (tmp_path / "t.geojson", write_label_geojson, read_label_geojson)):
         assert write(path, rows) == int((tags > 0).sum())
         back = read(path)
-        by_image = check_rows(back, {"img 1": (224, 336)})
-        assert np.array_equal(tags_on_grid(by_image["img 1"], corners, 112), tags)
+        by_image = check_rows(back, {"img_1": shape})
+        assert np.array_equal(tags_on_grid(by_image["img_1"], corners, 112), tags)
         assert read_label_file(path) == back
 
 
@@ -126,3 +131,84 @@ def test_bad_files_are_one_line(tmp_path):
         read_label_geojson(tmp_path / "r.geojson")
     with pytest.raises(OEEMError, match="a .csv .* or a QuPath .geojson"):
         read_label_file(tmp_path / "labels.xlsx")
+
+
+# ---------------------------------------------------------------------------- a project with weak labels only
+def test_own_images_tagged_by_file_train_end_to_end(tmp_path, own_folder, capsys):
+    import json
+
+    from pipeline.cli import main
+    from pipeline.stages.classify import patch_dataset
+    from pipeline.store import ProjectStore
+
+    p = str(tmp_path / "own.oeem.zarr")
+    assert main(["init", str(own_folder), p, "--test", "case9_*"]) == 0
+    assert "3 train, 0 validation and 1 test images, 0 with gland masks" in capsys.readouterr().out
+    assert main(["run", p, "--preset", "tiny", "--device", "cpu"]) == 2  # nothing to learn from yet
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err
+    assert "no weak labels on the training images yet" in errors[0] and "oeem labels import" in errors[0]
+    # a lab's CSV: gland-only and no-gland patches on two images, one patch with both; the third image untagged
+    rows = ["image,x,y,size,gland,non_gland", "case1 tile A.tif,0,0,112,1,0", "case1 tile A.tif,80,48,112,0,1",
+            "case1_tile_B.jpg,0,0,112,1,1", "case1_tile_B.jpg,56,0,112,0,1"]
+    (tmp_path / "tags.csv").write_text("\n".join(rows) + "\n")
+    assert main(["labels", "import", p, str(tmp_path / "tags.csv")]) == 0
+    assert "imported tags for 2 image(s): 4 labelled patches" in capsys.readouterr().out
+    assert main(["run", p, "--preset", "tiny", "--device", "cpu"]) == 0
+    assert "== OEEM report ==" in capsys.readouterr().out
+    store = ProjectStore.open(p, mode="r")
+    patches = store.load_run("patches")["summary"]
+    assert patches["images"] == 2 and patches["patches"] == 4 and patches["labels_from"] == {"tags": 2}
+    assert patches["unlabelled_patches"] == 2 * len(store.read("case1_tile_B", "patch_labels")) - 4
+    images, labels = patch_dataset(store, 112)  # the classifier sees the labelled patches only
+    assert len(images) == 4 and labels.sum(1).min() >= 1
+    assert store.load_run("classifier")["n_patches"] == 4
+    assert store.has("case1_tile_B", "pseudo") and not store.has("case2-001", "pseudo")  # untagged: no pseudo-mask
+    assert store.has("case9_x", "prediction")
+    first = {s: store.load_run(s)["run_id"] for s in ("patches", "classifier", "cams", "segmentation")}
+    # more tags: the next run remakes the labels and everything learned from them
+    (tmp_path / "more.csv").write_text("image,x,y,size,gland,non_gland\ncase2-001.png,0,0,112,0,1\n")
+    assert main(["labels", "import", p, str(tmp_path / "more.csv")]) == 0
+    assert main(["run", p, "--preset", "tiny", "--device", "cpu"]) == 0
+    store = ProjectStore.open(p, mode="r")
+    assert store.load_run("patches")["summary"]["images"] == 3
+    assert all(store.load_run(s)["run_id"] != first[s] for s in first)
+    assert store.load_run("predict")["segmentation_run_id"] == store.load_run("segmentation")["run_id"]
+    capsys.readouterr()
+    assert main(["info", p]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["patch_tags"] == {"images": 3, "patches": 5, "gland_only": 1, "no_gland": 3, "both": 1}
+
+
+def test_labels_export_import_undo_and_all_or_nothing(tmp_path, own_folder, capsys):
+    from pipeline.cli import main
+    from pipeline.store import ProjectStore
+
+    p = str(tmp_path / "own.oeem.zarr")
+    assert main(["init", str(own_folder), p]) == 0
+    assert main(["labels", "export", p, str(tmp_path / "none.csv")]) == 2
+    assert "no patch tags yet" in capsys.readouterr().err
+    store = ProjectStore.open(p)
+    n = len(patch_grid(store.shape("case2-001"), 112, 56))
+    tags = np.arange(n, dtype=np.uint8) % 4
+    store.save_patch_tags("case2-001", tags, 112, 56)
+    for fmt in ("csv", "geojson"):
+        out = tmp_path / f"tags.{fmt}"
+        assert main(["labels", "export", p, str(out)]) == 0
+        assert main(["labels", "import", p, str(out), "--replace"]) == 0
+        assert np.array_equal(ProjectStore.open(p).patch_tags("case2-001")[0], tags)
+    # a bad row anywhere: one line naming it, and no image's tags change
+    (tmp_path / "bad.csv").write_text("image,x,y,size,gland,non_gland\ncase1 tile A.tif,0,0,112,1,0\n"
+                                      "case2-001.png,0,0,112,1,0\nghost.png,0,0,112,1,0\n")
+    capsys.readouterr()
+    assert main(["labels", "import", p, str(tmp_path / "bad.csv")]) == 2
+    assert "bad.csv line 4: no image 'ghost'" in capsys.readouterr().err
+    store = ProjectStore.open(p)
+    assert store.patch_tags("case1_tile_A") is None and np.array_equal(store.patch_tags("case2-001")[0], tags)
+    # undo goes back one step at a time, to untagged
+    store.save_patch_tags("case2-001", np.zeros(n, np.uint8) + 1, 112, 56)
+    assert main(["labels", "undo", p, "case2-001"]) == 0
+    assert np.array_equal(ProjectStore.open(p).patch_tags("case2-001")[0], tags)
+    with pytest.raises(OEEMError, match="tags for"):
+        store.save_patch_tags("case2-001", np.zeros(n + 1, np.uint8), 112, 56)

@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.cli import project, review, slides, stages
+from pipeline.cli import labels, project, review, slides, stages
 from pipeline.cli.common import is_main
 from pipeline.errors import OEEMError
 
 # commands that write into the project: one at a time per project (the writer lock)
 WRITERS = {"patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "run", "import-geojson", "undo",
-           "doctor", "regions", "add-regions"}
+           "doctor", "regions", "add-regions", "labels"}
 # commands that may run as several processes under torchrun (data-parallel training)
 DISTRIBUTED = {"train-seg", "train-cls"}
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    for group in (project, stages, review, slides):
+    for group in (project, labels, stages, review, slides):
         group.register(add)
     return ap
 

@@ -27,7 +27,7 @@ def cmd_info(args) -> None:
     have = {k: sum(store.has(n, k) for n in names) for k in ("mask", "cam", "pseudo", "prediction", "corrected")}
     print_json({"project": str(store.path), "train": len(store.names("train")), "val": len(store.names("val")),
             "test": len(store.names("test")),
-            "arrays": have, "corrections": store.correction_summary(),
+            "arrays": have, "patch_tags": store.tag_summary(), "corrections": store.correction_summary(),
             "runs": sorted(p.stem for p in (store.path / "runs").glob("*.json")),
             "metrics": _last_metrics(store)})
 

@@ -116,6 +116,13 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     return mask
 
 
+def safe_name(stem: str) -> str:
+    """A file's name as a project names the image: characters other than letters, digits, '_', '-' and '.' become
+    '_' (a zarr key must not hold them); the file name itself is kept as the image's source."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", stem.strip())
+    return name if name[:1].isalnum() else f"image{name}"
+
+
 def _split_of(name: str, folder_split: str | None) -> str:
     m = _SPLIT_PATTERN.match(name)
     if m:
@@ -172,7 +179,7 @@ def find_samples(folder: str | Path, require_masks: bool = False, train: str | N
         if require_masks and mask is None:
             raise OEEMError(f"{path}: no gland mask found (expected {path.stem}_anno.png or .bmp beside it); "
                             "add the masks or create the project without them")
-        samples.append(Sample(path.stem, split, path, mask))
+        samples.append(Sample(safe_name(path.stem), split, path, mask))
     if not samples:
         given = [f"--{flag} {value!r}" for flag, value in (("train", train), ("test", test)) if value is not None]
         chosen = f" matching {' or '.join(given)}" if given else ""
@@ -181,7 +188,8 @@ def find_samples(folder: str | Path, require_masks: bool = False, train: str | N
     names = [s.name for s in samples]
     if len(set(names)) != len(names):
         dup = sorted({n for n in names if names.count(n) > 1})
-        raise OEEMError(f"{folder}: image names occur twice ({', '.join(dup[:5])}); names must be unique")
+        raise OEEMError(f"{folder}: image names occur twice ({', '.join(dup[:5])}; characters other than letters, "
+                        "digits, '_', '-' and '.' count as '_'); names must be unique")
     return samples
 
 

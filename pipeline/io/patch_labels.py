@@ -12,10 +12,11 @@ GeoJSON (QuPath): one square annotation per labelled patch, classified ``Gland``
 ``Gland+Non-gland``; the image is the ``image`` property of the feature, or the file's name for a file of one
 image (``NAME.geojson``).
 
-A labelled square need not sit on the project's patch grid: each patch of the grid takes the classes of every
-labelled square that covers more than half of it (several squares: the union of their classes); a patch that no
-square covers that much stays unlabelled. (More than half, not half: neighbouring patches of the grid overlap by
-exactly half, so a square exported from the grid comes back on its own patch only.) Import is all or nothing: the first bad row is named, nothing is kept.
+A square exactly on a patch of the project's grid (same corner, same side) labels that patch and no other. A
+square off the grid labels each patch it covers more than half of (several squares: the union of their classes);
+a patch that no square covers that much stays unlabelled. (The first rule makes an exported file come back as it left:
+the grid's last row and column sit flush with the image's edge and may overlap their neighbours by more than
+half.) Import is all or nothing: the first bad row is named, nothing is kept.
 """
 from __future__ import annotations
 
@@ -67,8 +68,11 @@ def vectors_to_tags(vectors: np.ndarray) -> np.ndarray:
 
 
 def image_key(name: str) -> str:
-    """The image a row names, as the project names it: no folder, no suffix."""
-    return Path(str(name).strip().replace("\\", "/")).stem
+    """The image a row names, as the project names it: no folder, no suffix, other characters than letters,
+    digits, '_', '-' and '.' as '_' (see :func:`pipeline.io.data.safe_name`)."""
+    from pipeline.io.data import safe_name
+
+    return safe_name(Path(str(name).strip().replace("\\", "/")).stem)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -188,14 +192,26 @@ def check_rows(rows: Iterable[PatchLabel], shapes: dict[str, tuple[int, int]]) -
 
 
 def tags_on_grid(rows: Iterable[PatchLabel], corners: np.ndarray, size: int) -> np.ndarray:
-    """(N,) tags of the grid patches (``corners``: (N, 2) (y, x); side ``size``) from labelled squares: a patch
-    takes the classes of every square covering more than ``COVER`` of it."""
+    """(N,) tags of the grid patches (``corners``: (N, 2) (y, x); side ``size``) from labelled squares: a square
+    exactly on a patch labels it alone; otherwise a patch takes the classes of every square off the grid covering
+    more than ``COVER`` of it."""
+    rows = list(rows)
     tags = np.zeros(len(corners), np.uint8)
+    exact = np.zeros(len(corners), bool)
+    index = {(int(y), int(x)): k for k, (y, x) in enumerate(corners)}
+    off_grid = []
+    for r in rows:  # a square exactly on a patch of the grid labels that patch, and only it
+        k = index.get((r.y, r.x)) if r.size == size else None
+        if k is None:
+            off_grid.append(r)
+        else:
+            tags[k] |= r.tag
+            exact[k] = True
     py, px = corners[:, 0].astype(np.int64), corners[:, 1].astype(np.int64)
-    for r in rows:
+    for r in off_grid:
         oy = np.clip(np.minimum(py + size, r.y + r.size) - np.maximum(py, r.y), 0, None)
         ox = np.clip(np.minimum(px + size, r.x + r.size) - np.maximum(px, r.x), 0, None)
-        tags[oy * ox > COVER * size * size] |= r.tag
+        tags[(oy * ox > COVER * size * size) & ~exact] |= r.tag
     return tags
 
 

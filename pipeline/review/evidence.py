@@ -74,12 +74,13 @@ def out_of_fold_probs(store: ProjectStore, train: list[str], extra: list[str], c
 
 
 def mixed_fraction(store: ProjectStore, name: str, size: int) -> np.ndarray:
-    """Share of the patches covering each pixel whose label has both classes (only there can Eq. 2 err)."""
+    """Share of the patches covering each pixel whose label has both classes, or none (unlabelled): only there can
+    Eq. 2 err."""
     corners, labels = store.read(name, "patch_corners"), store.read(name, "patch_labels")
     mix = np.zeros(store.shape(name), np.float32)
     cnt = np.zeros(store.shape(name), np.float32)
     for (y, x), lab in zip(corners, labels):
-        mix[y:y + size, x:x + size] += float(lab[0] and lab[1])
+        mix[y:y + size, x:x + size] += float(lab[0] == lab[1])
         cnt[y:y + size, x:x + size] += 1
     return mix / np.maximum(cnt, 1)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict
 
@@ -88,8 +89,13 @@ def patch_cams(model: PatchClassifier, image: np.ndarray, corners: np.ndarray, p
 
 
 def refine_patches(patch_cam: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Eq. 2: per-patch argmax after setting classes absent from the patch label to -inf. (N, S, S) uint8."""
-    masked = np.where(labels[:, :, None, None].astype(bool), patch_cam, -np.inf)
+    """Eq. 2: per-patch argmax after setting classes absent from the patch label to -inf. (N, S, S) uint8.
+
+    An unlabelled patch ([0, 0]: the pathologist has not tagged it) rules nothing out: there the plain argmax of
+    the CAM decides."""
+    allowed = labels.astype(bool)
+    allowed[~allowed.any(1)] = True
+    masked = np.where(allowed[:, :, None, None], patch_cam, -np.inf)
     return masked.argmax(axis=1).astype(np.uint8)
 
 
@@ -207,5 +213,6 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
     if cm_cam.sum():
         record["val"] = {"cam": from_confusion(cm_cam), "pseudo": from_confusion(cm_pseudo)}
     record["classifier_run_id"] = (store.load_run("classifier") or {}).get("run_id")
+    record["run_id"] = uuid.uuid4().hex  # the pseudo-masks a segmentation run trains on (its labels_id)
     store.save_run(STAGE, record)
     return record

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from pipeline.config import GLAS_MEAN, GLAS_STD, ClassifierConfig, PatchConfig
 from pipeline.device import autocast, channels_last, precision_name, resolve_precision
 from pipeline.errors import OEEMError
+from pipeline.io.patch_labels import grid_rows, tags_on_grid, tags_to_vectors
 from pipeline.progress import Job
 from pipeline.stages.augment import random_resized_crop
 from pipeline.stages.models import PatchClassifier, build_backbone, load_model_state, safe_torch_load
@@ -22,49 +23,79 @@ from pipeline.store import ProjectStore
 STAGE = "classifier"
 
 
+def image_patch_labels(store: ProjectStore, name: str, cfg: PatchConfig) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """(corners, [non-gland, gland] vectors, where from) of one image on the grid of ``cfg``, or None when the image
+    has no weak label at all. A pathologist's tags come first (an unlabelled patch is [0, 0]); else the gland mask's
+    5 % rule; else the labels a slide region was cut with."""
+    corners = patch_grid(store.shape(name), cfg.size, cfg.stride)
+    found = store.patch_tags(name)
+    if found is not None and found[0].any():
+        tags, size, stride = found
+        if (size, stride) != (cfg.size, cfg.stride):  # tagged on another grid: each patch takes what covers it
+            tags = tags_on_grid(grid_rows(name, patch_grid(store.shape(name), size, stride), size, tags), corners,
+                                cfg.size)
+        return corners, tags_to_vectors(tags), "tags"
+    if store.has(name, "mask"):
+        return corners, patch_labels(store.mask(name), corners, cfg.size, cfg.min_fraction), "mask"
+    if store.has(name, "patch_labels") and "slide_region" in store.group(name).attrs:
+        return store.read(name, "patch_corners"), store.read(name, "patch_labels"), "slide region"
+    return None
+
+
 def make_patch_labels(store: ProjectStore, cfg: PatchConfig,
                       splits: tuple[str, ...] = ("train", "val")) -> dict[str, int]:
-    """Cut the edge-flush patch grid of every image of ``splits`` that has a mask and store its weak labels.
+    """Cut the edge-flush patch grid of every image of ``splits`` that has weak labels and store them: the
+    pathologist's patch tags, else labels derived from the gland mask, else a slide region's label.
 
-    Only ``train`` patches train the classifier; ``val`` ones give held-out pseudo-masks to choose settings on.
+    Only ``train`` patches train the classifier, and only labelled ones ([0, 0] marks an unlabelled patch);
+    ``val`` ones give held-out pseudo-masks to choose settings on.
     """
-    names = [n for split in splits for n in store.names(split) if store.has(n, "mask")]
-    given = [n for n in store.names("train") if not store.has(n, "mask") and store.has(n, "patch_labels")]
-    if not any(store.split(n) == "train" for n in names) and not given:
-        raise OEEMError(f"{store.path}: no train image has a gland mask to derive patch labels from, nor patch "
-                        "labels of its own (slide regions: `oeem add-regions`)")
     counts = np.zeros(2, np.int64)
-    total = 0
-    held_out = 0
-    for n in names:
-        corners = patch_grid(store.shape(n), cfg.size, cfg.stride)
-        labels = patch_labels(store.mask(n), corners, cfg.size, cfg.min_fraction)
+    total = unlabelled = held_out = val_images = 0
+    sources: dict[str, int] = {}
+    for n in [n for split in splits for n in store.names(split)]:
+        made = image_patch_labels(store, n, cfg)
+        if made is None or not made[1].any():
+            for key in ("patch_labels", "patch_corners"):  # labels of an earlier run (e.g. tags since undone)
+                if store.has(n, key):
+                    store.delete(n, key)
+            continue
+        corners, labels, source = made
         store.write(n, "patch_corners", corners)
         store.write(n, "patch_labels", labels)
+        labelled = labels.any(1)
         if store.split(n) != "train":
-            held_out += len(labels)
+            held_out += int(labelled.sum())
+            val_images += 1
             continue
+        sources[source] = sources.get(source, 0) + 1
         counts += labels.sum(0, dtype=np.int64)
-        total += len(labels)
-    for n in given:  # labels a pathologist gave (slide regions) are kept as they are
-        labels = store.read(n, "patch_labels")
-        counts += labels.sum(0, dtype=np.int64)
-        total += len(labels)
-    n_train = sum(store.split(n) == "train" for n in names) + len(given)
-    summary = {"images": n_train, "patches": total, "with_non_gland": int(counts[0]),
-               "with_gland": int(counts[1]), "val_images": len(names) - n_train, "val_patches": held_out}
-    store.save_run("patches", {"config": asdict(cfg), "summary": summary})
+        total += int(labelled.sum())
+        unlabelled += int((~labelled).sum())
+    if not total:
+        raise OEEMError(f"{store.path}: no weak labels on the training images yet: tag patches in napari's Weak "
+                        f"labels panel, import them with `oeem labels import {store.path} FILE` (CSV or QuPath "
+                        "GeoJSON), give the images gland masks (NAME_anno.png), or add slide regions "
+                        "(`oeem add-regions`)")
+    summary = {"images": sum(sources.values()), "patches": total, "with_non_gland": int(counts[0]),
+               "with_gland": int(counts[1]), "unlabelled_patches": unlabelled, "labels_from": sources,
+               "val_images": val_images, "val_patches": held_out}
+    # the classifier and the CAMs made from these labels name this run: new tags make them stale
+    store.save_run("patches", {"config": asdict(cfg), "summary": summary, "run_id": uuid.uuid4().hex,
+                               "tags": store.tags_fingerprint()})
     return summary
 
 
 def patch_dataset(store: ProjectStore, size: int, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
-    """All labelled patches of ``split`` as uint8 (N, S, S, 3) and float labels (N, 2), held in memory."""
+    """All labelled patches of ``split`` as uint8 (N, S, S, 3) and float labels (N, 2), held in memory; unlabelled
+    patches are left out, so their loss is zero."""
     images, labels = [], []
     for n in store.labelled_images((split,)):
         img = store.image(n)
-        corners = store.read(n, "patch_corners")
-        images += [img[y:y + size, x:x + size] for y, x in corners]
-        labels.append(store.read(n, "patch_labels"))
+        corners, vectors = store.read(n, "patch_corners"), store.read(n, "patch_labels")
+        keep = vectors.any(1)  # [0, 0]: a patch the pathologist left unlabelled trains nothing
+        images += [img[y:y + size, x:x + size] for y, x in corners[keep]]
+        labels.append(vectors[keep])
     if not images:
         raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.concatenate(labels)).float()
@@ -146,6 +177,7 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     done = yield from train(store, loop, dist, model, opt, start_epoch * steps_per_epoch, notice)
     record = {**settings, "device": str(dev), "n_patches": n,
               "run_id": uuid.uuid4().hex,  # lets the CAM stage tell whether its CAMs came from this model
+              "patches_run_id": (store.load_run("patches") or {}).get("run_id"),  # the labels it learned
               "epochs_run": cfg.epochs - start_epoch, "seconds": done.seconds, "final_loss": done.final_loss,
               "patches_per_s": done.per_second(done.samples), "world_size": dist.world_size,
               "precision": precision_name(amp)}

@@ -141,7 +141,8 @@ def predict(store: ProjectStore, cfg: InferConfig, names: list[str] | None = Non
     record = {"config": asdict(cfg), "model": stage_name(run_name), "labels_round": labels_round,
               "images": len(names), "seconds": seconds,
               "seconds_per_image": seconds / max(1, len(names)), "device": str(dev),
-              "precision": precision_name(resolve_precision(cfg.precision, dev))}
+              "precision": precision_name(resolve_precision(cfg.precision, dev)),
+              "segmentation_run_id": (store.load_run(stage_name(run_name)) or {}).get("run_id")}
     store.save_run("predict", record)
     return record
 

@@ -32,6 +32,17 @@ def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
     want = json.loads(json.dumps(want))  # tuples -> lists, as saved
     if settings_as_now(json.loads(json.dumps(rec.get("config"))), want) != want:
         return False
+    if stage == "patches" and rec.get("tags") != store.tags_fingerprint():
+        return False  # the pathologist's tags changed since
+    # each stage names the run of the stage it learned from: a redone upstream stage makes it stale
+    upstream = {"classifier": ("patches", "patches_run_id"), "cams": ("classifier", "classifier_run_id"),
+                "predict": ("segmentation", "segmentation_run_id")}
+    if stage == "segmentation" and cfg.segmentation.label_source != "mask":
+        upstream["segmentation"] = ("cams", "cams_run_id")
+    if stage in upstream:
+        source = store.load_run(upstream[stage][0]) or {}
+        if source.get("run_id") is not None and rec.get(upstream[stage][1]) != source["run_id"]:
+            return False
     if stage in ("segmentation", "predict") and cfg.segmentation.label_source != "mask":
         # trained on (or predicted with a model of) the current self-training round's pseudo-masks?
         return rec.get("labels_round", 0) == store.pseudo_round

@@ -4,6 +4,7 @@ stage-1 classifier's backbone."""
 from __future__ import annotations
 
 import logging
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -105,7 +106,9 @@ def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> t
 
     weigh = cfg.weighs_by_error_prob()
     ims, codes, padded = [], [], []
-    for n in store.names(split):
+    # weak labels: the images with patch labels (an untagged image of a weak-labels project has no pseudo-mask)
+    names = store.names(split) if cfg.label_source == "mask" else store.labelled_images((split,))
+    for n in names:
         label, clean = store.labels(n, cfg.label_source)
         code = label.astype(np.uint8) + 2 * clean.astype(np.uint8)
         if weigh:
@@ -138,6 +141,12 @@ def labels_round_of(store: ProjectStore, cfg: SegConfig) -> int:
     return 0 if cfg.label_source == "mask" else store.pseudo_round
 
 
+def labels_id_of(store: ProjectStore, cfg: SegConfig) -> str | None:
+    """Which CAM run made the pseudo-masks a run trains on (None for the gland masks): new patch labels make new
+    CAMs, and a model of the old ones must not pass for trained on the new."""
+    return None if cfg.label_source == "mask" else (store.load_run("cams") or {}).get("run_id")
+
+
 class WeightAverage:
     """An exponential moving average of a model's weights (and batch-norm statistics): on noisy labels the average
     of the last few hundred steps predicts more smoothly than the last step. The decay ramps up from 0 (as in
@@ -161,12 +170,12 @@ class WeightAverage:
 
 def segmentation_checkpoint(model, opt, it: int, cfg: SegConfig, labels_round: int = 0,
                             loss_history: list[float | None] | None = None,
-                            average: WeightAverage | None = None) -> dict:
+                            average: WeightAverage | None = None, labels_id: str | None = None) -> dict:
     """What a segmentation checkpoint holds (:meth:`ProjectStore.save_checkpoint` writes it): ``model`` what
     predicts (the weight average when there is one), ``train_model`` what training resumes from."""
     state = {"kind": "segmentation", "model": (average.module if average else model).state_dict(),
              "optimizer": opt.state_dict(), "iteration": it, "config": asdict(cfg), "labels_round": labels_round,
-             "loss_history": list(loss_history or [])}
+             "labels_id": labels_id, "loss_history": list(loss_history or [])}
     if average is not None:
         state["train_model"] = model.state_dict()
     return state
@@ -229,9 +238,10 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     stage = stage_name(run_name)
     start = 0
-    labels_round = labels_round_of(store, cfg)
-    ck, notice = resume(store, stage, dist, {"config": asdict(cfg), "labels_round": labels_round}, model, opt,
-                        restart, on_mismatch, defaults={"config": asdict(SegConfig()), "labels_round": 0})
+    labels_round, labels_id = labels_round_of(store, cfg), labels_id_of(store, cfg)
+    ck, notice = resume(store, stage, dist, {"config": asdict(cfg), "labels_round": labels_round,
+                                             "labels_id": labels_id}, model, opt, restart, on_mismatch,
+                        defaults={"config": asdict(SegConfig()), "labels_round": 0, "labels_id": None})
     loss_history: list[float | None] = []
     warm = previous_round_weights(store, stage, labels_round) if cfg.warm_start and ck is None else None
     if warm is not None:
@@ -285,7 +295,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
 
     loop = Loop(stage, "segmentation", cfg.training_iterations(), batch, loss,
                 checkpoint=lambda it, history: segmentation_checkpoint(model, opt, it, cfg, labels_round, history,
-                                                                       average),
+                                                                       average, labels_id),
                 checkpoint_every=cfg.checkpoint_every, save_on_cancel=True,
                 where=lambda step: f"iteration {step + 1}", message=lambda step: f"{kind(step)} loss", lr=cfg.lr,
                 poly_power=cfg.poly_power, min_lr=cfg.min_lr, loss_weight=0.05, rate="it_per_s",
@@ -293,6 +303,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     done = yield from train(store, loop, dist, model, opt, start, notice, loss_history)
     record = {"config": asdict(cfg), "device": str(dev), "tiles": n, "iterations_run": done.steps,
               "padded_images": padded, "initialised_from": initialised_from, "labels_round": labels_round,
+              "cams_run_id": labels_id, "run_id": uuid.uuid4().hex,
               "clean_pixels_in_tiles": int((((codes >> 1) & 1).bool() & (codes != IGNORE)).sum()),
               "seconds": done.seconds, "it_per_s": done.per_second(done.steps), "final_loss": done.final_loss,
               "checkpoint": "last iteration (no model selection)", "world_size": dist.world_size,

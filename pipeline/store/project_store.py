@@ -18,6 +18,9 @@ Layout (``<project>.zarr``)::
     corrections/<name>.json        which versions are the undo stack, the last one current; replaced atomically
                                    *after* its version is written, so a crash at any moment leaves the last
                                    saved (or the new) state, never a mix
+    tags/<name>.json               the pathologist's patch tags (0 unlabelled, 1 gland only, 2 no gland, 3 both)
+                                   on the grid of the patch size and stride it names, with their undo stack;
+                                   one small file replaced atomically
     checkpoints/<stage>.pt         plain torch files (weights-only loadable), written atomically
                                    (:meth:`ProjectStore.save_checkpoint`); <stage>.previous.pt: the one a fresh
                                    run moved aside
@@ -491,6 +494,92 @@ class ProjectStore:
             return [0] if self.correction_version(name) == 0 else []
         return stack
 
+    # ------------------------------------------------------------------ patch tags (weak labels a pathologist gives)
+    def _tags_path(self, name: str) -> Path:
+        return self.path / "tags" / f"{name}.json"
+
+    def _tag_stack(self, name: str) -> dict[str, Any] | None:
+        path = self._tags_path(name)
+        if not path.is_file():
+            return None
+        try:
+            state = json.loads(path.read_text())
+            state["stack"] = [np.asarray(s, np.uint8) for s in state["stack"]]
+            return state
+        except (ValueError, KeyError, TypeError):
+            raise OEEMError(f"{path}: the patch tags of {name!r} are damaged; restore the file from a backup or "
+                            f"delete it and tag the image again") from None
+
+    def patch_tags(self, name: str) -> tuple[np.ndarray, int, int] | None:
+        """The pathologist's current tags of ``name`` (``pipeline.io.patch_labels``: 0 unlabelled, 1 gland only,
+        2 no gland, 3 both) on the grid of patches of side ``size`` and step ``stride``; None when never tagged."""
+        state = self._tag_stack(name)
+        if state is None or not state["stack"]:
+            return None
+        return state["stack"][-1], int(state["size"]), int(state["stride"])
+
+    def save_patch_tags(self, name: str, tags: np.ndarray, size: int, stride: int) -> None:
+        """Keep ``tags`` as the image's current tags, the previous ones on its undo stack (``TAG_UNDO`` steps).
+
+        Crash-safe: the whole stack is one small JSON file replaced atomically, so a kill leaves the previous or
+        the new tags. A grid of other patch settings starts a new stack (the old tags are on another grid)."""
+        from pipeline.stages.patches import patch_grid
+        from pipeline.store.lock import project_writer
+
+        tags = np.asarray(tags, np.uint8)
+        expected = len(patch_grid(self.shape(name), size, stride))
+        if tags.shape != (expected,) or tags.max(initial=0) > 3:
+            raise OEEMError(f"{name}: {tags.shape[0] if tags.ndim == 1 else tags.shape} tags for {expected} patches "
+                            f"of {size} px (stride {stride}); each tag is 0-3")
+        with project_writer(self.path, "saving patch tags"):
+            state = self._tag_stack(name)
+            stack = state["stack"] if state and (state["size"], state["stride"]) == (size, stride) else []
+            if stack and np.array_equal(stack[-1], tags):
+                return
+            stack = (stack + [tags])[-TAG_UNDO:]
+            atomic_write_json(self._tags_path(name), {"image": name, "size": size, "stride": stride,
+                                                      "stack": [s.tolist() for s in stack],
+                                                      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+    def undo_patch_tags(self, name: str) -> bool:
+        """Go back one step of ``name``'s tags (to untagged after the first); False when there is nothing to undo."""
+        from pipeline.store.lock import project_writer
+
+        with project_writer(self.path, "undoing patch tags"):
+            state = self._tag_stack(name)
+            if not state or not state["stack"]:
+                return False
+            state["stack"] = state["stack"][:-1]
+            atomic_write_json(self._tags_path(name), {**state, "stack": [s.tolist() for s in state["stack"]],
+                                                      "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            return True
+
+    def tags_fingerprint(self) -> str | None:
+        """A digest of every image's current tags (None when nothing is tagged): what the patch labels were made
+        from, so ``oeem run`` remakes them, and what learned from them, after the pathologist tags more."""
+        import hashlib
+
+        digest, any_tags = hashlib.sha1(), False
+        for n in self.names():
+            found = self.patch_tags(n)
+            if found is not None and found[0].any():
+                any_tags = True
+                digest.update(f"{n}:{found[1]}:{found[2]}:".encode() + found[0].tobytes())
+        return digest.hexdigest() if any_tags else None
+
+    def tag_summary(self) -> dict[str, Any]:
+        """Images and patches tagged, per tag: the pathologist's progress (``oeem info``, the plugin)."""
+        per_tag = np.zeros(4, np.int64)
+        images = 0
+        for n in self.names():
+            found = self.patch_tags(n)
+            if found is None or not found[0].any():
+                continue
+            images += 1
+            per_tag += np.bincount(found[0], minlength=4)
+        return {"images": images, "patches": int(per_tag[1:].sum()), "gland_only": int(per_tag[1]),
+                "no_gland": int(per_tag[2]), "both": int(per_tag[3])}
+
     def check_corrections(self, name: str, repair: bool = False) -> dict[str, Any]:
         """Read every saved correction version of ``name``: ``{"index", "index_ok", "read", "damaged", "intact",
         "repaired"}`` (``read``: versions tried). With ``repair``, the index is rewritten to the intact versions
@@ -530,6 +619,8 @@ class ProjectStore:
                     per_image[n] = count
         return {"images": len(per_image), "pixels": int(sum(per_image.values())), "per_image": per_image}
 
+
+TAG_UNDO = 100  # undo steps kept of an image's patch tags
 
 # what makes each array, for the messages about a missing one (PROJECT: the project's path)
 MAKES = {
