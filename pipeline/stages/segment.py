@@ -106,8 +106,10 @@ def tile_dataset(store: ProjectStore, cfg: SegConfig, split: str = "train") -> t
 
     weigh = cfg.weighs_by_error_prob()
     ims, codes, padded = [], [], []
-    # weak labels: the images with patch labels (an untagged image of a weak-labels project has no pseudo-mask)
-    names = store.names(split) if cfg.label_source == "mask" else store.labelled_images((split,))
+    # weak labels: the images with patch labels (an untagged image of a weak-labels project has no pseudo-mask);
+    # none yet: every image, so the first one says which command makes its labels
+    names = store.names(split) if cfg.label_source == "mask" else \
+        (store.labelled_images((split,)) or store.names(split))
     for n in names:
         label, clean = store.labels(n, cfg.label_source)
         code = label.astype(np.uint8) + 2 * clean.astype(np.uint8)
