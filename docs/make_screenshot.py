@@ -103,6 +103,13 @@ def shoot(project: Path, out: str) -> None:
         QApplication.processEvents()
     from PIL import Image
 
+    layers = viewer.layers  # the image's layers as they finally are
+    if _layers.CAM_GLAND in layers:  # the CAM under the pseudo-mask made from it
+        layers[_layers.CAM_GLAND].visible = True
+        layers[_layers.CAM_GLAND].opacity = 0.6
+    layers[_layers.PSEUDO].opacity = 0.35
+    for _ in range(10):
+        QApplication.processEvents()
     shot = viewer.screenshot(canvas_only=False, flash=False)  # RGBA
     Image.fromarray(shot[..., :3]).quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE) \
         .save(out, optimize=True)
