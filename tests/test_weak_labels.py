@@ -212,3 +212,44 @@ def test_labels_export_import_undo_and_all_or_nothing(tmp_path, own_folder, caps
     assert np.array_equal(ProjectStore.open(p).patch_tags("case2-001")[0], tags)
     with pytest.raises(OEEMError, match="tags for"):
         store.save_patch_tags("case2-001", np.zeros(n + 1, np.uint8), 112, 56)
+
+
+def test_suggest_before_and_after_a_model(tmp_path, own_folder, capsys):
+    from pipeline.cli import main
+    from pipeline.config import preset
+    from pipeline.review.suggest import suggest
+    from pipeline.stages.patches import patch_grid
+    from pipeline.store import ProjectStore
+
+    p = str(tmp_path / "own.oeem.zarr")
+    assert main(["init", str(own_folder), p]) == 0
+    store = ProjectStore.open(p)
+    cfg = preset("tiny").patches
+    n = len(patch_grid(store.shape("case2-001"), cfg.size, cfg.stride))
+    tags = np.zeros(n, np.uint8)
+    tags[:2] = [1, 2]
+    store.save_patch_tags("case2-001", tags, cfg.size, cfg.stride)
+    # no model: the untagged images first, spread over the list; the tagged one last, with its open patches only
+    picks = suggest(store, cfg, top=10)
+    assert [s.image for s in picks][-1] == "case2-001" and len(picks) == 4
+    assert {s.image for s in picks[:3]} == {"case1_tile_A", "case1_tile_B", "case9_x"}
+    assert "no model yet" in picks[0].reason
+    tagged = {tuple(c) for c in patch_grid(store.shape("case2-001"), cfg.size, cfg.stride)[:2].tolist()}
+    assert not tagged & set(picks[-1].patches)
+    # a classifier trained on the tags: scores from it, best first, never a labelled patch
+    rows = "image,x,y,size,gland,non_gland\ncase1 tile A.tif,0,0,112,1,0\ncase1_tile_B.jpg,0,0,112,0,1\n"
+    (tmp_path / "t.csv").write_text(rows)
+    assert main(["labels", "import", p, str(tmp_path / "t.csv")]) == 0
+    assert main(["patches", p, "--preset", "tiny"]) == 0
+    assert main(["train-cls", p, "--device", "cpu"]) == 0
+    picks = suggest(ProjectStore.open(p), cfg, top=2, device="cpu")
+    assert len(picks) == 2 and picks[0].score >= picks[1].score and 0 <= picks[1].score <= 1
+    assert "classifier unsure" in picks[0].reason
+    for s in picks:
+        assert len(s.patches) == min(5, s.total - s.labelled) and s.labelled < s.total
+        if s.image == "case2-001":
+            assert not tagged & set(s.patches)
+    capsys.readouterr()
+    assert main(["suggest", p, "--top", "3", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 4 and "classifier unsure" in out

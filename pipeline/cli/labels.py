@@ -90,3 +90,28 @@ def register(add) -> None:
                    help="file format (default: from the file's suffix, else csv)")
     p = action("undo", cmd_labels_undo, "undo the last change of an image's patch tags")
     p.add_argument("image", help="the image's name in the project")
+    register_suggest(add)
+
+
+def cmd_suggest(args) -> None:
+    from pipeline.review.suggest import suggest
+
+    store = open_project(args.project)
+    cfg = config_for(args, store)
+    picks = suggest(store, cfg.patches, args.top, args.device)
+    if not picks:
+        print("every training image is labelled (tags or a gland mask): nothing to suggest")
+        return
+    print(f"{'rank':>4}  {'image':<24} {'score':>5}  {'labelled':>9}  patches to label (x,y)  [{picks[0].reason}]")
+    for k, s in enumerate(picks, start=1):
+        where = " ".join(f"{x},{y}" for y, x in s.patches)
+        print(f"{k:>4}  {s.image:<24} {s.score:5.2f}  {s.labelled:>4}/{s.total:<4}  {where}")
+
+
+def register_suggest(add) -> None:
+    from pipeline.cli.common import add_common
+
+    p = add("suggest", cmd_suggest, "the training images (and patches in them) to label next: where the classifier "
+            "is least sure or disagrees with the segmentation; before any model, spread over the images")
+    p.add_argument("--top", type=int, default=10, help="how many images to list (default: 10)")
+    add_common(p, "suggest")
