@@ -253,3 +253,21 @@ def test_suggest_before_and_after_a_model(tmp_path, own_folder, capsys):
     assert main(["suggest", p, "--top", "3", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert out.count("\n") == 4 and "classifier unsure" in out
+
+
+def test_tags_made_on_another_grid_follow_what_covers_each_patch(tmp_path, own_folder):
+    from pipeline.io.patch_labels import project_tags
+    from pipeline.store.project import create_project
+
+    store = create_project(own_folder, tmp_path / "p.oeem.zarr")
+    old = patch_grid(store.shape("case2-001"), 112, 56)
+    tags = np.zeros(len(old), np.uint8)
+    tags[0] = GLAND  # the patch at the top-left corner
+    store.save_patch_tags("case2-001", tags, 112, 56)
+    assert np.array_equal(project_tags(store, "case2-001", 112, 56), tags)  # its own grid: as saved
+    new = patch_grid(store.shape("case2-001"), 96, 48)
+    moved = project_tags(store, "case2-001", 96, 48)
+    assert len(moved) == len(new) and moved[0] == GLAND  # covered wholly by the tagged square
+    overlap = [max(0, min(96, 112 - y)) * max(0, min(96, 112 - x)) for y, x in new.tolist()]
+    assert set(np.flatnonzero(moved).tolist()) == {k for k, area in enumerate(overlap) if area > 96 * 96 / 2}
+    assert project_tags(store, "case1_tile_A", 96, 48) is None

@@ -215,6 +215,22 @@ def tags_on_grid(rows: Iterable[PatchLabel], corners: np.ndarray, size: int) -> 
     return tags
 
 
+def project_tags(store, name: str, size: int, stride: int) -> np.ndarray | None:
+    """A project image's current tags on the grid of ``size`` / ``stride``: as saved when they were made on it,
+    else each patch takes what covers it (:func:`tags_on_grid`); None when the image was never tagged."""
+    from pipeline.stages.patches import patch_grid
+
+    found = store.patch_tags(name)
+    if found is None:
+        return None
+    tags, old_size, old_stride = found
+    if (old_size, old_stride) == (size, stride):
+        return tags
+    shape = store.shape(name)
+    return tags_on_grid(grid_rows(name, patch_grid(shape, old_size, old_stride), old_size, tags),
+                        patch_grid(shape, size, stride), size)
+
+
 # ---------------------------------------------------------------------------- writing
 def grid_rows(image: str, corners: np.ndarray, size: int, tags: np.ndarray) -> list[PatchLabel]:
     return [PatchLabel(image, int(x), int(y), size, int(t)) for (y, x), t in zip(corners, tags) if t != UNLABELLED]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.config import GLAS_MEAN, GLAS_STD, PatchConfig
+from pipeline.io.patch_labels import project_tags
 from pipeline.stages.patches import patch_grid, patch_labels
 from pipeline.store import ProjectStore
 
@@ -35,15 +36,9 @@ def _unlabelled(store: ProjectStore, name: str, corners: np.ndarray, cfg: PatchC
     """Which grid patches have no tag (a mask counts as labels: an image with one needs no tags)."""
     if store.has(name, "mask"):
         return np.zeros(len(corners), bool)
-    found = store.patch_tags(name)
-    if found is None:
+    tags = project_tags(store, name, cfg.size, cfg.stride)
+    if tags is None:
         return np.ones(len(corners), bool)
-    tags, size, stride = found
-    if (size, stride) != (cfg.size, cfg.stride):
-        from pipeline.io.patch_labels import grid_rows, tags_on_grid
-
-        tags = tags_on_grid(grid_rows(name, patch_grid(store.shape(name), size, stride), size, tags), corners,
-                            cfg.size)
     return tags == 0
 
 

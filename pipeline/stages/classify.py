@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pipeline.config import GLAS_MEAN, GLAS_STD, ClassifierConfig, PatchConfig
 from pipeline.device import autocast, channels_last, precision_name, resolve_precision
 from pipeline.errors import OEEMError
-from pipeline.io.patch_labels import grid_rows, tags_on_grid, tags_to_vectors
+from pipeline.io.patch_labels import project_tags, tags_to_vectors
 from pipeline.progress import Job
 from pipeline.stages.augment import random_resized_crop
 from pipeline.stages.models import PatchClassifier, build_backbone, load_model_state, safe_torch_load
@@ -28,12 +28,8 @@ def image_patch_labels(store: ProjectStore, name: str, cfg: PatchConfig) -> tupl
     has no weak label at all. A pathologist's tags come first (an unlabelled patch is [0, 0]); else the gland mask's
     5 % rule; else the labels a slide region was cut with."""
     corners = patch_grid(store.shape(name), cfg.size, cfg.stride)
-    found = store.patch_tags(name)
-    if found is not None and found[0].any():
-        tags, size, stride = found
-        if (size, stride) != (cfg.size, cfg.stride):  # tagged on another grid: each patch takes what covers it
-            tags = tags_on_grid(grid_rows(name, patch_grid(store.shape(name), size, stride), size, tags), corners,
-                                cfg.size)
+    tags = project_tags(store, name, cfg.size, cfg.stride)
+    if tags is not None and tags.any():
         return corners, tags_to_vectors(tags), "tags"
     if store.has(name, "mask"):
         return corners, patch_labels(store.mask(name), corners, cfg.size, cfg.min_fraction), "mask"
