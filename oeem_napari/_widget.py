@@ -142,7 +142,8 @@ class OEEMWidget(QWidget):
         return self.state.config(save)
 
     def run_stage(self, stage: str):
-        """Start a stage (a key of ``_panels.stages.JOB_LABELS``) in the background; the worker, or None if it could not start."""
+        """Start a stage (a key of ``_panels.stages.JOB_LABELS``) in the background; the worker, or None if it
+        could not start."""
         return self.state.run_stage(stage)
 
     def cancel(self) -> None:

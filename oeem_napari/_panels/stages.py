@@ -22,7 +22,7 @@ def make_job(stage: str, store: ProjectStore, cfg: PipelineConfig, device: str):
     from oeem_napari._jobs import run_step
     from pipeline.stages.cams import make_cams
     from pipeline.stages.classify import make_patch_labels, train_classifier
-    from pipeline.stages.infer import evaluate, predict
+    from pipeline.stages.infer import evaluate_all, predict
     from pipeline.stages.run import run_all, segmentation_settings
     from pipeline.stages.segment import train_segmenter
 
@@ -42,8 +42,7 @@ def make_job(stage: str, store: ProjectStore, cfg: PipelineConfig, device: str):
 
         return refine_round(store, cfg.patches.size, cam_cfg=cfg.cam)
     if stage == "evaluate":
-        return run_step("evaluate", lambda: {s: evaluate(store, s) for s in ("train", "val", "test")
-                                             if any(store.has(n, "mask") for n in store.names(s))})
+        return run_step("evaluate", lambda: evaluate_all(store))
     if stage == "all":
         return run_all(store, cfg, device)
     if stage == "rank":

@@ -84,7 +84,8 @@ def register(add) -> None:
     p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
     p.add_argument("--box", action="append", metavar="X,Y,W,H",
                    help="a region in level-0 pixels (repeatable; default: none)")
-    p.add_argument("--geojson", default=None, help="QuPath GeoJSON ROIs; their classification is the label (default: none)")
+    p.add_argument("--geojson", default=None,
+                   help="QuPath GeoJSON ROIs; their classification is the label (default: none)")
     p.add_argument("--label", default=None,
                    help="gland, non-gland or mixed (for --box, and unclassified ROIs; default: none)")
     p.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: what the file says)")

@@ -171,3 +171,9 @@ def evaluate(store: ProjectStore, split: str = "test", key: str = "prediction") 
     result = {"split": split, "images": len(names), "key": key, **from_confusion(total), "per_image": per_image}
     store.save_run(f"evaluation-{split}", result)
     return result
+
+
+def evaluate_all(store: ProjectStore, key: str = "prediction") -> dict[str, dict]:
+    """:func:`evaluate` of every split that has gland masks (a project without masks has nothing to score)."""
+    return {split: evaluate(store, split, key) for split in ("train", "val", "test")
+            if any(store.has(n, "mask") for n in store.names(split))}

@@ -57,7 +57,7 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
                         "`oeem regions` and `oeem train-seg --error-prob-weight W`")
     from pipeline.stages.cams import make_cams
     from pipeline.stages.classify import make_patch_labels, train_classifier
-    from pipeline.stages.infer import evaluate, predict
+    from pipeline.stages.infer import evaluate_all, predict
     from pipeline.stages.segment import train_segmenter
 
     report: dict[str, Any] = {}
@@ -82,8 +82,6 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
     report["segmentation"] = store.load_run("segmentation")
     if not stage_done(store, "predict", cfg) or store.load_run("predict").get("images") != len(store.names()):
         yield from predict(store, cfg.inference, device=device)
-    for split in ("train", "val", "test"):
-        if any(store.has(n, "mask") for n in store.names(split)):
-            ev = evaluate(store, split)
-            report[f"evaluation-{split}"] = {k: v for k, v in ev.items() if k != "per_image"}
+    for split, ev in evaluate_all(store).items():
+        report[f"evaluation-{split}"] = {k: v for k, v in ev.items() if k != "per_image"}
     return report
