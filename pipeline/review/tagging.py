@@ -13,6 +13,7 @@ pathologist then fixes the wrong ones.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,7 +83,7 @@ class Tagger:
         points = np.asarray(points, float).reshape(-1, 2)
         if len(points) > 1:  # sample the segments densely enough that no cell is jumped over
             steps = [np.linspace(a, b, max(2, int(np.abs(b - a).max() / (self.cfg.stride / 4)) + 1))
-                     for a, b in zip(points[:-1], points[1:])]
+                     for a, b in itertools.pairwise(points)]
             points = np.concatenate(steps)
         hit = [self.patch_at(y, x) for y, x in points]
         return np.array(list(dict.fromkeys(k for k in hit if k is not None)), np.int64)
@@ -168,4 +169,4 @@ def tag_name(tag: int) -> str:
     return TAG_NAMES[int(tag)]
 
 
-__all__ = ["BOTH", "GLAND", "NON_GLAND", "TAGS", "Tagger", "UNLABELLED", "proposals_from_probs", "tag_name"]
+__all__ = ["BOTH", "GLAND", "NON_GLAND", "TAGS", "UNLABELLED", "Tagger", "proposals_from_probs", "tag_name"]
