@@ -1,0 +1,307 @@
+"""Weak labels only: what a pathologist's tagging costs with the tool's proposals, and what each labelling budget buys.
+
+A simulated pathologist tags GlaS training images with the tool's own actions (``pipeline.review.tagging.Tagger``,
+the functions the Weak labels panel's keys call; each call counted). The truth of a patch is the 5 % rule on the
+GlaS mask; the masks of the training images are removed from the projects the pipeline trains on (they are read
+only by the simulated pathologist), 10 training images with masks are held out for validation, testA is scored.
+
+    python benchmarks/weak_labels.py build                       # truth project + the mask-free base
+    python benchmarks/weak_labels.py budget --picker suggested   # 10, 25, 50, 100 % picked by `oeem suggest`
+    python benchmarks/weak_labels.py budget --picker random --budgets 10 25
+    python benchmarks/weak_labels.py budget --picker image-tags --budgets 25
+    python benchmarks/weak_labels.py actions                     # the action counts (needs the suggested runs)
+    python benchmarks/weak_labels.py table                       # table + plot from the saved results
+
+*Suggested* budgets grow as a pathologist would use the tool: the first 10 % are `oeem suggest`'s picks before any
+model (spread over the images); each later step adds the images `oeem suggest` ranks first with the model trained
+on the step before. *Random* picks the same counts at random (seeded). *Image tags* gives each picked image one tag
+for all its patches (the classes present anywhere in it), the same images as *suggested*.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import RESULTS, glas_root, machine, print_table, write_json
+
+from pipeline.io.patch_labels import UNLABELLED, vectors_to_tags
+from pipeline.progress import run
+from pipeline.review.tagging import Tagger
+from pipeline.stages.patches import patch_grid, patch_labels
+from pipeline.store import ProjectStore
+
+WORK = Path(__file__).resolve().parents[1] / "runs" / "bench"
+TRUTH, BASE = WORK / "glas-truth.oeem.zarr", WORK / "weak-base.oeem.zarr"
+OUT = "weak_labels.json"
+VAL_IMAGES = 10
+# One schedule for every budget (chosen to fit the budget sweep into about 1.5 h on 2 cores in fp32; the budgets are
+# compared with each other, not with the full `cpu` preset - see docs/benchmarks.md for that run).
+SCHEDULE = {"classifier.epochs": 4, "cam.scales": (1.0, 1.5), "segmentation.iterations": 300,
+            "selftrain.rounds": 0, "inference.scales": (1.0,), "inference.flip": False}
+
+
+def load() -> dict:
+    path = RESULTS / OUT
+    return json.loads(path.read_text()) if path.is_file() else {"runs": {}}
+
+
+def save(data: dict) -> None:
+    data["machine"] = machine()
+    data["schedule"] = {k: list(v) if isinstance(v, tuple) else v for k, v in SCHEDULE.items()}
+    write_json(OUT, data)
+
+
+def truth_tags(truth: ProjectStore, name: str, cfg) -> np.ndarray:
+    """The tags a careful pathologist gives: the 5 % rule on the GlaS mask."""
+    corners = patch_grid(truth.shape(name), cfg.size, cfg.stride)
+    return vectors_to_tags(patch_labels(truth.mask(name), corners, cfg.size, cfg.min_fraction))
+
+
+# ---------------------------------------------------------------------------- build
+def cmd_build(args) -> None:
+    from pipeline.store.project import create_project
+
+    WORK.mkdir(parents=True, exist_ok=True)
+    root = glas_root()
+    if not TRUTH.exists():
+        t = time.perf_counter()
+        create_project(root, TRUTH, val_images=VAL_IMAGES, seed=0)
+        print(f"truth project: {time.perf_counter() - t:.0f} s")
+    if BASE.exists():
+        shutil.rmtree(BASE)
+    shutil.copytree(TRUTH, BASE)
+    base = ProjectStore.open(BASE)
+    for n in base.names("train"):
+        base.delete(n, "mask")  # the pipeline never sees a training mask
+    print(f"base: {len(base.names('train'))} training images without masks, {len(base.names('val'))} validation, "
+          f"{len(base.names('test'))} testA")
+
+
+# ---------------------------------------------------------------------------- budgets
+def bench_config(store: ProjectStore):
+    from pipeline.store.project import project_config
+
+    return project_config(store, "cpu", dict(SCHEDULE))
+
+
+def run_name(picker: str, budget: int, seed: int) -> str:
+    return f"{picker}-{budget}-s{seed}"
+
+
+def counts(n: int, budgets: list[int]) -> list[int]:
+    return [max(1, round(n * b / 100)) for b in budgets]
+
+
+def picks_for(picker: str, budgets: list[int], seed: int, truth: ProjectStore, data: dict, cfg) -> list[list[str]]:
+    """The images tagged at each budget (each list contains the previous one)."""
+    names = truth.names("train")
+    sizes = counts(len(names), budgets)
+    if picker == "random":
+        order = list(np.random.default_rng(seed).permutation(names))
+        return [order[:k] for k in sizes]
+    return [data["runs"][run_name("suggested", b, seed)]["images"] for b in budgets]  # image-tags: same images
+
+
+def next_suggested(prev: Path | None, k: int, cfg) -> list[str]:
+    """``k`` more images in `oeem suggest`'s order, with the model of the previous step (none before the first)."""
+    from pipeline.review.suggest import suggest
+
+    store = ProjectStore.open(prev if prev is not None else BASE)
+    return [s.image for s in suggest(store, cfg.patches, top=k, device="cpu")]
+
+
+def tag_images(store: ProjectStore, truth: ProjectStore, names: list[str], cfg, image_tags: bool) -> None:
+    for n in names:
+        tags = truth_tags(truth, n, cfg.patches)
+        if image_tags:  # one tag for the whole image: the classes present anywhere in it
+            tags = np.full_like(tags, np.bitwise_or.reduce(tags))
+        store.save_patch_tags(n, tags, cfg.patches.size, cfg.patches.stride)
+
+
+def train_budget(picker: str, budget: int, seed: int, names: list[str], truth: ProjectStore, data: dict) -> dict:
+    from pipeline.stages.infer import evaluate
+    from pipeline.stages.run import run_all
+
+    key = run_name(picker, budget, seed)
+    path = WORK / f"{key}.oeem.zarr"
+    if path.exists():
+        shutil.rmtree(path)
+    shutil.copytree(BASE, path)
+    store = ProjectStore.open(path)
+    cfg = bench_config(store)
+    cfg.classifier.seed = cfg.segmentation.seed = seed
+    tag_images(store, truth, names, cfg, image_tags=picker == "image-tags")
+    t = time.perf_counter()
+    report = run(run_all(store, cfg, "cpu"), lambda p: None)
+    minutes = (time.perf_counter() - t) / 60
+    pseudo_val = evaluate(store, "val", "pseudo")
+    row = {"picker": picker, "budget": budget, "seed": seed, "images": names, "minutes": round(minutes, 1),
+           "labelled_patches": int(store.tag_summary()["patches"]),
+           "val_mIoU": report["evaluation-val"]["mIoU"], "testA_mIoU": report["evaluation-test"]["mIoU"],
+           "val_pseudo_mIoU": pseudo_val["mIoU"], "project": str(path)}
+    print(f"{key}: {len(names)} images, testA {row['testA_mIoU']:.2f}, validation {row['val_mIoU']:.2f} "
+          f"(pseudo {row['val_pseudo_mIoU']:.2f}), {minutes:.1f} min", flush=True)
+    return row
+
+
+def cmd_budget(args) -> None:
+    truth = ProjectStore.open(TRUTH)
+    data = load()
+    cfg = bench_config(ProjectStore.open(BASE))
+    names = truth.names("train")
+    sizes = counts(len(names), args.budgets)
+    chosen: list[str] = []
+    prev: Path | None = None
+    for budget, k in zip(args.budgets, sizes):
+        key = run_name(args.picker, budget, args.seed)
+        if args.picker == "suggested":
+            chosen = chosen + next_suggested(prev, k - len(chosen), cfg)
+            picked = chosen
+        else:
+            picked = picks_for(args.picker, args.budgets, args.seed, truth, data, cfg)[args.budgets.index(budget)]
+        if key in data["runs"] and not args.redo:
+            print(f"{key}: done (--redo to measure again)")
+        else:
+            data["runs"][key] = train_budget(args.picker, budget, args.seed, list(picked), truth, data)
+            save(data)
+        prev = Path(data["runs"][key]["project"])
+
+
+# ---------------------------------------------------------------------------- actions
+def cmd_actions(args) -> None:
+    """Replay the suggested order with the Tagger: patch by patch against proposals + fixes."""
+    from pipeline.stages.classify import load_classifier
+
+    truth = ProjectStore.open(TRUTH)
+    data = load()
+    steps = sorted((r for r in data["runs"].values() if r["picker"] == "suggested" and r["seed"] == args.seed),
+                   key=lambda r: r["budget"])
+    if not steps:
+        sys.exit("no suggested budget runs yet: run `weak_labels.py budget --picker suggested` first")
+    scratch = WORK / "actions.oeem.zarr"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    shutil.copytree(BASE, scratch)
+    store = ProjectStore.open(scratch)
+    cfg = bench_config(store).patches
+    one_by_one = proposal_flow = patches_total = wrong_total = 0
+    per_step, done, model_from = [], [], None
+    for step in steps:
+        model = None
+        if model_from is not None:
+            model = load_classifier(ProjectStore.open(model_from["project"]), "cpu")
+        new = [n for n in step["images"] if n not in done]
+        acts = wrong = 0
+        for n in new:
+            truth_t = truth_tags(truth, n, cfg)
+            tagger = Tagger(store, n, cfg)
+            patches_total += len(truth_t)
+            one_by_one += len(truth_t)  # one key per patch
+            if model is not None and tagger.propose(model, "cpu") is not None:
+                tagger.accept_proposals()
+                acts += 1
+            else:  # no model yet: the whole-image key with the image's commonest tag
+                tagger.set_image(int(np.bincount(truth_t, minlength=4)[1:].argmax() + 1))
+                acts += 1
+            bad = np.flatnonzero(tagger.tags != truth_t)
+            wrong += len(bad)
+            for k in bad:  # fix the wrong ones with the patch key
+                y, x = tagger.centres[k]
+                tagger.set_at(y, x, int(truth_t[k]))
+                acts += 1
+            assert np.array_equal(tagger.tags, truth_t) and (tagger.tags != UNLABELLED).all()
+        proposal_flow += acts
+        wrong_total += wrong
+        per_step.append({"budget": step["budget"], "images": len(new), "actions": acts, "wrong_proposals": wrong,
+                         "model_from": model_from and model_from["budget"]})
+        done += new
+        model_from = step
+    vertices = mask_vertices(truth, done)
+    data["actions"] = {"images": len(done), "patches": patches_total, "one_by_one": one_by_one,
+                       "with_proposals": proposal_flow, "ratio": one_by_one / max(1, proposal_flow),
+                       "steps": per_step, "mask_polygon_vertices": vertices}
+    save(data)
+    print_table([(s["budget"], s["images"], s["model_from"] or "-", s["actions"], s["wrong_proposals"])
+                 for s in per_step], ("up to budget %", "images", "proposals from", "actions", "patches fixed"))
+    print(f"\n{len(done)} images, {patches_total} patches: one by one {one_by_one} actions, with proposals "
+          f"{proposal_flow} ({one_by_one / max(1, proposal_flow):.1f}x fewer); drawing the masks: {vertices} "
+          f"polygon vertices")
+
+
+def mask_vertices(truth: ProjectStore, names: list[str], tolerance: float = 1.0) -> int:
+    """Vertices of the GlaS masks' outlines (simplified to ``tolerance`` px): the clicks of drawing them."""
+    from skimage.measure import approximate_polygon, find_contours
+
+    total = 0
+    for n in names:
+        for c in find_contours(np.pad(truth.mask(n), 1).astype(np.uint8), 0.5):
+            total += len(approximate_polygon(c, tolerance)) - 1
+    return total
+
+
+# ---------------------------------------------------------------------------- table
+def cmd_table(args) -> None:
+    data = load()
+    runs = sorted(data["runs"].values(), key=lambda r: (r["picker"], r["budget"], r["seed"]))
+    full = [r["testA_mIoU"] for r in runs if r["picker"] == "suggested" and r["budget"] == 100]
+    rows = [(r["picker"], f"{r['budget']} %", len(r["images"]), r["labelled_patches"], f"{r['val_pseudo_mIoU']:.2f}",
+             f"{r['val_mIoU']:.2f}", f"{r['testA_mIoU']:.2f}",
+             f"{100 * r['testA_mIoU'] / full[0]:.1f} %" if full else "-", r["minutes"]) for r in runs]
+    print_table(rows, ("picked by", "budget", "images", "patches", "val pseudo", "val mIoU", "testA mIoU",
+                       "of 100 %", "min"))
+    if "actions" in data:
+        a = data["actions"]
+        print(f"\nactions: one by one {a['one_by_one']}, with proposals {a['with_proposals']} ({a['ratio']:.1f}x); "
+              f"mask vertices {a['mask_polygon_vertices']}")
+    plot(data)
+
+
+def plot(data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    for picker, style in (("suggested", "o-"), ("random", "s--"), ("image-tags", "^:")):
+        rs = sorted((r for r in data["runs"].values() if r["picker"] == picker), key=lambda r: r["budget"])
+        if rs:
+            ax.plot([r["budget"] for r in rs], [r["testA_mIoU"] for r in rs], style, label=picker)
+    ax.set_xlabel("training images with patch tags (%)")
+    ax.set_ylabel("testA mIoU")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(__file__).resolve().parents[1] / "docs" / "weak_labels.png"
+    fig.savefig(out)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("build").set_defaults(func=cmd_build)
+    b = sub.add_parser("budget")
+    b.add_argument("--picker", choices=("suggested", "random", "image-tags"), default="suggested")
+    b.add_argument("--budgets", type=int, nargs="+", default=[10, 25, 50, 100])
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--redo", action="store_true")
+    b.set_defaults(func=cmd_budget)
+    a = sub.add_parser("actions")
+    a.add_argument("--seed", type=int, default=0)
+    a.set_defaults(func=cmd_actions)
+    sub.add_parser("table").set_defaults(func=cmd_table)
+    args = ap.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
