@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.cli import labels, project, review, slides, stages
+from pipeline.cli import labels, models, project, review, slides, stages
 from pipeline.cli.common import is_main
 from pipeline.errors import OEEMError
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
-    for group in (project, labels, stages, review, slides):
+    for group in (project, labels, stages, models, review, slides):
         group.register(add)
     return ap
 

@@ -116,6 +116,58 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
     return mask
 
 
+def image_mpp(path: str | Path) -> float | None:
+    """Microns per pixel an image file states (TIFF resolution tags, PNG pHYs / JPEG density in dots per inch or
+    cm); None when it says nothing usable. 72 and 96 dpi are screen defaults written by many tools, not a scanner's
+    pixel size, so they count as nothing said."""
+    path = Path(path)
+    per_inch = None
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                tags = tif.pages[0].tags
+                res, unit = tags.get("XResolution"), tags.get("ResolutionUnit")
+                if res is not None and res.value[1]:
+                    value = res.value[0] / res.value[1]
+                    unit_value = int(getattr(unit, "value", 2)) if unit is not None else 2
+                    per_inch = value * 2.54 if unit_value == 3 else (value if unit_value == 2 else None)
+        except Exception:  # noqa: BLE001 - unreadable tags: the image says nothing
+            return None
+    else:
+        try:
+            with Image.open(path) as img:
+                dpi = img.info.get("dpi")
+                per_inch = float(dpi[0]) if dpi else None
+        except (OSError, UnidentifiedImageError):
+            return None
+    if not per_inch or per_inch <= 1 or round(per_inch) in (72, 96):
+        return None
+    mpp = 25_400.0 / per_inch
+    return mpp if 0.01 <= mpp <= 100 else None
+
+
+def list_image_files(paths: list[str | Path]) -> list[Path]:
+    """The image files among ``paths`` (files, or folders searched recursively), masks (``NAME_anno.png``...)
+    left out, in natural order, each once."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted((f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                             and not f.name.startswith(".")), key=lambda f: natural_key(str(f.relative_to(p))))
+        elif p.is_file():
+            if p.suffix.lower() not in IMAGE_SUFFIXES:
+                raise OEEMError(f"{p}: not an image file this tool reads ({', '.join(IMAGE_SUFFIXES)})")
+            found.append(p)
+        else:
+            raise OEEMError(f"{p}: no such file or folder")
+    images = [f for f in dict.fromkeys(found) if not any(f.stem.endswith(t) for t in MASK_TAGS)]
+    if not images:
+        raise OEEMError(f"no images in {', '.join(map(str, paths))} ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
 def safe_name(stem: str) -> str:
     """A file's name as a project names the image: characters other than letters, digits, '_', '-' and '.' become
     '_' (a zarr key must not hold them); the file name itself is kept as the image's source."""

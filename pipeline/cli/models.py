@@ -1,0 +1,56 @@
+"""``oeem export-model`` and ``oeem predict-images``: a trained model out of its project, and onto any images."""
+from __future__ import annotations
+
+from pipeline.cli.common import drive, open_project
+
+
+def cmd_export_model(args) -> None:
+    from pipeline.stages.model_file import SUFFIX, export_model, load_model_file
+    from pipeline.store.project import project_config
+
+    store = open_project(args.project)
+    cfg = project_config(store, save=False)  # the settings the model was trained and scored with
+    path = export_model(store, args.file, cfg.inference, cfg.slide.project_mpp, args.name)
+    trained = load_model_file(path)  # what a colleague will load: checked before we say it is done
+    size = path.stat().st_size / 1e6
+    hint = "" if path.name.endswith(SUFFIX) else f" (the usual suffix is {SUFFIX})"
+    print(f"wrote {path} ({size:.1f} MB{hint}): {trained.seg.decoder} on {trained.seg.backbone.name}, "
+          f"{trained.mpp:g} µm/px, trained {trained.record.get('iterations')} iterations; use it with "
+          f"`oeem predict-images {path} IMAGES... --out DIR`")
+
+
+def cmd_predict_images(args) -> None:
+    from pipeline.config import FAST_INFERENCE
+    from pipeline.stages.model_file import open_model
+    from pipeline.stages.predict_files import predict_files
+
+    overrides = {k.split(".", 1)[1]: v for k, v in FAST_INFERENCE.items()} if args.fast else None
+    trained = open_model(args.model, "cpu", overrides)
+    rec = drive(predict_files(trained, args.paths, args.out, args.format, args.overwrite, args.mpp, args.device),
+                "predict-images")
+    assumed = sum(1 for r in rec["images"].values() if r["mpp_from"].startswith("assumed"))
+    note = (f"; {assumed} image(s) state no µm/px and were taken to be at the model's {trained.mpp:g} "
+            "(give --mpp if they are not)") if assumed else ""
+    print(f"predicted {rec['predicted']} image(s), {rec['skipped']} already done (--overwrite redoes them), into "
+          f"{args.out} ({args.format}){note}")
+
+
+def register(add) -> None:
+    from pipeline.io.export import FORMATS
+
+    p = add("export-model", cmd_export_model, "write the project's segmentation model to one file (weights, "
+            "settings, µm/px, training record, checksum) to use on other images, projects and machines")
+    p.add_argument("file", help="the model file to write, e.g. glas-cpu.oeem-model")
+    p.add_argument("--name", default=None, help="export the model trained with --name (default: the project's)")
+    p = add("predict-images", cmd_predict_images, "segment image files or folders that are in no project, with a "
+            "model file or a project's model; one image at a time, resumable", project=False)
+    p.add_argument("model", help="a .oeem-model file (from `oeem export-model`) or a project folder")
+    p.add_argument("paths", nargs="+", help="image files or folders (searched recursively; masks left out)")
+    p.add_argument("--out", required=True, help="folder for the masks (made if missing)")
+    p.add_argument("--format", default="png", choices=FORMATS, help="mask format (default: png)")
+    p.add_argument("--overwrite", action="store_true", help="predict images whose mask exists again (default: "
+                   "skip them, so a rerun resumes)")
+    p.add_argument("--mpp", type=float, default=None, help="µm per pixel of images that do not state theirs "
+                   "(default: the model's)")
+    p.add_argument("--fast", action="store_true", help="single scale, no flip (default: the model's settings)")
+    p.add_argument("--device", default="auto", help="auto (default: the GPU when there is one), cpu or cuda")

@@ -1,0 +1,189 @@
+"""A trained segmentation model as one file (``*.oeem-model``) that leaves its project: shared with a colleague,
+used on new images (``oeem predict-images``), on slides (``oeem predict-slide --model``), in the plugin (*Load
+model…*) or as the start of another project's training (``oeem train-seg --init-from``).
+
+The file is a ``torch.save`` archive of tensors and plain values only, read back with ``weights_only=True`` (it
+cannot run code). It holds the network's weights and everything needed to use them: the network's settings
+(architecture, input normalisation, working scale), the prediction settings it was scored with (scales, flip,
+post-processing: ``drop_glands_below``, ``fill_holes_below``), the microns per pixel of the images it learned from,
+the class names, the training record (data, iterations, validation scores, software versions) and a SHA-256 of the
+weights, checked on load so a damaged file is named instead of predicting garbage. (TorchScript / ONNX were left
+out: they would freeze one input size and the sliding-window, multi-scale inference around the network, which is
+where this tool's results come from.)
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.config import InferConfig, SegConfig, from_dict, to_dict
+from pipeline.errors import OEEMError
+from pipeline.stages.models import load_model_state, safe_torch_load
+from pipeline.store import ProjectStore
+
+FORMAT = "oeem-model"
+FORMAT_VERSION = 1
+SUFFIX = ".oeem-model"
+CLASSES = ("non-gland", "gland")
+
+
+@dataclass
+class TrainedModel:
+    """A segmentation network ready to predict, with the settings that go with it and where it came from."""
+
+    model: torch.nn.Module
+    seg: SegConfig
+    inference: InferConfig
+    mpp: float  # microns per pixel of the images it learned from
+    source: str  # the file or project it was loaded from
+    record: dict[str, Any]
+
+
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the weights' names, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype}:".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def export_model(store: ProjectStore, path: str | Path, inference: InferConfig, mpp: float,
+                 run_name: str | None = None) -> Path:
+    """Write the project's current segmentation model (or run ``run_name``'s) to ``path``, atomically."""
+    from pipeline import __version__
+    from pipeline.stages.segment import stage_name
+    from pipeline.store import atomic_write_bytes
+
+    stage = stage_name(run_name)
+    ck_path = store.checkpoint_path(stage)
+    if not ck_path.is_file():
+        raise OEEMError(f"{store.path}: no trained segmentation model to export; run `oeem run {store.path}` "
+                        f"or `oeem train-seg {store.path}` first")
+    ck = safe_torch_load(ck_path)
+    if ck.get("kind") != "segmentation":
+        raise OEEMError(f"{ck_path}: not a segmentation checkpoint")
+    run = store.load_run(stage) or {}
+    evaluation = {split: {k: v for k, v in (store.load_run(f"evaluation-{split}") or {}).items()
+                          if isinstance(v, (int, float))} for split in ("val", "test")}
+    record = {"project": str(store.path.resolve()), "images": {s: len(store.names(s)) for s in ("train", "val", "test")},
+              "iterations": ck.get("iteration", run.get("iterations")), "labels_round": ck.get("labels_round", 0),
+              "run_id": run.get("run_id"), "trained_at": run.get("finished_at") or run.get("saved_at"),
+              "scores": {s: e for s, e in evaluation.items() if e},
+              "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+              "versions": {"oeem": __version__, "torch": str(torch.__version__), "numpy": np.__version__,
+                           "python": platform.python_version()}}
+    preset = (store.load_run("config") or {}).get("preset")
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "segmentation", "preset": preset,
+               "classes": list(CLASSES), "mpp": float(mpp), "segmentation": ck["config"],
+               "inference": to_dict(inference), "record": record, "model": ck["model"],
+               "sha256": weights_digest(ck["model"])}
+    import io
+
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OEEMError(f"{path.parent}: folder does not exist")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _settings(kind, saved: Any, path: Path, what: str):
+    try:
+        return from_dict(kind, saved)
+    except (TypeError, ValueError, KeyError, OEEMError) as exc:
+        raise OEEMError(f"{path}: its {what} settings are not ones this version knows ({exc}); export the model "
+                        "again with this version of oeem, or install the version that made it") from None
+
+
+def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """Read and check a model file: format, version, checksum, and that the weights fit the network it names."""
+    from pipeline.stages.segment import build_segmenter
+
+    path = Path(path)
+    if not path.is_file():
+        raise OEEMError(f"{path}: no such model file; make one with `oeem export-model PROJECT {path.name}`")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a truncated zip, a pickle with code, not torch at all
+        raise OEEMError(f"{path}: not a readable oeem model file (damaged, truncated or another kind of file: "
+                        f"{type(exc).__name__}); export it again with `oeem export-model`") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise OEEMError(f"{path}: not an oeem model file (a project checkpoint? export one with `oeem export-model "
+                        "PROJECT FILE`)")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise OEEMError(f"{path}: made by a newer oeem (model file format {version}; this one reads up to "
+                        f"{FORMAT_VERSION}); upgrade oeem-napari")
+    from pipeline.config import PRESETS
+
+    if data.get("preset") not in (None, *PRESETS):
+        raise OEEMError(f"{path}: made with preset {data.get('preset')!r}, which this version does not know "
+                        f"({', '.join(PRESETS)}); upgrade oeem-napari")
+    state = data.get("model")
+    if not isinstance(state, dict) or weights_digest(state) != data.get("sha256"):
+        raise OEEMError(f"{path}: the weights do not match the file's checksum (the file is damaged); copy or "
+                        "export it again")
+    seg = _settings(SegConfig, data.get("segmentation"), path, "network")
+    inference = _settings(InferConfig, data.get("inference"), path, "prediction")
+    model = build_segmenter(seg)
+    load_model_state(model, state, path)
+    model = model.to(device, memory_format=torch.channels_last).eval()
+    return TrainedModel(model, seg, inference, float(data.get("mpp") or 0.62), str(path), data.get("record", {}))
+
+
+def project_model(store: ProjectStore, inference: InferConfig, mpp: float,
+                  device: str | torch.device = "cpu") -> TrainedModel:
+    """A project's current segmentation model, as a model file would give it."""
+    from pipeline.stages.segment import load_segmenter
+
+    model, seg = load_segmenter(store, None, device)
+    return TrainedModel(model, seg, inference, mpp, str(store.path), {"project": str(store.path)})
+
+
+def open_model(source: str | Path, device: str | torch.device = "cpu",
+               inference_overrides: dict[str, Any] | None = None) -> TrainedModel:
+    """A model file, or a project's current model (``source`` is a project folder): what ``oeem predict-images``
+    and the plugin's *Load model…* take. ``inference_overrides`` (e.g. ``--fast``) change how it predicts."""
+    source = Path(source)
+    if source.is_dir():
+        from pipeline.store.project import project_config
+
+        store = ProjectStore.open(source)
+        cfg = project_config(store, save=False)
+        trained = project_model(store, cfg.inference, cfg.slide.project_mpp, device)
+    else:
+        trained = load_model_file(source, device)
+    if inference_overrides:
+        trained.inference = dataclasses.replace(trained.inference, **inference_overrides)
+    return trained
+
+
+def init_weights_from_file(model: torch.nn.Module, seg: SegConfig, path: str | Path) -> str:
+    """Start a network from a model file's weights (``oeem train-seg --init-from``); its architecture must be the
+    one ``seg`` builds."""
+    trained = load_model_file(path)
+    theirs = {k: v for k, v in to_dict(trained.seg).items() if k in ARCHITECTURE}
+    ours = {k: v for k, v in to_dict(seg).items() if k in ARCHITECTURE}
+    if theirs != ours:
+        diff = ", ".join(f"{k}: file {theirs[k]} vs here {ours[k]}" for k in ARCHITECTURE if theirs[k] != ours[k])
+        raise OEEMError(f"{path}: its network differs from this project's settings ({diff}); use the preset it was "
+                        "trained with (`oeem info` of its project) or set those settings to match")
+    load_model_state(model, trained.model.state_dict(), path)
+    return f"model file {Path(path).name}"
+
+
+ARCHITECTURE = ("backbone", "decoder", "head_channels", "decoder_full_res")  # what must match to reuse weights
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "SUFFIX", "TrainedModel", "export_model", "init_weights_from_file",
+           "load_model_file", "open_model", "project_model", "weights_digest"]

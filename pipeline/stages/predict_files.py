@@ -1,0 +1,119 @@
+"""Segment image files that are in no project (``oeem predict-images``): this week's tiles with last month's model.
+
+One image at a time - read, resample to the model's microns per pixel, predict, resample the mask back to the
+image's own size, write atomically - so memory is bounded by the largest image, not the count. An image whose
+output already exists is skipped (a rerun after a crash or a cancel resumes; ``overwrite`` redoes), and a record
+of what made the files (``oeem-predictions.json``) is kept beside them.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import OEEMError
+from pipeline.io.data import image_mpp, list_image_files, load_image
+from pipeline.io.export import FORMATS, SUFFIXES, write_mask_file
+from pipeline.progress import Job, Progress
+from pipeline.stages.model_file import TrainedModel
+
+RECORD = "oeem-predictions.json"
+SAME_RESOLUTION = 0.03  # relative difference of µm/px under which an image is used as it is
+
+
+def output_for(image: Path, roots: list[Path], out: Path, fmt: str) -> Path:
+    """Where an image's mask goes: under ``out``, with the image's path below the folder it was found in."""
+    for root in roots:
+        if root.is_dir() and image.is_relative_to(root):
+            rel = image.relative_to(root)
+            return out / rel.parent / f"{rel.stem}{SUFFIXES[fmt]}"
+    return out / f"{image.stem}{SUFFIXES[fmt]}"
+
+
+def resolution_of(path: Path, given: float | None, model_mpp: float) -> tuple[float, str]:
+    """µm/px of an image and where it came from: the file, ``--mpp``, or (neither) assumed to be the model's."""
+    own = image_mpp(path)
+    if own is not None:
+        return own, "file"
+    if given is not None:
+        return given, "--mpp"
+    return model_mpp, "assumed (the model's; give --mpp if it differs)"
+
+
+def predict_image(trained: TrainedModel, image: np.ndarray, mpp: float, device) -> np.ndarray:
+    """The gland mask (uint8 0/1) of one image at its own size, predicted at the model's resolution."""
+    from pipeline.stages.infer import mask_from_probs, predict_probs
+
+    scale = mpp / trained.mpp  # model px per image px
+    h, w = image.shape[:2]
+    if abs(scale - 1) > SAME_RESOLUTION:
+        from skimage.transform import resize
+
+        size = (max(8, round(h * scale)), max(8, round(w * scale)))
+        work = (resize(image, size, order=1, anti_aliasing=scale < 1, preserve_range=True) + 0.5).astype(np.uint8)
+        mask = mask_from_probs(predict_probs(trained.model, work, trained.inference, device, trained.seg),
+                               trained.inference)
+        return resize(mask, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(np.uint8)
+    return mask_from_probs(predict_probs(trained.model, image, trained.inference, device, trained.seg),
+                           trained.inference)
+
+
+def predict_files(trained: TrainedModel, paths: list[str | Path], out: str | Path, fmt: str = "png",
+                  overwrite: bool = False, mpp: float | None = None, device: str = "auto") -> Job[dict]:
+    """Predict every image among ``paths`` into ``out`` (see the module's doc); returns the run's record."""
+    from pipeline.device import precision_name, resolve_device, resolve_precision
+
+    if fmt not in FORMATS:
+        raise OEEMError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if mpp is not None and not (0.01 <= mpp <= 100):
+        raise OEEMError(f"--mpp {mpp}: microns per pixel are between 0.01 and 100 (0.25 at 40x, 0.5 at 20x)")
+    images = list_image_files(list(paths))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    roots = [Path(p) for p in paths]
+    dev = resolve_device(device)
+    todo = [(i, output_for(i, roots, out, fmt)) for i in images]
+    clash = {}
+    for image, target in todo:
+        if target in clash:
+            raise OEEMError(f"{image} and {clash[target]} would both be written to {target}; predict them into "
+                            "separate --out folders")
+        clash[target] = image
+    record: dict[str, Any] = {"model": trained.source, "model_mpp": trained.mpp, "format": fmt,
+                              "device": str(dev), "precision": precision_name(resolve_precision(
+                                  trained.inference.precision, dev)), "images": {}}
+    previous = out / RECORD
+    if previous.is_file() and not overwrite:
+        try:
+            record["images"] = json.loads(previous.read_text()).get("images", {})
+        except ValueError:
+            pass
+    done = skipped = 0
+    t0 = time.perf_counter()
+    for k, (image_path, target) in enumerate(todo):
+        if target.exists() and not overwrite:
+            skipped += 1
+            yield Progress("predict-images", k + 1, len(todo), f"{image_path.name} (done before)")
+            continue
+        t = time.perf_counter()
+        image = np.require(load_image(image_path), requirements="W")  # torch wants a writable array
+        res, source = resolution_of(image_path, mpp, trained.mpp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        write_mask_file(target, predict_image(trained, image, res, dev), image_path.stem)
+        record["images"][str(target.relative_to(out))] = {"image": str(image_path), "mpp": round(res, 4),
+                                                          "mpp_from": source, "seconds": round(time.perf_counter() - t, 3)}
+        done += 1
+        _save_record(out, record)
+        yield Progress("predict-images", k + 1, len(todo), image_path.name)
+    record.update(predicted=done, skipped=skipped, seconds=round(time.perf_counter() - t0, 2))
+    _save_record(out, record)
+    return record
+
+
+def _save_record(out: Path, record: dict) -> None:
+    from pipeline.store import atomic_write_json
+
+    atomic_write_json(out / RECORD, record)
