@@ -75,7 +75,8 @@ def export_model(store: ProjectStore, path: str | Path, inference: InferConfig, 
     run = store.load_run(stage) or {}
     evaluation = {split: {k: v for k, v in (store.load_run(f"evaluation-{split}") or {}).items()
                           if isinstance(v, (int, float))} for split in ("val", "test")}
-    record = {"project": str(store.path.resolve()), "images": {s: len(store.names(s)) for s in ("train", "val", "test")},
+    images = {s: len(store.names(s)) for s in ("train", "val", "test")}
+    record = {"project": str(store.path.resolve()), "images": images,
               "iterations": ck.get("iteration", run.get("iterations")), "labels_round": ck.get("labels_round", 0),
               "run_id": run.get("run_id"), "trained_at": run.get("finished_at") or run.get("saved_at"),
               "scores": {s: e for s, e in evaluation.items() if e},

@@ -103,8 +103,9 @@ def predict_files(trained: TrainedModel, paths: list[str | Path], out: str | Pat
         res, source = resolution_of(image_path, mpp, trained.mpp)
         target.parent.mkdir(parents=True, exist_ok=True)
         write_mask_file(target, predict_image(trained, image, res, dev), image_path.stem)
-        record["images"][str(target.relative_to(out))] = {"image": str(image_path), "mpp": round(res, 4),
-                                                          "mpp_from": source, "seconds": round(time.perf_counter() - t, 3)}
+        record["images"][str(target.relative_to(out))] = {
+            "image": str(image_path), "mpp": round(res, 4), "mpp_from": source,
+            "seconds": round(time.perf_counter() - t, 3)}
         done += 1
         _save_record(out, record)
         yield Progress("predict-images", k + 1, len(todo), image_path.name)
