@@ -163,7 +163,8 @@ def cmd_budget(args) -> None:
     for budget, k in zip(args.budgets, sizes):
         key = run_name(args.picker, budget, args.seed)
         if args.picker == "suggested":
-            chosen = chosen + next_suggested(prev, k - len(chosen), cfg)
+            done = data["runs"].get(key)
+            chosen = done["images"] if done and not args.redo else chosen + next_suggested(prev, k - len(chosen), cfg)
             picked = chosen
         else:
             picked = picks_for(args.picker, args.budgets, args.seed, truth, data, cfg)[args.budgets.index(budget)]
