@@ -7,6 +7,7 @@ import dask.array as da
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
+from pipeline.io.patch_labels import GEOJSON_COLORS
 from pipeline.store import ProjectStore
 
 if TYPE_CHECKING:
@@ -72,11 +73,14 @@ def layer_specs(store: ProjectStore, name: str) -> list[tuple]:
 
 
 def region_outlines(store: ProjectStore, name: str, top: int) -> np.ndarray | None:
-    """The image's ``top`` ranked regions as a label image (drawn as outlines), or None before any ranking."""
+    """The image's regions listed in the review's table (its first ``top`` in the review's order) as a label image
+    (drawn as outlines), or None before any ranking."""
+    from pipeline.review.state import ordered_regions
+
     if not store.has(name, "regions"):
         return None
     ids = store.read(name, "regions")
-    ids[ids > top] = 0
+    ids[~np.isin(ids, [r.id for r in ordered_regions(store, top, name)])] = 0
     return ids if ids.any() else None
 
 
@@ -107,6 +111,51 @@ def show_image(viewer, store: ProjectStore, name: str, top: int = 10) -> None:
     if PSEUDO in viewer.layers:
         viewer.layers.selection.active = viewer.layers[PSEUDO]
     viewer.reset_view()
+
+
+# ---------------------------------------------------------------------------- weak labels (patch tags)
+# Two Labels layers over one array that numbers each patch's cell (``Tagger.cells``, which tile the image): a tag
+# changes a colour of the colormap, never a pixel, so a key press redraws at once on any image size, and Labels
+# stay crisp at every zoom. The fills show the tags (and the model's proposals, faint); the grid outlines every
+# cell, so unlabelled patches are visible too, a proposal in its tag's colour, the patches suggested next in magenta.
+WEAK_LABELS = "weak labels"
+WEAK_GRID = "weak-label grid"
+WEAK_SHAPES = "weak-label shapes"  # a rectangle or lasso drawn here tags the patches inside, then disappears
+WEAK_LAYERS = (WEAK_LABELS, WEAK_GRID, WEAK_SHAPES)
+TAG_COLOURS = {tag: (r / 255, g / 255, b / 255, 1.0) for tag, (r, g, b) in GEOJSON_COLORS.items()}  # as in QuPath
+PROPOSAL_ALPHA = 0.35  # a proposal: its tag's colour, this much of a tag's
+GRID_COLOUR = (1.0, 1.0, 1.0, 0.35)
+SUGGESTED_COLOUR = (1.0, 0.0, 1.0, 1.0)
+
+
+def cell_ids(cells: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Each pixel's patch: 1 + the index of the cell (y0, x0, y1, x1 rows of ``cells``) it lies in."""
+    ids = np.zeros(shape, np.uint16 if len(cells) < np.iinfo(np.uint16).max else np.uint32)
+    for k, (y0, x0, y1, x1) in enumerate(np.round(cells).astype(int)):
+        ids[y0:y1, x0:x1] = k + 1
+    return ids
+
+
+def tag_colormap(tags: np.ndarray, proposals: np.ndarray | None = None) -> DirectLabelColormap:
+    """The fills: each tagged patch in its tag's colour, an unlabelled one in its proposal's, faint, or not at all."""
+    colours = {0: _TRANSPARENT, None: _TRANSPARENT}
+    for k, tag in enumerate(tags):
+        if tag:
+            colours[k + 1] = TAG_COLOURS[int(tag)]
+        elif proposals is not None and proposals[k]:
+            colours[k + 1] = (*TAG_COLOURS[int(proposals[k])][:3], PROPOSAL_ALPHA)
+    return DirectLabelColormap(color_dict=colours)
+
+
+def grid_colormap(tags: np.ndarray, proposals: np.ndarray | None = None, suggested=()) -> DirectLabelColormap:
+    """The outlines: every cell faint; an unlabelled one in its proposal's colour (so a faint fill still reads
+    over pink tissue), or in magenta when ``suggested`` (indices) names it."""
+    colours = {0: _TRANSPARENT, None: _TRANSPARENT, **{k + 1: GRID_COLOUR for k in range(len(tags))}}
+    if proposals is not None:
+        open_ = np.flatnonzero((tags == 0) & (proposals > 0))
+        colours.update({int(k) + 1: TAG_COLOURS[int(proposals[k])] for k in open_})
+    colours.update({int(k) + 1: SUGGESTED_COLOUR for k in suggested if not tags[k]})
+    return DirectLabelColormap(color_dict=colours)
 
 
 # ---------------------------------------------------------------------------- whole slides

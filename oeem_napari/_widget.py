@@ -20,6 +20,7 @@ from oeem_napari._panels.run import RunPanel
 from oeem_napari._panels.settings import SettingsPanel
 from oeem_napari._panels.slides import SlidesPanel
 from oeem_napari._panels.state import DockState
+from oeem_napari._panels.weak_labels import WeakLabelsPanel
 
 
 class PanelColumn(QScrollArea):
@@ -59,13 +60,14 @@ class OEEMWidget(QWidget):
         super().__init__()
         self.state = DockState(napari_viewer, self)
         self.project = ProjectPanel(self.state)
+        self.weak_labels = WeakLabelsPanel(self.state)
         self.settings_panel = SettingsPanel(self.state)
         self.run = RunPanel(self.state)
         self.corrections = CorrectionsPanel(self.state)
         self.review = ReviewPanel(self.state)
         self.export_panel = ExportPanel(self.state)
         self.slides = SlidesPanel(self.state)
-        self.panels = (self.project, self.settings_panel, self.run, self.corrections, self.review,
+        self.panels = (self.project, self.weak_labels, self.settings_panel, self.run, self.corrections, self.review,
                        self.export_panel, self.slides)
         self._layout()
         self._alias_widgets()
