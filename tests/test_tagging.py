@@ -81,3 +81,45 @@ def test_accepting_proposals_keeps_the_pathologists_tags(own_project):
     k = t.patch_at(50, 20)
     assert t.tags[k] == NON_GLAND and (np.delete(t.tags, k) == np.delete(proposals, k)).all()
     assert t.undo() and (np.delete(t.tags, k) == UNLABELLED).all()  # accepting all is one undo step
+
+
+def test_a_kill_during_tag_saves_leaves_the_last_saved_tags_or_the_ones_being_saved(own_project):
+    """SIGKILL in the middle of a stream of saves (a crash, a power cut): the tags file reads, holding the last
+    save reported or the one under way, never a mix; its undo stack is whole; the lock is free again."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    cfg = preset("tiny").patches
+    n = len(Tagger(own_project, "a", cfg).corners)
+    code = textwrap.dedent(f"""
+        import numpy as np
+        from pipeline.store import ProjectStore
+
+        store = ProjectStore.open({str(own_project.path)!r})
+        for i in range(10**6):
+            store.save_patch_tags("a", np.random.default_rng(i).integers(0, 4, {n}), {cfg.size}, {cfg.stride})
+            print(i, flush=True)
+    """)
+
+    def tags_of(i: int) -> np.ndarray:
+        return np.random.default_rng(i).integers(0, 4, n).astype(np.uint8)
+
+    for delay in (0.0, 0.05, 0.23):  # killed at moments that vary against the saves' rhythm
+        proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        for _ in range(5):  # a few saves done
+            assert proc.stdout.readline(), "the saving process died on its own"
+        time.sleep(delay)
+        proc.kill()
+        rest, _ = proc.communicate(timeout=60)
+        reported = [int(line) for line in rest.split()]
+        last = reported[-1] if reported else 4
+        store = ProjectStore.open(own_project.path)
+        tags, size, stride = store.patch_tags("a")
+        found = next((i for i in (last, last + 1) if np.array_equal(tags, tags_of(i))), None)
+        assert found is not None, f"after save {last}: neither it nor the next one is on disk"
+        assert (size, stride) == (cfg.size, cfg.stride)
+        assert store.undo_patch_tags("a")  # the stack behind it reads too, and the lock was let go
+        previous = store.patch_tags("a")
+        assert previous is not None and np.array_equal(previous[0], tags_of(found - 1))
