@@ -192,3 +192,41 @@ def test_bad_inputs_to_predict_images(model_file, tmp_path, capsys):
     (tmp_path / "gray" / "g.png").write_bytes(buf.getvalue())
     assert main(["predict-images", str(model_file), str(tmp_path / "gray"), "--out", str(tmp_path / "o")]) == 2
     assert "grayscale" in capsys.readouterr().err
+
+
+def test_a_slide_predicted_with_the_model_file_alone_equals_the_projects(trained_project, model_file, tmp_path):
+    from pipeline.io.synth import write_synthetic_slide
+
+    store, _, _ = trained_project
+    slide = tmp_path / "slide.tif"
+    write_synthetic_slide(slide, (512, 768), tissue_fraction=0.6, mpp=0.62, tile=256, seed=5)
+    common = ["--device", "cpu", "--fast", "--block", "256"]
+    assert main(["predict-slide", str(store.path), str(slide), "--out", str(tmp_path / "p.ome.zarr"), *common]) == 0
+    assert main(["predict-slide", str(model_file), str(slide), *common]) == 0  # no project at all
+    out = tmp_path / "slide.prediction.ome.zarr"  # beside the slide
+    import zarr
+
+    a = np.asarray(zarr.open_group(str(tmp_path / "p.ome.zarr"), mode="r")["labels/prediction/0"])
+    b = np.asarray(zarr.open_group(str(out), mode="r")["labels/prediction/0"])
+    assert np.array_equal(a, b)
+    assert main(["predict-slide", str(store.path), str(slide), "--model", str(tmp_path / "nope.oeem-model"),
+                 *common]) == 2
+
+
+def test_train_seg_starts_from_a_model_file(project_copy, model_file, capsys):
+    from pipeline.stages.segment import load_segmenter
+
+    store, _ = project_copy
+    file_weights = load_model_file(model_file).model.state_dict()
+    assert main(["train-seg", str(store.path), "--init-from", str(model_file), "--iterations", "1", "--redo",
+                 "--set", "segmentation.lr=1e-12", "--device", "cpu"]) == 0
+    model, _ = load_segmenter(store)
+    conv = next(k for k, v in file_weights.items() if v.ndim == 4)
+    assert torch.allclose(model.state_dict()[conv], file_weights[conv], atol=1e-6)  # started from the file
+    assert store.load_run("segmentation")["initialised_from"] == f"model file {model_file.name}"
+    capsys.readouterr()
+    # a network the file does not fit: one line naming the file and what differs
+    assert main(["train-seg", str(store.path), "--init-from", str(model_file), "--iterations", "1", "--redo",
+                 "--preset", "cpu", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(model_file) in err and "network differs" in err and err.count("\n") == 1

@@ -124,12 +124,8 @@ def add_redo(p: argparse.ArgumentParser, what: str, old: str) -> None:
     p.add_argument(old, dest="redo", action="store_true", help=argparse.SUPPRESS)
 
 
-def config_for(args, store):
-    """The settings this command runs with: the project's saved ones (or ``--preset``'s) with this command's
-    flags and ``--set`` pairs on top. Saved as the project's only with ``--save-settings``; a project with no
-    saved settings keeps its preset."""
-    from pipeline.store.project import has_saved_config, project_config
-
+def command_overrides(args) -> dict[str, Any]:
+    """The settings this command's flags and ``--set`` pairs ask for, by dotted name."""
     over: dict[str, Any] = {k[len(SETTING_DEST):]: v for k, v in vars(args).items()
                             if k.startswith(SETTING_DEST) and v is not None}
     if "segmentation.iterations" in over:
@@ -144,11 +140,32 @@ def config_for(args, store):
         over["inference.scales"] = (1.0,)
         over["inference.flip"] = False
     over.update(parse_settings(getattr(args, "set", None) or []))
+    return over
+
+
+def config_for(args, store):
+    """The settings this command runs with: the project's saved ones (or ``--preset``'s) with this command's
+    flags and ``--set`` pairs on top. Saved as the project's only with ``--save-settings``; a project with no
+    saved settings keeps its preset."""
+    from pipeline.store.project import has_saved_config, project_config
+
+    over = command_overrides(args)
     main, keep = is_main(), getattr(args, "save_settings", False)
     name = getattr(args, "preset", None)
     if main and not keep and not has_saved_config(store):
         project_config(store, name, None, save=True)
     return project_config(store, name, over, save=main and keep)
+
+
+def config_for_model(args, trained):
+    """The settings a command runs with on a model file, outside any project: the model's prediction settings and
+    µm/px, then this command's flags."""
+    from pipeline.config import apply_overrides, check, preset
+
+    cfg = preset(getattr(args, "preset", None) or "cpu")
+    cfg.inference, cfg.slide.project_mpp = trained.inference, trained.mpp
+    apply_overrides(cfg, command_overrides(args))
+    return check(cfg)
 
 
 def print_json(obj) -> None:

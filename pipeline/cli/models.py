@@ -46,7 +46,8 @@ def register(add) -> None:
             "model file or a project's model; one image at a time, resumable", project=False)
     p.add_argument("model", help="a .oeem-model file (from `oeem export-model`) or a project folder")
     p.add_argument("paths", nargs="+", help="image files or folders (searched recursively; masks left out)")
-    p.add_argument("--out", required=True, help="folder for the masks (made if missing)")
+    p.add_argument("--out", default="predictions", help="folder for the masks, made if missing (default: "
+                   "./predictions)")
     p.add_argument("--format", default="png", choices=FORMATS, help="mask format (default: png)")
     p.add_argument("--overwrite", action="store_true", help="predict images whose mask exists again (default: "
                    "skip them, so a rerun resumes)")

@@ -2,6 +2,8 @@
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from pipeline.cli.common import add_common, add_redo, config_for, drive, open_project
 from pipeline.config import SLIDE_READERS
 from pipeline.errors import OEEMError
@@ -29,10 +31,20 @@ def cmd_slide_info(args) -> None:
 def cmd_predict_slide(args) -> None:
     from pipeline.slides.predict import predict_slide
 
-    store = open_project(args.project)
-    cfg = config_for(args, store)
+    model = args.model
+    if Path(args.project).is_file():  # a model file in place of the project
+        model, store = args.project, None
+    else:
+        store = open_project(args.project)
+    if model is not None:
+        from pipeline.cli.common import config_for_model
+        from pipeline.stages.model_file import load_model_file
+
+        cfg = config_for_model(args, load_model_file(model))
+    else:
+        cfg = config_for(args, store)
     rec = drive(predict_slide(store, args.slide, cfg.slide, cfg.inference, args.mpp, args.out, args.device,
-                               args.name, args.redo, args.scheduler), "predict-slide")
+                               args.name, args.redo, args.scheduler, model=model), "predict-slide")
     b = rec["blocks"]
     print(f"{rec['output']}: {rec['size'][1]} x {rec['size'][0]} px at {rec['project_mpp']:.4g} µm/px, "
           f"{rec['levels']} level(s); {b['tissue']} tissue blocks ({b['resumed']} resumed), "
@@ -68,8 +80,11 @@ def register(add) -> None:
     p.add_argument("--reader", choices=SLIDE_READERS, default="auto",
                    help="auto (default): tiffslide, OpenSlide (when installed) for what it cannot read")
     p = add("predict-slide", cmd_predict_slide, "predict a whole slide block by block into an OME-Zarr pyramid "
-            "beside the project (bounded memory, resumable, optionally on a dask cluster)")
+            "beside the project (bounded memory, resumable, optionally on a dask cluster)", project=False)
+    p.add_argument("project", help="project store (a .zarr folder made by `oeem init`), or a .oeem-model file")
     add_common(p, "predict-slide")
+    p.add_argument("--model", default=None, help="a .oeem-model file (`oeem export-model`) to predict with "
+                   "instead of the project's model (default: the project's)")
     p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
     p.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: what the file says)")
     p.add_argument("--out", default=None, help="output .ome.zarr (default: PROJECT.slides/NAME.ome.zarr)")

@@ -51,7 +51,12 @@ def cmd_train_seg(args) -> None:
     store = open_project(args.project)
     cfg = config_for(args, store)
     seg = segmentation_settings(store, cfg)
-    rec = drive(train_segmenter(store, seg, args.device, args.name, args.redo), "segmentation")
+    init = None
+    if args.init_from:
+        from pipeline.stages.model_file import weights_from_file
+
+        init = weights_from_file(args.init_from, seg)
+    rec = drive(train_segmenter(store, seg, args.device, args.name, args.redo, init_weights=init), "segmentation")
     if not is_main():
         return
     print(f"segmentation trained with loss {seg.loss} on {seg.label_source} labels: "
@@ -151,6 +156,9 @@ def register(add) -> None:
     add_common(p, "train-seg", train=True)
     p.add_argument("--name", default=None,
                    help="keep this model apart (checkpoints/segmentation-NAME.pt; default: the project's model)")
+    p.add_argument("--init-from", default=None, metavar="FILE",
+                   help="start from the weights of a .oeem-model file (`oeem export-model`) instead of random "
+                        "initialisation; its network must be this project's (default: none)")
     p = add("selftrain", cmd_selftrain, "one self-training round: refine the pseudo-masks with the current "
             "prediction (restricted by the patch labels); then train-seg again")
     add_common(p, "selftrain")

@@ -27,11 +27,11 @@ class ModelPlugin(WorkerPlugin):
     def setup(self, worker) -> None:
         import torch
 
-        from pipeline.stages.segment import load_segmenter_file
+        from pipeline.stages.model_file import load_network
 
         torch.set_num_threads(max(1, int(getattr(worker.state, "nthreads", 1) or 1)))
         self.dev = resolve_device(self.device)
-        self.model, self.seg_cfg = load_segmenter_file(Path(self.checkpoint), self.dev)
+        self.model, self.seg_cfg = load_network(Path(self.checkpoint), self.dev)
 
     def teardown(self, worker) -> None:
         self.model = None

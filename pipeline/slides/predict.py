@@ -36,9 +36,12 @@ from pipeline.store import ProjectStore, atomic_write_json
 LEVELS_MIN_SIDE = 512  # the pyramid stops when a level fits in this
 
 
-def default_output(store: ProjectStore, slide_path: str | Path) -> Path:
-    """``PROJECT.slides/NAME.ome.zarr`` beside the project (not inside its store)."""
+def default_output(store: ProjectStore | None, slide_path: str | Path) -> Path:
+    """``PROJECT.slides/NAME.ome.zarr`` beside the project (not inside its store); without a project (a model
+    file), ``NAME.prediction.ome.zarr`` beside the slide."""
     stem = Path(slide_path).name.split(".")[0] or "slide"
+    if store is None:
+        return Path(slide_path).parent / f"{stem}.prediction.ome.zarr"
     return store.path.parent / f"{store.path.name}.slides" / f"{stem}.ome.zarr"
 
 
@@ -47,9 +50,10 @@ def _fingerprint(job: SlideJob, checkpoint: Path) -> dict:
     """What the output depends on, as saved (JSON: tuples become lists), to tell a resumable run from a new one."""
     st = Path(job.slide).stat()
     ck = checkpoint.stat()
-    return json.loads(json.dumps({"slide": str(Path(job.slide).resolve()), "slide_bytes": st.st_size, "slide_mpp": job.slide_mpp,
-            "project_mpp": job.project_mpp, "block": job.block, "margin": job.margin, "infer": job.infer,
-            "model": str(checkpoint.resolve()), "model_bytes": ck.st_size, "model_mtime": int(ck.st_mtime)}))
+    return json.loads(json.dumps({
+        "slide": str(Path(job.slide).resolve()), "slide_bytes": st.st_size, "slide_mpp": job.slide_mpp,
+        "project_mpp": job.project_mpp, "block": job.block, "margin": job.margin, "infer": job.infer,
+        "model": str(checkpoint.resolve()), "model_bytes": ck.st_size, "model_mtime": int(ck.st_mtime)}))
 
 
 def progress_path(out: str | Path) -> Path:
@@ -142,20 +146,27 @@ def plan(slide: Slide, cfg: SlideConfig, infer_cfg: InferConfig, out: Path) -> t
     return job, wanted, float(tissue.mean())
 
 
-def predict_slide(store: ProjectStore, slide_path: str | Path, cfg: SlideConfig, infer_cfg: InferConfig,
+def predict_slide(store: ProjectStore | None, slide_path: str | Path, cfg: SlideConfig, infer_cfg: InferConfig,
                   mpp: float | None = None, out: str | Path | None = None, device: str = "auto",
                   run_name: str | None = None, restart: bool = False, scheduler: str | None = None,
-                  tasks_per_worker: int = 4) -> Job[dict]:
-    """Predict ``slide_path`` with the project's segmentation model into an OME-Zarr pyramid; resumable.
+                  tasks_per_worker: int = 4, model: str | Path | None = None) -> Job[dict]:
+    """Predict ``slide_path`` with the project's segmentation model (or the model file ``model``; then ``store``
+    may be None and ``cfg.project_mpp`` should be the model's) into an OME-Zarr pyramid; resumable.
 
     With ``scheduler`` (a dask.distributed address) the blocks are sent to that cluster's workers, which load the
     model once each; results land in the same zarr, so the output path must be visible to every worker."""
     from pipeline.stages.segment import stage_name
 
     t0 = time.perf_counter()
-    checkpoint = store.checkpoint_path(stage_name(run_name))
-    if not checkpoint.is_file():
-        raise OEEMError(f"{store.path}: no trained segmentation model; run `oeem train-seg {store.path}` first")
+    if model is not None:
+        from pipeline.stages.model_file import load_model_file
+
+        checkpoint = Path(model)
+        load_model_file(checkpoint)  # a bad file is one line now, not a failure in every block
+    else:
+        checkpoint = store.checkpoint_path(stage_name(run_name))
+        if not checkpoint.is_file():
+            raise OEEMError(f"{store.path}: no trained segmentation model; run `oeem train-seg {store.path}` first")
     out = Path(out) if out else default_output(store, slide_path)
     client = None
     if scheduler:  # before anything is touched: an address that does not answer changes nothing
@@ -232,8 +243,8 @@ def predict_slide(store: ProjectStore, slide_path: str | Path, cfg: SlideConfig,
 
 def _run_here(job: SlideJob, checkpoint: Path, todo: list[tuple[int, int]], dev, slide: Slide):
     """Blocks one by one in this process: yields each finished block as a one-element list."""
-    from pipeline.stages.segment import load_segmenter_file
+    from pipeline.stages.model_file import load_network
 
-    model, seg_cfg = load_segmenter_file(checkpoint, dev)
+    model, seg_cfg = load_network(checkpoint, dev)
     for block in todo:
         yield write_blocks(job, model, seg_cfg, [block], dev, slide)

@@ -170,21 +170,33 @@ def open_model(source: str | Path, device: str | torch.device = "cpu",
     return trained
 
 
-def init_weights_from_file(model: torch.nn.Module, seg: SegConfig, path: str | Path) -> str:
-    """Start a network from a model file's weights (``oeem train-seg --init-from``); its architecture must be the
-    one ``seg`` builds."""
+def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, SegConfig]:
+    """The network of a model file or of a project's segmentation checkpoint: what slide prediction (here and on
+    a cluster's workers) loads, whichever of the two it was given."""
+    from pipeline.stages.segment import load_segmenter_file
+
+    path = Path(path)
+    if path.is_file() and path.name.endswith(SUFFIX):
+        trained = load_model_file(path, device)
+        return trained.model, trained.seg
+    return load_segmenter_file(path, device)
+
+
+def weights_from_file(path: str | Path, seg: SegConfig) -> tuple[dict[str, torch.Tensor], str]:
+    """A model file's weights to start a training from (``oeem train-seg --init-from``), and a label for the
+    record; refused (one line) when the file's network is not the one ``seg`` builds."""
     trained = load_model_file(path)
     theirs = {k: v for k, v in to_dict(trained.seg).items() if k in ARCHITECTURE}
     ours = {k: v for k, v in to_dict(seg).items() if k in ARCHITECTURE}
     if theirs != ours:
-        diff = ", ".join(f"{k}: file {theirs[k]} vs here {ours[k]}" for k in ARCHITECTURE if theirs[k] != ours[k])
+        diff = "; ".join(f"{k}: file {theirs[k]} vs here {ours[k]}" for k in ARCHITECTURE if theirs[k] != ours[k])
         raise OEEMError(f"{path}: its network differs from this project's settings ({diff}); use the preset it was "
-                        "trained with (`oeem info` of its project) or set those settings to match")
-    load_model_state(model, trained.model.state_dict(), path)
-    return f"model file {Path(path).name}"
+                        "trained with or set those settings to match")
+    return trained.model.state_dict(), f"model file {Path(path).name}"
 
 
 ARCHITECTURE = ("backbone", "decoder", "head_channels", "decoder_full_res")  # what must match to reuse weights
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "SUFFIX", "TrainedModel", "export_model", "init_weights_from_file",
-           "load_model_file", "open_model", "project_model", "weights_digest"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "SUFFIX", "TrainedModel", "export_model",
+           "load_model_file", "load_network", "open_model", "project_model", "weights_digest",
+           "weights_from_file"]

@@ -217,11 +217,14 @@ def load_segmenter_file(path: Path, device: str | torch.device = "cpu") -> tuple
 
 
 def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", run_name: str | None = None,
-                    restart: bool = False, on_mismatch: str = "error") -> Job[dict]:
+                    restart: bool = False, on_mismatch: str = "error",
+                    init_weights: tuple[dict, str] | None = None) -> Job[dict]:
     """Train (or resume) the segmentation network (``cfg.decoder``: PSPNet as in the paper, or a U-Net).
     Checkpoints every ``checkpoint_every`` iterations and when cancelled; the run uses the *last* checkpoint (no
     selection on test data). ``on_mismatch`` as in ``train_classifier``. The loop, torchrun included, is
-    :func:`pipeline.stages.training.train`'s: every rank resumes from the one checkpoint rank 0 wrote."""
+    :func:`pipeline.stages.training.train`'s: every rank resumes from the one checkpoint rank 0 wrote.
+    ``init_weights`` (weights, where from: e.g. a model file's) starts a fresh run from them instead of random
+    initialisation; a resumed run ignores them."""
     if cfg.loss not in LOSS_KINDS:
         raise OEEMError(f"unknown loss {cfg.loss!r}: choose one of {', '.join(LOSS_KINDS)}")
     if not cfg.weight_temperature > 0:
@@ -254,6 +257,9 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
                             "this configuration's; train this round from scratch (set segmentation.warm_start to "
                             "false) or keep the previous round's network settings") from None
         initialised_from = warm[1]
+    if init_weights is not None and ck is None:
+        load_model_state(model, *init_weights)
+        initialised_from = init_weights[1]
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     if ck is not None:
         start = int(ck["iteration"])
