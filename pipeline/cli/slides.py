@@ -54,6 +54,15 @@ def cmd_predict_slide(args) -> None:
     print(f"open it over the slide: napari {args.slide} {rec['output']}")
 
 
+def cmd_export_slide(args) -> None:
+    from pipeline.slides.geojson_export import export_slide_geojson
+
+    rec = drive(export_slide_geojson(args.prediction, args.out, args.tolerance, not args.prediction_pixels),
+                "export-slide")
+    print(f"wrote {rec['output']}: {rec['glands']} glands, {rec['vertices']} vertices, {rec['bytes'] / 1e6:.1f} MB, "
+          f"coordinates in {rec['coordinates']} pixels; in QuPath: File > Import objects")
+
+
 def cmd_add_regions(args) -> None:
     from pipeline.io.geojson import read_geojson
     from pipeline.slides.regions import add_slide_regions, parse_box, regions_from_geojson
@@ -93,6 +102,14 @@ def register(add) -> None:
                    "(e.g. tcp://10.0.0.5:8786) whose workers predict the blocks (default: this process)")
     p.add_argument("--fast", action="store_true", help="single scale, no flip (default: off)")
     p.add_argument("--name", default=None, help="use the model trained with --name (default: the project's)")
+    p = add("export-slide", cmd_export_slide, "a slide prediction (.ome.zarr of `oeem predict-slide`) as QuPath "
+            "GeoJSON: one Gland polygon per gland, lumens as holes, in the slide's level-0 pixels", project=False)
+    p.add_argument("prediction", help="the .ome.zarr that `oeem predict-slide` wrote")
+    p.add_argument("out", help="the .geojson file to write")
+    p.add_argument("--tolerance", type=float, default=1.0, help="outline simplification in pixels of the "
+                   "prediction: larger gives smaller files (default: 1.0)")
+    p.add_argument("--prediction-pixels", action="store_true", help="coordinates in the prediction's pixels "
+                   "instead of the slide's level 0 (default: level 0)")
     p = add("add-regions", cmd_add_regions, "cut regions of a slide into the project as training images, each "
             "with one weak label (gland, non-gland or mixed) that all its patches take")
     add_common(p, "add-regions")

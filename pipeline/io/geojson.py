@@ -37,7 +37,8 @@ def _ring(contour: np.ndarray, offset: tuple[int, int]) -> list[tuple[float, flo
     return [(float(c + c0 + 0.5), float(r + r0 + 0.5)) for r, c in contour]
 
 
-def _component_polygon(component: np.ndarray, offset: tuple[int, int]) -> Polygon | MultiPolygon | None:
+def component_polygon(component: np.ndarray, offset: tuple[int, int]) -> Polygon | MultiPolygon | None:
+    """One gland (a 0/1 crop whose top-left pixel is at ``offset`` - 1) as a Polygon with its lumens as holes."""
     filled = ndi.binary_fill_holes(component)
     shells = [Polygon(_ring(c, offset)) for c in find_contours(np.pad(filled, 1).astype(np.float32), 0.5)
               if len(c) >= 4]
@@ -61,7 +62,7 @@ def mask_to_polygons(mask: np.ndarray) -> list[Polygon]:
         if sl is None:
             continue
         crop = comps[sl] == k
-        geom = _component_polygon(crop, (sl[0].start - 1, sl[1].start - 1))
+        geom = component_polygon(crop, (sl[0].start - 1, sl[1].start - 1))
         if geom is None or geom.is_empty:
             continue
         polys.extend(g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon) and g.area > 0)
