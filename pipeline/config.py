@@ -31,6 +31,7 @@ BACKBONES = ("resnet_os8", "resnet38d", "unet")  # unet: a plain U-Net encoder, 
 NORMS = {"imagenet": (IMAGENET_MEAN, IMAGENET_STD), "glas": (GLAS_MEAN, GLAS_STD)}
 DECODERS = ("psp", "unet")
 CALIBRATORS = ("boosting", "logistic")
+LEARN_MODES = ("auto", "on", "off")  # ranking.learn_from_review
 PRECISIONS = ("auto", "fp32", "bf16")  # pipeline.device.resolve_precision decides what auto means
 PRECISION_SECTIONS = ("classifier", "cam", "segmentation", "inference")  # the stages with a precision setting
 SLIDE_READERS = ("auto", "tiffslide", "openslide")  # pipeline.slides.reader.Slide's backends
@@ -299,6 +300,10 @@ class RankConfig:
                                "this", gt=0, lt=1)
     min_area: int = setting(200, "px; smaller fragments are dropped (not worth a stroke)", ge=0, label="smallest area")
     top_per_image: int = setting(10, "regions shown per image in the viewer", ge=0, label="regions per image")
+    learn_from_review: str = setting("auto", "the patch tags and each accept / skip re-order the regions not yet "
+                                     "reviewed (pipeline.review.online); auto: only when there are no validation "
+                                     "masks to calibrate on; taken at ranking time", choices=LEARN_MODES,
+                                     label="learn from the review")
 
 
 @dataclass

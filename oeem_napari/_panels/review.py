@@ -101,14 +101,13 @@ class ReviewPanel(FoldingBox):
 
     def fill(self) -> None:
         """The table: the ranked regions of the image shown, with their review status."""
-        from pipeline.review.regions import ranked_regions
-        from pipeline.review.state import review_state
+        from pipeline.review.state import ordered_regions, review_state
 
         store, current = self.state.store, self.state.current
         if not (store and current):
             self.regions = []
             return
-        self.regions = ranked_regions(store, self.top_spin.value(), current)
+        self.regions = ordered_regions(store, self.top_spin.value(), current)
         state = review_state(store)
         if state["notice"]:
             show_info(state["notice"])
@@ -177,20 +176,29 @@ class ReviewPanel(FoldingBox):
             show_error(str(exc))
             return
         self.fill()
+        self.outline_listed()
         self.next_region()
+
+    def outline_listed(self) -> None:
+        """Outline the regions the table lists: after a skip they may be others, when the review re-orders."""
+        viewer, store, current = self.state.viewer, self.state.store, self.state.current
+        outlines = _layers.region_outlines(store, current, self.top_spin.value())
+        if outlines is not None and _layers.CONFUSING in viewer.layers:
+            viewer.layers[_layers.CONFUSING].data = outlines
 
     def next_region(self) -> None:
         """The best-ranked region not yet reviewed (any image): switch to its image, select it and zoom."""
-        from pipeline.review.regions import ranked_regions
-        from pipeline.review.state import review_state
+        from pipeline.review.state import ordered_regions, review_state
 
         store = self.state.store
         if not store:
             return
         done = review_state(store)["state"]
         top = self.top_spin.value()
-        for r in ranked_regions(store):
-            if r.key in done or r.id > top:
+        listed: dict[str, int] = {}  # the place of each region in its image's table
+        for r in ordered_regions(store):
+            listed[r.image] = listed.get(r.image, 0) + 1
+            if r.key in done or listed[r.image] > top:
                 continue
             if r.image != self.state.current:
                 self.state.show(r.image)

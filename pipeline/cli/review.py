@@ -10,14 +10,8 @@ from pipeline.cli.common import add_common, add_redo, config_for, drive, open_pr
 
 
 def cmd_regions(args) -> None:
-    from pipeline.review.regions import (
-        label_fingerprint,
-        load_ranking,
-        rank_label_errors,
-        ranked_regions,
-        write_region_files,
-    )
-    from pipeline.review.state import rerank_image, review_state
+    from pipeline.review.regions import label_fingerprint, load_ranking, rank_label_errors, write_region_files
+    from pipeline.review.state import ordered_regions, rerank_image, review_state
 
     store = open_project(args.project)
     ranking = load_ranking(store)
@@ -37,7 +31,7 @@ def cmd_regions(args) -> None:
         ranking = drive(rank_label_errors(store, cfg, args.split), "regions")
         print(f"ranked {len(ranking['regions'])} regions in {ranking['seconds']:.0f} s "
               f"(calibration: {ranking['calibration']['source']})", file=sys.stderr)
-    regions = ranked_regions(store, args.top)
+    regions = ordered_regions(store, args.top)  # as the review shows them (re-ordered when it learns from it)
     state = review_state(store)
     if state["notice"]:
         print(f"note: {state['notice']}", file=sys.stderr)

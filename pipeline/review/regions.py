@@ -16,12 +16,13 @@ project has one; else a logistic regression with the coefficients fitted on GlaS
 the record says so. (On GlaS's validation split, cross-validated by image, boosting found more wrong labels in
 its top 3 % of pixels than the logistic regression: 61.5 % vs 53.2 %.) Regions are connected areas where the
 smoothed probability exceeds a threshold; each is ranked by its *expected wrong pixels* (the sum of the
-probability over it) and suggests the label opposite to the one most of it has."""
+probability over it) and suggests the label opposite to the one most of it has. Without validation masks, the
+review re-orders them by the patch tags and by each accept / skip (:mod:`pipeline.review.online`)."""
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -31,6 +32,7 @@ from pipeline.errors import OEEMError
 from pipeline.progress import Job, Progress
 from pipeline.review.calibration import DEFAULT_CALIBRATION, calibrator, error_probability, fit_calibration
 from pipeline.review.evidence import out_of_fold_probs, signals, signals_ready
+from pipeline.review.online import REGION_FEATURES, add_region_features
 from pipeline.store import ProjectStore
 
 STAGE = "regions"
@@ -143,12 +145,16 @@ def rank_label_errors(store: ProjectStore, pcfg: PipelineConfig, split: str = "t
 def rank_image(store: ProjectStore, name: str, calibration: dict, pcfg: PipelineConfig, ranking: dict) -> list:
     labels, verified = store.labels(name)
     predict = calibrator(store, calibration, pcfg)
-    p = error_probability(signals(store, name, labels, store.read(name, "oof_prob"), pcfg), predict, verified)
+    sig = signals(store, name, labels, store.read(name, "oof_prob"), pcfg)
+    p = error_probability(sig, predict, verified)
     ids, regions = regions_of(name, p, labels, pcfg.ranking)
     store.write(name, "error_prob", p)
     store.write(name, "regions", ids)
     ranking["labels"][name] = label_fingerprint(store, name)
-    return [r.as_dict() for r in regions]
+    rows = [r.as_dict() for r in regions]
+    add_region_features(store, name, rows, sig, p, ids, labels, pcfg)  # what the review learns from
+    ranking["region_features"] = list(REGION_FEATURES)
+    return rows
 
 
 def sort_regions(ranking: dict) -> None:
@@ -163,8 +169,13 @@ def ranked_regions(store: ProjectStore, top: int | None = None, image: str | Non
     ranking = load_ranking(store) or {"regions": []}
     rows = [r for r in ranking["regions"] if image is None or r["image"] == image]
     rows = rows[:top] if top else rows
-    return [LabelRegion(**{k: (tuple(v) if k in ("bbox", "centroid") else v) for k, v in r.items() if k != "key"})
-            for r in rows]
+    return [as_region(r) for r in rows]
+
+
+def as_region(row: dict) -> LabelRegion:
+    """A ranking's row as a region (its other keys - the key, the review's features - left out)."""
+    return LabelRegion(**{f.name: (tuple(row[f.name]) if f.name in ("bbox", "centroid") else row[f.name])
+                          for f in fields(LabelRegion)})
 
 
 def write_region_files(store: ProjectStore, regions: list[LabelRegion], folder: str) -> int:

@@ -8,7 +8,16 @@ from typing import Any
 
 from pipeline.config import PipelineConfig
 from pipeline.errors import OEEMError
-from pipeline.review.regions import STAGE, label_fingerprint, load_ranking, rank_image, sort_regions
+from pipeline.review.online import learns, review_order
+from pipeline.review.regions import (
+    STAGE,
+    LabelRegion,
+    as_region,
+    label_fingerprint,
+    load_ranking,
+    rank_image,
+    sort_regions,
+)
 from pipeline.store import ProjectStore, atomic_write_json
 
 REVIEW = "review"
@@ -41,6 +50,20 @@ def review_state(store: ProjectStore) -> dict:
     states = list(review["state"].values())
     return {"state": review["state"], "total": total, "reviewed": len(states),
             "accepted": states.count("accepted"), "skipped": states.count("skipped"), "notice": review["notice"]}
+
+
+def ordered_regions(store: ProjectStore, top: int | None = None, image: str | None = None) -> list[LabelRegion]:
+    """The regions in the order the review shows them: the ranking's, or - when it learns from the review
+    (``ranking.learn_from_review``) - re-ordered by the patch tags and the decisions so far, each decided region
+    where it was when decided. ``top`` / ``image`` as :func:`pipeline.review.regions.ranked_regions`."""
+    ranking = load_ranking(store)
+    if ranking is None:
+        return []
+    rows = ranking["regions"]
+    if learns(ranking):
+        rows = review_order(rows, _load_review(store, ranking)["actions"])
+    rows = [r for r in rows if image is None or r["image"] == image]
+    return [as_region(r) for r in (rows[:top] if top else rows)]
 
 
 def rerank_image(store: ProjectStore, name: str, pcfg: PipelineConfig) -> dict:
