@@ -15,7 +15,7 @@ def test_dataset_level_scores_by_hand():
     iou_g, iou_n = 4 / 6, 2 / 4
     miou = (iou_g + iou_n) / 2
     assert s["mIoU"] == pytest.approx(100 * miou)
-    assert s["Dice"] == pytest.approx(100 * 2 * miou / (1 + miou))
+    assert s["pixel_Dice"] == pytest.approx(100 * 2 * 4 / (2 * 4 + 0 + 2))  # gland class: 2TP / (2TP + FP + FN)
     assert s["F1"] == pytest.approx(100 * (4 / (4 + 1) + 2 / (2 + 1)) / 2)
 
 

@@ -57,7 +57,9 @@ def summary(result: dict) -> str:
     parts = []
     for key, val in result.items():
         if isinstance(val, dict) and "mIoU" in val:
-            parts.append(f"{key}: mIoU {val['mIoU']:.1f}")
+            objects = (f", object F1 {val['object_F1']:.1f}, object Dice {val['object_Dice']:.1f}"
+                       if "object_F1" in val else "")
+            parts.append(f"{key}: mIoU {val['mIoU']:.1f}{objects}")
         elif key in ("train", "test") and isinstance(val, dict):
             parts.append(f"{key}: mIoU {val.get('mIoU', float('nan')):.1f}")
     return "; ".join(parts) or "done"

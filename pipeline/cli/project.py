@@ -45,7 +45,8 @@ def _last_metrics(store) -> dict:
     for split in ("train", "val", "test"):
         ev = store.load_run(f"evaluation-{split}")
         if ev:
-            out[f"prediction ({split})"] = {k: ev[k] for k in ("mIoU", "Dice", "F1") if k in ev}
+            out[f"prediction ({split})"] = {k: ev[k] for k in ("mIoU", "pixel_Dice", "F1", "object_F1", "object_Dice",
+                                                              "object_Hausdorff") if k in ev}
     return out
 
 

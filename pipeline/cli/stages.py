@@ -96,11 +96,32 @@ def cmd_evaluate(args) -> None:
 
     store = open_project(args.project)
     res = evaluate(store, args.split, args.labels)
-    print(f"{args.labels} on {res['images']} {args.split} images: mIoU {res['mIoU']:.2f}  Dice {res['Dice']:.2f}  "
-          f"F1 {res['F1']:.2f}")
+    print(f"{args.labels} against the gland masks of the {args.split} images: pixel scores at dataset level, object "
+          "scores as the GlaS challenge's (objects = 8-connected glands; Hausdorff in pixels)")
+    print(SCORE_HEADER)
+    for name, r in evaluation_rows(res):
+        print(f"  {name:<10} {r['images']:>6}  {score_cells(r)}")
     if args.per_image:
         for n, r in res["per_image"].items():
-            print(f"  {n:<16} mIoU {r['mIoU']:6.2f}  Dice {r['Dice']:6.2f}  F1 {r['F1']:6.2f}")
+            print(f"  {n:<17}  {score_cells(r)}")
+
+
+SCORE_HEADER = (f"  {'':<10} {'images':>6}  {'mIoU':>6} {'pixel Dice':>10} {'F1':>6}  {'object F1':>9} "
+                f"{'object Dice':>11} {'Hausdorff':>9}")
+
+
+def evaluation_rows(ev: dict) -> list[tuple[str, dict]]:
+    """The rows of an evaluation: each GlaS test part (and A+B) when the image names give every image one, else
+    the split, then any parts."""
+    parts = ev.get("parts", {})
+    covered = sum(r["images"] for p, r in parts.items() if p != "A+B") == ev["images"]
+    return list(parts.items()) if parts and covered else [(ev["split"], ev), *parts.items()]
+
+
+def score_cells(r: dict) -> str:
+    """mIoU, pixel Dice, F1, object F1, object Dice and object Hausdorff of one evaluation, as table cells."""
+    return (f"{r['mIoU']:6.2f} {r['pixel_Dice']:10.2f} {r['F1']:6.2f}  {r['object_F1']:9.2f} {r['object_Dice']:11.2f} "
+            f"{r['object_Hausdorff']:9.2f}")
 
 
 def cmd_run(args) -> None:
@@ -140,8 +161,10 @@ def print_report(report: dict) -> None:
     for split in ("train", "val", "test"):
         ev = report.get(f"evaluation-{split}")
         if ev:
-            print(f"prediction ({split}, {ev['images']} images): mIoU {ev['mIoU']:.2f}  Dice {ev['Dice']:.2f}  "
-                  f"F1 {ev['F1']:.2f}")
+            print(f"prediction ({split}):")
+            print(SCORE_HEADER)
+            for name, r in evaluation_rows(ev):
+                print(f"  {name:<10} {r['images']:>6}  {score_cells(r)}")
 
 
 def register(add) -> None:
@@ -170,7 +193,8 @@ def register(add) -> None:
     p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
                    help="the images to predict (default: all)")
     p.add_argument("--name", default=None, help="use the model trained with --name (default: the project's)")
-    p = add("evaluate", cmd_evaluate, "mIoU, Dice and F1 (percent, dataset level) against the gland masks")
+    p = add("evaluate", cmd_evaluate, "pixel mIoU / Dice / F1 and GlaS object F1 / Dice / Hausdorff against the "
+            "gland masks")
     p.add_argument("--split", default="test", choices=("train", "val", "test"),
                    help="the images to score (default: test)")
     p.add_argument("--labels", default="prediction", choices=("prediction", "pseudo", "corrected"),

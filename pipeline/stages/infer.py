@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import asdict
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from pipeline.config import NORMS, InferConfig, SegConfig
 from pipeline.device import autocast, channels_last, precision_name, resolve_device, resolve_precision, to_tensor_image
 from pipeline.errors import OEEMError
-from pipeline.metrics import confusion, from_confusion
+from pipeline.metrics import ObjectCounts, confusion, from_confusion, label_objects, object_counts
 from pipeline.progress import Job, Progress
 from pipeline.stages.losses import weight_map
 from pipeline.stages.patches import grid_starts
@@ -153,8 +154,17 @@ def load_run_round(store: ProjectStore, run_name: str | None) -> int:
     return int(rec.get("labels_round", 0))
 
 
+def glas_part(name: str) -> str | None:
+    """The GlaS test part an image's name says (``testA_3`` -> ``testA``), else None."""
+    match = re.match(r"(test[AB])_", name)
+    return match.group(1) if match else None
+
+
 def evaluate(store: ProjectStore, split: str = "test", key: str = "prediction") -> dict:
-    """Dataset-level and per-image mIoU / Dice / F1 (percent) of ``key`` against the gland masks of ``split``."""
+    """Scores (:mod:`pipeline.metrics`) of ``key`` against the gland masks of ``split``: pixel mIoU / pixel Dice /
+    F1 and the GlaS challenge's object F1 / object Dice / object Hausdorff, for the split, for each GlaS test part
+    its image names show (``parts``: testA, testB and, with both, A+B, as the challenge reports them) and per
+    image. Objects are the 8-connected components of each mask."""
     names = [n for n in store.names(split) if store.has(n, "mask")]
     if not names:
         raise OEEMError(f"{store.path}: no {split} images with gland masks to evaluate against")
@@ -162,13 +172,21 @@ def evaluate(store: ProjectStore, split: str = "test", key: str = "prediction") 
     if missing:
         raise OEEMError(f"{store.path}: {len(missing)} {split} image(s) have no {key!r} yet (e.g. {missing[0]}); "
                         f"run `oeem predict {store.path}` first")
-    total = np.zeros((2, 2), np.int64)
+    sums: dict[str | None, tuple[int, np.ndarray, ObjectCounts]] = {}
     per_image = {}
     for n in names:
-        cm = confusion(store.read(n, key), store.mask(n))
-        total += cm
-        per_image[n] = from_confusion(cm)
-    result = {"split": split, "images": len(names), "key": key, **from_confusion(total), "per_image": per_image}
+        pred, truth = store.read(n, key), store.mask(n)
+        cm, objects = confusion(pred, truth), object_counts(label_objects(pred), label_objects(truth))
+        per_image[n] = {**from_confusion(cm), **objects.scores()}
+        for group in {None, glas_part(n)}:
+            images, cm_sum, obj_sum = sums.get(group, (0, np.zeros((2, 2), np.int64), ObjectCounts()))
+            sums[group] = (images + 1, cm_sum + cm, obj_sum + objects)
+    if "testA" in sums and "testB" in sums:
+        (na, cma, oa), (nb, cmb, ob) = sums["testA"], sums["testB"]
+        sums["A+B"] = (na + nb, cma + cmb, oa + ob)
+    scores = {group: {"images": images, **from_confusion(cm), **objects.scores()}
+              for group, (images, cm, objects) in sums.items()}
+    result = {"split": split, "key": key, **scores.pop(None), "parts": scores, "per_image": per_image}
     store.save_run(f"evaluation-{split}", result)
     return result
 
