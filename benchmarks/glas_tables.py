@@ -25,7 +25,7 @@ import torch
 from _common import RESULTS, glas_root, machine, print_table, write_json
 
 from pipeline.config import LOSS_KINDS, preset
-from pipeline.metrics import confusion, from_confusion
+from pipeline.metrics import ObjectCounts, confusion, from_confusion, label_objects, object_counts
 from pipeline.progress import run
 from pipeline.stages.infer import mask_from_probs, predict_probs
 from pipeline.stages.segment import load_segmenter, train_segmenter
@@ -38,17 +38,23 @@ PAPER = {
 }
 
 
+SCORES = ("mIoU", "pixel_Dice", "F1", "object_F1", "object_Dice", "object_Hausdorff")
+
+
 def test_scores(store: ProjectStore, run_name: str, infer_cfg) -> dict:
-    """Dataset-level mIoU / Dice / F1 of one trained model on testA, computed in memory (the store's own
-    predictions are left alone)."""
+    """Dataset-level mIoU / pixel Dice / F1 and GlaS object F1 / Dice / Hausdorff of one trained model on testA,
+    computed in memory (the store's own predictions are left alone)."""
     model, seg_cfg = load_segmenter(store, run_name, "cpu")
     total = np.zeros((2, 2), np.int64)
+    objects = ObjectCounts()
     t0 = time.perf_counter()
     names = [n for n in store.names("test") if store.has(n, "mask")]
     for n in names:
         prob = predict_probs(model, store.image(n), infer_cfg, torch.device("cpu"), seg_cfg)
-        total += confusion(mask_from_probs(prob, infer_cfg), store.mask(n))
-    return {**from_confusion(total), "predict_s_per_image": (time.perf_counter() - t0) / len(names)}
+        mask = mask_from_probs(prob, infer_cfg)
+        total += confusion(mask, store.mask(n))
+        objects += object_counts(label_objects(mask), label_objects(store.mask(n)))
+    return {**from_confusion(total), **objects.scores(), "predict_s_per_image": (time.perf_counter() - t0) / len(names)}
 
 
 def variant_of(iterations: int | None, warmup_ce: int | None, temperature: float | None = None) -> str:
@@ -89,8 +95,9 @@ def train_and_score(store, base_cfg, setting: str, seed: int, infer_cfg, log: li
            "iterations_timed": iterations_timed, "iterations": cfg.training_iterations(),
            "final_loss": last.get("loss"), "config": rec["config"], **scores}
     log.append(row)
-    print(f"  {setting:7s} seed {seed}: testA mIoU {scores['mIoU']:.2f}  Dice {scores['Dice']:.2f}  "
-          f"F1 {scores['F1']:.2f}  ({train_s / 60:.1f} min training)", flush=True)
+    print(f"  {setting:7s} seed {seed}: testA mIoU {scores['mIoU']:.2f}  pixel Dice {scores['pixel_Dice']:.2f}  "
+          f"F1 {scores['F1']:.2f}  object F1 {scores['object_F1']:.2f}  object Dice {scores['object_Dice']:.2f}  "
+          f"({train_s / 60:.1f} min training)", flush=True)
     return row
 
 
@@ -150,11 +157,11 @@ def main() -> None:
     by = {s: [r for r in rows if r["setting"] == s] for s in settings}
 
     print(f"\nTable 1 - GlaS testA, {seeds} seed(s), cpu preset from random init (paper: ImageNet ResNet38)\n")
-    t1 = [(name, fmt(by.get(key, [])), fmt(by.get(key, []), "Dice"), fmt(by.get(key, []), "F1"),
-           f"{PAPER['table1'][key]:.2f}") for name, key in
+    t1 = [(name, *(fmt(by.get(key, []), m) for m in SCORES), f"{PAPER['table1'][key]:.2f}") for name, key in
           (("fully supervised (CE on masks)", "full"), ("weak, CE", "ce"), ("weak, OEEM (l_norm)", "l_norm"))
           if by.get(key)]
-    print_table(t1, ("method", "mIoU", "Dice", "F1", "paper mIoU"))
+    print_table(t1, ("method", "mIoU", "pixel Dice", "F1", "object F1", "object Dice", "object Hausdorff",
+                     "paper mIoU"))
 
     print("\nTable 2 - framework (mIoU)\n")
     t2 = [("CAM (train)", f"{cams['cam']['mIoU']:.2f}", f"{PAPER['table2']['cam']:.2f}"),
@@ -180,7 +187,7 @@ def main() -> None:
         "test_scales": infer.scales, "flip": infer.flip, "total_min": total_min,
         "stage1": {"cam_mIoU": cams["cam"]["mIoU"], "pseudo_mIoU": cams["pseudo"]["mIoU"]},
         "rows": rows, "paper": PAPER,
-        "summary": {k: {m: summary(v, m) for m in ("mIoU", "Dice", "F1")} for k, v in by.items() if v},
+        "summary": {k: {m: summary(v, m) for m in SCORES} for k, v in by.items() if v},
     })
 
 
