@@ -9,8 +9,9 @@ Runs on any project with a ranking (``oeem regions``; made before the review kep
 computed here from the stored evidence, nothing is written to the project). The pathologist looks at the first
 region not yet reviewed in the tool's current order, accepts it when most of its pixels' labels are really wrong
 (the gland masks are the truth: only here, never in the tool) and skips it otherwise, for ``--decisions`` regions.
-Four orders: (a) the ranking as made (its calibration), (b) shifted by the patch tags, (c) re-ordered after each
-decision, (d) both - what ``ranking.learn_from_review`` does. Reported: the share of accepted regions among the
+Orders: (a) the ranking as made (its calibration), (b) shifted by the patch tags, (c) re-ordered after each
+decision, (d) both - what ``ranking.learn_from_review`` does - and (d) ordered by expected wrong pixels instead of
+probability (``pipeline.review.online.ORDER_BY``). Reported: the share of accepted regions among the
 first 10 / 20 / 50 (region precision), the share of wrong labels inside them (pixel precision, as
 ``annotation_gain.py rank`` measures the ranking), the wrong labels the accepted regions fix, and the precision
 curve over the number of reviewed regions. ``--cv`` chooses the L2 strength on one half of the images (alternate
@@ -26,13 +27,15 @@ import numpy as np
 from _common import machine, print_table, write_json
 from PIL import Image
 
-from pipeline.review.online import PRIOR_STRENGTH, ensure_region_features, learns, review_order
+from pipeline.review.online import ORDER_BY, PRIOR_STRENGTH, ensure_region_features, learns, review_order
 from pipeline.review.regions import load_ranking
 from pipeline.store import ProjectStore
 from pipeline.store.project import project_config
 
-# (use the tags, learn from the decisions); None: the ranking's own order (expected wrong pixels, its calibration)
-VARIANTS = {"static": None, "tags": (True, False), "online": (False, True), "tags+online": (True, True)}
+# (use the tags, learn from the decisions, order by); None: the ranking's own order (expected wrong pixels, its
+# calibration); "tags+online" is what ranking.learn_from_review does
+VARIANTS = {"static": None, "tags": (True, False, ORDER_BY), "online": (False, True, ORDER_BY),
+            "tags+online": (True, True, ORDER_BY), "tags+online by pixels": (True, True, "pixels")}
 STRENGTHS = (0.3, 1.0, 3.0, 10.0, 30.0)
 AT = (10, 20, 50)
 
@@ -61,7 +64,7 @@ def truth(store: ProjectStore, rows: list[dict], masks: Path | None) -> dict[str
     return out
 
 
-def simulate(rows: list[dict], wrong: dict[str, tuple[int, int]], variant: tuple[bool, bool] | None,
+def simulate(rows: list[dict], wrong: dict[str, tuple[int, int]], variant: tuple[bool, bool, str] | None,
              strength: float, decisions: int) -> list[dict]:
     """The pathologist's decisions, in order: each on the first region not yet decided in the tool's order."""
     actions: list[dict] = []
@@ -69,7 +72,7 @@ def simulate(rows: list[dict], wrong: dict[str, tuple[int, int]], variant: tuple
     for _ in range(min(decisions, len(rows))):
         done = {a["key"] for a in actions}
         order = rows if variant is None else review_order(rows, actions, use_tags=variant[0], learn=variant[1],
-                                                          strength=strength)
+                                                          strength=strength, by=variant[2])
         key = next(r["key"] for r in order if r["key"] not in done)
         bad, area = wrong[key]
         accepted = 2 * bad > area

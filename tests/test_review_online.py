@@ -257,6 +257,6 @@ def test_the_simulated_review_runs_on_a_project(copy, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "regions@10" in done.stdout and "tags+online" in done.stdout
     data = json.loads(out.read_text())
-    assert set(data["results"]) == {"static", "tags", "online", "tags+online"}
+    assert set(data["results"]) == {"static", "tags", "online", "tags+online", "tags+online by pixels"}
     for result in data["results"].values():
         assert result["decisions"] == 8 and len(result["curve"]) == 8 and 0 <= result["curve"][-1] <= 1

@@ -16,9 +16,8 @@ correct it without any mask:
   the tag shares) with the prior log-odds as an offset and an L2 pull of ``PRIOR_STRENGTH`` towards zero is
   refitted after each decision; with no decision it is the prior. Regions not yet reviewed are ordered by the
   refitted probability that they are wrong (the table's expected wrong pixels are area x that probability);
-  reviewed ones keep the place they had when decided. (Ordered by expected wrong pixels instead, as the ranking
-  is, large regions come first whatever the decisions say about them: in simulated reviews of eight small GlaS
-  projects, tiny-preset models, 61 % of the first 20 regions were wrong, against 70 % ordered by probability.)
+  reviewed ones keep the place they had when decided. (Ordering by expected wrong pixels instead, as the ranking
+  does, finds fewer wrong regions per decision but larger ones: ``ORDER_BY``.)
 
 The order is a function of the ranking and the list of decisions, replayed deterministically, so undoing a
 decision restores the order before it."""
@@ -42,10 +41,15 @@ REGION_FEATURES = (*(f"mean_{f}" for f in FEATURES), "log_area", "border_share",
 # a patch tagged with one class holds at most 5 % of the other (the rule GlaS's patch labels follow): log-odds 19:1
 TAG_LOGIT = float(np.log(0.95 / 0.05))
 BORDER_PX = 16  # a pixel this close to the image's edge is on its border (the CAM and the prediction see less there)
-# L2 pull of the per-project correction towards the prior (features standardised): the simulated reviews of
-# benchmarks/review_no_masks.py on small GlaS projects (tiny-preset models) did as well at 3 to 10, worse at 1;
-# its --cv chooses it on half of a project's images and scores the other half
+# L2 pull of the per-project correction towards the prior (features standardised): in the simulated reviews of
+# benchmarks/review_no_masks.py on eight rankings of small GlaS projects (tiny-preset models) 3 and 10 did as well,
+# 1 a little worse; its --cv chooses it on half of a project's images and scores the other half
 PRIOR_STRENGTH = 3.0
+# what the undecided regions are ordered by: "probability" (most probably wrong first) or "pixels" (most expected
+# wrong pixels first, as the ranking): in the simulated reviews (eight rankings of small GlaS projects, docs/
+# benchmarks.md), 70 % vs 61 % of the first 20 regions were wrong, and the first 50 decisions fixed 163 k vs 206 k
+# wrong pixels (the ranking's own order: 55 %, 197 k)
+ORDER_BY = "probability"
 P_CLIP = 0.01  # the prior's mean P(wrong) is kept within [P_CLIP, 1 - P_CLIP] so its log-odds stay finite
 
 
@@ -184,28 +188,31 @@ REPLAYS_KEPT = 4
 
 
 def review_order(rows: list[dict], actions: list[dict], *, use_tags: bool = True, learn: bool = True,
-                 strength: float = PRIOR_STRENGTH) -> list[dict]:
+                 strength: float = PRIOR_STRENGTH, by: str = ORDER_BY) -> list[dict]:
     """The ranking's region rows in the order the review shows them after ``actions`` (each ``{"key", "status"}``,
     oldest first), with ``expected_wrong`` re-estimated (area x P(wrong)). Decided regions keep the place they had
-    when decided; the others fill the remaining places, most probably wrong first. A pure function of its
-    arguments, replayed from the first decision (cached): ties keep the ranking's order."""
+    when decided; the others fill the remaining places, most probably wrong first (``by="pixels"``: most expected
+    wrong pixels first). A pure function of its arguments, replayed from the first decision (cached): ties keep
+    the ranking's order."""
     if not rows:
         return []
     ident = hashlib.sha1(json.dumps([[r["key"], r["area"], r["features"]] for r in rows]).encode()
-                         + f"|{use_tags}|{learn}|{strength!r}".encode()).hexdigest()
+                         + f"|{use_tags}|{learn}|{strength!r}|{by}".encode()).hexdigest()
     decisions = [(a["key"], a["status"]) for a in actions]
     if ident not in _REPLAYS:
         z, offset, area = design(rows, use_tags)
+        weight = area if by == "pixels" else np.ones_like(area)
         q = expit(offset)
-        _REPLAYS[ident] = ([], [Replay(np.argsort(-q, kind="stable"), q, {}, {}, None)], (z, offset, area))
-    done, states, (z, offset, area) = _REPLAYS.pop(ident)
+        _REPLAYS[ident] = ([], [Replay(np.argsort(-q * weight, kind="stable"), q, {}, {}, None)],
+                           (z, offset, area, weight))
+    done, states, (z, offset, area, weight) = _REPLAYS.pop(ident)
     same = next((k for k, (a, b) in enumerate(zip(done, decisions)) if a != b), min(len(done), len(decisions)))
     done, states = done[:same], states[:same + 1]
     index = {r["key"]: i for i, r in enumerate(rows)}
     for key, status in decisions[same:]:
-        states.append(decide(states[-1], index.get(key), status == "accepted", z, offset, learn, strength))
+        states.append(decide(states[-1], index.get(key), status == "accepted", z, offset, weight, learn, strength))
         done.append((key, status))
-    _REPLAYS[ident] = (done, states, (z, offset, area))
+    _REPLAYS[ident] = (done, states, (z, offset, area, weight))
     while len(_REPLAYS) > REPLAYS_KEPT:
         _REPLAYS.pop(next(iter(_REPLAYS)))
     now = states[-1]
@@ -217,8 +224,8 @@ def review_order(rows: list[dict], actions: list[dict], *, use_tags: bool = True
     return out
 
 
-def decide(state: Replay, i: int | None, accepted: bool, z: np.ndarray, offset: np.ndarray, learn: bool,
-           strength: float) -> Replay:
+def decide(state: Replay, i: int | None, accepted: bool, z: np.ndarray, offset: np.ndarray, weight: np.ndarray,
+           learn: bool, strength: float) -> Replay:
     """The state after one more decision on region ``i`` (None: a region no longer ranked, nothing changes)."""
     if i is None:
         return state
@@ -229,7 +236,7 @@ def decide(state: Replay, i: int | None, accepted: bool, z: np.ndarray, offset: 
         seen = np.fromiter(outcome, int)
         beta = fit(z[seen], offset[seen], np.fromiter(outcome.values(), float), strength, beta)
         q = expit(offset + z @ beta[:-1] + beta[-1])
-    return Replay(arrange(place, q), q, place, outcome, beta)
+    return Replay(arrange(place, q * weight), q, place, outcome, beta)
 
 
 def arrange(place: dict[int, int], score: np.ndarray) -> np.ndarray:
