@@ -230,3 +230,23 @@ def test_train_seg_starts_from_a_model_file(project_copy, model_file, capsys):
                  "--preset", "cpu", "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert str(model_file) in err and "network differs" in err and err.count("\n") == 1
+
+
+def test_predict_images_on_a_local_cluster_gives_the_same_masks(model_file, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    src = read_image(sample_data_folder() / "testA_2.png")
+    for k in range(4):
+        Image.fromarray(np.roll(src, 23 * k, axis=0)).save(folder / f"t{k}.png")
+    trained = load_model_file(model_file)
+    here = run(predict_files(trained, [folder], tmp_path / "here", "png", device="cpu"))
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        there = run(predict_files(trained, [folder], tmp_path / "there", "png", device="cpu",
+                                  scheduler=cluster.scheduler_address))
+    assert there["predicted"] == here["predicted"] == 4 and there["scheduler"] == cluster.scheduler_address
+    for k in range(4):
+        name = f"t{k}_anno.png"
+        there_mask = read_exported_mask(tmp_path / "there" / name)
+        assert np.array_equal(there_mask, read_exported_mask(tmp_path / "here" / name))

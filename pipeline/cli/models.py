@@ -26,7 +26,8 @@ def cmd_predict_images(args) -> None:
 
     overrides = {k.split(".", 1)[1]: v for k, v in FAST_INFERENCE.items()} if args.fast else None
     trained = open_model(args.model, "cpu", overrides)
-    rec = drive(predict_files(trained, args.paths, args.out, args.format, args.overwrite, args.mpp, args.device),
+    rec = drive(predict_files(trained, args.paths, args.out, args.format, args.overwrite, args.mpp, args.device,
+                              args.scheduler),
                 "predict-images")
     assumed = sum(1 for r in rec["images"].values() if r["mpp_from"].startswith("assumed"))
     note = (f"; {assumed} image(s) state no µm/px and were taken to be at the model's {trained.mpp:g} "
@@ -55,3 +56,6 @@ def register(add) -> None:
                    "(default: the model's)")
     p.add_argument("--fast", action="store_true", help="single scale, no flip (default: the model's settings)")
     p.add_argument("--device", default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
+    p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler (e.g. "
+                   "tcp://10.0.0.5:8786) whose workers predict the images; the images and --out must be visible "
+                   "to them (default: this process)")

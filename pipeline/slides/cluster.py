@@ -1,4 +1,5 @@
-"""Slide prediction on a ``dask.distributed`` cluster: blocks are the tasks, each worker loads the model once.
+"""Prediction on a ``dask.distributed`` cluster: a slide's blocks, or ``oeem predict-images``' images, are the tasks;
+each worker loads the model once.
 
 Only imported when ``--scheduler`` is given, so dask.distributed stays an optional dependency.
 """
@@ -74,3 +75,56 @@ def run_on_cluster(client: Client, job: SlideJob, checkpoint: Path, todo: list[t
     finally:
         if futures:
             client.cancel(futures)
+
+
+class TrainedModelPlugin(WorkerPlugin):
+    """A dask worker plugin for ``oeem predict-images``: each worker opens the model file (or project) once."""
+
+    name = "oeem-trained-model"
+
+    def __init__(self, source: str, inference: dict, device: str = "auto"):
+        self.source, self.inference, self.device = source, inference, device
+        self.trained = None
+
+    def setup(self, worker) -> None:
+        import torch
+
+        from pipeline.config import InferConfig, from_dict
+        from pipeline.stages.model_file import open_model
+
+        torch.set_num_threads(max(1, int(getattr(worker.state, "nthreads", 1) or 1)))
+        self.dev = resolve_device(self.device)
+        self.trained = open_model(self.source, self.dev)
+        self.trained.inference = from_dict(InferConfig, self.inference)  # the settings the client asked for
+
+    def teardown(self, worker) -> None:
+        self.trained = None
+
+
+def worker_model():
+    """(trained model, device) of the worker running the current task."""
+    plugin = get_worker().plugins[TrainedModelPlugin.name]
+    return plugin.trained, plugin.dev
+
+
+def predict_images_on_cluster(client: Client, source: str, inference: dict, todo: list[tuple[Path, Path]],
+                              mpp: float | None, device: str, task):
+    """Yield (image, target, record entry) as the cluster's workers finish images: ``task(image, target, mpp)``
+    per image (it takes its model from :func:`worker_model`), retried twice; a failure after that is one line, the
+    images written so far kept."""
+    futures = {}
+    try:
+        client.register_plugin(TrainedModelPlugin(source, inference, device), name=TrainedModelPlugin.name)
+        futures = {client.submit(task, str(i), str(t), mpp, pure=False, retries=2): (i, t) for i, t in todo}
+        for fut in as_completed(list(futures), loop=client.loop):
+            try:
+                entry = fut.result()
+            except OEEMError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a worker error, after the scheduler's retries
+                raise OEEMError(f"a cluster task failed after 2 retries ({type(exc).__name__}: {exc}); the masks "
+                                "written so far are kept - run the same command again to resume") from None
+            yield (*futures[fut], entry)
+    finally:
+        if futures:
+            client.cancel(list(futures))

@@ -61,9 +61,23 @@ def predict_image(trained: TrainedModel, image: np.ndarray, mpp: float, device) 
                            trained.inference)
 
 
+def predict_one(trained: TrainedModel, image_path: Path, target: Path, mpp: float | None, device) -> dict:
+    """Read, predict and write one image (atomically); its entry of the run's record."""
+    t = time.perf_counter()
+    image = np.require(load_image(image_path), requirements="W")  # torch wants a writable array
+    res, source = resolution_of(image_path, mpp, trained.mpp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_mask_file(target, predict_image(trained, image, res, device), image_path.stem)
+    return {"image": str(image_path), "mpp": round(res, 4), "mpp_from": source,
+            "seconds": round(time.perf_counter() - t, 3)}
+
+
 def predict_files(trained: TrainedModel, paths: list[str | Path], out: str | Path, fmt: str = "png",
-                  overwrite: bool = False, mpp: float | None = None, device: str = "auto") -> Job[dict]:
-    """Predict every image among ``paths`` into ``out`` (see the module's doc); returns the run's record."""
+                  overwrite: bool = False, mpp: float | None = None, device: str = "auto",
+                  scheduler: str | None = None) -> Job[dict]:
+    """Predict every image among ``paths`` into ``out`` (see the module's doc); returns the run's record. With
+    ``scheduler`` (a dask.distributed address) the images go to that cluster's workers, which open the model
+    (``trained.source``) once each and write into ``out``, so ``out`` and the images must be visible to them."""
     from pipeline.device import precision_name, resolve_device, resolve_precision
 
     if fmt not in FORMATS:
@@ -76,7 +90,7 @@ def predict_files(trained: TrainedModel, paths: list[str | Path], out: str | Pat
     roots = [Path(p) for p in paths]
     dev = resolve_device(device)
     todo = [(i, output_for(i, roots, out, fmt)) for i in images]
-    clash = {}
+    clash: dict[Path, Path] = {}
     for image, target in todo:
         if target in clash:
             raise OEEMError(f"{image} and {clash[target]} would both be written to {target}; predict them into "
@@ -84,34 +98,58 @@ def predict_files(trained: TrainedModel, paths: list[str | Path], out: str | Pat
         clash[target] = image
     record: dict[str, Any] = {"model": trained.source, "model_mpp": trained.mpp, "format": fmt,
                               "device": str(dev), "precision": precision_name(resolve_precision(
-                                  trained.inference.precision, dev)), "images": {}}
+                                  trained.inference.precision, dev)), "scheduler": scheduler, "images": {}}
     previous = out / RECORD
     if previous.is_file() and not overwrite:
         try:
             record["images"] = json.loads(previous.read_text()).get("images", {})
         except ValueError:
             pass
-    done = skipped = 0
+    skipped = [(i, t) for i, t in todo if t.exists() and not overwrite]
+    pending = [(i, t) for i, t in todo if not (t.exists() and not overwrite)]
     t0 = time.perf_counter()
-    for k, (image_path, target) in enumerate(todo):
-        if target.exists() and not overwrite:
-            skipped += 1
-            yield Progress("predict-images", k + 1, len(todo), f"{image_path.name} (done before)")
-            continue
-        t = time.perf_counter()
-        image = np.require(load_image(image_path), requirements="W")  # torch wants a writable array
-        res, source = resolution_of(image_path, mpp, trained.mpp)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write_mask_file(target, predict_image(trained, image, res, dev), image_path.stem)
-        record["images"][str(target.relative_to(out))] = {
-            "image": str(image_path), "mpp": round(res, 4), "mpp_from": source,
-            "seconds": round(time.perf_counter() - t, 3)}
-        done += 1
-        _save_record(out, record)
-        yield Progress("predict-images", k + 1, len(todo), image_path.name)
-    record.update(predicted=done, skipped=skipped, seconds=round(time.perf_counter() - t0, 2))
+    if skipped:
+        yield Progress("predict-images", len(skipped), len(todo), f"{len(skipped)} done before",
+                       notice=f"resuming: {len(skipped)} of {len(todo)} images already have a mask")
+    if scheduler:
+        from dataclasses import asdict
+
+        from pipeline.slides.cluster import connect, predict_images_on_cluster
+
+        client = connect(scheduler)
+        try:
+            resolved = {(i.resolve(), t.resolve()): (i, t) for i, t in pending}  # as the workers see them
+            runner = predict_images_on_cluster(client, str(Path(trained.source).resolve()),
+                                               asdict(trained.inference), list(resolved), mpp, device,
+                                               cluster_image_task)
+            finished = ((*resolved[(i, t)], e) for i, t, e in runner)
+            yield from _recorded(finished, out, record, len(skipped), len(todo))
+        finally:
+            client.close()
+    else:
+        here = ((i, t, predict_one(trained, i, t, mpp, dev)) for i, t in pending)
+        yield from _recorded(here, out, record, len(skipped), len(todo))
+    record.update(predicted=len(pending), skipped=len(skipped), seconds=round(time.perf_counter() - t0, 2))
     _save_record(out, record)
     return record
+
+
+def cluster_image_task(image: str, target: str, mpp: float | None) -> dict:
+    """One image on a dask worker, with the model the worker opened once."""
+    from pipeline.slides.cluster import worker_model
+
+    trained, dev = worker_model()
+    return predict_one(trained, Path(image), Path(target), mpp, dev)
+
+
+def _recorded(finished, out: Path, record: dict, start: int, total: int) -> Job[None]:
+    """Keep each finished image in the record (saved as it goes: a kill loses nothing written) with progress."""
+    step = start
+    for image_path, target, entry in finished:
+        record["images"][str(Path(target).relative_to(out))] = entry
+        step += 1
+        _save_record(out, record)
+        yield Progress("predict-images", step, total, Path(image_path).name)
 
 
 def _save_record(out: Path, record: dict) -> None:
