@@ -51,6 +51,26 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def compute_plan(device_name: str, precision: str) -> str:
+    """One line said at the start of every run: where it computes, with how many threads, in which precision and
+    why (``auto`` picks bf16 only where the hardware computes it natively)."""
+    device = resolve_device(device_name)
+    dtype = resolve_precision(precision, device)
+    where = (f"GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda"
+             else f"CPU ({torch.get_num_threads()} threads)")
+    if precision == "fp32":
+        why = "asked for"
+    elif precision == "bf16":
+        why = "asked for" + ("" if device.type == "cuda" or _cpu_has_native_bf16() else
+                             "; this CPU has no native bf16 (AVX512-BF16/AMX), so it is emulated and slower than fp32")
+    elif dtype is None:
+        why = ("auto: this CPU has no native bf16 (AVX512-BF16/AMX); emulated bf16 would be slower" if
+               device.type == "cpu" else "auto: this GPU has no bf16")
+    else:
+        why = "auto: native bf16 here (about twice as fast as fp32; weights and losses stay fp32)"
+    return f"computing on the {where} in {precision_name(dtype)} ({why})"
+
+
 def precision_name(dtype: torch.dtype | None) -> str:
     return "fp32" if dtype is None else "bf16"
 

@@ -172,3 +172,13 @@ def test_whole_method_on_a_few_real_glas_images(glas_root, tmp_path):
         assert store.read(n, "prediction").shape == store.shape(n)
     assert 0 < report["cams"]["pseudo"]["mIoU"] <= 100
     assert 0 < report["evaluation-test"]["mIoU"] <= 100 and report["evaluation-test"]["images"] == 2
+
+
+def test_a_run_says_where_and_in_what_precision_it_computes(trained_project):
+    from pipeline.device import compute_plan
+
+    _, _, report = trained_project
+    assert report["plan"].startswith("computing on the CPU (") and ("in fp32 (" in report["plan"]
+                                                                   or "in bf16 (" in report["plan"])
+    assert "asked for" in compute_plan("cpu", "fp32")
+    assert "auto: " in compute_plan("cpu", "auto")

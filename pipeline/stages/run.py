@@ -60,7 +60,10 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
     from pipeline.stages.infer import evaluate_all, predict
     from pipeline.stages.segment import train_segmenter
 
-    report: dict[str, Any] = {}
+    from pipeline.device import compute_plan
+
+    report: dict[str, Any] = {"plan": compute_plan(device, cfg.segmentation.precision)}
+    yield Progress("plan", 0, 1, notice=report["plan"])
     if not stage_done(store, "patches", cfg):
         yield Progress("patches", 0, 1, "cutting patches")
         make_patch_labels(store, cfg.patches)
