@@ -55,12 +55,11 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
         raise OEEMError("segmentation.error_prob_weight weighs the labels a label review has ranked, and `oeem run` "
                         "makes new labels in every self-training round: run it with the setting at 0, then "
                         "`oeem regions` and `oeem train-seg --error-prob-weight W`")
+    from pipeline.device import compute_plan
     from pipeline.stages.cams import make_cams
     from pipeline.stages.classify import make_patch_labels, train_classifier
     from pipeline.stages.infer import evaluate_all, predict
     from pipeline.stages.segment import train_segmenter
-
-    from pipeline.device import compute_plan
 
     report: dict[str, Any] = {"plan": compute_plan(device, cfg.segmentation.precision)}
     yield Progress("plan", 0, 1, notice=report["plan"])
