@@ -57,7 +57,8 @@ class JobRunner(QObject):
         self._label = label
         self._job = job
         self.cancelled = False
-        worker = create_worker(_drive, job, _start_thread=False)
+        # errors: one notification from `_on_errored`, not also napari's traceback of an uncaught exception
+        worker = create_worker(_drive, job, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_errored)
