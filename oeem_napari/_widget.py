@@ -14,6 +14,7 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from oeem_napari._panels.corrections import CorrectionsPanel
 from oeem_napari._panels.export import ExportPanel
+from oeem_napari._panels.model import ModelPanel
 from oeem_napari._panels.project import ProjectPanel
 from oeem_napari._panels.review import ReviewPanel
 from oeem_napari._panels.run import RunPanel
@@ -66,9 +67,10 @@ class OEEMWidget(QWidget):
         self.corrections = CorrectionsPanel(self.state)
         self.review = ReviewPanel(self.state)
         self.export_panel = ExportPanel(self.state)
+        self.model_panel = ModelPanel(self.state)
         self.slides = SlidesPanel(self.state)
         self.panels = (self.project, self.weak_labels, self.settings_panel, self.run, self.corrections, self.review,
-                       self.export_panel, self.slides)
+                       self.export_panel, self.model_panel, self.slides)
         self._layout()
         self._alias_widgets()
         self._watching_window = False
@@ -177,11 +179,17 @@ class OEEMWidget(QWidget):
     def import_geojson(self, path: str, image: str | None = None) -> dict | None:
         return self.export_panel.import_geojson(path, image)
 
+    def load_model(self, path: str | Path):
+        return self.model_panel.load_model(path)
+
+    def predict_shown_images(self):
+        return self.model_panel.predict_shown_images()
+
     def open_slide(self, path: str | Path):
         return self.slides.open_slide(path)
 
-    def predict_slide(self):
-        return self.slides.predict_slide()
+    def predict_slide(self, with_model: bool = False):
+        return self.slides.predict_slide(with_model)
 
     def add_drawn_regions(self) -> list[str]:
         return self.slides.add_drawn_regions()

@@ -397,11 +397,11 @@ def test_the_dock_fits_a_1000_px_screen_and_its_table_headers_read_whole(make_na
     assert w.open_project(store.path)
     qtbot.wait(50)
     assert window.frameGeometry().height() <= min(screen.height(), 1000)
-    assert not w.export_panel.unfolded and not w.slides.unfolded  # used now and then: folded
+    assert not w.export_panel.unfolded and not w.slides.unfolded and not w.model_panel.unfolded  # now and then
     assert not w.weak_labels.unfolded  # every image has a mask: nothing to tag
     # the pathologist's settings on top, the rest under Advanced
     assert w.settings.basic.native.isVisibleTo(w) and not w.settings_panel.tabs.isVisibleTo(w)
-    for panel in (w.settings_panel.advanced, w.export_panel, w.slides, w.weak_labels):  # all open: it scrolls
+    for panel in (w.settings_panel.advanced, w.export_panel, w.model_panel, w.slides, w.weak_labels):  # it scrolls
         panel.unfold()
     qtbot.wait(50)
     assert w.settings_panel.tabs.isVisibleTo(w)

@@ -31,7 +31,11 @@ class SlidesPanel(FoldingBox):
         self.predict_slide_btn = QPushButton("Predict slide")
         self.predict_slide_btn.setToolTip("tissue blocks at the project's resolution into an OME-Zarr pyramid "
                                           "beside the project (`oeem predict-slide`); resumable")
-        self.predict_slide_btn.clicked.connect(self.predict_slide)
+        self.predict_slide_btn.clicked.connect(lambda: self.predict_slide())
+        self.predict_model_btn = QPushButton("Predict with model file")
+        self.predict_model_btn.setToolTip("with the model loaded in Model file, no project needed; the pyramid "
+                                          "goes beside the slide (NAME.prediction.ome.zarr)")
+        self.predict_model_btn.clicked.connect(lambda: self.predict_slide(with_model=True))
         self.region_label_combo = QComboBox()
         self.region_label_combo.addItems(list(REGION_LABELS))
         self.region_label_combo.setToolTip("the weak label every patch of the drawn regions takes")
@@ -41,10 +45,15 @@ class SlidesPanel(FoldingBox):
         add_regions_btn.clicked.connect(self.add_drawn_regions)
         grid.addWidget(open_slide_btn, 0, 0)
         grid.addWidget(self.slide_mpp_spin, 0, 1)
-        grid.addWidget(self.predict_slide_btn, 1, 0, 1, 2)
+        grid.addWidget(self.predict_slide_btn, 1, 0)
+        grid.addWidget(self.predict_model_btn, 1, 1)
         grid.addWidget(self.region_label_combo, 2, 0)
         grid.addWidget(add_regions_btn, 2, 1)
-        state.busy.connect(lambda busy: self.predict_slide_btn.setEnabled(not busy))
+        state.busy.connect(self._set_busy)
+
+    def _set_busy(self, busy: bool) -> None:
+        self.predict_slide_btn.setEnabled(not busy)
+        self.predict_model_btn.setEnabled(not busy)
 
     @property
     def viewer(self):
@@ -91,21 +100,27 @@ class SlidesPanel(FoldingBox):
     def _slide_mpp(self) -> float | None:
         return self.slide_mpp_spin.value() or None
 
-    def predict_slide(self):
-        """Predict the open slide in the background; the mask appears over it as multiscale Labels."""
+    def predict_slide(self, with_model: bool = False):
+        """Predict the open slide in the background (with the project's model, or ``with_model`` the model file
+        loaded in the Model file box); the mask appears over it as multiscale Labels."""
         from pipeline.slides.predict import predict_slide
 
         layer = self._slide_layer()
         if layer is None:
             show_error("open a slide first (Whole slides > Open slide…)")
             return None
-        if self.state.store is None:
+        trained = self.state.model if with_model else None
+        if with_model and trained is None:
+            show_error("load a model file first (Model file > Load model…)")
+            return None
+        if not with_model and self.state.store is None:
             show_error("open a project with a trained segmentation model first")
             return None
         try:
-            cfg = self.state.run_config()
-            job = predict_slide(self.state.store, layer.metadata["oeem_slide"], cfg.slide, cfg.inference,
-                                self._slide_mpp(), device=self.state.device(), restart=True)
+            cfg = self.state.model_config(trained) if with_model else self.state.run_config()
+            job = predict_slide(None if with_model else self.state.store, layer.metadata["oeem_slide"], cfg.slide,
+                                cfg.inference, self._slide_mpp(), device=self.state.device(), restart=True,
+                                model=trained.source if with_model else None)
         except OEEMError as exc:
             show_error(str(exc))
             return None

@@ -45,6 +45,7 @@ class DockState(QObject):
         self.keeper: CorrectionKeeper | None = None
         self.settings: RunSettings | None = None  # the settings panel registers itself
         self.top = 10  # ranked regions outlined per image
+        self.model = None  # a model file loaded in the Model file box (pipeline.stages.model_file.TrainedModel)
         self.last_result = None
         self.runner = JobRunner(self)
         self.runner.progressed.connect(self.progressed)
@@ -108,6 +109,21 @@ class DockState(QObject):
         if self.settings is not None and self.settings.fast():
             apply_overrides(cfg, FAST_INFERENCE)
         return cfg
+
+    def model_config(self, trained) -> PipelineConfig:
+        """The configuration a loaded model file predicts with: the dock's settings, the model's prediction
+        settings and µm/px, one scale when *fast* is chosen; no project needed, nothing saved."""
+        import dataclasses
+
+        from pipeline.config import check, preset
+
+        cfg = preset(self.settings.preset() if self.settings is not None else "cpu")
+        if self.settings is not None:
+            apply_overrides(cfg, {k: v for k, v in self.settings.values().items() if v is not None})
+        cfg.inference, cfg.slide.project_mpp = dataclasses.replace(trained.inference), trained.mpp
+        if self.settings is not None and self.settings.fast():
+            apply_overrides(cfg, FAST_INFERENCE)
+        return check(cfg)
 
     def device(self) -> str:
         return self.settings.device() if self.settings is not None else "auto"
