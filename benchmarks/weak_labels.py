@@ -266,7 +266,11 @@ def cmd_table(args) -> None:
 
 
 def plot(data: dict) -> None:
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install matplotlib; only the benchmarks' plots use it)")
+        return
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -275,9 +279,11 @@ def plot(data: dict) -> None:
     for picker, style in (("suggested", "o-"), ("random", "s--"), ("image-tags", "^:")):
         rs = sorted((r for r in data["runs"].values() if r["picker"] == picker), key=lambda r: r["budget"])
         if rs:
-            ax.plot([r["budget"] for r in rs], [r["testA_mIoU"] for r in rs], style, label=picker)
+            ax.plot([r["budget"] for r in rs], [r["testA_mIoU"] for r in rs], style, label=f"{picker}: testA")
+            ax.plot([r["budget"] for r in rs], [r["val_pseudo_mIoU"] for r in rs], style, alpha=0.45,
+                    label=f"{picker}: validation pseudo-masks")
     ax.set_xlabel("training images with patch tags (%)")
-    ax.set_ylabel("testA mIoU")
+    ax.set_ylabel("mIoU")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
