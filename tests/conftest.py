@@ -74,3 +74,60 @@ def project_copy(trained_project, tmp_path):
 
 def rgb(h=32, w=32, seed=0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def own_project(tmp_path):
+    """Two H&E images of a pathologist's own (224 x 280 px), no masks: a project made from images alone."""
+    from PIL import Image
+
+    from pipeline.io.synth import synth_tissue
+    from pipeline.store.project import create_project
+
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for k, name in enumerate(["a.png", "b.png"]):
+        image, _ = synth_tissue(224, 280, seed=500 + k)
+        Image.fromarray(image).save(folder / name)
+    return create_project(folder, tmp_path / "own.oeem.zarr")
+
+
+@pytest.fixture(scope="session")
+def model_file(trained_project, tmp_path_factory):
+    """The trained project's segmentation model exported as a model file."""
+    from pipeline.stages.model_file import export_model
+
+    store, cfg, _ = trained_project
+    path = tmp_path_factory.mktemp("model") / "sample.oeem-model"
+    return export_model(store, path, cfg.inference, cfg.slide.project_mpp)
+
+
+@pytest.fixture
+def notes():
+    """The messages of the napari notifications shown during a test."""
+    from napari.utils.notifications import notification_manager
+
+    seen = []
+
+    def grab(event):
+        seen.append(str(event.message if hasattr(event, "message") else event))
+
+    notification_manager.notification_ready.connect(grab)
+    yield seen
+    notification_manager.notification_ready.disconnect(grab)
+
+
+def plant_errors(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A pseudo-mask as stage 1 gets them wrong, in blobs: half the glands grown into the stroma, or their rim
+    cut off."""
+    from scipy import ndimage as ndi
+
+    pseudo = mask.copy()
+    glands, n = ndi.label(mask)
+    for k in rng.choice(np.arange(1, n + 1), size=max(1, n // 2), replace=False):
+        g = glands == k
+        if rng.random() < 0.5:
+            pseudo[ndi.binary_dilation(g, iterations=8)] = 1
+        else:
+            pseudo[g & ~ndi.binary_erosion(g, iterations=6)] = 0
+    return pseudo

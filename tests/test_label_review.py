@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import plant_errors
 from scipy import ndimage as ndi
 
 from pipeline.cli import main
@@ -14,20 +15,6 @@ from pipeline.errors import OEEMError
 from pipeline.progress import run
 from pipeline.review.regions import label_fingerprint, rank_label_errors, ranked_regions
 from pipeline.review.state import accept_region, review_state, skip_region, undo_review
-
-
-def plant_errors(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A pseudo-mask as stage 1 gets them wrong, in blobs: half the glands grown into the stroma, or their rim
-    cut off."""
-    pseudo = mask.copy()
-    glands, n = ndi.label(mask)
-    for k in rng.choice(np.arange(1, n + 1), size=max(1, n // 2), replace=False):
-        g = glands == k
-        if rng.random() < 0.5:
-            pseudo[ndi.binary_dilation(g, iterations=8)] = 1
-        else:
-            pseudo[g & ~ndi.binary_erosion(g, iterations=6)] = 0
-    return pseudo
 
 
 @pytest.fixture(scope="module")

@@ -19,17 +19,9 @@ from pipeline.errors import OEEMError
 from pipeline.io.data import image_mpp, read_image
 from pipeline.io.export import read_exported_mask
 from pipeline.progress import run
-from pipeline.stages.model_file import FORMAT_VERSION, export_model, load_model_file, open_model, weights_digest
+from pipeline.stages.model_file import FORMAT_VERSION, load_model_file, open_model, weights_digest
 from pipeline.stages.predict_files import predict_files
 from pipeline.store.project import sample_data_folder
-
-
-@pytest.fixture(scope="module")
-def model_file(trained_project, tmp_path_factory):
-    store, cfg, _ = trained_project
-    path = tmp_path_factory.mktemp("model") / "sample.oeem-model"
-    export_model(store, path, cfg.inference, cfg.slide.project_mpp)
-    return path
 
 
 def test_exported_model_predicts_the_projects_masks_to_the_last_pixel(trained_project, model_file, tmp_path):

@@ -10,34 +10,16 @@ pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
 from napari.layers import Labels  # noqa: E402
-from napari.utils.notifications import notification_manager  # noqa: E402
 
 from oeem_napari import _layers  # noqa: E402
 from pipeline.io.data import read_image  # noqa: E402
-from pipeline.stages.model_file import export_model, load_model_file  # noqa: E402
+from pipeline.stages.model_file import load_model_file  # noqa: E402
 from pipeline.stages.predict_files import predict_image  # noqa: E402
 from pipeline.store.project import sample_data_folder  # noqa: E402
 
 JOB_TIMEOUT_MS = 300_000
 
 
-@pytest.fixture
-def notes():
-    seen = []
-
-    def grab(event):
-        seen.append(str(event.message if hasattr(event, "message") else event))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
-
-
-@pytest.fixture(scope="module")
-def model_file(trained_project, tmp_path_factory):
-    store, cfg, _ = trained_project
-    path = tmp_path_factory.mktemp("model") / "sample.oeem-model"
-    return export_model(store, path, cfg.inference, cfg.slide.project_mpp)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import plant_errors
 from scipy import ndimage as ndi
 
 from pipeline.config import preset
@@ -24,18 +25,6 @@ from pipeline.store import ProjectStore
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def plant(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Stage 1's kind of errors, in blobs: half the glands grown into the stroma, or their rim cut off."""
-    pseudo = mask.copy()
-    glands, n = ndi.label(mask)
-    for k in rng.choice(np.arange(1, n + 1), size=max(1, n // 2), replace=False):
-        g = glands == k
-        if rng.random() < 0.5:
-            pseudo[ndi.binary_dilation(g, iterations=8)] = 1
-        else:
-            pseudo[g & ~ndi.binary_erosion(g, iterations=6)] = 0
-    return pseudo
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +48,7 @@ def planted(tmp_path_factory):
     rng = np.random.default_rng(0)
     for n in store.names("train") + store.names("val"):
         mask = store.mask(n)
-        pseudo = plant(mask, rng)
+        pseudo = plant_errors(mask, rng)
         store.write(n, "pseudo", pseudo)
         margin = ndi.gaussian_filter(pseudo.astype(np.float32), 6) - 0.5
         store.write(n, "cam", np.stack([-margin, margin]).astype(np.float32))

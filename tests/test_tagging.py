@@ -1,25 +1,11 @@
 """The tagging actions behind the Weak labels panel's keys: the patch under a point, strokes, shapes, whole
 images, proposals from a model, undo - each saved at once."""
 import numpy as np
-import pytest
-from PIL import Image
 
 from pipeline.config import preset
 from pipeline.io.patch_labels import BOTH, GLAND, NON_GLAND, UNLABELLED
-from pipeline.io.synth import synth_tissue
 from pipeline.review.tagging import Tagger, proposals_from_probs
 from pipeline.store import ProjectStore
-from pipeline.store.project import create_project
-
-
-@pytest.fixture
-def own_project(tmp_path):
-    folder = tmp_path / "tiles"
-    folder.mkdir()
-    for k, name in enumerate(["a.png", "b.png"]):
-        image, _ = synth_tissue(224, 280, seed=500 + k)
-        Image.fromarray(image).save(folder / name)
-    return create_project(folder, tmp_path / "own.oeem.zarr")
 
 
 def test_the_patch_under_a_point_is_the_nearest_centre_and_cells_tile_the_image(own_project):

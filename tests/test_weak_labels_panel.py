@@ -9,19 +9,16 @@ import textwrap
 
 import numpy as np
 import pytest
-from PIL import Image
 
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from napari.utils.notifications import notification_manager  # noqa: E402
 from qtpy.QtCore import QPoint, Qt  # noqa: E402
 from qtpy.QtTest import QTest  # noqa: E402
 
 from oeem_napari import _layers  # noqa: E402
 from oeem_napari._panels.weak_labels import ACTION_KEYS, IMAGE_KEYS, TAG_KEYS  # noqa: E402
 from pipeline.io.patch_labels import BOTH, GLAND, NON_GLAND, UNLABELLED  # noqa: E402
-from pipeline.io.synth import synth_tissue  # noqa: E402
 from pipeline.review.tagging import Tagger  # noqa: E402
 from pipeline.store import ProjectStore  # noqa: E402
 from pipeline.store.project import create_project  # noqa: E402
@@ -31,27 +28,6 @@ NO = Qt.KeyboardModifier.NoModifier
 LEFT = Qt.MouseButton.LeftButton
 
 
-@pytest.fixture
-def notes():
-    seen = []
-
-    def grab(event):
-        seen.append(str(event.message if hasattr(event, "message") else event))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
-
-
-@pytest.fixture
-def own_project(tmp_path):
-    """Two H&E images of the pathologist's own, no masks (as tests/test_tagging.py)."""
-    folder = tmp_path / "tiles"
-    folder.mkdir()
-    for k, name in enumerate(["a.png", "b.png"]):
-        image, _ = synth_tissue(H, W, seed=500 + k)
-        Image.fromarray(image).save(folder / name)
-    return create_project(folder, tmp_path / "own.oeem.zarr")
 
 
 @pytest.fixture

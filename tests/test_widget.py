@@ -10,7 +10,6 @@ import torch
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-from napari.utils.notifications import notification_manager  # noqa: E402
 
 from oeem_napari import _layers  # noqa: E402
 from oeem_napari._widget import OEEMWidget  # noqa: E402
@@ -18,17 +17,6 @@ from pipeline.store import ProjectStore  # noqa: E402
 
 JOB_TIMEOUT_MS = 300_000
 
-
-@pytest.fixture
-def notes():
-    seen = []
-
-    def grab(event):
-        seen.append(str(event.message if hasattr(event, "message") else event))
-
-    notification_manager.notification_ready.connect(grab)
-    yield seen
-    notification_manager.notification_ready.disconnect(grab)
 
 
 @pytest.fixture
