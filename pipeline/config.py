@@ -333,6 +333,24 @@ class SelfTrainConfig:
 
 
 @dataclass
+class UpdateConfig:
+    """*Update model* (``oeem update``, the dock's button): a short fine-tune of the current segmentation model on
+    what the pathologist changed since it was trained, so a correction shows its effect in about a minute instead
+    of a full retrain's half hour."""
+
+    iterations: int = setting(30, "fine-tuning steps (cpu preset: about 1.4 s each on 2 cores in fp32)", gt=0,
+                              basic=True, label="update steps", flag="--steps", commands=("update",))
+    lr: float = setting(0.005, "learning rate of the fine-tune, constant (the model is already trained)", gt=0,
+                        label="update learning rate", flag="--lr", commands=("update",))
+    focus: float = setting(0.75, "share of each batch cut from the changed images; the rest replays other training "
+                           "images so the model does not forget them", ge=0, le=1, label="focus on changes")
+    replay_images: int = setting(6, "other training images the replayed share of a batch comes from", ge=0,
+                                 label="replayed images")
+    keep_versions: int = setting(5, "models from before an update kept for `oeem update --revert`", ge=1,
+                                 label="versions kept")
+
+
+@dataclass
 class PipelineConfig:
     preset: str = setting("cpu", "the preset these settings started from", choices=PRESETS)
     patches: PatchConfig = field(default_factory=PatchConfig)
@@ -343,6 +361,7 @@ class PipelineConfig:
     selftrain: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     ranking: RankConfig = field(default_factory=RankConfig)
     slide: SlideConfig = field(default_factory=SlideConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
 
     def segmentation_for_round(self, labels_round: int) -> SegConfig:
         """The segmentation settings a training on pseudo-masks of ``labels_round`` runs with: those of

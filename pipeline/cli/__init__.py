@@ -22,7 +22,7 @@ from pipeline.errors import OEEMError
 
 # commands that write into the project: one at a time per project (the writer lock)
 WRITERS = {"patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "run", "import-geojson", "undo",
-           "doctor", "regions", "add-regions", "labels"}
+           "doctor", "regions", "add-regions", "labels", "update"}
 # commands that may run as several processes under torchrun (data-parallel training)
 DISTRIBUTED = {"train-seg", "train-cls"}
 

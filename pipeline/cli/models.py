@@ -1,7 +1,27 @@
-"""``oeem export-model`` and ``oeem predict-images``: a trained model out of its project, and onto any images."""
+"""``oeem export-model`` and ``oeem predict-images``: a trained model out of its project, and onto any images;
+``oeem update``: the model fine-tuned on a pathologist's latest changes (and ``--revert``)."""
 from __future__ import annotations
 
-from pipeline.cli.common import drive, open_project
+from pipeline.cli.common import add_common, config_for, drive, open_project
+
+
+def cmd_update(args) -> None:
+    from pipeline.stages.update import model_versions, revert_model, update_model
+
+    store = open_project(args.project)
+    if args.revert:
+        back = revert_model(store)
+        print(f"reverted to the model kept {back['saved_at']} ({back['why']}); {len(model_versions(store))} earlier "
+              f"version(s) left. Predictions are stale: `oeem predict {store.path}` (or the next `oeem run`)")
+        return
+    cfg = config_for(args, store)
+    names = [n.strip() for n in args.images.split(",") if n.strip()] if args.images else None
+    predict_names = None if args.predict == "changed" else [] if args.predict == "none" else store.names()
+    r = drive(update_model(store, cfg, args.device, names, predict_names), "update")
+    print(f"updated the model on {len(r['images'])} changed image(s) in {r['train_seconds']:.0f} s "
+          f"({r['steps']} steps, loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}); re-predicted "
+          f"{len(r['predicted'])} image(s), {r['seconds']:.0f} s in all. The model from before is kept: "
+          f"`oeem update {store.path} --revert` puts it back")
 
 
 def cmd_export_model(args) -> None:
@@ -39,6 +59,17 @@ def cmd_predict_images(args) -> None:
 def register(add) -> None:
     from pipeline.io.export import FORMATS
 
+    p = add("update", cmd_update, "fine-tune the segmentation model briefly on the images whose corrections, accepted "
+            "review regions or patch tags changed since it was trained, then re-predict them (about a minute on "
+            "2 cores); the previous model is kept")
+    add_common(p, "update")
+    p.add_argument("--images", default=None, metavar="NAMES",
+                   help="comma-separated image names to learn from (default: those changed since the model)")
+    p.add_argument("--predict", default="changed", choices=("changed", "all", "none"),
+                   help="which images to re-predict afterwards (default: changed)")
+    p.add_argument("--fast", action="store_true", help="re-predict at a single scale, no flip (default: off)")
+    p.add_argument("--revert", action="store_true",
+                   help="put back the model from before the last update instead (default: update)")
     p = add("export-model", cmd_export_model, "write the project's segmentation model to one file (weights, "
             "settings, µm/px, training record, checksum) to use on other images, projects and machines")
     p.add_argument("file", help="the model file to write, e.g. glas-cpu.oeem-model")

@@ -225,6 +225,8 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     :func:`pipeline.stages.training.train`'s: every rank resumes from the one checkpoint rank 0 wrote.
     ``init_weights`` (weights, where from: e.g. a model file's) starts a fresh run from them instead of random
     initialisation; a resumed run ignores them."""
+    from pipeline.stages.update import label_states
+
     if cfg.loss not in LOSS_KINDS:
         raise OEEMError(f"unknown loss {cfg.loss!r}: choose one of {', '.join(LOSS_KINDS)}")
     if not cfg.weight_temperature > 0:
@@ -315,7 +317,9 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
               "clean_pixels_in_tiles": int((((codes >> 1) & 1).bool() & (codes != IGNORE)).sum()),
               "seconds": done.seconds, "it_per_s": done.per_second(done.steps), "final_loss": done.final_loss,
               "checkpoint": "last iteration (no model selection)", "world_size": dist.world_size,
-              "precision": precision_name(amp), "loss_history": done.history}
+              "precision": precision_name(amp), "loss_history": done.history,
+              # the corrections and tags it learned from: what `oeem update` later calls changed
+              "label_state": label_states(store)}
     if weigh:  # how much of the labels' weight the review's doubt left them, over the tiles' valid pixels
         record["label_trust_mean"] = float((codes[codes != IGNORE] >> 2).float().mean()) / TRUST_LEVELS
     if dist.is_main:

@@ -1,0 +1,161 @@
+"""*Update model*: a short fine-tune on what the pathologist changed, kept as a new version that can be reverted."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.errors import OEEMError
+from pipeline.progress import run
+
+
+def _paint_gland(store, name: str) -> np.ndarray:
+    """A correction that calls the top-left third of the image gland (a clear, checkable change)."""
+    labels, _ = store.labels(name)
+    h, w = labels.shape
+    fixed = labels.copy()
+    fixed[: h // 3, : w // 3] = 1
+    store.save_correction(name, fixed)
+    return fixed
+
+
+def _update_cfg(cfg, steps: int = 12, lr: float = 0.05):
+    import copy
+
+    cfg = copy.deepcopy(cfg)
+    cfg.update.iterations, cfg.update.lr = steps, lr
+    return cfg
+
+
+def test_update_moves_the_prediction_toward_the_correction_and_reverts(project_copy):
+    from pipeline.stages.update import changed_images, model_versions, revert_model, update_model
+
+    store, cfg = project_copy
+    name = store.names("train")[0]
+    assert changed_images(store) == []  # the trained model learned from every label there is
+    before_ck = store.checkpoint_path("segmentation").read_bytes()
+    before_run = store.load_run("segmentation")["run_id"]
+    fixed = _paint_gland(store, name)
+    assert changed_images(store) == [name]
+    region = np.zeros(fixed.shape, bool)
+    region[: fixed.shape[0] // 3, : fixed.shape[1] // 3] = True
+    before = (store.read(name, "prediction")[region] == 1).mean()
+
+    result = run(update_model(store, _update_cfg(cfg), "cpu"))
+
+    after = (store.read(name, "prediction")[region] == 1).mean()
+    assert result["images"] == [name] and result["predicted"] == [name] and result["steps"] == 12
+    assert after > before + 0.1, (before, after)  # the painted gland is learned
+    rec = store.load_run("segmentation")
+    assert rec["run_id"] != before_run and rec["updates"][-1]["images"] == [name]
+    assert changed_images(store) == []  # the update learned from it
+    assert [v["version"] for v in model_versions(store)] == [1]
+    assert store.checkpoint_path("segmentation").read_bytes() != before_ck
+
+    back = revert_model(store)
+    assert back["version"] == 1 and model_versions(store) == []
+    assert store.checkpoint_path("segmentation").read_bytes() == before_ck
+    assert store.load_run("segmentation")["run_id"] == before_run
+    with pytest.raises(OEEMError, match="no earlier model kept"):
+        revert_model(store)
+
+
+def test_versions_beyond_keep_are_dropped(project_copy):
+    from pipeline.stages.update import keep_version, model_versions
+
+    store, _ = project_copy
+    for _ in range(4):
+        keep_version(store, "test", keep=2)
+    kept = model_versions(store)
+    assert [v["version"] for v in kept] == [3, 4]
+    files = sorted(p.name for p in (store.path / "checkpoints" / "versions").iterdir())
+    assert files == ["segmentation.v0003.json", "segmentation.v0003.pt", "segmentation.v0004.json",
+                     "segmentation.v0004.pt"]
+
+
+def test_tags_decide_labels_where_one_class_patches_cover_a_pixel(project_copy):
+    from pipeline.io.patch_labels import BOTH, GLAND, NON_GLAND
+    from pipeline.stages.patches import patch_grid
+    from pipeline.stages.update import changed_images, tag_constraints, update_labels
+
+    store, cfg = project_copy
+    name = store.names("train")[1]
+    size, stride = cfg.patches.size, cfg.patches.stride
+    grid = patch_grid(store.shape(name), size, stride)
+    tags = np.zeros(len(grid), np.uint8)
+    tags[0], tags[1] = NON_GLAND, GLAND  # neighbours overlapping by half a patch
+    tags[-1] = BOTH
+    store.save_patch_tags(name, tags, size, stride)
+    decided = tag_constraints(store, name)
+    (y0, x0), (y1, x1) = grid[0], grid[1]
+    assert (decided[y0:y0 + size, x0:x1] == 0).all()  # only the no-gland patch covers it
+    assert (decided[y1:y1 + size, x0 + size:x1 + size] == 1).all()  # only the gland-only patch
+    assert (decided[y0:y0 + size, x1:x0 + size] == 255).all()  # both cover it: they disagree, nothing decided
+    y, x = grid[-1]
+    assert (decided[y + size - 1, x + size - 1] == 255)  # a "both" patch decides nothing
+    labels, verified = update_labels(store, name)
+    assert (labels[y0:y0 + size, x0:x1] == 0).all() and not verified.any()
+    assert changed_images(store) == [name]
+
+
+def test_update_refuses_what_it_cannot_do(project_copy, own_project):
+    from pipeline.stages.update import update_model
+
+    store, cfg = project_copy
+    with pytest.raises(OEEMError, match="nothing changed since the model was trained"):
+        run(update_model(store, cfg, "cpu"))
+    with pytest.raises(OEEMError, match="no segmentation model to update yet.*oeem run"):
+        run(update_model(own_project, cfg, "cpu"))
+
+
+def test_cancelled_update_changes_nothing(project_copy):
+    from pipeline.stages.update import model_versions, update_model
+
+    store, cfg = project_copy
+    name = store.names("train")[0]
+    _paint_gland(store, name)
+    before = store.checkpoint_path("segmentation").read_bytes()
+    job = update_model(store, _update_cfg(cfg, steps=20), "cpu")
+    for p in job:
+        if p.stage == "update" and p.step == 3:
+            job.close()  # what the plugin's Cancel does
+            break
+    assert store.checkpoint_path("segmentation").read_bytes() == before
+    assert model_versions(store) == []
+
+
+def test_cli_update_and_revert(project_copy, capsys):
+    from pipeline.cli import main
+
+    store, _ = project_copy
+    name = store.names("train")[0]
+    assert main(["update", str(store.path)]) == 2
+    assert "nothing changed since the model was trained" in capsys.readouterr().err
+    _paint_gland(store, name)
+    assert main(["update", str(store.path), "--steps", "4", "--fast"]) == 0
+    out = capsys.readouterr().out
+    assert "updated the model on 1 changed image(s)" in out and "--revert" in out
+    assert main(["update", str(store.path), "--revert"]) == 0
+    assert "reverted to the model kept" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # argparse: "--steps: invalid int value"
+        main(["update", str(store.path), "--steps", "x"])
+
+
+def test_cli_update_while_another_process_writes(project_copy, capsys):
+    import subprocess
+    import sys
+
+    from pipeline.cli import main
+
+    store, _ = project_copy
+    _paint_gland(store, store.names("train")[0])
+    code = ("import time; from pipeline.store.lock import project_writer\n"
+            f"with project_writer({str(store.path)!r}, 'test holder'):\n"
+            "    print('held', flush=True); time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        assert main(["update", str(store.path), "--steps", "2"]) == 2
+        assert "being written by test holder" in capsys.readouterr().err
+    finally:
+        proc.kill()
+        proc.wait()
