@@ -21,13 +21,15 @@ PSEUDO = "pseudo-mask (editable)"
 WEIGHT = "OEEM weight"
 PREDICTION = "prediction"
 CONFUSING = "probably wrong labels"  # outlines of the ranked regions (label review)
-ORDER = (IMAGE, MASK, CAM_NON_GLAND, CAM_GLAND, WEIGHT, PREDICTION, PSEUDO, CONFUSING)
+BEFORE_UPDATE = "prediction before update"  # the prediction an *Update model* replaced, for the before/after toggle
+ORDER = (IMAGE, MASK, CAM_NON_GLAND, CAM_GLAND, WEIGHT, BEFORE_UPDATE, PREDICTION, PSEUDO, CONFUSING)
 
 _TRANSPARENT = (0, 0, 0, 0)
 GLAND_COLOURS = {
     PSEUDO: (1.0, 0.85, 0.0, 1.0),     # yellow: the label being corrected
     MASK: (0.0, 0.9, 0.3, 1.0),        # green: ground truth
     PREDICTION: (0.2, 0.6, 1.0, 1.0),  # blue: the model's answer
+    BEFORE_UPDATE: (1.0, 0.4, 0.9, 1.0),  # pink: the answer before the last update
 }
 REGION_COLOUR = (1.0, 0.15, 0.15, 1.0)
 

@@ -339,7 +339,7 @@ class UpdateConfig:
     of a full retrain's half hour."""
 
     iterations: int = setting(30, "fine-tuning steps (cpu preset: about 1.4 s each on 2 cores in fp32)", gt=0,
-                              basic=True, label="update steps", flag="--steps", commands=("update",))
+                              label="update steps", flag="--steps", commands=("update",))
     lr: float = setting(0.005, "learning rate of the fine-tune, constant (the model is already trained)", gt=0,
                         label="update learning rate", flag="--lr", commands=("update",))
     focus: float = setting(0.75, "share of each batch cut from the changed images; the rest replays other training "

@@ -193,14 +193,8 @@ def update_model(store: ProjectStore, cfg: PipelineConfig, device: str = "auto",
     """Fine-tune the project's segmentation model on what changed (``names``; default :func:`changed_images`),
     keep the previous model as a version, and re-predict ``predict_names`` (default: the changed images).
 
+    What cannot work (no model, nothing changed, an unknown image) is refused here, before a job starts.
     Cancelled before its end, nothing is written: the model stays as it was."""
-    from pipeline.stages.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
-    from pipeline.stages.infer import predict
-    from pipeline.stages.losses import segmentation_loss
-    from pipeline.stages.models import safe_torch_load
-    from pipeline.stages.segment import IGNORE, decode, load_segmenter_file
-
-    ucfg: UpdateConfig = cfg.update
     path = store.checkpoint_path(STAGE)
     if not path.is_file():
         raise OEEMError(f"{store.path}: no segmentation model to update yet; make one with `oeem run {store.path}` "
@@ -212,6 +206,19 @@ def update_model(store: ProjectStore, cfg: PipelineConfig, device: str = "auto",
     unknown = [n for n in changed if n not in store.names()]
     if unknown:
         raise OEEMError(f"{store.path}: no image {unknown[0]!r} in the project")
+    return _fine_tune(store, cfg, device, changed, predict_names if predict_names is not None else changed)
+
+
+def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: list[str],
+               to_predict: list[str]) -> Job[dict]:
+    from pipeline.stages.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
+    from pipeline.stages.infer import predict
+    from pipeline.stages.losses import segmentation_loss
+    from pipeline.stages.models import safe_torch_load
+    from pipeline.stages.segment import IGNORE, decode, load_segmenter_file
+
+    ucfg: UpdateConfig = cfg.update
+    path = store.checkpoint_path(STAGE)
     t0 = time.perf_counter()
     set_threads(cfg.segmentation.threads)
     dev = resolve_device(device)
@@ -284,7 +291,6 @@ def update_model(store: ProjectStore, cfg: PipelineConfig, device: str = "auto",
                   "first_loss": losses[0], "last_loss": losses[-1], "kept_version": version,
                   "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]}
     store.save_run(STAGE, record)
-    to_predict = predict_names if predict_names is not None else changed
     if to_predict:
         yield from predict(store, cfg.inference, names=to_predict, device=device)
     return {"images": changed, "steps": ucfg.iterations, "seconds": time.perf_counter() - t0,
