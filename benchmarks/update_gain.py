@@ -1,0 +1,158 @@
+"""*Update model* against a full retrain: the share of the retrain's gain an update reaches, and its seconds.
+
+    OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/update_gain.py [--project P] [--budget 3]
+        [--steps 30] [--lr 0.005 0.01]
+
+The annotation-gain protocol (``benchmarks/annotation_gain.py``) on a project the pipeline trained: a simulated
+pathologist corrects the largest wrong regions of the training pseudo-masks (the GlaS training masks play the
+pathologist) up to ``--budget`` percent of the training pixels. Then, each from the same model and pseudo-masks:
+
+- *base*: the model as it is;
+- *update*: ``oeem update`` (each ``--steps`` x ``--lr``), the changed images learned in about a minute;
+- *retrain*: the same training as the base model's (settings, iterations, seed) on the corrected labels.
+
+Validation (never corrected) decides the update's settings; testA is reported. Default project: the weak-labels
+benchmark's 25 % run (``benchmarks/weak_labels.py``: 19 tagged GlaS images, 300 iterations, 10 validation images),
+copied so it stays as it was. Rows go to ``benchmarks/results/update_gain.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import glas_root, machine, print_table, write_json  # noqa: E402
+
+from pipeline.progress import run  # noqa: E402
+from pipeline.store import ProjectStore  # noqa: E402
+
+WORK = Path(__file__).resolve().parents[1] / "runs" / "bench"
+DEFAULT_PROJECT = WORK / "suggested-25-s0.oeem.zarr"
+TRUTH = WORK / "glas-truth.oeem.zarr"
+OUT = "update_gain.json"
+
+
+def truth_mask(name: str) -> np.ndarray:
+    """The GlaS training mask of ``name`` (the simulated pathologist's eye), from the weak-labels benchmark's truth
+    project (``benchmarks/weak_labels.py build``); the project trained on never holds it."""
+    glas_root()  # skips with a clear reason where GlaS is not available
+    return ProjectStore.open(TRUTH).mask(name)
+
+
+def plant_corrections(store: ProjectStore, budget_pct: float) -> dict:
+    """Paint the truth over the largest wrong regions of the training pseudo-masks, biggest first, until
+    ``budget_pct`` % of the labelled training pixels are corrected (what a pathologist fixes first)."""
+    from skimage.measure import label, regionprops
+
+    names = [n for n in store.labelled_images(("train",)) if store.has(n, "pseudo")]
+    total = sum(int(np.prod(store.shape(n))) for n in names)
+    candidates = []
+    truths = {}
+    for n in names:
+        truth = truth_mask(n).astype(np.uint8)
+        truths[n] = truth
+        wrong = store.read(n, "pseudo") != truth
+        for r in regionprops(label(wrong, connectivity=2)):
+            candidates.append((r.area, n, r.coords))
+    candidates.sort(key=lambda c: -c[0])
+    budget, used, fixed = total * budget_pct / 100, 0, {}
+    for area, n, coords in candidates:
+        if used + area > budget:
+            continue
+        fixed.setdefault(n, []).append(coords)
+        used += area
+    for n, regions in fixed.items():
+        labels = store.read(n, "pseudo").copy()
+        for coords in regions:
+            labels[coords[:, 0], coords[:, 1]] = truths[n][coords[:, 0], coords[:, 1]]
+        store.save_correction(n, labels)
+    return {"images": sorted(fixed), "pixels": int(used), "pct": 100 * used / total,
+            "regions": sum(len(v) for v in fixed.values())}
+
+
+def scores(store: ProjectStore, cfg) -> dict:
+    from pipeline.stages.infer import evaluate, predict
+
+    names = store.names("val") + store.names("test")
+    run(predict(store, cfg.inference, names=names, device="cpu"))
+    return {split: round(evaluate(store, split)["mIoU"], 2) for split in ("val", "test")}
+
+
+def fresh_copy(src: Path, name: str) -> ProjectStore:
+    dst = WORK / f"update-gain-{name}.oeem.zarr"
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    return ProjectStore.open(dst)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--project", type=Path, default=DEFAULT_PROJECT)
+    ap.add_argument("--budget", type=float, default=3.0, help="percent of the training pixels corrected")
+    ap.add_argument("--steps", type=int, nargs="+", default=[30])
+    ap.add_argument("--lr", type=float, nargs="+", default=[0.005])
+    ap.add_argument("--no-retrain", action="store_true", help="skip the full retrain (reuse the last row's)")
+    ap.add_argument("--note", default="", help="e.g. whether the cores were shared")
+    args = ap.parse_args()
+    from pipeline.stages.segment import train_segmenter
+    from pipeline.stages.update import update_model
+    from pipeline.store.project import project_config
+
+    corrected = fresh_copy(args.project, "corrected")
+    cfg = project_config(corrected, None, None, save=False)
+    planted = plant_corrections(corrected, args.budget)
+    print(f"corrected {planted['pixels']:,} px ({planted['pct']:.2f} % of the labelled training pixels) in "
+          f"{planted['regions']} regions of {len(planted['images'])} images", flush=True)
+    rows = []
+    base = scores(corrected, cfg)
+    rows.append({"arm": "base", **base, "seconds": 0.0})
+    print(f"base: {base}", flush=True)
+    for steps in args.steps:
+        for lr in args.lr:
+            store = fresh_copy(corrected.path, f"s{steps}-lr{lr:g}")
+            ucfg = copy.deepcopy(cfg)
+            ucfg.update.iterations, ucfg.update.lr = steps, lr
+            t = time.perf_counter()
+            result = run(update_model(store, ucfg, "cpu", predict_names=[]))
+            seconds = time.perf_counter() - t
+            s = scores(store, cfg)
+            rows.append({"arm": f"update {steps} steps lr {lr:g}", **s, "seconds": round(seconds, 1),
+                         "train_seconds": round(result["train_seconds"], 1)})
+            print(rows[-1], flush=True)
+            shutil.rmtree(store.path)
+    if not args.no_retrain:
+        seg_record = corrected.load_run("segmentation")
+        from pipeline.config import SegConfig, from_dict
+
+        seg = from_dict(SegConfig, seg_record["config"])
+        seg.label_source = "corrected"
+        t = time.perf_counter()
+        run(train_segmenter(corrected, seg, "cpu", restart=True))
+        seconds = time.perf_counter() - t
+        s = scores(corrected, cfg)
+        rows.append({"arm": f"retrain {seg.iterations} iterations", **s, "seconds": round(seconds, 1)})
+        print(rows[-1], flush=True)
+    retrain = next((r for r in rows if r["arm"].startswith("retrain")), None)
+    for r in rows:
+        if retrain is not None and r["arm"].startswith("update"):
+            for split in ("val", "test"):
+                gain = retrain[split] - base[split]
+                r[f"{split}_share"] = round((r[split] - base[split]) / gain, 2) if abs(gain) > 1e-9 else None
+    print_table([(r["arm"], f"{r['val']:.2f}", f"{r['test']:.2f}", f"{r['seconds']:.0f}",
+                  r.get("val_share", ""), r.get("test_share", "")) for r in rows],
+                ("arm", "validation mIoU", "testA mIoU", "seconds", "share of gain (val)", "share (testA)"))
+    write_json(OUT, {"machine": machine(), "note": args.note, "project": str(args.project),
+                     "budget_pct": args.budget, "planted": {k: v for k, v in planted.items() if k != "images"},
+                     "images": planted["images"], "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
