@@ -130,12 +130,17 @@ def cmd_run(args) -> None:
     from pipeline.store.lock import project_writer
     from pipeline.store.project import create_project
 
+    budget = None
+    if args.budget is not None:
+        from pipeline.budget import parse_duration
+
+        budget = parse_duration(args.budget)  # before anything is made: a bad budget is one line
     if args.data is not None and not Path(args.project).exists():
         create_project(args.data, args.project, val_images=args.val_images)
     with project_writer(args.project, "oeem run"):  # re-entrant: main() may hold it already
         store = ProjectStore.open(args.project)
         cfg = config_for(args, store)
-        report = drive(run_all(store, cfg, args.device), "run")
+        report = drive(run_all(store, cfg, args.device, budget_s=budget), "run")
     print_report(report)
 
 
@@ -165,6 +170,12 @@ def print_report(report: dict) -> None:
             print(SCORE_HEADER)
             for name, r in evaluation_rows(ev):
                 print(f"  {name:<10} {r['images']:>6}  {score_cells(r)}")
+    est = report.get("estimate") or {}
+    if "seconds" in report and est.get("total_s"):
+        from pipeline.budget import fmt_duration
+
+        print(f"time: {fmt_duration(report['seconds'])}; after the plan {fmt_duration(est['actual_s'])}, expected "
+              f"{fmt_duration(est['total_s'])}")
 
 
 def register(add) -> None:
@@ -209,3 +220,8 @@ def register(add) -> None:
     p.add_argument("--val-images", type=int, default=0,
                    help="with --data: training images held out as a validation split (default: 0)")
     p.add_argument("--fast", action="store_true", help="single-scale prediction, no flip (default: off)")
+    p.add_argument("--budget", default=None, metavar="DURATION",
+                   help="finish within this time (e.g. 60m, 1h30m, 90s; a bare number is minutes): the speed is "
+                        "measured first and classifier epochs, CAM scales, segmentation iterations and "
+                        "self-training rounds are shrunk to fit (default: the preset's schedule, with its "
+                        "expected duration said at the start)")

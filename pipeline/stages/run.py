@@ -4,12 +4,16 @@ when its result is missing or was made with other settings.
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import PipelineConfig, SegConfig, to_dict
 from pipeline.errors import OEEMError
 from pipeline.progress import Job, Progress
 from pipeline.store import ProjectStore
+
+if TYPE_CHECKING:
+    from pipeline.budget import Speeds
 
 
 def segmentation_settings(store: ProjectStore, cfg: PipelineConfig) -> SegConfig:
@@ -49,8 +53,13 @@ def stage_done(store: ProjectStore, stage: str, cfg: PipelineConfig) -> bool:
     return True
 
 
-def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> Job[dict]:
-    """Stage 1 + stage 2 + evaluation, skipping what is already done with this configuration."""
+def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", budget_s: float | None = None,
+            speeds: Speeds | None = None, estimate: bool = True) -> Job[dict]:
+    """Stage 1 + stage 2 + evaluation, skipping what is already done with this configuration.
+
+    After the patches it says how long each stage will take (:func:`pipeline.budget.start_of_run`: a short speed
+    probe, or the given ``speeds``); with ``budget_s`` it runs a schedule sized to end within that many seconds
+    of its start. ``estimate=False`` skips the probe and the plan (without a budget)."""
     if cfg.segmentation.weighs_by_error_prob():
         raise OEEMError("segmentation.error_prob_weight weighs the labels a label review has ranked, and `oeem run` "
                         "makes new labels in every self-training round: run it with the setting at 0, then "
@@ -61,12 +70,19 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
     from pipeline.stages.infer import evaluate_all, predict
     from pipeline.stages.segment import train_segmenter
 
+    t0 = time.perf_counter()
     report: dict[str, Any] = {"plan": compute_plan(device, cfg.segmentation.precision)}
     yield Progress("plan", 0, 1, notice=report["plan"])
     if not stage_done(store, "patches", cfg):
         yield Progress("patches", 0, 1, "cutting patches")
         make_patch_labels(store, cfg.patches)
     report["patches"] = store.load_run("patches")["summary"]
+    if estimate or budget_s is not None:
+        from pipeline.budget import start_of_run
+
+        cfg, report["estimate"] = yield from start_of_run(store, cfg, device, budget_s, speeds,
+                                                          time.perf_counter() - t0)
+    t_plan = time.perf_counter()
     if not stage_done(store, "classifier", cfg):
         yield from train_classifier(store, cfg.classifier, cfg.patches, device, on_mismatch="restart")
     report["classifier"] = store.load_run("classifier")
@@ -86,4 +102,7 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> J
         yield from predict(store, cfg.inference, device=device)
     for split, ev in evaluate_all(store).items():
         report[f"evaluation-{split}"] = {k: v for k, v in ev.items() if k != "per_image"}
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    if "estimate" in report:  # what the plan foresaw, against what it took
+        report["estimate"]["actual_s"] = round(time.perf_counter() - t_plan, 1)
     return report

@@ -1,0 +1,243 @@
+"""The time budget (issue 32): durations, the speed probe, the estimate of each stage, a schedule that fits a budget
+(or one line naming the smallest that works), and the plan every `oeem run` and the plugin's *Run all* say at
+their start."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+from datetime import datetime
+
+import pytest
+
+from pipeline.budget import (
+    SAFETY,
+    ProjectFacts,
+    Speeds,
+    estimate,
+    measure_speeds,
+    parse_duration,
+    plan_for_budget,
+    plan_text,
+    project_facts,
+    sized_settings,
+)
+from pipeline.config import preset
+from pipeline.errors import OEEMError
+from pipeline.progress import run
+
+# a GlaS-sized project: 85 training images (117 patches each on the 112/56 grid), 60 test images with masks
+GLAS = ProjectFacts(train_patches=85 * 117, cam_images=((522, 775, 117),) * 85, images=((522, 775),) * 145,
+                    scored=((522, 775),) * 145)
+# fp32 on 2 AVX2 cores, as docs/benchmarks.md measured the stages: classifier 71 patches/s, 1.6 s per segmentation
+# step, CAMs ~10 min, 0.63 s per prediction
+FP32 = Speeds(classifier_step=0.28, segmentation_step=1.6, cam_per_mpx=0.3, predict_per_mpx=0.8,
+              evaluate_per_mpx=0.1)
+
+
+@pytest.mark.parametrize("text, seconds", [("60m", 3600), ("1h30m", 5400), ("90s", 90), ("2h", 7200), ("45", 2700),
+                                           ("1.5h", 5400), (" 2h 5m ", 7500), ("10min", 600), (30, 1800)])
+def test_a_duration_is_read_as_people_write_it(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "", "m", "-5m", "0", "5x", "1h-30m", "1m1h", "nan"])
+def test_a_budget_that_is_not_a_duration_is_one_line_naming_the_forms(text):
+    with pytest.raises(OEEMError) as exc:
+        parse_duration(text)
+    message = str(exc.value)
+    assert "\n" not in message and "90s, 45m, 2h, 1h30m" in message
+
+
+def test_the_estimate_counts_each_stages_real_steps():
+    cfg = preset("cpu")  # 8 epochs of batch 20, 3 CAM scales, 2000 iterations, 2 rounds, the last 1.5 x as long
+    est = estimate(cfg, FP32, GLAS)
+    by = {s.key: s for s in est.stages}
+    assert [s.key for s in est.stages] == ["patches", "classifier", "cams", "segmentation", "round-1", "round-2",
+                                           "predict", "evaluate"]
+    assert by["classifier"].seconds == pytest.approx(8 * (85 * 117 // 20) * 0.28)
+    assert by["classifier"].detail == "8 epochs x 497 steps"
+    assert by["segmentation"].detail == "2000 iterations"
+    assert by["round-2"].detail.endswith("3000 iterations")  # selftrain.last_round_scale
+    assert by["round-2"].seconds - by["round-1"].seconds == pytest.approx(1000 * 1.6, rel=1e-6)
+    # patch-mode CAMs: per patch 1 + 4 + 9 crops of 112 px for scales 1, 1.5, 2
+    cam_network = 85 * 117 * 14 * 112 * 112 / 1e6 * 0.3
+    assert by["cams"].seconds > cam_network and by["cams"].seconds < cam_network + 60
+    assert est.total == pytest.approx(sum(s.seconds for s in est.stages))
+    # the fp32 cpu preset on GlaS: about 4 h, as measured stage by stage
+    assert 3.5 * 3600 < est.total < 4.5 * 3600
+    # stages already done cost nothing
+    done = estimate(cfg, FP32, GLAS, done={"patches", "classifier", "cams"})
+    assert done.seconds()["classifier"] == 0 and done.stages[1].done
+    assert done.total == pytest.approx(est.total - sum(by[k].seconds for k in ("patches", "classifier", "cams")))
+
+
+def test_a_schedule_sized_to_a_budget_fits_it_and_shrinks_in_the_documented_order():
+    cfg = preset("cpu")
+    full = estimate(cfg, FP32, GLAS).total
+    # an hour in fp32: no self-training round, fewer iterations, the rest as the preset
+    sized, est = plan_for_budget(cfg, FP32, GLAS, 3600)
+    assert est.total <= SAFETY * 3600 and est.total == pytest.approx(estimate(sized, FP32, GLAS).total)
+    assert sized.selftrain.rounds == 0
+    assert 500 <= sized.segmentation.iterations < 2000 and sized.segmentation.iterations % 10 == 0
+    assert sized.classifier.epochs == 8 and sized.cam.scales == cfg.cam.scales
+    assert cfg.selftrain.rounds == 2 and cfg.segmentation.iterations == 2000  # the preset is not changed
+    assert set(sized_settings(cfg, sized)) == {"selftrain.rounds", "segmentation.iterations"}
+    # the budget fills up: 10 % more iterations would not fit
+    more = dataclasses.replace(sized, segmentation=dataclasses.replace(
+        sized.segmentation, iterations=int(sized.segmentation.iterations * 1.1)))
+    assert estimate(more, FP32, GLAS).total > SAFETY * 3600
+    # a little short of the preset: the rounds stay and their iterations shrink by at most a quarter
+    sized, est = plan_for_budget(cfg, FP32, GLAS, 0.95 * full / SAFETY)
+    assert sized.selftrain.rounds == 2 and 1500 <= sized.segmentation.iterations < 2000
+    assert est.total <= 0.95 * full
+    # plenty of time: the preset's schedule as it is, never longer
+    sized, est = plan_for_budget(cfg, FP32, GLAS, 10 * full)
+    assert sized is cfg and est.total == pytest.approx(full)
+    # tight: iterations at their floor (a quarter), then fewer classifier epochs
+    sized, _ = plan_for_budget(cfg, FP32, GLAS, 25 * 60)
+    assert sized.segmentation.iterations == 500 and 2 <= sized.classifier.epochs < 8
+    # tighter still: CAM scales go, the largest first, down to 1
+    floor = dataclasses.replace(cfg, selftrain=dataclasses.replace(cfg.selftrain, rounds=0),
+                                segmentation=dataclasses.replace(cfg.segmentation, iterations=500),
+                                classifier=dataclasses.replace(cfg.classifier, epochs=2))
+    at_floor = estimate(floor, FP32, GLAS).total
+    sized, est = plan_for_budget(cfg, FP32, GLAS, (at_floor - 1) / SAFETY)
+    assert sized.cam.scales == (1.0, 1.5) and sized.classifier.epochs == 2 and est.total <= at_floor - 1
+
+
+def test_too_small_a_budget_names_the_smallest_that_works():
+    cfg = preset("cpu")
+    with pytest.raises(OEEMError) as exc:
+        plan_for_budget(cfg, FP32, GLAS, 5 * 60)
+    message = str(exc.value)
+    assert "\n" not in message
+    assert message.startswith("a 5 min budget is too small on this machine: the smallest schedule takes about ")
+    smallest = int(message.rsplit("give --budget ", 1)[1].split("m or more")[0])
+    sized, est = plan_for_budget(cfg, FP32, GLAS, smallest * 60)  # the budget it names works ...
+    assert sized.selftrain.rounds == 0 and sized.segmentation.iterations == 500 and sized.classifier.epochs == 2
+    assert est.total <= SAFETY * smallest * 60
+    with pytest.raises(OEEMError):  # ... and a minute less does not
+        plan_for_budget(cfg, FP32, GLAS, (smallest - 1) * 60)
+    # what the run has spent before sizing counts
+    with pytest.raises(OEEMError):
+        plan_for_budget(cfg, FP32, GLAS, smallest * 60, spent_s=120)
+
+
+def test_the_plan_has_one_line_per_stage_with_its_end_time():
+    cfg = preset("cpu")
+    sized, est = plan_for_budget(cfg, FP32, GLAS, 3600)
+    now = datetime(2025, 3, 4, 12, 0)
+    text = plan_text(est, now, FP32, 3600, sized_settings(cfg, sized))
+    lines = text.splitlines()
+    assert lines[0].startswith("expected duration of each stage (speed measured in") and "fp32" in lines[0]
+    for label in ("patches", "classifier", "CAMs", "segmentation", "prediction", "evaluation"):
+        assert any(line.strip().startswith(label) and " ends ~1" in line for line in lines), label
+    assert not any("self-training round" in line for line in lines)  # sized away
+    total = next(line for line in lines if line.strip().startswith("total"))
+    end = now.timestamp() + est.total
+    assert f"expected end {datetime.fromtimestamp(end):%H:%M} (budget 60 min)" in total
+    assert "sized to the budget: selftrain.rounds 2 -> 0, segmentation.iterations 2000 -> " in text
+    # without a budget: the preset's schedule, no sizing line; a stage done says so
+    text = plan_text(estimate(cfg, FP32, GLAS, done={"patches"}), now)
+    assert "  patches" in text and text.splitlines()[1].split()[-1] == "done" and "sized" not in text
+    assert "self-training round 2" in text and "budget" not in text
+
+
+def test_the_probe_times_real_steps_with_an_injected_clock():
+    import torch
+
+    ticks = itertools.count()
+    cfg = preset("tiny")
+    cfg.classifier.threads = cfg.segmentation.threads = 2
+    state = torch.get_rng_state()
+    speeds = measure_speeds(cfg, "cpu", clock=lambda: float(next(ticks)))
+    # each timing: the start, one step (1 tick passed: more than enough), the end -> 2 ticks for one step
+    assert speeds.classifier_step == speeds.segmentation_step == 2.0
+    assert speeds.cam_per_mpx == pytest.approx(2.0 / (512 * 512 / 1e6))  # tiny: whole-image CAMs of 512 px
+    assert speeds.predict_per_mpx == pytest.approx(2.0 / (8 * 128 * 128 / 1e6))  # a batch of 8 windows of 128 px
+    assert speeds.precision in ("fp32", "bf16") and speeds.probe_seconds > 0
+    assert torch.equal(torch.get_rng_state(), state)  # the run's seeds are not disturbed
+
+
+def test_facts_of_a_project_follow_its_patch_labels(tmp_path):
+    from pipeline.stages.classify import make_patch_labels
+    from pipeline.store.project import create_project
+
+    store = create_project("sample", tmp_path / "p.oeem.zarr")
+    cfg = preset("tiny")
+    grid = project_facts(store, cfg)  # before `oeem patches`: the grid of every training image
+    summary = make_patch_labels(store, cfg.patches)
+    facts = project_facts(store, cfg)
+    assert facts.train_patches == summary["patches"] == grid.train_patches
+    assert len(facts.cam_images) == len(store.labelled_images())
+    assert sum(p for *_, p in facts.cam_images) == sum(len(store.read(n, "patch_corners"))
+                                                        for n in store.labelled_images())
+    assert len(facts.images) == len(store.names()) and len(facts.scored) == len(store.names())
+
+
+def test_run_all_runs_the_sized_schedule_and_keeps_it(tmp_path):
+    """A budget the preset does not fit at the given speed: the run trains the sized schedule, says so at its start,
+    records it, and the same budget again resumes it instead of sizing afresh."""
+    from pipeline.stages.run import run_all
+    from pipeline.store.project import create_project, project_config
+
+    store = create_project("sample", tmp_path / "p.oeem.zarr")
+    cfg = project_config(store, "tiny", {"classifier.epochs": 1, "segmentation.iterations": 20,
+                                         "inference.flip": False, "classifier.threads": 2,
+                                         "segmentation.threads": 2})
+    slow = Speeds(classifier_step=0.5, segmentation_step=5.0, cam_per_mpx=0.01, predict_per_mpx=0.01,
+                  evaluate_per_mpx=0.01, probe_seconds=1.0)
+    notices = []
+    report = run(run_all(store, cfg, "cpu", budget_s=90, speeds=slow), lambda p: notices.append(p))
+    plan = [p for p in notices if p.stage == "estimate" and p.notice]
+    assert len(plan) == 1 and plan[0].metrics["expected_s"] == report["estimate"]["total_s"] <= SAFETY * 90
+    assert notices[0].notice.startswith("computing on the CPU")  # the device line stays first
+    sized = report["estimate"]["sized"]
+    assert sized["segmentation.iterations"][0] == 20 and 5 <= sized["segmentation.iterations"][1] < 20
+    ran = store.load_run("segmentation")
+    assert ran["iterations_run"] == ran["config"]["iterations"] == sized["segmentation.iterations"][1]
+    assert "segmentation.iterations 20 -> " in plan[0].notice and "evaluation" in plan[0].notice
+    saved = store.load_run("budget")
+    assert saved["budget_s"] == 90 and saved["config"]["segmentation"]["iterations"] == ran["iterations_run"]
+    assert json.loads((store.path / "runs" / "config.json").read_text())["segmentation"]["iterations"] == 20
+    # the same budget again: the kept schedule, nothing trained again, whatever the speed now
+    again = []
+    run(run_all(store, cfg, "cpu", budget_s=90, speeds=dataclasses.replace(slow, segmentation_step=4.0)),
+        lambda p: again.append(p.stage))
+    assert not {"classifier", "segmentation", "predict"} & set(again)
+    assert store.load_run("segmentation")["run_id"] == ran["run_id"]
+
+
+def test_oeem_run_says_each_stages_expected_duration_at_its_start(tmp_path, capsys):
+    from pipeline.cli import main
+
+    p = str(tmp_path / "p.oeem.zarr")
+    tiny = ["--preset", "tiny", "--device", "cpu", "--epochs", "1", "--iterations", "3", "--fast"]
+    # a budget that is not a duration: one line, before anything is made
+    assert main(["run", p, "--data", "sample", *tiny, "--budget", "soon"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == ["error: 'soon' is not a duration: accepted forms are 90s, 45m, 2h, 1h30m, "
+                                        "or a number of minutes (60)"]
+    assert not (tmp_path / "p.oeem.zarr").exists()
+    assert main(["run", p, "--data", "sample", *tiny]) == 0
+    out, err = capsys.readouterr()
+    notes = [line for line in err.splitlines() if line.startswith("note: ")]
+    assert notes[0].startswith("note: computing on the CPU")  # where and in what precision, first
+    assert notes[1].startswith("note: expected duration of each stage (speed measured in ")
+    plan = err[err.index("note: expected duration"):].splitlines()
+    for label in ("patches", "classifier", "CAMs", "segmentation", "prediction", "evaluation"):
+        assert any(line.startswith(f"  {label} ") and (" ends ~" in line or line.endswith(" done"))
+                   for line in plan), label
+    assert any(line.startswith("  total ") and "expected end" in line for line in plan)
+    assert "time: " in out and ", expected " in out
+    # another schedule and too short a budget: the one line naming the smallest that works, nothing trained
+    before = json.loads((tmp_path / "p.oeem.zarr" / "runs" / "segmentation.json").read_text())["run_id"]
+    assert main(["run", p, *tiny[:-3], "--iterations", "4", "--fast", "--budget", "1s"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: a 1 s budget is too small on this machine: the smallest schedule takes about ")
+    assert last.endswith("m or more") and "give --budget " in last
+    assert json.loads((tmp_path / "p.oeem.zarr" / "runs" / "segmentation.json").read_text())["run_id"] == before
+    # nothing left to do: no probe, and it says so
+    assert main(["run", p, *tiny]) == 0
+    assert "note: every stage is done with these settings: only the evaluation runs" in capsys.readouterr().err
