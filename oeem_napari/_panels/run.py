@@ -1,7 +1,9 @@
-"""Run box: one button per stage, the running job's progress, Cancel."""
+"""Run box: one button per stage, *Run all*'s time budget, the running job's progress and expected end, Cancel."""
 from __future__ import annotations
 
-from qtpy.QtWidgets import QGridLayout, QLabel, QProgressBar, QPushButton
+from datetime import datetime, timedelta
+
+from qtpy.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton, QSpinBox
 
 from oeem_napari._panels.fold import FoldingBox
 from oeem_napari._panels.stages import STAGES
@@ -20,22 +22,61 @@ class RunPanel(FoldingBox):
             btn.clicked.connect(lambda _=False, s=stage: state.run_stage(s))
             grid.addWidget(btn, k // 2, k % 2)
             self.stage_buttons[stage] = btn
+        # Run all's budget, beside it (the last button sits alone in its row)
+        self.budget_spin = QSpinBox()
+        self.budget_spin.setRange(0, 7 * 24 * 60)
+        self.budget_spin.setSingleStep(15)
+        self.budget_spin.setPrefix("budget ")
+        self.budget_spin.setSuffix(" min")
+        self.budget_spin.setSpecialValueText("no budget")
+        self.budget_spin.setToolTip("Run all within this many minutes: the speed of this machine is measured first "
+                                    "and classifier epochs, CAM scales, segmentation iterations and self-training "
+                                    "rounds shrink to fit (never grow). No budget: the preset's schedule; either "
+                                    "way the expected end is shown beside the progress bar.")
+        self.budget_spin.valueChanged.connect(self._set_budget)
+        first = (len(STAGES) + 1) // 2  # the row under the buttons
+        if len(STAGES) % 2:  # the last button, Run all, sits alone in its row: the budget goes beside it
+            grid.addWidget(self.budget_spin, first - 1, 1)
+        else:
+            grid.addWidget(self.budget_spin, first, 1)
+            first += 1
         self.progress_bar = QProgressBar()
+        self.end_label = QLabel("")  # the expected end of Run all, from the plan its first steps measure
+        self.end_label.setToolTip("when the run should end, from the speed measured at its start")
+        self._expected_end: datetime | None = None
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         self.cancel_btn = QPushButton("Cancel")
         self.cancel_btn.clicked.connect(state.cancel)
-        first = (len(STAGES) + 1) // 2
-        grid.addWidget(self.progress_bar, first, 0)
+        bar = QHBoxLayout()
+        bar.addWidget(self.progress_bar, 1)
+        bar.addWidget(self.end_label)
+        grid.addLayout(bar, first, 0)
         grid.addWidget(self.cancel_btn, first, 1)
         grid.addWidget(self.status_label, first + 1, 0, 1, 2)
         grid.setColumnStretch(0, 1)
         grid.setColumnStretch(1, 1)
         state.busy.connect(self._set_busy)
-        state.started.connect(lambda label: self.status_label.setText(f"{label}…"))
+        state.started.connect(self._on_started)
         state.progressed.connect(self._on_progress)
-        state.finished.connect(self.status_label.setText)
+        state.finished.connect(self._on_finished)
         self._set_busy(False)
+
+    def _set_budget(self, minutes: int) -> None:
+        self.state.budget_s = minutes * 60.0 if minutes > 0 else None
+
+    def _on_started(self, label: str) -> None:
+        self.status_label.setText(f"{label}…")
+        self._expected_end = None
+        self.end_label.setText("")
+
+    def _on_finished(self, outcome: str) -> None:
+        self.status_label.setText(outcome)
+        if self._expected_end is not None:
+            done = outcome == "done"
+            self.end_label.setText(f"ended {datetime.now():%H:%M} (expected {self._expected_end:%H:%M})" if done
+                                   else "")
+            self._expected_end = None
 
     def _set_busy(self, busy: bool) -> None:
         for btn in self.stage_buttons.values():
@@ -43,6 +84,11 @@ class RunPanel(FoldingBox):
         self.cancel_btn.setEnabled(busy)
 
     def _on_progress(self, p: Progress) -> None:
+        if "expected_s" in p.metrics:  # the plan at the start of Run all (pipeline.budget.start_of_run)
+            self._expected_end = datetime.now() + timedelta(seconds=p.metrics["expected_s"])
+            self.end_label.setText(f"ends ~{self._expected_end:%H:%M}")
+            self.end_label.setToolTip(p.notice)
+            return
         self.progress_bar.setMaximum(max(p.total, 1))
         self.progress_bar.setValue(p.step)
         metrics = "  ".join(f"{k} {v:.3g}" for k, v in p.metrics.items())

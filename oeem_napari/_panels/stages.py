@@ -17,8 +17,9 @@ STAGES = {
 JOB_LABELS = {**STAGES, "rank": "Rank regions"}  # every background job; STAGES are the Run box's buttons
 
 
-def make_job(stage: str, store: ProjectStore, cfg: PipelineConfig, device: str):
-    """The job of ``stage`` (a key of JOB_LABELS); torch and the stages are imported only here, when one runs."""
+def make_job(stage: str, store: ProjectStore, cfg: PipelineConfig, device: str, budget_s: float | None = None):
+    """The job of ``stage`` (a key of JOB_LABELS); torch and the stages are imported only here, when one runs.
+    ``budget_s``: *Run all*'s time budget (None: the preset's schedule)."""
     from oeem_napari._jobs import run_step
     from pipeline.stages.cams import make_cams
     from pipeline.stages.classify import make_patch_labels, train_classifier
@@ -44,7 +45,7 @@ def make_job(stage: str, store: ProjectStore, cfg: PipelineConfig, device: str):
     if stage == "evaluate":
         return run_step("evaluate", lambda: evaluate_all(store))
     if stage == "all":
-        return run_all(store, cfg, device)
+        return run_all(store, cfg, device, budget_s=budget_s)
     if stage == "rank":
         from pipeline.review.regions import rank_label_errors
 

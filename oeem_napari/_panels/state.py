@@ -47,6 +47,7 @@ class DockState(QObject):
         self.top = 10  # ranked regions outlined per image
         self.model = None  # a model file loaded in the Model file box (pipeline.stages.model_file.TrainedModel)
         self.last_result = None
+        self.budget_s: float | None = None  # Run all's time budget (the Run box's Budget field; None: off)
         self.runner = JobRunner(self)
         self.runner.progressed.connect(self.progressed)
         self.runner.finished.connect(self._on_job_finished)
@@ -136,7 +137,7 @@ class DockState(QObject):
             return None
         self.flush()  # the next training run must see the latest strokes
         try:
-            job = make_job(stage, self.store, self.run_config(), self.device())
+            job = make_job(stage, self.store, self.run_config(), self.device(), budget_s=self.budget_s)
         except OEEMError as exc:
             show_error(str(exc))
             return None
