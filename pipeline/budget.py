@@ -395,13 +395,14 @@ def estimate(cfg: PipelineConfig, speeds: Speeds, facts: ProjectFacts, done: Col
     for r, key in enumerate(round_keys(cfg)):
         seg = cfg.segmentation_for_round(r)
         iterations = seg.training_iterations() if r == 0 or seg.label_source != "mask" else 0
-        train = iterations * speeds.segmentation_step + io["segmentation"] * cam_mpx
+        train = (iterations * speeds.segmentation_step + io["segmentation"] * cam_mpx) if iterations else 0.0
         if r == 0:
             out.append(StageEstimate(key, "segmentation", train, f"{iterations} iterations", key in done))
             continue
         predict_first = f"{key}-labels" not in done  # this round's labels are made already
         seconds = (selftrain_predict if predict_first else 0.0) + (train if f"{key}-train" not in done else 0.0)
-        detail = (f"{len(facts.cam_images)} images predicted, " if predict_first else "") + f"{iterations} iterations"
+        detail = (f"{len(facts.cam_images)} images predicted, " if predict_first else "") + \
+            (f"{iterations} iterations" if iterations else "labels only (trained on masks)")
         out.append(StageEstimate(key, f"self-training round {r}", seconds, detail, key in done))
     ic = cfg.inference
     how = f"{len(ic.scales)} scale{'s' if len(ic.scales) > 1 else ''}" + (" + flip" if ic.flip else "")
@@ -432,15 +433,22 @@ def done_stages(store: ProjectStore, cfg: PipelineConfig) -> set[str]:
             done.add("cams-reuse")
         return done
     done.add("cams")
+    # run_all's loop: a training when the model of the labels the project holds now is not done, then, for each
+    # round still to come, new labels from a prediction and a training on them. Trained on the gland masks, the
+    # model is trained once; the rounds still predict and refine (their labels train nothing).
     mask = cfg.segmentation.label_source == "mask"
     now = store.pseudo_round  # the round whose labels the project holds
-    for r, key in enumerate(round_keys(cfg)):
-        if r > 0 and (r <= now or mask):
+    keys = round_keys(cfg)
+    current = 0 if mask else min(now, len(keys) - 1)  # the line whose training is the current labels' model
+    trained = stage_done(store, "segmentation", cfg)
+    for r, key in enumerate(keys):
+        if r > 0 and r <= now:
             done.add(f"{key}-labels")
-        if r < now or (r == now and stage_done(store, "segmentation", cfg)) or (mask and r > 0):
-            done.update({key, f"{key}-train"})
-        else:
+        if r < current or (r == current and trained) or (mask and r > current):
+            done.add(f"{key}-train")
+        if f"{key}-train" not in done or (r > 0 and f"{key}-labels" not in done):
             return done
+        done.add(key)
     rec = store.load_run("predict") or {}
     if stage_done(store, "predict", cfg) and rec.get("images") == len(store.names()):
         done.add("predict")

@@ -3,6 +3,7 @@
 their start."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import json
@@ -207,6 +208,20 @@ def test_run_all_runs_the_sized_schedule_and_keeps_it(tmp_path):
         lambda p: again.append(p.stage))
     assert not {"classifier", "segmentation", "predict"} & set(again)
     assert store.load_run("segmentation")["run_id"] == ran["run_id"]
+    # what is left to do, as run_all will see it
+    from pipeline.budget import done_stages
+    from pipeline.config import apply_overrides
+
+    kept = copy.deepcopy(cfg)
+    apply_overrides(kept, {"segmentation.iterations": ran["iterations_run"]})
+    assert {"patches", "classifier", "cams", "segmentation", "predict"} <= done_stages(store, kept)
+    assert estimate(kept, slow, project_facts(store, kept), done_stages(store, kept)).nothing_to_do
+    assert done_stages(store, cfg) == {"patches", "classifier", "cams"}  # the preset's 20 iterations: train again
+    apply_overrides(kept, {"selftrain.rounds": 1})  # one round more: round 0's model is done, the round is not
+    left = done_stages(store, kept)
+    assert "segmentation" in left and not {"round-1", "round-1-labels", "predict"} & left
+    by = {s.key: s for s in estimate(kept, slow, project_facts(store, kept), left).stages}
+    assert by["segmentation"].done and by["round-1"].seconds > 0 and "images predicted" in by["round-1"].detail
 
 
 def test_oeem_run_says_each_stages_expected_duration_at_its_start(tmp_path, capsys):
