@@ -98,8 +98,13 @@ def main() -> None:
     ap.add_argument("--project", type=Path, default=DEFAULT_PROJECT)
     ap.add_argument("--budget", type=float, default=3.0, help="percent of the training pixels corrected")
     ap.add_argument("--steps", type=int, nargs="+", default=[30])
-    ap.add_argument("--lr", type=float, nargs="+", default=[0.005])
-    ap.add_argument("--no-retrain", action="store_true", help="skip the full retrain (reuse the last row's)")
+    ap.add_argument("--lr", type=float, nargs="+", default=[0.001])
+    ap.add_argument("--no-retrain", action="store_true", help="skip the full retrain")
+    ap.add_argument("--retrain-weight", type=float, default=None,
+                    help="verified weight of the full retrain (default: the project's segmentation.verified_weight)")
+    ap.add_argument("--control", action="store_true",
+                    help="also the update on the same images without their corrections")
+    ap.add_argument("--out", default=OUT, help="JSON name under benchmarks/results (default: %(default)s)")
     ap.add_argument("--note", default="", help="e.g. whether the cores were shared")
     args = ap.parse_args()
     from pipeline.stages.segment import train_segmenter
@@ -128,17 +133,32 @@ def main() -> None:
                          "train_seconds": round(result["train_seconds"], 1)})
             print(rows[-1], flush=True)
             shutil.rmtree(store.path)
+    if args.control:
+        # the same update on the same images with their corrections left out: what the fine-tune alone does
+        store = fresh_copy(args.project, "control")
+        ucfg = copy.deepcopy(cfg)
+        ucfg.update.iterations, ucfg.update.lr = args.steps[0], args.lr[0]
+        t = time.perf_counter()
+        run(update_model(store, ucfg, "cpu", names=planted["images"], predict_names=[]))
+        s = scores(store, cfg)
+        rows.append({"arm": f"control: update {args.steps[0]} steps lr {args.lr[0]:g}, no corrections", **s,
+                     "seconds": round(time.perf_counter() - t, 1)})
+        print(rows[-1], flush=True)
+        shutil.rmtree(store.path)
     if not args.no_retrain:
         seg_record = corrected.load_run("segmentation")
         from pipeline.config import SegConfig, from_dict
 
         seg = from_dict(SegConfig, seg_record["config"])
         seg.label_source = "corrected"
+        if args.retrain_weight is not None:
+            seg.verified_weight = args.retrain_weight
         t = time.perf_counter()
         run(train_segmenter(corrected, seg, "cpu", restart=True))
         seconds = time.perf_counter() - t
         s = scores(corrected, cfg)
-        rows.append({"arm": f"retrain {seg.iterations} iterations", **s, "seconds": round(seconds, 1)})
+        rows.append({"arm": f"retrain {seg.iterations} iterations, verified weight {seg.verified_weight:g}", **s,
+                     "seconds": round(seconds, 1)})
         print(rows[-1], flush=True)
     retrain = next((r for r in rows if r["arm"].startswith("retrain")), None)
     for r in rows:
@@ -149,7 +169,7 @@ def main() -> None:
     print_table([(r["arm"], f"{r['val']:.2f}", f"{r['test']:.2f}", f"{r['seconds']:.0f}",
                   r.get("val_share", ""), r.get("test_share", "")) for r in rows],
                 ("arm", "validation mIoU", "testA mIoU", "seconds", "share of gain (val)", "share (testA)"))
-    write_json(OUT, {"machine": machine(), "note": args.note, "project": str(args.project),
+    write_json(args.out, {"machine": machine(), "note": args.note, "project": str(args.project),
                      "budget_pct": args.budget, "planted": {k: v for k, v in planted.items() if k != "images"},
                      "images": planted["images"], "rows": rows})
 

@@ -340,10 +340,15 @@ class UpdateConfig:
 
     iterations: int = setting(30, "fine-tuning steps (cpu preset: about 1.4 s each on 2 cores in fp32)", gt=0,
                               label="update steps", flag="--steps", commands=("update",))
-    lr: float = setting(0.005, "learning rate of the fine-tune, constant (the model is already trained)", gt=0,
+    # lr, focus and verified weight chosen on the validation split of GlaS (benchmarks/update_gain.py): at 0.005 or
+    # with the full training's weight of 25 the 30 steps overshoot and validation falls by 20 points or more
+    lr: float = setting(0.001, "learning rate of the fine-tune, constant (the model is already trained)", gt=0,
                         label="update learning rate", flag="--lr", commands=("update",))
-    focus: float = setting(0.75, "share of each batch cut from the changed images; the rest replays other training "
+    focus: float = setting(0.5, "share of each batch cut from the changed images; the rest replays other training "
                            "images so the model does not forget them", ge=0, le=1, label="focus on changes")
+    verified_weight: float = setting(4.0, "loss weight of a pathologist-verified pixel in an update (a full "
+                                     "training's segmentation.verified_weight is for thousands of steps)", gt=0,
+                                     label="corrected pixel weight")
     replay_images: int = setting(6, "other training images the replayed share of a batch comes from", ge=0,
                                  label="replayed images")
     keep_versions: int = setting(5, "models from before an update kept for `oeem update --revert`", ge=1,

@@ -151,6 +151,9 @@ def print_report(report: dict) -> None:
     c = report["classifier"]
     print(f"classifier: {c['config']['epochs']} epochs, {c.get('patches_per_s') or 0:.0f} patches/s")
     cams = report["cams"]
+    scales = ", ".join(f"{v:g}" for v in (cams.get("config") or {}).get("scales", []))
+    if scales:
+        print(f"CAMs: scales {scales}")
     if "cam" in cams:
         print(f"stage 1 (train): CAM mIoU {cams['cam']['mIoU']:.2f}, pseudo-mask mIoU {cams['pseudo']['mIoU']:.2f}")
     for key in sorted(k for k in report if k.startswith("selftrain-round-")):
@@ -162,7 +165,8 @@ def print_report(report: dict) -> None:
 
     s = report["segmentation"]
     print(f"segmentation: {s['config'].get('decoder', 'psp')}, loss {s['config']['loss']}, "
-          f"{from_dict(SegConfig, s['config']).training_iterations()} iterations")
+          f"{from_dict(SegConfig, s['config']).training_iterations()} iterations on the labels of self-training "
+          f"round {s.get('labels_round', 0)}, {s.get('precision', 'fp32')}")
     for split in ("train", "val", "test"):
         ev = report.get(f"evaluation-{split}")
         if ev:

@@ -262,7 +262,7 @@ def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: l
             main, aux = model(channels_last(x), with_aux=True)
         kw = dict(kind=seg.loss, ignore_index=IGNORE, clean=clean if clean.any() else None,
                   ohem_thresh=seg.ohem_thresh, ohem_min_kept=seg.ohem_min_kept, temperature=seg.weight_temperature,
-                  clean_weight=seg.verified_weight)
+                  clean_weight=ucfg.verified_weight)
         loss = segmentation_loss(main.float(), target, **kw) + seg.aux_weight * segmentation_loss(aux.float(),
                                                                                                   target, **kw)
         if not torch.isfinite(loss):
@@ -287,6 +287,7 @@ def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: l
     record = {**previous, "run_id": uuid.uuid4().hex, "label_state": label_states(store),
               "updates": list(previous.get("updates", [])) + [{
                   "images": changed, "steps": ucfg.iterations, "lr": ucfg.lr, "focus": ucfg.focus,
+                  "verified_weight": ucfg.verified_weight,
                   "replayed": len(pick), "tiles": len(focus_ims), "seconds": train_seconds,
                   "first_loss": losses[0], "last_loss": losses[-1], "kept_version": version,
                   "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]}
