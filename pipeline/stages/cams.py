@@ -24,7 +24,7 @@ from pipeline.errors import OEEMError
 from pipeline.metrics import confusion, from_confusion
 from pipeline.progress import Job, Progress
 from pipeline.stages.classify import load_classifier
-from pipeline.stages.models import PatchClassifier
+from pipeline.stages.models import PatchClassifier, fold_batchnorm
 from pipeline.stages.patches import grid_starts
 from pipeline.stages.postprocess import clean_mask
 from pipeline.store import ProjectStore
@@ -177,6 +177,7 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
     """CAMs and pseudo-masks for every training image with patch labels; scores them where masks exist."""
     dev = resolve_device(device)
     model, cls_cfg = load_classifier(store, dev)
+    model = fold_batchnorm(model)
     names = names or store.labelled_images()
     if not names:
         raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")

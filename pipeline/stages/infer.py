@@ -16,6 +16,7 @@ from pipeline.errors import OEEMError
 from pipeline.metrics import ObjectCounts, confusion, from_confusion, label_objects, object_counts
 from pipeline.progress import Job, Progress
 from pipeline.stages.losses import weight_map
+from pipeline.stages.models import fold_batchnorm
 from pipeline.stages.patches import grid_starts
 from pipeline.stages.postprocess import clean_mask
 from pipeline.stages.segment import load_segmenter, stage_name
@@ -128,6 +129,7 @@ def predict(store: ProjectStore, cfg: InferConfig, names: list[str] | None = Non
     exists, the OEEM ``weight`` map of the current model to the store."""
     dev = resolve_device(device)
     model, seg_cfg = load_segmenter(store, run_name, dev)
+    model = fold_batchnorm(model)
     names = names or store.names()
     t0 = time.perf_counter()
     for k, n in enumerate(names):

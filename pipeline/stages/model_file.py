@@ -26,7 +26,7 @@ import torch
 
 from pipeline.config import InferConfig, SegConfig, from_dict, to_dict
 from pipeline.errors import OEEMError
-from pipeline.stages.models import load_model_state, safe_torch_load
+from pipeline.stages.models import fold_batchnorm, load_model_state, safe_torch_load
 from pipeline.store import ProjectStore
 
 FORMAT = "oeem-model"
@@ -139,7 +139,7 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Tra
     inference = _settings(InferConfig, data.get("inference"), path, "prediction")
     model = build_segmenter(seg)
     load_model_state(model, state, path)
-    model = model.to(device, memory_format=torch.channels_last).eval()
+    model = fold_batchnorm(model.to(device, memory_format=torch.channels_last))
     return TrainedModel(model, seg, inference, float(data.get("mpp") or 0.62), str(path), data.get("record", {}))
 
 
@@ -149,7 +149,7 @@ def project_model(store: ProjectStore, inference: InferConfig, mpp: float,
     from pipeline.stages.segment import load_segmenter
 
     model, seg = load_segmenter(store, None, device)
-    return TrainedModel(model, seg, inference, mpp, str(store.path), {"project": str(store.path)})
+    return TrainedModel(fold_batchnorm(model), seg, inference, mpp, str(store.path), {"project": str(store.path)})
 
 
 def open_model(source: str | Path, device: str | torch.device = "cpu",
@@ -179,7 +179,8 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     if path.is_file() and path.name.endswith(SUFFIX):
         trained = load_model_file(path, device)
         return trained.model, trained.seg
-    return load_segmenter_file(path, device)
+    model, seg = load_segmenter_file(path, device)
+    return fold_batchnorm(model), seg
 
 
 def weights_from_file(path: str | Path, seg: SegConfig) -> tuple[dict[str, torch.Tensor], str]:
@@ -192,7 +193,8 @@ def weights_from_file(path: str | Path, seg: SegConfig) -> tuple[dict[str, torch
         diff = "; ".join(f"{k}: file {theirs[k]} vs here {ours[k]}" for k in ARCHITECTURE if theirs[k] != ours[k])
         raise OEEMError(f"{path}: its network differs from this project's settings ({diff}); use the preset it was "
                         "trained with or set those settings to match")
-    return trained.model.state_dict(), f"model file {Path(path).name}"
+    # the file's own weights: the loaded network has its batch norms folded for prediction
+    return torch.load(path, map_location="cpu", weights_only=True)["model"], f"model file {Path(path).name}"
 
 
 ARCHITECTURE = ("backbone", "decoder", "head_channels", "decoder_full_res")  # what must match to reuse weights

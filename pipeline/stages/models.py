@@ -334,6 +334,29 @@ class UNet(nn.Module):
 
 
 # ---------------------------------------------------------------------------- checkpoints
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An inference copy of ``model`` with every batch norm folded into the convolution before it (eval mode):
+    1.3-1.4x faster CAM and prediction forwards on 2 CPU cores in fp32 (benchmarks/speed.py), the same outputs
+    to float rounding. The copy cannot train; the original is left as it is. Pre-activation blocks (ResNet38d's
+    batch norm comes before its convolution) stay as they are."""
+    import copy
+
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(model).eval()
+    for m in folded.modules():
+        if isinstance(m, nn.Sequential):
+            names = list(m._modules)
+            for a, b in zip(names, names[1:]):
+                if isinstance(m._modules[a], nn.Conv2d) and isinstance(m._modules[b], nn.BatchNorm2d):
+                    m._modules[a] = fuse_conv_bn_eval(m._modules[a], m._modules[b])
+                    m._modules[b] = nn.Identity()
+        elif isinstance(m, BasicBlock):
+            m.conv1, m.bn1 = fuse_conv_bn_eval(m.conv1, m.bn1), nn.Identity()
+            m.conv2, m.bn2 = fuse_conv_bn_eval(m.conv2, m.bn2), nn.Identity()
+    return folded.to(memory_format=torch.channels_last)
+
+
 def safe_torch_load(path: str | Path) -> dict:
     """``torch.load`` with ``weights_only=True`` (a checkpoint cannot run code), with readable errors."""
     path = Path(path)
