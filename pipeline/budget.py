@@ -515,6 +515,9 @@ def plan_for_budget(cfg: PipelineConfig, speeds: Speeds, facts: ProjectFacts, bu
     3. classifier epochs, down to ``EPOCH_FLOOR`` of the preset's;
     4. CAM scales, largest first, down to the one nearest 1.
 
+    After 3 or 4 the time a whole epoch or scale leaves over goes back to segmentation iterations
+    (:func:`fill_iterations`).
+
     ``done_for(cfg)`` names the stages already done with ``cfg`` (:func:`done_stages`): they cost nothing. Too
     short a budget is an :class:`OEEMError` naming the smallest that works."""
     room = SAFETY * (budget_s - spent_s)
@@ -531,7 +534,8 @@ def plan_for_budget(cfg: PipelineConfig, speeds: Speeds, facts: ProjectFacts, bu
             c = _apply(cfg, cfg, schedule)
             smallest = cost(c)
             if smallest.total <= room:
-                return c, smallest
+                c = fill_iterations(c, cost, room, cfg.segmentation.iterations)
+                return c, cost(c)
             continue
         top = getattr(schedule, knob)
 
@@ -552,11 +556,36 @@ def plan_for_budget(cfg: PipelineConfig, speeds: Speeds, facts: ProjectFacts, bu
         value = _nice(lo) if knob == "iterations" else lo
         value = max(value, floor)
         c = at(value)
+        if knob != "iterations":
+            c = fill_iterations(c, cost, room, cfg.segmentation.iterations)
         return c, cost(c)
     need = spent_s + (smallest.total if smallest else est.total) / SAFETY
     raise OEEMError(f"a {fmt_duration(budget_s)} budget is too small on this machine: the smallest schedule takes "
                     f"about {fmt_duration(spent_s + (smallest or est).total)}; give --budget "
                     f"{math.ceil(need / 60)}m or more")
+
+
+def fill_iterations(c: PipelineConfig, cost: Callable[[PipelineConfig], Estimate], room: float,
+                    most: int) -> PipelineConfig:
+    """``c`` with as many segmentation iterations (up to ``most``, the preset's) as still fit ``room``: once
+    epochs or CAM scales had to shrink, the time a whole epoch or scale left over goes to the segmentation."""
+    seg = c.segmentation
+
+    def at(v: int) -> PipelineConfig:
+        new = copy.deepcopy(c)
+        full = max(1, round(seg.full_iterations * v / seg.iterations)) if seg.full_iterations else 0
+        new.segmentation = dataclasses.replace(seg, iterations=v, full_iterations=full)  # as _apply scales it
+        return new
+
+    lo, hi = seg.iterations, most
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(at(mid)).total <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    value = max(seg.iterations, _nice(lo))
+    return c if value == seg.iterations else at(value)
 
 
 def sized_settings(before: PipelineConfig, after: PipelineConfig) -> dict[str, list]:
