@@ -419,7 +419,7 @@ def done_stages(store: ProjectStore, cfg: PipelineConfig) -> set[str]:
     """The stages :func:`pipeline.stages.run.run_all` will skip with ``cfg`` on this project, as :func:`estimate`
     keys: a stage redone upstream makes everything after it redone too."""
     from pipeline.stages.cams import cams_reusable
-    from pipeline.stages.run import stage_done
+    from pipeline.stages.status import stage_done
 
     done: set[str] = set()
     if not stage_done(store, "patches", cfg):

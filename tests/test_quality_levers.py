@@ -350,8 +350,8 @@ def test_old_projects_predict_with_the_model_they_hold(tmp_path, trained_project
     import shutil
 
     from pipeline.stages.infer import predict
-    from pipeline.stages.run import stage_done
     from pipeline.stages.segment import load_segmenter
+    from pipeline.stages.status import stage_done
     from pipeline.store import ProjectStore
     from pipeline.store.project import project_config
 

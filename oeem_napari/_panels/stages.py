@@ -24,8 +24,9 @@ def make_job(stage: str, store: ProjectStore, cfg: PipelineConfig, device: str, 
     from pipeline.stages.cams import make_cams
     from pipeline.stages.classify import make_patch_labels, train_classifier
     from pipeline.stages.infer import evaluate_all, predict
-    from pipeline.stages.run import run_all, segmentation_settings
+    from pipeline.stages.run import run_all
     from pipeline.stages.segment import train_segmenter
+    from pipeline.stages.status import segmentation_settings
 
     if stage == "classifier":
         def job():

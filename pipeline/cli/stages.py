@@ -45,8 +45,8 @@ def cmd_cams(args) -> None:
 
 
 def cmd_train_seg(args) -> None:
-    from pipeline.stages.run import segmentation_settings
     from pipeline.stages.segment import train_segmenter
+    from pipeline.stages.status import segmentation_settings
 
     store = open_project(args.project)
     cfg = config_for(args, store)

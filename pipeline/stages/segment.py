@@ -225,8 +225,6 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     :func:`pipeline.stages.training.train`'s: every rank resumes from the one checkpoint rank 0 wrote.
     ``init_weights`` (weights, where from: e.g. a model file's) starts a fresh run from them instead of random
     initialisation; a resumed run ignores them."""
-    from pipeline.stages.update import label_states
-
     if cfg.loss not in LOSS_KINDS:
         raise OEEMError(f"unknown loss {cfg.loss!r}: choose one of {', '.join(LOSS_KINDS)}")
     if not cfg.weight_temperature > 0:
@@ -319,7 +317,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
               "checkpoint": "last iteration (no model selection)", "world_size": dist.world_size,
               "precision": precision_name(amp), "loss_history": done.history,
               # the corrections and tags it learned from: what `oeem update` later calls changed
-              "label_state": label_states(store)}
+              "label_state": store.label_states()}
     if weigh:  # how much of the labels' weight the review's doubt left them, over the tiles' valid pixels
         record["label_trust_mean"] = float((codes[codes != IGNORE] >> 2).float().mean()) / TRUST_LEVELS
     if dist.is_main:

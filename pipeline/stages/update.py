@@ -11,7 +11,6 @@ digest of its patch tags), recorded by every training and every update.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -35,28 +34,13 @@ VERSIONS = "model-versions"  # runs/model-versions.json: the kept models, oldest
 
 
 # ---------------------------------------------------------------------------------------------- what changed
-def label_state(store: ProjectStore, name: str) -> dict[str, Any]:
-    """What a model learns from ``name`` besides its pseudo-mask: the pathologist's correction version and tags."""
-    tags = store.patch_tags(name)
-    digest = None
-    if tags is not None and tags[0].any():
-        digest = hashlib.sha1(f"{tags[1]}:{tags[2]}:".encode() + tags[0].tobytes()).hexdigest()[:16]
-    return {"correction": store.correction_version(name), "tags": digest}
-
-
-def label_states(store: ProjectStore, names: list[str] | None = None) -> dict[str, dict[str, Any]]:
-    """:func:`label_state` of every training / validation image (what a training's record keeps)."""
-    names = names if names is not None else store.names("train") + store.names("val")
-    return {n: label_state(store, n) for n in names}
-
-
 def changed_images(store: ProjectStore) -> list[str]:
     """The training images whose corrections or tags differ from those the current model learned from. A model
     from before the record kept them counts every corrected or tagged image as changed."""
     learned = (store.load_run(STAGE) or {}).get("label_state")
     changed = []
     for n in store.names("train") + store.names("val"):
-        now = label_state(store, n)
+        now = store.label_state(n)
         if learned is None:
             if now["correction"] or now["tags"]:
                 changed.append(n)
@@ -284,7 +268,7 @@ def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: l
         ck["train_model"] = state
     store.save_checkpoint(STAGE, ck)
     previous = store.load_run(STAGE) or {}
-    record = {**previous, "run_id": uuid.uuid4().hex, "label_state": label_states(store),
+    record = {**previous, "run_id": uuid.uuid4().hex, "label_state": store.label_states(),
               "updates": list(previous.get("updates", [])) + [{
                   "images": changed, "steps": ucfg.iterations, "lr": ucfg.lr, "focus": ucfg.focus,
                   "verified_weight": ucfg.verified_weight,

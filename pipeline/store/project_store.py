@@ -567,6 +567,21 @@ class ProjectStore:
                 digest.update(f"{n}:{found[1]}:{found[2]}:".encode() + found[0].tobytes())
         return digest.hexdigest() if any_tags else None
 
+    def label_state(self, name: str) -> dict[str, Any]:
+        """What a model learns from ``name`` besides its pseudo-mask: the current correction version and a digest of
+        the patch tags. Every training records it for every image, so ``oeem update`` knows what changed since."""
+        import hashlib
+
+        found = self.patch_tags(name)
+        digest = None
+        if found is not None and found[0].any():
+            digest = hashlib.sha1(f"{found[1]}:{found[2]}:".encode() + found[0].tobytes()).hexdigest()[:16]
+        return {"correction": self.correction_version(name), "tags": digest}
+
+    def label_states(self) -> dict[str, dict[str, Any]]:
+        """:meth:`label_state` of every training and validation image (what a training's record keeps)."""
+        return {n: self.label_state(n) for n in self.names("train") + self.names("val")}
+
     def tag_summary(self) -> dict[str, Any]:
         """Images and patches tagged, per tag: the pathologist's progress (``oeem info``, the plugin)."""
         per_tag = np.zeros(4, np.int64)
