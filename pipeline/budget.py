@@ -573,8 +573,10 @@ def fill_iterations(c: PipelineConfig, cost: Callable[[PipelineConfig], Estimate
 
     def at(v: int) -> PipelineConfig:
         new = copy.deepcopy(c)
-        full = max(1, round(seg.full_iterations * v / seg.iterations)) if seg.full_iterations else 0
-        new.segmentation = dataclasses.replace(seg, iterations=v, full_iterations=full)  # as _apply scales it
+        full = seg.full_iterations
+        if seg.label_source == "mask" and full > 0:  # what trains on masks grows alike, as _apply shrank it
+            full = max(1, round(full * v / seg.iterations))
+        new.segmentation = dataclasses.replace(seg, iterations=v, full_iterations=full)
         return new
 
     lo, hi = seg.iterations, most

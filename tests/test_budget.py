@@ -102,6 +102,7 @@ def test_a_schedule_sized_to_a_budget_fits_it_and_shrinks_in_the_documented_orde
     more = dataclasses.replace(sized, segmentation=dataclasses.replace(
         sized.segmentation, iterations=sized.segmentation.iterations + 20))
     assert est.total <= SAFETY * 25 * 60 < estimate(more, FP32, GLAS).total
+    assert "segmentation.full_iterations" not in sized_settings(cfg, sized)  # pseudo-labels: not what trains
     # tighter still: CAM scales go, the largest first, down to 1
     floor = dataclasses.replace(cfg, selftrain=dataclasses.replace(cfg.selftrain, rounds=0),
                                 segmentation=dataclasses.replace(cfg.segmentation, iterations=500),
