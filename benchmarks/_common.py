@@ -21,9 +21,9 @@ def glas_root() -> Path:
     return Path(root)
 
 
-def matmul_peak_gflops(n: int = 3072, repeats: int = 7) -> float:
-    """This machine's float32 matmul throughput, the yardstick for achieved training FLOP/s."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_peak_gflops(n: int = 3072, repeats: int = 7, dtype: torch.dtype = torch.float32) -> float:
+    """This machine's matmul throughput (float32 unless ``dtype`` says), the yardstick for achieved FLOP/s."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):

@@ -38,14 +38,13 @@ import torch
 import torch.nn.functional as F
 from _common import RESULTS, machine, matmul_peak_gflops, print_table
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import preset
 from pipeline.device import _cpu_has_native_bf16, autocast, channels_last
 from pipeline.stages.classify import build_classifier
 from pipeline.stages.losses import segmentation_loss
-from pipeline.stages.models import BasicBlock
+from pipeline.stages.models import fold_batchnorm
 from pipeline.stages.segment import build_segmenter
 
 CHILD_TAG = "SPEED_CHILD_RESULT "
@@ -99,7 +98,7 @@ def prepared(work: Work, nhwc: bool = True, fold: bool = False) -> tuple[nn.Modu
     torch.manual_seed(0)
     model = work.build().train(work.train)
     if fold:
-        fold_conv_bn(model)
+        model = fold_batchnorm(model)  # what prediction and CAMs run (pipeline.stages.models)
     model = model.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
     return model, channels_last(work.x) if nhwc else work.x.contiguous()
 
@@ -141,32 +140,9 @@ def median_seconds(step: Callable[[], None], steps: int, warmup: int) -> tuple[f
     return statistics.median(times[warmup:]), times[0]
 
 
-def fold_conv_bn(model: nn.Module) -> None:
-    """Fold every BatchNorm into the convolution before it (eval only): nn.Sequential pairs and BasicBlock's."""
-    for m in model.modules():
-        if isinstance(m, nn.Sequential):
-            names = list(m._modules)
-            for a, b in zip(names, names[1:]):
-                if isinstance(m._modules[a], nn.Conv2d) and isinstance(m._modules[b], nn.BatchNorm2d):
-                    m._modules[a] = fuse_conv_bn_eval(m._modules[a], m._modules[b])
-                    m._modules[b] = nn.Identity()
-        if isinstance(m, BasicBlock):
-            m.conv1, m.bn1 = fuse_conv_bn_eval(m.conv1, m.bn1), nn.Identity()
-            m.conv2, m.bn2 = fuse_conv_bn_eval(m.conv2, m.bn2), nn.Identity()
-
-
 def matmul_peak(prec: str, n: int, repeats: int) -> float:
-    """GFLOP/s of an n x n torch.mm in ``prec`` at the current thread count (fp32: _common's yardstick)."""
-    if prec == "fp32":
-        return matmul_peak_gflops(n, repeats)
-    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n ** 3 / best / 1e9
+    """GFLOP/s of an n x n torch.mm in ``prec`` at the current thread count (_common's yardstick)."""
+    return matmul_peak_gflops(n, repeats, torch.float32 if prec == "fp32" else torch.bfloat16)
 
 
 @contextlib.contextmanager

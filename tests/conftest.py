@@ -103,6 +103,18 @@ def model_file(trained_project, tmp_path_factory):
 
 
 @pytest.fixture
+def widget(make_napari_viewer):
+    """The OEEM dock in a real (headless) napari viewer; its background job is stopped afterwards."""
+    from oeem_napari._widget import OEEMWidget
+
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
+    assert isinstance(w, OEEMWidget)
+    yield w
+    w.runner.shutdown()
+
+
+@pytest.fixture
 def notes():
     """The messages of the napari notifications shown during a test."""
     from napari.utils.notifications import notification_manager

@@ -8,18 +8,10 @@ pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
 from oeem_napari import _layers  # noqa: E402
-from oeem_napari._widget import OEEMWidget  # noqa: E402
 
 JOB_TIMEOUT_MS = 300_000
 
 
-@pytest.fixture
-def widget(make_napari_viewer):
-    viewer = make_napari_viewer()
-    _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
-    assert isinstance(w, OEEMWidget)
-    yield w
-    w.runner.shutdown()
 
 
 def test_update_from_the_dock_shows_before_and_after_and_reverts(widget, project_copy, qtbot, notes):
