@@ -39,7 +39,7 @@ def changed_images(store: ProjectStore) -> list[str]:
     from before the record kept them counts every corrected or tagged image as changed."""
     learned = (store.load_run(STAGE) or {}).get("label_state")
     changed = []
-    for n in store.names("train") + store.names("val"):
+    for n in store.names("train"):  # as a full training, an update never learns from the validation split
         now = store.label_state(n)
         if learned is None:
             if now["correction"] or now["tags"]:
@@ -190,6 +190,10 @@ def update_model(store: ProjectStore, cfg: PipelineConfig, device: str = "auto",
     unknown = [n for n in changed if n not in store.names()]
     if unknown:
         raise OEEMError(f"{store.path}: no image {unknown[0]!r} in the project")
+    held_out = [n for n in changed if store.split(n) != "train"]
+    if held_out:
+        raise OEEMError(f"{store.path}: {held_out[0]!r} is a {store.split(held_out[0])} image; an update learns from "
+                        "training images only, as a full training does")
     return _fine_tune(store, cfg, device, changed, predict_names if predict_names is not None else changed)
 
 
@@ -213,7 +217,7 @@ def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: l
         raise OEEMError(f"{store.path}: the changed image(s) {', '.join(changed[:3])} have no labels to learn from "
                         f"yet; make their pseudo-masks (`oeem run {store.path}`) or tag their patches")
     gen = torch.Generator().manual_seed(seg.seed)
-    others = [n for n in store.labelled_images() or store.names("train") if n not in changed
+    others = [n for n in store.labelled_images(("train",)) or store.names("train") if n not in changed
               and store.has(n, "pseudo")]
     pick = torch.randperm(len(others), generator=gen)[:ucfg.replay_images].tolist()
     replay_ims, replay_codes = _tiles(store, [others[k] for k in sorted(pick)], seg)
