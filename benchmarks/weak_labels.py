@@ -193,48 +193,104 @@ def cmd_actions(args) -> None:
     shutil.copytree(BASE, scratch)
     store = ProjectStore.open(scratch)
     cfg = bench_config(store).patches
-    one_by_one = proposal_flow = patches_total = wrong_total = 0
+    one_by_one = proposal_flow = keys_flow = no_proposal_flow = patches_total = wrong_total = 0
     per_step, done, model_from = [], [], None
     for step in steps:
         model = None
         if model_from is not None:
             model = load_classifier(ProjectStore.open(model_from["project"]), "cpu")
         new = [n for n in step["images"] if n not in done]
-        acts = wrong = 0
+        acts = wrong = keys = stroke_count = no_proposals = 0
         for n in new:
             truth_t = truth_tags(truth, n, cfg)
             tagger = Tagger(store, n, cfg)
             patches_total += len(truth_t)
             one_by_one += len(truth_t)  # one key per patch
+            commonest = int(np.bincount(truth_t, minlength=4)[1:].argmax() + 1)
+            # the peer without proposals: the whole-image key with the image's commonest tag, then brush strokes
+            no_proposals += 1 + len(stroke_groups(np.full_like(truth_t, commonest), truth_t, tagger))
             if model is not None and tagger.propose(model, "cpu") is not None:
                 tagger.accept_proposals()
-                acts += 1
-            else:  # no model yet: the whole-image key with the image's commonest tag
-                tagger.set_image(int(np.bincount(truth_t, minlength=4)[1:].argmax() + 1))
-                acts += 1
-            bad = np.flatnonzero(tagger.tags != truth_t)
-            wrong += len(bad)
-            for k in bad:  # fix the wrong ones with the patch key
-                y, x = tagger.centres[k]
-                tagger.set_at(y, x, int(truth_t[k]))
-                acts += 1
+            else:  # no model yet: the whole-image key
+                tagger.set_image(commonest)
+            bad = int((tagger.tags != truth_t).sum())
+            wrong += bad
+            keys += 1 + bad  # the same flow fixing each wrong patch with the patch key
+            strokes = fix_with_strokes(tagger, truth_t)
+            acts += 1 + strokes
+            stroke_count += strokes
             assert np.array_equal(tagger.tags, truth_t) and (tagger.tags != UNLABELLED).all()
         proposal_flow += acts
+        keys_flow += keys
+        no_proposal_flow += no_proposals
         wrong_total += wrong
         per_step.append({"budget": step["budget"], "images": len(new), "actions": acts, "wrong_proposals": wrong,
+                         "strokes": stroke_count, "actions_keys_only": keys, "actions_no_proposals": no_proposals,
                          "model_from": model_from and model_from["budget"]})
         done += new
         model_from = step
     vertices = mask_vertices(truth, done)
     data["actions"] = {"images": len(done), "patches": patches_total, "one_by_one": one_by_one,
                        "with_proposals": proposal_flow, "ratio": one_by_one / max(1, proposal_flow),
-                       "steps": per_step, "mask_polygon_vertices": vertices}
+                       "with_proposals_keys_only": keys_flow, "ratio_keys_only": one_by_one / max(1, keys_flow),
+                       "no_proposals": no_proposal_flow, "wrong_proposals": wrong_total, "steps": per_step,
+                       "mask_polygon_vertices": vertices}
     save(data)
-    print_table([(s["budget"], s["images"], s["model_from"] or "-", s["actions"], s["wrong_proposals"])
-                 for s in per_step], ("up to budget %", "images", "proposals from", "actions", "patches fixed"))
-    print(f"\n{len(done)} images, {patches_total} patches: one by one {one_by_one} actions, with proposals "
-          f"{proposal_flow} ({one_by_one / max(1, proposal_flow):.1f}x fewer); drawing the masks: {vertices} "
-          f"polygon vertices")
+    print_table([(s["budget"], s["images"], s["model_from"] or "-", s["wrong_proposals"], s["strokes"],
+                  s["actions"], s["actions_keys_only"], s["actions_no_proposals"]) for s in per_step],
+                ("up to budget %", "images", "proposals from", "patches wrong", "fix strokes", "actions",
+                 "actions (fix by key)", "actions (no proposals)"))
+    print(f"\n{len(done)} images, {patches_total} patches: one by one {one_by_one} actions; with proposals and "
+          f"brush strokes {proposal_flow} ({one_by_one / max(1, proposal_flow):.1f}x fewer); with proposals and "
+          f"a key per wrong patch {keys_flow} ({one_by_one / max(1, keys_flow):.1f}x); without proposals (whole-image "
+          f"key and strokes) {no_proposal_flow} ({one_by_one / max(1, no_proposal_flow):.1f}x); drawing the masks: "
+          f"{vertices} polygon vertices")
+
+
+def fix_with_strokes(tagger: Tagger, truth_t: np.ndarray) -> int:
+    """Fix the patches whose tag is wrong with the brush, as the panel's brush does (``patches_along`` then
+    ``set_patches``): one stroke per 4-connected group of wrong patches that need the same tag. The stroke walks
+    from cell centre to neighbouring cell centre through the group only (a depth-first walk, back-tracking over
+    cells already painted), so it touches no other patch - checked. Returns the strokes."""
+    rows, cols, _ = tagger._axes()
+    groups = stroke_groups(tagger.tags, truth_t, tagger)
+    for tag, cells in groups:
+        path = np.array([(rows[r], cols[c]) for r, c in _walk(cells)])
+        touched = tagger.patches_along(path)
+        assert {int(k) for k in touched} == {r * len(cols) + c for r, c in cells}
+        tagger.set_patches(touched, tag)
+    return len(groups)
+
+
+def stroke_groups(tags: np.ndarray, truth_t: np.ndarray, tagger: Tagger) -> list[tuple[int, set]]:
+    """The 4-connected groups (tag, grid cells) of wrong patches that need the same tag: one brush stroke each."""
+    from skimage.measure import label
+
+    rows, cols, _ = tagger._axes()
+    out = []
+    for tag in np.unique(truth_t[tags != truth_t]):
+        groups = label(((tags != truth_t) & (truth_t == tag)).reshape(len(rows), len(cols)), connectivity=1)
+        out += [(int(tag), {tuple(c) for c in np.argwhere(groups == g)}) for g in range(1, groups.max() + 1)]
+    return out
+
+
+def _walk(cells: set[tuple[int, int]]) -> list[tuple[int, int]]:
+    """A walk through every cell of a 4-connected set, moving only between neighbours (one brush drag)."""
+    start = min(cells)
+    walk, seen, stack = [start], {start}, [start]
+    while stack:
+        r, c = stack[-1]
+        nxt = next(((r + dr, c + dc) for dr, dc in ((0, 1), (1, 0), (0, -1), (-1, 0))
+                    if (r + dr, c + dc) in cells and (r + dr, c + dc) not in seen), None)
+        if nxt is None:
+            stack.pop()
+            if stack:
+                walk.append(stack[-1])  # back over a painted cell
+        else:
+            seen.add(nxt)
+            stack.append(nxt)
+            walk.append(nxt)
+    return walk
 
 
 def mask_vertices(truth: ProjectStore, names: list[str], tolerance: float = 1.0) -> int:
