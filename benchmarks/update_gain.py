@@ -1,7 +1,10 @@
 """*Update model* against a full retrain: the share of the retrain's gain an update reaches, and its seconds.
 
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/update_gain.py [--project P] [--budget 3]
-        [--steps 30] [--lr 0.005 0.01]
+        [--steps 30] [--lr 0.005 0.01] [--focus 0.25 0.5] [--weight 1 4] [--no-retrain] [--no-test]
+
+Choosing settings: ``--no-retrain --no-test`` with grids of ``--lr`` / ``--focus`` / ``--weight`` scores each
+update on the validation split only (every combination, from the same corrected copy).
 
 The annotation-gain protocol (``benchmarks/annotation_gain.py``) on a project the pipeline trained: a simulated
 pathologist corrects the largest wrong regions of the training pseudo-masks (the GlaS training masks play the
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import shutil
 import sys
 import time
@@ -77,12 +81,13 @@ def plant_corrections(store: ProjectStore, budget_pct: float) -> dict:
             "regions": sum(len(v) for v in fixed.values())}
 
 
-def scores(store: ProjectStore, cfg) -> dict:
+def scores(store: ProjectStore, cfg, splits: tuple[str, ...] = ("val", "test")) -> dict:
     from pipeline.stages.infer import evaluate, predict
 
-    names = store.names("val") + store.names("test")
+    names = [n for split in splits for n in store.names(split)]
     run(predict(store, cfg.inference, names=names, device="cpu"))
-    return {split: round(evaluate(store, split)["mIoU"], 2) for split in ("val", "test")}
+    return {split: round(evaluate(store, split)["mIoU"], 2) if split in splits else float("nan")
+            for split in ("val", "test")}
 
 
 def fresh_copy(src: Path, name: str) -> ProjectStore:
@@ -99,6 +104,11 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=3.0, help="percent of the training pixels corrected")
     ap.add_argument("--steps", type=int, nargs="+", default=[30])
     ap.add_argument("--lr", type=float, nargs="+", default=[0.001])
+    ap.add_argument("--focus", type=float, nargs="+", default=[None],
+                    help="update.focus values (default: the preset's)")
+    ap.add_argument("--weight", type=float, nargs="+", default=[None],
+                    help="update.verified_weight values (default: the preset's)")
+    ap.add_argument("--no-test", action="store_true", help="score the validation split only (choosing settings)")
     ap.add_argument("--no-retrain", action="store_true", help="skip the full retrain")
     ap.add_argument("--retrain-weight", type=float, default=None,
                     help="verified weight of the full retrain (default: the project's segmentation.verified_weight)")
@@ -117,22 +127,27 @@ def main() -> None:
     print(f"corrected {planted['pixels']:,} px ({planted['pct']:.2f} % of the labelled training pixels) in "
           f"{planted['regions']} regions of {len(planted['images'])} images", flush=True)
     rows = []
-    base = scores(corrected, cfg)
+    splits = ("val",) if args.no_test else ("val", "test")
+    base = scores(corrected, cfg, splits)
     rows.append({"arm": "base", **base, "seconds": 0.0})
     print(f"base: {base}", flush=True)
-    for steps in args.steps:
-        for lr in args.lr:
-            store = fresh_copy(corrected.path, f"s{steps}-lr{lr:g}")
-            ucfg = copy.deepcopy(cfg)
-            ucfg.update.iterations, ucfg.update.lr = steps, lr
-            t = time.perf_counter()
-            result = run(update_model(store, ucfg, "cpu", predict_names=[]))
-            seconds = time.perf_counter() - t
-            s = scores(store, cfg)
-            rows.append({"arm": f"update {steps} steps lr {lr:g}", **s, "seconds": round(seconds, 1),
-                         "train_seconds": round(result["train_seconds"], 1)})
-            print(rows[-1], flush=True)
-            shutil.rmtree(store.path)
+    for steps, lr, focus, weight in itertools.product(args.steps, args.lr, args.focus, args.weight):
+        store = fresh_copy(corrected.path, f"s{steps}-lr{lr:g}")
+        ucfg = copy.deepcopy(cfg)
+        ucfg.update.iterations, ucfg.update.lr = steps, lr
+        if focus is not None:
+            ucfg.update.focus = focus
+        if weight is not None:
+            ucfg.update.verified_weight = weight
+        t = time.perf_counter()
+        result = run(update_model(store, ucfg, "cpu", predict_names=[]))
+        seconds = time.perf_counter() - t
+        s = scores(store, cfg, splits)
+        rows.append({"arm": f"update {steps} steps lr {lr:g} focus {ucfg.update.focus:g} weight "
+                            f"{ucfg.update.verified_weight:g}", **s, "seconds": round(seconds, 1),
+                     "train_seconds": round(result["train_seconds"], 1)})
+        print(rows[-1], flush=True)
+        shutil.rmtree(store.path)
     if args.control:
         # the same update on the same images with their corrections left out: what the fine-tune alone does
         store = fresh_copy(args.project, "control")
@@ -140,7 +155,7 @@ def main() -> None:
         ucfg.update.iterations, ucfg.update.lr = args.steps[0], args.lr[0]
         t = time.perf_counter()
         run(update_model(store, ucfg, "cpu", names=planted["images"], predict_names=[]))
-        s = scores(store, cfg)
+        s = scores(store, cfg, splits)
         rows.append({"arm": f"control: update {args.steps[0]} steps lr {args.lr[0]:g}, no corrections", **s,
                      "seconds": round(time.perf_counter() - t, 1)})
         print(rows[-1], flush=True)
@@ -156,7 +171,7 @@ def main() -> None:
         t = time.perf_counter()
         run(train_segmenter(corrected, seg, "cpu", restart=True))
         seconds = time.perf_counter() - t
-        s = scores(corrected, cfg)
+        s = scores(corrected, cfg, splits)
         rows.append({"arm": f"retrain {seg.iterations} iterations, verified weight {seg.verified_weight:g}", **s,
                      "seconds": round(seconds, 1)})
         print(rows[-1], flush=True)
