@@ -546,13 +546,7 @@ def plan_for_budget(cfg: PipelineConfig, speeds: Speeds, facts: ProjectFacts, bu
         smallest = low
         if low.total > room:
             continue
-        lo, hi = floor, top  # the largest value that fits: the cost grows with it
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if cost(at(mid)).total <= room:
-                lo = mid
-            else:
-                hi = mid - 1
+        lo = _largest_fitting(floor, top, lambda v: cost(at(v)).total <= room)
         value = _nice(lo) if knob == "iterations" else lo
         value = max(value, floor)
         c = at(value)
@@ -579,15 +573,21 @@ def fill_iterations(c: PipelineConfig, cost: Callable[[PipelineConfig], Estimate
         new.segmentation = dataclasses.replace(seg, iterations=v, full_iterations=full)
         return new
 
-    lo, hi = seg.iterations, most
+    lo = _largest_fitting(seg.iterations, most, lambda v: cost(at(v)).total <= room)
+    value = max(seg.iterations, _nice(lo))
+    return c if value == seg.iterations else at(value)
+
+
+def _largest_fitting(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
+    """The largest value in [lo, hi] that ``fits`` (lo when none above it does): a schedule's cost grows with each
+    knob, so a bisection finds it in a few estimates."""
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if cost(at(mid)).total <= room:
+        if fits(mid):
             lo = mid
         else:
             hi = mid - 1
-    value = max(seg.iterations, _nice(lo))
-    return c if value == seg.iterations else at(value)
+    return lo
 
 
 def sized_settings(before: PipelineConfig, after: PipelineConfig) -> dict[str, list]:
