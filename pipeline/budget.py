@@ -35,8 +35,12 @@ DURATION_FORMS = "90s, 45m, 2h, 1h30m, or a number of minutes (60)"
 # slow a run down after it was measured
 SAFETY = 0.9
 KEEP_ITERATIONS = 0.75  # a self-training round is kept while its iterations stay above this share of the preset's
+# segmentation iterations shrink to this share of the preset's before classifier epochs do: above it more iterations
+# buy little (1000 -> 2000: +2 validation points), below it much (500 -> 650: +5, docs/benchmarks.md)
+ITERATION_KEEP = 0.5
 ITERATION_FLOOR = 0.25  # segmentation iterations never go below this share of the preset's
 EPOCH_FLOOR = 0.25  # nor classifier epochs
+CAM_SCALES_KEPT = 2  # CAM scales beyond the two nearest 1 go early: scale 2 costs 2.3x scales 1 + 1.5 and added nothing
 # seconds per image megapixel of what the probe does not time: reading and writing the store, stitching, the OEEM
 # weight map and cleaning masks at full resolution (profiled on the sample project, 2 AVX2 cores: about 0.5 s/Mpx
 # around the prediction's network, 0.6 around the CAMs')
@@ -489,16 +493,27 @@ def _ladder(base: PipelineConfig) -> list[tuple[Schedule, str | None, int]]:
     rounds, its, epochs = base.selftrain.rounds, base.segmentation.iterations, base.classifier.epochs
     scales = tuple(base.cam.scales)
     floor_i, floor_e = max(1, math.ceil(its * ITERATION_FLOOR)), max(1, math.ceil(epochs * EPOCH_FLOOR))
+    keep_i = max(floor_i, math.ceil(its * ITERATION_KEEP))
+    # CAM scales by how cheap they are: the nearest 1 first, then the smaller of two equally far
+    by_cost = sorted(scales, key=lambda s: (abs(math.log(s)), s))
+
+    def keeping(k: int) -> tuple[float, ...]:
+        return tuple(s for s in scales if s in by_cost[:k])
+
+    two = keeping(CAM_SCALES_KEPT)
     steps: list[tuple[Schedule, str | None, int]] = []
-    for r in range(rounds, 0, -1):  # 1. self-training rounds, each kept while its iterations stay near the preset's
-        steps.append((Schedule(r, its, epochs, scales), "iterations", max(floor_i, math.ceil(its * KEEP_ITERATIONS))))
-    steps.append((Schedule(0, its, epochs, scales), "iterations", floor_i))  # 2. iterations, down to their floor
-    steps.append((Schedule(0, floor_i, epochs, scales), "epochs", floor_e))  # 3. classifier epochs, down to theirs
-    # 4. CAM scales, the costliest (largest) first, down to the one nearest 1
-    last = min(scales, key=lambda s: (abs(math.log(s)), s))
-    drop = sorted((s for s in scales if s != last), reverse=True)
-    for k in range(1, len(drop) + 1):
-        steps.append((Schedule(0, floor_i, floor_e, tuple(s for s in scales if s not in drop[:k])), None, 0))
+    # 1. CAM scales beyond the two nearest 1; 2. self-training rounds, each kept while its iterations stay near
+    # the preset's
+    for r in range(rounds, 0, -1):
+        steps.append((Schedule(r, its, epochs, two), "iterations", max(floor_i, math.ceil(its * KEEP_ITERATIONS))))
+    steps.append((Schedule(0, its, epochs, two), "iterations", keep_i))  # 3. iterations down to half the preset's
+    steps.append((Schedule(0, keep_i, epochs, two), "epochs", floor_e))  # 4. classifier epochs, down to their floor
+    # 5. iterations down to their floor with the preset's epochs (where the classifier is cheap, as on a few small
+    # images, keeping its epochs costs a few iterations), else with epochs at their floor
+    steps.append((Schedule(0, keep_i, epochs, two), "iterations", floor_i))
+    steps.append((Schedule(0, keep_i, floor_e, two), "iterations", floor_i))
+    for k in range(len(two) - 1, 0, -1):  # 6. the last CAM scales, the costliest first, down to the one nearest 1
+        steps.append((Schedule(0, floor_i, floor_e, keeping(k)), None, 0))
     return steps
 
 
@@ -509,14 +524,18 @@ def plan_for_budget(cfg: PipelineConfig, speeds: Speeds, facts: ProjectFacts, bu
     used already), and that estimate. A budget never lengthens the preset's schedule; when it is too short, the
     schedule shrinks in this order, each step only when the one before cannot fit:
 
-    1. self-training rounds, one by one; while a round is kept its segmentation iterations may shrink to
+    1. CAM scales beyond the two nearest 1 (``CAM_SCALES_KEPT``);
+    2. self-training rounds, one by one; while a round is kept its segmentation iterations may shrink to
        ``KEEP_ITERATIONS`` of the preset's (a round on an underfitted model makes worse labels);
-    2. segmentation iterations, down to ``ITERATION_FLOOR`` of the preset's;
-    3. classifier epochs, down to ``EPOCH_FLOOR`` of the preset's;
-    4. CAM scales, largest first, down to the one nearest 1.
+    3. segmentation iterations, down to ``ITERATION_KEEP`` of the preset's;
+    4. classifier epochs, down to ``EPOCH_FLOOR`` of the preset's;
+    5. segmentation iterations, down to ``ITERATION_FLOOR`` of the preset's: with the preset's epochs where that
+       fits (a cheap classifier, as on a few small images), else with epochs at their floor;
+    6. the last CAM scales, largest first, down to the one nearest 1.
 
-    After 3 or 4 the time a whole epoch or scale leaves over goes back to segmentation iterations
-    (:func:`fill_iterations`).
+    After 4 or 6 the time a whole epoch or scale leaves over goes back to segmentation iterations
+    (:func:`fill_iterations`). The order follows what each knob bought per minute on GlaS in fp32
+    (docs/benchmarks.md, *Quality against a time budget*).
 
     ``done_for(cfg)`` names the stages already done with ``cfg`` (:func:`done_stages`): they cost nothing. Too
     short a budget is an :class:`OEEMError` naming the smallest that works."""

@@ -75,41 +75,49 @@ def test_the_estimate_counts_each_stages_real_steps():
 
 def test_a_schedule_sized_to_a_budget_fits_it_and_shrinks_in_the_documented_order():
     cfg = preset("cpu")
+    two_scales = (1.0, 1.5)
     full = estimate(cfg, FP32, GLAS).total
-    # an hour in fp32: no self-training round, fewer iterations, the rest as the preset
+
+    def iterations(c, n):
+        return dataclasses.replace(c, segmentation=dataclasses.replace(c.segmentation, iterations=n))
+
+    # an hour in fp32: CAM scale 2 and the self-training rounds go, the iterations shrink but stay at half the
+    # preset's or more, the classifier keeps its epochs
     sized, est = plan_for_budget(cfg, FP32, GLAS, 3600)
     assert est.total <= SAFETY * 3600 and est.total == pytest.approx(estimate(sized, FP32, GLAS).total)
-    assert sized.selftrain.rounds == 0
-    assert 500 <= sized.segmentation.iterations < 2000 and sized.segmentation.iterations % 10 == 0
-    assert sized.classifier.epochs == 8 and sized.cam.scales == cfg.cam.scales
+    assert sized.selftrain.rounds == 0 and sized.cam.scales == two_scales and sized.classifier.epochs == 8
+    assert 1000 <= sized.segmentation.iterations < 2000 and sized.segmentation.iterations % 10 == 0
     assert cfg.selftrain.rounds == 2 and cfg.segmentation.iterations == 2000  # the preset is not changed
-    assert set(sized_settings(cfg, sized)) == {"selftrain.rounds", "segmentation.iterations"}
+    assert set(sized_settings(cfg, sized)) == {"selftrain.rounds", "segmentation.iterations", "cam.scales"}
     # the budget fills up: 10 % more iterations would not fit
-    more = dataclasses.replace(sized, segmentation=dataclasses.replace(
-        sized.segmentation, iterations=int(sized.segmentation.iterations * 1.1)))
+    more = iterations(sized, int(sized.segmentation.iterations * 1.1))
     assert estimate(more, FP32, GLAS).total > SAFETY * 3600
-    # a little short of the preset: the rounds stay and their iterations shrink by at most a quarter
-    sized, est = plan_for_budget(cfg, FP32, GLAS, 0.95 * full / SAFETY)
-    assert sized.selftrain.rounds == 2 and 1500 <= sized.segmentation.iterations < 2000
-    assert est.total <= 0.95 * full
+    # a little short of the preset: scale 2 goes first, the rounds stay and their iterations shrink by at most a
+    # quarter
+    sized, est = plan_for_budget(cfg, FP32, GLAS, 0.9 * full / SAFETY)
+    assert sized.cam.scales == two_scales and sized.selftrain.rounds == 2
+    assert 1500 <= sized.segmentation.iterations <= 2000 and est.total <= 0.9 * full
     # plenty of time: the preset's schedule as it is, never longer
     sized, est = plan_for_budget(cfg, FP32, GLAS, 10 * full)
     assert sized is cfg and est.total == pytest.approx(full)
-    # tight: iterations at their floor (a quarter), then fewer classifier epochs; what a whole epoch leaves over
-    # goes back to the iterations
-    sized, est = plan_for_budget(cfg, FP32, GLAS, 25 * 60)
-    assert 2 <= sized.classifier.epochs < 8 and 500 <= sized.segmentation.iterations < 1000
-    more = dataclasses.replace(sized, segmentation=dataclasses.replace(
-        sized.segmentation, iterations=sized.segmentation.iterations + 20))
-    assert est.total <= SAFETY * 25 * 60 < estimate(more, FP32, GLAS).total
+    # 45 min: iterations at half the preset's, then fewer classifier epochs; what a whole epoch leaves over goes
+    # back to the iterations
+    sized, est = plan_for_budget(cfg, FP32, GLAS, 45 * 60)
+    assert 2 < sized.classifier.epochs < 8 and 1000 <= sized.segmentation.iterations < 2000
+    more = iterations(sized, sized.segmentation.iterations + 20)
+    assert est.total <= SAFETY * 45 * 60 < estimate(more, FP32, GLAS).total
     assert "segmentation.full_iterations" not in sized_settings(cfg, sized)  # pseudo-labels: not what trains
-    # tighter still: CAM scales go, the largest first, down to 1
-    floor = dataclasses.replace(cfg, selftrain=dataclasses.replace(cfg.selftrain, rounds=0),
-                                segmentation=dataclasses.replace(cfg.segmentation, iterations=500),
-                                classifier=dataclasses.replace(cfg.classifier, epochs=2))
+    # 30 min: epochs at their floor (a quarter), iterations below half, down to their floor (a quarter)
+    sized, est = plan_for_budget(cfg, FP32, GLAS, 30 * 60)
+    assert sized.classifier.epochs == 2 and 500 <= sized.segmentation.iterations < 1000
+    assert sized.cam.scales == two_scales
+    # tighter still: the last CAM scales go, the largest first, down to 1
+    floor = dataclasses.replace(iterations(cfg, 500), selftrain=dataclasses.replace(cfg.selftrain, rounds=0),
+                                classifier=dataclasses.replace(cfg.classifier, epochs=2),
+                                cam=dataclasses.replace(cfg.cam, scales=two_scales))
     at_floor = estimate(floor, FP32, GLAS).total
     sized, est = plan_for_budget(cfg, FP32, GLAS, (at_floor - 1) / SAFETY)
-    assert sized.cam.scales == (1.0, 1.5) and sized.classifier.epochs == 2 and est.total <= at_floor - 1
+    assert sized.cam.scales == (1.0,) and sized.classifier.epochs == 2 and est.total <= at_floor - 1
 
 
 def test_too_small_a_budget_names_the_smallest_that_works():
