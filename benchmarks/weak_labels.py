@@ -9,13 +9,15 @@ only by the simulated pathologist), 10 training images with masks are held out f
     python benchmarks/weak_labels.py budget --picker suggested   # 10, 25, 50, 100 % picked by `oeem suggest`
     python benchmarks/weak_labels.py budget --picker random --budgets 10 25
     python benchmarks/weak_labels.py budget --picker image-tags --budgets 25
+    python benchmarks/weak_labels.py budget --picker suggested --budgets 25 --untagged-images
     python benchmarks/weak_labels.py actions                     # the action counts (needs the suggested runs)
     python benchmarks/weak_labels.py table                       # table + plot from the saved results
 
 *Suggested* budgets grow as a pathologist would use the tool: the first 10 % are `oeem suggest`'s picks before any
 model (spread over the images); each later step adds the images `oeem suggest` ranks first with the model trained
 on the step before. *Random* picks the same counts at random (seeded). *Image tags* gives each picked image one tag
-for all its patches (the classes present anywhere in it), the same images as *suggested*.
+for all its patches (the classes present anywhere in it), the same images as *suggested*. ``--untagged-images``
+trains the same picks with ``patches.untagged_images`` (the untagged training images get CAM pseudo-masks too).
 """
 from __future__ import annotations
 
@@ -126,10 +128,13 @@ def tag_images(store: ProjectStore, truth: ProjectStore, names: list[str], cfg, 
         store.save_patch_tags(n, tags, cfg.patches.size, cfg.patches.stride)
 
 
-def train_budget(picker: str, budget: int, seed: int, names: list[str], truth: ProjectStore, data: dict) -> dict:
+def train_budget(picker: str, budget: int, seed: int, names: list[str], truth: ProjectStore, data: dict,
+                 untagged: bool = False) -> dict:
     from pipeline.stages.infer import evaluate
     from pipeline.stages.run import run_all
 
+    tagged_by = picker
+    picker = picker + "+untagged" if untagged else picker
     key = run_name(picker, budget, seed)
     path = WORK / f"{key}.oeem.zarr"
     if path.exists():
@@ -138,7 +143,8 @@ def train_budget(picker: str, budget: int, seed: int, names: list[str], truth: P
     store = ProjectStore.open(path)
     cfg = bench_config(store)
     cfg.classifier.seed = cfg.segmentation.seed = seed
-    tag_images(store, truth, names, cfg, image_tags=picker == "image-tags")
+    cfg.patches.untagged_images = untagged
+    tag_images(store, truth, names, cfg, image_tags=tagged_by == "image-tags")
     t = time.perf_counter()
     report = run(run_all(store, cfg, "cpu"), lambda p: None)
     minutes = (time.perf_counter() - t) / 60
@@ -161,8 +167,14 @@ def cmd_budget(args) -> None:
     chosen: list[str] = []
     prev: Path | None = None
     for budget, k in zip(args.budgets, sizes):
-        key = run_name(args.picker, budget, args.seed)
-        if args.picker == "suggested":
+        key = run_name(args.picker + ("+untagged" if args.untagged_images else ""), budget, args.seed)
+        if args.untagged_images:  # the plain run's picks
+            plain = data["runs"].get(run_name(args.picker, budget, args.seed))
+            if plain is None:
+                sys.exit(f"run `budget --picker {args.picker} --budgets {budget}` first: --untagged-images trains "
+                         "its picks")
+            picked = plain["images"]
+        elif args.picker == "suggested":
             done = data["runs"].get(key)
             chosen = done["images"] if done and not args.redo else chosen + next_suggested(prev, k - len(chosen), cfg)
             picked = chosen
@@ -171,7 +183,8 @@ def cmd_budget(args) -> None:
         if key in data["runs"] and not args.redo:
             print(f"{key}: done (--redo to measure again)")
         else:
-            data["runs"][key] = train_budget(args.picker, budget, args.seed, list(picked), truth, data)
+            data["runs"][key] = train_budget(args.picker, budget, args.seed, list(picked), truth, data,
+                                             args.untagged_images)
             save(data)
         prev = Path(data["runs"][key]["project"])
 
@@ -332,7 +345,8 @@ def plot(data: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    for picker, style in (("suggested", "o-"), ("random", "s--"), ("image-tags", "^:")):
+    for picker, style in (("suggested", "o-"), ("random", "s--"), ("image-tags", "^:"),
+                          ("suggested+untagged", "D-.")):
         rs = sorted((r for r in data["runs"].values() if r["picker"] == picker), key=lambda r: r["budget"])
         if rs:
             ax.plot([r["budget"] for r in rs], [r["testA_mIoU"] for r in rs], style, label=f"{picker}: testA")
@@ -357,6 +371,8 @@ def main() -> None:
     b.add_argument("--budgets", type=int, nargs="+", default=[10, 25, 50, 100])
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--redo", action="store_true")
+    b.add_argument("--untagged-images", action="store_true",
+                   help="train the picker's images with patches.untagged_images (the others get pseudo-masks too)")
     b.set_defaults(func=cmd_budget)
     a = sub.add_parser("actions")
     a.add_argument("--seed", type=int, default=0)

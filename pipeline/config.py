@@ -134,6 +134,9 @@ class PatchConfig:
     stride: int = setting(56, "step between patches in pixels (the paper: 56)", gt=0, label="patch stride")
     min_fraction: float = setting(0.05, "a class is present in a patch when it covers more than this", ge=0, lt=1,
                                   label="class presence")
+    untagged_images: bool = setting(False, "training images with no weak label at all get a CAM pseudo-mask too "
+                                     "(nothing is ruled out in their patches) and the segmentation trains on them",
+                                     label="untagged images too")
 
 
 @dataclass

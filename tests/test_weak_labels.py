@@ -271,3 +271,43 @@ def test_tags_made_on_another_grid_follow_what_covers_each_patch(tmp_path, own_f
     overlap = [max(0, min(96, 112 - y)) * max(0, min(96, 112 - x)) for y, x in new.tolist()]
     assert set(np.flatnonzero(moved).tolist()) == {k for k, area in enumerate(overlap) if area > 96 * 96 / 2}
     assert project_tags(store, "case1_tile_A", 96, 48) is None
+
+
+def test_untagged_images_get_pseudo_masks_when_asked(tmp_path, own_folder, capsys):
+    """`patches.untagged_images`: a training image nobody tagged gets a grid of unlabelled patches, so the classifier
+    learns nothing from it but stage 1 makes its pseudo-mask and the segmentation trains on it; by default it is
+    left out."""
+    from pipeline.cli import main
+    from pipeline.stages.classify import patch_dataset
+    from pipeline.stages.segment import tile_dataset
+    from pipeline.store import ProjectStore
+    from pipeline.store.project import project_config
+
+    p = str(tmp_path / "own.oeem.zarr")
+    assert main(["init", str(own_folder), p, "--test", "case9_*"]) == 0
+    (tmp_path / "tags.csv").write_text("image,x,y,size,gland,non_gland\ncase1 tile A.tif,0,0,112,1,0\n"
+                                       "case1 tile A.tif,80,48,112,0,1\n")
+    assert main(["labels", "import", p, str(tmp_path / "tags.csv")]) == 0
+    tiny = ["--preset", "tiny", "--device", "cpu", "--epochs", "1", "--iterations", "2", "--fast"]
+    assert main(["run", p, *tiny]) == 0
+    store = ProjectStore.open(p, mode="r")
+    assert store.labelled_images(("train",)) == ["case1_tile_A"]
+    assert not store.has("case2-001", "pseudo")
+    tiles_alone = len(tile_dataset(store, project_config(store, "tiny").segmentation)[0])
+    capsys.readouterr()
+    assert main(["run", p, *tiny, "--set", "patches.untagged_images=true"]) == 0
+    assert "== OEEM report ==" in capsys.readouterr().out
+    store = ProjectStore.open(p, mode="r")
+    summary = store.load_run("patches")["summary"]
+    assert summary["images"] == 1 and summary["untagged_images"] == 2 and summary["labels_from"] == {"tags": 1}
+    assert summary["patches"] == 2
+    assert store.labelled_images(("train",)) == ["case1_tile_A", "case1_tile_B", "case2-001"]
+    for n in ("case1_tile_B", "case2-001"):
+        labels = store.read(n, "patch_labels")
+        assert len(labels) == len(patch_grid(store.shape(n), 112, 56)) and not labels.any()
+        assert store.has(n, "pseudo") and store.read(n, "pseudo").shape == store.shape(n)
+    assert not store.has("case9_x", "pseudo")  # a test image is never trained on
+    images, labels = patch_dataset(store, 112)  # the classifier still sees the 2 tagged patches only
+    assert len(images) == 2 and store.load_run("classifier")["n_patches"] == 2
+    cfg = project_config(store, "tiny", {"patches.untagged_images": True})
+    assert len(tile_dataset(store, cfg.segmentation)[0]) == 3 * tiles_alone  # three same-sized images now

@@ -41,17 +41,24 @@ def image_patch_labels(store: ProjectStore, name: str, cfg: PatchConfig) -> tupl
 def make_patch_labels(store: ProjectStore, cfg: PatchConfig,
                       splits: tuple[str, ...] = ("train", "val")) -> dict[str, int]:
     """Cut the edge-flush patch grid of every image of ``splits`` that has weak labels and store them: the
-    pathologist's patch tags, else labels derived from the gland mask, else a slide region's label.
+    pathologist's patch tags, else labels derived from the gland mask, else a slide region's label. With
+    ``cfg.untagged_images`` a training image without any gets its grid with every patch unlabelled, so stage 1
+    makes its pseudo-mask too (a few tagged images then teach the segmentation on all of them).
 
     Only ``train`` patches train the classifier, and only labelled ones ([0, 0] marks an unlabelled patch);
     ``val`` ones give held-out pseudo-masks to choose settings on.
     """
     counts = np.zeros(2, np.int64)
-    total = unlabelled = held_out = val_images = 0
+    total = unlabelled = held_out = val_images = untagged = 0
     sources: dict[str, int] = {}
     for n in [n for split in splits for n in store.names(split)]:
         made = image_patch_labels(store, n, cfg)
-        if made is None or not made[1].any():
+        if cfg.untagged_images and store.split(n) == "train" and (made is None or not made[1].any()):
+            # every patch unlabelled: the classifier learns nothing here, stage 1 still makes a pseudo-mask
+            corners = patch_grid(store.shape(n), cfg.size, cfg.stride)
+            made = corners, np.zeros((len(corners), 2), np.uint8), "untagged"
+            untagged += 1
+        if made is None or not made[1].any() and made[2] != "untagged":
             for key in ("patch_labels", "patch_corners"):  # labels of an earlier run (e.g. tags since undone)
                 if store.has(n, key):
                     store.delete(n, key)
@@ -64,7 +71,8 @@ def make_patch_labels(store: ProjectStore, cfg: PatchConfig,
             held_out += int(labelled.sum())
             val_images += 1
             continue
-        sources[source] = sources.get(source, 0) + 1
+        if source != "untagged":
+            sources[source] = sources.get(source, 0) + 1
         counts += labels.sum(0, dtype=np.int64)
         total += int(labelled.sum())
         unlabelled += int((~labelled).sum())
@@ -75,7 +83,7 @@ def make_patch_labels(store: ProjectStore, cfg: PatchConfig,
                         "(`oeem add-regions`)")
     summary = {"images": sum(sources.values()), "patches": total, "with_non_gland": int(counts[0]),
                "with_gland": int(counts[1]), "unlabelled_patches": unlabelled, "labels_from": sources,
-               "val_images": val_images, "val_patches": held_out}
+               "val_images": val_images, "val_patches": held_out, "untagged_images": untagged}
     # the classifier and the CAMs made from these labels name this run: new tags make them stale
     store.save_run("patches", {"config": asdict(cfg), "summary": summary, "run_id": uuid.uuid4().hex,
                                "tags": store.tags_fingerprint()})

@@ -337,7 +337,8 @@ class ProjectStore:
 
     def labelled_images(self, splits: Sequence[str] = ("train", "val")) -> list[str]:
         """The images of ``splits`` (in that order) that have patch labels: those stage 1 makes pseudo-masks for and
-        self-training refines."""
+        self-training refines (with ``patches.untagged_images`` also training images whose patches are all
+        unlabelled)."""
         return [n for split in splits for n in self.names(split) if self.has(n, "patch_labels")]
 
     def labels(self, name: str, source: str = "corrected") -> tuple[np.ndarray, np.ndarray]:
