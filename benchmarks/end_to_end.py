@@ -74,6 +74,10 @@ def main() -> None:
                  f"{restricted['train']['mIoU']:.2f}", f"{restricted['val']['mIoU']:.2f}", ""))
     print_table(rows, ("mIoU", "train", "validation", "testA"))
     print()
+    print_table([(split, f"{e.get('object_F1', float('nan')):.2f}", f"{e.get('object_Dice', float('nan')):.2f}",
+                  f"{e.get('object_Hausdorff', float('nan')):.1f}") for split, e in ev.items() if e],
+                ("prediction as glands", "object F1", "object Dice", "object Hausdorff"))
+    print()
     print_table([(k, f"{v / 60:.1f}") for k, v in stage_seconds.items()] + [("whole run", f"{wall / 60:.1f}")],
                 ("stage", "min"))
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -10,6 +10,7 @@ only by the simulated pathologist), 10 training images with masks are held out f
     python benchmarks/weak_labels.py budget --picker random --budgets 10 25
     python benchmarks/weak_labels.py budget --picker image-tags --budgets 25
     python benchmarks/weak_labels.py budget --picker suggested --budgets 25 --untagged-images
+    python benchmarks/weak_labels.py budget --picker random --budgets 25 --untagged-images
     python benchmarks/weak_labels.py actions                     # the action counts (needs the suggested runs)
     python benchmarks/weak_labels.py table                       # table + plot from the saved results
 
@@ -168,7 +169,9 @@ def cmd_budget(args) -> None:
     prev: Path | None = None
     for budget, k in zip(args.budgets, sizes):
         key = run_name(args.picker + ("+untagged" if args.untagged_images else ""), budget, args.seed)
-        if args.untagged_images:  # the plain run's picks
+        if args.untagged_images and args.picker == "random":  # the same seeded picks as the plain run
+            picked = picks_for(args.picker, args.budgets, args.seed, truth, data, cfg)[args.budgets.index(budget)]
+        elif args.untagged_images:  # the plain run's picks
             plain = data["runs"].get(run_name(args.picker, budget, args.seed))
             if plain is None:
                 sys.exit(f"run `budget --picker {args.picker} --budgets {budget}` first: --untagged-images trains "
@@ -346,7 +349,7 @@ def plot(data: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
     for picker, style in (("suggested", "o-"), ("random", "s--"), ("image-tags", "^:"),
-                          ("suggested+untagged", "D-.")):
+                          ("suggested+untagged", "D-."), ("random+untagged", "v-.")):
         rs = sorted((r for r in data["runs"].values() if r["picker"] == picker), key=lambda r: r["budget"])
         if rs:
             ax.plot([r["budget"] for r in rs], [r["testA_mIoU"] for r in rs], style, label=f"{picker}: testA")
