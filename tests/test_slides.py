@@ -157,7 +157,9 @@ def test_tiled_prediction_equals_whole_image_prediction(project_copy, slide_path
     with open_slide(slide_path) as slide:
         image = slide.read(0, 0, 0, 1536, 2048)
     _varied_model(store, image)
-    aligned = replace(FAST, stride=64)  # block - margin is a multiple of the stride: the same window grid
+    # block - margin is a multiple of the stride: the same window grid; fp32 because this checks the tiling, and
+    # bf16's rounding differs with what else is in a batch (the random model's large logits amplify it)
+    aligned = replace(FAST, stride=64, precision="fp32")
     cfg = SlideConfig(block=256, margin=64, min_tissue=0.0)  # every block: compare the whole image
     rec = run(predict_slide(store, slide_path, cfg, aligned, out=tmp_path / "tiled.ome.zarr", device="cpu",
                             run_name="local"))
