@@ -169,9 +169,7 @@ def cmd_budget(args) -> None:
     prev: Path | None = None
     for budget, k in zip(args.budgets, sizes):
         key = run_name(args.picker + ("+untagged" if args.untagged_images else ""), budget, args.seed)
-        if args.untagged_images and args.picker == "random":  # the same seeded picks as the plain run
-            picked = picks_for(args.picker, args.budgets, args.seed, truth, data, cfg)[args.budgets.index(budget)]
-        elif args.untagged_images:  # the plain run's picks
+        if args.untagged_images and args.picker != "random":  # the plain run's picks (random ones are seeded)
             plain = data["runs"].get(run_name(args.picker, budget, args.seed))
             if plain is None:
                 sys.exit(f"run `budget --picker {args.picker} --budgets {budget}` first: --untagged-images trains "
