@@ -95,8 +95,10 @@ def bench_config(store: ProjectStore):
     return project_config(store, "cpu", dict(SCHEDULE))
 
 
-def run_name(picker: str, budget: int, seed: int) -> str:
-    return f"{picker}-{budget}-s{seed}"
+def run_name(picker: str, budget: int, seed: int, iterations: int | None = None) -> str:
+    """The key of a run; a segmentation schedule other than the sweep's adds ``-itN``."""
+    longer = iterations is not None and iterations != SCHEDULE["segmentation.iterations"]
+    return f"{picker}-{budget}-s{seed}" + (f"-it{iterations}" if longer else "")
 
 
 def counts(n: int, budgets: list[int]) -> list[int]:
@@ -130,13 +132,13 @@ def tag_images(store: ProjectStore, truth: ProjectStore, names: list[str], cfg, 
 
 
 def train_budget(picker: str, budget: int, seed: int, names: list[str], truth: ProjectStore, data: dict,
-                 untagged: bool = False) -> dict:
+                 untagged: bool = False, iterations: int | None = None) -> dict:
     from pipeline.stages.infer import evaluate
     from pipeline.stages.run import run_all
 
     tagged_by = picker
     picker = picker + "+untagged" if untagged else picker
-    key = run_name(picker, budget, seed)
+    key = run_name(picker, budget, seed, iterations)
     path = WORK / f"{key}.oeem.zarr"
     if path.exists():
         shutil.rmtree(path)
@@ -145,12 +147,16 @@ def train_budget(picker: str, budget: int, seed: int, names: list[str], truth: P
     cfg = bench_config(store)
     cfg.classifier.seed = cfg.segmentation.seed = seed
     cfg.patches.untagged_images = untagged
+    if iterations is not None:
+        cfg.segmentation.iterations = iterations
     tag_images(store, truth, names, cfg, image_tags=tagged_by == "image-tags")
     t = time.perf_counter()
     report = run(run_all(store, cfg, "cpu"), lambda p: None)
     minutes = (time.perf_counter() - t) / 60
     pseudo_val = evaluate(store, "val", "pseudo")
-    row = {"picker": picker, "budget": budget, "seed": seed, "images": names, "minutes": round(minutes, 1),
+    row = {"picker": picker, "budget": budget, "seed": seed, "images": names,
+           "iterations": cfg.segmentation.iterations,
+           "precision": (report.get("segmentation") or {}).get("precision"), "minutes": round(minutes, 1),
            "labelled_patches": int(store.tag_summary()["patches"]),
            "val_mIoU": report["evaluation-val"]["mIoU"], "testA_mIoU": report["evaluation-test"]["mIoU"],
            "val_pseudo_mIoU": pseudo_val["mIoU"], "project": str(path)}
@@ -168,12 +174,14 @@ def cmd_budget(args) -> None:
     chosen: list[str] = []
     prev: Path | None = None
     for budget, k in zip(args.budgets, sizes):
-        key = run_name(args.picker + ("+untagged" if args.untagged_images else ""), budget, args.seed)
-        if args.untagged_images and args.picker != "random":  # the plain run's picks (random ones are seeded)
+        key = run_name(args.picker + ("+untagged" if args.untagged_images else ""), budget, args.seed,
+                       args.iterations)
+        variant = args.untagged_images or key != run_name(args.picker, budget, args.seed)
+        if variant and args.picker != "random":  # the plain run's picks (random ones are seeded)
             plain = data["runs"].get(run_name(args.picker, budget, args.seed))
             if plain is None:
-                sys.exit(f"run `budget --picker {args.picker} --budgets {budget}` first: --untagged-images trains "
-                         "its picks")
+                sys.exit(f"run `budget --picker {args.picker} --budgets {budget} --seed {args.seed}` first: "
+                         "--untagged-images and --iterations train its picks")
             picked = plain["images"]
         elif args.picker == "suggested":
             done = data["runs"].get(key)
@@ -185,7 +193,7 @@ def cmd_budget(args) -> None:
             print(f"{key}: done (--redo to measure again)")
         else:
             data["runs"][key] = train_budget(args.picker, budget, args.seed, list(picked), truth, data,
-                                             args.untagged_images)
+                                             args.untagged_images, args.iterations)
             save(data)
         prev = Path(data["runs"][key]["project"])
 
@@ -319,15 +327,31 @@ def mask_vertices(truth: ProjectStore, names: list[str], tolerance: float = 1.0)
 
 
 # ---------------------------------------------------------------------------- table
+def groups(data: dict) -> dict[tuple[str, int, int], list[dict]]:
+    """The runs by (picker, budget, segmentation iterations), seeds together."""
+    out: dict[tuple[str, int, int], list[dict]] = {}
+    for r in data["runs"].values():
+        key = (r["picker"], r["budget"], r.get("iterations", SCHEDULE["segmentation.iterations"]))
+        out.setdefault(key, []).append(r)
+    return {k: sorted(v, key=lambda r: r["seed"]) for k, v in sorted(out.items())}
+
+
 def cmd_table(args) -> None:
     data = load()
-    runs = sorted(data["runs"].values(), key=lambda r: (r["picker"], r["budget"], r["seed"]))
-    full = [r["testA_mIoU"] for r in runs if r["picker"] == "suggested" and r["budget"] == 100]
-    rows = [(r["picker"], f"{r['budget']} %", len(r["images"]), r["labelled_patches"], f"{r['val_pseudo_mIoU']:.2f}",
-             f"{r['val_mIoU']:.2f}", f"{r['testA_mIoU']:.2f}",
-             f"{100 * r['testA_mIoU'] / full[0]:.1f} %" if full else "-", r["minutes"]) for r in runs]
-    print_table(rows, ("picked by", "budget", "images", "patches", "val pseudo", "val mIoU", "testA mIoU",
-                       "of 100 %", "min"))
+    by = groups(data)
+    mean = {k: float(np.mean([r["testA_mIoU"] for r in rs])) for k, rs in by.items()}
+    rows = []
+    for (picker, budget, its), rs in by.items():
+        full = mean.get(("suggested", 100, its))
+        per_seed = " / ".join(f"{r['testA_mIoU']:.2f}" for r in rs)
+        rows.append((picker, f"{budget} %", its, ", ".join(str(r["seed"]) for r in rs), len(rs[0]["images"]),
+                     f"{np.mean([r['val_pseudo_mIoU'] for r in rs]):.2f}",
+                     f"{np.mean([r['val_mIoU'] for r in rs]):.2f}",
+                     f"{mean[(picker, budget, its)]:.2f}" + (f" ({per_seed})" if len(rs) > 1 else ""),
+                     f"{100 * mean[(picker, budget, its)] / full:.1f} %" if full else "-",
+                     f"{np.mean([r['minutes'] for r in rs]):.1f}"))
+    print_table(rows, ("picked by", "budget", "iterations", "seeds", "images", "val pseudo", "val mIoU",
+                       "testA mIoU (per seed)", "of 100 %", "min"))
     if "actions" in data:
         a = data["actions"]
         print(f"\nactions: one by one {a['one_by_one']}, with proposals {a['with_proposals']} ({a['ratio']:.1f}x); "
@@ -345,18 +369,23 @@ def plot(data: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    by = groups(data)
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
     for picker, style in (("suggested", "o-"), ("random", "s--"), ("image-tags", "^:"),
                           ("suggested+untagged", "D-."), ("random+untagged", "v-.")):
-        rs = sorted((r for r in data["runs"].values() if r["picker"] == picker), key=lambda r: r["budget"])
-        if rs:
-            ax.plot([r["budget"] for r in rs], [r["testA_mIoU"] for r in rs], style, label=f"{picker}: testA")
-            ax.plot([r["budget"] for r in rs], [r["val_pseudo_mIoU"] for r in rs], style, alpha=0.45,
-                    label=f"{picker}: validation pseudo-masks")
+        keys = [k for k in by if k[0] == picker and k[2] == SCHEDULE["segmentation.iterations"]]
+        if not keys:
+            continue
+        budgets = [k[1] for k in keys]
+        for field, alpha, what in (("testA_mIoU", 1.0, "testA"), ("val_pseudo_mIoU", 0.45, "validation pseudo-masks")):
+            values = [[r[field] for r in by[k]] for k in keys]  # seeds: the mean, bars from the lowest to the highest
+            m = np.array([np.mean(v) for v in values])
+            err = np.array([[m[i] - min(v), max(v) - m[i]] for i, v in enumerate(values)]).T
+            ax.errorbar(budgets, m, yerr=err, fmt=style, alpha=alpha, capsize=3, label=f"{picker}: {what}")
     ax.set_xlabel("training images with patch tags (%)")
-    ax.set_ylabel("mIoU")
+    ax.set_ylabel("mIoU (mean over seeds, bars: range)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     out = Path(__file__).resolve().parents[1] / "docs" / "weak_labels.png"
     fig.savefig(out)
@@ -374,6 +403,9 @@ def main() -> None:
     b.add_argument("--redo", action="store_true")
     b.add_argument("--untagged-images", action="store_true",
                    help="train the picker's images with patches.untagged_images (the others get pseudo-masks too)")
+    b.add_argument("--iterations", type=int,
+                   help=f"segmentation iterations (default: the sweep's {SCHEDULE['segmentation.iterations']}); "
+                        "another number trains the plain run's picks and is kept as its own row")
     b.set_defaults(func=cmd_budget)
     a = sub.add_parser("actions")
     a.add_argument("--seed", type=int, default=0)
