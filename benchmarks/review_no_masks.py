@@ -40,21 +40,35 @@ STRENGTHS = (0.3, 1.0, 3.0, 10.0, 30.0)
 AT = (10, 20, 50)
 
 
+def gland_mask(store: ProjectStore, name: str, masks: Path | None) -> np.ndarray:
+    """The truth of ``name`` (bool): NAME_anno.png from ``masks``, else the project's own mask."""
+    if masks is not None:
+        path = masks / f"{name}_anno.png"
+        if not path.is_file():
+            raise SystemExit(f"{path}: no gland mask for {name}")
+        mask = np.asarray(Image.open(path)) > 0
+        return mask if mask.ndim == 2 else mask.any(-1)
+    mask = store.mask(name)
+    if mask is None:
+        raise SystemExit(f"{store.path}: {name} has no gland mask; give a folder of NAME_anno.png with --masks")
+    return mask > 0
+
+
+def wrong_share(store: ProjectStore, names: list[str], masks: Path | None) -> float:
+    """Share of the ranked images' pixels whose label is wrong: what the same area placed at random holds."""
+    wrong = total = 0
+    for name in names:
+        mask = gland_mask(store, name, masks)
+        wrong += int(((store.labels(name)[0] == 1) != mask).sum())
+        total += mask.size
+    return wrong / total
+
+
 def truth(store: ProjectStore, rows: list[dict], masks: Path | None) -> dict[str, tuple[int, int]]:
     """(wrong pixels, area) of each region: its pixels whose current label differs from the gland mask."""
     out: dict[str, tuple[int, int]] = {}
     for name in sorted({r["image"] for r in rows}):
-        if masks is not None:
-            path = masks / f"{name}_anno.png"
-            if not path.is_file():
-                raise SystemExit(f"{path}: no gland mask for {name}")
-            mask = np.asarray(Image.open(path)) > 0
-            mask = mask if mask.ndim == 2 else mask.any(-1)
-        else:
-            mask = store.mask(name)
-            if mask is None:
-                raise SystemExit(f"{store.path}: {name} has no gland mask; give a folder of NAME_anno.png with --masks")
-            mask = mask > 0
+        mask = gland_mask(store, name, masks)
         labels = store.labels(name)[0] == 1
         ids = store.read(name, "regions")
         wrong = np.bincount(ids.ravel(), weights=(labels != mask).ravel(), minlength=int(ids.max()) + 1)
@@ -129,6 +143,8 @@ def main() -> None:
                     help=f"L2 pull towards the prior (default: the tool's, {PRIOR_STRENGTH:g})")
     ap.add_argument("--cv", action="store_true", help="also choose the strength on half the images (default: off)")
     ap.add_argument("--out", default="review_no_masks.json", help="JSON in benchmarks/results/ (default: %(default)s)")
+    ap.add_argument("--plot", type=Path, default=None,
+                    help="also draw the precision curves into this PNG (needs matplotlib; default: no plot)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     store = ProjectStore.open(args.project)
@@ -146,7 +162,10 @@ def main() -> None:
     print(f"{args.project}: {len(rows)} regions on {len(names)} images ({tagged} with the pathologist's tags, the "
           f"others their patch labels); calibration: {ranking['calibration']['source']}; the tool learns from the "
           f"review here: {'yes' if learns(ranking) else 'no'}; L2 strength {args.strength:g}")
-    print(f"regions whose labels are mostly wrong: {sum(2 * b > a for b, a in wrong.values())} of {len(rows)}\n")
+    mostly_wrong = sum(2 * b > a for b, a in wrong.values())
+    base_rate = wrong_share(store, names, args.masks)
+    print(f"regions whose labels are mostly wrong: {mostly_wrong} of {len(rows)} (what regions in random order "
+          f"give); wrong labels: {100 * base_rate:.1f} % of the pixels (what the same area at random holds)\n")
     print_table([(v, *(pct(r[f"precision@{n}"]) for n in AT), *(pct(r[f"pixel_precision@{n}"]) for n in AT),
                   f"{r['wrong_fixed']:,}") for v, r in results.items()],
                 ("order", *(f"regions@{n}" for n in AT), *(f"pixels@{n}" for n in AT),
@@ -165,7 +184,38 @@ def main() -> None:
                           "tagged_images": tagged, "pixels": pixels, "calibration": ranking["calibration"],
                           "region_features_computed_here": not had_features, "strength": args.strength,
                           "decisions": args.decisions, "results": results, "cv": cv,
+                          "mostly_wrong_regions": mostly_wrong, "wrong_pixel_share": base_rate,
                           "seconds": time.perf_counter() - t0, "machine": machine()})
+
+    if args.plot is not None:
+        plot(results, mostly_wrong / len(rows), args.plot)
+
+
+def plot(results: dict, random_order: float, out: Path) -> None:
+    """Share of mostly-wrong regions among the first k reviewed, per order, against regions in random order."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install matplotlib; only the benchmarks' plots use it)")
+        return
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    for variant, label in (("static", "the ranking as made"),
+                           ("tags+online", "what the review does (tags + decisions)"),
+                           ("tags+online by pixels", "tags + decisions, by expected wrong pixels")):
+        curve = results[variant]["curve"]
+        ax.plot(range(1, len(curve) + 1), [100 * c for c in curve], label=label)
+    ax.axhline(100 * random_order, color="grey", linestyle=":", label="regions in random order")
+    ax.set_xlabel("regions reviewed")
+    ax.set_ylabel("mostly wrong among them (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
