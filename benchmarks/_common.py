@@ -54,3 +54,17 @@ def write_json(name: str, data: dict) -> Path:
     path.write_text(json.dumps(data, indent=2, default=str))
     print(f"\nwrote {path}")
     return path
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None (said in one line) where matplotlib is missing:
+    only the benchmarks' plots use it, so it is no dependency of the project."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("no plot: matplotlib is not installed (pip install matplotlib; only the benchmarks' plots use it)")
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

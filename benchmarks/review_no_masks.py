@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import machine, print_table, write_json
+from _common import machine, print_table, pyplot, write_json
 from PIL import Image
 
 from pipeline.review.online import ORDER_BY, PRIOR_STRENGTH, ensure_region_features, learns, review_order
@@ -193,14 +193,9 @@ def main() -> None:
 
 def plot(results: dict, random_order: float, out: Path) -> None:
     """Share of mostly-wrong regions among the first k reviewed, per order, against regions in random order."""
-    try:
-        import matplotlib
-    except ImportError:
-        print("no plot: matplotlib is not installed (pip install matplotlib; only the benchmarks' plots use it)")
+    plt = pyplot()
+    if plt is None:
         return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
     for variant, label in (("static", "the ranking as made"),
                            ("tags+online", "what the review does (tags + decisions)"),

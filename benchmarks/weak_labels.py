@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, glas_root, machine, print_table, write_json
+from _common import RESULTS, glas_root, machine, print_table, pyplot, write_json
 
 from pipeline.io.patch_labels import UNLABELLED, vectors_to_tags
 from pipeline.progress import run
@@ -360,15 +360,9 @@ def cmd_table(args) -> None:
 
 
 def plot(data: dict) -> None:
-    try:
-        import matplotlib
-    except ImportError:
-        print("no plot: matplotlib is not installed (pip install matplotlib; only the benchmarks' plots use it)")
+    plt = pyplot()
+    if plt is None:
         return
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     by = groups(data)
     fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
     for picker, style in (("suggested", "o-"), ("random", "s--"), ("image-tags", "^:"),
