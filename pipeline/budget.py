@@ -12,12 +12,13 @@ Torch is imported only by the probe, so the plugin can use the rest without load
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
 import re
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -104,10 +105,12 @@ class Speeds:
 
 
 def _timed(fn: Callable[[], Any], steps: int, clock: Callable[[], float], sync: Callable[[], None],
-           enough_s: float = 0.5) -> float:
-    """Seconds per call of ``fn`` after one warm-up call (oneDNN and cuDNN pick their kernels on the first): up to
-    ``steps`` timed calls, fewer once ``enough_s`` have passed (one 1.6 s step says enough; 0.05 s steps do not)."""
-    fn()
+           enough_s: float = 0.5, warmup: int = 2) -> float:
+    """Seconds per call of ``fn`` after ``warmup`` untimed calls (oneDNN and cuDNN pick their kernels on the
+    first; in bf16 the second call is still about 1.5x slower than the ones after it): up to ``steps`` timed calls,
+    fewer once ``enough_s`` have passed (one 1.6 s step says enough; 0.05 s steps do not)."""
+    for _ in range(warmup):
+        fn()
     sync()
     t0 = clock()
     n = 0
@@ -125,15 +128,46 @@ def measure_speeds(cfg: PipelineConfig, device: Any = "auto", steps: int = 3,
     """Time real steps of each network of ``cfg`` on random tensors of the shapes the run uses, in the precision it
     will use (:func:`pipeline.device.resolve_precision`), with its threads: a classifier training step, a
     segmentation training step (its augmentation, loss, backward and SGD step), a CAM forward pass, a prediction
-    window, and the scoring of one synthetic mask. Each after one warm-up call, then up to ``steps`` timed calls
+    window, and the scoring of one synthetic mask. Each after two warm-up calls, then up to ``steps`` timed calls
     or half a second of them, whichever comes first.
 
-    Cost: about two segmentation steps and a second of the rest: 5-8 s on the cpu preset in fp32 on 2 cores, about
-    a second on ``tiny`` (more while other jobs share the cores - as the run itself will be). Torch's global random
-    state is left as it was."""
+    Cost: about three segmentation steps and a second of the rest: 5-10 s on the cpu preset in fp32 on 2 cores,
+    about a second on ``tiny`` (more while other jobs share the cores - as the run itself will be). Torch's global
+    random state is left as it was."""
+    t_start = clock()
+    with _probing(device) as (dev, sync, gen):
+        classifier_step, cam_per_mpx = _classifier_speeds(cfg, dev, steps, clock, sync, gen)
+        segmentation_step, predict_per_mpx = _segmentation_speeds(cfg, dev, steps, clock, sync, gen)
+    evaluate_per_mpx = _evaluate_speed(clock)
+    return Speeds(classifier_step, segmentation_step, cam_per_mpx, predict_per_mpx, evaluate_per_mpx,
+                  precision_name_for(cfg, dev), max(clock() - t_start, 0.0))
+
+
+def measure_segmentation(cfg: PipelineConfig, speeds: Speeds, device: Any = "auto", steps: int = 8,
+                         enough_s: float = 2.0, clock: Callable[[], float] = time.perf_counter) -> Speeds:
+    """``speeds`` with the segmentation step and the prediction re-measured, longer than at the run's start (up to
+    ``steps`` calls or ``enough_s``): what :func:`resize_segmentation` sizes the rest of a run with, under the
+    conditions of that moment."""
+    t_start = clock()
+    with _probing(device) as (dev, sync, gen):
+        segmentation_step, predict_per_mpx = _segmentation_speeds(cfg, dev, steps, clock, sync, gen, enough_s)
+    return dataclasses.replace(speeds, segmentation_step=segmentation_step, predict_per_mpx=predict_per_mpx,
+                               probe_seconds=max(clock() - t_start, 0.0))
+
+
+def precision_name_for(cfg: PipelineConfig, dev: Any) -> str:
+    from pipeline.device import precision_name, resolve_precision
+
+    return precision_name(resolve_precision(cfg.segmentation.precision, dev))
+
+
+@contextlib.contextmanager
+def _probing(device: Any) -> Iterator[tuple[Any, Callable[[], None], Any]]:
+    """(device, a sync for its timings, a seeded generator), with torch's random state and thread count put back
+    afterwards: a probe must not change the run it measures."""
     import torch
 
-    from pipeline.device import precision_name, resolve_device, resolve_precision
+    from pipeline.device import resolve_device
 
     dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
 
@@ -142,18 +176,12 @@ def measure_speeds(cfg: PipelineConfig, device: Any = "auto", steps: int = 3,
             torch.cuda.synchronize(dev)
 
     threads = torch.get_num_threads()
-    t_start = clock()
     try:
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(0)
-            gen = torch.Generator().manual_seed(0)
-            classifier_step, cam_per_mpx = _classifier_speeds(cfg, dev, steps, clock, sync, gen)
-            segmentation_step, predict_per_mpx = _segmentation_speeds(cfg, dev, steps, clock, sync, gen)
+            yield dev, sync, torch.Generator().manual_seed(0)
     finally:
         torch.set_num_threads(threads)
-    evaluate_per_mpx = _evaluate_speed(clock)
-    return Speeds(classifier_step, segmentation_step, cam_per_mpx, predict_per_mpx, evaluate_per_mpx,
-                  precision_name(resolve_precision(cfg.segmentation.precision, dev)), max(clock() - t_start, 0.0))
 
 
 def _classifier_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Callable[[], float],
@@ -204,7 +232,7 @@ def _classifier_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Callabl
 
 
 def _segmentation_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Callable[[], float],
-                         sync: Callable[[], None], gen: Any) -> tuple[float, float]:
+                         sync: Callable[[], None], gen: Any, enough_s: float = 0.5) -> tuple[float, float]:
     """(s per training step, s per megapixel of prediction windows), with the segmentation's threads."""
     import torch
 
@@ -244,7 +272,7 @@ def _segmentation_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Calla
             average.update(net, 100)
 
     net.train()
-    per_step = _timed(step, steps, clock, sync)
+    per_step = _timed(step, steps, clock, sync, enough_s)
     net.eval()
     ic = cfg.inference
     pred_amp = resolve_precision(ic.precision, dev)
@@ -583,18 +611,21 @@ def fill_iterations(c: PipelineConfig, cost: Callable[[PipelineConfig], Estimate
     """``c`` with as many segmentation iterations (up to ``most``, the preset's) as still fit ``room``: once
     epochs or CAM scales had to shrink, the time a whole epoch or scale left over goes to the segmentation."""
     seg = c.segmentation
-
-    def at(v: int) -> PipelineConfig:
-        new = copy.deepcopy(c)
-        full = seg.full_iterations
-        if seg.label_source == "mask" and full > 0:  # what trains on masks grows alike, as _apply shrank it
-            full = max(1, round(full * v / seg.iterations))
-        new.segmentation = dataclasses.replace(seg, iterations=v, full_iterations=full)
-        return new
-
-    lo = _largest_fitting(seg.iterations, most, lambda v: cost(at(v)).total <= room)
+    lo = _largest_fitting(seg.iterations, most, lambda v: cost(with_iterations(c, v)).total <= room)
     value = max(seg.iterations, _nice(lo))
-    return c if value == seg.iterations else at(value)
+    return c if value == seg.iterations else with_iterations(c, value)
+
+
+def with_iterations(c: PipelineConfig, v: int) -> PipelineConfig:
+    """``c`` with ``v`` segmentation iterations; what trains on masks grows or shrinks alike, as :func:`_apply`
+    sized it."""
+    seg = c.segmentation
+    new = copy.deepcopy(c)
+    full = seg.full_iterations
+    if seg.label_source == "mask" and full > 0:
+        full = max(1, round(full * v / seg.iterations))
+    new.segmentation = dataclasses.replace(seg, iterations=v, full_iterations=full)
+    return new
 
 
 def _largest_fitting(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
@@ -713,5 +744,65 @@ def start_of_run(store: ProjectStore, cfg: PipelineConfig, device: str = "auto",
     yield Progress("estimate", 1, 1, "", {"expected_s": round(est.total, 1)}, notice=text)
     return cfg, entry
 
+
+
+def resize_segmentation(store: ProjectStore, cfg: PipelineConfig, device: str, budget_s: float, spent_s: float,
+                        now: Callable[[], datetime] = datetime.now,
+                        measure: Callable[..., Speeds] = measure_segmentation) -> Job[tuple[PipelineConfig, dict]]:
+    """At the segmentation's start a budgeted run sizes its iterations again, from the time actually left
+    (``budget_s`` - ``spent_s``) and the segmentation step measured once more (:func:`measure_segmentation`).
+
+    Why: the start's probe times a few steps in a few seconds, and on a shared or throttled machine those can be
+    25 % off either way (bf16 on 2 Xeon cores: 0.36-0.62 s for a step that took 0.45 in the run), so a run
+    ended 30 % early or would have overrun. By now the classifier and the CAMs have taken what they took; only
+    the iterations (between ``ITERATION_FLOOR`` and the preset's) and what follows are left to size. Once per
+    budget: the choice is kept in the run record ``budget`` so a resumed run trains the same schedule. Returns
+    the configuration and the report's ``resized`` entry (empty when there was nothing to resize)."""
+    from pipeline.config import from_dict, to_dict
+    from pipeline.progress import Progress
+
+    rec = store.load_run("budget") or {}
+    if rec.get("budget_s") != budget_s or "resized" in rec or "estimate" not in rec:
+        return cfg, {}
+    try:
+        base = from_dict(PipelineConfig, rec["base"])
+        speeds = Speeds(**rec["estimate"]["speeds"])
+    except (OEEMError, KeyError, TypeError):  # saved by another version: keep the plan
+        return cfg, {}
+    yield Progress("estimate", 0, 1, "measuring the segmentation's speed again")
+    speeds = measure(cfg, speeds, device)
+    spent_s += speeds.probe_seconds
+    facts = project_facts(store, cfg)
+    room = SAFETY * (budget_s - spent_s)
+
+    def cost(v: int) -> Estimate:
+        c = with_iterations(cfg, v)
+        return estimate(c, speeds, facts, done_stages(store, c))
+
+    most = base.segmentation.iterations
+    floor = max(1, math.ceil(most * ITERATION_FLOOR))
+    planned = cfg.segmentation.iterations
+    iterations = max(floor, _nice(_largest_fitting(floor, most, lambda v: cost(v).total <= room)))
+    new = cfg if iterations == planned else with_iterations(cfg, iterations)
+    est = cost(iterations)
+    started = now()
+    left = budget_s - spent_s
+    head = (f"at the segmentation's start, {fmt_duration(spent_s)} of the {fmt_duration(budget_s)} budget used "
+            f"(segmentation measured again: {speeds.segmentation_step:.3g} s/step): ")
+    if iterations == planned:
+        head += f"{planned} iterations as planned"
+    else:
+        head += f"segmentation.iterations {planned} -> {iterations}"
+    end = fmt_clock(started + timedelta(seconds=est.total), started)
+    text = head + f"; the rest takes about {fmt_duration(est.total)}, expected end {end}"
+    if est.total > left:
+        text += (f" - {fmt_duration(est.total - left)} past the budget even at the fewest iterations "
+                 f"({floor}): the run goes on")
+    entry = {"spent_s": round(spent_s, 1), "left_s": round(left, 1), "planned_iterations": planned,
+             "iterations": iterations, "speeds": speeds.as_dict(), "seconds": est.seconds(),
+             "total_s": round(est.total, 1), "lines": text}
+    store.save_run("budget", {**rec, "config": _plain(to_dict(new)), "resized": entry})
+    yield Progress("estimate", 1, 1, "", {"expected_s": round(est.total, 1)}, notice=text)
+    return new, entry
 
 ZERO = Speeds(0.0, 0.0, 0.0, 0.0, 0.0)  # for questions that need no speed (what is left to do)

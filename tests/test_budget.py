@@ -16,6 +16,7 @@ from pipeline.budget import (
     ProjectFacts,
     Speeds,
     estimate,
+    measure_segmentation,
     measure_speeds,
     parse_duration,
     plan_for_budget,
@@ -164,7 +165,7 @@ def test_the_probe_times_real_steps_with_an_injected_clock():
     ticks = itertools.count()
     cfg = preset("tiny")
     cfg.classifier.threads = cfg.segmentation.threads = 2
-    state = torch.get_rng_state()
+    state, threads = torch.get_rng_state(), torch.get_num_threads()
     speeds = measure_speeds(cfg, "cpu", clock=lambda: float(next(ticks)))
     # each timing: the start, one step (1 tick passed: more than enough), the end -> 2 ticks for one step
     assert speeds.classifier_step == speeds.segmentation_step == 2.0
@@ -172,6 +173,13 @@ def test_the_probe_times_real_steps_with_an_injected_clock():
     assert speeds.predict_per_mpx == pytest.approx(2.0 / (8 * 128 * 128 / 1e6))  # a batch of 8 windows of 128 px
     assert speeds.precision in ("fp32", "bf16") and speeds.probe_seconds > 0
     assert torch.equal(torch.get_rng_state(), state)  # the run's seeds are not disturbed
+    # the second measurement, at the segmentation's start: only the segmentation's figures change; 8 steps of a
+    # tick each do not reach the 10 s it may take, so all 8 are timed (9 ticks: the end reads the clock once more)
+    again = measure_segmentation(cfg, dataclasses.replace(speeds, classifier_step=7.0), "cpu", steps=8,
+                                 enough_s=10.0, clock=lambda: float(next(ticks)))
+    assert again.segmentation_step == 9 / 8 and again.classifier_step == 7.0
+    assert again.cam_per_mpx == speeds.cam_per_mpx and again.probe_seconds > 0
+    assert torch.equal(torch.get_rng_state(), state) and torch.get_num_threads() == threads
 
 
 def test_facts_of_a_project_follow_its_patch_labels(tmp_path):
@@ -205,13 +213,20 @@ def test_run_all_runs_the_sized_schedule_and_keeps_it(tmp_path):
     notices = []
     report = run(run_all(store, cfg, "cpu", budget_s=90, speeds=slow), lambda p: notices.append(p))
     plan = [p for p in notices if p.stage == "estimate" and p.notice]
-    assert len(plan) == 1 and plan[0].metrics["expected_s"] == report["estimate"]["total_s"] <= SAFETY * 90
+    assert len(plan) == 2 and plan[0].metrics["expected_s"] == report["estimate"]["total_s"] <= SAFETY * 90
     assert notices[0].notice.startswith("computing on the CPU")  # the device line stays first
     sized = report["estimate"]["sized"]
     assert sized["segmentation.iterations"][0] == 20 and 5 <= sized["segmentation.iterations"][1] < 20
-    ran = store.load_run("segmentation")
-    assert ran["iterations_run"] == ran["config"]["iterations"] == sized["segmentation.iterations"][1]
     assert "segmentation.iterations 20 -> " in plan[0].notice and "evaluation" in plan[0].notice
+    # at the segmentation's start the iterations are sized again from the time left: the classifier took a few
+    # real seconds, not the 0.5 s per step planned, so the segmentation gets that time
+    resized = report["estimate"]["resized"]
+    assert resized["planned_iterations"] == sized["segmentation.iterations"][1] < resized["iterations"] <= 20
+    assert resized["spent_s"] < SAFETY * 90 - report["estimate"]["seconds"]["classifier"]
+    assert plan[1].notice.startswith("at the segmentation's start, ") and "expected end" in plan[1].notice
+    assert plan[1].metrics["expected_s"] == resized["total_s"] <= SAFETY * (90 - resized["spent_s"])
+    ran = store.load_run("segmentation")
+    assert ran["iterations_run"] == ran["config"]["iterations"] == resized["iterations"]
     saved = store.load_run("budget")
     assert saved["budget_s"] == 90 and saved["config"]["segmentation"]["iterations"] == ran["iterations_run"]
     assert json.loads((store.path / "runs" / "config.json").read_text())["segmentation"]["iterations"] == 20
@@ -236,6 +251,51 @@ def test_run_all_runs_the_sized_schedule_and_keeps_it(tmp_path):
     by = {s.key: s for s in estimate(kept, slow, project_facts(store, kept), left).stages}
     assert by["segmentation"].done and by["round-1"].seconds > 0 and "images predicted" in by["round-1"].detail
 
+
+
+def test_the_segmentation_is_sized_again_from_the_time_left(tmp_path):
+    """At the segmentation's start a budgeted run re-measures the segmentation step and sizes the iterations to the
+    time actually left: fewer on a machine slower than planned, the fewest (and one line saying the run will
+    overrun) when almost nothing is left, and only once per budget."""
+    from pipeline.budget import resize_segmentation, start_of_run
+    from pipeline.stages.cams import make_cams
+    from pipeline.stages.classify import make_patch_labels, train_classifier
+    from pipeline.store.project import create_project, project_config
+
+    store = create_project("sample", tmp_path / "p.oeem.zarr")
+    cfg = project_config(store, "tiny", {"classifier.epochs": 1, "segmentation.iterations": 20,
+                                         "classifier.threads": 2, "segmentation.threads": 2})
+    make_patch_labels(store, cfg.patches)
+    run(train_classifier(store, cfg.classifier, cfg.patches, "cpu"))
+    run(make_cams(store, cfg.cam, cfg.patches, "cpu"))
+    slow = Speeds(classifier_step=0.5, segmentation_step=2.0, cam_per_mpx=0.01, predict_per_mpx=0.01,
+                  evaluate_per_mpx=0.01, probe_seconds=1.0)
+    planned, _ = run(start_of_run(store, cfg, "cpu", budget_s=60, speeds=slow))
+    assert planned.segmentation.iterations == 20  # classifier and CAMs are done: the preset's iterations fit
+    measured = []
+
+    def slower(c, speeds, device):  # the second measurement: a machine twice as slow as the first said
+        measured.append(device)
+        return dataclasses.replace(speeds, segmentation_step=4.0, probe_seconds=0.5)
+
+    notices = []
+    new, resized = run(resize_segmentation(store, planned, "cpu", 60, spent_s=10.0, measure=slower), notices.append)
+    assert measured == ["cpu"] and resized["spent_s"] == 10.5 and resized["planned_iterations"] == 20
+    assert 5 <= resized["iterations"] < 20 and resized["total_s"] <= SAFETY * (60 - 10.5)
+    assert resized["total_s"] + 4.0 * 10 > SAFETY * (60 - 10.5)  # not needlessly short: 10 more would not fit
+    assert new.segmentation.iterations == resized["iterations"] and planned.segmentation.iterations == 20
+    assert store.load_run("budget")["config"]["segmentation"]["iterations"] == resized["iterations"]
+    assert notices[-1].notice == resized["lines"] and notices[-1].metrics["expected_s"] == resized["total_s"]
+    assert f"segmentation.iterations 20 -> {resized['iterations']}" in resized["lines"]
+    # once per budget: a resumed run keeps what was chosen, without measuring again
+    assert run(resize_segmentation(store, new, "cpu", 60, 10.0, measure=slower)) == (new, {}) and len(measured) == 1
+    # almost nothing left: the fewest iterations (a quarter of the preset's), and it says the run goes on
+    rec = store.load_run("budget")
+    del rec["resized"]
+    store.save_run("budget", rec)
+    _, late = run(resize_segmentation(store, planned, "cpu", 60, 58.0, measure=slower))
+    assert late["iterations"] == 5 and "past the budget even at the fewest iterations (5): the run goes on" in \
+        late["lines"]
 
 def test_oeem_run_says_each_stages_expected_duration_at_its_start(tmp_path, capsys):
     from pipeline.cli import main

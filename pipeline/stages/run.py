@@ -22,7 +22,9 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", budg
 
     After the patches it says how long each stage will take (:func:`pipeline.budget.start_of_run`: a short speed
     probe, or the given ``speeds``); with ``budget_s`` it runs a schedule sized to end within that many seconds
-    of its start. ``estimate=False`` skips the probe and the plan (without a budget)."""
+    of its start, and sizes the segmentation's iterations once more at its start from the time left
+    (:func:`pipeline.budget.resize_segmentation`). ``estimate=False`` skips the probe and the plan (without a
+    budget)."""
     if cfg.segmentation.weighs_by_error_prob():
         raise OEEMError("segmentation.error_prob_weight weighs the labels a label review has ranked, and `oeem run` "
                         "makes new labels in every self-training round: run it with the setting at 0, then "
@@ -54,6 +56,15 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", budg
     report["cams"] = store.load_run("cams")
     from pipeline.stages.selftrain import refine_round
 
+    if budget_s is not None and store.pseudo_round == 0 and not stage_done(store, "segmentation", cfg):
+        from pipeline.budget import measure_segmentation, resize_segmentation
+
+        given = speeds  # speeds given by the caller (a test's slow machine) stand for the second measurement too
+        measure = measure_segmentation if given is None else (lambda *a, **k: given)
+        cfg, resized = yield from resize_segmentation(store, cfg, device, budget_s, time.perf_counter() - t0,
+                                                      measure=measure)
+        if resized:
+            report["estimate"]["resized"] = resized
     for r in range(cfg.selftrain.rounds + 1):
         if not stage_done(store, "segmentation", cfg):
             yield from train_segmenter(store, segmentation_settings(store, cfg), device, on_mismatch="restart")
