@@ -222,11 +222,12 @@ def test_run_all_runs_the_sized_schedule_and_keeps_it(tmp_path):
     # real seconds, not the 0.5 s per step planned, so the segmentation gets that time
     resized = report["estimate"]["resized"]
     assert resized["planned_iterations"] == sized["segmentation.iterations"][1] < resized["iterations"] <= 20
-    assert resized["spent_s"] < SAFETY * 90 - report["estimate"]["seconds"]["classifier"]
+    assert resized["spent_s"] < report["estimate"]["seconds"]["classifier"]  # less than the classifier's plan
     assert plan[1].notice.startswith("at the segmentation's start, ") and "expected end" in plan[1].notice
     assert plan[1].metrics["expected_s"] == resized["total_s"] <= SAFETY * (90 - resized["spent_s"])
     ran = store.load_run("segmentation")
     assert ran["iterations_run"] == ran["config"]["iterations"] == resized["iterations"]
+    assert 0 < resized["actual_s"] <= report["estimate"]["actual_s"]
     saved = store.load_run("budget")
     assert saved["budget_s"] == 90 and saved["config"]["segmentation"]["iterations"] == ran["iterations_run"]
     assert json.loads((store.path / "runs" / "config.json").read_text())["segmentation"]["iterations"] == 20
@@ -297,6 +298,7 @@ def test_the_segmentation_is_sized_again_from_the_time_left(tmp_path):
     assert late["iterations"] == 5 and "past the budget even at the fewest iterations (5): the run goes on" in \
         late["lines"]
 
+
 def test_oeem_run_says_each_stages_expected_duration_at_its_start(tmp_path, capsys):
     from pipeline.cli import main
 
@@ -329,3 +331,8 @@ def test_oeem_run_says_each_stages_expected_duration_at_its_start(tmp_path, caps
     # nothing left to do: no probe, and it says so
     assert main(["run", p, *tiny]) == 0
     assert "note: every stage is done with these settings: only the evaluation runs" in capsys.readouterr().err
+    # a budget it fits: the segmentation measured again at its start, and the report's time against both plans
+    assert main(["run", p, *tiny[:-3], "--iterations", "4", "--fast", "--budget", "60m"]) == 0
+    out, err = capsys.readouterr()
+    assert "note: at the segmentation's start, " in err and "4 iterations as planned" in err
+    assert ", expected " in out and "; from the segmentation's start " in out

@@ -178,8 +178,13 @@ def print_report(report: dict) -> None:
     if "seconds" in report and est.get("total_s"):
         from pipeline.budget import fmt_duration
 
-        print(f"time: {fmt_duration(report['seconds'])}; after the plan {fmt_duration(est['actual_s'])}, expected "
-              f"{fmt_duration(est['total_s'])}")
+        line = (f"time: {fmt_duration(report['seconds'])}; after the plan {fmt_duration(est['actual_s'])}, expected "
+                f"{fmt_duration(est['total_s'])}")
+        resized = est.get("resized") or {}
+        if "actual_s" in resized:
+            line += (f"; from the segmentation's start {fmt_duration(resized['actual_s'])}, expected "
+                     f"{fmt_duration(resized['total_s'])}")
+        print(line)
 
 
 def register(add) -> None:

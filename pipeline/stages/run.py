@@ -65,6 +65,7 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", budg
                                                       measure=measure)
         if resized:
             report["estimate"]["resized"] = resized
+            t_resized = time.perf_counter()
     for r in range(cfg.selftrain.rounds + 1):
         if not stage_done(store, "segmentation", cfg):
             yield from train_segmenter(store, segmentation_settings(store, cfg), device, on_mismatch="restart")
@@ -79,4 +80,6 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", budg
     report["seconds"] = round(time.perf_counter() - t0, 1)
     if "estimate" in report:  # what the plan foresaw, against what it took
         report["estimate"]["actual_s"] = round(time.perf_counter() - t_plan, 1)
+        if "resized" in report["estimate"]:
+            report["estimate"]["resized"]["actual_s"] = round(time.perf_counter() - t_resized, 1)
     return report
