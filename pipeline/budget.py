@@ -753,11 +753,12 @@ def resize_segmentation(store: ProjectStore, cfg: PipelineConfig, device: str, b
     (``budget_s`` - ``spent_s``) and the segmentation step measured once more (:func:`measure_segmentation`).
 
     Why: the start's probe times a few steps in a few seconds, and on a shared or throttled machine those can be
-    25 % off either way (bf16 on 2 Xeon cores: 0.36-0.62 s for a step that took 0.45 in the run), so a run
-    ended 30 % early or would have overrun. By now the classifier and the CAMs have taken what they took; only
-    the iterations (between ``ITERATION_FLOOR`` and the preset's) and what follows are left to size. Once per
-    budget: the choice is kept in the run record ``budget`` so a resumed run trains the same schedule. Returns
-    the configuration and the report's ``resized`` entry (empty when there was nothing to resize)."""
+    25 % off either way (bf16 on 2 Xeon cores: 0.36-0.62 s for a step that took 0.45 in the run), so a run ended
+    30 % early or would have overrun. By now the classifier and the CAMs have taken what they took; left to size
+    are the iterations (between ``ITERATION_FLOOR`` and the preset's) and the planned self-training rounds, which
+    go first as in :func:`plan_for_budget` (none is added). Once per budget: the choice is kept in the run record
+    ``budget`` so a resumed run trains the same schedule. Returns the configuration and the report's ``resized``
+    entry (empty when there was nothing to resize)."""
     from pipeline.config import from_dict, to_dict
     from pipeline.progress import Progress
 
@@ -775,32 +776,43 @@ def resize_segmentation(store: ProjectStore, cfg: PipelineConfig, device: str, b
     facts = project_facts(store, cfg)
     room = SAFETY * (budget_s - spent_s)
 
-    def cost(v: int) -> Estimate:
+    def at(rounds: int, v: int) -> PipelineConfig:
         c = with_iterations(cfg, v)
+        c.selftrain = dataclasses.replace(c.selftrain, rounds=rounds)
+        return c
+
+    def cost(c: PipelineConfig) -> Estimate:
         return estimate(c, speeds, facts, done_stages(store, c))
 
     most = base.segmentation.iterations
     floor = max(1, math.ceil(most * ITERATION_FLOOR))
-    planned = cfg.segmentation.iterations
-    iterations = max(floor, _nice(_largest_fitting(floor, most, lambda v: cost(v).total <= room)))
-    new = cfg if iterations == planned else with_iterations(cfg, iterations)
-    est = cost(iterations)
+    planned, planned_rounds = cfg.segmentation.iterations, cfg.selftrain.rounds
+    # as the plan: a self-training round is kept only while its iterations stay near the preset's, so a round
+    # goes before the iterations fall below that
+    rounds, low = 0, floor
+    for r in range(planned_rounds, 0, -1):
+        keep = max(floor, math.ceil(most * KEEP_ITERATIONS))
+        if cost(at(r, keep)).total <= room:
+            rounds, low = r, keep
+            break
+    iterations = max(low, _nice(_largest_fitting(low, most, lambda v: cost(at(rounds, v)).total <= room)))
+    new = cfg if (iterations, rounds) == (planned, planned_rounds) else at(rounds, iterations)
+    est = cost(new)
     started = now()
     left = budget_s - spent_s
     head = (f"at the segmentation's start, {fmt_duration(spent_s)} of the {fmt_duration(budget_s)} budget used "
             f"(segmentation measured again: {speeds.segmentation_step:.3g} s/step): ")
-    if iterations == planned:
-        head += f"{planned} iterations as planned"
-    else:
-        head += f"segmentation.iterations {planned} -> {iterations}"
+    changes = [f"{k} {a} -> {b}" for k, a, b in (("selftrain.rounds", planned_rounds, rounds),
+                                                 ("segmentation.iterations", planned, iterations)) if a != b]
+    head += ", ".join(changes) if changes else f"{planned} iterations as planned"
     end = fmt_clock(started + timedelta(seconds=est.total), started)
     text = head + f"; the rest takes about {fmt_duration(est.total)}, expected end {end}"
     if est.total > left:
         text += (f" - {fmt_duration(est.total - left)} past the budget even at the fewest iterations "
                  f"({floor}): the run goes on")
     entry = {"spent_s": round(spent_s, 1), "left_s": round(left, 1), "planned_iterations": planned,
-             "iterations": iterations, "speeds": speeds.as_dict(), "seconds": est.seconds(),
-             "total_s": round(est.total, 1), "lines": text}
+             "iterations": iterations, "planned_rounds": planned_rounds, "rounds": rounds,
+             "speeds": speeds.as_dict(), "seconds": est.seconds(), "total_s": round(est.total, 1), "lines": text}
     store.save_run("budget", {**rec, "config": _plain(to_dict(new)), "resized": entry})
     yield Progress("estimate", 1, 1, "", {"expected_s": round(est.total, 1)}, notice=text)
     return new, entry

@@ -280,20 +280,34 @@ def test_the_segmentation_is_sized_again_from_the_time_left(tmp_path):
         return dataclasses.replace(speeds, segmentation_step=4.0, probe_seconds=0.5)
 
     notices = []
-    new, resized = run(resize_segmentation(store, planned, "cpu", 60, spent_s=10.0, measure=slower), notices.append)
+    one_round = copy.deepcopy(planned)  # as if the plan had kept a self-training round
+    one_round.selftrain = dataclasses.replace(planned.selftrain, rounds=1)
+    new, resized = run(resize_segmentation(store, one_round, "cpu", 60, spent_s=10.0, measure=slower),
+                       notices.append)
     assert measured == ["cpu"] and resized["spent_s"] == 10.5 and resized["planned_iterations"] == 20
+    assert resized["planned_rounds"] == 1 and resized["rounds"] == 0 and new.selftrain.rounds == 0  # it goes first
+    assert f"selftrain.rounds 1 -> 0, segmentation.iterations 20 -> {resized['iterations']}" in resized["lines"]
     assert 5 <= resized["iterations"] < 20 and resized["total_s"] <= SAFETY * (60 - 10.5)
     assert resized["total_s"] + 4.0 * 10 > SAFETY * (60 - 10.5)  # not needlessly short: 10 more would not fit
-    assert new.segmentation.iterations == resized["iterations"] and planned.segmentation.iterations == 20
-    assert store.load_run("budget")["config"]["segmentation"]["iterations"] == resized["iterations"]
+    assert new.segmentation.iterations == resized["iterations"] and one_round.segmentation.iterations == 20
+    kept = store.load_run("budget")["config"]
+    assert kept["segmentation"]["iterations"] == resized["iterations"] and kept["selftrain"]["rounds"] == 0
     assert notices[-1].notice == resized["lines"] and notices[-1].metrics["expected_s"] == resized["total_s"]
-    assert f"segmentation.iterations 20 -> {resized['iterations']}" in resized["lines"]
     # once per budget: a resumed run keeps what was chosen, without measuring again
     assert run(resize_segmentation(store, new, "cpu", 60, 10.0, measure=slower)) == (new, {}) and len(measured) == 1
+
+    def forget() -> None:
+        rec = store.load_run("budget")
+        del rec["resized"]
+        store.save_run("budget", rec)
+
+    # a machine faster than the plan said: the round stays, at the preset's iterations (never more)
+    forget()
+    fast = run(resize_segmentation(store, one_round, "cpu", 60, 10.0,
+                                   measure=lambda c, sp, d: dataclasses.replace(sp, segmentation_step=0.05)))[1]
+    assert (fast["rounds"], fast["iterations"]) == (1, 20) and "20 iterations as planned" in fast["lines"]
     # almost nothing left: the fewest iterations (a quarter of the preset's), and it says the run goes on
-    rec = store.load_run("budget")
-    del rec["resized"]
-    store.save_run("budget", rec)
+    forget()
     _, late = run(resize_segmentation(store, planned, "cpu", 60, 58.0, measure=slower))
     assert late["iterations"] == 5 and "past the budget even at the fewest iterations (5): the run goes on" in \
         late["lines"]
