@@ -155,9 +155,11 @@ def measure_segmentation(cfg: PipelineConfig, speeds: Speeds, device: Any = "aut
                                probe_seconds=max(clock() - t_start, 0.0))
 
 
-def precision_name_for(cfg: PipelineConfig, dev: Any) -> str:
-    from pipeline.device import precision_name, resolve_precision
+def precision_name_for(cfg: PipelineConfig, device: Any) -> str:
+    """``fp32`` or ``bf16``: what the segmentation of ``cfg`` computes in on ``device`` (a name or a device)."""
+    from pipeline.device import precision_name, resolve_device, resolve_precision
 
+    dev = resolve_device(device) if isinstance(device, str) else device
     return precision_name(resolve_precision(cfg.segmentation.precision, dev))
 
 
@@ -749,30 +751,41 @@ def start_of_run(store: ProjectStore, cfg: PipelineConfig, device: str = "auto",
 def resize_segmentation(store: ProjectStore, cfg: PipelineConfig, device: str, budget_s: float, spent_s: float,
                         now: Callable[[], datetime] = datetime.now,
                         measure: Callable[..., Speeds] = measure_segmentation) -> Job[tuple[PipelineConfig, dict]]:
-    """At the segmentation's start a budgeted run sizes its iterations again, from the time actually left
-    (``budget_s`` - ``spent_s``) and the segmentation step measured once more (:func:`measure_segmentation`).
+    """Before each segmentation training a budgeted run sizes the iterations again, from the time actually left
+    (``budget_s`` - ``spent_s``) and the segmentation's speed: before the first training measured once more
+    (:func:`measure_segmentation`), before a self-training round's training the speed the training before it
+    ran at, checkpoints and data included.
 
     Why: the start's probe times a few steps in a few seconds, and on a shared or throttled machine those can be
     25 % off either way (bf16 on 2 Xeon cores: 0.36-0.62 s for a step that took 0.45 in the run), so a run ended
-    30 % early or would have overrun. By now the classifier and the CAMs have taken what they took; left to size
-    are the iterations (between ``ITERATION_FLOOR`` and the preset's) and the planned self-training rounds, which
-    go first as in :func:`plan_for_budget` (none is added). Once per budget: the choice is kept in the run record
-    ``budget`` so a resumed run trains the same schedule. Returns the configuration and the report's ``resized``
-    entry (empty when there was nothing to resize)."""
+    30 % early; and a probe times the network, not the loop around it (about 0.05 s a step there). By now the
+    classifier and the CAMs have taken what they took; left to size are the iterations (between
+    ``ITERATION_FLOOR`` and the preset's) and the self-training rounds still to come, which go first as in
+    :func:`plan_for_budget` (none is added). Once per training: each choice is kept in the run record ``budget``
+    so a resumed run trains the same schedule. Returns the configuration and the report's entry for this
+    training (empty when there was nothing to resize)."""
     from pipeline.config import from_dict, to_dict
     from pipeline.progress import Progress
 
     rec = store.load_run("budget") or {}
-    if rec.get("budget_s") != budget_s or "resized" in rec or "estimate" not in rec:
+    labels_round = store.pseudo_round  # the labels the next training learns from: its round
+    sizes = rec.get("resized") or {}
+    if rec.get("budget_s") != budget_s or str(labels_round) in sizes or "estimate" not in rec:
         return cfg, {}
     try:
         base = from_dict(PipelineConfig, rec["base"])
         speeds = Speeds(**rec["estimate"]["speeds"])
     except (OEEMError, KeyError, TypeError):  # saved by another version: keep the plan
         return cfg, {}
-    yield Progress("estimate", 0, 1, "measuring the segmentation's speed again")
-    speeds = measure(cfg, speeds, device)
-    spent_s += speeds.probe_seconds
+    last = (store.load_run("segmentation") or {}) if labels_round > 0 else {}
+    if last.get("it_per_s") and last.get("precision", speeds.precision) == speeds.precision:
+        speeds = dataclasses.replace(speeds, segmentation_step=1.0 / last["it_per_s"], probe_seconds=0.0)
+        how = f"the last training ran {speeds.segmentation_step:.3g} s/step"
+    else:
+        yield Progress("estimate", 0, 1, "measuring the segmentation's speed again")
+        speeds = measure(cfg, speeds, device)
+        spent_s += speeds.probe_seconds
+        how = f"segmentation measured again: {speeds.segmentation_step:.3g} s/step"
     facts = project_facts(store, cfg)
     room = SAFETY * (budget_s - spent_s)
 
@@ -787,10 +800,10 @@ def resize_segmentation(store: ProjectStore, cfg: PipelineConfig, device: str, b
     most = base.segmentation.iterations
     floor = max(1, math.ceil(most * ITERATION_FLOOR))
     planned, planned_rounds = cfg.segmentation.iterations, cfg.selftrain.rounds
-    # as the plan: a self-training round is kept only while its iterations stay near the preset's, so a round
-    # goes before the iterations fall below that
-    rounds, low = 0, floor
-    for r in range(planned_rounds, 0, -1):
+    # as the plan: a round still to come is kept only while the training it refines stays near the preset's
+    # iterations, so a round goes before the iterations fall below that; the round whose labels are made stays
+    rounds, low = labels_round, floor
+    for r in range(planned_rounds, labels_round, -1):
         keep = max(floor, math.ceil(most * KEEP_ITERATIONS))
         if cost(at(r, keep)).total <= room:
             rounds, low = r, keep
@@ -800,8 +813,8 @@ def resize_segmentation(store: ProjectStore, cfg: PipelineConfig, device: str, b
     est = cost(new)
     started = now()
     left = budget_s - spent_s
-    head = (f"at the segmentation's start, {fmt_duration(spent_s)} of the {fmt_duration(budget_s)} budget used "
-            f"(segmentation measured again: {speeds.segmentation_step:.3g} s/step): ")
+    where = "the segmentation's start" if labels_round == 0 else f"self-training round {labels_round}'s training"
+    head = f"at {where}, {fmt_duration(spent_s)} of the {fmt_duration(budget_s)} budget used ({how}): "
     changes = [f"{k} {a} -> {b}" for k, a, b in (("selftrain.rounds", planned_rounds, rounds),
                                                  ("segmentation.iterations", planned, iterations)) if a != b]
     head += ", ".join(changes) if changes else f"{planned} iterations as planned"
@@ -810,10 +823,11 @@ def resize_segmentation(store: ProjectStore, cfg: PipelineConfig, device: str, b
     if est.total > left:
         text += (f" - {fmt_duration(est.total - left)} past the budget even at the fewest iterations "
                  f"({floor}): the run goes on")
-    entry = {"spent_s": round(spent_s, 1), "left_s": round(left, 1), "planned_iterations": planned,
-             "iterations": iterations, "planned_rounds": planned_rounds, "rounds": rounds,
-             "speeds": speeds.as_dict(), "seconds": est.seconds(), "total_s": round(est.total, 1), "lines": text}
-    store.save_run("budget", {**rec, "config": _plain(to_dict(new)), "resized": entry})
+    entry = {"round": labels_round, "spent_s": round(spent_s, 1), "left_s": round(left, 1),
+             "planned_iterations": planned, "iterations": iterations, "planned_rounds": planned_rounds,
+             "rounds": rounds, "speeds": speeds.as_dict(), "seconds": est.seconds(), "total_s": round(est.total, 1),
+             "lines": text}
+    store.save_run("budget", {**rec, "config": _plain(to_dict(new)), "resized": {**sizes, str(labels_round): entry}})
     yield Progress("estimate", 1, 1, "", {"expected_s": round(est.total, 1)}, notice=text)
     return new, entry
 

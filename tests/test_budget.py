@@ -220,7 +220,7 @@ def test_run_all_runs_the_sized_schedule_and_keeps_it(tmp_path):
     assert "segmentation.iterations 20 -> " in plan[0].notice and "evaluation" in plan[0].notice
     # at the segmentation's start the iterations are sized again from the time left: the classifier took a few
     # real seconds, not the 0.5 s per step planned, so the segmentation gets that time
-    resized = report["estimate"]["resized"]
+    [resized] = report["estimate"]["resized"]  # no self-training round: one training, one second sizing
     assert resized["planned_iterations"] == sized["segmentation.iterations"][1] < resized["iterations"] <= 20
     assert resized["spent_s"] < report["estimate"]["seconds"]["classifier"]  # less than the classifier's plan
     assert plan[1].notice.startswith("at the segmentation's start, ") and "expected end" in plan[1].notice
@@ -258,7 +258,7 @@ def test_the_segmentation_is_sized_again_from_the_time_left(tmp_path):
     """At the segmentation's start a budgeted run re-measures the segmentation step and sizes the iterations to the
     time actually left: fewer on a machine slower than planned, the fewest (and one line saying the run will
     overrun) when almost nothing is left, and only once per budget."""
-    from pipeline.budget import resize_segmentation, start_of_run
+    from pipeline.budget import precision_name_for, resize_segmentation, start_of_run
     from pipeline.stages.cams import make_cams
     from pipeline.stages.classify import make_patch_labels, train_classifier
     from pipeline.store.project import create_project, project_config
@@ -270,7 +270,7 @@ def test_the_segmentation_is_sized_again_from_the_time_left(tmp_path):
     run(train_classifier(store, cfg.classifier, cfg.patches, "cpu"))
     run(make_cams(store, cfg.cam, cfg.patches, "cpu"))
     slow = Speeds(classifier_step=0.5, segmentation_step=2.0, cam_per_mpx=0.01, predict_per_mpx=0.01,
-                  evaluate_per_mpx=0.01, probe_seconds=1.0)
+                  evaluate_per_mpx=0.01, precision=precision_name_for(cfg, "cpu"), probe_seconds=1.0)
     planned, _ = run(start_of_run(store, cfg, "cpu", budget_s=60, speeds=slow))
     assert planned.segmentation.iterations == 20  # classifier and CAMs are done: the preset's iterations fit
     measured = []
@@ -290,8 +290,10 @@ def test_the_segmentation_is_sized_again_from_the_time_left(tmp_path):
     assert 5 <= resized["iterations"] < 20 and resized["total_s"] <= SAFETY * (60 - 10.5)
     assert resized["total_s"] + 4.0 * 10 > SAFETY * (60 - 10.5)  # not needlessly short: 10 more would not fit
     assert new.segmentation.iterations == resized["iterations"] and one_round.segmentation.iterations == 20
-    kept = store.load_run("budget")["config"]
+    saved = store.load_run("budget")
+    kept = saved["config"]
     assert kept["segmentation"]["iterations"] == resized["iterations"] and kept["selftrain"]["rounds"] == 0
+    assert saved["resized"] == {"0": resized} and resized["round"] == 0
     assert notices[-1].notice == resized["lines"] and notices[-1].metrics["expected_s"] == resized["total_s"]
     # once per budget: a resumed run keeps what was chosen, without measuring again
     assert run(resize_segmentation(store, new, "cpu", 60, 10.0, measure=slower)) == (new, {}) and len(measured) == 1
@@ -311,6 +313,29 @@ def test_the_segmentation_is_sized_again_from_the_time_left(tmp_path):
     _, late = run(resize_segmentation(store, planned, "cpu", 60, 58.0, measure=slower))
     assert late["iterations"] == 5 and "past the budget even at the fewest iterations (5): the run goes on" in \
         late["lines"]
+    # before a self-training round's training: the speed the training before it ran at (its loop, checkpoints
+    # and data included), nothing measured; the round whose labels are made stays even when late
+    from pipeline.budget import with_iterations
+    from pipeline.stages.infer import predict
+    from pipeline.stages.segment import train_segmenter
+    from pipeline.stages.selftrain import refine_round
+    from pipeline.stages.status import segmentation_settings
+
+    first = with_iterations(planned, 5)
+    run(train_segmenter(store, segmentation_settings(store, first), "cpu"))
+    run(predict(store, first.inference, names=store.labelled_images(), device="cpu"))
+    run(refine_round(store, first.patches.size, cam_cfg=first.cam))
+    assert store.pseudo_round == 1
+    two_rounds = copy.deepcopy(first)
+    two_rounds.selftrain = dataclasses.replace(first.selftrain, rounds=2)
+    measured.clear()
+    _, round1 = run(resize_segmentation(store, two_rounds, "cpu", 60, 58.0, measure=slower))
+    assert measured == [] and round1["round"] == 1 and store.load_run("budget")["resized"].keys() == {"0", "1"}
+    it_s = 1 / store.load_run("segmentation")["it_per_s"]
+    assert round1["speeds"]["segmentation_step"] == pytest.approx(it_s)
+    assert round1["lines"].startswith("at self-training round 1's training, 58 s of the 60 s budget used (the last "
+                                      f"training ran {it_s:.3g} s/step): selftrain.rounds 2 -> 1")
+    assert (round1["rounds"], round1["iterations"]) == (1, 5)
 
 
 def test_oeem_run_says_each_stages_expected_duration_at_its_start(tmp_path, capsys):

@@ -180,10 +180,9 @@ def print_report(report: dict) -> None:
 
         line = (f"time: {fmt_duration(report['seconds'])}; after the plan {fmt_duration(est['actual_s'])}, expected "
                 f"{fmt_duration(est['total_s'])}")
-        resized = est.get("resized") or {}
-        if "actual_s" in resized:
-            line += (f"; from the segmentation's start {fmt_duration(resized['actual_s'])}, expected "
-                     f"{fmt_duration(resized['total_s'])}")
+        for r in est.get("resized") or []:  # each training's second sizing
+            where = "the segmentation's start" if r["round"] == 0 else f"round {r['round']}'s training"
+            line += f"; from {where} {fmt_duration(r['actual_s'])}, expected {fmt_duration(r['total_s'])}"
         print(line)
 
 

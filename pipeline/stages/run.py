@@ -22,7 +22,7 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", budg
 
     After the patches it says how long each stage will take (:func:`pipeline.budget.start_of_run`: a short speed
     probe, or the given ``speeds``); with ``budget_s`` it runs a schedule sized to end within that many seconds
-    of its start, and sizes the segmentation's iterations once more at its start from the time left
+    of its start, and sizes the segmentation's iterations once more before each training from the time left
     (:func:`pipeline.budget.resize_segmentation`). ``estimate=False`` skips the probe and the plan (without a
     budget)."""
     if cfg.segmentation.weighs_by_error_prob():
@@ -56,18 +56,13 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", budg
     report["cams"] = store.load_run("cams")
     from pipeline.stages.selftrain import refine_round
 
-    if budget_s is not None and store.pseudo_round == 0 and not stage_done(store, "segmentation", cfg):
-        from pipeline.budget import measure_segmentation, resize_segmentation
-
-        given = speeds  # speeds given by the caller (a test's slow machine) stand for the second measurement too
-        measure = measure_segmentation if given is None else (lambda *a, **k: given)
-        cfg, resized = yield from resize_segmentation(store, cfg, device, budget_s, time.perf_counter() - t0,
-                                                      measure=measure)
-        if resized:
-            report["estimate"]["resized"] = resized
-            t_resized = time.perf_counter()
+    resized: list[tuple[dict, float]] = []  # each training's second sizing, and when it was made
     for r in range(cfg.selftrain.rounds + 1):
         if not stage_done(store, "segmentation", cfg):
+            if budget_s is not None:
+                cfg, entry = yield from _resized(store, cfg, device, budget_s, time.perf_counter() - t0, speeds)
+                if entry:
+                    resized.append((entry, time.perf_counter()))
             yield from train_segmenter(store, segmentation_settings(store, cfg), device, on_mismatch="restart")
         if r < cfg.selftrain.rounds and store.pseudo_round == r:
             yield from predict(store, cfg.inference, names=store.labelled_images(), device=device)
@@ -80,6 +75,16 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", budg
     report["seconds"] = round(time.perf_counter() - t0, 1)
     if "estimate" in report:  # what the plan foresaw, against what it took
         report["estimate"]["actual_s"] = round(time.perf_counter() - t_plan, 1)
-        if "resized" in report["estimate"]:
-            report["estimate"]["resized"]["actual_s"] = round(time.perf_counter() - t_resized, 1)
+        if resized:  # and what each later sizing foresaw
+            report["estimate"]["resized"] = [{**e, "actual_s": round(time.perf_counter() - t, 1)} for e, t in resized]
     return report
+
+
+def _resized(store: ProjectStore, cfg: PipelineConfig, device: str, budget_s: float, spent_s: float,
+             speeds: Speeds | None) -> Job[tuple[PipelineConfig, dict]]:
+    """:func:`pipeline.budget.resize_segmentation`; speeds given by the caller (a test's slow machine) stand for
+    its measurement too."""
+    from pipeline.budget import measure_segmentation, resize_segmentation
+
+    measure = measure_segmentation if speeds is None else (lambda *a, **k: speeds)
+    return (yield from resize_segmentation(store, cfg, device, budget_s, spent_s, measure=measure))
