@@ -747,7 +747,6 @@ def start_of_run(store: ProjectStore, cfg: PipelineConfig, device: str = "auto",
     return cfg, entry
 
 
-
 def resize_segmentation(store: ProjectStore, cfg: PipelineConfig, device: str, budget_s: float, spent_s: float,
                         now: Callable[[], datetime] = datetime.now,
                         measure: Callable[..., Speeds] = measure_segmentation) -> Job[tuple[PipelineConfig, dict]]:
@@ -830,5 +829,6 @@ def resize_segmentation(store: ProjectStore, cfg: PipelineConfig, device: str, b
     store.save_run("budget", {**rec, "config": _plain(to_dict(new)), "resized": {**sizes, str(labels_round): entry}})
     yield Progress("estimate", 1, 1, "", {"expected_s": round(est.total, 1)}, notice=text)
     return new, entry
+
 
 ZERO = Speeds(0.0, 0.0, 0.0, 0.0, 0.0)  # for questions that need no speed (what is left to do)
