@@ -84,7 +84,9 @@ class RunPanel(FoldingBox):
         self.cancel_btn.setEnabled(busy)
 
     def _on_progress(self, p: Progress) -> None:
-        if "expected_s" in p.metrics:  # the plan at the start of Run all (pipeline.budget.start_of_run)
+        # the plan at the start of Run all (pipeline.budget.start_of_run), and with a budget each second sizing
+        # before a segmentation training (pipeline.budget.resize_segmentation): the end time follows the latest
+        if "expected_s" in p.metrics:
             self._expected_end = datetime.now() + timedelta(seconds=p.metrics["expected_s"])
             self.end_label.setText(f"ends ~{self._expected_end:%H:%M}")
             self.end_label.setToolTip(p.notice)
