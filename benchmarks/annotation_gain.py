@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import RESULTS, glas_root, machine, print_table
+from _common import RESULTS, glas_root, machine, print_table, pyplot
 
 from pipeline.config import preset
 from pipeline.progress import run
@@ -284,11 +284,9 @@ def cmd_table(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
+    if plt is None:
+        return
     data = load()
     if data.get("rank"):
         c = data["rank"]["curve"]
