@@ -47,8 +47,10 @@ OUT = "weak_labels.json"
 VAL_IMAGES = 10
 # One schedule for every budget (chosen to fit the budget sweep into about 1.5 h on 2 cores in fp32; the budgets are
 # compared with each other, not with the full `cpu` preset - see docs/benchmarks.md for that run).
-SCHEDULE = {"classifier.epochs": 4, "cam.scales": (1.0, 1.5), "segmentation.iterations": 300,
-            "selftrain.rounds": 0, "inference.scales": (1.0,), "inference.flip": False}
+SCHEDULE = {"classifier.epochs": 4, "classifier.min_epoch_steps": 0, "cam.scales": (1.0, 1.5),
+            "segmentation.iterations": 300, "selftrain.rounds": 0, "inference.scales": (1.0,), "inference.flip": False}
+# ``--epoch-steps 430`` (the `cpu` preset's classifier.min_epoch_steps): an epoch trains at least one pass over all
+# 75 images (8,607 patches // 20), so a budget's classifier trains as long as the 100 % one
 
 
 def load() -> dict:
@@ -95,10 +97,12 @@ def bench_config(store: ProjectStore):
     return project_config(store, "cpu", dict(SCHEDULE))
 
 
-def run_name(picker: str, budget: int, seed: int, iterations: int | None = None) -> str:
-    """The key of a run; a segmentation schedule other than the sweep's adds ``-itN``."""
+def run_name(picker: str, budget: int, seed: int, iterations: int | None = None, epoch_steps: int = 0) -> str:
+    """The key of a run; a segmentation schedule other than the sweep's adds ``-itN``, a classifier epoch of at
+    least N steps ``-esN``."""
     longer = iterations is not None and iterations != SCHEDULE["segmentation.iterations"]
-    return f"{picker}-{budget}-s{seed}" + (f"-it{iterations}" if longer else "")
+    return (f"{picker}-{budget}-s{seed}" + (f"-it{iterations}" if longer else "")
+            + (f"-es{epoch_steps}" if epoch_steps else ""))
 
 
 def counts(n: int, budgets: list[int]) -> list[int]:
@@ -132,13 +136,13 @@ def tag_images(store: ProjectStore, truth: ProjectStore, names: list[str], cfg, 
 
 
 def train_budget(picker: str, budget: int, seed: int, names: list[str], truth: ProjectStore, data: dict,
-                 untagged: bool = False, iterations: int | None = None) -> dict:
+                 untagged: bool = False, iterations: int | None = None, epoch_steps: int = 0) -> dict:
     from pipeline.stages.infer import evaluate
     from pipeline.stages.run import run_all
 
     tagged_by = picker
     picker = picker + "+untagged" if untagged else picker
-    key = run_name(picker, budget, seed, iterations)
+    key = run_name(picker, budget, seed, iterations, epoch_steps)
     path = WORK / f"{key}.oeem.zarr"
     if path.exists():
         shutil.rmtree(path)
@@ -149,13 +153,15 @@ def train_budget(picker: str, budget: int, seed: int, names: list[str], truth: P
     cfg.patches.untagged_images = untagged
     if iterations is not None:
         cfg.segmentation.iterations = iterations
+    cfg.classifier.min_epoch_steps = epoch_steps
     tag_images(store, truth, names, cfg, image_tags=tagged_by == "image-tags")
     t = time.perf_counter()
     report = run(run_all(store, cfg, "cpu"), lambda p: None)
     minutes = (time.perf_counter() - t) / 60
     pseudo_val = evaluate(store, "val", "pseudo")
     row = {"picker": picker, "budget": budget, "seed": seed, "images": names,
-           "iterations": cfg.segmentation.iterations,
+           "iterations": cfg.segmentation.iterations, "min_epoch_steps": epoch_steps,
+           "classifier_passes": store.load_run("classifier")["passes"],
            "precision": (report.get("segmentation") or {}).get("precision"), "minutes": round(minutes, 1),
            "labelled_patches": int(store.tag_summary()["patches"]),
            "val_mIoU": report["evaluation-val"]["mIoU"], "testA_mIoU": report["evaluation-test"]["mIoU"],
@@ -175,13 +181,15 @@ def cmd_budget(args) -> None:
     prev: Path | None = None
     for budget, k in zip(args.budgets, sizes):
         key = run_name(args.picker + ("+untagged" if args.untagged_images else ""), budget, args.seed,
-                       args.iterations)
+                       args.iterations, args.epoch_steps)
         variant = args.untagged_images or key != run_name(args.picker, budget, args.seed)
-        if variant and args.picker != "random":  # the plain run's picks (random ones are seeded)
+        if k == len(names):  # every image, whoever picks
+            picked = names
+        elif variant and args.picker != "random":  # the plain run's picks (random ones are seeded)
             plain = data["runs"].get(run_name(args.picker, budget, args.seed))
             if plain is None:
                 sys.exit(f"run `budget --picker {args.picker} --budgets {budget} --seed {args.seed}` first: "
-                         "--untagged-images and --iterations train its picks")
+                         "--untagged-images, --iterations and --epoch-steps train its picks")
             picked = plain["images"]
         elif args.picker == "suggested":
             done = data["runs"].get(key)
@@ -193,7 +201,7 @@ def cmd_budget(args) -> None:
             print(f"{key}: done (--redo to measure again)")
         else:
             data["runs"][key] = train_budget(args.picker, budget, args.seed, list(picked), truth, data,
-                                             args.untagged_images, args.iterations)
+                                             args.untagged_images, args.iterations, args.epoch_steps)
             save(data)
         prev = Path(data["runs"][key]["project"])
 
@@ -205,8 +213,17 @@ def cmd_actions(args) -> None:
 
     truth = ProjectStore.open(TRUTH)
     data = load()
-    steps = sorted((r for r in data["runs"].values() if r["picker"] == "suggested" and r["seed"] == args.seed),
-                   key=lambda r: r["budget"])
+    its, es = args.iterations or SCHEDULE["segmentation.iterations"], args.epoch_steps
+
+    def runs_with(epoch_steps: int) -> dict[int, dict]:
+        return {r["budget"]: r for r in data["runs"].values() if r["picker"] == "suggested" and r["seed"] == args.seed
+                and r.get("iterations", SCHEDULE["segmentation.iterations"]) == its
+                and r.get("min_epoch_steps", 0) == epoch_steps}
+
+    by_budget = runs_with(es)
+    if 100 not in by_budget and 100 in runs_with(0):  # the last step's model proposes nothing: only its images count
+        by_budget[100] = runs_with(0)[100]
+    steps = [by_budget[b] for b in sorted(by_budget)]
     if not steps:
         sys.exit("no suggested budget runs yet: run `weak_labels.py budget --picker suggested` first")
     scratch = WORK / "actions.oeem.zarr"
@@ -252,11 +269,12 @@ def cmd_actions(args) -> None:
         done += new
         model_from = step
     vertices = mask_vertices(truth, done)
-    data["actions"] = {"images": len(done), "patches": patches_total, "one_by_one": one_by_one,
-                       "with_proposals": proposal_flow, "ratio": one_by_one / max(1, proposal_flow),
-                       "with_proposals_keys_only": keys_flow, "ratio_keys_only": one_by_one / max(1, keys_flow),
-                       "no_proposals": no_proposal_flow, "wrong_proposals": wrong_total, "steps": per_step,
-                       "mask_polygon_vertices": vertices}
+    key = "actions" + (f"-it{its}-es{es}" if (its, es) != (SCHEDULE["segmentation.iterations"], 0) else "")
+    data[key] = {"images": len(done), "patches": patches_total, "one_by_one": one_by_one,
+                 "with_proposals": proposal_flow, "ratio": one_by_one / max(1, proposal_flow),
+                 "with_proposals_keys_only": keys_flow, "ratio_keys_only": one_by_one / max(1, keys_flow),
+                 "no_proposals": no_proposal_flow, "wrong_proposals": wrong_total, "steps": per_step,
+                 "mask_polygon_vertices": vertices}
     save(data)
     print_table([(s["budget"], s["images"], s["model_from"] or "-", s["wrong_proposals"], s["strokes"],
                   s["actions"], s["actions_keys_only"], s["actions_no_proposals"]) for s in per_step],
@@ -327,11 +345,12 @@ def mask_vertices(truth: ProjectStore, names: list[str], tolerance: float = 1.0)
 
 
 # ---------------------------------------------------------------------------- table
-def groups(data: dict) -> dict[tuple[str, int, int], list[dict]]:
-    """The runs by (picker, budget, segmentation iterations), seeds together."""
-    out: dict[tuple[str, int, int], list[dict]] = {}
+def groups(data: dict) -> dict[tuple[str, int, int, int], list[dict]]:
+    """The runs by (picker, budget, segmentation iterations, classifier.min_epoch_steps), seeds together."""
+    out: dict[tuple[str, int, int, int], list[dict]] = {}
     for r in data["runs"].values():
-        key = (r["picker"], r["budget"], r.get("iterations", SCHEDULE["segmentation.iterations"]))
+        key = (r["picker"], r["budget"], r.get("iterations", SCHEDULE["segmentation.iterations"]),
+               r.get("min_epoch_steps", 0))
         out.setdefault(key, []).append(r)
     return {k: sorted(v, key=lambda r: r["seed"]) for k, v in sorted(out.items())}
 
@@ -341,17 +360,19 @@ def cmd_table(args) -> None:
     by = groups(data)
     mean = {k: float(np.mean([r["testA_mIoU"] for r in rs])) for k, rs in by.items()}
     rows = []
-    for (picker, budget, its), rs in by.items():
-        full = mean.get(("suggested", 100, its))
+    for (picker, budget, its, es), rs in by.items():
+        # an epoch of all 75 images is 430 steps: a minimum up to that leaves the 100 % run as it is
+        full = mean.get(("suggested", 100, its, es)) or (mean.get(("suggested", 100, its, 0)) if es <= 430
+                                                          else None)
         per_seed = " / ".join(f"{r['testA_mIoU']:.2f}" for r in rs)
-        rows.append((picker, f"{budget} %", its, ", ".join(str(r["seed"]) for r in rs), len(rs[0]["images"]),
+        rows.append((picker, f"{budget} %", its, es or "-", ", ".join(str(r["seed"]) for r in rs), len(rs[0]["images"]),
                      f"{np.mean([r['val_pseudo_mIoU'] for r in rs]):.2f}",
                      f"{np.mean([r['val_mIoU'] for r in rs]):.2f}",
-                     f"{mean[(picker, budget, its)]:.2f}" + (f" ({per_seed})" if len(rs) > 1 else ""),
-                     f"{100 * mean[(picker, budget, its)] / full:.1f} %" if full else "-",
+                     f"{mean[(picker, budget, its, es)]:.2f}" + (f" ({per_seed})" if len(rs) > 1 else ""),
+                     f"{100 * mean[(picker, budget, its, es)] / full:.1f} %" if full else "-",
                      f"{np.mean([r['minutes'] for r in rs]):.1f}"))
-    print_table(rows, ("picked by", "budget", "iterations", "seeds", "images", "val pseudo", "val mIoU",
-                       "testA mIoU (per seed)", "of 100 %", "min"))
+    print_table(rows, ("picked by", "budget", "iterations", "epoch steps at least", "seeds", "images", "val pseudo",
+                       "val mIoU", "testA mIoU (per seed)", "of 100 %", "min"))
     if "actions" in data:
         a = data["actions"]
         print(f"\nactions: one by one {a['one_by_one']}, with proposals {a['with_proposals']} ({a['ratio']:.1f}x); "
@@ -360,26 +381,35 @@ def cmd_table(args) -> None:
 
 
 def plot(data: dict) -> None:
+    """Two panels: the sweep's schedule, and the longer one (1000 iterations, epochs of at least 430 steps)."""
     plt = pyplot()
     if plt is None:
         return
     by = groups(data)
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-    for picker, style in (("suggested", "o-"), ("random", "s--"), ("image-tags", "^:"),
-                          ("suggested+untagged", "D-."), ("random+untagged", "v-.")):
-        keys = [k for k in by if k[0] == picker and k[2] == SCHEDULE["segmentation.iterations"]]
-        if not keys:
-            continue
-        budgets = [k[1] for k in keys]
-        for field, alpha, what in (("testA_mIoU", 1.0, "testA"), ("val_pseudo_mIoU", 0.45, "validation pseudo-masks")):
-            values = [[r[field] for r in by[k]] for k in keys]  # seeds: the mean, bars from the lowest to the highest
-            m = np.array([np.mean(v) for v in values])
-            err = np.array([[m[i] - min(v), max(v) - m[i]] for i, v in enumerate(values)]).T
-            ax.errorbar(budgets, m, yerr=err, fmt=style, alpha=alpha, capsize=3, label=f"{picker}: {what}")
-    ax.set_xlabel("training images with patch tags (%)")
-    ax.set_ylabel("mIoU (mean over seeds, bars: range)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    panels = (((SCHEDULE["segmentation.iterations"], 0), "300 iterations, epochs of one pass"),
+              ((1000, 430), "1000 iterations, epochs of 430+ steps"))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120, sharey=True)
+    for ax, ((its, es), title) in zip(axes, panels):
+        for picker, style in (("suggested", "o-"), ("random", "s--"), ("image-tags", "^:"),
+                              ("suggested+untagged", "D-."), ("random+untagged", "v-.")):
+            keys = [k for k in by if k[0] == picker and k[2:] == (its, es)]
+            if picker == "suggested" and es and ("suggested", 100, its, es) not in by \
+                    and ("suggested", 100, its, 0) in by:
+                keys.append(("suggested", 100, its, 0))  # 100 %: an epoch of all images already has 430 steps
+            if not keys:
+                continue
+            keys.sort(key=lambda k: k[1])
+            budgets = [k[1] for k in keys]
+            for field, alpha, what in (("testA_mIoU", 1.0, "testA"), ("val_pseudo_mIoU", 0.45, "val. pseudo-masks")):
+                values = [[r[field] for r in by[k]] for k in keys]  # seeds: the mean, bars from lowest to highest
+                m = np.array([np.mean(v) for v in values])
+                err = np.array([[m[i] - min(v), max(v) - m[i]] for i, v in enumerate(values)]).T
+                ax.errorbar(budgets, m, yerr=err, fmt=style, alpha=alpha, capsize=3, label=f"{picker}: {what}")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("training images with patch tags (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6)
+    axes[0].set_ylabel("mIoU (mean over seeds, bars: range)")
     fig.tight_layout()
     out = Path(__file__).resolve().parents[1] / "docs" / "weak_labels.png"
     fig.savefig(out)
@@ -400,9 +430,14 @@ def main() -> None:
     b.add_argument("--iterations", type=int,
                    help=f"segmentation iterations (default: the sweep's {SCHEDULE['segmentation.iterations']}); "
                         "another number trains the plain run's picks and is kept as its own row")
+    b.add_argument("--epoch-steps", type=int, default=0,
+                   help="classifier.min_epoch_steps (default 0: an epoch is one pass); the plain run's picks, a "
+                        "row of its own")
     b.set_defaults(func=cmd_budget)
     a = sub.add_parser("actions")
     a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--iterations", type=int, help="replay the proposals of the runs with these iterations")
+    a.add_argument("--epoch-steps", type=int, default=0, help="... and this classifier.min_epoch_steps")
     a.set_defaults(func=cmd_actions)
     sub.add_parser("table").set_defaults(func=cmd_table)
     args = ap.parse_args()

@@ -417,8 +417,11 @@ def estimate(cfg: PipelineConfig, speeds: Speeds, facts: ProjectFacts, done: Col
                              f"{len(facts.cam_images)} images", "patches" in done))
     cc = cfg.classifier
     per_epoch = max(1, facts.train_patches // cc.batch_size)
-    out.append(StageEstimate("classifier", "classifier", cc.epochs * per_epoch * speeds.classifier_step,
-                             f"{cc.epochs} epoch{'s' if cc.epochs > 1 else ''} x {per_epoch} steps",
+    passes = cc.passes_for(facts.train_patches)
+    detail = f"{cc.epochs} epoch{'s' if cc.epochs > 1 else ''} x {per_epoch} steps"
+    if passes > cc.epochs:  # few labelled patches: each epoch passes over them several times
+        detail = f"{cc.epochs} epochs of {cc.min_epoch_steps}+ steps: {passes} passes x {per_epoch} steps"
+    out.append(StageEstimate("classifier", "classifier", passes * per_epoch * speeds.classifier_step, detail,
                              "classifier" in done))
     scales = ", ".join(f"{s:g}" for s in cfg.cam.scales)
     reuse = "cams-reuse" in done  # same CAMs, other pseudo-mask settings: no network

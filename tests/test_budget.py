@@ -74,6 +74,19 @@ def test_the_estimate_counts_each_stages_real_steps():
     assert done.total == pytest.approx(est.total - sum(by[k].seconds for k in ("patches", "classifier", "cams")))
 
 
+def test_a_few_tagged_images_train_the_classifier_as_long_as_a_whole_dataset():
+    """The cpu preset's epochs train at least 430 steps each: on 19 tagged GlaS images (111 steps a pass) an epoch
+    makes several passes, and the estimate and a budget's fewer epochs count them."""
+    cfg = preset("cpu")
+    few = dataclasses.replace(GLAS, train_patches=19 * 117, cam_images=GLAS.cam_images[:19])
+    by = {s.key: s for s in estimate(cfg, FP32, few).stages}
+    assert by["classifier"].detail == "8 epochs of 430+ steps: 31 passes x 111 steps"  # ceil(8 * 430 / 111)
+    assert by["classifier"].seconds == pytest.approx(31 * 111 * 0.28)
+    assert estimate(cfg, FP32, GLAS).stages[1].detail == "8 epochs x 497 steps"  # a whole dataset: one pass each
+    two = dataclasses.replace(cfg, classifier=dataclasses.replace(cfg.classifier, epochs=2))  # as a budget shrinks
+    assert {s.key: s for s in estimate(two, FP32, few).stages}["classifier"].detail.endswith("8 passes x 111 steps")
+
+
 def test_a_schedule_sized_to_a_budget_fits_it_and_shrinks_in_the_documented_order():
     cfg = preset("cpu")
     two_scales = (1.0, 1.5)

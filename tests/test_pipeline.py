@@ -61,6 +61,26 @@ def test_classifier_resumes_from_its_checkpoint(project_copy):
     assert store.checkpoint_path("classifier").is_file()  # a typo never touches the model
 
 
+def test_an_epoch_on_few_patches_passes_over_them_until_it_has_its_steps(project_copy):
+    """A few tagged images: each epoch makes whole passes until it has trained ``min_epoch_steps`` steps, so the
+    classifier trains as long as on a whole dataset (docs/benchmarks.md, weak labels)."""
+    store, cfg = project_copy
+    n = store.load_run("classifier")["n_patches"]
+    per_pass = n // cfg.classifier.batch_size
+    cls = cfg.classifier
+    assert cls.passes_for(n) == cls.epochs  # the fixture's setting: an epoch is one pass
+    cls.min_epoch_steps = per_pass + per_pass // 2  # 1.5 passes per epoch: 3 epochs -> 4.5 -> 5 whole passes
+    messages = []
+    rec = run(train_classifier(store, cls, cfg.patches, "cpu", on_mismatch="restart"),
+              lambda p: p.message and messages.append(p.message))
+    assert cls.epochs == 3 and rec["passes"] == rec["epochs_run"] == 5
+    assert "pass 5/5" in messages and not any(m.startswith("epoch ") for m in messages)
+    assert torch.load(store.checkpoint_path("classifier"), weights_only=True)["epoch"] == 5
+    assert run(train_classifier(store, cls, cfg.patches, "cpu"))["epochs_run"] == 0  # done: resumes to nothing
+    cls.min_epoch_steps = per_pass - 1  # a pass already has the steps: nothing added
+    assert cls.passes_for(n) == 3
+
+
 def test_changed_settings_restart_and_keep_the_previous_model(project_copy):
     """`oeem run` and the plugin train afresh when the settings changed, keeping the old model aside."""
     store, cfg = project_copy

@@ -20,6 +20,7 @@ def tiny_cpu_config():
     cfg = preset("cpu")
     cfg.classifier.backbone = BackboneConfig(**SMALL)
     cfg.classifier.epochs = 2
+    cfg.classifier.min_epoch_steps = 0  # one pass per epoch over the sample's few patches
     cfg.classifier.batch_size = 16
     cfg.cam.scales = (1.0,)
     seg = cfg.segmentation

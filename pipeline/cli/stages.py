@@ -29,7 +29,8 @@ def cmd_train_cls(args) -> None:
     rec = drive(train_classifier(store, cfg.classifier, cfg.patches, args.device, args.redo), "classifier")
     if not is_main():
         return
-    print(f"classifier trained: {rec['n_patches']} patches, {rec['epochs_run']} epochs in {rec['seconds']:.0f} s "
+    print(f"classifier trained: {rec['n_patches']} patches, {rec['epochs_run']} passes over them in "
+          f"{rec['seconds']:.0f} s "
           f"({rec['patches_per_s']:.0f} patches/s), final loss {rec['final_loss']:.4f}")
 
 
@@ -149,7 +150,9 @@ def print_report(report: dict) -> None:
     print("\n== OEEM report ==")
     print(f"patches: {p['patches']} from {p['images']} train images")
     c = report["classifier"]
-    print(f"classifier: {c['config']['epochs']} epochs, {c.get('patches_per_s') or 0:.0f} patches/s")
+    passes = c.get("passes", c["config"]["epochs"])
+    over = f" ({passes} passes over the patches)" if passes != c["config"]["epochs"] else ""
+    print(f"classifier: {c['config']['epochs']} epochs{over}, {c.get('patches_per_s') or 0:.0f} patches/s")
     cams = report["cams"]
     scales = ", ".join(f"{v:g}" for v in (cams.get("config") or {}).get("scales", []))
     if scales:

@@ -145,6 +145,8 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     if n < dist.world_size:
         raise OEEMError(f"{n} training patches cannot be shared by {dist.world_size} torchrun processes")
     steps_per_epoch = max(1, n // cfg.batch_size)
+    passes = cfg.passes_for(n)  # several per epoch on few labelled patches (cfg.min_epoch_steps)
+    unit = "epoch" if passes == cfg.epochs else "pass"
     start_epoch = int(ck["epoch"]) if ck is not None else 0
     mean = torch.tensor(GLAS_MEAN, device=dev).view(1, 3, 1, 1)
     std = torch.tensor(GLAS_STD, device=dev).view(1, 3, 1, 1)
@@ -172,9 +174,9 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
 
     def message(step: int) -> str | None:
         epoch, it = divmod(step, steps_per_epoch)
-        return f"epoch {epoch + 1}/{cfg.epochs}" if it % 5 == 0 or it == steps_per_epoch - 1 else None
+        return f"{unit} {epoch + 1}/{passes}" if it % 5 == 0 or it == steps_per_epoch - 1 else None
 
-    loop = Loop(STAGE, "classifier", steps_per_epoch * cfg.epochs, batch, loss, checkpoint,
+    loop = Loop(STAGE, "classifier", steps_per_epoch * passes, batch, loss, checkpoint,
                 checkpoint_every=steps_per_epoch, save_on_cancel=False,  # a checkpoint marks a whole epoch
                 where=lambda step: f"epoch {step // steps_per_epoch + 1}", message=message, lr=cfg.lr,
                 poly_power=cfg.poly_power, loss_weight=0.1, rate="patches_per_s")
@@ -182,7 +184,8 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     record = {**settings, "device": str(dev), "n_patches": n,
               "run_id": uuid.uuid4().hex,  # lets the CAM stage tell whether its CAMs came from this model
               "patches_run_id": (store.load_run("patches") or {}).get("run_id"),  # the labels it learned
-              "epochs_run": cfg.epochs - start_epoch, "seconds": done.seconds, "final_loss": done.final_loss,
+              "epochs_run": passes - start_epoch, "passes": passes,  # passes over the patches; more than epochs
+              "seconds": done.seconds, "final_loss": done.final_loss,  # where an epoch must train min_epoch_steps
               "patches_per_s": done.per_second(done.samples), "world_size": dist.world_size,
               "precision": precision_name(amp)}
     if dist.is_main:
