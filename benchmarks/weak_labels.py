@@ -349,8 +349,10 @@ def groups(data: dict) -> dict[tuple[str, int, int, int], list[dict]]:
     """The runs by (picker, budget, segmentation iterations, classifier.min_epoch_steps), seeds together."""
     out: dict[tuple[str, int, int, int], list[dict]] = {}
     for r in data["runs"].values():
+        # a minimum an epoch's one pass already has (100 %: 430 steps) trains the same run as one-pass epochs
+        same = r.get("classifier_passes", SCHEDULE["classifier.epochs"]) == SCHEDULE["classifier.epochs"]
         key = (r["picker"], r["budget"], r.get("iterations", SCHEDULE["segmentation.iterations"]),
-               r.get("min_epoch_steps", 0))
+               0 if same else r.get("min_epoch_steps", 0))
         out.setdefault(key, []).append(r)
     return {k: sorted(v, key=lambda r: r["seed"]) for k, v in sorted(out.items())}
 
