@@ -145,7 +145,8 @@ class ClassifierConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     input_size: int = setting(112, "patches are resized to this before the network (paper: 224)", gt=0,
                               label="input size")
-    epochs: int = setting(8, "passes over the labelled patches", gt=0, basic=True, label="classifier epochs",
+    epochs: int = setting(8, "epochs over the labelled patches: one pass each, or more (min_epoch_steps)", gt=0,
+                          basic=True, label="classifier epochs",
                           flag="--epochs", commands=("train-cls", "run"))
     min_epoch_steps: int = setting(0, "an epoch trains at least this many steps: on a few tagged images it passes "
                                    "over their patches several times, so the classifier trains as long as on a "

@@ -178,7 +178,7 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
 
     loop = Loop(STAGE, "classifier", steps_per_epoch * passes, batch, loss, checkpoint,
                 checkpoint_every=steps_per_epoch, save_on_cancel=False,  # a checkpoint marks a whole epoch
-                where=lambda step: f"epoch {step // steps_per_epoch + 1}", message=message, lr=cfg.lr,
+                where=lambda step: f"{unit} {step // steps_per_epoch + 1}", message=message, lr=cfg.lr,
                 poly_power=cfg.poly_power, loss_weight=0.1, rate="patches_per_s")
     done = yield from train(store, loop, dist, model, opt, start_epoch * steps_per_epoch, notice)
     record = {**settings, "device": str(dev), "n_patches": n,
