@@ -11,6 +11,7 @@ only by the simulated pathologist), 10 training images with masks are held out f
     python benchmarks/weak_labels.py budget --picker image-tags --budgets 25
     python benchmarks/weak_labels.py budget --picker suggested --budgets 25 --untagged-images
     python benchmarks/weak_labels.py budget --picker random --budgets 25 --untagged-images
+    python benchmarks/weak_labels.py round suggested-25-s0-it1000-es430 --untagged-images  # + one round
     python benchmarks/weak_labels.py actions                     # the action counts (needs the suggested runs)
     python benchmarks/weak_labels.py table                       # table + plot from the saved results
 
@@ -19,6 +20,9 @@ model (spread over the images); each later step adds the images `oeem suggest` r
 on the step before. *Random* picks the same counts at random (seeded). *Image tags* gives each picked image one tag
 for all its patches (the classes present anywhere in it), the same images as *suggested*. ``--untagged-images``
 trains the same picks with ``patches.untagged_images`` (the untagged training images get CAM pseudo-masks too).
+*round* adds one self-training round (the run's own iterations) to a copy of a finished budget run's project, as
+``oeem run --rounds 1`` would have continued it; ``--untagged-images`` lets the untagged training images join the
+round (``selftrain.untagged_images``: the round-0 model's prediction is their label).
 """
 from __future__ import annotations
 
@@ -206,6 +210,55 @@ def cmd_budget(args) -> None:
         prev = Path(data["runs"][key]["project"])
 
 
+# ---------------------------------------------------------------------------- a self-training round
+def round_config(store: ProjectStore):
+    """The settings a finished budget run trained with (each stage's record), one self-training round more at the
+    run's own iterations."""
+    from pipeline.config import CamConfig, ClassifierConfig, InferConfig, PatchConfig, SegConfig, from_dict
+
+    cfg = bench_config(store)
+    for section, cls, stage in (("patches", PatchConfig, "patches"), ("classifier", ClassifierConfig, "classifier"),
+                                ("cam", CamConfig, "cams"), ("segmentation", SegConfig, "segmentation"),
+                                ("inference", InferConfig, "predict")):
+        setattr(cfg, section, from_dict(cls, store.load_run(stage)["config"]))
+    cfg.selftrain.rounds, cfg.selftrain.last_round_scale = 1, 1.0
+    return cfg
+
+
+def cmd_round(args) -> None:
+    from pipeline.stages.infer import evaluate
+    from pipeline.stages.run import run_all
+
+    data = load()
+    base = data["runs"].get(args.run)
+    if base is None:
+        sys.exit(f"no budget run {args.run!r}: run `budget` first (`table` lists them)")
+    key = f"{args.run}-round1" + ("-untagged" if args.untagged_images else "")
+    if key in data.get("rounds", {}) and not args.redo:
+        print(f"{key}: done (--redo to measure again)")
+        return
+    path = WORK / f"{key}.oeem.zarr"
+    if path.exists():
+        shutil.rmtree(path)
+    shutil.copytree(base["project"], path)
+    store = ProjectStore.open(path)
+    cfg = round_config(store)
+    cfg.selftrain.untagged_images = args.untagged_images
+    t = time.perf_counter()
+    report = run(run_all(store, cfg, "cpu", estimate=False), lambda p: None)
+    minutes = (time.perf_counter() - t) / 60
+    entry = report["selftrain-round-1"]
+    row = {**{k: base[k] for k in ("picker", "budget", "seed", "iterations", "min_epoch_steps")}, "base": args.run,
+           "untagged_images": args.untagged_images, "joined_images": entry.get("untagged_images", 0),
+           "val_mIoU": report["evaluation-val"]["mIoU"], "testA_mIoU": report["evaluation-test"]["mIoU"],
+           "val_pseudo_mIoU": evaluate(store, "val", "pseudo")["mIoU"], "minutes": round(minutes, 1),
+           "project": str(path)}
+    data.setdefault("rounds", {})[key] = row
+    save(data)
+    print(f"{key}: testA {row['testA_mIoU']:.2f} (round 0: {base['testA_mIoU']:.2f}), validation {row['val_mIoU']:.2f} "
+          f"({base['val_mIoU']:.2f}), pseudo {row['val_pseudo_mIoU']:.2f}, {minutes:.1f} min", flush=True)
+
+
 # ---------------------------------------------------------------------------- actions
 def cmd_actions(args) -> None:
     """Replay the suggested order with the Tagger: patch by patch against proposals + fixes."""
@@ -375,11 +428,37 @@ def cmd_table(args) -> None:
                      f"{np.mean([r['minutes'] for r in rs]):.1f}"))
     print_table(rows, ("picked by", "budget", "iterations", "epoch steps at least", "seeds", "images", "val pseudo",
                        "val mIoU", "testA mIoU (per seed)", "of 100 %", "min"))
+    if data.get("rounds"):
+        print_rounds(data)
     if "actions" in data:
         a = data["actions"]
         print(f"\nactions: one by one {a['one_by_one']}, with proposals {a['with_proposals']} ({a['ratio']:.1f}x); "
               f"mask vertices {a['mask_polygon_vertices']}")
     plot(data)
+
+
+def print_rounds(data: dict) -> None:
+    """The budget runs with one self-training round more, seeds together, against the 100 % runs' round."""
+    by: dict[tuple, list[dict]] = {}
+    for r in data["rounds"].values():
+        by.setdefault((r["picker"], r["budget"], r["iterations"], r["untagged_images"]), []).append(r)
+    full = {k[2]: float(np.mean([r["testA_mIoU"] for r in rs])) for k, rs in by.items()
+            if k[:2] == ("suggested", 100) and not k[3]}
+    rows = []
+    for (picker, budget, its, untagged), rs in sorted(by.items()):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        base = [data["runs"][r["base"]] for r in rs]
+        m = float(np.mean([r["testA_mIoU"] for r in rs]))
+        rows.append((picker, f"{budget} %", its, "joined" if untagged else "-", ", ".join(str(r["seed"]) for r in rs),
+                     f"{np.mean([r['val_pseudo_mIoU'] for r in rs]):.2f}",
+                     f"{np.mean([b['val_mIoU'] for b in base]):.2f} -> {np.mean([r['val_mIoU'] for r in rs]):.2f}",
+                     f"{np.mean([b['testA_mIoU'] for b in base]):.2f} -> {m:.2f} ("
+                     + " / ".join(f"{r['testA_mIoU']:.2f}" for r in rs) + ")",
+                     f"{100 * m / full[its]:.1f} %" if its in full else "-",
+                     f"{np.mean([r['minutes'] for r in rs]):.1f}"))
+    print("\none self-training round more (round 0 -> round 1)")
+    print_table(rows, ("picked by", "budget", "iterations", "untagged images", "seeds", "val pseudo (round 1)",
+                       "val mIoU", "testA mIoU (per seed)", "of 100 % (round 1)", "min"))
 
 
 def plot(data: dict) -> None:
@@ -436,6 +515,12 @@ def main() -> None:
                    help="classifier.min_epoch_steps (default 0: an epoch is one pass); the plain run's picks, a "
                         "row of its own")
     b.set_defaults(func=cmd_budget)
+    r = sub.add_parser("round")
+    r.add_argument("run", help="a finished budget run's key, e.g. suggested-25-s0-it1000-es430")
+    r.add_argument("--untagged-images", action="store_true",
+                   help="selftrain.untagged_images: the untagged training images join the round")
+    r.add_argument("--redo", action="store_true")
+    r.set_defaults(func=cmd_round)
     a = sub.add_parser("actions")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--iterations", type=int, help="replay the proposals of the runs with these iterations")

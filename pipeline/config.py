@@ -344,6 +344,9 @@ class SelfTrainConfig:
     # a factor, not a count, so a shorter schedule (--iterations, the plugin's iterations) shortens it too
     last_round_scale: float = setting(1.0, "the training on the last round's labels runs segmentation.iterations x "
                                       "this (1: as the other rounds)", gt=0, le=10, label="last round length")
+    untagged_images: bool = setting(False, "training images nobody tagged join the self-training rounds, labelled "
+                                    "by the segmentation network's prediction (nothing ruled out in them)",
+                                    label="untagged images join the rounds")
 
 
 @dataclass

@@ -311,3 +311,61 @@ def test_untagged_images_get_pseudo_masks_when_asked(tmp_path, own_folder, capsy
     assert len(images) == 2 and store.load_run("classifier")["n_patches"] == 2
     cfg = project_config(store, "tiny", {"patches.untagged_images": True})
     assert len(tile_dataset(store, cfg.segmentation)[0]) == 3 * tiles_alone  # three same-sized images now
+
+
+def test_untagged_images_join_the_self_training_rounds_when_asked(tmp_path, own_folder, capsys):
+    """`selftrain.untagged_images`: stage 1 stays on the tagged image, then each self-training round takes the
+    untagged training images in with the prediction as their label (all patches unlabelled: nothing ruled out);
+    going back to round 0, or tagging a joined image, undoes the join."""
+    from pipeline.cli import main
+    from pipeline.stages.postprocess import clean_mask
+    from pipeline.stages.segment import tile_dataset
+    from pipeline.stages.selftrain import next_round_labels
+    from pipeline.store import ProjectStore
+    from pipeline.store.project import project_config
+
+    p = str(tmp_path / "own.oeem.zarr")
+    assert main(["init", str(own_folder), p, "--test", "case9_*"]) == 0
+    (tmp_path / "tags.csv").write_text("image,x,y,size,gland,non_gland\ncase1 tile A.tif,0,0,112,1,0\n"
+                                       "case1 tile A.tif,80,48,112,0,1\n")
+    assert main(["labels", "import", p, str(tmp_path / "tags.csv")]) == 0
+    tiny = ["--preset", "tiny", "--device", "cpu", "--epochs", "1", "--iterations", "2", "--fast",
+            "--set", "selftrain.rounds=1", "--set", "selftrain.untagged_images=true"]
+    assert main(["run", p, *tiny]) == 0
+    assert "self-training round 1: 2 untagged training images labelled by the prediction" in capsys.readouterr().out
+    store = ProjectStore.open(p, mode="r")
+    assert store.load_run("cams")["images"] == 1  # stage 1 made the tagged image's pseudo-mask only
+    assert store.labelled_images(("train",)) == ["case1_tile_A", "case1_tile_B", "case2-001"]
+    for n in ("case1_tile_B", "case2-001"):
+        assert store.joined_round(n) == 1 and not store.read(n, "patch_labels").any()
+        assert not store.has(n, "pseudo_cam")  # no stage-1 mask to go back to
+    assert store.joined_round("case1_tile_A") is None and store.has("case1_tile_A", "pseudo_cam")
+    seg = store.load_run("segmentation")
+    assert seg["labels_round"] == 1
+    cfg = project_config(store, "tiny", save=False)
+    tiles_joined = len(tile_dataset(store, cfg.segmentation)[0])
+    # with nothing ruled out, a joined image's label is the cleaned prediction itself
+    prob = store.read("case2-001", "prob")
+    unrestricted = clean_mask((prob >= 0.5).astype(np.uint8), cfg.cam.drop_glands_below, cfg.cam.fill_holes_below)
+    assert np.array_equal(next_round_labels(store, "case2-001", 112, cfg.cam), unrestricted)
+
+    assert main(["selftrain", p, "--reset"]) == 0
+    store = ProjectStore.open(p, mode="r")
+    assert store.labelled_images(("train",)) == ["case1_tile_A"] and store.pseudo_round == 0
+    for n in ("case1_tile_B", "case2-001"):
+        assert store.joined_round(n) is None and not store.has(n, "pseudo") and not store.has(n, "patch_labels")
+    assert tiles_joined == 3 * len(tile_dataset(store, cfg.segmentation)[0])  # three same-sized images, then one
+
+    # a joined image the pathologist then tags is stage 1's again: its tags, its CAM pseudo-mask
+    assert main(["run", p, *tiny]) == 0
+    (tmp_path / "more.csv").write_text("image,x,y,size,gland,non_gland\ncase2-001.png,0,0,112,0,1\n")
+    assert main(["labels", "import", p, str(tmp_path / "more.csv")]) == 0
+    assert main(["run", p, *tiny]) == 0
+    store = ProjectStore.open(p, mode="r")
+    assert store.load_run("cams")["images"] == 2
+    assert store.joined_round("case2-001") is None and store.read("case2-001", "patch_labels").any()
+    assert store.has("case2-001", "pseudo_cam") and store.joined_round("case1_tile_B") == 1
+    assert main(["cams", p, "--device", "cpu"]) == 0  # stage 1 again: the rounds start over without the joined
+    store = ProjectStore.open(p, mode="r")
+    assert store.pseudo_round == 0 and store.labelled_images(("train",)) == ["case1_tile_A", "case2-001"]
+    assert store.joined_round("case1_tile_B") is None and not store.has("case1_tile_B", "pseudo")

@@ -42,7 +42,8 @@ def make_job(stage: str, store: ProjectStore, cfg: PipelineConfig, device: str, 
     if stage == "selftrain":
         from pipeline.stages.selftrain import refine_round
 
-        return refine_round(store, cfg.patches.size, cam_cfg=cfg.cam)
+        return refine_round(store, cfg.patches.size, cam_cfg=cfg.cam,
+                            untagged=cfg.patches if cfg.selftrain.untagged_images else None)
     if stage == "evaluate":
         return run_step("evaluate", lambda: evaluate_all(store))
     if stage == "all":

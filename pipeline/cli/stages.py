@@ -72,8 +72,11 @@ def cmd_selftrain(args) -> None:
         print(f"restored the stage-1 pseudo-masks of {reset_rounds(store)} images (round 0)")
         return
     cfg = config_for(args, store)
-    entry = drive(refine_round(store, cfg.patches.size, cam_cfg=cfg.cam), "selftrain")
+    untagged = cfg.patches if cfg.selftrain.untagged_images else None
+    entry = drive(refine_round(store, cfg.patches.size, cam_cfg=cfg.cam, untagged=untagged), "selftrain")
     line = f"self-training round {entry['round']}: {entry['pixels_changed']} pseudo-mask pixels changed"
+    if entry["untagged_images"]:
+        line += f" ({entry['untagged_images']} untagged images labelled by the prediction)"
     for split in ("train", "val"):
         if split in entry:
             line += (f"; {split} pseudo-mask mIoU {entry[split]['before']['mIoU']:.2f} -> "
@@ -164,6 +167,9 @@ def print_report(report: dict) -> None:
         if "train" in r:
             print(f"self-training round {r['round']}: pseudo-mask mIoU (train) {r['train']['before']['mIoU']:.2f} "
                   f"-> {r['train']['after']['mIoU']:.2f}")
+        if r.get("untagged_images"):
+            print(f"self-training round {r['round']}: {r['untagged_images']} untagged training images labelled by "
+                  "the prediction")
     from pipeline.config import SegConfig, from_dict
 
     s = report["segmentation"]

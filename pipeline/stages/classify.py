@@ -52,6 +52,7 @@ def make_patch_labels(store: ProjectStore, cfg: PatchConfig,
     total = unlabelled = held_out = val_images = untagged = 0
     sources: dict[str, int] = {}
     for n in [n for split in splits for n in store.names(split)]:
+        store.set_joined_round(n, None)  # what self-training took in becomes stage 1's (or nothing) again
         made = image_patch_labels(store, n, cfg)
         if cfg.untagged_images and store.split(n) == "train" and (made is None or not made[1].any()):
             # every patch unlabelled: the classifier learns nothing here, stage 1 still makes a pseudo-mask

@@ -54,7 +54,7 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", budg
     if not stage_done(store, "cams", cfg):
         yield from make_cams(store, cfg.cam, cfg.patches, device)
     report["cams"] = store.load_run("cams")
-    from pipeline.stages.selftrain import refine_round
+    from pipeline.stages.selftrain import join_untagged, refine_round
 
     resized: list[tuple[dict, float]] = []  # each training's second sizing, and when it was made
     for r in range(cfg.selftrain.rounds + 1):
@@ -65,8 +65,12 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", budg
                     resized.append((entry, time.perf_counter()))
             yield from train_segmenter(store, segmentation_settings(store, cfg), device, on_mismatch="restart")
         if r < cfg.selftrain.rounds and store.pseudo_round == r:
+            untagged = cfg.patches if cfg.selftrain.untagged_images else None
+            if untagged is not None:
+                join_untagged(store, untagged)  # before the prediction: the round labels them with it
             yield from predict(store, cfg.inference, names=store.labelled_images(), device=device)
-            report[f"selftrain-round-{r + 1}"] = yield from refine_round(store, cfg.patches.size, cam_cfg=cfg.cam)
+            report[f"selftrain-round-{r + 1}"] = yield from refine_round(store, cfg.patches.size, cam_cfg=cfg.cam,
+                                                                         untagged=untagged)
     report["segmentation"] = store.load_run("segmentation")
     if not stage_done(store, "predict", cfg) or store.load_run("predict").get("images") != len(store.names()):
         yield from predict(store, cfg.inference, device=device)

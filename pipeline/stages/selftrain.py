@@ -3,7 +3,9 @@
 The segmentation network, trained on noisy pseudo-masks with augmentation and limited capacity, smooths much of
 their noise away; its probabilities, restricted by the patch labels exactly as the CAMs are (Eq. 2: a class the
 pathologist's patch label says is absent cannot win), give the next round's pseudo-masks, cleaned as stage 1's are
-(``cam.drop_glands_below`` / ``cam.fill_holes_below``). Each round is recorded:
+(``cam.drop_glands_below`` / ``cam.fill_holes_below``). With ``selftrain.untagged_images`` the training images
+nobody tagged join the rounds: their grid is all unlabelled, so their labels are the prediction itself, and the
+next training learns from every training image, not only the tagged few. Each round is recorded:
 the store keeps the stage-1 pseudo-mask as ``pseudo_cam``, the round number (``ProjectStore.pseudo_round``) and the
 per-round scores in ``runs/selftrain.json``.
 """
@@ -13,11 +15,12 @@ import time
 
 import numpy as np
 
-from pipeline.config import CamConfig
+from pipeline.config import CamConfig, PatchConfig
 from pipeline.errors import OEEMError
 from pipeline.metrics import confusion, from_confusion
 from pipeline.progress import Job, Progress
 from pipeline.stages.cams import restricted_pseudo
+from pipeline.stages.patches import patch_grid
 from pipeline.stages.postprocess import clean_mask
 from pipeline.store import ProjectStore
 
@@ -38,15 +41,50 @@ def next_round_labels(store: ProjectStore, name: str, patch_size: int, cam_cfg: 
     return clean_mask(new, cam_cfg.drop_glands_below, cam_cfg.fill_holes_below)
 
 
+def untagged_training_images(store: ProjectStore) -> list[str]:
+    """The training images without patch labels: stage 1 made nothing for them."""
+    return [n for n in store.names("train") if not store.has(n, "patch_labels")]
+
+
+def join_untagged(store: ProjectStore, patch_cfg: PatchConfig) -> list[str]:
+    """Take the untagged training images into the next round: a grid of unlabelled patches each, so Eq. 2 rules
+    nothing out and the round's prediction becomes their label. Marked first, so an interrupted join is undone by
+    :func:`drop_joined` like a finished one."""
+    names = untagged_training_images(store)
+    for n in names:
+        store.set_joined_round(n, store.pseudo_round + 1)
+        corners = patch_grid(store.shape(n), patch_cfg.size, patch_cfg.stride)
+        store.write(n, "patch_corners", corners)
+        store.write(n, "patch_labels", np.zeros((len(corners), 2), np.uint8))
+    return names
+
+
+def drop_joined(store: ProjectStore) -> int:
+    """Undo :func:`join_untagged` (a new stage 1, or back to round 0): the joined images' labels came from rounds
+    that are gone. Returns how many images left."""
+    dropped = 0
+    for n in store.names("train"):
+        if store.joined_round(n) is not None:
+            for key in ("patch_labels", "patch_corners", "pseudo", "pseudo_cam"):
+                store.delete(n, key)
+            store.set_joined_round(n, None)
+            dropped += 1
+    return dropped
+
+
 def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None = None,
-                 cam_cfg: CamConfig | None = None) -> Job[dict]:
+                 cam_cfg: CamConfig | None = None, untagged: PatchConfig | None = None) -> Job[dict]:
     """One self-training round: every image with patch labels gets a new pseudo-mask from its ``prob``, cleaned
-    as ``cam_cfg`` cleans stage 1's (none without it)."""
+    as ``cam_cfg`` cleans stage 1's (none without it). With ``untagged`` (the project's patch settings) the
+    untagged training images join first (:func:`join_untagged`); they need a prediction too."""
     cam_cfg = cam_cfg or CamConfig()
+    if untagged is not None and names is None:
+        join_untagged(store, untagged)
     names = names or store.labelled_images()
     if not names:
         raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
-    missing = [n for n in names if not store.has(n, "prob") or not store.has(n, "pseudo")]
+    missing = [n for n in names if not store.has(n, "prob")
+               or not store.has(n, "pseudo") and store.joined_round(n) is None]
     if missing:
         raise OEEMError(f"{store.path}: {len(missing)} image(s) have no prediction yet (e.g. {missing[0]}); a "
                         f"self-training round refines the pseudo-masks with one: run `oeem train-seg {store.path}` "
@@ -56,19 +94,23 @@ def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None =
     changed = 0
     t0 = time.perf_counter()
     for k, n in enumerate(names):
-        old = store.read(n, "pseudo")
-        if not store.has(n, "pseudo_cam"):
-            store.write(n, "pseudo_cam", old)  # stage 1's own, kept for comparison and to start over
         new = next_round_labels(store, n, patch_size, cam_cfg)
+        if store.has(n, "pseudo"):
+            old = store.read(n, "pseudo")
+            if not store.has(n, "pseudo_cam") and store.joined_round(n) is None:
+                store.write(n, "pseudo_cam", old)  # stage 1's own, kept for comparison and to start over
+        else:  # joins this round: nothing to compare with
+            old = new
         store.write(n, "pseudo", new)
         changed += int((new != old).sum())
         mask = store.mask(n)
-        if mask is not None and store.split(n) in cms:
+        if mask is not None and store.split(n) in cms and store.joined_round(n) is None:
             cms[store.split(n)]["before"] += confusion(old, mask)
             cms[store.split(n)]["after"] += confusion(new, mask)
         yield Progress(STAGE, k + 1, len(names), n)
     store.pseudo_round = before + 1
-    entry = {"round": before + 1, "images": len(names), "pixels_changed": changed,
+    joined = sum(store.joined_round(n) is not None for n in names)
+    entry = {"round": before + 1, "images": len(names), "untagged_images": joined, "pixels_changed": changed,
              "cleaning": {"drop_glands_below": cam_cfg.drop_glands_below,
                           "fill_holes_below": cam_cfg.fill_holes_below},
              "seconds": time.perf_counter() - t0}
@@ -82,7 +124,9 @@ def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None =
 
 
 def reset_rounds(store: ProjectStore) -> int:
-    """Put the stage-1 pseudo-masks back (round 0); returns how many images were restored."""
+    """Put the stage-1 pseudo-masks back (round 0), without the untagged images the rounds took in; returns how
+    many images were restored."""
+    drop_joined(store)
     restored = 0
     for n in store.names():
         if store.has(n, "pseudo_cam"):

@@ -5,7 +5,8 @@ Layout (``<project>.zarr``)::
     zarr.json                      attrs: oeem_store_version, created_with, created; pseudo_round (self-training
                                    rounds the pseudo-masks went through: :attr:`ProjectStore.pseudo_round`);
                                    validation (the held-out images and the seed that chose them)
-    images/<name>/                 attrs: split, source, height, width (slide regions: slide_region, where from)
+    images/<name>/                 attrs: split, source, height, width (slide regions: slide_region, where from);
+                                   selftrain_joined (an untagged training image a self-training round took in)
         image (H, W, 3) uint8      mask (H, W) uint8 0/1 (when known)
         patch_corners (N, 2) int32 patch_labels (N, 2) uint8 [non-gland, gland]
         cam (2, H, W) float32      pseudo (H, W) uint8   pseudo_cam (H, W) uint8 (stage 1's own, once self-training
@@ -56,6 +57,7 @@ HISTORY_KEEP = 50  # earlier correction states kept per image (undo)
 # train: weak labels train both stages; val: held out of training, its masks only choose settings; test: reported
 SPLITS = ("train", "val", "test")
 CORRECTION_KEYS = ("corrected", "verified")  # read through the versioned corrections, not plain arrays
+JOINED_ATTR = "selftrain_joined"  # an image attribute: the self-training round an untagged training image joined
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -226,6 +228,19 @@ class ProjectStore:
         if split not in SPLITS:
             raise OEEMError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
         self.group(name).attrs["split"] = split
+
+    def joined_round(self, name: str) -> int | None:
+        """The self-training round that took in ``name``, an untagged training image (``selftrain.untagged_images``),
+        or None: its patch labels (all unlabelled) and pseudo-mask then belong to the rounds, not to stage 1."""
+        value = self.group(name).attrs.get(JOINED_ATTR)
+        return None if value is None else int(value)
+
+    def set_joined_round(self, name: str, labels_round: int | None) -> None:
+        attrs = self.group(name).attrs
+        if labels_round is not None:
+            attrs[JOINED_ATTR] = int(labels_round)
+        elif JOINED_ATTR in attrs:
+            del attrs[JOINED_ATTR]
 
     def shape(self, name: str) -> tuple[int, int]:
         a = self.group(name).attrs
