@@ -248,7 +248,7 @@ def cmd_round(args) -> None:
     report = run(run_all(store, cfg, "cpu", estimate=False), lambda p: None)
     minutes = (time.perf_counter() - t) / 60
     entry = report["selftrain-round-1"]
-    row = {**{k: base[k] for k in ("picker", "budget", "seed", "iterations", "min_epoch_steps")}, "base": args.run,
+    row = {**{k: base.get(k) for k in ("picker", "budget", "seed", "iterations", "min_epoch_steps")}, "base": args.run,
            "untagged_images": args.untagged_images, "joined_images": entry.get("untagged_images", 0),
            "val_mIoU": report["evaluation-val"]["mIoU"], "testA_mIoU": report["evaluation-test"]["mIoU"],
            "val_pseudo_mIoU": evaluate(store, "val", "pseudo")["mIoU"], "minutes": round(minutes, 1),

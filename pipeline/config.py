@@ -447,7 +447,10 @@ def preset(name: str) -> PipelineConfig:
         # validation 80.37 -> 81.39 and train 76.94 -> 78.11. End to end with both, the whole run takes 59 min on
         # 2 cores and the final model scores 80.7 validation, 78.0 train vs its labels' 77.9 (end_to_end.py);
         # over 3 seeds of that last round: 79.8 +- 0.9 validation, 77.6 +- 0.4 train (README)
-        cfg.selftrain = SelfTrainConfig(rounds=2, last_round_scale=1.5)
+        # On a project where only some images carry tags, the untagged training images join the rounds with the
+        # prediction as their label: 25 % of GlaS tagged, one round, seeds 0-2, validation 74.3 -> 75.7 (ahead on
+        # every seed), testA 73.1 -> 72.7 (benchmarks/weak_labels.py round). A fully tagged project has none.
+        cfg.selftrain = SelfTrainConfig(rounds=2, last_round_scale=1.5, untagged_images=True)
     if name == "paper":
         r38 = BackboneConfig(name="resnet38d", widths=(), blocks=())
         cfg.classifier = ClassifierConfig(backbone=r38, input_size=224, epochs=20, batch_size=20, lr=0.01,
