@@ -179,9 +179,7 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
     model, cls_cfg = load_classifier(store, dev)
     model = fold_batchnorm(model)
     if not names:
-        from pipeline.stages.selftrain import drop_joined
-
-        drop_joined(store)  # a new stage 1 starts self-training over, without the images the rounds took in
+        store.drop_joined_images()  # a new stage 1 starts self-training over, without the images rounds took in
     names = names or store.labelled_images()
     if not names:
         raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")

@@ -49,7 +49,7 @@ def untagged_training_images(store: ProjectStore) -> list[str]:
 def join_untagged(store: ProjectStore, patch_cfg: PatchConfig) -> list[str]:
     """Take the untagged training images into the next round: a grid of unlabelled patches each, so Eq. 2 rules
     nothing out and the round's prediction becomes their label. Marked first, so an interrupted join is undone by
-    :func:`drop_joined` like a finished one."""
+    :meth:`ProjectStore.drop_joined_images` like a finished one."""
     names = untagged_training_images(store)
     for n in names:
         store.set_joined_round(n, store.pseudo_round + 1)
@@ -59,30 +59,17 @@ def join_untagged(store: ProjectStore, patch_cfg: PatchConfig) -> list[str]:
     return names
 
 
-def drop_joined(store: ProjectStore) -> int:
-    """Undo :func:`join_untagged` (a new stage 1, or back to round 0): the joined images' labels came from rounds
-    that are gone. Returns how many images left."""
-    dropped = 0
-    for n in store.names("train"):
-        if store.joined_round(n) is not None:
-            for key in ("patch_labels", "patch_corners", "pseudo", "pseudo_cam"):
-                store.delete(n, key)
-            store.set_joined_round(n, None)
-            dropped += 1
-    return dropped
-
-
 def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None = None,
                  cam_cfg: CamConfig | None = None, untagged: PatchConfig | None = None) -> Job[dict]:
     """One self-training round: every image with patch labels gets a new pseudo-mask from its ``prob``, cleaned
     as ``cam_cfg`` cleans stage 1's (none without it). With ``untagged`` (the project's patch settings) the
     untagged training images join first (:func:`join_untagged`); they need a prediction too."""
     cam_cfg = cam_cfg or CamConfig()
+    if not (names or store.labelled_images()):
+        raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
     if untagged is not None and names is None:
         join_untagged(store, untagged)
     names = names or store.labelled_images()
-    if not names:
-        raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
     missing = [n for n in names if not store.has(n, "prob")
                or not store.has(n, "pseudo") and store.joined_round(n) is None]
     if missing:
@@ -126,7 +113,7 @@ def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None =
 def reset_rounds(store: ProjectStore) -> int:
     """Put the stage-1 pseudo-masks back (round 0), without the untagged images the rounds took in; returns how
     many images were restored."""
-    drop_joined(store)
+    store.drop_joined_images()
     restored = 0
     for n in store.names():
         if store.has(n, "pseudo_cam"):

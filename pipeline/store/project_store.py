@@ -242,6 +242,18 @@ class ProjectStore:
         elif JOINED_ATTR in attrs:
             del attrs[JOINED_ATTR]
 
+    def drop_joined_images(self) -> int:
+        """Forget the untagged images self-training took in (a new stage 1, or back to round 0): their labels came
+        from rounds that are gone. Marker last, so an interrupted drop is finished by the next. Returns how many."""
+        dropped = 0
+        for n in self.names("train"):
+            if self.joined_round(n) is not None:
+                for key in ("patch_labels", "patch_corners", "pseudo", "pseudo_cam"):
+                    self.delete(n, key)
+                self.set_joined_round(n, None)
+                dropped += 1
+        return dropped
+
     def shape(self, name: str) -> tuple[int, int]:
         a = self.group(name).attrs
         try:
