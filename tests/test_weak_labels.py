@@ -241,7 +241,7 @@ def test_suggest_before_and_after_a_model(tmp_path, own_folder, capsys):
     (tmp_path / "t.csv").write_text(rows)
     assert main(["labels", "import", p, str(tmp_path / "t.csv")]) == 0
     assert main(["patches", p, "--preset", "tiny"]) == 0
-    assert main(["train-cls", p, "--device", "cpu"]) == 0
+    assert main(["train-cls", p, "--preset", "tiny", "--device", "cpu"]) == 0  # cpu: 8 epochs of 430+ steps
     picks = suggest(ProjectStore.open(p), cfg, top=2, device="cpu")
     assert len(picks) == 2 and picks[0].score >= picks[1].score and 0 <= picks[1].score <= 1
     assert "classifier unsure" in picks[0].reason
