@@ -12,6 +12,7 @@ only by the simulated pathologist), 10 training images with masks are held out f
     python benchmarks/weak_labels.py budget --picker suggested --budgets 25 --untagged-images
     python benchmarks/weak_labels.py budget --picker random --budgets 25 --untagged-images
     python benchmarks/weak_labels.py round suggested-25-s0-it1000-es430 --untagged-images  # + one round
+    python benchmarks/weak_labels.py budget --budgets 25 100 --preset-schedule  # as `oeem run --preset cpu` runs
     python benchmarks/weak_labels.py actions                     # the action counts (needs the suggested runs)
     python benchmarks/weak_labels.py table                       # table + plot from the saved results
 
@@ -95,15 +96,19 @@ def cmd_build(args) -> None:
 
 
 # ---------------------------------------------------------------------------- budgets
-def bench_config(store: ProjectStore):
+def bench_config(store: ProjectStore, preset_schedule: bool = False):
+    """The sweep's schedule, or (``preset_schedule``) the `cpu` preset as ``oeem run --preset cpu`` runs it."""
     from pipeline.store.project import project_config
 
-    return project_config(store, "cpu", dict(SCHEDULE))
+    return project_config(store, "cpu", {} if preset_schedule else dict(SCHEDULE))
 
 
-def run_name(picker: str, budget: int, seed: int, iterations: int | None = None, epoch_steps: int = 0) -> str:
+def run_name(picker: str, budget: int, seed: int, iterations: int | None = None, epoch_steps: int = 0,
+             preset_schedule: bool = False) -> str:
     """The key of a run; a segmentation schedule other than the sweep's adds ``-itN``, a classifier epoch of at
-    least N steps ``-esN``."""
+    least N steps ``-esN``, the whole `cpu` preset ``-cpu``."""
+    if preset_schedule:
+        return f"{picker}-{budget}-s{seed}-cpu"
     longer = iterations is not None and iterations != SCHEDULE["segmentation.iterations"]
     return (f"{picker}-{budget}-s{seed}" + (f"-it{iterations}" if longer else "")
             + (f"-es{epoch_steps}" if epoch_steps else ""))
@@ -140,36 +145,42 @@ def tag_images(store: ProjectStore, truth: ProjectStore, names: list[str], cfg, 
 
 
 def train_budget(picker: str, budget: int, seed: int, names: list[str], truth: ProjectStore, data: dict,
-                 untagged: bool = False, iterations: int | None = None, epoch_steps: int = 0) -> dict:
+                 untagged: bool = False, iterations: int | None = None, epoch_steps: int = 0,
+                 preset_schedule: bool = False) -> dict:
     from pipeline.stages.infer import evaluate
     from pipeline.stages.run import run_all
 
     tagged_by = picker
     picker = picker + "+untagged" if untagged else picker
-    key = run_name(picker, budget, seed, iterations, epoch_steps)
+    key = run_name(picker, budget, seed, iterations, epoch_steps, preset_schedule)
     path = WORK / f"{key}.oeem.zarr"
     if path.exists():
         shutil.rmtree(path)
     shutil.copytree(BASE, path)
     store = ProjectStore.open(path)
-    cfg = bench_config(store)
+    cfg = bench_config(store, preset_schedule)
     cfg.classifier.seed = cfg.segmentation.seed = seed
     cfg.patches.untagged_images = untagged
-    if iterations is not None:
-        cfg.segmentation.iterations = iterations
-    cfg.classifier.min_epoch_steps = epoch_steps
+    if not preset_schedule:
+        if iterations is not None:
+            cfg.segmentation.iterations = iterations
+        cfg.classifier.min_epoch_steps = epoch_steps
     tag_images(store, truth, names, cfg, image_tags=tagged_by == "image-tags")
     t = time.perf_counter()
     report = run(run_all(store, cfg, "cpu"), lambda p: None)
     minutes = (time.perf_counter() - t) / 60
     pseudo_val = evaluate(store, "val", "pseudo")
     row = {"picker": picker, "budget": budget, "seed": seed, "images": names,
-           "iterations": cfg.segmentation.iterations, "min_epoch_steps": epoch_steps,
+           "iterations": cfg.segmentation.iterations, "min_epoch_steps": cfg.classifier.min_epoch_steps,
            "classifier_passes": store.load_run("classifier")["passes"],
            "precision": (report.get("segmentation") or {}).get("precision"), "minutes": round(minutes, 1),
            "labelled_patches": int(store.tag_summary()["patches"]),
            "val_mIoU": report["evaluation-val"]["mIoU"], "testA_mIoU": report["evaluation-test"]["mIoU"],
            "val_pseudo_mIoU": pseudo_val["mIoU"], "project": str(path)}
+    if preset_schedule:  # every round, and how many untagged images joined them
+        row.update(schedule="cpu preset", rounds=cfg.selftrain.rounds,
+                   joined_images=max((v.get("untagged_images", 0) for k, v in report.items()
+                                      if k.startswith("selftrain-round")), default=0))
     print(f"{key}: {len(names)} images, testA {row['testA_mIoU']:.2f}, validation {row['val_mIoU']:.2f} "
           f"(pseudo {row['val_pseudo_mIoU']:.2f}), {minutes:.1f} min", flush=True)
     return row
@@ -185,7 +196,7 @@ def cmd_budget(args) -> None:
     prev: Path | None = None
     for budget, k in zip(args.budgets, sizes):
         key = run_name(args.picker + ("+untagged" if args.untagged_images else ""), budget, args.seed,
-                       args.iterations, args.epoch_steps)
+                       args.iterations, args.epoch_steps, args.preset_schedule)
         variant = args.untagged_images or key != run_name(args.picker, budget, args.seed)
         if k == len(names):  # every image, whoever picks
             picked = names
@@ -193,7 +204,7 @@ def cmd_budget(args) -> None:
             plain = data["runs"].get(run_name(args.picker, budget, args.seed))
             if plain is None:
                 sys.exit(f"run `budget --picker {args.picker} --budgets {budget} --seed {args.seed}` first: "
-                         "--untagged-images, --iterations and --epoch-steps train its picks")
+                         "--untagged-images, --iterations, --epoch-steps and --preset-schedule train its picks")
             picked = plain["images"]
         elif args.picker == "suggested":
             done = data["runs"].get(key)
@@ -205,7 +216,8 @@ def cmd_budget(args) -> None:
             print(f"{key}: done (--redo to measure again)")
         else:
             data["runs"][key] = train_budget(args.picker, budget, args.seed, list(picked), truth, data,
-                                             args.untagged_images, args.iterations, args.epoch_steps)
+                                             args.untagged_images, args.iterations, args.epoch_steps,
+                                             args.preset_schedule)
             save(data)
         prev = Path(data["runs"][key]["project"])
 
@@ -514,6 +526,10 @@ def main() -> None:
     b.add_argument("--epoch-steps", type=int, default=0,
                    help="classifier.min_epoch_steps (default 0: an epoch is one pass); the plain run's picks, a "
                         "row of its own")
+    b.add_argument("--preset-schedule", action="store_true",
+                   help="train as `oeem run --preset cpu` does (its classifier, 2000-iteration segmentation and "
+                        "two self-training rounds) instead of the sweep's schedule; the plain run's picks, a row of "
+                        "its own")
     b.set_defaults(func=cmd_budget)
     r = sub.add_parser("round")
     r.add_argument("run", help="a finished budget run's key, e.g. suggested-25-s0-it1000-es430")
