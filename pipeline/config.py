@@ -449,7 +449,8 @@ def preset(name: str) -> PipelineConfig:
         # over 3 seeds of that last round: 79.8 +- 0.9 validation, 77.6 +- 0.4 train (README)
         # On a project where only some images carry tags, the untagged training images join the rounds with the
         # prediction as their label: 25 % of GlaS tagged, one round, seeds 0-2, validation 74.3 -> 75.7 (ahead on
-        # every seed), testA 73.1 -> 72.7 (benchmarks/weak_labels.py round). A fully tagged project has none.
+        # every seed), testA 73.1 -> 72.7 (benchmarks/weak_labels.py round). A fully tagged project has none. With
+        # this whole preset, 25 % tagged reaches 81.06 testA, 96.8 % of the all-tagged 83.74 (seed 0, --preset-schedule)
         cfg.selftrain = SelfTrainConfig(rounds=2, last_round_scale=1.5, untagged_images=True)
     if name == "paper":
         r38 = BackboneConfig(name="resnet38d", widths=(), blocks=())
