@@ -187,6 +187,8 @@ def train_budget(picker: str, budget: int, seed: int, names: list[str], truth: P
 
 
 def cmd_budget(args) -> None:
+    if args.preset_schedule and (args.iterations is not None or args.epoch_steps):
+        sys.exit("--preset-schedule trains the `cpu` preset's own schedule: leave out --iterations and --epoch-steps")
     truth = ProjectStore.open(TRUTH)
     data = load()
     cfg = bench_config(ProjectStore.open(BASE))
