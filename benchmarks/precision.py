@@ -19,9 +19,8 @@ from _common import machine, print_table, write_json
 
 from pipeline.config import preset
 from pipeline.device import _cpu_has_native_bf16, autocast, channels_last
-from pipeline.stages.classify import build_classifier
 from pipeline.stages.infer import predict_probs
-from pipeline.stages.segment import build_segmenter
+from pipeline.stages.models import build_classifier, build_segmenter
 
 MODES = (("fp32", False, None), ("fp32 + channels-last", True, None), ("bf16 + channels-last", True, torch.bfloat16))
 

@@ -31,7 +31,8 @@ def make_project(work: Path) -> Path:
     import torch
 
     from pipeline.config import preset
-    from pipeline.stages.segment import build_segmenter, segmentation_checkpoint, stage_name
+    from pipeline.stages.models import build_segmenter
+    from pipeline.stages.segment import segmentation_checkpoint, stage_name
     from pipeline.store import ProjectStore
     from pipeline.store.project import create_project
 

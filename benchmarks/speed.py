@@ -42,10 +42,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import preset
 from pipeline.device import _cpu_has_native_bf16, autocast, channels_last
-from pipeline.stages.classify import build_classifier
 from pipeline.stages.losses import segmentation_loss
-from pipeline.stages.models import fold_batchnorm
-from pipeline.stages.segment import build_segmenter
+from pipeline.stages.models import build_classifier, build_segmenter, fold_batchnorm
 
 CHILD_TAG = "SPEED_CHILD_RESULT "
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}

@@ -24,7 +24,8 @@ from pipeline.io.data import find_samples
 from pipeline.metrics import confusion, from_confusion
 from pipeline.progress import run
 from pipeline.stages.cams import cam_and_pseudo, make_cams
-from pipeline.stages.classify import build_classifier, load_classifier, make_patch_labels, train_classifier
+from pipeline.stages.classify import load_classifier, make_patch_labels, train_classifier
+from pipeline.stages.models import build_classifier
 from pipeline.store import ProjectStore
 
 

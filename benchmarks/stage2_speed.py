@@ -21,7 +21,7 @@ from pipeline.config import preset
 from pipeline.io.data import find_samples, load_image
 from pipeline.stages.infer import predict_probs
 from pipeline.stages.losses import segmentation_loss
-from pipeline.stages.segment import build_segmenter
+from pipeline.stages.models import build_segmenter
 
 
 def train_step_flops(model, x, y) -> float:

@@ -194,7 +194,7 @@ def _classifier_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Callabl
 
     from pipeline.device import autocast, channels_last, resolve_precision, set_threads
     from pipeline.stages.augment import random_resized_crop
-    from pipeline.stages.classify import build_classifier
+    from pipeline.stages.models import build_classifier
 
     cc = cfg.classifier
     set_threads(cc.threads)
@@ -242,7 +242,8 @@ def _segmentation_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Calla
     from pipeline.device import autocast, channels_last, resolve_precision, set_threads
     from pipeline.stages.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
     from pipeline.stages.losses import segmentation_loss
-    from pipeline.stages.segment import IGNORE, WeightAverage, build_segmenter
+    from pipeline.stages.models import build_segmenter
+    from pipeline.stages.segment import IGNORE, WeightAverage
 
     sc = cfg.segmentation
     set_threads(sc.threads)

@@ -14,8 +14,8 @@ import math
 import numpy as np
 import pytest
 from PIL import Image
-from skimage.metrics import hausdorff_distance
 from skimage.measure import label
+from skimage.metrics import hausdorff_distance
 
 from pipeline.metrics import ObjectCounts, label_objects, object_counts, object_scores, score
 

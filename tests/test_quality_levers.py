@@ -103,7 +103,8 @@ def test_encoder_starts_from_the_classifier_weights(cpu_project):
     """Selectable (segmentation.init_from_classifier): a ResNet encoder of the classifier's widths starts from it."""
     from dataclasses import replace
 
-    from pipeline.stages.segment import build_segmenter, init_from_classifier
+    from pipeline.stages.models import build_segmenter
+    from pipeline.stages.segment import init_from_classifier
 
     store, cfg, _ = cpu_project
     resnet = replace(cfg.segmentation, backbone=BackboneConfig(**SMALL, output_stride=16), init_from_classifier=True)
@@ -119,7 +120,8 @@ def test_encoder_starts_from_the_classifier_weights(cpu_project):
 def test_mismatched_classifier_is_refused_naming_both(cpu_project):
     from dataclasses import replace
 
-    from pipeline.stages.segment import build_segmenter, init_from_classifier
+    from pipeline.stages.models import build_segmenter
+    from pipeline.stages.segment import init_from_classifier
 
     store, cfg, _ = cpu_project
     wide = replace(cfg.segmentation, init_from_classifier=True,
@@ -134,8 +136,8 @@ def test_plain_unet_encoder_keeps_full_resolution_and_refuses_classifier_weights
     the input's resolution, gives logits at the input size, and cannot start from the ResNet classifier."""
     from dataclasses import replace
 
-    from pipeline.stages.models import PlainEncoder
-    from pipeline.stages.segment import build_segmenter, init_from_classifier
+    from pipeline.stages.models import PlainEncoder, build_segmenter
+    from pipeline.stages.segment import init_from_classifier
 
     store, cfg, _ = cpu_project
     plain = replace(cfg.segmentation, backbone=BackboneConfig(name="unet", widths=(8, 16, 32, 64)),
@@ -498,7 +500,7 @@ def test_warm_start_begins_from_the_model_that_made_the_labels(cpu_copy):
     assert rec["initialised_from"].endswith("segmentation.previous.pt")
     after = torch.load(store.checkpoint_path("segmentation"), weights_only=True)
     assert after["labels_round"] == before["labels_round"] + 1
-    from pipeline.stages.segment import build_segmenter
+    from pipeline.stages.models import build_segmenter
 
     names = dict(build_segmenter(seg).named_parameters())
     for key in names:  # one step at a vanishing learning rate: still the previous round's weights

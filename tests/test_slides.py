@@ -124,7 +124,8 @@ def _varied_model(store, image, run_name: str = "local") -> None:
 
     from pipeline.config import NORMS, BackboneConfig, SegConfig
     from pipeline.device import to_tensor_image
-    from pipeline.stages.segment import build_segmenter, segmentation_checkpoint, stage_name
+    from pipeline.stages.models import build_segmenter
+    from pipeline.stages.segment import segmentation_checkpoint, stage_name
 
     torch.manual_seed(0)
     cfg = SegConfig(backbone=BackboneConfig(name="unet", widths=(8, 16, 32)), decoder="unet", head_channels=8)

@@ -15,7 +15,7 @@ from pipeline.errors import OEEMError
 from pipeline.io.patch_labels import project_tags, tags_to_vectors
 from pipeline.progress import Job
 from pipeline.stages.augment import random_resized_crop
-from pipeline.stages.models import PatchClassifier, build_backbone, load_model_state, safe_torch_load
+from pipeline.stages.models import PatchClassifier, build_classifier, load_model_state, safe_torch_load
 from pipeline.stages.patches import patch_grid, patch_labels
 from pipeline.stages.training import Loop, prepare, resume, train
 from pipeline.store import ProjectStore
@@ -104,10 +104,6 @@ def patch_dataset(store: ProjectStore, size: int, split: str = "train") -> tuple
     if not images:
         raise OEEMError(f"{store.path}: no patch labels yet; run `oeem patches {store.path}` first")
     return torch.from_numpy(np.stack(images)), torch.from_numpy(np.concatenate(labels)).float()
-
-
-def build_classifier(cfg: ClassifierConfig) -> PatchClassifier:
-    return PatchClassifier(build_backbone(cfg.backbone))
 
 
 def load_classifier(store: ProjectStore, device: str | torch.device = "cpu") -> tuple[PatchClassifier,

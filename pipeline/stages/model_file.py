@@ -109,7 +109,7 @@ def _settings(kind, saved: Any, path: Path, what: str):
 
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """Read and check a model file: format, version, checksum, and that the weights fit the network it names."""
-    from pipeline.stages.segment import build_segmenter
+    from pipeline.stages.models import build_segmenter
 
     path = Path(path)
     if not path.is_file():

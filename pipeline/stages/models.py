@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.config import BACKBONES, BackboneConfig
+from pipeline.config import BACKBONES, BackboneConfig, ClassifierConfig, SegConfig
 from pipeline.errors import OEEMError
 
 
@@ -22,6 +22,24 @@ class _ConvBNReLU(nn.Sequential):
 
 
 # ---------------------------------------------------------------------------- light ResNet, output stride 8
+class SubsampledPointwiseConv(nn.Conv2d):
+    """A strided 1x1 convolution computed as "keep every ``stride``-th pixel, then a 1x1 convolution": the same
+    function and weights, but it never reaches oneDNN's strided 1x1 backward-weights kernel for AVX-512
+    (``jit_1x1:avx512_core``), which corrupts the heap on channels-last tensors with fewer than 16 input channels
+    (torch 2.13-2.14; docs/benchmarks.md#native-crashes-on-avx-512-cpus). Used only where that can happen."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
+
+
+def pointwise_conv(cin: int, cout: int, stride: int) -> nn.Conv2d:
+    """A bias-free 1x1 convolution (a residual block's shortcut) that is safe on every CPU (see above)."""
+    if stride > 1 and cin < 16:
+        return SubsampledPointwiseConv(cin, cout, 1, stride, bias=False)
+    return nn.Conv2d(cin, cout, 1, stride, bias=False)
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1, dilation: int = 1):
         super().__init__()
@@ -31,7 +49,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.down = None
         if stride != 1 or cin != cout:
-            self.down = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.down = nn.Sequential(pointwise_conv(cin, cout, stride), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.down is None else self.down(x)
@@ -88,7 +106,7 @@ class _ResBlock38(nn.Module):
         self.bn_branch2b1 = nn.BatchNorm2d(cmid)
         self.conv_branch2b1 = nn.Conv2d(cmid, cout, 3, padding=dilation, dilation=dilation, bias=False)
         if not self.same_shape:
-            self.conv_branch1 = nn.Conv2d(cin, cout, 1, stride, bias=False)
+            self.conv_branch1 = pointwise_conv(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = F.relu(self.bn_branch2a(x))
@@ -103,7 +121,7 @@ class _BottleBlock38(nn.Module):
         super().__init__()
         self.same_shape = cin == cout and stride == 1
         self.bn_branch2a = nn.BatchNorm2d(cin)
-        self.conv_branch2a = nn.Conv2d(cin, cout // 4, 1, stride, bias=False)
+        self.conv_branch2a = pointwise_conv(cin, cout // 4, stride)
         self.bn_branch2b1 = nn.BatchNorm2d(cout // 4)
         self.dropout_2b1 = nn.Dropout2d(dropout)
         self.conv_branch2b1 = nn.Conv2d(cout // 4, cout // 2, 3, padding=dilation, dilation=dilation, bias=False)
@@ -111,7 +129,7 @@ class _BottleBlock38(nn.Module):
         self.dropout_2b2 = nn.Dropout2d(dropout)
         self.conv_branch2b2 = nn.Conv2d(cout // 2, cout, 1, bias=False)
         if not self.same_shape:
-            self.conv_branch1 = nn.Conv2d(cin, cout, 1, stride, bias=False)
+            self.conv_branch1 = pointwise_conv(cin, cout, stride)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pre = F.relu(self.bn_branch2a(x))
@@ -331,6 +349,19 @@ class UNet(nn.Module):
         if y.shape[-2:] != size:
             y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
         return (y, aux) if with_aux else y
+
+
+# ---------------------------------------------------------------------------- networks from their settings
+def build_classifier(cfg: ClassifierConfig) -> PatchClassifier:
+    return PatchClassifier(build_backbone(cfg.backbone))
+
+
+def build_segmenter(cfg: SegConfig) -> PSPNet | UNet:
+    if cfg.decoder == "unet":
+        return UNet(build_backbone(cfg.backbone), channels=cfg.head_channels, full_res=cfg.decoder_full_res)
+    if cfg.decoder == "psp":
+        return PSPNet(build_backbone(cfg.backbone), channels=cfg.head_channels)
+    raise OEEMError(f"unknown decoder {cfg.decoder!r}: choose psp or unet")
 
 
 # ---------------------------------------------------------------------------- checkpoints

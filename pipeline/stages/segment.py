@@ -17,7 +17,7 @@ from pipeline.errors import OEEMError
 from pipeline.progress import Job
 from pipeline.stages.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
 from pipeline.stages.losses import segmentation_loss
-from pipeline.stages.models import PSPNet, UNet, build_backbone, load_model_state, safe_torch_load
+from pipeline.stages.models import PSPNet, UNet, build_segmenter, load_model_state, safe_torch_load
 from pipeline.stages.patches import grid_starts
 from pipeline.stages.training import Loop, prepare, resume, train
 from pipeline.store import ProjectStore
@@ -30,14 +30,6 @@ TRUST_LEVELS = 15  # a label's trust is packed into its training code in 1/15 st
 
 def stage_name(run_name: str | None = None) -> str:
     return "segmentation" if not run_name else f"segmentation-{run_name}"
-
-
-def build_segmenter(cfg: SegConfig) -> PSPNet | UNet:
-    if cfg.decoder == "unet":
-        return UNet(build_backbone(cfg.backbone), channels=cfg.head_channels, full_res=cfg.decoder_full_res)
-    if cfg.decoder == "psp":
-        return PSPNet(build_backbone(cfg.backbone), channels=cfg.head_channels)
-    raise OEEMError(f"unknown decoder {cfg.decoder!r}: choose psp or unet")
 
 
 def resize_to_working(image: np.ndarray, label: np.ndarray | None, scale: float):
