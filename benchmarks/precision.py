@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from _common import machine, print_table, write_json
 
 from pipeline.config import preset
-from pipeline.device import _cpu_has_native_bf16, autocast, channels_last
+from pipeline.device import _cpu_has_native_bf16, autocast
 from pipeline.stages.infer import predict_probs
 from pipeline.stages.models import build_classifier, build_segmenter
 
@@ -28,7 +28,7 @@ MODES = (("fp32", False, None), ("fp32 + channels-last", True, None), ("bf16 + c
 def step_seconds(model, x, loss_fn, nhwc: bool, dtype, repeats: int) -> float:
     model = model.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    inp = channels_last(x) if nhwc else x
+    inp = x.contiguous(memory_format=torch.channels_last) if nhwc else x
 
     def step():
         with autocast(x.device, dtype):

@@ -41,7 +41,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pipeline.config import preset
-from pipeline.device import _cpu_has_native_bf16, autocast, channels_last
+from pipeline.device import _cpu_has_native_bf16, autocast
 from pipeline.stages.losses import segmentation_loss
 from pipeline.stages.models import build_classifier, build_segmenter, fold_batchnorm
 
@@ -98,7 +98,7 @@ def prepared(work: Work, nhwc: bool = True, fold: bool = False) -> tuple[nn.Modu
     if fold:
         model = fold_batchnorm(model)  # what prediction and CAMs run (pipeline.stages.models)
     model = model.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
-    return model, channels_last(work.x) if nhwc else work.x.contiguous()
+    return model, work.x.contiguous(memory_format=torch.channels_last) if nhwc else work.x.contiguous()
 
 
 def step_fn(work: Work, model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> Callable[[], None]:

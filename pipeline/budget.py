@@ -192,13 +192,13 @@ def _classifier_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Callabl
     import torch
     import torch.nn.functional as F
 
-    from pipeline.device import autocast, channels_last, resolve_precision, set_threads
+    from pipeline.device import autocast, in_layout, place, resolve_precision, set_threads
     from pipeline.stages.augment import random_resized_crop
     from pipeline.stages.models import build_classifier
 
     cc = cfg.classifier
     set_threads(cc.threads)
-    net = build_classifier(cc).to(dev, memory_format=torch.channels_last)
+    net = place(build_classifier(cc), dev)
     opt = torch.optim.SGD(net.parameters(), lr=cc.lr, momentum=cc.momentum, weight_decay=cc.weight_decay)
     amp = resolve_precision(cc.precision, dev)
     size = cfg.patches.size
@@ -208,7 +208,7 @@ def _classifier_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Callabl
     def step() -> None:
         x = random_resized_crop(patches.to(dev).float().div_(255), cc.input_size, cc.crop_scale, gen)
         with autocast(dev, amp):
-            logits = net(channels_last(x))
+            logits = net(in_layout(x))
         loss = F.binary_cross_entropy_with_logits(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -227,7 +227,7 @@ def _classifier_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Callabl
     @torch.no_grad()
     def cam() -> None:
         with autocast(dev, cam_amp):
-            out = net.cam(channels_last(x)).float()
+            out = net.cam(in_layout(x)).float()
         F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     return per_step, _timed(cam, steps, clock, sync) / (x[:, 0].numel() / 1e6)
@@ -239,7 +239,7 @@ def _segmentation_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Calla
     import torch
 
     from pipeline.config import NORMS
-    from pipeline.device import autocast, channels_last, resolve_precision, set_threads
+    from pipeline.device import autocast, in_layout, place, resolve_precision, set_threads
     from pipeline.stages.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
     from pipeline.stages.losses import segmentation_loss
     from pipeline.stages.models import build_segmenter
@@ -247,7 +247,7 @@ def _segmentation_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Calla
 
     sc = cfg.segmentation
     set_threads(sc.threads)
-    net = build_segmenter(sc).to(dev, memory_format=torch.channels_last)
+    net = place(build_segmenter(sc), dev)
     opt = torch.optim.SGD(net.parameters(), lr=sc.lr, momentum=sc.momentum, weight_decay=sc.weight_decay)
     amp = resolve_precision(sc.precision, dev)
     mean = torch.tensor(NORMS[sc.input_norm][0], device=dev).view(1, 3, 1, 1)
@@ -265,7 +265,7 @@ def _segmentation_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Calla
             x, target = random_rot90(x, target, gen)
         x = (photometric(stain_jitter(x, sc.stain_jitter, gen), gen) - mean) / std
         with autocast(dev, amp):
-            main, aux = net(channels_last(x), with_aux=True)
+            main, aux = net(in_layout(x), with_aux=True)
         loss = segmentation_loss(main.float(), target, **kw) + sc.aux_weight * segmentation_loss(aux.float(), target,
                                                                                                  **kw)
         opt.zero_grad(set_to_none=True)
@@ -287,7 +287,7 @@ def _segmentation_speeds(cfg: PipelineConfig, dev: Any, steps: int, clock: Calla
     @torch.no_grad()
     def window() -> None:
         with autocast(dev, pred_amp):
-            net(channels_last(windows)).float()
+            net(in_layout(windows)).float()
 
     return per_step, _timed(window, steps, clock, sync) / (windows[:, 0].numel() / 1e6)
 

@@ -1,5 +1,6 @@
 """Where and in what precision torch computes: the device, bf16 autocast where the hardware does it
-natively, channels-last, threads, and images as normalised tensors.
+natively, the memory layout (channels-last unless a self-check found it crashes), threads, and images as
+normalised tensors.
 """
 from __future__ import annotations
 
@@ -82,10 +83,40 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device.type, dtype=dtype)
 
 
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """Convolutions on CPUs (oneDNN) and GPUs run faster on NHWC tensors: ~25 % on 2 cores in fp32, more in bf16.
-    Models are moved once with ``model.to(memory_format=torch.channels_last)``; inputs pass through this."""
-    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+# The memory layout every network and its inputs compute in. Channels-last is faster (~25 % on 2 cores in fp32,
+# more in bf16); the self-check (pipeline.stages.selfcheck) turns it off, or oneDNN altogether, for the rest of the
+# process where a kernel crashed natively on this CPU.
+_LAYOUT: dict[str, torch.memory_format] = {"format": torch.channels_last}
+LAYOUTS = ("channels_last", "contiguous", "no_onednn")  # fastest first; the self-check's fallbacks in order
+
+
+def layout() -> str:
+    """The layout this process computes in: one of :data:`LAYOUTS`."""
+    if not torch.backends.mkldnn.enabled:
+        return "no_onednn"
+    return "channels_last" if _LAYOUT["format"] == torch.channels_last else "contiguous"
+
+
+def use_layout(name: str) -> None:
+    """Compute in ``name`` from now on (models placed before keep their weights' layout: place them again)."""
+    if name not in LAYOUTS:
+        raise OEEMError(f"unknown layout {name!r}: choose one of {', '.join(LAYOUTS)}")
+    _LAYOUT["format"] = torch.channels_last if name == "channels_last" else torch.contiguous_format
+    torch.backends.mkldnn.enabled = name != "no_onednn"
+
+
+def memory_format() -> torch.memory_format:
+    return _LAYOUT["format"]
+
+
+def in_layout(x: torch.Tensor) -> torch.Tensor:
+    """An input batch in the process's layout (models are moved once with :func:`place`)."""
+    return x.contiguous(memory_format=_LAYOUT["format"]) if x.dim() == 4 else x
+
+
+def place(model: torch.nn.Module, device: torch.device | str | None = None) -> torch.nn.Module:
+    """``model`` on ``device`` with its weights in the process's layout."""
+    return model.to(device, memory_format=_LAYOUT["format"])
 
 
 def set_threads(n: int) -> None:

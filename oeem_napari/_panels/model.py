@@ -48,13 +48,12 @@ def rgb8(data) -> np.ndarray:
 def predict_layers(trained, todo: list[tuple], device: str, done: list):
     """The job: each (name, image, µm/px, placement) of ``todo`` predicted in turn; each mask is put in ``done``
     before the progress event that announces it, so the box shows it as soon as it is ready."""
-    import torch
 
-    from pipeline.device import resolve_device
+    from pipeline.device import place, resolve_device
     from pipeline.stages.predict_files import predict_image
 
     dev = resolve_device(device)
-    trained.model.to(dev, memory_format=torch.channels_last)
+    place(trained.model, dev)
     for k, (name, image, mpp, placement) in enumerate(todo):
         yield Progress("predict", k, len(todo), name)
         done.append((name, placement, predict_image(trained, image, mpp, dev)))

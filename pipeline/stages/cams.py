@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import GLAS_MEAN, GLAS_STD, CamConfig, ClassifierConfig, PatchConfig
-from pipeline.device import autocast, channels_last, precision_name, resolve_device, resolve_precision, to_tensor_image
+from pipeline.device import autocast, in_layout, precision_name, resolve_device, resolve_precision, to_tensor_image
 from pipeline.errors import OEEMError
 from pipeline.metrics import confusion, from_confusion
 from pipeline.progress import Job, Progress
@@ -27,6 +27,7 @@ from pipeline.stages.classify import load_classifier
 from pipeline.stages.models import PatchClassifier, fold_batchnorm
 from pipeline.stages.patches import grid_starts
 from pipeline.stages.postprocess import clean_mask
+from pipeline.stages.selfcheck import check_stage_network
 from pipeline.store import ProjectStore
 
 STAGE = "cams"
@@ -40,7 +41,7 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _cam(model: PatchClassifier, x: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
     """The classifier's CAM of a batch, under autocast to ``dtype`` when given, returned as fp32."""
     with autocast(x.device, dtype):
-        return model.cam(channels_last(x)).float()
+        return model.cam(in_layout(x)).float()
 
 
 @torch.no_grad()
@@ -177,7 +178,8 @@ def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, d
     """CAMs and pseudo-masks for every training image with patch labels; scores them where masks exist."""
     dev = resolve_device(device)
     model, cls_cfg = load_classifier(store, dev)
-    model = fold_batchnorm(model)
+    yield from check_stage_network("classifier", cls_cfg, dev, resolve_precision(cam_cfg.precision, dev))
+    model = fold_batchnorm(model)  # (in the layout the check left)
     if not names:
         store.drop_joined_images()  # a new stage 1 starts self-training over, without the images rounds took in
     names = names or store.labelled_images()

@@ -10,13 +10,14 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import GLAS_MEAN, GLAS_STD, ClassifierConfig, PatchConfig
-from pipeline.device import autocast, channels_last, precision_name, resolve_precision
+from pipeline.device import autocast, in_layout, place, precision_name, resolve_precision
 from pipeline.errors import OEEMError
 from pipeline.io.patch_labels import project_tags, tags_to_vectors
 from pipeline.progress import Job
 from pipeline.stages.augment import random_resized_crop
 from pipeline.stages.models import PatchClassifier, build_classifier, load_model_state, safe_torch_load
 from pipeline.stages.patches import patch_grid, patch_labels
+from pipeline.stages.selfcheck import check_stage_network
 from pipeline.stages.training import Loop, prepare, resume, train
 from pipeline.store import ProjectStore
 
@@ -119,7 +120,7 @@ def load_classifier(store: ProjectStore, device: str | torch.device = "cpu") -> 
     cfg = from_dict(ClassifierConfig, ck["config"])
     model = build_classifier(cfg)
     load_model_state(model, ck["model"], path)
-    return model.to(device, memory_format=torch.channels_last).eval(), cfg
+    return place(model, device).eval(), cfg
 
 
 def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: PatchConfig, device: str = "auto",
@@ -133,8 +134,9 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     dist, gen = prepare(cfg.threads, device, cfg.batch_size, "classifier.batch_size", cfg.seed)
     dev = dist.device
     patches, labels = patch_dataset(store, patch_cfg.size)
-    model = build_classifier(cfg).to(dev, memory_format=torch.channels_last)
     amp = resolve_precision(cfg.precision, dev)
+    yield from check_stage_network("classifier", cfg, dev, amp)
+    model = place(build_classifier(cfg), dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     settings = {"config": asdict(cfg), "patches": asdict(patch_cfg)}
     ck, notice = resume(store, STAGE, dist, settings, model, opt, restart, on_mismatch)
@@ -162,7 +164,7 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     def loss(net: torch.nn.Module, xy: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
         x, y = xy
         with autocast(dev, amp):
-            logits = net(channels_last(x))
+            logits = net(in_layout(x))
         return F.binary_cross_entropy_with_logits(logits.float(), y)
 
     def checkpoint(steps: int, history: list) -> dict:

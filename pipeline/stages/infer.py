@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.config import NORMS, InferConfig, SegConfig
-from pipeline.device import autocast, channels_last, precision_name, resolve_device, resolve_precision, to_tensor_image
+from pipeline.device import autocast, in_layout, precision_name, resolve_device, resolve_precision, to_tensor_image
 from pipeline.errors import OEEMError
 from pipeline.metrics import ObjectCounts, confusion, from_confusion, label_objects, object_counts
 from pipeline.progress import Job, Progress
@@ -20,6 +20,7 @@ from pipeline.stages.models import fold_batchnorm
 from pipeline.stages.patches import grid_starts
 from pipeline.stages.postprocess import clean_mask
 from pipeline.stages.segment import load_segmenter, stage_name
+from pipeline.stages.selfcheck import check_stage_network
 from pipeline.store import ProjectStore
 
 
@@ -70,7 +71,7 @@ def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: i
     for b in range(0, len(boxes), batch_size):
         chunk = boxes[b:b + batch_size]
         with autocast(x.device, dtype):
-            logits = model(channels_last(torch.cat([x[:, :, y:y + crop, xx:xx + crop] for y, xx in chunk])))
+            logits = model(in_layout(torch.cat([x[:, :, y:y + crop, xx:xx + crop] for y, xx in chunk])))
         logits = logits.float()
         if out is None:
             out = torch.zeros(1, logits.shape[1], H, W, device=x.device)
@@ -129,7 +130,9 @@ def predict(store: ProjectStore, cfg: InferConfig, names: list[str] | None = Non
     exists, the OEEM ``weight`` map of the current model to the store."""
     dev = resolve_device(device)
     model, seg_cfg = load_segmenter(store, run_name, dev)
-    model = fold_batchnorm(model)
+    yield from check_stage_network("segmentation", seg_cfg, dev, resolve_precision(cfg.precision, dev),
+                                   predict_size=cfg.crop_size)
+    model = fold_batchnorm(model)  # (in the layout the check left)
     names = names or store.names()
     t0 = time.perf_counter()
     for k, n in enumerate(names):

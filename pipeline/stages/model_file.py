@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pipeline.config import InferConfig, SegConfig, from_dict, to_dict
+from pipeline.device import place
 from pipeline.errors import OEEMError
 from pipeline.stages.models import fold_batchnorm, load_model_state, safe_torch_load
 from pipeline.store import ProjectStore
@@ -139,7 +140,7 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Tra
     inference = _settings(InferConfig, data.get("inference"), path, "prediction")
     model = build_segmenter(seg)
     load_model_state(model, state, path)
-    model = fold_batchnorm(model.to(device, memory_format=torch.channels_last))
+    model = fold_batchnorm(place(model, device))
     return TrainedModel(model, seg, inference, float(data.get("mpp") or 0.62), str(path), data.get("record", {}))
 
 

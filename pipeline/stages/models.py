@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.config import BACKBONES, BackboneConfig, ClassifierConfig, SegConfig
+from pipeline.device import place
 from pipeline.errors import OEEMError
 
 
@@ -385,7 +386,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         elif isinstance(m, BasicBlock):
             m.conv1, m.bn1 = fuse_conv_bn_eval(m.conv1, m.bn1), nn.Identity()
             m.conv2, m.bn2 = fuse_conv_bn_eval(m.conv2, m.bn2), nn.Identity()
-    return folded.to(memory_format=torch.channels_last)
+    return place(folded)
 
 
 def safe_torch_load(path: str | Path) -> dict:

@@ -78,7 +78,8 @@ def predict_files(trained: TrainedModel, paths: list[str | Path], out: str | Pat
     """Predict every image among ``paths`` into ``out`` (see the module's doc); returns the run's record. With
     ``scheduler`` (a dask.distributed address) the images go to that cluster's workers, which open the model
     (``trained.source``) once each and write into ``out``, so ``out`` and the images must be visible to them."""
-    from pipeline.device import precision_name, resolve_device, resolve_precision
+    from pipeline.device import place, precision_name, resolve_device, resolve_precision
+    from pipeline.stages.selfcheck import check_stage_network
 
     if fmt not in FORMATS:
         raise OEEMError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
@@ -127,6 +128,11 @@ def predict_files(trained: TrainedModel, paths: list[str | Path], out: str | Pat
         finally:
             client.close()
     else:
+        if pending:
+            yield from check_stage_network("segmentation", trained.seg, dev,
+                                           resolve_precision(trained.inference.precision, dev),
+                                           predict_size=trained.inference.crop_size)
+            place(trained.model)  # (in the layout the check left; a module moves in place)
         here = ((i, t, predict_one(trained, i, t, mpp, dev)) for i, t in pending)
         yield from _recorded(here, out, record, len(skipped), len(todo))
     record.update(predicted=len(pending), skipped=len(skipped), seconds=round(time.perf_counter() - t0, 2))

@@ -38,6 +38,11 @@ def run_all(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", budg
     t0 = time.perf_counter()
     report: dict[str, Any] = {"plan": compute_plan(device, cfg.segmentation.precision)}
     yield Progress("plan", 0, 1, notice=report["plan"])
+    from pipeline.device import resolve_device
+    from pipeline.stages.selfcheck import check_networks, run_probes
+
+    # before anything long: a kernel that crashes natively on this CPU is found in a child process, not here
+    report["self_check"] = yield from check_networks(run_probes(cfg, resolve_device(device)), resolve_device(device))
     if not stage_done(store, "patches", cfg):
         yield Progress("patches", 0, 1, "cutting patches")
         make_patch_labels(store, cfg.patches)

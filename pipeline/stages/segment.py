@@ -12,13 +12,14 @@ import numpy as np
 import torch
 
 from pipeline.config import LOSS_KINDS, NORMS, SegConfig
-from pipeline.device import autocast, channels_last, precision_name, resolve_precision
+from pipeline.device import autocast, in_layout, place, precision_name, resolve_precision
 from pipeline.errors import OEEMError
 from pipeline.progress import Job
 from pipeline.stages.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
 from pipeline.stages.losses import segmentation_loss
 from pipeline.stages.models import PSPNet, UNet, build_segmenter, load_model_state, safe_torch_load
 from pipeline.stages.patches import grid_starts
+from pipeline.stages.selfcheck import check_stage_network
 from pipeline.stages.training import Loop, prepare, resume, train
 from pipeline.store import ProjectStore
 
@@ -205,7 +206,7 @@ def load_segmenter_file(path: Path, device: str | torch.device = "cpu") -> tuple
     cfg = from_dict(SegConfig, ck["config"])
     model = build_segmenter(cfg)
     load_model_state(model, ck["model"], path)
-    return model.to(device, memory_format=torch.channels_last).eval(), cfg
+    return place(model, device).eval(), cfg
 
 
 def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", run_name: str | None = None,
@@ -228,10 +229,11 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     if padded and dist.is_main:
         log.info("%d image(s) are smaller than a %d px tile at working scale %g and were padded (ignored pixels)",
                  len(padded), cfg.tile_size, cfg.working_scale)
+    amp = resolve_precision(cfg.precision, dev)
+    yield from check_stage_network("segmentation", cfg, dev, amp)
     model = build_segmenter(cfg)
     initialised_from = init_from_classifier(model, store, cfg) if cfg.init_from_classifier else None
-    model = model.to(dev, memory_format=torch.channels_last)
-    amp = resolve_precision(cfg.precision, dev)
+    model = place(model, dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     stage = stage_name(run_name)
     start = 0
@@ -285,7 +287,7 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
         x, code = xc
         target, clean, trust = decode(code)
         with autocast(dev, amp):
-            main, aux = net(channels_last(x), with_aux=True)
+            main, aux = net(in_layout(x), with_aux=True)
         main, aux = main.float(), aux.float()  # losses (and OEEM's weights) in fp32
         kw = dict(kind=kind(step), ignore_index=IGNORE, clean=clean if clean.any() else None,
                   ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,

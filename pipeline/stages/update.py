@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from pipeline.config import NORMS, PipelineConfig, SegConfig, UpdateConfig
-from pipeline.device import autocast, channels_last, resolve_device, resolve_precision, set_threads
+from pipeline.device import autocast, in_layout, place, resolve_device, resolve_precision, set_threads
 from pipeline.errors import OEEMError
 from pipeline.progress import Job, Progress
 from pipeline.store import ProjectStore
@@ -204,6 +204,7 @@ def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: l
     from pipeline.stages.losses import segmentation_loss
     from pipeline.stages.models import safe_torch_load
     from pipeline.stages.segment import IGNORE, decode, load_segmenter_file
+    from pipeline.stages.selfcheck import check_stage_network
 
     ucfg: UpdateConfig = cfg.update
     path = store.checkpoint_path(STAGE)
@@ -211,6 +212,9 @@ def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: l
     set_threads(cfg.segmentation.threads)
     dev = resolve_device(device)
     model, seg = load_segmenter_file(path, dev)
+    amp = resolve_precision(cfg.segmentation.precision, dev)  # this run's choice, not the training's
+    yield from check_stage_network("segmentation", seg, dev, amp)
+    model = place(model)  # (in the layout the check left)
     yield Progress("update", 0, ucfg.iterations, f"cutting tiles of {len(changed)} changed image(s)")
     focus_ims, focus_codes = _tiles(store, changed, seg)
     if not focus_ims:
@@ -229,7 +233,6 @@ def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: l
     n_focus = seg.batch_size if replay_x is None else max(1, round(seg.batch_size * ucfg.focus))
     mean = torch.tensor(NORMS[seg.input_norm][0], device=dev).view(1, 3, 1, 1)
     std = torch.tensor(NORMS[seg.input_norm][1], device=dev).view(1, 3, 1, 1)
-    amp = resolve_precision(cfg.segmentation.precision, dev)  # this run's choice, not the training's
     opt = torch.optim.SGD(model.parameters(), lr=ucfg.lr, momentum=seg.momentum, weight_decay=seg.weight_decay)
     losses = []
     for step in range(ucfg.iterations):
@@ -247,7 +250,7 @@ def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: l
         target, clean, _ = decode(code)
         model.train()
         with autocast(dev, amp):
-            main, aux = model(channels_last(x), with_aux=True)
+            main, aux = model(in_layout(x), with_aux=True)
         kw = dict(kind=seg.loss, ignore_index=IGNORE, clean=clean if clean.any() else None,
                   ohem_thresh=seg.ohem_thresh, ohem_min_kept=seg.ohem_min_kept, temperature=seg.weight_temperature,
                   clean_weight=ucfg.verified_weight)
