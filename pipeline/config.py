@@ -461,11 +461,14 @@ def preset(name: str) -> PipelineConfig:
         cfg.cam = CamConfig(mode="patch")
     elif name == "tiny":
         small = BackboneConfig(widths=(8, 16, 24, 32), blocks=(1, 1, 1, 1))
-        cfg.classifier = ClassifierConfig(backbone=small, epochs=2, batch_size=16, lr=0.05)
+        cfg.classifier = ClassifierConfig(backbone=small, epochs=3, batch_size=16, lr=0.05)
         cfg.cam = CamConfig(scales=(1.0, 1.5))
-        cfg.segmentation = SegConfig(backbone=dataclasses.replace(small), head_channels=16, iterations=12,
+        # CE and 150 iterations: the model predicts glands on the sample data in fp32 and in bf16 (test mIoU 86-95
+        # over seeds 0-2, about 8 s on 2 cores); with l_norm or 30 iterations one seed or precision in two
+        # predicted no gland at all, so tests that compared such predictions compared nothing
+        cfg.segmentation = SegConfig(backbone=dataclasses.replace(small), head_channels=16, iterations=150,
                                      batch_size=4, tile_size=128, tile_stride=96, crop_size=128,
-                                     ratio_range=(0.75, 1.5), checkpoint_every=5)
+                                     ratio_range=(0.75, 1.5), checkpoint_every=50, loss="ce")
         cfg.inference = InferConfig(scales=(1.0,), flip=False, crop_size=128, stride=96)
     return cfg
 
