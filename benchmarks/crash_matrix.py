@@ -5,8 +5,8 @@
 Two parts, each under every oneDNN ISA cap given (``ONEDNN_MAX_CPU_ISA``; ``native`` = no cap), which is how one
 CPU stands in for the kinds it is not (an AVX2-only CPU, an AVX-512 one without bf16):
 
-- **convs**: single convolutions (kernel 1 / 3, stride 1 / 2, 2-24 input and 8-32 output channels, 56 / 112 px,
-  3-24 input and 8-32 output channels, 56 / 112 px, channels-last, fp32 and bf16), one training step each: where exactly oneDNN's kernels crash;
+- **convs**: single convolutions (kernel 1 / 3, stride 1 / 2, 3-24 input and 8-32 output channels, 56 / 112 px,
+  channels-last, fp32 and bf16), one training step each: where exactly oneDNN's kernels crash;
 - **networks**: every preset's classifier and segmentation network, fp32 and bf16 (where the CPU has it natively),
   channels-last and contiguous, one training step and one prediction (the product's self-check probe,
   ``pipeline.stages.selfcheck``).
