@@ -29,7 +29,7 @@ from _common import machine, print_table, write_json  # noqa: E402
 
 from pipeline.config import preset  # noqa: E402
 from pipeline.device import _cpu_has_native_bf16  # noqa: E402
-from pipeline.stages.selfcheck import _cpu_identity, outcome_of, probe_for  # noqa: E402
+from pipeline.stages.selfcheck import cpu_identity, outcome_of, probe_for  # noqa: E402
 
 CONV_CHILD = """
 import sys, torch
@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--skip-networks", action="store_true")
     args = ap.parse_args()
     precisions = ["fp32", "bf16"]
-    result = {"machine": machine(), "cpu": _cpu_identity(), "native_bf16": _cpu_has_native_bf16(),
+    result = {"machine": machine(), "cpu": cpu_identity(), "native_bf16": _cpu_has_native_bf16(),
               "convs": [], "networks": []}
     if not args.skip_convs:
         crashes = []

@@ -329,10 +329,10 @@ def test_the_segmentation_is_sized_again_from_the_time_left(tmp_path):
     # before a self-training round's training: the speed the training before it ran at (its loop, checkpoints
     # and data included), nothing measured; the round whose labels are made stays even when late
     from pipeline.budget import with_iterations
+    from pipeline.stages.graph import segmentation_settings
     from pipeline.stages.infer import predict
     from pipeline.stages.segment import train_segmenter
     from pipeline.stages.selftrain import refine_round
-    from pipeline.stages.status import segmentation_settings
 
     first = with_iterations(planned, 5)
     run(train_segmenter(store, segmentation_settings(store, first), "cpu"))

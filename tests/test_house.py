@@ -81,6 +81,58 @@ def test_no_module_imports_another_modules_private_names():
     assert not offenders, offenders
 
 
+# The documented direction of imports (docs/architecture.md, "Which room may use which"): each room of pipeline/
+# and the rooms (or single modules) it may import. A module's own room is always allowed.
+BASE = {"pipeline", "pipeline.config", "pipeline.errors", "pipeline.progress"}
+ALLOWED = {
+    "pipeline.config": {"pipeline.errors"},
+    "pipeline.device": BASE,
+    "pipeline.metrics": BASE,
+    "pipeline.io": BASE | {"pipeline.metrics", "pipeline.store", "pipeline.stages.patches"},
+    "pipeline.store": BASE | {"pipeline.io.data", "pipeline.stages.patches"},
+    "pipeline.stages": BASE | {"pipeline.device", "pipeline.metrics", "pipeline.io", "pipeline.store"},
+    "pipeline.budget": BASE | {"pipeline.device", "pipeline.metrics", "pipeline.io", "pipeline.store",
+                               "pipeline.stages"},
+    "pipeline.review": BASE | {"pipeline.device", "pipeline.metrics", "pipeline.io", "pipeline.store",
+                               "pipeline.stages"},
+    "pipeline.slides": BASE | {"pipeline.device", "pipeline.metrics", "pipeline.io", "pipeline.store",
+                               "pipeline.stages"},
+}
+# the few edges against the grain, each one a documented decision
+EXCEPTIONS = {
+    ("pipeline.stages.run", "pipeline.budget"),  # the whole run sizes itself with the planner
+    ("pipeline.stages.segment", "pipeline.review.regions"),  # segmentation.error_prob_weight: the review's trust
+    ("pipeline.stages.predict_files", "pipeline.slides.cluster"),  # images on a dask cluster
+}
+
+
+def _room(module: str) -> str | None:
+    for room in sorted(ALLOWED, key=len, reverse=True):
+        if module == room or module.startswith(room + "."):
+            return room
+    return None
+
+
+def test_imports_go_the_documented_way():
+    modules = _modules("pipeline")
+    against = []
+    for name, path in modules.items():
+        room = _room(name)
+        if room is None:  # cli, __main__, the package itself: they use everything
+            continue
+        for target, _ in _imports(name, path, modules):
+            if not target.startswith("pipeline") or target == name:
+                continue
+            allowed = ALLOWED[room] | {room}
+            ok = any(target == a or target.startswith(a + ".") for a in allowed) or target == "pipeline"
+            if not ok and (name, target) not in EXCEPTIONS:
+                against.append(f"{name} -> {target}")
+    assert not against, f"imports against the documented direction: {sorted(set(against))}"
+    for forbidden in ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6", "magicgui"):
+        users = [n for n, p in modules.items() if any(t.split(".")[0] == forbidden for t, _ in _imports(n, p, modules))]
+        assert not users, f"{forbidden} imported in pipeline/: {users}"
+
+
 def test_pipeline_is_grouped_in_rooms():
     rooms = {p.name for p in (ROOT / "pipeline").iterdir() if (p / "__init__.py").is_file()}
     assert {"stages", "store", "slides", "review", "io", "cli"} <= rooms

@@ -352,9 +352,9 @@ def test_old_projects_predict_with_the_model_they_hold(tmp_path, trained_project
     """A checkpoint and run records written before these settings existed read as the paper's PSPNet."""
     import shutil
 
+    from pipeline.stages.graph import stage_done
     from pipeline.stages.infer import predict
     from pipeline.stages.segment import load_segmenter
-    from pipeline.stages.status import stage_done
     from pipeline.store import ProjectStore
     from pipeline.store.project import project_config
 

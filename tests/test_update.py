@@ -27,7 +27,8 @@ def _update_cfg(cfg, steps: int = 12, lr: float = 0.05):
 
 
 def test_update_moves_the_prediction_toward_the_correction_and_reverts(project_copy):
-    from pipeline.stages.update import changed_images, model_versions, revert_model, update_model
+    from pipeline.stages.update import changed_images, update_model
+    from pipeline.store.versions import model_versions, revert_model
 
     store, cfg = project_copy
     name = store.names("train")[0]
@@ -40,7 +41,8 @@ def test_update_moves_the_prediction_toward_the_correction_and_reverts(project_c
     region[: fixed.shape[0] // 3, : fixed.shape[1] // 3] = True
     before = (store.read(name, "prediction")[region] == 1).mean()
 
-    result = run(update_model(store, _update_cfg(cfg), "cpu"))
+    # a third of an image painted gland is a made-up correction: kept as asked, whatever the guard says of it
+    result = run(update_model(store, _update_cfg(cfg), "cpu", keep_worse=True))
 
     after = (store.read(name, "prediction")[region] == 1).mean()
     assert result["images"] == [name] and result["predicted"] == [name] and result["steps"] == 12
@@ -60,7 +62,7 @@ def test_update_moves_the_prediction_toward_the_correction_and_reverts(project_c
 
 
 def test_versions_beyond_keep_are_dropped(project_copy):
-    from pipeline.stages.update import keep_version, model_versions
+    from pipeline.store.versions import keep_version, model_versions
 
     store, _ = project_copy
     for _ in range(4):
@@ -108,7 +110,8 @@ def test_update_refuses_what_it_cannot_do(project_copy, own_project):
 
 
 def test_cancelled_update_changes_nothing(project_copy):
-    from pipeline.stages.update import model_versions, update_model
+    from pipeline.stages.update import update_model
+    from pipeline.store.versions import model_versions
 
     store, cfg = project_copy
     name = store.names("train")[0]
@@ -131,9 +134,10 @@ def test_cli_update_and_revert(project_copy, capsys):
     assert main(["update", str(store.path)]) == 2
     assert "nothing changed since the model was trained" in capsys.readouterr().err
     _paint_gland(store, name)
-    assert main(["update", str(store.path), "--steps", "4", "--fast"]) == 0
+    assert main(["update", str(store.path), "--steps", "4", "--fast", "--keep-worse"]) == 0
     out = capsys.readouterr().out
     assert "updated the model on 1 changed image(s)" in out and "--revert" in out
+    assert "held-out tag agreement" in out  # the judgement, with both figures
     assert main(["update", str(store.path), "--revert"]) == 0
     assert "reverted to the model kept" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # argparse: "--steps: invalid int value"
@@ -159,3 +163,110 @@ def test_cli_update_while_another_process_writes(project_copy, capsys):
     finally:
         proc.kill()
         proc.wait()
+
+
+# ---------------------------------------------------------------------------------------------- the guard
+def _hold_out(store, k: int = 3) -> list[str]:
+    """The last ``k`` training images become the validation split: the guard then judges on their masks."""
+    names = store.names("train")[-k:]
+    for n in names:
+        store.set_split(n, "val")
+    return names
+
+
+def _correct_to_truth(store, name: str) -> None:
+    """What a perfect pathologist paints: the gland mask, every pixel verified."""
+    truth = store.mask(name).astype(np.uint8)
+    store.save_correction(name, truth, painted=np.ones(truth.shape, bool))
+
+
+def _val_miou(store, cfg) -> float:
+    from pipeline.stages.infer import evaluate, predict
+
+    run(predict(store, cfg.inference, names=store.names("val"), device="cpu"))
+    return evaluate(store, "val")["mIoU"]
+
+
+def _worst_pseudo_mask(store) -> str:
+    return max(store.names("train"), key=lambda n: int((store.read(n, "pseudo") != store.mask(n)).sum()))
+
+
+def test_an_update_never_leaves_the_model_worse_on_validation(project_copy):
+    from pipeline.stages.update import update_model
+    from pipeline.store.versions import model_versions
+
+    store, cfg = project_copy
+    _hold_out(store)
+    before = _val_miou(store, cfg)
+    name = _worst_pseudo_mask(store)
+    _correct_to_truth(store, name)
+    result = run(update_model(store, cfg, "cpu"))
+    assert result["judged_on"] == "validation"
+    assert result["before"]["validation mIoU"] == pytest.approx(before, abs=0.01)
+    after = _val_miou(store, cfg)  # the model the project now has, scored on its own
+    assert after >= before - cfg.update.tolerance, (before, after, result["verdict"])
+    assert len(model_versions(store)) == (1 if result["kept"] else 0)
+
+
+def _paint_everything_gland(store, name: str) -> None:
+    """A deliberately wrong correction: the whole image called gland, every pixel verified."""
+    shape = store.shape(name)
+    store.save_correction(name, np.ones(shape, np.uint8), painted=np.ones(shape, bool))
+
+
+HARMFUL = ["--steps", "30", "--lr", "0.05", "--set", "update.focus=1"]  # nothing but the wrong image, long enough
+
+
+def test_a_harmful_update_is_refused_and_the_model_stays(project_copy, capsys):
+    from pipeline.cli import main
+    from pipeline.store.versions import model_versions
+
+    store, cfg = project_copy
+    _hold_out(store)
+    _paint_everything_gland(store, store.names("train")[0])
+    ck = store.checkpoint_path("segmentation").read_bytes()
+    record = store.load_run("segmentation")
+    assert main(["update", str(store.path), *HARMFUL]) == 0
+    out = capsys.readouterr().out
+    assert "not kept" in out and "validation mIoU" in out and "the previous model stays" in out
+    assert store.checkpoint_path("segmentation").read_bytes() == ck
+    assert store.load_run("segmentation") == record and model_versions(store) == []
+
+
+def test_the_guard_judges_on_held_out_tags_without_any_mask(project_copy):
+    from pipeline.stages.guard import guard_set
+    from pipeline.stages.update import update_model
+
+    store, cfg = project_copy
+    name = store.names("train")[0]
+    _paint_everything_gland(store, name)
+    for n in store.names():  # a pathologist's own images: no mask anywhere, only patch labels
+        store.delete(n, "mask")
+    guard = guard_set(store, [name])
+    assert guard.kind == "held-out tags" and name not in guard.names and len(guard.names) == 11
+    ck = store.checkpoint_path("segmentation").read_bytes()
+    harmful = _update_cfg(cfg, steps=30, lr=0.05)
+    harmful.update.focus = 1.0
+    result = run(update_model(store, harmful, "cpu"))
+    assert not result["kept"] and "held-out tag agreement" in result["verdict"]
+    assert result["after"]["held-out tag agreement"] < result["before"]["held-out tag agreement"] - 0.3
+    assert store.checkpoint_path("segmentation").read_bytes() == ck
+
+
+def test_a_retrain_on_corrections_worse_than_the_model_is_reverted(project_copy, capsys):
+    from pipeline.cli import main
+    from pipeline.store.versions import model_versions
+
+    store, cfg = project_copy
+    _hold_out(store)
+    _correct_to_truth(store, _worst_pseudo_mask(store))
+    ck = store.checkpoint_path("segmentation").read_bytes()
+    # two iterations from scratch cannot match the trained model: the retrain is reported and reverted
+    assert main(["train-seg", str(store.path), "--labels", "corrected", "--iterations", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "the retrained model was worse" in err and "validation mIoU" in err and "--keep-worse" in err
+    assert store.checkpoint_path("segmentation").read_bytes() == ck and model_versions(store) == []
+    # insisted on, it is kept, and the model before stays one revert away
+    assert main(["train-seg", str(store.path), "--labels", "corrected", "--iterations", "2", "--keep-worse"]) == 0
+    assert "kept the retrained model as asked although it is worse" in capsys.readouterr().err
+    assert store.checkpoint_path("segmentation").read_bytes() != ck and len(model_versions(store)) == 1

@@ -25,6 +25,7 @@ def test_update_from_the_dock_shows_before_and_after_and_reverts(widget, project
     ck_before = store.checkpoint_path("segmentation").read_bytes()
     widget.settings.fields["update.iterations"].value = "12"
     widget.settings.fields["update.lr"].value = "0.05"
+    widget.settings.fields["update.tolerance"].value = "100"  # a made-up gland: kept whatever the guard says
     layer = widget.viewer.layers[_layers.PSEUDO]
     h, w = layer.data.shape
     layer.selected_label, layer.brush_size = 1, 24
@@ -60,3 +61,23 @@ def test_update_from_the_dock_shows_before_and_after_and_reverts(widget, project
     assert store.checkpoint_path("segmentation").read_bytes() == ck_before
     assert np.array_equal(store.read(name, "prediction"), old_prediction)  # same model, same prediction
     assert any("reverted to the model kept" in n for n in notes)
+
+
+def test_a_harmful_update_from_the_dock_is_not_kept_and_says_why(widget, project_copy, qtbot, notes):
+    store, _ = project_copy
+    widget.open_project(store.path)
+    name = widget.current
+    ck_before = store.checkpoint_path("segmentation").read_bytes()
+    shape = store.shape(name)
+    store.save_correction(name, np.ones(shape, np.uint8), painted=np.ones(shape, bool))  # all gland: wrong
+    widget.settings.fields["update.iterations"].value = "30"
+    widget.settings.fields["update.lr"].value = "0.05"
+    widget.settings.fields["update.focus"].value = "1"
+    old_prediction = store.read(name, "prediction")
+    assert widget.corrections.update_model() is not None
+    qtbot.waitUntil(lambda: not widget.runner.busy, timeout=JOB_TIMEOUT_MS)
+    line = next(n for n in notes if "update not kept" in n)
+    assert "held-out tag agreement" in line and "->" in line and "the previous model stays" in line
+    assert store.checkpoint_path("segmentation").read_bytes() == ck_before
+    assert np.array_equal(store.read(name, "prediction"), old_prediction)
+    assert _layers.BEFORE_UPDATE not in widget.viewer.layers

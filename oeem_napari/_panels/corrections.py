@@ -96,16 +96,18 @@ class CorrectionsPanel(FoldingBox):
             state.changed.emit()
             if not ok:
                 return
+            if not result["kept"]:
+                show_info(f"update not kept: {result['verdict']}")
+                return
             self._show_result(name, before)
-            show_info(f"model updated on {len(result['images'])} changed image(s) in {result['seconds']:.0f} s; "
-                      "the model from before is kept (Revert update)")
+            show_info(f"model updated on {len(result['images'])} changed image(s) in {result['seconds']:.0f} s: "
+                      f"{result['verdict']}; the model from before is kept (Revert update)")
 
         return state.start("Update model", holding_writer(store.path, "napari: Update model", job), after=after)
 
     def revert(self):
         """Put the model from before the last update back and re-predict the image on screen."""
-        from pipeline.stages.infer import predict
-        from pipeline.stages.update import revert_model
+        from pipeline.stages.update import revert_update
         from pipeline.store.lock import holding_writer
 
         state = self.state
@@ -115,11 +117,6 @@ class CorrectionsPanel(FoldingBox):
         name, store, cfg = state.current, state.store, state.run_config()
         before = store.read(name, "prediction") if store.has(name, "prediction") else None
 
-        def job():
-            back = revert_model(store)
-            yield from predict(store, cfg.inference, names=[name], device=state.device())
-            return back
-
         def after(ok: bool, result) -> None:
             state.show(name)
             state.changed.emit()
@@ -127,7 +124,8 @@ class CorrectionsPanel(FoldingBox):
                 self._show_result(name, before)
                 show_info(f"reverted to the model kept {result['saved_at']} ({result['why']})")
 
-        return state.start("Revert update", holding_writer(store.path, "napari: Revert update", job()), after=after)
+        job = revert_update(store, cfg, state.device(), [name])
+        return state.start("Revert update", holding_writer(store.path, "napari: Revert update", job), after=after)
 
     def _show_result(self, name: str, before: np.ndarray | None) -> None:
         """The new prediction shown; the one it replaced as a hidden layer the toggle swaps in."""

@@ -188,27 +188,23 @@ class ReviewPanel(FoldingBox):
 
     def next_region(self) -> None:
         """The best-ranked region not yet reviewed (any image): switch to its image, select it and zoom."""
-        from pipeline.review.state import ordered_regions, review_state
+        from pipeline.review.state import next_unreviewed
 
         store = self.state.store
         if not store:
             return
-        done = review_state(store)["state"]
-        top = self.top_spin.value()
-        listed: dict[str, int] = {}  # the place of each region in its image's table
-        for r in ordered_regions(store):
-            listed[r.image] = listed.get(r.image, 0) + 1
-            if r.key in done or listed[r.image] > top:
-                continue
-            if r.image != self.state.current:
-                self.state.show(r.image)
-            row = next((k for k, x in enumerate(self.regions) if x.key == r.key), None)
-            if row is not None:
-                self.zoom_to_region(row)
-                return
-        show_info("every listed region has been reviewed")
+        r = next_unreviewed(store, self.top_spin.value())
+        if r is None:
+            show_info("every listed region has been reviewed")
+            return
+        if r.image != self.state.current:
+            self.state.show(r.image)
+        row = next((k for k, x in enumerate(self.regions) if x.key == r.key), None)
+        if row is not None:
+            self.zoom_to_region(row)
 
     def undo_review(self) -> None:
+        from pipeline.review.regions import region_image
         from pipeline.review.state import undo_review
 
         store = self.state.store
@@ -223,6 +219,6 @@ class ReviewPanel(FoldingBox):
         if last is None:
             show_info("nothing to undo in the review")
             return
-        self.state.show(last["key"].split(":")[0])
+        self.state.show(region_image(last["key"]))
         self.state.changed.emit()
         show_info(f"{last['key']}: {last['status']} taken back")

@@ -9,7 +9,7 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QScrollArea, QTabWidget, QVBo
 from oeem_napari._panels.fold import FoldingBox
 from oeem_napari._panels.state import DockState
 from oeem_napari._settings import SECTIONS, SettingsForm
-from pipeline.config import PRESETS, preset
+from pipeline.config import DEFAULT_PRESET, PRESETS, preset
 
 PREDICTION_MODES = ("fast (1 scale)", "multi-scale + flip")
 
@@ -43,7 +43,7 @@ class SettingsPanel(FoldingBox):
         form = QFormLayout()
         self.preset_combo = QComboBox()
         self.preset_combo.addItems(PRESETS)
-        self.preset_combo.setCurrentText("cpu")
+        self.preset_combo.setCurrentText(DEFAULT_PRESET)
         self.preset_combo.setToolTip("picking a preset sets every setting below to its values")
         self.device_combo = DeviceCombo()
         self.predict_combo = QComboBox()
@@ -53,7 +53,7 @@ class SettingsPanel(FoldingBox):
             form.addRow(label, w)
         lay.addLayout(form)
         # every other setting, generated from pipeline.config (magicgui): the basic ones on top, the rest folded
-        self.form = SettingsForm(preset("cpu"))
+        self.form = SettingsForm(preset(DEFAULT_PRESET))
         lay.addWidget(self.form.basic.native)
         self.advanced = FoldingBox("Advanced (every setting, by stage)")
         self.tabs = QTabWidget()

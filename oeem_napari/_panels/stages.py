@@ -22,28 +22,23 @@ def make_job(stage: str, store: ProjectStore, cfg: PipelineConfig, device: str, 
     ``budget_s``: *Run all*'s time budget (None: the preset's schedule)."""
     from oeem_napari._jobs import run_step
     from pipeline.stages.cams import make_cams
-    from pipeline.stages.classify import make_patch_labels, train_classifier
+    from pipeline.stages.graph import classifier_job, segmentation_settings
     from pipeline.stages.infer import evaluate_all, predict
     from pipeline.stages.run import run_all
-    from pipeline.stages.segment import train_segmenter
-    from pipeline.stages.status import segmentation_settings
+    from pipeline.stages.update import retrain_on_corrections
 
     if stage == "classifier":
-        def job():
-            make_patch_labels(store, cfg.patches)
-            return (yield from train_classifier(store, cfg.classifier, cfg.patches, device, on_mismatch="restart"))
-        return job()
+        return classifier_job(store, cfg, device)
     if stage == "cams":
         return make_cams(store, cfg.cam, cfg.patches, device)
     if stage == "segmentation":
-        return train_segmenter(store, segmentation_settings(store, cfg), device, on_mismatch="restart")
+        return retrain_on_corrections(store, cfg, segmentation_settings(store, cfg), device, on_mismatch="restart")
     if stage == "predict":
         return predict(store, cfg.inference, device=device)
     if stage == "selftrain":
-        from pipeline.stages.selftrain import refine_round
+        from pipeline.stages.selftrain import selftrain_round
 
-        return refine_round(store, cfg.patches.size, cam_cfg=cfg.cam,
-                            untagged=cfg.patches if cfg.selftrain.untagged_images else None)
+        return selftrain_round(store, cfg)
     if stage == "evaluate":
         return run_step("evaluate", lambda: evaluate_all(store))
     if stage == "all":

@@ -112,19 +112,16 @@ class DockState(QObject):
         return cfg
 
     def model_config(self, trained) -> PipelineConfig:
-        """The configuration a loaded model file predicts with: the dock's settings, the model's prediction
-        settings and µm/px, one scale when *fast* is chosen; no project needed, nothing saved."""
-        import dataclasses
+        """The configuration a loaded model file predicts with (:func:`pipeline.stages.model_file.model_config`):
+        the dock's settings other than the prediction's, which are the model's, and one scale when *fast*."""
+        from pipeline.stages.model_file import model_config
 
-        from pipeline.config import check, preset
-
-        cfg = preset(self.settings.preset() if self.settings is not None else "cpu")
-        if self.settings is not None:
-            apply_overrides(cfg, {k: v for k, v in self.settings.values().items() if v is not None})
-        cfg.inference, cfg.slide.project_mpp = dataclasses.replace(trained.inference), trained.mpp
-        if self.settings is not None and self.settings.fast():
-            apply_overrides(cfg, FAST_INFERENCE)
-        return check(cfg)
+        if self.settings is None:
+            return model_config(trained)
+        overrides = {k: v for k, v in self.settings.values().items() if not k.startswith("inference.")}
+        if self.settings.fast():
+            overrides.update(FAST_INFERENCE)
+        return model_config(trained, self.settings.preset(), overrides)
 
     def device(self) -> str:
         return self.settings.device() if self.settings is not None else "auto"

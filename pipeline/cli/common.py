@@ -6,7 +6,17 @@ import json
 import sys
 from typing import Any
 
-from pipeline.config import PRECISION_SECTIONS, PRECISIONS, PRESETS, Setting, parse_settings, preset, settings_of
+from pipeline.config import (
+    DEFAULT_PRESET,
+    FAST_INFERENCE,
+    PRECISION_SECTIONS,
+    PRECISIONS,
+    PRESETS,
+    Setting,
+    parse_settings,
+    preset,
+    settings_of,
+)
 from pipeline.errors import OEEMError
 
 # the configuration sections whose flags each command takes (the flags themselves are declared in config.py)
@@ -81,7 +91,7 @@ def open_project(path: str):
 def command_settings(command: str) -> list[Setting]:
     """The settings ``command`` takes a flag for, from their declarations in ``pipeline.config``."""
     sections = COMMAND_SECTIONS.get(command, ())
-    return [s for s in settings_of(preset("cpu")) if s.flag and command in s.commands
+    return [s for s in settings_of(preset(DEFAULT_PRESET)) if s.flag and command in s.commands
             and s.key.split(".")[0] in sections]
 
 
@@ -99,11 +109,31 @@ def add_setting_flags(p: argparse.ArgumentParser, command: str) -> None:
                        help=f"{s.help} ({s.key}; default: the project's, cpu preset {_shown(s.value)})")
 
 
+# ---------------------------------------------------------------------------------------------- shared flags
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
+
+
+def add_fast(p: argparse.ArgumentParser, default: str = "off") -> None:
+    p.add_argument("--fast", action="store_true", help=f"predict at one scale, no flip (default: {default})")
+
+
+def add_mpp(p: argparse.ArgumentParser, default: str = "what the file says") -> None:
+    p.add_argument("--mpp", type=float, default=None, help=f"microns per pixel of the images (default: {default})")
+
+
+def add_model_name(p: argparse.ArgumentParser, trains: bool = False) -> None:
+    """``--name``: a segmentation model kept apart from the project's (``checkpoints/segmentation-NAME.pt``)."""
+    p.add_argument("--name", default=None, help=(
+        "keep this model apart (checkpoints/segmentation-NAME.pt; default: the project's model)" if trains else
+        "use the model trained with --name (default: the project's)"))
+
+
 def add_common(p: argparse.ArgumentParser, command: str, train: bool = False) -> None:
     """The options every command that runs a stage takes."""
     p.add_argument("--preset", choices=PRESETS, default=None,
                    help="start from a preset (default: the project's saved settings, else cpu)")
-    p.add_argument("--device", default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
+    add_device(p)
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="arithmetic of every stage: auto (default: bf16 where the CPU or GPU computes it "
                         "natively, about twice as fast; else fp32), fp32 or bf16")
@@ -137,8 +167,7 @@ def command_overrides(args) -> dict[str, Any]:
     if getattr(args, "precision", None) is not None:
         over.update({f"{section}.precision": args.precision for section in PRECISION_SECTIONS})
     if getattr(args, "fast", False):
-        over["inference.scales"] = (1.0,)
-        over["inference.flip"] = False
+        over.update(FAST_INFERENCE)
     over.update(parse_settings(getattr(args, "set", None) or []))
     return over
 
@@ -158,14 +187,10 @@ def config_for(args, store):
 
 
 def config_for_model(args, trained):
-    """The settings a command runs with on a model file, outside any project: the model's prediction settings and
-    µm/px, then this command's flags."""
-    from pipeline.config import apply_overrides, check, preset
+    """The settings a command runs with on a model file (:func:`pipeline.stages.model_file.model_config`)."""
+    from pipeline.stages.model_file import model_config
 
-    cfg = preset(getattr(args, "preset", None) or "cpu")
-    cfg.inference, cfg.slide.project_mpp = trained.inference, trained.mpp
-    apply_overrides(cfg, command_overrides(args))
-    return check(cfg)
+    return model_config(trained, getattr(args, "preset", None), command_overrides(args))
 
 
 def print_json(obj) -> None:

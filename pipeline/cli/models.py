@@ -2,24 +2,38 @@
 ``oeem update``: the model fine-tuned on a pathologist's latest changes (and ``--revert``)."""
 from __future__ import annotations
 
-from pipeline.cli.common import add_common, config_for, drive, open_project
+from pipeline.cli.common import (
+    add_common,
+    add_device,
+    add_fast,
+    add_model_name,
+    add_mpp,
+    config_for,
+    drive,
+    open_project,
+)
 
 
 def cmd_update(args) -> None:
-    from pipeline.stages.update import model_versions, revert_model, update_model
+    from pipeline.stages.update import revert_update, update_model
+    from pipeline.store.versions import model_versions
 
     store = open_project(args.project)
-    if args.revert:
-        back = revert_model(store)
-        print(f"reverted to the model kept {back['saved_at']} ({back['why']}); {len(model_versions(store))} earlier "
-              f"version(s) left. Predictions are stale: `oeem predict {store.path}` (or the next `oeem run`)")
-        return
     cfg = config_for(args, store)
+    if args.revert:
+        back = drive(revert_update(store, cfg, args.device), "revert")
+        print(f"reverted to the model kept {back['saved_at']} ({back['why']}); {len(model_versions(store))} earlier "
+              f"version(s) left; re-predicted {len(back['predicted'])} image(s) the update had predicted")
+        return
     names = [n.strip() for n in args.images.split(",") if n.strip()] if args.images else None
     predict_names = None if args.predict == "changed" else [] if args.predict == "none" else store.names()
-    r = drive(update_model(store, cfg, args.device, names, predict_names), "update")
+    r = drive(update_model(store, cfg, args.device, names, predict_names, keep_worse=args.keep_worse), "update")
+    if not r["kept"]:
+        print(f"update of {len(r['images'])} image(s) not kept: {r['verdict']} ({r['seconds']:.0f} s; "
+              "--keep-worse keeps such an update anyway)")
+        return
     print(f"updated the model on {len(r['images'])} changed image(s) in {r['train_seconds']:.0f} s "
-          f"({r['steps']} steps, loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}); re-predicted "
+          f"({r['steps']} steps, loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}): {r['verdict']}; re-predicted "
           f"{len(r['predicted'])} image(s), {r['seconds']:.0f} s in all. The model from before is kept: "
           f"`oeem update {store.path} --revert` puts it back")
 
@@ -67,13 +81,16 @@ def register(add) -> None:
                    help="comma-separated image names to learn from (default: those changed since the model)")
     p.add_argument("--predict", default="changed", choices=("changed", "all", "none"),
                    help="which images to re-predict afterwards (default: changed)")
-    p.add_argument("--fast", action="store_true", help="re-predict at a single scale, no flip (default: off)")
+    add_fast(p)
     p.add_argument("--revert", action="store_true",
                    help="put back the model from before the last update instead (default: update)")
+    p.add_argument("--keep-worse", action="store_true",
+                   help="keep the updated model even when it scores worse than the one before by more than "
+                        "--tolerance (default: such an update is not kept)")
     p = add("export-model", cmd_export_model, "write the project's segmentation model to one file (weights, "
             "settings, µm/px, training record, checksum) to use on other images, projects and machines")
     p.add_argument("file", help="the model file to write, e.g. glas-cpu.oeem-model")
-    p.add_argument("--name", default=None, help="export the model trained with --name (default: the project's)")
+    add_model_name(p)
     p = add("predict-images", cmd_predict_images, "segment image files or folders that are in no project, with a "
             "model file or a project's model; one image at a time, resumable", project=False)
     p.add_argument("model", help="a .oeem-model file (from `oeem export-model`) or a project folder")
@@ -83,10 +100,9 @@ def register(add) -> None:
     p.add_argument("--format", default="png", choices=FORMATS, help="mask format (default: png)")
     p.add_argument("--overwrite", action="store_true", help="predict images whose mask exists again (default: "
                    "skip them, so a rerun resumes)")
-    p.add_argument("--mpp", type=float, default=None, help="µm per pixel of images that do not state theirs "
-                   "(default: the model's)")
-    p.add_argument("--fast", action="store_true", help="single scale, no flip (default: the model's settings)")
-    p.add_argument("--device", default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
+    add_mpp(p, "what each file says, else the model's")
+    add_fast(p, "the model's settings")
+    add_device(p)
     p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler (e.g. "
                    "tcp://10.0.0.5:8786) whose workers predict the images; the images and --out must be visible "
                    "to them (default: this process)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.cli.common import add_common, add_redo, config_for, drive, open_project
+from pipeline.cli.common import add_common, add_fast, add_model_name, add_mpp, add_redo, config_for, drive, open_project
 from pipeline.config import SLIDE_READERS
 from pipeline.errors import OEEMError
 
@@ -85,7 +85,7 @@ def register(add) -> None:
     p = add("slide-info", cmd_slide_info, "levels, microns per pixel and tissue of a whole-slide image",
             project=False)
     p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
-    p.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: what the file says)")
+    add_mpp(p)
     p.add_argument("--reader", choices=SLIDE_READERS, default="auto",
                    help="auto (default): tiffslide, OpenSlide (when installed) for what it cannot read")
     p = add("predict-slide", cmd_predict_slide, "predict a whole slide block by block into an OME-Zarr pyramid "
@@ -95,13 +95,13 @@ def register(add) -> None:
     p.add_argument("--model", default=None, help="a .oeem-model file (`oeem export-model`) to predict with "
                    "instead of the project's model (default: the project's)")
     p.add_argument("slide", help="SVS, NDPI, pyramidal TIFF or OME-TIFF")
-    p.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: what the file says)")
+    add_mpp(p)
     p.add_argument("--out", default=None, help="output .ome.zarr (default: PROJECT.slides/NAME.ome.zarr)")
     add_redo(p, "replace an earlier prediction of other settings", "--restart")
     p.add_argument("--scheduler", default=None, help="address of a dask.distributed scheduler "
                    "(e.g. tcp://10.0.0.5:8786) whose workers predict the blocks (default: this process)")
-    p.add_argument("--fast", action="store_true", help="single scale, no flip (default: off)")
-    p.add_argument("--name", default=None, help="use the model trained with --name (default: the project's)")
+    add_fast(p)
+    add_model_name(p)
     p = add("export-slide", cmd_export_slide, "a slide prediction (.ome.zarr of `oeem predict-slide`) as QuPath "
             "GeoJSON: one Gland polygon per gland, lumens as holes, in the slide's level-0 pixels", project=False)
     p.add_argument("prediction", help="the .ome.zarr that `oeem predict-slide` wrote")
@@ -120,5 +120,5 @@ def register(add) -> None:
                    help="QuPath GeoJSON ROIs; their classification is the label (default: none)")
     p.add_argument("--label", default=None,
                    help="gland, non-gland or mixed (for --box, and unclassified ROIs; default: none)")
-    p.add_argument("--mpp", type=float, default=None, help="microns per pixel (default: what the file says)")
+    add_mpp(p)
     p.add_argument("--split", default="train", choices=("train", "val"), help="where they go (default: train)")

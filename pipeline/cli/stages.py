@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli.common import add_common, config_for, drive, is_main, open_project
+from pipeline.cli.common import add_common, add_fast, add_model_name, config_for, drive, is_main, open_project
 
 # commands that write into the project: one at a time per project (the writer lock)
 
@@ -46,8 +46,8 @@ def cmd_cams(args) -> None:
 
 
 def cmd_train_seg(args) -> None:
-    from pipeline.stages.segment import train_segmenter
-    from pipeline.stages.status import segmentation_settings
+    from pipeline.stages.graph import segmentation_settings
+    from pipeline.stages.update import retrain_on_corrections
 
     store = open_project(args.project)
     cfg = config_for(args, store)
@@ -57,23 +57,24 @@ def cmd_train_seg(args) -> None:
         from pipeline.stages.model_file import weights_from_file
 
         init = weights_from_file(args.init_from, seg)
-    rec = drive(train_segmenter(store, seg, args.device, args.name, args.redo, init_weights=init), "segmentation")
+    rec = drive(retrain_on_corrections(store, cfg, seg, args.device, args.keep_worse, run_name=args.name,
+                                       restart=args.redo, init_weights=init), "segmentation")
     if not is_main():
         return
     print(f"segmentation trained with loss {seg.loss} on {seg.label_source} labels: "
           f"{rec['iterations_run']} iterations in {rec['seconds']:.0f} s, final loss {rec['final_loss']:.4f}")
 
 
+
 def cmd_selftrain(args) -> None:
-    from pipeline.stages.selftrain import refine_round, reset_rounds
+    from pipeline.stages.selftrain import reset_rounds, selftrain_round
 
     store = open_project(args.project)
     if args.reset:
         print(f"restored the stage-1 pseudo-masks of {reset_rounds(store)} images (round 0)")
         return
     cfg = config_for(args, store)
-    untagged = cfg.patches if cfg.selftrain.untagged_images else None
-    entry = drive(refine_round(store, cfg.patches.size, cam_cfg=cfg.cam, untagged=untagged), "selftrain")
+    entry = drive(selftrain_round(store, cfg), "selftrain")
     line = f"self-training round {entry['round']}: {entry['pixels_changed']} pseudo-mask pixels changed"
     if entry["untagged_images"]:
         line += f" ({entry['untagged_images']} untagged images labelled by the prediction)"
@@ -205,11 +206,13 @@ def register(add) -> None:
     p = add("train-seg", cmd_train_seg,
             "train the segmentation network on the pseudo-masks with the OEEM loss (resumable)")
     add_common(p, "train-seg", train=True)
-    p.add_argument("--name", default=None,
-                   help="keep this model apart (checkpoints/segmentation-NAME.pt; default: the project's model)")
+    add_model_name(p, trains=True)
     p.add_argument("--init-from", default=None, metavar="FILE",
                    help="start from the weights of a .oeem-model file (`oeem export-model`) instead of random "
                         "initialisation; its network must be this project's (default: none)")
+    p.add_argument("--keep-worse", action="store_true",
+                   help="--labels corrected: keep the retrained model even when it scores worse than the model "
+                        "before by more than update.tolerance (default: the better one is kept)")
     p = add("selftrain", cmd_selftrain, "one self-training round: refine the pseudo-masks with the current "
             "prediction (restricted by the patch labels); then train-seg again")
     add_common(p, "selftrain")
@@ -217,10 +220,10 @@ def register(add) -> None:
                    help="undo every round: put the stage-1 pseudo-masks back (default: run one round)")
     p = add("predict", cmd_predict, "multi-scale sliding-window prediction at the original size")
     add_common(p, "predict")
-    p.add_argument("--fast", action="store_true", help="single scale, no flip (interactive use; default: off)")
+    add_fast(p)
     p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
                    help="the images to predict (default: all)")
-    p.add_argument("--name", default=None, help="use the model trained with --name (default: the project's)")
+    add_model_name(p)
     p = add("evaluate", cmd_evaluate, "pixel mIoU / Dice / F1 and GlaS object F1 / Dice / Hausdorff against the "
             "gland masks")
     p.add_argument("--split", default="test", choices=("train", "val", "test"),
@@ -236,7 +239,7 @@ def register(add) -> None:
                    "(default: the project must exist)")
     p.add_argument("--val-images", type=int, default=0,
                    help="with --data: training images held out as a validation split (default: 0)")
-    p.add_argument("--fast", action="store_true", help="single-scale prediction, no flip (default: off)")
+    add_fast(p)
     p.add_argument("--budget", default=None, metavar="DURATION",
                    help="finish within this time (e.g. 60m, 1h30m, 90s; a bare number is minutes): the speed is "
                         "measured first and classifier epochs, CAM scales, segmentation iterations and "

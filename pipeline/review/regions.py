@@ -56,6 +56,11 @@ class LabelRegion:
         return {**asdict(self), "key": self.key}
 
 
+def region_image(key: str) -> str:
+    """The image a region key (``IMAGE:ID``, :attr:`LabelRegion.key`) names."""
+    return key.rsplit(":", 1)[0]
+
+
 def label_fingerprint(store: ProjectStore, name: str) -> str:
     """Changes whenever the image's labels change: the self-training round and the correction version."""
     return f"{store.pseudo_round}:{store.correction_version(name) or 0}"

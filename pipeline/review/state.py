@@ -16,9 +16,10 @@ from pipeline.review.regions import (
     label_fingerprint,
     load_ranking,
     rank_image,
+    region_image,
     sort_regions,
 )
-from pipeline.store import ProjectStore, atomic_write_json
+from pipeline.store import ProjectStore
 
 REVIEW = "review"
 
@@ -39,7 +40,7 @@ def _load_review(store: ProjectStore, ranking: dict | None) -> dict:
 
 
 def _save_review(store: ProjectStore, review: dict) -> None:
-    atomic_write_json(store.path / "runs" / f"{REVIEW}.json", {k: v for k, v in review.items() if k != "notice"})
+    store.save_run(REVIEW, {k: v for k, v in review.items() if k != "notice"})
 
 
 def review_state(store: ProjectStore) -> dict:
@@ -132,6 +133,18 @@ def _record(store: ProjectStore, ranking: dict, key: str, status: str, version: 
     _save_review(store, review)
 
 
+def next_unreviewed(store: ProjectStore, per_image: int) -> LabelRegion | None:
+    """The region the review shows next (*Next*, ``Shift-N``): the best in its order not yet accepted or skipped,
+    on any image, among the first ``per_image`` regions each image lists; None when every one is reviewed."""
+    done = review_state(store)["state"]
+    listed: dict[str, int] = {}  # the place of each region in its image's list
+    for r in ordered_regions(store):
+        listed[r.image] = listed.get(r.image, 0) + 1
+        if r.key not in done and listed[r.image] <= per_image:
+            return r
+    return None
+
+
 def undo_review(store: ProjectStore) -> dict | None:
     """Take back the last accept (its correction is undone) or skip. None when there is nothing to undo."""
     ranking = load_ranking(store)
@@ -139,7 +152,7 @@ def undo_review(store: ProjectStore) -> dict | None:
     if not review["actions"]:
         return None
     last = review["actions"][-1]
-    name = last["key"].split(":")[0]
+    name = region_image(last["key"])
     if last["status"] == "accepted":
         if store.correction_version(name) != last["correction_version"]:
             raise OEEMError(f"{name}: painted since that region was accepted; undo the strokes first "

@@ -29,6 +29,7 @@ from pipeline.stages.patches import grid_starts
 from pipeline.stages.postprocess import clean_mask
 from pipeline.stages.selfcheck import check_stage_network
 from pipeline.store import ProjectStore
+from pipeline.store.lock import writes_project
 
 STAGE = "cams"
 
@@ -173,6 +174,7 @@ def cams_reusable(store: ProjectStore, cam_cfg: CamConfig) -> bool:
     return same and cls.get("run_id") is not None and rec.get("classifier_run_id") == cls.get("run_id")
 
 
+@writes_project("making CAMs and pseudo-masks")
 def make_cams(store: ProjectStore, cam_cfg: CamConfig, patch_cfg: PatchConfig, device: str = "auto",
               names: list[str] | None = None) -> Job[dict]:
     """CAMs and pseudo-masks for every training image with patch labels; scores them where masks exist."""

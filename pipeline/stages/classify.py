@@ -20,6 +20,7 @@ from pipeline.stages.patches import patch_grid, patch_labels
 from pipeline.stages.selfcheck import check_stage_network
 from pipeline.stages.training import Loop, prepare, resume, train
 from pipeline.store import ProjectStore
+from pipeline.store.lock import writes_project
 
 STAGE = "classifier"
 
@@ -123,6 +124,7 @@ def load_classifier(store: ProjectStore, device: str | torch.device = "cpu") -> 
     return place(model, device).eval(), cfg
 
 
+@writes_project("training the classifier")
 def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: PatchConfig, device: str = "auto",
                      restart: bool = False, on_mismatch: str = "error") -> Job[dict]:
     """Train (or resume) the patch classifier; checkpoint after every epoch. Yields progress every few steps.

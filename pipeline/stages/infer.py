@@ -22,6 +22,7 @@ from pipeline.stages.postprocess import clean_mask
 from pipeline.stages.segment import load_segmenter, stage_name
 from pipeline.stages.selfcheck import check_stage_network
 from pipeline.store import ProjectStore
+from pipeline.store.lock import writes_project
 
 
 def _available_bytes() -> int:
@@ -124,6 +125,7 @@ def oeem_weight_of(prob: np.ndarray, label: np.ndarray) -> np.ndarray:
     return weight_map(logits, torch.from_numpy(label.astype(np.int64))[None], "l_norm")[0].numpy()
 
 
+@writes_project("predicting")
 def predict(store: ProjectStore, cfg: InferConfig, names: list[str] | None = None, device: str = "auto",
             run_name: str | None = None) -> Job[dict]:
     """Predict every image (default: all), writing ``prob`` (gland), ``prediction`` and, where a pseudo-mask

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import InferConfig, SegConfig, from_dict, to_dict
+from pipeline.config import DEFAULT_PRESET, InferConfig, PipelineConfig, SegConfig, from_dict, to_dict
 from pipeline.device import place
 from pipeline.errors import OEEMError
 from pipeline.stages.models import fold_batchnorm, load_model_state, safe_torch_load
@@ -203,3 +203,18 @@ ARCHITECTURE = ("backbone", "decoder", "head_channels", "decoder_full_res")  # w
 __all__ = ["FORMAT", "FORMAT_VERSION", "SUFFIX", "TrainedModel", "export_model",
            "load_model_file", "load_network", "open_model", "project_model", "weights_digest",
            "weights_from_file"]
+
+
+def model_config(trained: TrainedModel, preset_name: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """The settings a model file predicts with outside any project (the CLI's ``--model``, the dock's *Model
+    file*): a preset's, the model's prediction settings and µm/px, then ``overrides`` (a command's flags, the
+    dock's *fast*) on top. Nothing is saved."""
+    import dataclasses
+
+    from pipeline.config import apply_overrides, check, preset
+
+    cfg = preset(preset_name or DEFAULT_PRESET)
+    cfg.inference, cfg.slide.project_mpp = dataclasses.replace(trained.inference), trained.mpp
+    apply_overrides(cfg, {k: v for k, v in (overrides or {}).items() if v is not None})
+    return check(cfg)

@@ -424,8 +424,11 @@ def resume_training(store, stage: str, settings: dict, model: nn.Module, opt: to
     if on_mismatch not in ON_MISMATCH:
         raise OEEMError(f"on_mismatch={on_mismatch!r} is not one of {', '.join(ON_MISMATCH)}")
     ck_path = store.checkpoint_path(stage)
-    if restart or not ck_path.is_file():
+    if not ck_path.is_file():
         return None, ""
+    if restart:  # --redo: afresh; the last model stays in place until the first new checkpoint, and is kept
+        kept = store.retire_checkpoint(stage, copy=True)
+        return None, f"training afresh as asked (previous model kept as {kept.name})"
     ck = safe_torch_load(ck_path)
     if any(settings_as_now(ck.get(key), (defaults or {}).get(key)) != value for key, value in settings.items()):
         if on_mismatch == "error":

@@ -22,6 +22,7 @@ from pipeline.stages.patches import grid_starts
 from pipeline.stages.selfcheck import check_stage_network
 from pipeline.stages.training import Loop, prepare, resume, train
 from pipeline.store import ProjectStore
+from pipeline.store.lock import writes_project
 
 log = logging.getLogger("oeem")
 
@@ -142,6 +143,47 @@ def labels_id_of(store: ProjectStore, cfg: SegConfig) -> str | None:
     return None if cfg.label_source == "mask" else (store.load_run("cams") or {}).get("run_id")
 
 
+class SegmentationStep:
+    """One segmentation training step - a batch of uint8 tiles augmented, the forward pass in the run's precision,
+    the loss of the main and auxiliary heads - shared by the training, *Update model* and the budget's speed probe,
+    so the three cannot drift apart. ``clean_weight`` is what a pathologist-verified pixel weighs; ``use_trust``
+    applies the label review's trust (the codes carry it: :func:`tile_dataset`)."""
+
+    def __init__(self, cfg: SegConfig, device: torch.device, amp: torch.dtype | None, gen: torch.Generator,
+                 clean_weight: float, use_trust: bool = False):
+        self.cfg, self.device, self.amp, self.gen = cfg, device, amp, gen
+        self.clean_weight, self.use_trust = clean_weight, use_trust
+        self.mean = torch.tensor(NORMS[cfg.input_norm][0], device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(NORMS[cfg.input_norm][1], device=device).view(1, 3, 1, 1)
+
+    def augment(self, tiles: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, T, T, 3) uint8 tiles and their (N, T, T) codes -> a normalised, augmented crop batch and its codes."""
+        cfg, gen = self.cfg, self.gen
+        x = tiles.to(self.device).permute(0, 3, 1, 2).float().div_(255)
+        code = codes.to(self.device).long()
+        x, code = random_zoom_crop(x, code, cfg.crop_size, cfg.ratio_range, gen, IGNORE)
+        if cfg.rotate90:
+            x, code = random_rot90(x, code, gen)
+        x = stain_jitter(x, cfg.stain_jitter, gen)
+        return (photometric(x, gen) - self.mean) / self.std, code
+
+    def kind(self, step: int) -> str:
+        """The loss weighting at ``step``: plain CE for the first ``warmup_ce_iters``, then the chosen one."""
+        return "ce" if step < self.cfg.warmup_ce_iters else self.cfg.loss
+
+    def loss(self, net: torch.nn.Module, x: torch.Tensor, code: torch.Tensor, step: int) -> torch.Tensor:
+        cfg = self.cfg
+        target, clean, trust = decode(code)
+        with autocast(self.device, self.amp):
+            main, aux = net(in_layout(x), with_aux=True)
+        main, aux = main.float(), aux.float()  # losses (and OEEM's weights) in fp32
+        kw = dict(kind=self.kind(step), ignore_index=IGNORE, clean=clean if clean.any() else None,
+                  ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
+                  temperature=cfg.weight_temperature, clean_weight=self.clean_weight,
+                  prior=trust if self.use_trust else None)
+        return segmentation_loss(main, target, **kw) + cfg.aux_weight * segmentation_loss(aux, target, **kw)
+
+
 class WeightAverage:
     """An exponential moving average of a model's weights (and batch-norm statistics): on noisy labels the average
     of the last few hundred steps predicts more smoothly than the last step. The decay ramps up from 0 (as in
@@ -209,6 +251,7 @@ def load_segmenter_file(path: Path, device: str | torch.device = "cpu") -> tuple
     return place(model, device).eval(), cfg
 
 
+@writes_project("training the segmentation")
 def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", run_name: str | None = None,
                     restart: bool = False, on_mismatch: str = "error",
                     init_weights: tuple[dict, str] | None = None) -> Job[dict]:
@@ -251,6 +294,10 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
                             "this configuration's; train this round from scratch (set segmentation.warm_start to "
                             "false) or keep the previous round's network settings") from None
         initialised_from = warm[1]
+        # the checkpoint moved aside is the last round's model, not a setting changed by hand: say what happens
+        notice = f"round {labels_round} starts from round {labels_round - 1}'s model ({Path(warm[1]).name})"
+    elif notice and ck is None and labels_round > 0:
+        notice = f"round {labels_round}: training afresh on its new labels ({notice.split('(', 1)[-1].rstrip(')')})"
     if init_weights is not None and ck is None:
         load_model_state(model, *init_weights)
         initialised_from = init_weights[1]
@@ -263,37 +310,20 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
         # the global-mean loss of every iteration so far; None for those of a checkpoint that predates the list
         loss_history = list(ck.get("loss_history") or [])[:start]
         loss_history = [None] * (start - len(loss_history)) + loss_history
-    mean = torch.tensor(NORMS[cfg.input_norm][0], device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(NORMS[cfg.input_norm][1], device=dev).view(1, 3, 1, 1)
     n = len(images)
     # the generator state must not depend on where a resumed run starts
     for _ in range(start):
         torch.randint(0, n, (cfg.batch_size,), generator=gen)
+    seg_step = SegmentationStep(cfg, dev, amp, gen, cfg.verified_weight, use_trust=weigh)
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
-        x = images[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
-        code = codes[idx].to(dev).long()
-        x, code = random_zoom_crop(x, code, cfg.crop_size, cfg.ratio_range, gen, IGNORE)
-        if cfg.rotate90:
-            x, code = random_rot90(x, code, gen)
-        x = stain_jitter(x, cfg.stain_jitter, gen)
-        return (photometric(x, gen) - mean) / std, code
-
-    def kind(step: int) -> str:
-        return "ce" if step < cfg.warmup_ce_iters else cfg.loss
+        return seg_step.augment(images[idx], codes[idx])
 
     def loss(net: torch.nn.Module, xc: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
-        x, code = xc
-        target, clean, trust = decode(code)
-        with autocast(dev, amp):
-            main, aux = net(in_layout(x), with_aux=True)
-        main, aux = main.float(), aux.float()  # losses (and OEEM's weights) in fp32
-        kw = dict(kind=kind(step), ignore_index=IGNORE, clean=clean if clean.any() else None,
-                  ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
-                  temperature=cfg.weight_temperature, clean_weight=cfg.verified_weight,
-                  prior=trust if weigh else None)
-        return segmentation_loss(main, target, **kw) + cfg.aux_weight * segmentation_loss(aux, target, **kw)
+        return seg_step.loss(net, *xc, step)
+
+    kind = seg_step.kind
 
     loop = Loop(stage, "segmentation", cfg.training_iterations(), batch, loss,
                 checkpoint=lambda it, history: segmentation_checkpoint(model, opt, it, cfg, labels_round, history,

@@ -151,7 +151,7 @@ def outcome_of(returncode: int, stderr: str, seconds: float) -> Outcome:
     return Outcome(False, native, f"exit {returncode}: {last}", seconds)
 
 
-def _cpu_identity() -> dict[str, str]:
+def cpu_identity() -> dict[str, str]:
     """What decides which kernels oneDNN picks: the CPU's model and instruction-set flags, torch's version and an
     ISA cap in the environment."""
     model, flags = "unknown", ""
@@ -180,7 +180,7 @@ def cache_path() -> Path:
 
 
 def _key(probe: Probe) -> str:
-    blob = json.dumps({"cpu": _cpu_identity(), "probe": {**asdict(probe), "threads": None}}, sort_keys=True)
+    blob = json.dumps({"cpu": cpu_identity(), "probe": {**asdict(probe), "threads": None}}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -198,7 +198,7 @@ def _remember(probe: Probe, outcome: Outcome) -> None:
 
     data = _read_cache()
     data["checks"][_key(probe)] = {"ok": outcome.ok, "crashed": outcome.crashed, "detail": outcome.detail,
-                                   "what": probe.describe(), "layout": probe.layout, **_cpu_identity(),
+                                   "what": probe.describe(), "layout": probe.layout, **cpu_identity(),
                                    "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
         cache_path().parent.mkdir(parents=True, exist_ok=True)
@@ -232,7 +232,7 @@ def safe_layout(probe: Probe) -> Job[tuple[str, str]]:
         if outcome.ok or not outcome.crashed:
             if not crashes:
                 return name, ""
-            cpu = _cpu_identity()
+            cpu = cpu_identity()
             return name, (f"{probe.describe()} crashed natively in a self-check on this CPU ({cpu['cpu']}, torch "
                           f"{cpu['torch']}) with {', '.join(crashes)}; computing with {_WHAT[name]} instead "
                           f"(slower, safe). Cached in {cache_path()}")

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from pipeline.config import CamConfig, PatchConfig
+from pipeline.config import CamConfig, PatchConfig, PipelineConfig
 from pipeline.errors import OEEMError
 from pipeline.metrics import confusion, from_confusion
 from pipeline.progress import Job, Progress
@@ -23,6 +23,7 @@ from pipeline.stages.cams import restricted_pseudo
 from pipeline.stages.patches import patch_grid
 from pipeline.stages.postprocess import clean_mask
 from pipeline.store import ProjectStore
+from pipeline.store.lock import writes_project
 
 STAGE = "selftrain"
 
@@ -59,6 +60,19 @@ def join_untagged(store: ProjectStore, patch_cfg: PatchConfig) -> list[str]:
     return names
 
 
+def untagged_join(cfg: PipelineConfig) -> PatchConfig | None:
+    """The patch settings the untagged training images join a round with (``selftrain.untagged_images``), or None
+    when they stay out: what ``oeem run``, ``oeem selftrain`` and the dock's *Self-train round* pass on."""
+    return cfg.patches if cfg.selftrain.untagged_images else None
+
+
+def selftrain_round(store: ProjectStore, cfg: PipelineConfig) -> Job[dict]:
+    """One self-training round as every front-end runs it: the prediction the project holds becomes the new
+    pseudo-masks (:func:`refine_round`), the untagged images joining as the settings say."""
+    return (yield from refine_round(store, cfg.patches.size, cam_cfg=cfg.cam, untagged=untagged_join(cfg)))
+
+
+@writes_project("a self-training round")
 def refine_round(store: ProjectStore, patch_size: int, names: list[str] | None = None,
                  cam_cfg: CamConfig | None = None, untagged: PatchConfig | None = None) -> Job[dict]:
     """One self-training round: every image with patch labels gets a new pseudo-mask from its ``prob``, cleaned

@@ -64,7 +64,9 @@ class Loop:
     total: int  # optimiser steps of the whole run
     batch: Callable[[int], tuple[torch.Tensor, ...]]  # step -> the global batch, drawn and augmented
     loss: Callable[[torch.nn.Module, tuple[torch.Tensor, ...], int], torch.Tensor]  # (net, this rank's batch, step)
-    checkpoint: Callable[[int, list], dict]  # (steps done, loss history) -> what the checkpoint holds
+    # (steps done, loss history) -> what the checkpoint holds; None: the loop writes nothing (an update: its caller
+    # decides whether the model is kept)
+    checkpoint: Callable[[int, list], dict] | None
     checkpoint_every: int  # steps; and after the last one
     save_on_cancel: bool  # False where a checkpoint can only mark a whole epoch
     where: Callable[[int], str]  # step -> "epoch 3", "iteration 12" (for the user)
@@ -120,6 +122,9 @@ def train(store: ProjectStore, loop: Loop, dist: Dist, model: torch.nn.Module, o
             # the global batch's loss; a non-finite loss on any rank makes it non-finite on all, so all stop
             value = dist.all_reduce_mean(loss.item())
             if not np.isfinite(value):
+                if loop.checkpoint is None:
+                    raise OEEMError(f"the {loop.what} loss became {value} at {loop.where(step)}; stopped, nothing was "
+                                    "changed: lower the learning rate (--lr) and run it again")
                 raise OEEMError(f"the {loop.what} loss became {value} at {loop.where(step)}; stopped. The last good "
                                 f"checkpoint is kept in {store.checkpoint_path(loop.stage)}: lower the learning "
                                 "rate (--lr) and resume")
@@ -131,7 +136,7 @@ def train(store: ProjectStore, loop: Loop, dist: Dist, model: torch.nn.Module, o
             done += 1
             history.append(value)
             loss_ema = value if loss_ema is None else (1 - loop.loss_weight) * loss_ema + loop.loss_weight * value
-            if done % loop.checkpoint_every == 0 or done == loop.total:
+            if loop.checkpoint is not None and (done % loop.checkpoint_every == 0 or done == loop.total):
                 if dist.is_main:
                     store.save_checkpoint(loop.stage, loop.checkpoint(done, history))
                 dist.barrier()  # no rank goes on (or resumes later) before the checkpoint is whole
@@ -141,7 +146,8 @@ def train(store: ProjectStore, loop: Loop, dist: Dist, model: torch.nn.Module, o
                 rate = samples / elapsed if loop.rate != "it_per_s" else (done - start) / elapsed
                 yield Progress(loop.stage, done, loop.total, message, {"loss": loss_ema, loop.rate: rate})
     except (GeneratorExit, KeyboardInterrupt):  # cancelled: keep what was learnt so far
-        if loop.save_on_cancel and done > start and dist.is_main:  # no barrier: the other ranks may be gone
+        # no barrier: the other ranks may be gone
+        if loop.checkpoint is not None and loop.save_on_cancel and done > start and dist.is_main:
             store.save_checkpoint(loop.stage, loop.checkpoint(done, history))
         raise
     return Trained(done - start, samples, time.perf_counter() - t0, loss_ema, history)

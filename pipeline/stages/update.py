@@ -11,26 +11,22 @@ digest of its patch tags), recorded by every training and every update.
 """
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from pipeline.config import NORMS, PipelineConfig, SegConfig, UpdateConfig
-from pipeline.device import autocast, in_layout, place, resolve_device, resolve_precision, set_threads
+from pipeline.config import PipelineConfig, SegConfig, UpdateConfig
+from pipeline.device import place, resolve_device, resolve_precision
 from pipeline.errors import OEEMError
 from pipeline.progress import Job, Progress
 from pipeline.store import ProjectStore
-from pipeline.store.project_store import atomic_write_bytes, atomic_write_json
+from pipeline.store.lock import writes_project
+from pipeline.store.versions import keep_version, revert_model
 
 STAGE = "segmentation"
-VERSIONS = "model-versions"  # runs/model-versions.json: the kept models, oldest first
 
 
 # ---------------------------------------------------------------------------------------------- what changed
@@ -118,64 +114,31 @@ def tile_weights(codes: np.ndarray) -> np.ndarray:
     return w / w.sum()
 
 
-# ---------------------------------------------------------------------------------------------- versions
-def _versions_path(store: ProjectStore) -> Path:
-    return store.path / "runs" / f"{VERSIONS}.json"
+def revert_update(store: ProjectStore, cfg: PipelineConfig, device: str = "auto",
+                  predict_names: list[str] | None = None) -> Job[dict[str, Any]]:
+    """*Revert update* as the CLI and the dock do it: the model from before the last update back
+    (:func:`revert_model`), then ``predict_names`` predicted again with it (default: the images the reverted
+    update had re-predicted, so no prediction on screen or on disk is left from the model that is gone)."""
+    latest = (store.load_run(STAGE) or {}).get("updates") or [{}]
+    back = revert_model(store)
+    names = predict_names if predict_names is not None else [
+        n for n in latest[-1].get("predicted", latest[-1].get("images", [])) if n in store.names()]
+    if names:
+        from pipeline.stages.infer import predict
 
-
-def model_versions(store: ProjectStore) -> list[dict[str, Any]]:
-    """The kept models (oldest first): what ``--revert`` can go back to."""
-    path = _versions_path(store)
-    return json.loads(path.read_text()) if path.is_file() else []
-
-
-def _version_files(store: ProjectStore, version: int) -> tuple[Path, Path]:
-    folder = store.path / "checkpoints" / "versions"
-    return folder / f"{STAGE}.v{version:04d}.pt", folder / f"{STAGE}.v{version:04d}.json"
-
-
-def keep_version(store: ProjectStore, why: str, keep: int) -> int:
-    """Copy the current model and its record aside as a new version (the oldest beyond ``keep`` are deleted)."""
-    versions = model_versions(store)
-    version = max([v["version"] for v in versions] + [0]) + 1
-    ck, rec = _version_files(store, version)
-    ck.parent.mkdir(parents=True, exist_ok=True)
-    tmp = ck.with_name(ck.name + f".{os.getpid()}.tmp")
-    shutil.copyfile(store.checkpoint_path(STAGE), tmp)
-    os.replace(tmp, ck)
-    atomic_write_json(rec, store.load_run(STAGE) or {})
-    versions.append({"version": version, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "why": why,
-                     "run_id": (store.load_run(STAGE) or {}).get("run_id")})
-    for old in versions[:-keep]:
-        for f in _version_files(store, old["version"]):
-            f.unlink(missing_ok=True)
-    atomic_write_json(_versions_path(store), versions[-keep:])
-    return version
-
-
-def revert_model(store: ProjectStore) -> dict[str, Any]:
-    """Put back the model from before the last update (each revert goes one version further back). The model
-    being replaced is not kept: an update is cheap to make again."""
-    versions = model_versions(store)
-    if not versions:
-        raise OEEMError(f"{store.path}: no earlier model kept to revert to (versions are kept by `oeem update`)")
-    last = versions[-1]
-    ck, rec = _version_files(store, last["version"])
-    if not ck.is_file():
-        raise OEEMError(f"{ck}: the kept model is missing; nothing was changed")
-    atomic_write_bytes(store.checkpoint_path(STAGE), ck.read_bytes())
-    store.save_run(STAGE, json.loads(rec.read_text()) if rec.is_file() else {})
-    atomic_write_json(_versions_path(store), versions[:-1])
-    ck.unlink(missing_ok=True)
-    rec.unlink(missing_ok=True)
-    return last
+        yield from predict(store, cfg.inference, names=names, device=device)
+    return {**back, "predicted": names}
 
 
 # ---------------------------------------------------------------------------------------------- the update
 def update_model(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", names: list[str] | None = None,
-                 predict_names: list[str] | None = None) -> Job[dict]:
+                 predict_names: list[str] | None = None, keep_worse: bool = False) -> Job[dict]:
     """Fine-tune the project's segmentation model on what changed (``names``; default :func:`changed_images`),
     keep the previous model as a version, and re-predict ``predict_names`` (default: the changed images).
+
+    The model before and after are scored on what the project can measure (:mod:`pipeline.stages.guard`); an
+    update worse by more than ``update.tolerance`` points is not kept (unless ``keep_worse``): the model stays as
+    it was and the result's ``verdict`` says why, with both figures.
 
     What cannot work (no model, nothing changed, an unknown image) is refused here, before a job starts.
     Cancelled before its end, nothing is written: the model stays as it was."""
@@ -194,33 +157,48 @@ def update_model(store: ProjectStore, cfg: PipelineConfig, device: str = "auto",
     if held_out:
         raise OEEMError(f"{store.path}: {held_out[0]!r} is a {store.split(held_out[0])} image; an update learns from "
                         "training images only, as a full training does")
-    return _fine_tune(store, cfg, device, changed, predict_names if predict_names is not None else changed)
+    return _fine_tune(store, cfg, device, changed, predict_names if predict_names is not None else changed,
+                      keep_worse)
 
 
+def _freeze_batchnorm(model: torch.nn.Module) -> None:
+    """Batch norms normalise with the trained model's running statistics and leave them as they are: an update's
+    few batches, half of them from one to three images, are no estimate of the whole project's tissue."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+@writes_project("updating the model")
 def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: list[str],
-               to_predict: list[str]) -> Job[dict]:
-    from pipeline.stages.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
+               to_predict: list[str], keep_worse: bool) -> Job[dict]:
+    from pipeline.stages.guard import guard_set, judge, score_model
     from pipeline.stages.infer import predict
-    from pipeline.stages.losses import segmentation_loss
     from pipeline.stages.models import safe_torch_load
-    from pipeline.stages.segment import IGNORE, decode, load_segmenter_file
+    from pipeline.stages.segment import SegmentationStep, load_segmenter_file
     from pipeline.stages.selfcheck import check_stage_network
+    from pipeline.stages.training import Loop, prepare, train
 
     ucfg: UpdateConfig = cfg.update
     path = store.checkpoint_path(STAGE)
     t0 = time.perf_counter()
-    set_threads(cfg.segmentation.threads)
     dev = resolve_device(device)
     model, seg = load_segmenter_file(path, dev)
     amp = resolve_precision(cfg.segmentation.precision, dev)  # this run's choice, not the training's
     yield from check_stage_network("segmentation", seg, dev, amp)
     model = place(model)  # (in the layout the check left)
+    guard = guard_set(store, changed)
+    before = {}
+    if guard is not None:
+        before = yield from score_model(model, seg, cfg.inference, store, guard, dev, cfg.patches.size,
+                                        cfg.patches.min_fraction, what="model before the update")
     yield Progress("update", 0, ucfg.iterations, f"cutting tiles of {len(changed)} changed image(s)")
+    t_train = time.perf_counter()
     focus_ims, focus_codes = _tiles(store, changed, seg)
     if not focus_ims:
         raise OEEMError(f"{store.path}: the changed image(s) {', '.join(changed[:3])} have no labels to learn from "
                         f"yet; make their pseudo-masks (`oeem run {store.path}`) or tag their patches")
-    gen = torch.Generator().manual_seed(seg.seed)
+    dist, gen = prepare(cfg.segmentation.threads, device, seg.batch_size, "segmentation.batch_size", ucfg.seed)
     others = [n for n in store.labelled_images(("train",)) or store.names("train") if n not in changed
               and store.has(n, "pseudo")]
     pick = torch.randperm(len(others), generator=gen)[:ucfg.replay_images].tolist()
@@ -231,41 +209,42 @@ def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: l
     replay_x = torch.from_numpy(np.stack(replay_ims)) if replay_ims else None
     replay_c = torch.from_numpy(np.stack(replay_codes)) if replay_codes else None
     n_focus = seg.batch_size if replay_x is None else max(1, round(seg.batch_size * ucfg.focus))
-    mean = torch.tensor(NORMS[seg.input_norm][0], device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(NORMS[seg.input_norm][1], device=dev).view(1, 3, 1, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=ucfg.lr, momentum=seg.momentum, weight_decay=seg.weight_decay)
-    losses = []
-    for step in range(ucfg.iterations):
+    # the training's own step, past its CE warm-up, with the update's weight of a verified pixel
+    seg_step = SegmentationStep(seg, dev, amp, gen, ucfg.verified_weight)
+    late = seg.training_iterations()
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.multinomial(focus_p, n_focus, replacement=True, generator=gen)
         x, code = focus_x[idx], focus_c[idx]
         if n_focus < seg.batch_size:
             ridx = torch.randint(0, len(replay_x), (seg.batch_size - n_focus,), generator=gen)
             x, code = torch.cat([x, replay_x[ridx]]), torch.cat([code, replay_c[ridx]])
-        x = x.to(dev).permute(0, 3, 1, 2).float().div_(255)
-        code = code.to(dev).long()
-        x, code = random_zoom_crop(x, code, seg.crop_size, seg.ratio_range, gen, IGNORE)
-        if seg.rotate90:
-            x, code = random_rot90(x, code, gen)
-        x = (photometric(stain_jitter(x, seg.stain_jitter, gen), gen) - mean) / std
-        target, clean, _ = decode(code)
-        model.train()
-        with autocast(dev, amp):
-            main, aux = model(in_layout(x), with_aux=True)
-        kw = dict(kind=seg.loss, ignore_index=IGNORE, clean=clean if clean.any() else None,
-                  ohem_thresh=seg.ohem_thresh, ohem_min_kept=seg.ohem_min_kept, temperature=seg.weight_temperature,
-                  clean_weight=ucfg.verified_weight)
-        loss = segmentation_loss(main.float(), target, **kw) + seg.aux_weight * segmentation_loss(aux.float(),
-                                                                                                  target, **kw)
-        if not torch.isfinite(loss):
-            raise OEEMError(f"the update's loss became {loss.item()} at step {step + 1}; the model was not changed. "
-                            "Lower update.lr (--lr) and update again")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.item()))
-        yield Progress("update", step + 1, ucfg.iterations, "fine-tuning", {"loss": losses[-1]})
+        return seg_step.augment(x, code)
+
+    def loss(net: torch.nn.Module, xc: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
+        if ucfg.freeze_batchnorm:
+            _freeze_batchnorm(net)
+        return seg_step.loss(net, *xc, late + step)
+
+    opt = torch.optim.SGD(model.parameters(), lr=ucfg.lr, momentum=seg.momentum, weight_decay=seg.weight_decay)
+    # a constant learning rate (poly power 0), no checkpoint: the update is kept, or not, as a whole at its end
+    loop = Loop("update", "update's", ucfg.iterations, batch, loss, checkpoint=None, checkpoint_every=1,
+                save_on_cancel=False, where=lambda step: f"step {step + 1}", message=lambda step: "fine-tuning",
+                lr=ucfg.lr, poly_power=0.0, loss_weight=1.0)
+    done = yield from train(store, loop, dist, model, opt)
+    losses = [v for v in done.history if v is not None]
     model.eval()
-    train_seconds = time.perf_counter() - t0
+    train_seconds = time.perf_counter() - t_train
+    after = {}
+    if guard is not None:
+        after = yield from score_model(model, seg, cfg.inference, store, guard, dev, cfg.patches.size,
+                                       cfg.patches.min_fraction, what="updated model")
+    verdict = judge(before, after, ucfg.tolerance, keep_worse)
+    summary = {"images": changed, "steps": ucfg.iterations, "train_seconds": train_seconds,
+               "first_loss": losses[0], "last_loss": losses[-1], "kept": verdict.keep, "verdict": verdict.line(),
+               "before": before, "after": after, "judged_on": guard.kind if guard else None}
+    if not verdict.keep:
+        return {**summary, "seconds": time.perf_counter() - t0, "kept_version": None, "predicted": []}
     # the update is whole: keep the model from before as a version, then write the new one in its place
     version = keep_version(store, f"before the update of {len(changed)} image(s)", ucfg.keep_versions)
     ck = safe_torch_load(path)
@@ -281,10 +260,59 @@ def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: l
                   "verified_weight": ucfg.verified_weight,
                   "replayed": len(pick), "tiles": len(focus_ims), "seconds": train_seconds,
                   "first_loss": losses[0], "last_loss": losses[-1], "kept_version": version,
-                  "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]}
+                  "freeze_batchnorm": ucfg.freeze_batchnorm, "before": before, "after": after,
+                  "predicted": to_predict,
+                  "judged_on": summary["judged_on"], "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]}
     store.save_run(STAGE, record)
     if to_predict:
         yield from predict(store, cfg.inference, names=to_predict, device=device)
-    return {"images": changed, "steps": ucfg.iterations, "seconds": time.perf_counter() - t0,
-            "train_seconds": train_seconds, "kept_version": version, "predicted": to_predict,
-            "first_loss": losses[0], "last_loss": losses[-1]}
+    return {**summary, "seconds": time.perf_counter() - t0, "kept_version": version, "predicted": to_predict}
+
+
+# ---------------------------------------------------------------------------------------------- the full retrain
+@writes_project("retraining on corrections")
+def retrain_on_corrections(store: ProjectStore, cfg: PipelineConfig, seg: SegConfig, device: str = "auto",
+                           keep_worse: bool = False, **train_kw: Any) -> Job[dict]:
+    """:func:`pipeline.stages.segment.train_segmenter` for ``--labels corrected``, guarded as an update is.
+
+    When a trained model exists that did not learn from the current corrections, it is kept as a version first
+    (``oeem update --revert`` can bring it back) and scored with the new one on what the project can measure
+    (:mod:`pipeline.stages.guard`); a retrain worse by more than ``update.tolerance`` points is reverted unless
+    ``keep_worse``. The record gains ``guard`` (before, after, kept, the one-line verdict)."""
+    from pipeline.stages.guard import guard_set, judge, score_model
+    from pipeline.stages.segment import load_segmenter_file, stage_name, train_segmenter
+
+    stage = stage_name(train_kw.get("run_name"))
+    path = store.checkpoint_path(stage)
+    previous = store.load_run(stage) or {}
+    guarded = (seg.label_source == "corrected" and stage == STAGE and path.is_file()
+               and previous.get("label_state") != store.label_states())
+    if not guarded:
+        return (yield from train_segmenter(store, seg, device, **train_kw))
+    corrected = [n for n in store.names("train") if store.correction_version(n) is not None]
+    guard = guard_set(store, corrected)
+    dev = resolve_device(device)
+    before: dict[str, float] = {}
+    if guard is not None:
+        model, old_seg = load_segmenter_file(path, dev)
+        before = yield from score_model(model, old_seg, cfg.inference, store, guard, dev, cfg.patches.size,
+                                        cfg.patches.min_fraction, stage="segmentation",
+                                        what="model before the retrain")
+    keep_version(store, "before the retrain on corrections", cfg.update.keep_versions)
+    record = yield from train_segmenter(store, seg, device, **{**train_kw, "restart": True})
+    after: dict[str, float] = {}
+    if guard is not None:
+        model, _ = load_segmenter_file(path, dev)
+        after = yield from score_model(model, seg, cfg.inference, store, guard, dev, cfg.patches.size,
+                                       cfg.patches.min_fraction, stage="segmentation", what="retrained model")
+    verdict = judge(before, after, cfg.update.tolerance, keep_worse)
+    summary = {"before": before, "after": after, "kept": verdict.keep,
+               "verdict": verdict.line("the retrained model"), "judged_on": guard.kind if guard else None}
+    yield Progress("segmentation", 1, 1, notice=summary["verdict"] + (
+        "" if verdict.keep else "; train with --keep-worse (or set it aside with --name) to keep it anyway"))
+    if not verdict.keep:
+        revert_model(store)
+        return {**record, "guard": summary}
+    record = {**record, "guard": summary}
+    store.save_run(stage, record)
+    return record

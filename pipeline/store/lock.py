@@ -85,3 +85,20 @@ def holding_writer(project: str | Path, task: str, job):
     """A stage generator that holds the writer lock while it runs (released on finish, error or cancel)."""
     with project_writer(project, task):
         return (yield from job)
+
+
+def writes_project(task: str):
+    """Decorate a stage generator whose first argument is a ProjectStore: it holds the writer lock while it runs,
+    so a Python user writes under the same rule as the CLI and the dock (who usually hold it already: the lock is
+    re-entrant within a process). A store opened read-only (a torchrun rank other than 0) takes no lock."""
+    import functools
+
+    def wrap(job_fn):
+        @functools.wraps(job_fn)
+        def job(store, *args, **kwargs):
+            if not store.writable:
+                return (yield from job_fn(store, *args, **kwargs))
+            with project_writer(store.path, task):
+                return (yield from job_fn(store, *args, **kwargs))
+        return job
+    return wrap

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import PipelineConfig, apply_overrides, check, from_dict, preset, to_dict
+from pipeline.config import DEFAULT_PRESET, PipelineConfig, apply_overrides, check, from_dict, preset, to_dict
 from pipeline.errors import OEEMError
 from pipeline.io.data import find_samples
 from pipeline.store import ProjectStore, atomic_write_json
 
 # installed: the wheel ships the repository's sample_data/ as pipeline/sample_data; in a checkout it is at the top
+CONFIG = "config"  # runs/config.json: the settings every later command of the project runs with
 SAMPLE_DATA_PLACES = (Path(__file__).resolve().parents[1] / "sample_data" / "glas_synth",
                       Path(__file__).resolve().parents[2] / "sample_data" / "glas_synth")
 
@@ -59,18 +60,18 @@ def hold_out_validation(store: ProjectStore, count: int, seed: int = 0) -> list[
 
 def has_saved_config(store: ProjectStore) -> bool:
     """Whether the project has settings of its own yet (the first command saves its preset's)."""
-    return (store.path / "runs" / "config.json").is_file()
+    return store.run_path(CONFIG).is_file()
 
 
 def project_config(store: ProjectStore, preset_name: str | None = None,
                    overrides: dict[str, Any] | None = None, save: bool = True) -> PipelineConfig:
     """The project's saved configuration (or a preset's), with overrides applied and saved back, so every later
     command - from the CLI or the plugin - runs with the same settings unless told otherwise."""
-    path = store.path / "runs" / "config.json"
+    path = store.run_path(CONFIG)
     if preset_name is None and path.is_file():
         cfg = from_dict(PipelineConfig, json.loads(path.read_text()))
     else:
-        cfg = preset(preset_name or "cpu")
+        cfg = preset(preset_name or DEFAULT_PRESET)
     if overrides:
         apply_overrides(cfg, {k: v for k, v in overrides.items() if v is not None})
     check(cfg)

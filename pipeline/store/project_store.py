@@ -25,8 +25,10 @@ Layout (``<project>.zarr``)::
     checkpoints/<stage>.pt         plain torch files (weights-only loadable), written atomically
                                    (:meth:`ProjectStore.save_checkpoint`); <stage>.previous.pt: the one a fresh
                                    run moved aside
+    checkpoints/versions/          models kept by *Update model* and guarded retrains (pipeline.store.versions)
     runs/<stage>.json              config, metrics and timings of the last run of each stage (config.json: the
-                                   project's settings; review.json: the pathologist's accept / skip / undo)
+                                   project's settings; review.json: the pathologist's accept / skip / undo;
+                                   model-versions.json: the kept models)
     .lock, .lock.json              the writer lock (one writing process at a time) and who holds it
 
 The CLI, the Python API and the napari plugin all read and write here, so a stage can be resumed or re-run
@@ -111,6 +113,11 @@ class ProjectStore:
     def __init__(self, path: Path, group: zarr.Group):
         self.path = path
         self.root = group
+
+    @property
+    def writable(self) -> bool:
+        """Opened to write (the ranks of a torchrun launch other than 0 open it read-only)."""
+        return not self.root.read_only
 
     # ------------------------------------------------------------------ opening and creating
     @classmethod
@@ -324,19 +331,29 @@ class ProjectStore:
     def checkpoint_path(self, stage: str) -> Path:
         return self.path / "checkpoints" / f"{stage}.pt"
 
-    def retire_checkpoint(self, stage: str) -> Path:
+    def retire_checkpoint(self, stage: str, copy: bool = False) -> Path:
         """Move a checkpoint aside (``<stage>.previous.pt``) before a fresh run replaces it, so the last model is
-        never silently lost."""
+        never silently lost; ``copy`` leaves it in place too (until the new run's first checkpoint replaces it)."""
         src = self.checkpoint_path(stage)
         dst = src.with_name(f"{stage}.previous.pt")
-        os.replace(src, dst)
+        if copy:
+            tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+        else:
+            os.replace(src, dst)
         return dst
 
+    def run_path(self, name: str) -> Path:
+        """``runs/<name>.json``: a stage's run record, the project's settings (``config``), the review, the kept
+        model versions."""
+        return self.path / "runs" / f"{name}.json"
+
     def save_run(self, stage: str, record: dict[str, Any]) -> None:
-        atomic_write_json(self.path / "runs" / f"{stage}.json", record)
+        atomic_write_json(self.run_path(stage), record)
 
     def load_run(self, stage: str) -> dict[str, Any] | None:
-        p = self.path / "runs" / f"{stage}.json"
+        p = self.run_path(stage)
         return json.loads(p.read_text()) if p.is_file() else None
 
     def save_checkpoint(self, stage: str, state: dict[str, Any]) -> Path:
