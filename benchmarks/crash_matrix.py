@@ -44,13 +44,17 @@ for _ in range(3):
 """
 
 
-def child(cmd: list[str], isa: str) -> tuple[bool, str]:
+def child(cmd: list[str], isa: str, timeout: float) -> tuple[bool, str]:
+    """(ran, what went wrong): a signal, an exit code, or a hang (a heap corruption may deadlock, not crash)."""
     env = dict(os.environ)
     env.pop("ONEDNN_MAX_CPU_ISA", None)
     if isa != "native":
         env["ONEDNN_MAX_CPU_ISA"] = isa
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, check=False,
-                          cwd=str(Path(__file__).resolve().parents[1]))
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, check=False,
+                              cwd=str(Path(__file__).resolve().parents[1]))
+    except subprocess.TimeoutExpired:
+        return False, f"hung ({timeout:.0f} s)"
     outcome = outcome_of(done.returncode, done.stderr, 0.0)
     return outcome.ok, outcome.detail
 
@@ -68,12 +72,13 @@ def main() -> None:
         crashes = []
         for isa, bf16, k, s, ic, oc, hw in itertools.product(args.isa, (0, 1), (1, 3), (1, 2), (3, 8, 12, 16, 24),
                                                              (8, 16, 32), (56, 112)):
-            ok, detail = child([sys.executable, "-c", CONV_CHILD, *map(str, (ic, oc, hw, s, k, bf16))], isa)
+            ok, detail = child([sys.executable, "-c", CONV_CHILD, *map(str, (ic, oc, hw, s, k, bf16))], isa, 20)
             row = {"isa": isa, "precision": precisions[bf16], "kernel": k, "stride": s, "in": ic, "out": oc,
                    "size": hw, "ok": ok, "detail": detail}
             result["convs"].append(row)
             if not ok:
                 crashes.append(row)
+                print(row, flush=True)
         print(f"\nconvolutions: {len(result['convs'])} cases, {len(crashes)} crashed")
         print_table([(r["isa"], r["precision"], f"{r['kernel']}x{r['kernel']}", r["stride"], r["in"], r["out"],
                       r["size"], r["detail"]) for r in crashes],
@@ -89,7 +94,7 @@ def main() -> None:
             probe: Probe = probe_for(kind, stage, precision, layout,
                                      predict_size=cfg.inference.crop_size if kind == "segmentation" else None)
             ok, detail = child([sys.executable, "-m", "pipeline.stages.selfcheck",
-                                json.dumps(probe.__dict__)], isa)
+                                json.dumps(probe.__dict__)], isa, 300)
             result["networks"].append({"isa": isa, "preset": name, "kind": kind, "precision": precision,
                                        "layout": layout, "ok": ok, "detail": detail})
             print(result["networks"][-1], flush=True)

@@ -14,6 +14,14 @@ from pipeline.io.synth import synth_tissue
 GLAS_ROOT = os.environ.get("OEEM_GLAS_ROOT")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kernel_check_cache(tmp_path_factory):
+    """The self-check's outcomes go to a folder of the test session, not the user's cache (child processes the
+    tests start inherit it)."""
+    os.environ["OEEM_CACHE_DIR"] = str(tmp_path_factory.mktemp("oeem-cache"))
+    yield
+
+
 @pytest.fixture
 def glas_root() -> Path:
     if not GLAS_ROOT or not (Path(GLAS_ROOT) / "train").is_dir():

@@ -40,6 +40,15 @@ def test_a_segfault_in_the_child_is_an_outcome_not_a_dead_parent():
     assert not outcome.ok and not outcome.crashed and "ValueError: bad setting" in outcome.detail
 
 
+def test_a_child_that_hangs_counts_as_a_crash(monkeypatch):
+    def hang(*args, **kwargs):  # a heap corruption can deadlock the child instead of killing it
+        raise subprocess.TimeoutExpired(args[0], kwargs.get("timeout"))
+
+    monkeypatch.setattr(selfcheck.subprocess, "run", hang)
+    outcome = probe_in_child(probe_for("classifier", preset("tiny").classifier, "fp32"), timeout=5)
+    assert not outcome.ok and outcome.crashed and outcome.detail == "hung: no answer within 5 s"
+
+
 def test_the_real_child_runs_a_network_and_its_outcome_is_cached(own_cache):
     probe = probe_for("classifier", preset("tiny").classifier, "fp32")
     notices = run(check_networks([probe], CPU))

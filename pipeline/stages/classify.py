@@ -15,7 +15,7 @@ from pipeline.errors import OEEMError
 from pipeline.io.patch_labels import project_tags, tags_to_vectors
 from pipeline.progress import Job
 from pipeline.stages.augment import random_resized_crop
-from pipeline.stages.models import PatchClassifier, build_classifier, load_model_state, safe_torch_load
+from pipeline.stages.models import PatchClassifier, build_classifier, load_network
 from pipeline.stages.patches import patch_grid, patch_labels
 from pipeline.stages.selfcheck import check_stage_network
 from pipeline.stages.training import Loop, prepare, resume, train
@@ -110,18 +110,10 @@ def patch_dataset(store: ProjectStore, size: int, split: str = "train") -> tuple
 
 def load_classifier(store: ProjectStore, device: str | torch.device = "cpu") -> tuple[PatchClassifier,
                                                                                        ClassifierConfig]:
-    from pipeline.config import from_dict
-
     path = store.checkpoint_path(STAGE)
     if not path.is_file():
         raise OEEMError(f"{store.path}: no trained classifier; run `oeem train-cls {store.path}` first")
-    ck = safe_torch_load(path)
-    if ck.get("kind") != STAGE:
-        raise OEEMError(f"{path}: not a classifier checkpoint")
-    cfg = from_dict(ClassifierConfig, ck["config"])
-    model = build_classifier(cfg)
-    load_model_state(model, ck["model"], path)
-    return place(model, device).eval(), cfg
+    return load_network(path, STAGE, device)
 
 
 @writes_project("training the classifier")

@@ -17,7 +17,7 @@ from pipeline.errors import OEEMError
 from pipeline.progress import Job
 from pipeline.stages.augment import photometric, random_rot90, random_zoom_crop, stain_jitter
 from pipeline.stages.losses import segmentation_loss
-from pipeline.stages.models import PSPNet, UNet, build_segmenter, load_model_state, safe_torch_load
+from pipeline.stages.models import PSPNet, UNet, build_segmenter, load_model_state, load_network, safe_torch_load
 from pipeline.stages.patches import grid_starts
 from pipeline.stages.selfcheck import check_stage_network
 from pipeline.stages.training import Loop, prepare, resume, train
@@ -240,15 +240,7 @@ def previous_round_weights(store: ProjectStore, stage: str, labels_round: int) -
 def load_segmenter_file(path: Path, device: str | torch.device = "cpu") -> tuple[PSPNet | UNet, SegConfig]:
     """A segmentation checkpoint file as an eval-mode model and the settings it was trained with (what a
     distributed worker loads once)."""
-    from pipeline.config import from_dict
-
-    ck = safe_torch_load(path)
-    if ck.get("kind") != "segmentation":
-        raise OEEMError(f"{path}: not a segmentation checkpoint")
-    cfg = from_dict(SegConfig, ck["config"])
-    model = build_segmenter(cfg)
-    load_model_state(model, ck["model"], path)
-    return place(model, device).eval(), cfg
+    return load_network(path, "segmentation", device)
 
 
 @writes_project("training the segmentation")

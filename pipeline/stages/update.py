@@ -169,57 +169,66 @@ def _freeze_batchnorm(model: torch.nn.Module) -> None:
             m.eval()
 
 
+class _UpdateBatches:
+    """The update's batches: ``focus`` of each from the changed images' tiles (those with more verified pixels
+    drawn more often), the rest replaying tiles of ``replay_images`` other training images so the model does not
+    forget them; augmented by the training's own step."""
+
+    def __init__(self, store: ProjectStore, changed: list[str], seg: SegConfig, ucfg: UpdateConfig,
+                 gen: torch.Generator, augment):
+        focus_ims, focus_codes = _tiles(store, changed, seg)
+        if not focus_ims:
+            raise OEEMError(f"{store.path}: the changed image(s) {', '.join(changed[:3])} have no labels to learn "
+                            f"from yet; make their pseudo-masks (`oeem run {store.path}`) or tag their patches")
+        others = [n for n in store.labelled_images(("train",)) or store.names("train") if n not in changed
+                  and store.has(n, "pseudo")]
+        self.replayed = torch.randperm(len(others), generator=gen)[:ucfg.replay_images].tolist()
+        replay_ims, replay_codes = _tiles(store, [others[k] for k in sorted(self.replayed)], seg)
+        self.tiles = len(focus_ims)
+        codes = np.stack(focus_codes)
+        self.focus_x, self.focus_c = torch.from_numpy(np.stack(focus_ims)), torch.from_numpy(codes)
+        self.focus_p = torch.from_numpy(tile_weights(codes))
+        self.replay_x = torch.from_numpy(np.stack(replay_ims)) if replay_ims else None
+        self.replay_c = torch.from_numpy(np.stack(replay_codes)) if replay_codes else None
+        self.size = seg.batch_size
+        self.n_focus = self.size if self.replay_x is None else max(1, round(self.size * ucfg.focus))
+        self.gen, self.augment = gen, augment
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.multinomial(self.focus_p, self.n_focus, replacement=True, generator=self.gen)
+        x, code = self.focus_x[idx], self.focus_c[idx]
+        if self.n_focus < self.size:
+            ridx = torch.randint(0, len(self.replay_x), (self.size - self.n_focus,), generator=self.gen)
+            x, code = torch.cat([x, self.replay_x[ridx]]), torch.cat([code, self.replay_c[ridx]])
+        return self.augment(x, code)
+
+
 @writes_project("updating the model")
 def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: list[str],
                to_predict: list[str], keep_worse: bool) -> Job[dict]:
     from pipeline.stages.guard import guard_set, judge, score_model
     from pipeline.stages.infer import predict
-    from pipeline.stages.models import safe_torch_load
     from pipeline.stages.segment import SegmentationStep, load_segmenter_file
     from pipeline.stages.selfcheck import check_stage_network
     from pipeline.stages.training import Loop, prepare, train
 
     ucfg: UpdateConfig = cfg.update
-    path = store.checkpoint_path(STAGE)
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    model, seg = load_segmenter_file(path, dev)
+    model, seg = load_segmenter_file(store.checkpoint_path(STAGE), dev)
     amp = resolve_precision(cfg.segmentation.precision, dev)  # this run's choice, not the training's
     yield from check_stage_network("segmentation", seg, dev, amp)
     model = place(model)  # (in the layout the check left)
     guard = guard_set(store, changed)
-    before = {}
-    if guard is not None:
-        before = yield from score_model(model, seg, cfg.inference, store, guard, dev, cfg.patches.size,
-                                        cfg.patches.min_fraction, what="model before the update")
+    scored = (seg, cfg.inference, store, guard, dev, cfg.patches.size, cfg.patches.min_fraction)
+    before = (yield from score_model(model, *scored, what="model before the update")) if guard else {}
     yield Progress("update", 0, ucfg.iterations, f"cutting tiles of {len(changed)} changed image(s)")
     t_train = time.perf_counter()
-    focus_ims, focus_codes = _tiles(store, changed, seg)
-    if not focus_ims:
-        raise OEEMError(f"{store.path}: the changed image(s) {', '.join(changed[:3])} have no labels to learn from "
-                        f"yet; make their pseudo-masks (`oeem run {store.path}`) or tag their patches")
     dist, gen = prepare(cfg.segmentation.threads, device, seg.batch_size, "segmentation.batch_size", ucfg.seed)
-    others = [n for n in store.labelled_images(("train",)) or store.names("train") if n not in changed
-              and store.has(n, "pseudo")]
-    pick = torch.randperm(len(others), generator=gen)[:ucfg.replay_images].tolist()
-    replay_ims, replay_codes = _tiles(store, [others[k] for k in sorted(pick)], seg)
-    focus_x, focus_c = torch.from_numpy(np.stack(focus_ims)), np.stack(focus_codes)
-    focus_p = torch.from_numpy(tile_weights(focus_c))
-    focus_c = torch.from_numpy(focus_c)
-    replay_x = torch.from_numpy(np.stack(replay_ims)) if replay_ims else None
-    replay_c = torch.from_numpy(np.stack(replay_codes)) if replay_codes else None
-    n_focus = seg.batch_size if replay_x is None else max(1, round(seg.batch_size * ucfg.focus))
     # the training's own step, past its CE warm-up, with the update's weight of a verified pixel
     seg_step = SegmentationStep(seg, dev, amp, gen, ucfg.verified_weight)
+    batches = _UpdateBatches(store, changed, seg, ucfg, gen, seg_step.augment)
     late = seg.training_iterations()
-
-    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.multinomial(focus_p, n_focus, replacement=True, generator=gen)
-        x, code = focus_x[idx], focus_c[idx]
-        if n_focus < seg.batch_size:
-            ridx = torch.randint(0, len(replay_x), (seg.batch_size - n_focus,), generator=gen)
-            x, code = torch.cat([x, replay_x[ridx]]), torch.cat([code, replay_c[ridx]])
-        return seg_step.augment(x, code)
 
     def loss(net: torch.nn.Module, xc: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
         if ucfg.freeze_batchnorm:
@@ -228,45 +237,49 @@ def _fine_tune(store: ProjectStore, cfg: PipelineConfig, device: str, changed: l
 
     opt = torch.optim.SGD(model.parameters(), lr=ucfg.lr, momentum=seg.momentum, weight_decay=seg.weight_decay)
     # a constant learning rate (poly power 0), no checkpoint: the update is kept, or not, as a whole at its end
-    loop = Loop("update", "update's", ucfg.iterations, batch, loss, checkpoint=None, checkpoint_every=1,
+    loop = Loop("update", "update's", ucfg.iterations, batches, loss, checkpoint=None, checkpoint_every=1,
                 save_on_cancel=False, where=lambda step: f"step {step + 1}", message=lambda step: "fine-tuning",
                 lr=ucfg.lr, poly_power=0.0, loss_weight=1.0)
     done = yield from train(store, loop, dist, model, opt)
     losses = [v for v in done.history if v is not None]
     model.eval()
     train_seconds = time.perf_counter() - t_train
-    after = {}
-    if guard is not None:
-        after = yield from score_model(model, seg, cfg.inference, store, guard, dev, cfg.patches.size,
-                                       cfg.patches.min_fraction, what="updated model")
+    after = (yield from score_model(model, *scored, what="updated model")) if guard else {}
     verdict = judge(before, after, ucfg.tolerance, keep_worse)
     summary = {"images": changed, "steps": ucfg.iterations, "train_seconds": train_seconds,
                "first_loss": losses[0], "last_loss": losses[-1], "kept": verdict.keep, "verdict": verdict.line(),
                "before": before, "after": after, "judged_on": guard.kind if guard else None}
     if not verdict.keep:
         return {**summary, "seconds": time.perf_counter() - t0, "kept_version": None, "predicted": []}
-    # the update is whole: keep the model from before as a version, then write the new one in its place
-    version = keep_version(store, f"before the update of {len(changed)} image(s)", ucfg.keep_versions)
-    ck = safe_torch_load(path)
+    version = _keep_update(store, model, ucfg, {**summary, "replayed": len(batches.replayed), "tiles": batches.tiles,
+                                                "predicted": to_predict})
+    if to_predict:
+        yield from predict(store, cfg.inference, names=to_predict, device=device)
+    return {**summary, "seconds": time.perf_counter() - t0, "kept_version": version, "predicted": to_predict}
+
+
+def _keep_update(store: ProjectStore, model: torch.nn.Module, ucfg: UpdateConfig, entry: dict[str, Any]) -> int:
+    """The update is whole: the model from before is kept as a version, the new one written in its place, and the
+    run record says what it learned from (its label state) and how (``updates``)."""
+    from pipeline.stages.models import safe_torch_load
+
+    version = keep_version(store, f"before the update of {len(entry['images'])} image(s)", ucfg.keep_versions)
+    ck = safe_torch_load(store.checkpoint_path(STAGE))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ck["model"] = state
     if "train_model" in ck:
         ck["train_model"] = state
     store.save_checkpoint(STAGE, ck)
     previous = store.load_run(STAGE) or {}
-    record = {**previous, "run_id": uuid.uuid4().hex, "label_state": store.label_states(),
-              "updates": list(previous.get("updates", [])) + [{
-                  "images": changed, "steps": ucfg.iterations, "lr": ucfg.lr, "focus": ucfg.focus,
-                  "verified_weight": ucfg.verified_weight,
-                  "replayed": len(pick), "tiles": len(focus_ims), "seconds": train_seconds,
-                  "first_loss": losses[0], "last_loss": losses[-1], "kept_version": version,
-                  "freeze_batchnorm": ucfg.freeze_batchnorm, "before": before, "after": after,
-                  "predicted": to_predict,
-                  "judged_on": summary["judged_on"], "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]}
-    store.save_run(STAGE, record)
-    if to_predict:
-        yield from predict(store, cfg.inference, names=to_predict, device=device)
-    return {**summary, "seconds": time.perf_counter() - t0, "kept_version": version, "predicted": to_predict}
+    keys = ("images", "steps", "first_loss", "last_loss", "before", "after", "judged_on", "replayed", "tiles",
+            "predicted")
+    store.save_run(STAGE, {**previous, "run_id": uuid.uuid4().hex, "label_state": store.label_states(),
+                           "updates": list(previous.get("updates", [])) + [{
+                               **{k: entry[k] for k in keys}, "lr": ucfg.lr, "focus": ucfg.focus,
+                               "verified_weight": ucfg.verified_weight, "freeze_batchnorm": ucfg.freeze_batchnorm,
+                               "seconds": entry["train_seconds"], "kept_version": version,
+                               "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]})
+    return version
 
 
 # ---------------------------------------------------------------------------------------------- the full retrain
