@@ -51,7 +51,7 @@ def review_order(store: ProjectStore, cfg) -> list[str]:
     return order
 
 
-def scores(store: ProjectStore, cfg, groups: dict[str, list[str]]) -> dict[str, float]:
+def scores(store: ProjectStore, cfg, groups: dict[str, list[str]], truth) -> dict[str, float]:
     """Pixel mIoU (pooled) of the current model on each group of images, predicted in memory (the store's
     predictions are left alone)."""
     from pipeline.device import resolve_device
@@ -68,7 +68,7 @@ def scores(store: ProjectStore, cfg, groups: dict[str, list[str]]) -> dict[str, 
         cm = np.zeros((2, 2), np.int64)
         for n in names:
             pred = mask_from_probs(predict_probs(net, store.image(n), cfg.inference, dev, seg), cfg.inference)
-            cm += confusion(pred, store.mask(n))
+            cm += confusion(pred, truth(n))
         out[group] = round(from_confusion(cm)["mIoU"], 2)
     return out
 
@@ -103,6 +103,9 @@ def main() -> None:
                          "frozen-bn+lr=0.0003+steps=30+focus=0.5+weight=4 (default: frozen-bn train-bn)")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--name", required=True, help="names the working copy and the JSON")
+    ap.add_argument("--truth", type=Path, default=None,
+                    help="a project holding the GlaS masks of the training images, for a project without them "
+                         "(benchmarks/weak_labels.py's glas-truth; default: the project's own masks)")
     ap.add_argument("--note", default="", help="e.g. whether the cores were shared")
     args = ap.parse_args()
     glas_root()
@@ -116,6 +119,11 @@ def main() -> None:
     if not work.exists():
         shutil.copytree(args.project, work)
     store = ProjectStore.open(work)
+    truth_store = ProjectStore.open(args.truth, mode="r") if args.truth else store
+
+    def truth(name: str) -> np.ndarray:
+        return truth_store.mask(name)
+
     cfg = project_config(store, None, None, save=False)
     for section in (cfg.segmentation, cfg.inference):
         section.precision = args.precision
@@ -123,23 +131,23 @@ def main() -> None:
     order = review_order(store, cfg)
     print(f"label review order: {order[:max(args.counts)]}", flush=True)
     base_groups = {"val": store.names("val"), "testA": store.names("test")}
-    base = scores(store, cfg, base_groups)
+    base = scores(store, cfg, base_groups, truth)
     print(f"model before any update: {base}", flush=True)
     rows = []
     for count in args.counts:
         chosen = order[:count]
-        before = {**base, **scores(store, cfg, {"corrected": chosen})}
+        before = {**base, **scores(store, cfg, {"corrected": chosen}, truth)}
         for arm in args.arms:
             for seed in args.seeds:
                 ucfg = arm_config(cfg, arm)
                 ucfg.update.seed = seed
                 for n in chosen:
-                    truth = store.mask(n).astype(np.uint8)
-                    store.save_correction(n, truth, painted=np.ones(truth.shape, bool))
+                    mask = truth(n).astype(np.uint8)
+                    store.save_correction(n, mask, painted=np.ones(mask.shape, bool))
                 t = time.perf_counter()
                 result = run(update_model(store, ucfg, "cpu", names=chosen, predict_names=[], keep_worse=True))
                 seconds = time.perf_counter() - t
-                after = scores(store, cfg, {**base_groups, "corrected": chosen})
+                after = scores(store, cfg, {**base_groups, "corrected": chosen}, truth)
                 verdict = judge(result["before"], result["after"], cfg.update.tolerance)
                 rows.append({"images": count, "arm": arm, "seed": seed, "precision": precision,
                              "before": before, "after": after,

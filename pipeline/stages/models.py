@@ -25,9 +25,10 @@ class _ConvBNReLU(nn.Sequential):
 # ---------------------------------------------------------------------------- light ResNet, output stride 8
 class SubsampledPointwiseConv(nn.Conv2d):
     """A strided 1x1 convolution computed as "keep every ``stride``-th pixel, then a 1x1 convolution": the same
-    function and weights, but it never reaches oneDNN's strided 1x1 backward-weights kernel for AVX-512
-    (``jit_1x1:avx512_core``), which corrupts the heap on channels-last tensors with fewer than 16 input channels
-    (torch 2.13-2.14; docs/benchmarks.md#native-crashes-on-avx-512-cpus). Used only where that can happen."""
+    function and weights, but it never reaches oneDNN's strided 1x1 backward-weights kernel (``jit_1x1``), which
+    corrupts the heap on channels-last tensors with fewer input channels than one vector register holds: below 16
+    on AVX-512 (fp32 and bf16), below 8 on AVX2 (torch 2.13-2.14; docs/benchmarks.md#native-crashes-on-avx-512-cpus).
+    Used only where that can happen."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         sh, sw = self.stride
