@@ -2,6 +2,7 @@
 repository, then `oeem init sample` + `oeem run --preset tiny`, `oeem --version` and napari's Open Sample
 command. The dependencies come from the test environment (a .pth file), so this checks what the wheel ships -
 every sub-package, the sample images, the entry points - without downloading anything."""
+import shutil
 import site
 import subprocess
 import sys
@@ -14,11 +15,21 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def clean_source(to: Path) -> Path:
+    """The sources as a fresh clone has them: setuptools packs whatever an earlier build left in build/lib, so a
+    wheel built in a working tree can ship a module the package list no longer names and hide the missing one."""
+    junk = shutil.ignore_patterns(".git", ".venv", "build", "dist", "runs", "logs", "*.egg-info", "__pycache__",
+                                  "*.oeem.zarr", ".pytest_cache")
+    shutil.copytree(ROOT, to, ignore=junk)
+    return to
+
+
 @pytest.fixture(scope="module")
 def fresh_env(tmp_path_factory):
     work = tmp_path_factory.mktemp("wheel")
+    source = clean_source(work / "source")
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(work / "dist"), str(ROOT)], capture_output=True, text=True, timeout=600)
+                            str(work / "dist"), str(source)], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next((work / "dist").glob("oeem_napari-*.whl"))
     env = work / "venv"

@@ -170,8 +170,9 @@ def run_step(step: Step, store: ProjectStore, cfg: PipelineConfig, device: str =
     if step.kind == "train":
         from pipeline.stages.segment import train_segmenter
 
-        seg = segmentation_settings(store, cfg)
-        yield Progress("segmentation", 0, seg.training_iterations(), step.describe(cfg))
+        seg = segmentation_settings(store, cfg)  # the labels the project holds: the step's round, or a later one
+        what = Step(step.key, "train", step.line, store.pseudo_round).describe(cfg)
+        yield Progress("segmentation", 0, seg.training_iterations(), what)
         return (yield from train_segmenter(store, seg, device, on_mismatch="restart"))
     if step.kind == "labels":
         from pipeline.stages.infer import predict
