@@ -95,7 +95,9 @@ def test_stages_one_by_one_then_export(tmp_path, small_folder, capsys):
 def test_validation_split_and_self_training_from_the_command_line(tmp_path, small_folder, capsys):
     p = str(tmp_path / "p.zarr")
     assert main(["init", str(small_folder), p, "--val-images", "1"]) == 0
-    assert "3 train, 1 validation and 2 test images" in capsys.readouterr().out
+    told = capsys.readouterr().out
+    assert "  3 training images: 3 named train_*\n" in told and "  2 test images: 2 named testA_*\n" in told
+    assert "  1 validation images: 1 held out by --val-images 1 (seed 0)\n" in told
     assert main(["patches", p, "--preset", "tiny"]) == 0
     assert main(["train-cls", p, "--epochs", "1", "--device", "cpu"]) == 0
     assert main(["cams", p, "--scales", "1"]) == 0

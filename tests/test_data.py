@@ -16,6 +16,28 @@ def test_finds_glas_png_layout_with_splits(small_folder):
     assert all(s.mask_path.name == f"{s.name}_anno.png" for s in samples)
 
 
+def test_each_image_says_why_it_is_in_its_split_and_patterns_override_the_names(tmp_path, capsys):
+    from pipeline.cli import main
+
+    for name in ("train_1", "testA_2", "val_3", "case_4", "TESTB_5"):
+        Image.fromarray(rgb()).save(tmp_path / f"{name}.png")
+    (tmp_path / "test").mkdir()
+    Image.fromarray(rgb()).save(tmp_path / "test" / "case_6.png")
+    got = {s.name: (s.split, s.why) for s in find_samples(tmp_path)}
+    assert got == {"train_1": ("train", "named train_*"), "testA_2": ("test", "named testA_*"),
+                   "val_3": ("val", "named val_*"), "case_4": ("train", "no split in the name (training by default)"),
+                   "TESTB_5": ("test", "named TESTB_*"), "case_6": ("test", "in a folder test/")}
+    # a pattern decides alone: the GlaS prefixes no longer send an image anywhere
+    assert {s.name: s.split for s in find_samples(tmp_path, train="*")} == dict.fromkeys(got, "train")
+    assert {s.split for s in find_samples(tmp_path, test="case_*") if s.name in ("testA_2", "val_3")} == {"train"}
+    assert main(["init", str(tmp_path), str(tmp_path / "p.zarr")]) == 0
+    told = capsys.readouterr().out
+    assert "  2 training images: 1 named train_*; 1 no split in the name (training by default)\n" in told
+    assert "  1 validation images: 1 named val_*\n" in told and "--train '*' for all" in told
+    assert main(["init", str(tmp_path), str(tmp_path / "q.zarr"), "--train", "*"]) == 0
+    assert "  6 training images: 6 --train '*'\n  0 validation images\n  0 test images\n" in capsys.readouterr().out
+
+
 def test_official_bmp_layout_with_instance_ids(tmp_path):
     inst = np.zeros((40, 50), np.uint8)
     inst[5:15, 5:15] = 1

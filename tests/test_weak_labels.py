@@ -143,7 +143,8 @@ def test_own_images_tagged_by_file_train_end_to_end(tmp_path, own_folder, capsys
 
     p = str(tmp_path / "own.oeem.zarr")
     assert main(["init", str(own_folder), p, "--test", "case9_*"]) == 0
-    assert "3 train, 0 validation and 1 test images, 0 with gland masks" in capsys.readouterr().out
+    told = capsys.readouterr().out
+    assert "4 images, 0 with gland masks" in told and "  3 training images: 3 not matching --test 'case9_*'\n" in told
     assert main(["run", p, "--preset", "tiny", "--device", "cpu"]) == 2  # nothing to learn from yet
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]

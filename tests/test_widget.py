@@ -219,7 +219,7 @@ def test_sample_data_and_reader_are_registered(make_napari_viewer, project_copy)
     assert _layers.IMAGE in [lyr.name for lyr in layers]
 
 
-def test_images_of_different_sizes_switch_cleanly(widget, tmp_path, qtbot):
+def test_images_of_different_sizes_switch_cleanly(widget, tmp_path, qtbot, notes):
     """GlaS images differ in size; switching images must never mix shapes between layers."""
     from conftest import write_pair
 
@@ -229,6 +229,7 @@ def test_images_of_different_sizes_switch_cleanly(widget, tmp_path, qtbot):
     write_pair(folder, "train_2", seed=2, size=(224, 130))
     widget.create_project(str(folder), str(tmp_path / "mixed.oeem.zarr"))
     wait_job(qtbot, widget)
+    qtbot.waitUntil(lambda: any("2 training images: 2 named train_*" in n for n in notes), timeout=5000)
     for name, shape in (("train_2", (224, 130)), ("train_1", (160, 192)), ("train_2", (224, 130))):
         widget.image_combo.setCurrentText(name)
         for layer in widget.viewer.layers:

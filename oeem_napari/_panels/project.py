@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari.utils.notifications import show_info
 from qtpy.QtWidgets import QComboBox, QFileDialog, QGridLayout, QLabel, QLineEdit, QPushButton
 
 from oeem_napari._jobs import run_step
@@ -42,11 +43,15 @@ class ProjectPanel(FoldingBox):
         return ok
 
     def create_project(self, data: str, target: str):
-        """Make a project of a GlaS-style folder in the background, then open it."""
-        from pipeline.store.project import create_project
+        """Make a project of a GlaS-style folder in the background, then open it and say how the images split."""
+        from pipeline.store.project import create_project, split_lines
+
+        def opened(ok: bool, store) -> None:
+            if ok and self.open_project(target):
+                show_info("\n".join([f"created {Path(target).name}:", *split_lines(store)]))
 
         return self.state.start("Create project", run_step("create", lambda: create_project(data, target)),
-                                after=lambda ok, _store: ok and self.open_project(target))
+                                after=opened)
 
     def _browse_open(self) -> None:
         path = QFileDialog.getExistingDirectory(self, "Open an OEEM project (.zarr folder)")

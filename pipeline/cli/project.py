@@ -12,13 +12,15 @@ from pipeline.errors import OEEMError
 
 
 def cmd_init(args) -> None:
-    from pipeline.store.project import create_project
+    from pipeline.store.project import create_project, split_lines
 
     store = create_project(args.data, args.project, overwrite=args.redo, val_images=args.val_images,
                            train=args.train, test=args.test)
-    tr, va, te = store.names("train"), store.names("val"), store.names("test")
-    print(f"created {store.path}: {len(tr)} train, {len(va)} validation and {len(te)} test images, "
+    print(f"created {store.path}: {len(store.names())} images, "
           f"{sum(store.has(n, 'mask') for n in store.names())} with gland masks")
+    print("\n".join(split_lines(store)))
+    if not (args.train or args.test):
+        print("  (--train / --test GLOB choose the splits by file name instead, e.g. --train '*' for all)")
 
 
 def cmd_info(args) -> None:

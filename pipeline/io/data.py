@@ -31,6 +31,7 @@ class Sample:
     split: str
     image_path: Path
     mask_path: Path | None
+    why: str = ""  # what put the image in its split, told by `oeem init` ("--test 'case9_*'", "named testA_*")
 
 
 def _open(path: Path) -> Image.Image:
@@ -175,12 +176,14 @@ def safe_name(stem: str) -> str:
     return name if name[:1].isalnum() else f"image{name}"
 
 
-def _split_of(name: str, folder_split: str | None) -> str:
-    m = _SPLIT_PATTERN.match(name)
-    if m:
-        s = m.group(1)
-        return "train" if s.lower() == "train" else ("val" if s.lower() == "val" else "test")
-    return folder_split or "train"
+def _split_of(name: str, folder: str | None) -> tuple[str, str]:
+    """The split GlaS naming gives a file (or a sub-folder: ``folder`` is its name), and why."""
+    for candidate, why in ((name, "named {}_*"), (folder, "in a folder {}/")):
+        m = _SPLIT_PATTERN.match(candidate + "_") if candidate is not None else None
+        if m:
+            s = m.group(1).lower()
+            return ("train" if s == "train" else "val" if s == "val" else "test"), why.format(m.group(1))
+    return "train", "no split in the name (training by default)"
 
 
 def _mask_for(image_path: Path) -> Path | None:
@@ -199,8 +202,9 @@ def find_samples(folder: str | Path, require_masks: bool = False, train: str | N
 
     Which images are for training: with ``train`` / ``test`` (shell patterns on the file name, e.g. ``"*.tif"``,
     ``"case1_*"``) an image matching ``test`` is a test image, one matching ``train`` a training image, and the
-    others are left out; without them, the GlaS naming (``train_*``, ``testA_*``, sub-folders ``train/``,
-    ``testA/``...) decides, and every other image is a training image. Raises :class:`OEEMError` for a missing
+    others are left out (the names' split prefixes are then ignored); without them, the GlaS naming decides
+    (``train_*`` / ``testA_*`` / ``testB_*`` / ``test_*`` / ``val_*`` files, or sub-folders of those names), and
+    every other image is a training image. Each sample says why (:attr:`Sample.why`). Raises :class:`OEEMError` for a missing
     or empty folder, or for missing masks when required.
     """
     folder = Path(folder)
@@ -211,27 +215,29 @@ def find_samples(folder: str | Path, require_masks: bool = False, train: str | N
     candidates: list[tuple[Path, str | None]] = []
     for path in sorted(folder.iterdir()):
         if path.is_dir() and _SPLIT_PATTERN.match(path.name + "_"):
-            split = _split_of(path.name + "_", None)
-            candidates += [(p, split) for p in sorted(path.iterdir()) if p.is_file()]
+            candidates += [(p, path.name) for p in sorted(path.iterdir()) if p.is_file()]
         elif path.is_file():
             candidates.append((path, None))
     samples = []
-    for path, folder_split in candidates:
+    for path, sub_folder in candidates:
         if path.suffix.lower() not in IMAGE_SUFFIXES or any(path.stem.endswith(t) for t in MASK_TAGS):
             continue
-        split = _split_of(path.stem, folder_split)
-        if train is not None or test is not None:
+        if train is not None or test is not None:  # the patterns decide alone: a name's split prefix is ignored
             if test is not None and fnmatch.fnmatch(path.name, test):
-                split = "test"
-            elif fnmatch.fnmatch(path.name, train if train is not None else "*"):
-                split = "train"
+                split, why = "test", f"--test {test!r}"
+            elif train is not None and fnmatch.fnmatch(path.name, train):
+                split, why = "train", f"--train {train!r}"
+            elif train is None:
+                split, why = "train", f"not matching --test {test!r}"
             else:
                 continue
+        else:
+            split, why = _split_of(path.stem, sub_folder)
         mask = _mask_for(path)
         if require_masks and mask is None:
             raise OEEMError(f"{path}: no gland mask found (expected {path.stem}_anno.png or .bmp beside it); "
                             "add the masks or create the project without them")
-        samples.append(Sample(safe_name(path.stem), split, path, mask))
+        samples.append(Sample(safe_name(path.stem), split, path, mask, why))
     if not samples:
         given = [f"--{flag} {value!r}" for flag, value in (("train", train), ("test", test)) if value is not None]
         chosen = f" matching {' or '.join(given)}" if given else ""

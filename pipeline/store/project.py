@@ -35,11 +35,29 @@ def create_project(data: str | Path, path: str | Path, overwrite: bool = False, 
     ``val_images`` training images (with masks) are held out as the ``val`` split: no stage trains on them, and
     their masks are only used to choose settings, so the test split stays untouched until it is reported."""
     folder = sample_data_folder() if str(data) == "sample" else Path(data)
-    store = ProjectStore.create(path, find_samples(folder, train=train, test=test), overwrite=overwrite,
-                                progress=progress)
-    if val_images:
-        hold_out_validation(store, val_images, seed)
+    samples = find_samples(folder, train=train, test=test)
+    store = ProjectStore.create(path, samples, overwrite=overwrite, progress=progress)
+    held = set(hold_out_validation(store, val_images, seed)) if val_images else set()
+    why = {s.name: ("val", f"held out by --val-images {val_images} (seed {seed})") if s.name in held
+           else (s.split, s.why) for s in samples}
+    reasons: dict[str, dict[str, int]] = {}
+    for split, rule in why.values():
+        reasons.setdefault(split, {}).setdefault(rule, 0)
+        reasons[split][rule] += 1
+    store.root.attrs["split_reasons"] = reasons
     return store
+
+
+def split_lines(store: ProjectStore) -> list[str]:
+    """One line per split: how many images, and which rule put them there (names, folders, flags)."""
+    reasons = store.root.attrs.get("split_reasons", {})
+    lines = []
+    for split, label in (("train", "training"), ("val", "validation"), ("test", "test")):
+        count = len(store.names(split))
+        rules = reasons.get(split, {})
+        told = "; ".join(f"{n} {rule}" for rule, n in sorted(rules.items(), key=lambda kv: (-kv[1], kv[0])))
+        lines.append(f"  {count} {label} images" + (f": {told}" if told else ""))
+    return lines
 
 
 def hold_out_validation(store: ProjectStore, count: int, seed: int = 0) -> list[str]:
