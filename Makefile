@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 XVFB := xvfb-run -a -s "-screen 0 1600x1000x24"
 DEMO := runs/sample.oeem.zarr
 
-.PHONY: demo test install install-gui system-deps napari screenshot bench clean-demo
+.PHONY: demo test install install-gui system-deps napari screenshot bench bench-quick bench-list clean-demo
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,17 @@ napari: install-gui
 
 screenshot: system-deps install-gui
 	$(XVFB) $(PY) docs/make_screenshot.py
+
+# Every measured figure of the README and docs, one command after the other (2 cores: one torch job at a time);
+# the list, with minutes and which result files are tracked: make bench-list. Needs OEEM_GLAS_ROOT.
+bench: install-gui
+	$(XVFB) $(PY) benchmarks/figures.py run
+
+bench-quick: install-gui
+	$(XVFB) $(PY) benchmarks/figures.py run --quick
+
+bench-list: install
+	$(PY) benchmarks/figures.py list
 
 clean-demo:
 	rm -rf $(DEMO)

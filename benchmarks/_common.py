@@ -4,13 +4,19 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
+import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+REPO = RESULTS.parents[1]
+STARTED = time.time()  # this process's start: the wall time a result file records
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")  # what decides speed and precision
 
 
 def glas_root() -> Path:
@@ -33,10 +39,47 @@ def matmul_peak_gflops(n: int = 3072, repeats: int = 7, dtype: torch.dtype = tor
     return 2 * n ** 3 / best / 1e9
 
 
+def cpu_model() -> tuple[str, list[str]]:
+    """The CPU's model name and which of :data:`FLAGS` it has (Linux; elsewhere the platform's processor)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    fields = dict(line.split(":", 1) for line in info.splitlines()[:40] if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    have = set(fields.get("flags", "").split())
+    name = fields.get("model name", platform.machine())
+    if "cpu family" in fields:  # virtual machines often hide the product name; family and model still tell it
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name, [f for f in FLAGS if f in have]
+
+
 def machine() -> dict:
+    from pipeline.device import precision_name, resolve_device, resolve_precision
+
+    model, flags = cpu_model()
+    device = resolve_device("auto")
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu_model": model, "cpu_flags": flags, "cpus": os.cpu_count(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "precision_auto": precision_name(resolve_precision("auto", device)),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def commit() -> str:
+    """The repository's commit, with ``+changes`` when tracked code differs from it (results files not counted)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+    head = git("rev-parse", "--short=12", "HEAD") or "unknown"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!benchmarks/results")
+    return head + ("+changes" if changed else "")
+
+
+def provenance() -> dict:
+    """What a reviewer needs to remake a figure: the command, the commit, the machine, when and how long."""
+    return {"command": shlex.join(["python", *[str(a) for a in sys.argv]]), "commit": commit(),
+            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "wall_s": round(time.time() - STARTED, 1), "machine": machine()}
 
 
 def print_table(rows: list[tuple], header: tuple) -> None:
@@ -48,10 +91,14 @@ def print_table(rows: list[tuple], header: tuple) -> None:
         print(fmt.format(*[str(x) for x in r]))
 
 
-def write_json(name: str, data: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_json(name: str | Path, data: dict) -> Path:
+    """Write a result file atomically (under ``results/``; an absolute path goes where it says), stamped with its
+    :func:`provenance`; the tracked files are what the docs' figures are checked against."""
     path = RESULTS / name
-    path.write_text(json.dumps(data, indent=2, default=str))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**data, "provenance": provenance()}, indent=2, default=str))
+    os.replace(tmp, path)
     print(f"\nwrote {path}")
     return path
 

@@ -3,6 +3,7 @@ self-training rounds of stage 2, every prediction), with the quality of each sta
 (10 training images held out), the training images and testA.
 
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/end_to_end.py [--preset cpu] [--set KEY=VALUE ...]
+        [--budget 30m] [--precision fp32] [--data sample --val-images 0]
 
 Resumable: the project (``benchmarks/results/end_to_end-NAME.oeem.zarr``) keeps every finished stage, so a
 second call only scores again; ``--fresh`` starts over. Writes ``benchmarks/results/end_to_end-NAME.json`` (NAME:
@@ -14,11 +15,13 @@ import argparse
 import resource
 import shutil
 import time
+from dataclasses import asdict
 
 import numpy as np
 from _common import RESULTS, glas_root, machine, print_table, write_json
 
-from pipeline.config import PipelineConfig, parse_settings
+from pipeline.budget import parse_duration
+from pipeline.config import PRECISION_SECTIONS, PRECISIONS, PipelineConfig, parse_settings
 from pipeline.metrics import confusion, from_confusion
 from pipeline.progress import run
 from pipeline.stages.run import run_all
@@ -36,7 +39,16 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="delete the project and start over")
     ap.add_argument("--name", help="name of the project and JSON (default: the preset), so variants can sit side "
                                    "by side, e.g. --name cpu-rounds2")
+    ap.add_argument("--budget", default=None, help="as `oeem run --budget`: the planner fits the run into it")
+    ap.add_argument("--precision", choices=PRECISIONS, default=None,
+                    help="every stage's precision (default: the preset's, auto: bf16 where native)")
+    ap.add_argument("--data", default=None, help="image folder, or `sample` (default: $OEEM_GLAS_ROOT)")
+    ap.add_argument("--val-images", type=int, default=VAL_IMAGES, help="training images held out (default: 10)")
     args = ap.parse_args()
+    budget_s = parse_duration(args.budget) if args.budget else None
+    overrides = parse_settings(args.set)
+    if args.precision:
+        overrides.update({f"{section}.precision": args.precision for section in PRECISION_SECTIONS})
     name = args.name or args.preset
     path = RESULTS / f"end_to_end-{name}.oeem.zarr"
     if args.fresh and path.exists():
@@ -46,8 +58,8 @@ def main() -> None:
     if resumed:
         store = ProjectStore.open(path)
     else:
-        store = create_project(glas_root(), path, val_images=VAL_IMAGES, seed=0)
-    cfg = project_config(store, args.preset, parse_settings(args.set))
+        store = create_project(args.data or glas_root(), path, val_images=args.val_images, seed=0)
+    cfg = project_config(store, args.preset, overrides)
     stage_seconds: dict[str, float] = {}
     current: list = [None, time.perf_counter()]  # the stage now running and when it started
 
@@ -57,15 +69,17 @@ def main() -> None:
             stage_seconds[current[0]] = stage_seconds.get(current[0], 0.0) + now - current[1]
         current[:] = [stage, now]
 
-    report = run(run_all(store, cfg, "auto"), lambda p: switch_to(p.stage))
+    report = run(run_all(store, cfg, "auto", budget_s=budget_s), lambda p: switch_to(p.stage))
     switch_to(None)
     wall = time.perf_counter() - t0
     rounds = (store.load_run("selftrain") or {}).get("rounds", [])
-    rows = [("stage 1: pseudo-masks (train / val)", f"{report['cams']['pseudo']['mIoU']:.2f}",
-             f"{report['cams']['val']['pseudo']['mIoU']:.2f}", "")]
+    nan = float("nan")
+    cam_val = report["cams"].get("val", {}).get("pseudo", {}).get("mIoU", nan)  # no validation images: nan
+    rows = [("stage 1: pseudo-masks (train / val)", f"{report['cams']['pseudo']['mIoU']:.2f}", f"{cam_val:.2f}", "")]
     for r in rounds:
         rows.append((f"self-training round {r['round']}: pseudo-masks (train / val)",
-                     f"{r['train']['after']['mIoU']:.2f}", f"{r['val']['after']['mIoU']:.2f}", ""))
+                     f"{r['train']['after']['mIoU']:.2f}", f"{r.get('val', {}).get('after', {}).get('mIoU', nan):.2f}",
+                     ""))
     ev = {s: report.get(f"evaluation-{s}", {}) for s in ("train", "val", "test")}
     rows.append(("prediction (train / val / testA)", f"{ev['train'].get('mIoU', float('nan')):.2f}",
                  f"{ev['val'].get('mIoU', float('nan')):.2f}", f"{ev['test'].get('mIoU', float('nan')):.2f}"))
@@ -83,12 +97,13 @@ def main() -> None:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory {peak_mb:.0f} MB")
     write_json(f"end_to_end-{name}.json", {
-        "machine": machine(), "preset": args.preset, "overrides": parse_settings(args.set),
+        "machine": machine(), "preset": args.preset, "overrides": overrides, "budget_s": budget_s,
+        "data": args.data or "GlaS", "val_images": args.val_images, "config": asdict(cfg),
         "wall_seconds": wall, "resumed": resumed, "stage_seconds": stage_seconds, "peak_rss_mb": peak_mb,
         "precision": {k: (report.get(k) or {}).get("precision") for k in ("classifier", "cams", "segmentation")},
-        "pseudo": {"train": report["cams"]["pseudo"]["mIoU"], "val": report["cams"]["val"]["pseudo"]["mIoU"]},
-        "selftrain": [{"round": r["round"], "train": r["train"]["after"]["mIoU"], "val": r["val"]["after"]["mIoU"]}
-                      for r in rounds],
+        "pseudo": {"train": report["cams"]["pseudo"]["mIoU"], "val": cam_val},
+        "selftrain": [{"round": r["round"], "train": r["train"]["after"]["mIoU"],
+                       "val": r.get("val", {}).get("after", {}).get("mIoU", nan)} for r in rounds],
         "evaluation": ev, "restricted_prediction": restricted})
 
 

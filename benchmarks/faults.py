@@ -11,7 +11,6 @@ Prints a table and writes ``benchmarks/results/faults.json``. ``tests/test_fault
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import signal
@@ -209,7 +208,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "faults.json"))
     args = ap.parse_args()
-    from _common import machine, print_table
+    from _common import machine, print_table, write_json
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -219,9 +218,7 @@ def main() -> None:
             print(f"{sc}: {r['kills']} kills, {r['problems']} problems, {r['seconds']:.0f} s", flush=True)
     print_table([(r["scenario"], r["kills"], r["problems"], f"{r['seconds']:.0f}") for r in rows],
                 ("scenario", "kills", "problems", "seconds"))
-    out = Path(args.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
+    write_json(Path(args.json).resolve(), {"machine": machine(), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from _common import RESULTS, machine, matmul_peak_gflops, print_table
+from _common import RESULTS, machine, matmul_peak_gflops, print_table, write_json
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -338,11 +338,9 @@ def main() -> None:
     print(f"s/step: median of {args.steps} after {args.warmup} warm-up; % of peak: achieved / the matmul peak of the "
           "same precision and threads; vs baseline: baseline s / row s (> 1 is faster)\n")
     print_table(table, header)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine(), **info, "works": {k: v.title for k, v in w.items()},
-                                    "rows": rows, "seconds_total": time.perf_counter() - started},
-                                   indent=2, default=str))
-    print(f"\nwrote {args.out} ({time.perf_counter() - started:.0f} s in all)")
+    write_json(args.out.resolve(), {"machine": machine(), **info, "works": {k: v.title for k, v in w.items()},
+                                    "rows": rows, "seconds_total": time.perf_counter() - started})
+    print(f"({time.perf_counter() - started:.0f} s in all)")
 
 
 if __name__ == "__main__":

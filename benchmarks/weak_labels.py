@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, glas_root, machine, print_table, pyplot, write_json
+from _common import RESULTS, glas_root, machine, print_table, provenance, pyplot, write_json
 
 from pipeline.io.patch_labels import UNLABELLED, vectors_to_tags
 from pipeline.progress import run
@@ -220,6 +220,7 @@ def cmd_budget(args) -> None:
             data["runs"][key] = train_budget(args.picker, budget, args.seed, list(picked), truth, data,
                                              args.untagged_images, args.iterations, args.epoch_steps,
                                              args.preset_schedule)
+            data["runs"][key]["provenance"] = provenance()  # each row its own command, commit and machine
             save(data)
         prev = Path(data["runs"][key]["project"])
 

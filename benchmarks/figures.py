@@ -1,0 +1,265 @@
+"""Every measured figure the README and docs quote: the command that makes it, how long it takes, the tracked
+result file it lands in, and the figures of that file the docs quote.
+
+    python benchmarks/figures.py list              # what exists, what is tracked, minutes on 2 cores
+    python benchmarks/figures.py check             # do the docs quote what the tracked files hold?
+    OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/figures.py run [--quick] [--only NAME ...]
+
+``make bench`` runs every command one after the other (2 cores: one torch job at a time, or every timing is
+off); ``make bench-quick`` only those expected under 15 minutes. A quoted figure must stand in the same paragraph
+(or table row) as the name of its file, so a reader of the docs can tell where it comes from; ``check`` (and
+``tests/test_figures.py``) fails when the docs and the files disagree.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+RESULTS = HERE / "results"
+QUICK_MINUTES = 15.0
+
+
+@dataclass(frozen=True)
+class Quote:
+    """One figure a doc quotes: the text it must read, computed from the result file."""
+
+    doc: str  # path from the repository root
+    value: Callable[[dict], float]
+    fmt: str = "{:.2f}"
+    what: str = ""
+
+    def text(self, data: dict) -> str:
+        return self.fmt.format(self.value(data))
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    command: str  # from the repository root; PY is the project's Python
+    result: str  # under benchmarks/results/
+    minutes: float  # expected on 2 cores (AMD EPYC Zen 5, bf16 where native), alone
+    about: str
+    quotes: tuple[Quote, ...] = field(default=())
+    needs_glas: bool = True
+
+
+def _testa(d: dict, key: str) -> float:
+    return d["evaluation"]["test"][key]
+
+
+def _update_mean(arm: str, images: int, part: str) -> Callable[[dict], float]:
+    def value(d: dict) -> float:
+        rows = [r for r in d["rows"] if r["arm"] == arm and r["images"] == images]
+        if not rows:
+            raise KeyError(f"no rows for {arm}, {images} images")
+        return statistics.mean(r["delta"][part] for r in rows)
+    return value
+
+
+def _update_seconds(d: dict) -> float:
+    return statistics.median(r["seconds"] for r in d["rows"])
+
+
+def _weak_row(key: str, part: str) -> Callable[[dict], float]:
+    return lambda d: d["runs"][key][part]
+
+
+LR = "train-bn+lr=0.0001"
+README = "README.md"
+BENCH_DOC = "docs/benchmarks.md"
+
+FIGURES: tuple[Figure, ...] = (
+    Figure("end-to-end-cpu", "PY benchmarks/end_to_end.py --preset cpu --fresh", "end_to_end-cpu.json", 37,
+           "`oeem run --preset cpu` on GlaS (75 training images, 10 for validation), timed, scored on testA",
+           (Quote(README, lambda d: _testa(d, "mIoU"), what="testA mIoU"),
+            Quote(README, lambda d: d["evaluation"]["val"]["mIoU"], what="validation mIoU"),
+            Quote(README, lambda d: _testa(d, "object_F1"), "{:.1f}", "testA object F1"),
+            Quote(README, lambda d: _testa(d, "object_Dice"), "{:.1f}", "testA object Dice"),
+            Quote(README, lambda d: _testa(d, "object_Hausdorff"), "{:.1f}", "testA object Hausdorff"),
+            Quote(README, lambda d: d["wall_seconds"] / 60, "{:.1f} min", "wall time"))),
+    Figure("demo", "PY benchmarks/end_to_end.py --data sample --val-images 0 --name demo --fresh --set "
+           "classifier.epochs=4 classifier.min_epoch_steps=0 'cam.scales=[1,1.5]' segmentation.iterations=120 "
+           "selftrain.rounds=0 'inference.scales=[1]' inference.flip=false",
+           "end_to_end-demo.json", 5, "`make demo`'s schedule on the embedded sample data", needs_glas=False),
+    *(Figure(f"budget-{b}-{p}", f"PY benchmarks/end_to_end.py --preset cpu --budget {b} --precision {p} "
+             f"--name budget-{b}-{p} --fresh", f"end_to_end-budget-{b}-{p}.json", int(b[:-1]),
+             f"`oeem run --budget {b}` in {p}: what the planner keeps, the score and the time")
+      for b in ("30m", "60m") for p in ("fp32", "bf16")),
+    Figure("update-safety", "PY benchmarks/update_safety.py --project benchmarks/results/end_to_end-cpu.oeem.zarr "
+           "--name cpu-bf16-lr --arms train-bn+lr=0.0003 train-bn+lr=0.0001", "update_safety-cpu-bf16-lr.json", 12,
+           "*Update model* on the well-trained cpu model: 1, 3, 10 reviewed images corrected, 3 seeds each",
+           tuple(Quote(README, _update_mean(LR, n, part), "{:+.2f}", f"{part}, {n} images")
+                 for n in (1, 3, 10) for part in ("val", "testA"))
+           + tuple(Quote(README, _update_mean(LR, n, "corrected"), "{:+.1f}", f"corrected, {n} images")
+                   for n in (1, 3, 10))
+           + (Quote(README, _update_seconds, "{:.0f} s", "median seconds per update"),)),
+    Figure("update-safety-fp32", "PY benchmarks/update_safety.py --project benchmarks/results/end_to_end-cpu.oeem.zarr"
+           " --name cpu-fp32 --counts 1 3 10 --seeds 0 --arms train-bn+lr=0.0001 --precision fp32",
+           "update_safety-cpu-fp32.json", 3, "the same updates in fp32, for their time",
+           (Quote(README, lambda d: f"{min(r['seconds'] for r in d['rows']):.0f}-"
+                                    f"{max(r['seconds'] for r in d['rows']):.0f} s", "{}", "seconds per update"),)),
+    Figure("weak-labels-25-preset", "PY benchmarks/weak_labels.py build && PY benchmarks/weak_labels.py budget "
+           "--picker suggested --budgets 10 25 && PY benchmarks/weak_labels.py budget --budgets 25 --preset-schedule",
+           "weak_labels.json", 50,
+           "25 % of the training images tagged (picked by `oeem suggest`), the whole cpu preset",
+           (Quote(README, _weak_row("suggested-25-s0-cpu", "testA_mIoU"), what="testA mIoU"),)),
+    Figure("crash-matrix", "PY benchmarks/crash_matrix.py --isa native AVX2 AVX512_CORE --skip-networks "
+           "--out crash_matrix-convs.json",
+           "crash_matrix-convs.json", 25, "which single convolutions crash oneDNN on this CPU", needs_glas=False),
+    Figure("crash-networks", "PY benchmarks/crash_matrix.py --isa native AVX2 AVX512_CORE --skip-convs "
+           "--out crash_matrix-networks.json",
+           "crash_matrix-networks.json", 10, "every preset's networks, both layouts, each ISA cap",
+           needs_glas=False),
+    Figure("precision", "PY benchmarks/precision.py --repeats 7", "precision.json", 10,
+           "fp32 against bf16: speed of each stage and agreement of the outputs", needs_glas=False),
+    Figure("faults", "PY benchmarks/faults.py --kills 200", "faults.json", 20,
+           "kill -9 at random moments while writing: nothing lost, nothing half-written", needs_glas=False),
+    Figure("slide", "PY benchmarks/slide.py", "slide.json", 10, "a whole slide: memory and speed",
+           needs_glas=False),
+    Figure("gui-latency", "xvfb-run -a PY benchmarks/gui_latency.py --seconds 30", "gui_latency.json", 3,
+           "napari stays responsive while a training runs", needs_glas=False),
+    Figure("ablation", "PY=PY benchmarks/run_ablation.sh", "ablation.json", 480,
+           "what each setting of the cpu preset buys, on validation"),
+    Figure("scales", "PY benchmarks/ablation.py scales abl-ce-plain-bf16-r1-s0 1 0.75,1,1.25 1,1.25,1.5",
+           "ablation.json", 15, "what each test-time scale buys and costs (after the ablation: its model)"),
+    Figure("annotation-rank", "PY benchmarks/annotation_gain.py rank", "annotation_gain.json", 15,
+           "the label review's ranking against the truth (on the ablation's project: run after it)"),
+    Figure("annotation-gain", "PY benchmarks/annotation_gain.py gain --budgets 3 --seeds 0 1 2 "
+           "--baseline 'abl-ce-2k-r1-s{seed}'", "annotation_gain.json", 90,
+           "retraining on corrected regions: ranked against random places (after the ablation)"),
+    # the earlier preset's figures (docs/benchmarks.md, "Earlier preset"), with the settings of their time
+    Figure("earlier-stage1", "PY benchmarks/stage1_glas.py", "stage1_glas.json", 60, "earlier preset: stage 1"),
+    Figure("earlier-stage2-speed", "PY benchmarks/stage2_speed.py --images 3 --iterations 10", "stage2_speed.json",
+           5, "earlier preset: segmentation speed"),
+    Figure("earlier-tables", "PY benchmarks/glas_tables.py", "glas_tables.json", 600,
+           "earlier preset: the paper's loss tables"),
+)
+
+
+def load(fig: Figure) -> dict | None:
+    path = RESULTS / fig.result
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def tracked(path: Path) -> bool:
+    done = subprocess.run(["git", "-C", str(REPO), "ls-files", "--error-unmatch", str(path)], capture_output=True)
+    return done.returncode == 0
+
+
+def blocks(text: str) -> list[str]:
+    """Paragraphs, with each table row and list item a block of its own."""
+    out: list[str] = []
+    for para in text.split("\n\n"):
+        lines = para.splitlines()
+        if any(line.lstrip().startswith(("|", "- ", "* ")) for line in lines):
+            current: list[str] = []
+            for line in lines:
+                if line.lstrip().startswith(("|", "- ", "* ")) and current:
+                    out.append("\n".join(current))
+                    current = []
+                current.append(line)
+            out.append("\n".join(current))
+        else:
+            out.append(para)
+    return out
+
+
+def check(figures: tuple[Figure, ...] = FIGURES) -> list[str]:
+    """Every quote stands in a block of its doc that names its result file; the problems, one line each."""
+    problems = []
+    for fig in figures:
+        if not fig.quotes:
+            continue
+        data = load(fig)
+        if data is None:
+            problems.append(f"{fig.name}: the docs quote benchmarks/results/{fig.result}, which is missing")
+            continue
+        for q in fig.quotes:
+            try:
+                want = q.text(data)
+            except (KeyError, IndexError, TypeError) as exc:
+                problems.append(f"{fig.name}: {fig.result} holds no {q.what} ({exc!r}); rerun: {fig.command}")
+                continue
+            near = [b for b in blocks((REPO / q.doc).read_text()) if fig.result in b]
+            if not near:
+                problems.append(f"{fig.name}: {q.doc} never names {fig.result} (it quotes {q.what} {want})")
+            elif not any(want in b for b in near):
+                problems.append(f"{fig.name}: {q.doc} does not say {want!r} ({q.what}) beside {fig.result}")
+    return problems
+
+
+def cmd_list(_args) -> int:
+    rows = []
+    for fig in FIGURES:
+        path = RESULTS / fig.result
+        state = ("tracked" if tracked(path) else "not committed") if path.is_file() else "not measured"
+        rows.append((fig.name, f"{fig.minutes:g}", fig.result, state, len(fig.quotes), fig.about))
+    widths = [max(len(str(r[i])) for r in rows + [("figure", "min", "result", "state", "quotes", "what")])
+              for i in range(6)]
+    for r in [("figure", "min", "result", "state", "quotes", "what")] + rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+    total = sum(f.minutes for f in FIGURES)
+    quick = sum(f.minutes for f in FIGURES if f.minutes <= QUICK_MINUTES)
+    print(f"\nall: {total / 60:.1f} h on 2 cores; --quick: {quick:.0f} min")
+    return 0
+
+
+def cmd_check(_args) -> int:
+    problems = check()
+    print("\n".join(problems) if problems else
+          f"{sum(len(f.quotes) for f in FIGURES)} quoted figures match their result files")
+    return 1 if problems else 0
+
+
+def cmd_run(args) -> int:
+    import os
+    import shlex
+
+    chosen = [f for f in FIGURES if (not args.only or f.name in args.only)
+              and (not args.quick or f.minutes <= QUICK_MINUTES)]
+    unknown = set(args.only or ()) - {f.name for f in FIGURES}
+    if unknown:
+        print(f"unknown figures: {', '.join(sorted(unknown))}; `list` names them", file=sys.stderr)
+        return 2
+    if any(f.needs_glas for f in chosen) and not os.environ.get("OEEM_GLAS_ROOT"):
+        print("set OEEM_GLAS_ROOT to the GlaS folder (train/ and testA/), e.g. ../shared/data/glas",
+              file=sys.stderr)
+        return 2
+    py = shlex.quote(os.environ.get("PYTHON") or sys.executable)
+    failed = []
+    for fig in chosen:
+        command = fig.command.replace("PY ", py + " ").replace("PY=PY", f"PY={py}")
+        print(f"\n== {fig.name} (about {fig.minutes:g} min): {command}", flush=True)
+        t = time.perf_counter()
+        if subprocess.run(command, shell=True, cwd=REPO).returncode != 0:
+            failed.append(fig.name)
+        print(f"== {fig.name}: {(time.perf_counter() - t) / 60:.1f} min", flush=True)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else cmd_check(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="every figure: command time, result file, tracked or not").set_defaults(func=cmd_list)
+    sub.add_parser("check", help="the docs quote what the result files hold").set_defaults(func=cmd_check)
+    r = sub.add_parser("run", help="run the figures' commands, one at a time")
+    r.add_argument("--quick", action="store_true", help=f"only those expected under {QUICK_MINUTES:g} min")
+    r.add_argument("--only", nargs="+", help="these figures only (names from `list`)")
+    r.set_defaults(func=cmd_run)
+    args = ap.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
