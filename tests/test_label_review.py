@@ -153,6 +153,21 @@ def test_ranking_before_a_prediction_names_the_command(tmp_path):
         run(rank_label_errors(store, preset("tiny"), "train"))
 
 
+def test_images_a_round_labelled_without_tags_are_left_out_of_the_ranking_and_told(ranked_copy, capsys):
+    """`oeem run --preset cpu` on a partly tagged project labels the untagged images in its rounds: they have a
+    pseudo-mask but no CAM or patch labels. The ranking ranks the others and names them, never refuses."""
+    store, cfg = ranked_copy
+    untagged = store.names("train")[:2]
+    for n in untagged:
+        store.delete(n, "cam")
+        store.delete(n, "patch_labels")
+    ranking = run(rank_label_errors(store, cfg, "train"))
+    assert ranking["left_out"] == untagged
+    assert ranking["regions"] and not {r["image"] for r in ranking["regions"]} & set(untagged)
+    assert main(["regions", str(store.path), "--redo", "--top", "3"]) == 0
+    assert "note: 2 untagged image(s) labelled by the model are not ranked" in capsys.readouterr().err
+
+
 def test_training_weighs_each_pseudo_label_by_the_reviews_trust(ranked_copy):
     """segmentation.error_prob_weight: every training tile carries 1 - w * P(wrong) of its labels, next to the
     unchanged label and verified flag; a short run trains with it and records how much weight the labels kept."""

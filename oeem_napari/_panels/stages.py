@@ -60,4 +60,6 @@ def summary(result: dict) -> str:
             parts.append(f"{key}: mIoU {val['mIoU']:.1f}{objects}")
         elif key in ("train", "test") and isinstance(val, dict):
             parts.append(f"{key}: mIoU {val.get('mIoU', float('nan')):.1f}")
+    if result.get("left_out"):  # a ranking: the untagged images a round labelled have no CAM to weigh against
+        parts.append(f"{len(result['left_out'])} untagged image(s) labelled by the model not ranked (no CAM)")
     return "; ".join(parts) or "done"

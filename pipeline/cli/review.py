@@ -31,6 +31,10 @@ def cmd_regions(args) -> None:
         ranking = drive(rank_label_errors(store, cfg, args.split), "regions")
         print(f"ranked {len(ranking['regions'])} regions in {ranking['seconds']:.0f} s "
               f"(calibration: {ranking['calibration']['source']})", file=sys.stderr)
+        if ranking.get("left_out"):
+            print(f"note: {len(ranking['left_out'])} untagged image(s) labelled by the model are not ranked: they have "
+                  "no CAM or patch labels to weigh their labels against (tag them to have them ranked)",
+                  file=sys.stderr)
     regions = ordered_regions(store, args.top)  # as the review shows them (re-ordered when it learns from it)
     state = review_state(store)
     if state["notice"]:

@@ -121,6 +121,13 @@ def rank_label_errors(store: ProjectStore, pcfg: PipelineConfig, split: str = "t
     names = [n for n in store.names(split) if store.has(n, "pseudo")]
     if not names:
         raise OEEMError(f"{store.path}: no {split} image has a pseudo-mask; run `oeem cams {store.path}` first")
+    # untagged images that a self-training round labelled (selftrain.untagged_images) have no CAM or patch labels
+    # to weigh their labels against: the ranking leaves them out and says so, rather than refusing the project
+    left_out = [n for n in names if not (store.has(n, "cam") and store.has(n, "patch_labels"))]
+    if len(left_out) < len(names):
+        names = [n for n in names if n not in left_out]
+    else:
+        left_out = []  # no image has its CAM yet: signals_ready below says what to run
     if len(names) < 2:
         raise OEEMError(f"{store.path}: ranking needs at least 2 {split} images (out-of-fold evidence)")
     for n in names:
@@ -136,7 +143,8 @@ def rank_label_errors(store: ProjectStore, pcfg: PipelineConfig, split: str = "t
         store.write(n, "oof_prob", probs[n].astype(np.float32))
     calibration = fit_calibration(store, val, pcfg, pcfg.segmentation.seed) if val else dict(DEFAULT_CALIBRATION)
     ranking = {"ranking_id": uuid.uuid4().hex, "made_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "split": split,
-               "config": to_dict(cfg), "calibration": calibration, "labels": {}, "regions": []}
+               "config": to_dict(cfg), "calibration": calibration, "labels": {}, "regions": [],
+               "left_out": left_out}
     for k, n in enumerate(names):
         store.write(n, "oof_prob", probs[n].astype(np.float32))
         ranking["regions"] += rank_image(store, n, calibration, pcfg, ranking)
