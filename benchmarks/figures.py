@@ -107,11 +107,29 @@ FIGURES: tuple[Figure, ...] = (
            "update_safety-cpu-fp32.json", 3, "the same updates in fp32, for their time",
            (Quote(README, lambda d: f"{min(r['seconds'] for r in d['rows']):.0f}-"
                                     f"{max(r['seconds'] for r in d['rows']):.0f} s", "{}", "seconds per update"),)),
+    Figure("update-safety-weak", "PY benchmarks/update_safety.py --project runs/bench/suggested-25-s0-cpu.oeem.zarr "
+           "--truth runs/bench/glas-truth.oeem.zarr --name weak25-bf16 --arms train-bn+lr=0.0001",
+           "update_safety-weak25-bf16.json", 5, "*Update model* on the 25 %-tagged project (after "
+           "weak-labels-25-preset: its project)",
+           tuple(Quote(doc, _update_mean(LR, n, part), fmt, f"{part}, {n} images") for doc in (README, BENCH_DOC)
+                 for n in (1, 3, 10) for part, fmt in (("val", "{:+.2f}"), ("testA", "{:+.2f}"),
+                                                       ("corrected", "{:+.1f}" if doc == README else "{:+.2f}")))),
     Figure("weak-labels-25-preset", "PY benchmarks/weak_labels.py build && PY benchmarks/weak_labels.py budget "
            "--picker suggested --budgets 10 25 && PY benchmarks/weak_labels.py budget --budgets 25 --preset-schedule",
            "weak_labels.json", 50,
            "25 % of the training images tagged (picked by `oeem suggest`), the whole cpu preset",
-           (Quote(README, _weak_row("suggested-25-s0-cpu", "testA_mIoU"), what="testA mIoU"),)),
+           (Quote(README, _weak_row("suggested-25-s0-cpu", "testA_mIoU"), what="testA mIoU"),
+            Quote(README, _weak_row("suggested-25-s0-cpu", "val_mIoU"), what="validation mIoU"),
+            Quote(README, _weak_row("suggested-25-s0-cpu", "minutes"), "{:.1f} min", "minutes"),
+            Quote(BENCH_DOC, _weak_row("suggested-25-s0-cpu", "testA_mIoU"), what="testA mIoU"))),
+    Figure("tagging-actions", "PY benchmarks/weak_labels.py budget --picker suggested --budgets 10 25 50 100 && "
+           "PY benchmarks/weak_labels.py actions", "weak_labels.json", 20,
+           "keys and strokes to tag all 75 training images, with and without the model's proposals",
+           tuple(Quote(doc, (lambda k: lambda d: d["actions"][k])(key), fmt, key)
+                 for doc in (README, BENCH_DOC)
+                 for key, fmt in (("no_proposals", "{:,}"), ("ratio_no_proposals", "{:.1f}x"),
+                                  ("with_proposals", "{:,}"), ("ratio", "{:.1f}x"),
+                                  ("images_proposals_cost_more", "{} of the"), ("patches", "{:,}")))),
     Figure("crash-matrix", "PY benchmarks/crash_matrix.py --isa native AVX2 AVX512_CORE --skip-networks "
            "--out crash_matrix-convs.json",
            "crash_matrix-convs.json", 25, "which single convolutions crash oneDNN on this CPU", needs_glas=False),
@@ -127,6 +145,9 @@ FIGURES: tuple[Figure, ...] = (
            needs_glas=False),
     Figure("gui-latency", "xvfb-run -a PY benchmarks/gui_latency.py --seconds 30", "gui_latency.json", 3,
            "napari stays responsive while a training runs", needs_glas=False),
+    Figure("review-heldout", "PY benchmarks/review_heldout.py benchmarks/results/end_to_end-cpu.oeem.zarr",
+           "review_heldout.json", 10, "the label review without masks, refit and chosen on half the training "
+           "images, judged on the other half (after end-to-end-cpu: its project)"),
     Figure("ablation", "PY=PY benchmarks/run_ablation.sh", "ablation.json", 480,
            "what each setting of the cpu preset buys, on validation"),
     Figure("scales", "PY benchmarks/ablation.py scales abl-ce-plain-bf16-r1-s0 1 0.75,1,1.25 1,1.25,1.5",
@@ -155,22 +176,34 @@ def tracked(path: Path) -> bool:
     return done.returncode == 0
 
 
-def blocks(text: str) -> list[str]:
-    """Paragraphs, with each table row and list item a block of its own."""
-    out: list[str] = []
-    for para in text.split("\n\n"):
+def blocks(text: str) -> list[tuple[str, str]]:
+    """(block, where it stands) pairs: each paragraph, list item and table row, with the text that introduces it -
+    a table row its table's intro paragraph, an indented paragraph the list item it continues. A quoted figure must
+    stand in a block; its file's name in the block or its introduction."""
+    paragraphs = [p for p in text.split("\n\n") if p.strip()]
+    out: list[tuple[str, str]] = []
+    intro = ""
+    for para in paragraphs:
         lines = para.splitlines()
-        if any(line.lstrip().startswith(("|", "- ", "* ")) for line in lines):
-            current: list[str] = []
-            for line in lines:
-                if line.lstrip().startswith(("|", "- ", "* ")) and current:
-                    out.append("\n".join(current))
-                    current = []
-                current.append(line)
-            out.append("\n".join(current))
+        is_table = all(line.lstrip().startswith("|") for line in lines)
+        continues = para.startswith((" ", "\t"))  # an indented paragraph continues the list item above
+        if is_table:
+            out += [(row, row + "\n" + intro) for row in lines]
+            continue
+        items, current = [], []
+        for line in lines:
+            if line.lstrip().startswith(("- ", "* ")) and current:
+                items.append("\n".join(current))
+                current = []
+            current.append(line)
+        items.append("\n".join(current))
+        for item in items:
+            out.append((item, item + "\n" + (intro if continues else "")))
+        if not continues:
+            intro = items[-1]
         else:
-            out.append(para)
-    return out
+            intro = intro + "\n" + para
+    return [(" ".join(b.split()), " ".join(c.split())) for b, c in out]
 
 
 def check(figures: tuple[Figure, ...] = FIGURES) -> list[str]:
@@ -189,7 +222,7 @@ def check(figures: tuple[Figure, ...] = FIGURES) -> list[str]:
             except (KeyError, IndexError, TypeError) as exc:
                 problems.append(f"{fig.name}: {fig.result} holds no {q.what} ({exc!r}); rerun: {fig.command}")
                 continue
-            near = [b for b in blocks((REPO / q.doc).read_text()) if fig.result in b]
+            near = [b for b, where in blocks((REPO / q.doc).read_text()) if fig.result in where]
             if not near:
                 problems.append(f"{fig.name}: {q.doc} never names {fig.result} (it quotes {q.what} {want})")
             elif not any(want in b for b in near):

@@ -300,7 +300,8 @@ def cmd_actions(args) -> None:
     shutil.copytree(BASE, scratch)
     store = ProjectStore.open(scratch)
     cfg = bench_config(store).patches
-    one_by_one = proposal_flow = keys_flow = no_proposal_flow = patches_total = wrong_total = 0
+    one_by_one = proposal_flow = keys_flow = no_proposal_flow = best_flow = patches_total = wrong_total = 0
+    costlier = cheaper = 0  # images where the proposals cost more / fewer actions than the whole-image key
     per_step, done, model_from = [], [], None
     for step in steps:
         model = None
@@ -315,17 +316,24 @@ def cmd_actions(args) -> None:
             one_by_one += len(truth_t)  # one key per patch
             commonest = int(np.bincount(truth_t, minlength=4)[1:].argmax() + 1)
             # the peer without proposals: the whole-image key with the image's commonest tag, then brush strokes
-            no_proposals += 1 + len(stroke_groups(np.full_like(truth_t, commonest), truth_t, tagger))
+            plain = 1 + len(stroke_groups(np.full_like(truth_t, commonest), truth_t, tagger))
+            no_proposals += plain
+            # the panel's keys: P shows the proposals and A accepts them (2 keys); without a model, one key
             if model is not None and tagger.propose(model, "cpu") is not None:
                 tagger.accept_proposals()
+                first = 2
             else:  # no model yet: the whole-image key
                 tagger.set_image(commonest)
+                first = 1
             bad = int((tagger.tags != truth_t).sum())
             wrong += bad
-            keys += 1 + bad  # the same flow fixing each wrong patch with the patch key
+            keys += first + bad  # the same flow fixing each wrong patch with the patch key
             strokes = fix_with_strokes(tagger, truth_t)
-            acts += 1 + strokes
+            acts += first + strokes
             stroke_count += strokes
+            best_flow += min(first + strokes, plain)  # a pathologist who knows which flow is cheaper per image
+            costlier += first == 2 and first + strokes > plain
+            cheaper += first == 2 and first + strokes < plain
             assert np.array_equal(tagger.tags, truth_t) and (tagger.tags != UNLABELLED).all()
         proposal_flow += acts
         keys_flow += keys
@@ -341,8 +349,12 @@ def cmd_actions(args) -> None:
     data[key] = {"images": len(done), "patches": patches_total, "one_by_one": one_by_one,
                  "with_proposals": proposal_flow, "ratio": one_by_one / max(1, proposal_flow),
                  "with_proposals_keys_only": keys_flow, "ratio_keys_only": one_by_one / max(1, keys_flow),
-                 "no_proposals": no_proposal_flow, "wrong_proposals": wrong_total, "steps": per_step,
-                 "mask_polygon_vertices": vertices}
+                 "no_proposals": no_proposal_flow, "ratio_no_proposals": one_by_one / max(1, no_proposal_flow),
+                 "best_per_image": best_flow, "images_proposals_cost_more": int(costlier),
+                 "images_proposals_save": int(cheaper), "wrong_proposals": wrong_total, "steps": per_step,
+                 # every flow asks the pathologist to look at every patch of an image once: the keys differ
+                 "patches_looked_at": patches_total, "mask_polygon_vertices": vertices,
+                 "counting": "P then A = 2 keys, whole-image key = 1, one brush stroke = 1, patch key = 1"}
     save(data)
     print_table([(s["budget"], s["images"], s["model_from"] or "-", s["wrong_proposals"], s["strokes"],
                   s["actions"], s["actions_keys_only"], s["actions_no_proposals"]) for s in per_step],
@@ -351,7 +363,9 @@ def cmd_actions(args) -> None:
     print(f"\n{len(done)} images, {patches_total} patches: one by one {one_by_one} actions; with proposals and "
           f"brush strokes {proposal_flow} ({one_by_one / max(1, proposal_flow):.1f}x fewer); with proposals and "
           f"a key per wrong patch {keys_flow} ({one_by_one / max(1, keys_flow):.1f}x); without proposals (whole-image "
-          f"key and strokes) {no_proposal_flow} ({one_by_one / max(1, no_proposal_flow):.1f}x); drawing the masks: "
+          f"key and strokes) {no_proposal_flow} ({one_by_one / max(1, no_proposal_flow):.1f}x); the cheaper of the two "
+          f"per image {best_flow}; the proposals cost more than the whole-image key on {int(costlier)} images and "
+          f"saved on {int(cheaper)}; every flow looks at all {patches_total} patches; drawing the masks: "
           f"{vertices} polygon vertices")
 
 

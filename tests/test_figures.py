@@ -1,0 +1,60 @@
+"""The docs' measured figures against the tracked result files (benchmarks/figures.py): a figure the README
+quotes must be what its file holds, and stand beside the file's name."""
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import figures  # noqa: E402
+
+
+def test_every_quoted_figure_is_what_its_tracked_file_holds():
+    problems = figures.check()
+    assert problems == [], "\n".join(problems)
+    for fig in figures.FIGURES:
+        if fig.quotes:
+            assert figures.tracked(figures.RESULTS / fig.result), f"{fig.result} is quoted but not committed"
+
+
+def test_the_check_catches_a_figure_that_drifts(tmp_path, monkeypatch):
+    doc = tmp_path / "doc.md"
+    doc.write_text("| the run ([`x.json`](x.json)) | **84.49** | 36.3 min |\n\nelsewhere 12.34\n")
+    (tmp_path / "x.json").write_text('{"a": 84.49, "b": 12.34, "m": 36.3}')
+    monkeypatch.setattr(figures, "REPO", tmp_path)
+    monkeypatch.setattr(figures, "RESULTS", tmp_path)
+    fig = figures.Figure("x", "PY x.py", "x.json", 1, "", (
+        figures.Quote("doc.md", lambda d: d["a"]), figures.Quote("doc.md", lambda d: d["m"], "{:.1f} min")))
+    assert figures.check((fig,)) == []
+    # the file says something else: the doc is stale
+    (tmp_path / "x.json").write_text('{"a": 84.5, "m": 36.3}')
+    assert figures.check((fig,)) == ["x: doc.md does not say '84.50' () beside x.json"]
+    # a figure that is in the doc, but not beside its file's name, does not count
+    far = figures.Figure("x", "PY x.py", "x.json", 1, "", (figures.Quote("doc.md", lambda d: 12.34),))
+    assert figures.check((far,)) == ["x: doc.md does not say '12.34' () beside x.json"]
+    (tmp_path / "x.json").unlink()
+    assert "missing" in figures.check((fig,))[0]
+
+
+@pytest.mark.parametrize("fig", figures.FIGURES, ids=lambda f: f.name)
+def test_every_figure_command_names_a_script_and_flags_it_has(fig):
+    for part in fig.command.split("&&"):
+        words = shlex.split(part.replace("PY=PY", "").replace("xvfb-run -a", ""))
+        script = ROOT / next(w for w in words if w.startswith("benchmarks/"))
+        assert script.is_file(), script
+        if script.suffix != ".py":
+            continue
+        # every --flag of the command is one the script (or its sub-command) accepts
+        helps = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
+                               cwd=ROOT, timeout=120).stdout
+        subs = [w for w in words[words.index(str(script.relative_to(ROOT))) + 1:] if not w.startswith("-")]
+        if subs and re.search(rf"\b{re.escape(subs[0])}\b", helps.split("\n\n")[0] + helps):
+            helps += subprocess.run([sys.executable, str(script), subs[0], "--help"], capture_output=True,
+                                    text=True, cwd=ROOT, timeout=120).stdout
+        for flag in (w.split("=")[0] for w in words if w.startswith("--")):
+            assert flag in helps, f"{script.name} has no {flag}"
