@@ -73,6 +73,10 @@ def _weak_row(key: str, part: str) -> Callable[[dict], float]:
     return lambda d: d["runs"][key][part]
 
 
+def _review(row: str, at: int) -> Callable[[dict], float]:
+    return lambda d: d["half_B"]["results"][row][f"precision@{at}"] * at
+
+
 LR = "train-bn+lr=0.0001"
 README = "README.md"
 BENCH_DOC = "docs/benchmarks.md"
@@ -146,8 +150,22 @@ FIGURES: tuple[Figure, ...] = (
     Figure("gui-latency", "xvfb-run -a PY benchmarks/gui_latency.py --seconds 30", "gui_latency.json", 3,
            "napari stays responsive while a training runs", needs_glas=False),
     Figure("review-heldout", "PY benchmarks/review_heldout.py benchmarks/results/end_to_end-cpu.oeem.zarr",
-           "review_heldout.json", 10, "the label review without masks, refit and chosen on half the training "
-           "images, judged on the other half (after end-to-end-cpu: its project)"),
+           "review_heldout.json", 5, "the label review without masks, refit and chosen on half the training "
+           "images, judged on the other half (after end-to-end-cpu: its project)",
+           (Quote(README, _review("refit on A: review, settings chosen on A", 20), "{:.0f} of the first 20",
+                  "shipped review, held out"),
+            Quote(README, _review("refit on A: ranking before learning", 20), "{:.0f} of 20", "before decisions"),
+            Quote(README, _review("earlier: review, earlier strength", 20), "{:.0f} of 20", "earlier defaults"),
+            Quote(README, lambda d: 100 * d["half_B"]["random_order"]["refit on A"], "{:.1f} %", "random order"),
+            Quote(README, lambda d: 100 * d["half_B"]["random_order"]["earlier"], "{:.1f} %", "random, earlier"),
+            Quote(README, lambda d: 100 * d["half_B"]["wrong_pixel_share"], "{:.1f} %", "pixel base rate"),
+            Quote(README, lambda d: 100 * d["half_B"]["results"]["refit on A: review, settings chosen on A"]
+                  ["pixel_precision@20"], "{:.1f} %", "wrong pixels in the first 20"),
+            Quote(BENCH_DOC, lambda d: 100 * d["half_B"]["results"]["refit on A: review, settings chosen on A"]
+                  ["precision@20"], "**{:.0f} %**", "shipped review, held out"),
+            Quote(BENCH_DOC, lambda d: 100 * d["half_B"]["random_order"]["refit on A"], "{:.1f} %", "random"),
+            Quote(BENCH_DOC, lambda d: 100 * d["choice_on_A"]["grid"]["tags+decisions/30/probability"],
+                  "{:.1f} %", "chosen on A"))),
     Figure("ablation", "PY=PY benchmarks/run_ablation.sh", "ablation.json", 480,
            "what each setting of the cpu preset buys, on validation"),
     Figure("scales", "PY benchmarks/ablation.py scales abl-ce-plain-bf16-r1-s0 1 0.75,1,1.25 1,1.25,1.5",
@@ -186,7 +204,8 @@ def blocks(text: str) -> list[tuple[str, str]]:
     for para in paragraphs:
         lines = para.splitlines()
         is_table = all(line.lstrip().startswith("|") for line in lines)
-        continues = para.startswith((" ", "\t"))  # an indented paragraph continues the list item above
+        # an indented paragraph continues the list item above; a list belongs to the paragraph that introduces it
+        continues = para.startswith((" ", "\t", "- ", "* "))
         if is_table:
             out += [(row, row + "\n" + intro) for row in lines]
             continue

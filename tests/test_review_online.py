@@ -103,23 +103,35 @@ def test_a_ranking_without_validation_masks_learns_and_keeps_its_region_features
 
 
 @pytest.mark.parametrize("decision", ["skip", "accept"])
-def test_a_decision_moves_the_regions_that_look_like_it(copy, decision):
+def test_a_decision_moves_the_regions_that_look_like_it(copy, decision, monkeypatch):
     """A skip says "right": undecided regions with the same feature profile go down, those unlike it up; an accept
-    the other way round. The decided region keeps its place; the same decisions give the same order."""
+    the other way round. The decided region keeps its place; the same decisions give the same order. (The
+    direction, at a weak pull (0.3): the shipped PRIOR_STRENGTH of 30 lets one decision on this small project move
+    nothing, many decisions move the order.)"""
+    import functools
+
+    import pipeline.review.state as review_state_module
+    from pipeline.review.online import review_order
+
+    monkeypatch.setattr(review_state_module, "review_order", functools.partial(review_order, strength=0.3))
     store, cfg = copy
     before = keys(store)
-    first = before[0]
-    sim = similarity(store, first)
-    undecided = before[1:]
-    alike = max(undecided, key=lambda k: sim[k])
-    unlike = min(undecided, key=lambda k: sim[k])
-    assert sim[alike] > 0.5 > -0.3 > sim[unlike]
+
+    def partners(key):  # the undecided regions most and least like ``key``
+        sim = similarity(store, key)
+        others = [k for k in before if k != key]
+        return sim, max(others, key=lambda k: sim[k]), min(others, key=lambda k: sim[k])
+
+    # the best-ranked region with a region clearly like it and one clearly unlike it
+    first = next(k for k in before if (lambda s, a, u: s[a] > 0.5 > -0.3 > s[u])(*partners(k)))
+    sim, alike, unlike = partners(first)
+    undecided = [k for k in before if k != first]
     if decision == "skip":
         skip_region(store, first)
     else:
         assert accept_region(store, first, cfg)["accepted"]
     after = keys(store)
-    assert after[0] == first and sorted(after) == sorted(before)
+    assert after.index(first) == before.index(first) and sorted(after) == sorted(before)
     moved = {k: after.index(k) - before.index(k) for k in undecided}  # > 0: further down the list
     if decision == "skip":
         assert moved[alike] > 0 > moved[unlike], moved

@@ -38,17 +38,16 @@ from pipeline.store import ProjectStore
 
 REGION_FEATURES = (*(f"mean_{f}" for f in FEATURES), "log_area", "border_share", "prior_logit",
                    "tags_against_suggestion", "tags_against_label")
-# a patch tagged with one class holds at most 5 % of the other (the rule GlaS's patch labels follow): log-odds 19:1
+# a patch tagged with one class holds at most 5 % of the other (the rule GlaS's patch labels follow): log-odds 19:1.
+# The prior depends on that rule: tags made by a 1 % rule mislead it (benchmarks/review_heldout.py --tag-rules)
 TAG_LOGIT = float(np.log(0.95 / 0.05))
 BORDER_PX = 16  # a pixel this close to the image's edge is on its border (the CAM and the prediction see less there)
-# L2 pull of the per-project correction towards the prior (features standardised): in the simulated reviews of
-# benchmarks/review_no_masks.py on eight rankings of small GlaS projects (tiny-preset models) 3 and 10 did as well,
-# 1 a little worse; its --cv chooses it on half of a project's images and scores the other half
-PRIOR_STRENGTH = 3.0
-# what the undecided regions are ordered by: "probability" (most probably wrong first) or "pixels" (most expected
-# wrong pixels first, as the ranking): in the simulated reviews (eight rankings of small GlaS projects, docs/
-# benchmarks.md), 70 % vs 61 % of the first 20 regions were wrong, and the first 50 decisions fixed 163 k vs 206 k
-# wrong pixels (the ranking's own order: 55 %, 197 k)
+# L2 pull of the per-project correction towards the prior (features standardised), and what the undecided regions
+# are ordered by ("probability": most probably wrong first; "pixels": most expected wrong pixels first, as the
+# ranking): chosen by benchmarks/review_heldout.py on half A of the cpu preset's GlaS training images, among
+# 0.3-30, both orders, and the review with or without the tags and the decisions; judged on half B only
+# (benchmarks/results/review_heldout.json)
+PRIOR_STRENGTH = 30.0
 ORDER_BY = "probability"
 P_CLIP = 0.01  # the prior's mean P(wrong) is kept within [P_CLIP, 1 - P_CLIP] so its log-odds stay finite
 
