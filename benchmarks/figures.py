@@ -118,6 +118,13 @@ FIGURES: tuple[Figure, ...] = (
            tuple(Quote(doc, _update_mean(LR, n, part), fmt, f"{part}, {n} images") for doc in (README, BENCH_DOC)
                  for n in (1, 3, 10) for part, fmt in (("val", "{:+.2f}"), ("testA", "{:+.2f}"),
                                                        ("corrected", "{:+.1f}" if doc == README else "{:+.2f}")))),
+    Figure("update-safety-weak-fp32", "PY benchmarks/update_safety.py --project "
+           "runs/bench/suggested-25-s0-cpu.oeem.zarr --truth runs/bench/glas-truth.oeem.zarr --name weak25-fp32 "
+           "--counts 1 3 10 --seeds 0 --arms train-bn+lr=0.0001 --precision fp32", "update_safety-weak25-fp32.json", 2,
+           "the same in fp32, for their time",
+           (Quote(BENCH_DOC, lambda d: f"{min(r['seconds'] for r in d['rows']):.0f}-"
+                                       f"{max(r['seconds'] for r in d['rows']):.0f} s", "{}", "seconds per update"),
+            *(Quote(BENCH_DOC, _update_mean(LR, n, "testA"), "{:+.2f}", f"testA, {n} images") for n in (1, 3, 10)))),
     Figure("weak-labels-25-preset", "PY benchmarks/weak_labels.py build && PY benchmarks/weak_labels.py budget "
            "--picker suggested --budgets 10 25 && PY benchmarks/weak_labels.py budget --budgets 25 --preset-schedule",
            "weak_labels.json", 50,
