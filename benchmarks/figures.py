@@ -289,7 +289,7 @@ def cmd_run(args) -> int:
     if unknown:
         print(f"unknown figures: {', '.join(sorted(unknown))}; `list` names them", file=sys.stderr)
         return 2
-    if any(f.needs_glas for f in chosen) and not os.environ.get("OEEM_GLAS_ROOT"):
+    if any(f.needs_glas for f in chosen) and not os.environ.get("OEEM_GLAS_ROOT") and not args.dry_run:
         print("set OEEM_GLAS_ROOT to the GlaS folder (train/ and testA/), e.g. ../shared/data/glas",
               file=sys.stderr)
         return 2
@@ -298,10 +298,15 @@ def cmd_run(args) -> int:
     for fig in chosen:
         command = fig.command.replace("PY ", py + " ").replace("PY=PY", f"PY={py}")
         print(f"\n== {fig.name} (about {fig.minutes:g} min): {command}", flush=True)
+        if args.dry_run:
+            continue
         t = time.perf_counter()
         if subprocess.run(command, shell=True, cwd=REPO).returncode != 0:
             failed.append(fig.name)
         print(f"== {fig.name}: {(time.perf_counter() - t) / 60:.1f} min", flush=True)
+    if args.dry_run:
+        print(f"\n{len(chosen)} commands, about {sum(f.minutes for f in chosen):g} min on 2 cores (nothing run)")
+        return 0
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else cmd_check(args)
@@ -315,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("run", help="run the figures' commands, one at a time")
     r.add_argument("--quick", action="store_true", help=f"only those expected under {QUICK_MINUTES:g} min")
     r.add_argument("--only", nargs="+", help="these figures only (names from `list`)")
+    r.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     r.set_defaults(func=cmd_run)
     args = ap.parse_args(argv)
     return args.func(args)

@@ -41,6 +41,16 @@ def test_the_check_catches_a_figure_that_drifts(tmp_path, monkeypatch):
     assert "missing" in figures.check((fig,))[0]
 
 
+def test_bench_quick_lists_the_short_commands_in_order(capsys, monkeypatch):
+    monkeypatch.delenv("OEEM_GLAS_ROOT", raising=False)
+    assert figures.main(["run", "--quick", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    quick = [f for f in figures.FIGURES if f.minutes <= figures.QUICK_MINUTES]
+    assert [line.split(" (")[0][3:] for line in out.splitlines() if line.startswith("== ")] == [f.name for f in quick]
+    assert "benchmarks/end_to_end.py" not in out.split("== demo")[0]  # the 37-min run is not quick
+    assert figures.main(["run", "--only", "nope"]) == 2
+
+
 @pytest.mark.parametrize("fig", figures.FIGURES, ids=lambda f: f.name)
 def test_every_figure_command_names_a_script_and_flags_it_has(fig):
     for part in fig.command.split("&&"):
