@@ -259,15 +259,14 @@ def check(figures: tuple[Figure, ...] = FIGURES) -> list[str]:
 
 
 def cmd_list(_args) -> int:
+    from _common import print_table
+
     rows = []
     for fig in FIGURES:
         path = RESULTS / fig.result
         state = ("tracked" if tracked(path) else "not committed") if path.is_file() else "not measured"
         rows.append((fig.name, f"{fig.minutes:g}", fig.result, state, len(fig.quotes), fig.about))
-    widths = [max(len(str(r[i])) for r in rows + [("figure", "min", "result", "state", "quotes", "what")])
-              for i in range(6)]
-    for r in [("figure", "min", "result", "state", "quotes", "what")] + rows:
-        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths)).rstrip())
+    print_table(rows, ("figure", "min", "result", "state", "quotes", "what"))
     total = sum(f.minutes for f in FIGURES)
     quick = sum(f.minutes for f in FIGURES if f.minutes <= QUICK_MINUTES)
     print(f"\nall: {total / 60:.1f} h on 2 cores; --quick: {quick:.0f} min")

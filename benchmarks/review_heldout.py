@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 from _common import RESULTS, print_table, write_json
-from review_no_masks import AT, STRENGTHS, VARIANTS, pct, simulate, summary, truth
+from review_no_masks import AT, STRENGTHS, VARIANTS, pct, simulate, summary, truth, wrong_share
 
 from pipeline.io.data import natural_key
 from pipeline.io.patch_labels import vectors_to_tags
@@ -90,16 +90,6 @@ def review(rows: list[dict], wrong: dict, strength: float, order: str, decisions
 
 def random_order(rows: list[dict], wrong: dict) -> float:
     return float(np.mean([2 * wrong[r["key"]][0] > wrong[r["key"]][1] for r in rows]))
-
-
-def pixel_rate(store: ProjectStore, names: list[str]) -> float:
-    bad = total = 0
-    for n in names:
-        labels = store.labels(n)[0] == 1
-        mask = store.mask(n) > 0
-        bad += int((labels != mask).sum())
-        total += mask.size
-    return bad / total
 
 
 def main() -> None:
@@ -158,7 +148,7 @@ def main() -> None:
         results[f"{cname}: review, settings chosen on A"] = review(rows_b, wrong_b, chosen[0], chosen[1],
                                                                    args.decisions, chosen[2])
         results[f"{cname}: tags only"] = review(rows_b, wrong_b, PRIOR_STRENGTH, ORDER_BY, args.decisions, "tags")
-    rate_b = pixel_rate(store, judge_on)
+    rate_b = wrong_share(store, judge_on, None)
     tag_rules = {}
     for rule in args.tag_rules:  # the pathologist tags by another rule; the tool's prior still assumes 5 %
         retag(store, judge_on, rule, pcfg)

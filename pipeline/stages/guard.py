@@ -48,7 +48,8 @@ def guard_set(store: ProjectStore, changed: list[str], max_images: int = MAX_GUA
         return None
     if len(held) > max_images:
         held = [held[int(k)] for k in np.linspace(0, len(held) - 1, max_images).round()]
-    verified = [n for n in held if store.correction(n) is not None and store.correction(n)[1].any()]
+    corrections = {n: store.correction(n) for n in held}
+    verified = [n for n, c in corrections.items() if c is not None and c[1].any()]
     return GuardSet("held-out tags", held, verified)
 
 
