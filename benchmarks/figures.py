@@ -143,6 +143,21 @@ FIGURES: tuple[Figure, ...] = (
                                   ("with_proposals", "{:,}"), ("ratio", "{:.1f}x"),
                                   ("images_proposals_cost_more", "{} of the"), ("patches", "{:,}"))
                  if doc == BENCH_DOC or key != "patches")),
+    Figure("preview", "PY benchmarks/preview.py --sweep", "preview.json", 12,
+           "the preview learned from tags in a second: validation / testA with 10 / 25 / 100 % tagged, key to "
+           "preview",
+           (*(Quote(doc, (lambda p, k: lambda d: d["shipped"][p][k])(p, k), "{:.1f}", f"{k}, {p} % tagged")
+              for doc in (README, BENCH_DOC) for p in ("25", "100") for k in ("val_mIoU", "testA_mIoU")),
+            *(Quote(BENCH_DOC, (lambda p, k: lambda d: d["shipped"][p][k])("10", k), "{:.1f}", f"{k}, 10 % tagged")
+              for k in ("val_mIoU", "testA_mIoU")),
+            *(Quote(doc, (lambda k: lambda d: d["latency"][k])(k), "{:.2f} s", k)
+              for doc in (README, BENCH_DOC) for k in ("key_to_preview_p50_s", "key_to_preview_p95_s")
+              if doc == BENCH_DOC or k.endswith("p95_s")))),
+    Figure("gui-latency-preview", "xvfb-run -a PY benchmarks/gui_latency.py --preview --seconds 30",
+           "gui_latency-preview.json", 2, "napari stays responsive while the preview redraws after every key",
+           (Quote(BENCH_DOC, lambda d: d["tagging"]["p95_ms"], "{:.0f} ms", "event-loop lateness p95"),
+            Quote(BENCH_DOC, lambda d: d["key_to_preview_p95_s"], "{:.2f} s", "key to preview p95, in napari")),
+           needs_glas=False),
     Figure("crash-matrix", "PY benchmarks/crash_matrix.py --isa native AVX2 AVX512_CORE --skip-networks "
            "--out crash_matrix-convs.json",
            "crash_matrix-convs.json", 25, "which single convolutions crash oneDNN on this CPU", needs_glas=False),

@@ -5,6 +5,10 @@ would wait for a repaint or a click. Measured idle, then while the dock widget t
 on the embedded sample data (cpu preset) in its background worker. Run under a display (Xvfb):
 
     xvfb-run -a python benchmarks/gui_latency.py [--seconds 30]
+
+``--preview``: instead of a training, a pathologist tags GlaS-sized (775 x 522) synthetic H&E images at ``--pace``
+(a key every 0.25 s by default, faster than anyone tags) with the *preview* layer redrawn after every key; measured
+are the event loop's lateness and the time from a key to the preview on screen that has learned from it.
 """
 from __future__ import annotations
 
@@ -50,10 +54,109 @@ def stats(late: np.ndarray) -> dict:
             "max_ms": float(late.max())}
 
 
+def preview_phase(seconds: float, pace: float) -> None:
+    """Tag keys at ``pace`` seconds while the preview redraws; event-loop lateness and key-to-preview times."""
+    import napari
+    from PIL import Image
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from pipeline.io.patch_labels import vectors_to_tags
+    from pipeline.io.synth import synth_tissue
+    from pipeline.stages.patches import patch_grid, patch_labels
+    from pipeline.store.project import create_project
+
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "tiles").mkdir()
+    truth = {}
+    for k in range(4):
+        image, truth[f"t{k}"] = synth_tissue(522, 775, seed=900 + k)
+        Image.fromarray(image).save(tmp / "tiles" / f"t{k}.png")
+    store = create_project(tmp / "tiles", tmp / "own.oeem.zarr")
+    viewer = napari.Viewer(show=True)
+    _, widget = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
+    app = QApplication.instance()
+    widget.open_project(store.path)
+    panel = widget.weak_labels
+    for name in ("t1", "t2"):  # two images tagged already, so the preview can learn from the first key on
+        corners = patch_grid(store.shape(name), 112, 56)
+        store.save_patch_tags(name, vectors_to_tags(patch_labels(truth[name], corners, 112, 0.05)), 112, 56)
+    widget.state.show("t0")
+    idle = measure(app, min(10.0, seconds))
+    current = {}
+    pressed: dict[int, float] = {}  # request number -> when its key was pressed, until a preview shows it
+    keys_pressed = [0]
+    shown: list[float] = []
+
+    def press():
+        k = next(current["order"], None)
+        if k is None:
+            return
+        t = time.perf_counter()
+        if panel._act(lambda: panel.tagger.set_patches([k], int(current["truth"][k]))):
+            pressed[panel._preview_wanted] = t
+            keys_pressed[0] += 1
+
+    real = panel._on_preview
+
+    def on_preview(preview, model):
+        real(preview, model)
+        answered, now = panel._preview_running, time.perf_counter()
+        for request in [r for r in pressed if r <= answered]:  # every key this preview has learned from
+            shown.append(now - pressed.pop(request))
+
+    panel._on_preview = on_preview
+    keys = QTimer()
+    keys.setInterval(int(pace * 1000))
+    keys.timeout.connect(press)
+
+    def tagging(with_preview: bool, name: str) -> np.ndarray:
+        """Tag ``name`` (untagged, shown) patch by patch, row after row."""
+        widget.state.show(name)
+        current["truth"] = vectors_to_tags(patch_labels(truth[name], panel.tagger.corners, 112, 0.05))
+        current["order"] = iter(range(len(current["truth"])))
+        model = panel.preview_model
+        if not with_preview:
+            panel.preview_model = None  # the same keys with no preview: what the tagging itself costs
+        keys.start()
+        late = measure(app, seconds / 2)
+        keys.stop()
+        while panel._preview_running:
+            app.processEvents()
+            time.sleep(0.01)
+        panel.preview_model = model
+        return late
+
+    plain = tagging(False, "t3")
+    pressed.clear()
+    keys_pressed[0] = 0
+    busy = tagging(True, "t0")
+    viewer.close()
+    shown_s = np.array(shown)
+    res = {"idle": stats(idle), "tagging_no_preview": stats(plain), "tagging": stats(busy), "keys": keys_pressed[0], "keys_shown": int(shown_s.size),
+           "key_to_preview_p50_s": round(float(np.percentile(shown_s, 50)), 3),
+           "key_to_preview_p95_s": round(float(np.percentile(shown_s, 95)), 3), "pace_s": pace,
+           "image": "775 x 522 synthetic H&E, 2 other images tagged"}
+    print(f"\nnapari event-loop lateness ({TICK_MS} ms timer), 2 x {seconds / 2:.0f} s of tagging, a key every "
+          f"{pace} s\n")
+    print_table([(k, f"{v['p50_ms']:.1f}", f"{v['p95_ms']:.1f}", f"{v['p99_ms']:.1f}", f"{v['max_ms']:.1f}")
+                 for k, v in (("idle", res["idle"]), ("tagging, no preview", res["tagging_no_preview"]),
+                              ("tagging, preview redrawn", res["tagging"]))],
+                ("state", "p50 ms", "p95 ms", "p99 ms", "max ms"))
+    print(f"\n{res['keys']} keys, {res['keys_shown']} of them shown in a preview; key -> preview on screen p50 "
+          f"{res['key_to_preview_p50_s']} s, p95 {res['key_to_preview_p95_s']} s")
+    write_json("gui_latency-preview.json", {"machine": machine(), **res})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--preview", action="store_true", help="tagging with the preview, not a training")
+    ap.add_argument("--pace", type=float, default=0.25, help="seconds between keys with --preview")
     args = ap.parse_args()
+    if args.preview:
+        preview_phase(args.seconds, args.pace)
+        return
     import napari
     from qtpy.QtWidgets import QApplication
 

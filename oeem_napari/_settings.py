@@ -16,7 +16,7 @@ from pipeline.errors import OEEMError
 
 SECTIONS = {"patches": "Patches", "classifier": "Classifier", "cam": "CAMs", "segmentation": "Segmentation",
             "inference": "Prediction", "selftrain": "Self-training", "ranking": "Label review", "slide": "Slides",
-            "update": "Update model"}
+            "update": "Update model", "preview": "Preview"}
 
 
 def _text(value: Any) -> str:

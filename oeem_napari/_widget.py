@@ -212,4 +212,5 @@ class OEEMWidget(QWidget):
 
     def shutdown(self) -> None:
         """Stop a running job (its checkpoint is kept) and save pending strokes; napari is closing."""
+        self.weak_labels.shutdown()
         self.state.shutdown()

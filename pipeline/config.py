@@ -387,6 +387,35 @@ class UpdateConfig:
 
 
 @dataclass
+class PreviewConfig:
+    """The preview (``pipeline.review.preview``): a pixel classifier learned from the tags in about a second, shown
+    until the method's own models exist."""
+
+    # chosen on GlaS's validation split with 10 / 25 / 100 % of the training images tagged, 3 / 3 / 1 seeds
+    # (benchmarks/preview.py --sweep, results/preview.json): scale 0.5 beat 0.25 by 2.8 / 2.0 / 0.3 points; stain
+    # channels, larger scales or deeper trees did not help; 30 trees on 10,000 pixels scored as 50 on 20,000 and
+    # re-fit in under a second on 2 cores
+    scale: float = setting(0.5, "working scale of the preview's features (0.5: half the resolution)",
+                           gt=0, le=1, label="preview scale")
+    sigma_max: float = setting(16.0, "largest scale of the features, in working-scale pixels", ge=1,
+                               label="largest feature scale")
+    texture: bool = setting(True, "texture features (Hessian eigenvalues) besides colour and edges",
+                            label="texture features")
+    stains: bool = setting(False, "features of the haematoxylin and eosin channels too (colour deconvolution)",
+                           label="stain features")
+    samples_per_patch: int = setting(30, "pixels sampled in each tagged patch", gt=0, label="pixels per patch")
+    max_samples: int = setting(10000, "most labelled pixels the forest learns from (drawn evenly)", gt=0,
+                               label="most pixels")
+    trees: int = setting(30, "trees of the random forest", gt=0, label="trees")
+    max_depth: int = setting(12, "depth limit of each tree (keeps fitting and prediction within a second)", gt=0,
+                             label="tree depth")
+    jobs: int = setting(2, "threads the forest fits and predicts with", gt=0, label="threads")
+    cached_images: int = setting(8, "images whose full feature stacks stay in memory", gt=0,
+                                 label="cached images")
+    seed: int = setting(0, "random seed of the sampled pixels and the forest", ge=0)
+
+
+@dataclass
 class PipelineConfig:
     preset: str = setting(DEFAULT_PRESET, "the preset these settings started from", choices=PRESETS)
     patches: PatchConfig = field(default_factory=PatchConfig)
@@ -398,6 +427,7 @@ class PipelineConfig:
     ranking: RankConfig = field(default_factory=RankConfig)
     slide: SlideConfig = field(default_factory=SlideConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
+    preview: PreviewConfig = field(default_factory=PreviewConfig)
 
     def segmentation_for_round(self, labels_round: int) -> SegConfig:
         """The segmentation settings a training on pseudo-masks of ``labels_round`` runs with: those of

@@ -230,13 +230,18 @@ def test_suggest_before_and_after_a_model(tmp_path, own_folder, capsys):
     tags = np.zeros(n, np.uint8)
     tags[:2] = [1, 2]
     store.save_patch_tags("case2-001", tags, cfg.size, cfg.stride)
-    # no model: the untagged images first, spread over the list; the tagged one last, with its open patches only
-    picks = suggest(store, cfg, top=10)
+    # no model (and no preview): the untagged images first, spread over the list; the tagged one last, with its
+    # open patches only
+    picks = suggest(store, cfg, top=10, preview=False)
     assert [s.image for s in picks][-1] == "case2-001" and len(picks) == 4
     assert {s.image for s in picks[:3]} == {"case1_tile_A", "case1_tile_B", "case9_x"}
     assert "no model yet" in picks[0].reason
     tagged = {tuple(c) for c in patch_grid(store.shape("case2-001"), cfg.size, cfg.stride)[:2].tolist()}
     assert not tagged & set(picks[-1].patches)
+    # the tags hold both classes: the preview learned from them ranks the images, never a labelled patch
+    picks = suggest(store, cfg, top=10)
+    assert len(picks) == 4 and all("preview" in s.reason for s in picks)
+    assert not tagged & set(next(s for s in picks if s.image == "case2-001").patches)
     # a classifier trained on the tags: scores from it, best first, never a labelled patch
     rows = "image,x,y,size,gland,non_gland\ncase1 tile A.tif,0,0,112,1,0\ncase1_tile_B.jpg,0,0,112,0,1\n"
     (tmp_path / "t.csv").write_text(rows)

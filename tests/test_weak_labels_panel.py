@@ -104,7 +104,7 @@ def test_own_images_open_with_the_grid_and_keys_tag_the_patch_under_the_cursor(d
     panel = w.weak_labels
     assert panel.unfolded  # images without masks: the box opens, with its overlay
     names = [lyr.name for lyr in viewer.layers]
-    assert names[-3:] == list(_layers.WEAK_LAYERS)  # on top of the H&E
+    assert names[-4:] == list(_layers.WEAK_LAYERS)  # on top of the H&E
     fills, grid = viewer.layers[_layers.WEAK_LABELS], viewer.layers[_layers.WEAK_GRID]
     assert viewer.layers.selection.active.name == _layers.WEAK_LABELS
     assert not fills.editable and not grid.editable
@@ -225,9 +225,9 @@ def test_a_drawn_rectangle_or_lasso_tags_the_patches_inside_then_goes(dock, own_
 
 def test_proposals_show_faint_and_accepting_them_keeps_the_pathologists_tags(dock, own_project, qtbot, notes):
     w, store, panel = dock, own_project, dock.weak_labels
-    key(w, qtbot, Qt.Key.Key_P)  # no model yet: one notification, nothing else
+    key(w, qtbot, Qt.Key.Key_P)  # no model and no tags yet: one notification, nothing else
     qtbot.waitUntil(lambda: not w.runner.busy, timeout=60_000)
-    assert any("no model yet" in n for n in notes) and panel.tagger.proposals is None
+    assert any("no proposals yet: tag some patches" in n for n in notes) and panel.tagger.proposals is None
     key(w, qtbot, Qt.Key.Key_A)
     assert any("no proposals yet" in n for n in notes) and saved(store, "a").size == 0
     mask = np.zeros((H, W), np.uint8)
@@ -264,8 +264,9 @@ def test_next_to_label_shows_the_least_labelled_image_with_its_patches_outlined(
     assert w.current == "a"
     hover(w, qtbot, 100, 100)
     key(w, qtbot, Qt.Key.Key_1, Qt.KeyboardModifier.ControlModifier)
-    key(w, qtbot, Qt.Key.Key_N)
-    assert w.current == "b" and w.image_combo.currentText() == "b"
+    key(w, qtbot, Qt.Key.Key_N)  # with tags, in the background (the preview may have every image to look at)
+    qtbot.waitUntil(lambda: not w.runner.busy and w.current == "b", timeout=30_000)
+    assert w.image_combo.currentText() == "b"
     assert len(panel.suggested) == 5 and saved(store, "b").size == 0
     grid = w.viewer.layers[_layers.WEAK_GRID]
     for k in range(len(panel.tagger.tags)):
@@ -276,7 +277,7 @@ def test_next_to_label_shows_the_least_labelled_image_with_its_patches_outlined(
     key(w, qtbot, Qt.Key.Key_1, Qt.KeyboardModifier.ControlModifier)
     assert np.allclose(grid.get_color(panel.suggested[0] + 1), _layers.GRID_COLOUR)  # tagged: no longer outlined
     key(w, qtbot, Qt.Key.Key_N)
-    assert any("every training image is labelled" in n for n in notes)
+    qtbot.waitUntil(lambda: any("every training image is labelled" in n for n in notes), timeout=30_000)
     progress_matches(w, store)
 
 
@@ -311,3 +312,38 @@ def test_a_project_held_by_another_process_is_a_notification_not_a_traceback(doc
         holder.wait()
     key(dock, qtbot, Qt.Key.Key_1)  # free again: saved
     assert saved(own_project, "a").sum() == GLAND
+
+
+def test_each_key_redraws_the_preview_in_the_background_and_the_newest_request_wins(dock, own_project, qtbot,
+                                                                                    notes):
+    w, store, panel = dock, own_project, dock.weak_labels
+    layer = w.viewer.layers[_layers.PREVIEW]
+    assert not layer.editable and not layer.data.any()
+    qtbot.waitUntil(lambda: "no preview yet" in panel.preview_label.text(), timeout=10_000)
+    t = Tagger(store, "a", panel.tagger.cfg)
+    cells = t.cells()
+    hover(w, qtbot, 50, 40)
+    key(w, qtbot, Qt.Key.Key_1)
+    hover(w, qtbot, 170, 240)
+    key(w, qtbot, Qt.Key.Key_2)  # both classes tagged: the preview can learn
+    qtbot.waitUntil(lambda: panel.preview is not None and layer.data.any(), timeout=20_000)
+    assert panel.preview_label.text().startswith("preview:")
+
+    def inside(y, x):
+        y0, x0, y1, x1 = cells[t.patch_at(y, x)].astype(int)
+        return float(layer.data[y0:y1, x0:x1].mean())
+
+    assert inside(50, 40) > inside(170, 240)  # gland where it was told gland, not where it was told no gland
+    # keys faster than a refresh: each returns at once, and the last preview has learned from every one of them
+    for y, x in ((50, 150), (120, 40), (170, 130), (110, 250)):
+        hover(w, qtbot, y, x)
+        key(w, qtbot, Qt.Key.Key_2)
+    qtbot.waitUntil(lambda: not panel._preview_running, timeout=20_000)
+    assert panel.preview_model._fitted_on == (("a", store.tags_stamp("a")),)
+    before = layer.data.copy()
+    hover(w, qtbot, 120, 40)
+    key(w, qtbot, Qt.Key.Key_1)
+    qtbot.waitUntil(lambda: not np.array_equal(layer.data, before), timeout=20_000)
+    key(w, qtbot, Qt.Key.Key_P)  # no model: the proposals are the preview's, at once
+    assert panel.tagger.proposal_source == "preview" and panel.tagger.proposals is not None
+    assert any("proposals from the preview" in n for n in notes)

@@ -3,12 +3,17 @@ rectangle or lasso, or the whole image at once; the model's proposals to accept;
 
 Every action is one call of ``pipeline.review.tagging.Tagger`` (saved at once, crash-safe, undoable) or of
 ``pipeline.review.suggest``; this box only draws and routes keys and mouse strokes. Unfolded, it shows the
-overlay (``_layers.WEAK_LAYERS``) and its keys work on it and on the H&E; folded, both are gone."""
+overlay (``_layers.WEAK_LAYERS``) and its keys work on it and on the H&E; folded, both are gone.
+
+After every change of tags the *preview* layer is redrawn from ``pipeline.review.preview`` in a thread: one
+refresh at a time, and the newest request wins (requests made while one runs collapse into one), so a key press
+never waits on it."""
 from __future__ import annotations
 
 import numpy as np
+from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QThreadPool, QTimer
 from qtpy.QtWidgets import QButtonGroup, QGridLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from oeem_napari import _layers
@@ -17,6 +22,7 @@ from oeem_napari._panels.fold import FoldingBox
 from oeem_napari._panels.state import DockState
 from pipeline.errors import OEEMError
 from pipeline.io.patch_labels import BOTH, GLAND, NON_GLAND, TAG_NAMES, UNLABELLED
+from pipeline.review.preview import Preview, ProjectPreview
 from pipeline.review.tagging import Tagger
 
 # one key per tag for the patch under the cursor; with Ctrl the whole image (napari reads Shift+digit as another
@@ -50,6 +56,11 @@ class WeakLabelsPanel(FoldingBox):
         self.suggested: list[int] = []  # patches of the image shown that `suggest` picked
         self._habits: dict[str, dict] = {}  # visibility and opacity of the overlay, kept across images
         self._image_layer = None  # the H&E the keys are bound on
+        self.preview_model: ProjectPreview | None = None  # the project's, kept between tags (its caches)
+        self.preview: Preview | None = None  # the newest preview of the image shown
+        self._preview_wanted = 0  # requests made; the one running answers request `_preview_running`
+        self._preview_running = 0  # 0: none running
+        self.preview_worker = None
         lay = self.body_layout(QVBoxLayout)
         grid = QGridLayout()
         self.tag_buttons = QButtonGroup(self)
@@ -83,7 +94,8 @@ class WeakLabelsPanel(FoldingBox):
         row = QHBoxLayout()
         self.proposals_btn = QPushButton("Proposals (P)")
         self.proposals_btn.setToolTip("the tag the current model gives each unlabelled patch, shown faint: the "
-                                      "segmentation's prediction when the image has one, else the classifier's")
+                                      "segmentation's prediction when the image has one, else the classifier's, "
+                                      "else the preview's (learned from the tags)")
         self.proposals_btn.clicked.connect(self.propose)
         accept_btn, undo_btn = QPushButton("Accept all (A)"), QPushButton("Undo (U)")
         accept_btn.setToolTip("every unlabelled patch takes its proposal; tagged patches keep theirs")
@@ -91,8 +103,9 @@ class WeakLabelsPanel(FoldingBox):
         undo_btn.setToolTip("take back the last change of this image's tags")
         undo_btn.clicked.connect(self.undo)
         self.next_btn = QPushButton("Next to label (N)")
-        self.next_btn.setToolTip("the training image most worth labelling now (`oeem suggest`), its patches to "
-                                 "look at outlined in magenta")
+        self.next_btn.setToolTip("the training image most worth labelling now (`oeem suggest`: where the classifier, "
+                                 "or before it the preview, is least sure), its patches to look at outlined in "
+                                 "magenta")
         self.next_btn.clicked.connect(self.next_image)
         for btn in (self.proposals_btn, accept_btn, undo_btn, self.next_btn):
             row.addWidget(btn)
@@ -100,6 +113,12 @@ class WeakLabelsPanel(FoldingBox):
         self.progress_label = QLabel("no project open")
         self.progress_label.setWordWrap(True)
         lay.addWidget(self.progress_label)
+        self.preview_label = QLabel("")
+        self.preview_label.setWordWrap(True)
+        self.preview_label.setToolTip("the orange layer: a pixel classifier learned from the tags (and masks) in a "
+                                      "second, redrawn after every change; a first guess until the classifier has "
+                                      "trained")
+        lay.addWidget(self.preview_label)
         self.help_label = QLabel(HELP)
         self.help_label.setWordWrap(True)
         lay.addWidget(self.help_label)
@@ -126,6 +145,8 @@ class WeakLabelsPanel(FoldingBox):
     def _on_opened(self) -> None:
         """A project with images that have no mask needs tags: open the box (and so its overlay)."""
         store = self.state.store
+        cfg = self.state.config(save=False)
+        self.preview_model, self.preview = ProjectPreview(store, cfg.patches, cfg.preview), None
         self.update_progress()
         if any(not store.has(n, "mask") for n in store.names("train")):
             self.unfold()
@@ -155,6 +176,10 @@ class WeakLabelsPanel(FoldingBox):
             show_error(str(exc))
             return
         ids = _layers.cell_ids(self.tagger.cells(), state.store.shape(state.current))
+        self.preview = None
+        self.viewer.add_labels(np.zeros(ids.shape, np.uint8), name=_layers.PREVIEW,
+                               colormap=_layers.label_colormap(_layers.PREVIEW),
+                               **{"opacity": 0.4, **self._habits.get(_layers.PREVIEW, {})}).editable = False
         fills = self.viewer.add_labels(ids, name=_layers.WEAK_LABELS, colormap=self._fills(),
                                        **{"opacity": 0.5, **self._habits.get(_layers.WEAK_LABELS, {})})
         grid = self.viewer.add_labels(ids, name=_layers.WEAK_GRID, colormap=_layers.grid_colormap(self.tagger.tags),
@@ -176,6 +201,7 @@ class WeakLabelsPanel(FoldingBox):
         self.redraw()
         self.set_brush(self.brush_btn.isChecked())
         self.viewer.layers.selection.active = fills
+        self.request_preview()
 
     def _fills(self, tags: np.ndarray | None = None):
         t = self.tagger
@@ -219,7 +245,67 @@ class WeakLabelsPanel(FoldingBox):
             show_error(str(exc))
             changed = False
         self.redraw()
+        if changed:
+            self.request_preview()
         return changed
+
+    # ------------------------------------------------------------------ the preview (in a thread, newest wins)
+    def request_preview(self) -> None:
+        """Ask for the preview of the image shown; returns at once."""
+        if self.preview_model is None or self.tagger is None:
+            return
+        self._preview_wanted += 1
+        if not self._preview_running:
+            self._start_preview()
+
+    def _start_preview(self) -> None:
+        name, self._preview_for, request = self.state.current, self.preview_model, self._preview_wanted
+        self._preview_running = request
+        worker = create_worker(self.preview_model.predict, name, _start_thread=False, _ignore_errors=True)
+        # bound methods of this widget: Qt drops them if it is deleted before the thread ends
+        worker.returned.connect(self._preview_returned)
+        worker.errored.connect(self._preview_errored)
+        worker.finished.connect(self._preview_finished)
+        self.preview_worker = worker
+        worker.start()
+
+    def _preview_returned(self, preview: Preview) -> None:
+        self._on_preview(preview, self._preview_for)
+
+    def _preview_errored(self, exc: BaseException) -> None:
+        self._on_preview_error(exc, self._preview_for)
+
+    def _preview_finished(self) -> None:
+        answered, self._preview_running, self.preview_worker = self._preview_running, 0, None
+        if self._preview_wanted != answered and self.tagger is not None and self.preview_model is not None:
+            self._start_preview()  # tags changed while it ran: once more, with all of them
+
+    def shutdown(self, msecs: int = 10_000) -> None:
+        """No new preview, and the one running finished (napari is closing)."""
+        self.preview_model = None
+        if self.preview_worker is not None:
+            QThreadPool.globalInstance().waitForDone(msecs)
+
+    def _on_preview(self, preview: Preview, model: ProjectPreview) -> None:
+        if model is not self.preview_model or preview.image != self.state.current:
+            return  # another project or image by now
+        self.preview = preview
+        layer = self.layer(_layers.PREVIEW)
+        if layer is not None:
+            layer.data = preview.mask
+        self.preview_label.setText(f"preview: {100 * float(preview.mask.mean()):.0f} % gland, from a "
+                                   f"{preview.source} ({preview.seconds:.1f} s)")
+
+    def _on_preview_error(self, exc: BaseException, model: ProjectPreview) -> None:
+        if model is not self.preview_model:
+            return
+        from oeem_napari._jobs import error_message
+
+        self.preview = None
+        layer = self.layer(_layers.PREVIEW)
+        if layer is not None and layer.data.any():
+            layer.data = np.zeros_like(layer.data)
+        self.preview_label.setText(error_message(exc))
 
     def set_tag(self, tag: int) -> None:
         self.tag = tag
@@ -330,6 +416,10 @@ class WeakLabelsPanel(FoldingBox):
             show_info("open a project and unfold Weak labels to tag its patches")
             return None
         store, name, cfg, device = self.state.store, self.state.current, self.tagger.cfg, self.state.device()
+        no_model = not (store.has(name, "prediction") or store.checkpoint_path("classifier").is_file())
+        if no_model and self.preview is not None and self.preview.image == name:
+            self._on_proposals(name, self.tagger.propose_from_mask(self.preview.mask, "preview"), "preview")
+            return None
 
         def compute():
             tagger = Tagger(store, name, cfg)
@@ -346,7 +436,8 @@ class WeakLabelsPanel(FoldingBox):
         if name != self.state.current or self.tagger is None:
             return  # another image is shown now
         if proposals is None:
-            show_info("no model yet: train the classifier (Run) to get proposals")
+            show_info("no proposals yet: tag some patches 'gland only' (1) and some 'no gland' (2) - the preview "
+                      "learns from them in a second - or train the classifier (Run)")
             return
         self.tagger.proposals, self.tagger.proposal_source = proposals, source
         self.redraw()
@@ -364,12 +455,14 @@ class WeakLabelsPanel(FoldingBox):
             show_info("open a project first")
             return None
         cfg = self.state.config(save=False).patches
-        if store.checkpoint_path("classifier").is_file():
-            device = self.state.device()
-            return self.state.start("Next to label", run_step("suggest", lambda: suggest(store, cfg, 1, device)),
+        if store.checkpoint_path("classifier").is_file() or store.tag_summary()["patches"]:
+            # a model to ask (the classifier, or the preview over every training image): in the background
+            device, preview = self.state.device(), self.preview_model or False
+            return self.state.start("Next to label",
+                                    run_step("suggest", lambda: suggest(store, cfg, 1, device, preview)),
                                     after=lambda ok, found: ok and self._go_to(found))
         try:
-            self._go_to(suggest(store, cfg, 1))
+            self._go_to(suggest(store, cfg, 1, preview=False))
         except OEEMError as exc:
             show_error(str(exc))
         return None

@@ -91,6 +91,7 @@ def register(add) -> None:
     p = action("undo", cmd_labels_undo, "undo the last change of an image's patch tags")
     p.add_argument("image", help="the image's name in the project")
     register_suggest(add)
+    register_preview(add)
 
 
 def cmd_suggest(args) -> None:
@@ -112,6 +113,37 @@ def register_suggest(add) -> None:
     from pipeline.cli.common import add_common
 
     p = add("suggest", cmd_suggest, "the training images (and patches in them) to label next: where the classifier "
-            "is least sure or disagrees with the segmentation; before any model, spread over the images")
+            "is least sure or disagrees with the segmentation; before it, where the preview learned from the tags "
+            "is least sure; before any tags, spread over the images")
     p.add_argument("--top", type=int, default=10, help="how many images to list (default: 10)")
     add_common(p, "suggest")
+
+
+def cmd_preview(args) -> None:
+    from pipeline.io.export import write_mask_file
+    from pipeline.review.preview import best_masks
+
+    store = open_project(args.project)
+    cfg = config_for(args, store)
+    names = args.images or store.names()
+    unknown = sorted(set(names) - set(store.names()))
+    if unknown:
+        raise OEEMError(f"{store.path}: no image named {', '.join(unknown)}; `oeem info {store.path}` lists them")
+    out = Path(args.out) if args.out else store.path / "preview"
+    out.mkdir(parents=True, exist_ok=True)
+    for k, p in enumerate(best_masks(store, cfg, names, args.device), start=1):
+        write_mask_file(out / f"{p.image}.png", p.mask, p.image)
+        print(f"[{k}/{len(names)}] {p.image}: {100 * p.mask.mean():.0f} % gland, {p.seconds:.2f} s ({p.source})")
+    print(f"wrote {len(names)} preview mask(s) (PNG, 0/255) to {out}")
+
+
+def register_preview(add) -> None:
+    from pipeline.cli.common import add_common
+
+    p = add("preview", cmd_preview, "a gland mask for every image now, from the best model the project has: the "
+            "segmentation network, else stage 1's pseudo-masks, else a pixel classifier learned in seconds from the "
+            "tags (no training run needed)")
+    p.add_argument("--images", nargs="+", default=None, metavar="NAME",
+                   help="only these images (default: every image of the project)")
+    p.add_argument("--out", default=None, help="folder for NAME.png (default: PROJECT/preview)")
+    add_common(p, "preview")

@@ -3,8 +3,10 @@
 With a trained classifier, an unlabelled patch is worth labelling where the classifier is least sure (a class
 probability near 0.5) or where it disagrees with the segmentation's prediction (the classes the prediction shows
 in the patch, by the same 5 % rule the masks use). An image is worth as much as the mean of its best ``PER_IMAGE``
-patches. Before any model exists there is nothing to be unsure about: the picks are spread over the images (the
-least labelled first, then evenly across the list) and over each image's grid.
+patches. Before the classifier exists, the preview learned from the tags in seconds (``pipeline.review.preview``)
+stands in: a patch is worth as much as the preview is unsure over it (gland probability near 0.5). Before there
+are tags of both classes there is nothing to be unsure about: the picks are spread over the images (the least
+labelled first, then evenly across the list) and over each image's grid.
 """
 from __future__ import annotations
 
@@ -68,11 +70,21 @@ def classifier_probs(model, image: np.ndarray, corners: np.ndarray, size: int, i
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 
-def suggest(store: ProjectStore, cfg: PatchConfig, top: int = 10, device: str = "auto") -> list[Suggestion]:
-    """The ``top`` training images most worth labelling next, best first, each with its ``PER_IMAGE`` patches."""
+def suggest(store: ProjectStore, cfg: PatchConfig, top: int = 10, device: str = "auto",
+            preview=None) -> list[Suggestion]:
+    """The ``top`` training images most worth labelling next, best first, each with its ``PER_IMAGE`` patches.
+    ``preview``: a ``ProjectPreview`` to ask before the classifier exists (default: a new one; False: none)."""
     names = store.names("train")
     has_model = store.checkpoint_path("classifier").is_file()
     model = dev = cls_cfg = None
+    if not has_model and preview is not False:
+        from pipeline.review.preview import ProjectPreview
+
+        preview = preview or ProjectPreview(store, cfg)
+        if not preview.fit():
+            preview = None
+    else:
+        preview = None
     if has_model:
         from pipeline.device import resolve_device
         from pipeline.stages.classify import load_classifier
@@ -87,7 +99,16 @@ def suggest(store: ProjectStore, cfg: PatchConfig, top: int = 10, device: str = 
             continue
         idx = np.flatnonzero(open_)
         s = Suggestion(name, 0.0, labelled=int((~open_).sum()), total=len(corners))
-        if model is None:
+        if model is None and preview is not None:
+            from pipeline.review.preview import patch_means
+
+            prob = preview.predict(name).probability
+            score = patch_means(1.0 - np.abs(2.0 * prob - 1.0), corners[idx], cfg.size)
+            best = np.argsort(-score, kind="stable")[:PER_IMAGE]
+            s.patches = [tuple(map(int, corners[idx[i]])) for i in best]
+            s.score = float(score[best].mean())
+            s.reason = "no classifier yet: where the preview learned from the tags is least sure"
+        elif model is None:
             s.patches = [tuple(map(int, corners[i])) for i in _spread(idx, PER_IMAGE)]
             s.reason = "no model yet: spread over the images"
             s.score = 1.0 - s.labelled / max(1, s.total)
@@ -106,7 +127,7 @@ def suggest(store: ProjectStore, cfg: PatchConfig, top: int = 10, device: str = 
             s.score = float(score[best].mean())
             s.reason = reason
         out.append((s, rank))
-    if model is None:
+    if model is None and preview is None:
         # the least labelled first; among equals, evenly across the list so the picks cover the data set
         order = sorted(out, key=lambda sr: (-round(sr[0].score, 6), _interleaved(sr[1], len(names))))
     else:

@@ -6,10 +6,10 @@ a point is the one whose centre is nearest: each patch owns the stride-sized cel
 tile the image, and the panel draws those cells. Every action saves at once (crash-safe, on the image's undo
 stack, under the project's writer lock: :meth:`ProjectStore.save_patch_tags`).
 
-Proposals: once a model exists, each unlabelled patch shows the tag the model would give it - the segmentation's
-prediction by the 5 % rule when the image has one, else the classifier's (a class present when its probability
-exceeds 0.5; the likelier class when neither does). Accepting them tags every unlabelled patch at once; the
-pathologist then fixes the wrong ones.
+Proposals: each unlabelled patch shows the tag the best model so far would give it - the segmentation's prediction
+by the 5 % rule when the image has one, else the classifier's (a class present when its probability exceeds 0.5; the
+likelier class when neither does), else the preview learned from the tags in seconds (``pipeline.review.preview``,
+by the 5 % rule). Accepting them tags every unlabelled patch at once; the pathologist then fixes the wrong ones.
 """
 from __future__ import annotations
 
@@ -131,21 +131,32 @@ class Tagger:
         return done
 
     # ------------------------------------------------------------------ proposals
-    def propose(self, classifier=None, device="cpu") -> np.ndarray | None:
-        """The model's tag for every patch (see the module's doc); kept in ``proposals``. ``classifier``: a
-        loaded ``(model, ClassifierConfig)`` to reuse across images; else loaded from the project when it has one."""
+    def propose_from_mask(self, mask: np.ndarray, source: str) -> np.ndarray:
+        """Proposals from a gland mask of the image, by the 5 % rule the tags follow."""
+        vectors = patch_labels(mask, self.corners, self.cfg.size, self.cfg.min_fraction)
+        self.proposals, self.proposal_source = vectors_to_tags(vectors), source
+        return self.proposals
+
+    def propose(self, classifier=None, device="cpu", preview=None) -> np.ndarray | None:
+        """The model's tag for every patch (see the module's doc); kept in ``proposals``; None when there is no
+        model and no tag to learn a preview from. ``classifier``: a loaded ``(model, ClassifierConfig)`` to reuse
+        across images; else loaded from the project when it has one. ``preview``: a ``ProjectPreview`` to reuse."""
         if self.store.has(self.name, "prediction"):
-            pred = self.store.read(self.name, "prediction")
-            vectors = patch_labels(pred, self.corners, self.cfg.size, self.cfg.min_fraction)
-            self.proposals, self.proposal_source = vectors_to_tags(vectors), "segmentation"
-            return self.proposals
+            return self.propose_from_mask(self.store.read(self.name, "prediction"), "segmentation")
         if classifier is None and self.store.checkpoint_path("classifier").is_file():
             from pipeline.stages.classify import load_classifier
 
             classifier = load_classifier(self.store, device)
         if classifier is None:
-            self.proposals, self.proposal_source = None, ""
-            return None
+            from pipeline.errors import OEEMError
+            from pipeline.review.preview import ProjectPreview
+
+            try:
+                mask = (preview or ProjectPreview(self.store, self.cfg)).predict(self.name).mask
+            except OEEMError:  # not even the preview has tags to learn from
+                self.proposals, self.proposal_source = None, ""
+                return None
+            return self.propose_from_mask(mask, "preview")
         from pipeline.review.suggest import classifier_probs
 
         model, cls_cfg = classifier

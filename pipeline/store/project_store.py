@@ -599,6 +599,15 @@ class ProjectStore:
                                                       "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
             return True
 
+    def tags_stamp(self, name: str) -> tuple[int, int] | None:
+        """When ``name``'s tags last changed (modification time and size of their file), None when never tagged: a
+        cheap test whether something learned from them must look again (the preview)."""
+        try:
+            st = self._tags_path(name).stat()
+        except FileNotFoundError:
+            return None
+        return st.st_mtime_ns, st.st_size
+
     def tags_fingerprint(self) -> str | None:
         """A digest of every image's current tags (None when nothing is tagged): what the patch labels were made
         from, so ``oeem run`` remakes them, and what learned from them, after the pathologist tags more."""
