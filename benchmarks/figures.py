@@ -153,6 +153,11 @@ FIGURES: tuple[Figure, ...] = (
             *(Quote(doc, (lambda k: lambda d: d["latency"][k])(k), "{:.2f} s", k)
               for doc in (README, BENCH_DOC) for k in ("key_to_preview_p50_s", "key_to_preview_p95_s")
               if doc == BENCH_DOC or k.endswith("p95_s")))),
+    Figure("preview-suggest", "PY benchmarks/preview.py --suggest", "preview_suggest.json", 6,
+           "does `oeem suggest` pick better images when it asks the preview (the preview's own validation mIoU)",
+           tuple(Quote(BENCH_DOC, (lambda a, n: lambda d: statistics.mean(
+               r["val_mIoU"] for r in d["rows"] if r["arm"] == a and r["images"] == n))(arm, n), "{:.1f}",
+               f"{arm}, {n} images") for arm in ("preview", "spread", "random") for n in (8, 19))),
     Figure("gui-latency-preview", "xvfb-run -a PY benchmarks/gui_latency.py --preview --seconds 30",
            "gui_latency-preview.json", 2, "napari stays responsive while the preview redraws after every key",
            (Quote(BENCH_DOC, lambda d: d["tagging"]["p95_ms"], "{:.0f} ms", "event-loop lateness p95"),

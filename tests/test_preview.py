@@ -135,15 +135,16 @@ def test_cli_preview_writes_a_mask_for_every_image(tissue_project, tmp_path, cap
     assert "no image named nope" in capsys.readouterr().err
 
 
-def test_suggest_before_a_classifier_asks_the_preview_where_it_is_least_sure(tissue_project):
+def test_suggest_asked_to_use_the_preview_picks_where_it_is_least_sure(tissue_project):
     from pipeline.review.preview import patch_means
     from pipeline.review.suggest import PER_IMAGE, suggest
 
     store, truth = tissue_project
-    picks = suggest(store, PATCHES, top=3)  # no tags: nothing to learn from, spread over the images
+    model = ProjectPreview(store, PATCHES)
+    picks = suggest(store, PATCHES, top=3, preview=model)  # no tags: nothing to learn from, spread over the images
     assert [p.image for p in picks] and all("spread" in p.reason for p in picks)
     store.save_patch_tags("t0", truth_tags(store, "t0", truth["t0"]), 112, 56)
-    model = ProjectPreview(store, PATCHES)
+    assert all("spread" in p.reason for p in suggest(store, PATCHES, top=3))  # the default: not the preview
     picks = suggest(store, PATCHES, top=3, preview=model)
     assert {p.image for p in picks} == {"t1", "t2"}  # t0 is fully tagged
     assert all("preview" in p.reason for p in picks) and picks[0].score >= picks[1].score

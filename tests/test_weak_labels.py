@@ -230,16 +230,17 @@ def test_suggest_before_and_after_a_model(tmp_path, own_folder, capsys):
     tags = np.zeros(n, np.uint8)
     tags[:2] = [1, 2]
     store.save_patch_tags("case2-001", tags, cfg.size, cfg.stride)
-    # no model (and no preview): the untagged images first, spread over the list; the tagged one last, with its
-    # open patches only
-    picks = suggest(store, cfg, top=10, preview=False)
+    # no model: the untagged images first, spread over the list; the tagged one last, with its open patches only
+    picks = suggest(store, cfg, top=10)
     assert [s.image for s in picks][-1] == "case2-001" and len(picks) == 4
     assert {s.image for s in picks[:3]} == {"case1_tile_A", "case1_tile_B", "case9_x"}
     assert "no model yet" in picks[0].reason
     tagged = {tuple(c) for c in patch_grid(store.shape("case2-001"), cfg.size, cfg.stride)[:2].tolist()}
     assert not tagged & set(picks[-1].patches)
-    # the tags hold both classes: the preview learned from them ranks the images, never a labelled patch
-    picks = suggest(store, cfg, top=10)
+    # asked to (not the default), the preview learned from the tags ranks the images, never a labelled patch
+    from pipeline.review.preview import ProjectPreview
+
+    picks = suggest(store, cfg, top=10, preview=ProjectPreview(store, cfg))
     assert len(picks) == 4 and all("preview" in s.reason for s in picks)
     assert not tagged & set(next(s for s in picks if s.image == "case2-001").patches)
     # a classifier trained on the tags: scores from it, best first, never a labelled patch

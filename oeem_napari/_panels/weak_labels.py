@@ -103,9 +103,8 @@ class WeakLabelsPanel(FoldingBox):
         undo_btn.setToolTip("take back the last change of this image's tags")
         undo_btn.clicked.connect(self.undo)
         self.next_btn = QPushButton("Next to label (N)")
-        self.next_btn.setToolTip("the training image most worth labelling now (`oeem suggest`: where the classifier, "
-                                 "or before it the preview, is least sure), its patches to look at outlined in "
-                                 "magenta")
+        self.next_btn.setToolTip("the training image most worth labelling now (`oeem suggest`), its patches to "
+                                 "look at outlined in magenta")
         self.next_btn.clicked.connect(self.next_image)
         for btn in (self.proposals_btn, accept_btn, undo_btn, self.next_btn):
             row.addWidget(btn)
@@ -455,14 +454,12 @@ class WeakLabelsPanel(FoldingBox):
             show_info("open a project first")
             return None
         cfg = self.state.config(save=False).patches
-        if store.checkpoint_path("classifier").is_file() or store.tag_summary()["patches"]:
-            # a model to ask (the classifier, or the preview over every training image): in the background
-            device, preview = self.state.device(), self.preview_model or False
-            return self.state.start("Next to label",
-                                    run_step("suggest", lambda: suggest(store, cfg, 1, device, preview)),
+        if store.checkpoint_path("classifier").is_file():
+            device = self.state.device()
+            return self.state.start("Next to label", run_step("suggest", lambda: suggest(store, cfg, 1, device)),
                                     after=lambda ok, found: ok and self._go_to(found))
         try:
-            self._go_to(suggest(store, cfg, 1, preview=False))
+            self._go_to(suggest(store, cfg, 1))
         except OEEMError as exc:
             show_error(str(exc))
         return None

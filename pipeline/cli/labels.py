@@ -113,8 +113,7 @@ def register_suggest(add) -> None:
     from pipeline.cli.common import add_common
 
     p = add("suggest", cmd_suggest, "the training images (and patches in them) to label next: where the classifier "
-            "is least sure or disagrees with the segmentation; before it, where the preview learned from the tags "
-            "is least sure; before any tags, spread over the images")
+            "is least sure or disagrees with the segmentation; before any model, spread over the images")
     p.add_argument("--top", type=int, default=10, help="how many images to list (default: 10)")
     add_common(p, "suggest")
 

@@ -3,10 +3,10 @@
 With a trained classifier, an unlabelled patch is worth labelling where the classifier is least sure (a class
 probability near 0.5) or where it disagrees with the segmentation's prediction (the classes the prediction shows
 in the patch, by the same 5 % rule the masks use). An image is worth as much as the mean of its best ``PER_IMAGE``
-patches. Before the classifier exists, the preview learned from the tags in seconds (``pipeline.review.preview``)
-stands in: a patch is worth as much as the preview is unsure over it (gland probability near 0.5). Before there
-are tags of both classes there is nothing to be unsure about: the picks are spread over the images (the least
-labelled first, then evenly across the list) and over each image's grid.
+patches. Before any model exists the picks are spread over the images (the least labelled first, then evenly across
+the list) and over each image's grid. Asking the preview learned from the tags (``preview=``: where it is least
+sure) is there to be measured, not the default: it picked worse images than the spread at 8 tagged images and
+within the seeds' spread at 19 (``benchmarks/preview.py --suggest``).
 """
 from __future__ import annotations
 
@@ -73,17 +73,11 @@ def classifier_probs(model, image: np.ndarray, corners: np.ndarray, size: int, i
 def suggest(store: ProjectStore, cfg: PatchConfig, top: int = 10, device: str = "auto",
             preview=None) -> list[Suggestion]:
     """The ``top`` training images most worth labelling next, best first, each with its ``PER_IMAGE`` patches.
-    ``preview``: a ``ProjectPreview`` to ask before the classifier exists (default: a new one; False: none)."""
+    ``preview``: a ``ProjectPreview`` to ask before the classifier exists (default: none, see the module's doc)."""
     names = store.names("train")
     has_model = store.checkpoint_path("classifier").is_file()
     model = dev = cls_cfg = None
-    if not has_model and preview is not False:
-        from pipeline.review.preview import ProjectPreview
-
-        preview = preview or ProjectPreview(store, cfg)
-        if not preview.fit():
-            preview = None
-    else:
+    if has_model or preview is None or not preview.fit():
         preview = None
     if has_model:
         from pipeline.device import resolve_device
