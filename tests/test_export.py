@@ -19,6 +19,12 @@ def test_export_round_trip(project_copy, tmp_path, fmt):
     assert np.array_equal(read_exported_mask(by_name[name]), edit)
     other = store.names("train")[1]
     assert np.array_equal(read_exported_mask(by_name[other]), store.read(other, "pseudo"))
+    if fmt == "zarr":  # valid OME-Zarr 0.5 labels by an independent validator
+        import zarr
+        from ome_zarr_models.v05.image_label import ImageLabel
+
+        for path in paths:
+            ImageLabel.from_zarr(zarr.open_group(str(path), mode="r"))
 
 
 def test_png_is_glas_style_0_255(project_copy, tmp_path):

@@ -178,6 +178,12 @@ def test_tiled_prediction_equals_whole_image_prediction(project_copy, slide_path
     assert (tiled[inner] == whole.argmax(0)[inner]).mean() > 0.999
     scales = [d["coordinateTransformations"][0]["scale"] for d in root.attrs["ome"]["multiscales"][0]["datasets"]]
     assert scales == [[0.62, 0.62], [1.24, 1.24], [2.48, 2.48]]
+    # valid OME-Zarr 0.5 by an independent validator, the probability and its labels, every level
+    from ome_zarr_models.v05.image import Image as OmeImage
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    OmeImage.from_zarr(root)
+    ImageLabel.from_zarr(root["labels/prediction"])
     assert root["labels/prediction/1"].shape == (768, 1024)
     np.testing.assert_array_equal(root["labels/prediction/1"][...], tiled[::2, ::2])
     assert json.loads(record_path(rec["output"]).read_text())["blocks"]["tissue"] == 48

@@ -29,6 +29,19 @@ VERSION = "0.5"
 LABEL_COLOURS = [{"label-value": 0, "rgba": [0, 0, 0, 0]}, {"label-value": 1, "rgba": [0, 200, 80, 255]}]
 
 
+def dimension_names(ndim: int) -> tuple[str, ...]:
+    """The names OME-Zarr 0.5 requires on every array of a multiscale, matching its axes (y, x; c for RGB)."""
+    return ("y", "x", "c")[:ndim]
+
+
+def create_level(group: zarr.Group, key: str, shape: tuple[int, ...], dtype, chunks: tuple[int, ...],
+                 **kwargs) -> zarr.Array:
+    """One array of a multiscale: every writer of OME-Zarr here goes through this, so none forgets the dimension
+    names (without them ``ome-zarr-models`` and other validators refuse the file)."""
+    return group.create_array(key, shape=shape, dtype=dtype, chunks=chunks,
+                              dimension_names=dimension_names(len(shape)), **kwargs)
+
+
 def image_metadata(name: str, levels: int = 1, mpp: float | None = None) -> dict:
     """The ``ome`` attributes of a 2D multiscale image of ``levels`` levels ``0``, ``1``... each half the one
     before, in micrometres when ``mpp`` (µm per level-0 pixel) is given, in pixels otherwise."""
@@ -53,8 +66,7 @@ def labels_group_metadata(names: list[str]) -> dict:
 def write_label_file(path: str | Path, mask: np.ndarray, name: str) -> None:
     """A single-scale OME-Zarr holding the label image ``mask`` (uint8) as ``0``."""
     g = zarr.open_group(str(path), mode="w")
-    arr = g.create_array("0", shape=mask.shape, dtype="uint8", chunks=(min(512, mask.shape[0]),
-                                                                       min(512, mask.shape[1])))
+    arr = create_level(g, "0", mask.shape, "uint8", (min(512, mask.shape[0]), min(512, mask.shape[1])))
     arr[...] = mask
     g.attrs["ome"] = label_metadata(name)
 
@@ -90,7 +102,6 @@ def add_levels(group: zarr.Group, min_side: int, labels: bool = False) -> int:
         small = half(level, labels)
         k += 1
         chunks = tuple(min(c, s) for c, s in zip(group["0"].chunks, small.shape))
-        arr = group.create_array(str(k), shape=small.shape, dtype=group["0"].dtype, chunks=chunks, fill_value=0,
-                                 overwrite=True)
+        arr = create_level(group, str(k), small.shape, group["0"].dtype, chunks, fill_value=0, overwrite=True)
         da.store(small.rechunk(chunks), arr, lock=False)
     return k + 1

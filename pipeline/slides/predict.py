@@ -27,7 +27,7 @@ import numpy as np
 from pipeline.config import InferConfig, SlideConfig
 from pipeline.device import resolve_device
 from pipeline.errors import OEEMError
-from pipeline.io.omezarr import add_levels, image_metadata, label_metadata, labels_group_metadata
+from pipeline.io.omezarr import add_levels, create_level, image_metadata, label_metadata, labels_group_metadata
 from pipeline.progress import Job, Progress
 from pipeline.slides.blocks import SlideJob, write_blocks
 from pipeline.slides.reader import Slide, open_slide, tissue_mask
@@ -91,11 +91,11 @@ def _create_output(out: Path, job: SlideJob, fingerprint: dict) -> None:
     try:
         root = zarr.open_group(str(tmp), mode="w")
         chunks = (job.block, job.block)
-        root.create_array("0", shape=(job.height, job.width), dtype="uint8", chunks=chunks, fill_value=0)
+        create_level(root, "0", (job.height, job.width), "uint8", chunks, fill_value=0)
         labels = root.require_group("labels")
         labels.attrs["ome"] = labels_group_metadata(["prediction"])
         pred = labels.require_group("prediction")
-        pred.create_array("0", shape=(job.height, job.width), dtype="uint8", chunks=chunks, fill_value=0)
+        create_level(pred, "0", (job.height, job.width), "uint8", chunks, fill_value=0)
         root.attrs["ome"] = image_metadata("gland probability", 1, job.project_mpp)
         pred.attrs["ome"] = label_metadata("prediction", 1, job.project_mpp)
         root.attrs["oeem_slide_prediction"] = {"slide": job.slide, "project_mpp": job.project_mpp}
