@@ -43,3 +43,27 @@ def test_the_budget_asks_the_graph(project_copy):
     more = preset("tiny")
     more.segmentation.iterations = 7  # another schedule: the segmentation must train again, stage 1 stays
     assert done_stages(store, more) == {"patches", "classifier", "cams"}
+
+
+def test_new_tags_retrain_the_classifier_not_resume_the_finished_one(project_copy):
+    """A finished classifier is not 'resumed' at its last epoch after the labels changed (it then trained nothing
+    on the new tags and its record claimed it had): it trains afresh, and the old model is kept aside."""
+    import torch
+
+    from pipeline.progress import run
+    from pipeline.stages.graph import classifier_job
+    from pipeline.stages.patches import patch_grid
+
+    store, cfg = project_copy
+    before = store.load_run("classifier")
+    name = store.names("train")[0]
+    store.delete(name, "mask")  # now known by its tags alone: every patch 'no gland'
+    grid = patch_grid(store.shape(name), cfg.patches.size, cfg.patches.stride)
+    store.save_patch_tags(name, np.full(len(grid), 2, np.uint8), cfg.patches.size, cfg.patches.stride)
+    record = run(classifier_job(store, cfg, "cpu"))
+    assert record["epochs_run"] == record["passes"] >= 1  # a whole training, not zero epochs
+    assert record["patches_run_id"] == store.load_run("patches")["run_id"] != before["patches_run_id"]
+    ck = torch.load(store.checkpoint_path("classifier"), weights_only=True)
+    assert ck["labels_id"] == record["patches_run_id"]
+    assert store.checkpoint_path("classifier").with_name("classifier.previous.pt").is_file()
+    assert [s.key for s, done in plan(store, cfg) if done] == ["patches", "classifier"]

@@ -132,8 +132,12 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     yield from check_stage_network("classifier", cfg, dev, amp)
     model = place(build_classifier(cfg), dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    settings = {"config": asdict(cfg), "patches": asdict(patch_cfg)}
-    ck, notice = resume(store, STAGE, dist, settings, model, opt, restart, on_mismatch)
+    # the labels it learns from are part of what a checkpoint must match: after new tags (a new patches run) a
+    # finished model would otherwise be "resumed" at its last epoch and train nothing on them
+    labels_id = (store.load_run("patches") or {}).get("run_id")
+    settings = {"config": asdict(cfg), "patches": asdict(patch_cfg), "labels_id": labels_id}
+    ck, notice = resume(store, STAGE, dist, settings, model, opt, restart, on_mismatch,
+                        defaults={"labels_id": None})
     n = len(patches)
     if n < dist.world_size:
         raise OEEMError(f"{n} training patches cannot be shared by {dist.world_size} torchrun processes")

@@ -445,12 +445,16 @@ def resume_training(store, stage: str, settings: dict, model: nn.Module, opt: to
         kept = store.retire_checkpoint(stage, copy=True)
         return None, f"training afresh as asked (previous model kept as {kept.name})"
     ck = safe_torch_load(ck_path)
-    if any(settings_as_now(ck.get(key), (defaults or {}).get(key)) != value for key, value in settings.items()):
+    changed = [key for key, value in settings.items()
+               if settings_as_now(ck.get(key), (defaults or {}).get(key)) != value]
+    if changed:
+        # the labels alone (new tags, new pseudo-masks) or the settings
+        what = "labels (new tags or pseudo-masks)" if set(changed) <= {"labels_id", "labels_round"} else "settings"
         if on_mismatch == "error":
-            raise OEEMError(f"{ck_path}: a checkpoint from a different configuration exists; "
-                            "pass --redo to train afresh (the old one is kept as *.previous.pt)")
+            raise OEEMError(f"{ck_path}: a checkpoint made with other {what} exists; pass --redo to train afresh "
+                            "(the old one is kept as *.previous.pt)")
         kept = store.retire_checkpoint(stage)
-        return None, f"settings changed: training afresh (previous model kept as {kept.name})"
+        return None, f"{what} changed: training afresh (previous model kept as {kept.name})"
     load_model_state(model, ck["model"], ck_path)
     opt.load_state_dict(ck["optimizer"])
     return ck, ""
