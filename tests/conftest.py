@@ -162,3 +162,18 @@ def plant_errors(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         else:
             pseudo[g & ~ndi.binary_erosion(g, iterations=6)] = 0
     return pseudo
+
+
+def assert_valid_geojson(obj: dict) -> None:
+    """Valid by two independent validators: the ``geojson`` package (RFC 7946 structure) and shapely / GEOS (OGC
+    validity of every polygon: closed rings, no self-intersection, holes inside their shell)."""
+    import json
+
+    import geojson
+    from shapely.geometry import shape
+
+    parsed = geojson.loads(json.dumps(obj))
+    assert parsed.is_valid, parsed.errors()
+    for feature in obj["features"]:
+        geom = shape(feature["geometry"])
+        assert geom.is_valid and not geom.is_empty, feature["geometry"]["type"]

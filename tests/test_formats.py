@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import assert_valid_geojson
 
 from pipeline.cli import main
 from pipeline.errors import OEEMError
@@ -238,3 +239,23 @@ def test_pipeline_geojson_does_not_import_napari():
     code = ("import sys, pipeline.io.geojson, pipeline.store.lock, pipeline.store.doctor; "
             "sys.exit(any(m.split('.')[0] in ('napari', 'qtpy') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_every_exported_polygon_is_valid_by_other_validators(glas_root):
+    from pipeline.io.data import read_mask
+
+    tricky = np.zeros((60, 60), np.uint8)
+    tricky[5:20, 5:20] = 1
+    tricky[20:35, 20:35] = 1  # touches the first at one corner only: the classic self-touching ring
+    tricky[40:55, 5:50] = 1
+    tricky[44:51, 9:16] = tricky[44:51, 30:40] = 0  # two lumens
+    tricky[47, 12] = 1  # an island in a lumen
+    tricky[0, 59] = tricky[59, 0] = 1  # one-pixel glands on the border
+    rng = np.random.default_rng(0)
+    speckle = (rng.random((60, 60)) > 0.6).astype(np.uint8)  # many small, touching, holed shapes
+    masks = [ring_mask(), tricky, speckle]
+    masks += [read_mask(p) for p in sorted((glas_root / "testA").glob("*_anno.*"))[:5]]
+    for mask in masks:
+        gj = mask_to_geojson(mask, "img")
+        assert gj["features"]
+        assert_valid_geojson(gj)

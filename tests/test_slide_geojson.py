@@ -47,6 +47,9 @@ def test_glands_across_block_edges_come_out_whole_with_their_lumens(tmp_path):
     assert len(obj["features"]) == rec["glands"]
     assert all(f["properties"]["classification"]["name"] == "Gland" for f in obj["features"])
     assert any(len(f["geometry"]["coordinates"]) > 1 for f in obj["features"])  # lumens are holes
+    from conftest import assert_valid_geojson
+
+    assert_valid_geojson(obj)  # by the geojson package and shapely, not only by our own reader
     back = rasterise_geojson(obj, mask.shape).gland
     iou = (back & (mask > 0)).sum() / (back | (mask > 0)).sum()
     assert iou >= 0.99, iou
