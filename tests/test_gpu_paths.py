@@ -35,7 +35,7 @@ def test_a_gpu_asked_for_where_there_is_none_is_one_line(monkeypatch, tmp_path, 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(OEEMError, match=r"^a GPU \(cuda\) was asked for but none is available; use --device cpu$"):
         resolve_device("cuda")
-    with pytest.raises(OEEMError, match="unknown device 'tpu': use auto, cpu or cuda"):
+    with pytest.raises(OEEMError, match="unknown device 'tpu': use auto, cpu, cuda, mps"):
         resolve_device("tpu")
     from pipeline.cli import main
 
@@ -74,3 +74,47 @@ def test_torchrun_takes_one_gpu_per_process(gpu, monkeypatch):
     monkeypatch.delenv("MASTER_PORT")
     with pytest.raises(OEEMError, match="MASTER_PORT is not: launch multi-process training with torchrun"):
         distributed.setup(torch.device("cuda"))
+
+
+@pytest.fixture
+def apple_gpu(monkeypatch):
+    """A Mac with Apple silicon: no CUDA, a Metal GPU torch can use."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+
+
+def test_auto_takes_an_apple_gpu_after_cuda_and_computes_in_fp32_there(apple_gpu, monkeypatch, gpu):
+    mps = torch.device("mps")
+    assert resolve_device("auto") == mps and resolve_device("mps") == mps
+    assert resolve_device("cpu") == torch.device("cpu")  # asked for: kept
+    monkeypatch.setattr(device_mod, "_cpu_has_native_bf16", lambda: True)  # the GPU's answer, not the CPU's
+    assert resolve_precision("auto", mps) is None  # bf16 there not measured faster: fp32
+    assert resolve_precision("bf16", mps) is torch.bfloat16  # asked for: given
+    assert compute_plan("auto", "auto") == ("computing on the Apple GPU (mps; an operation Metal lacks runs on the "
+                                            "CPU) in fp32 (auto: bf16 on Apple GPUs is not measured faster here)")
+    assert compute_plan("mps", "bf16").endswith("in bf16 (asked for)")
+    gpu()  # an NVIDIA GPU too: it comes first
+    assert resolve_device("auto") == torch.device("cuda")
+
+
+def test_an_apple_gpu_asked_for_where_there_is_none_is_one_line(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(OEEMError, match=r"^an Apple GPU \(mps\) was asked for but this machine has no Metal GPU"):
+        resolve_device("mps")
+    from pipeline.cli import main
+
+    assert main(["run", str(tmp_path / "p.oeem.zarr"), "--data", "sample", "--preset", "tiny",
+                 "--device", "mps"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: an Apple GPU (mps) was asked for") and err[-1].endswith("use --device cpu")
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_the_mps_fallback_is_on_before_torch_loads_on_a_mac():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.platform = 'darwin'; import os; os.environ.pop('PYTORCH_ENABLE_MPS_FALLBACK', None); "
+            "import pipeline; print(os.environ.get('PYTORCH_ENABLE_MPS_FALLBACK'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "1"

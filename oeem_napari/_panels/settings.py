@@ -15,8 +15,8 @@ PREDICTION_MODES = ("fast (1 scale)", "multi-scale + flip")
 
 
 class DeviceCombo(QComboBox):
-    """auto, cpu, and cuda when torch sees a GPU: asked the first time the list opens, so that loading the plugin
-    does not import torch."""
+    """auto, cpu, and cuda or mps when torch sees such a GPU: asked the first time the list opens, so that loading
+    the plugin does not import torch."""
 
     def __init__(self):
         super().__init__()
@@ -30,6 +30,9 @@ class DeviceCombo(QComboBox):
 
             if torch.cuda.is_available():
                 self.addItem("cuda")
+            mps = getattr(torch.backends, "mps", None)
+            if mps is not None and mps.is_available():
+                self.addItem("mps")
         super().showPopup()
 
 

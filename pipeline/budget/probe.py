@@ -103,6 +103,8 @@ def _probing(device: Any) -> Iterator[tuple[Any, Callable[[], None], Any]]:
     def sync() -> None:
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
+        elif dev.type == "mps":
+            torch.mps.synchronize()
 
     threads = torch.get_num_threads()
     try:

@@ -111,7 +111,8 @@ def add_setting_flags(p: argparse.ArgumentParser, command: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- shared flags
 def add_device(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (default: the GPU when there is one), cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (default: an NVIDIA GPU when there is one, else an Apple "
+                   "GPU, else the CPU), cpu, cuda or mps (Apple silicon)")
 
 
 def add_fast(p: argparse.ArgumentParser, default: str = "off") -> None:
