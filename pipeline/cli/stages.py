@@ -1,9 +1,10 @@
-"""``oeem`` commands that run the method's stages: patches, train-cls, cams, train-seg, selftrain, predict,
-evaluate, and run (all of them).
+"""``oeem`` commands that run the method's stages: patches, train-cls (and train-live, while tagging), cams,
+train-seg, selftrain, predict, evaluate, and run (all of them).
 """
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from pipeline.cli.common import add_common, add_fast, add_model_name, config_for, drive, is_main, open_project
@@ -32,6 +33,30 @@ def cmd_train_cls(args) -> None:
     print(f"classifier trained: {rec['n_patches']} patches, {rec['epochs_run']} passes over them in "
           f"{rec['seconds']:.0f} s "
           f"({rec['patches_per_s']:.0f} patches/s), final loss {rec['final_loss']:.4f}")
+
+
+def cmd_train_live(args) -> None:
+    from pipeline.progress import run
+    from pipeline.stages.live import train_while_tagging
+
+    store = open_project(args.project)
+    cfg = config_for(args, store)
+    print(f"training the classifier while you tag {store.path} (a checkpoint every {args.chunk} steps; Ctrl-C "
+          "stops and keeps the last one)" + (f" for {args.minutes:g} min" if args.minutes else ""))
+    said: list[str] = []
+
+    def show(p) -> None:  # one line per checkpoint or wait, not a progress bar: it runs for as long as you tag
+        if p.message and (not said or p.message != said[-1]):
+            said.append(p.message)
+            print(f"{time.strftime('%H:%M:%S')}  {p.message}", flush=True)
+
+    try:
+        rec = run(train_while_tagging(store, cfg, args.device, args.chunk, args.minutes), show)
+    except KeyboardInterrupt:
+        print("stopped; the last checkpoint is kept: `oeem run` continues from it while no tag changed since")
+        return
+    print(f"{rec['steps']} steps, {rec['checkpoints']} checkpoints in {rec['seconds']:.0f} s; `oeem run` continues "
+          "from the last one while no tag changed since")
 
 
 def cmd_cams(args) -> None:
@@ -201,6 +226,13 @@ def register(add) -> None:
     add_common(p, "patches")
     p = add("train-cls", cmd_train_cls, "train the multi-label patch classifier (resumable)")
     add_common(p, "train-cls", train=True)
+    p = add("train-live", cmd_train_live, "train the patch classifier while you tag (in napari, or by `oeem labels "
+            "import`): new tags are picked up between chunks, a checkpoint after each, the project is locked only "
+            "while writing; `oeem run` continues from it")
+    add_common(p, "train-cls")
+    p.add_argument("--minutes", type=float, default=None, help="stop after this long (default: until Ctrl-C)")
+    p.add_argument("--chunk", type=int, default=50, help="steps between checkpoints and looks at the tags "
+                   "(default: 50, about 20-40 s on 2 cores)")
     p = add("cams", cmd_cams, "multi-scale CAMs and pseudo-masks for the training images, scored against masks")
     add_common(p, "cams")
     p = add("train-seg", cmd_train_seg,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -116,6 +117,55 @@ def load_classifier(store: ProjectStore, device: str | torch.device = "cpu") -> 
     return load_network(path, STAGE, device)
 
 
+def classifier_batches(patches: torch.Tensor, labels: torch.Tensor, cfg: ClassifierConfig, dev: torch.device,
+                       gen: torch.Generator) -> tuple[int, Callable[[int], tuple[torch.Tensor, torch.Tensor]]]:
+    """(steps per epoch, step -> the step's batch): each epoch its own shuffle of the labelled patches, cropped,
+    resized and normalised as the classifier trains on them (the batch training and the training while tagging)."""
+    n = len(patches)
+    steps_per_epoch = max(1, n // cfg.batch_size)
+    mean = torch.tensor(GLAS_MEAN, device=dev).view(1, 3, 1, 1)
+    std = torch.tensor(GLAS_STD, device=dev).view(1, 3, 1, 1)
+
+    @functools.lru_cache(maxsize=1)
+    def epoch_order(epoch: int) -> torch.Tensor:  # each epoch's own shuffle, whatever epoch a run resumes at
+        return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, it = divmod(step, steps_per_epoch)
+        idx = epoch_order(epoch)[it * cfg.batch_size:(it + 1) * cfg.batch_size]
+        x = patches[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
+        x = random_resized_crop(x, cfg.input_size, cfg.crop_scale, gen)
+        return (x - mean) / std, labels[idx].to(dev)
+
+    return steps_per_epoch, batch
+
+
+def classifier_loss(dev: torch.device, amp: torch.dtype | None):
+    """The multi-label loss of a batch: binary cross-entropy per class."""
+    def loss(net: torch.nn.Module, xy: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
+        x, y = xy
+        with autocast(dev, amp):
+            logits = net(in_layout(x))
+        return F.binary_cross_entropy_with_logits(logits.float(), y)
+    return loss
+
+
+def classifier_checkpoint(model: torch.nn.Module, opt: torch.optim.Optimizer, epoch: int, settings: dict,
+                          **extra) -> dict:
+    """What a classifier checkpoint holds; ``epoch``: whole passes over the labelled patches done, where
+    :func:`train_classifier` resumes."""
+    return {"kind": STAGE, "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+            **settings, **extra}
+
+
+def classifier_settings(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: PatchConfig) -> dict:
+    """What a checkpoint must match to be resumed: the settings, and the patch labels it learned from (after new
+    tags - a new patches run - a finished model would otherwise be "resumed" at its last epoch and train nothing
+    on them)."""
+    return {"config": asdict(cfg), "patches": asdict(patch_cfg),
+            "labels_id": (store.load_run("patches") or {}).get("run_id")}
+
+
 @writes_project("training the classifier")
 def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: PatchConfig, device: str = "auto",
                      restart: bool = False, on_mismatch: str = "error") -> Job[dict]:
@@ -132,42 +182,20 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     yield from check_stage_network("classifier", cfg, dev, amp)
     model = place(build_classifier(cfg), dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    # the labels it learns from are part of what a checkpoint must match: after new tags (a new patches run) a
-    # finished model would otherwise be "resumed" at its last epoch and train nothing on them
-    labels_id = (store.load_run("patches") or {}).get("run_id")
-    settings = {"config": asdict(cfg), "patches": asdict(patch_cfg), "labels_id": labels_id}
+    settings = classifier_settings(store, cfg, patch_cfg)
     ck, notice = resume(store, STAGE, dist, settings, model, opt, restart, on_mismatch,
                         defaults={"labels_id": None})
     n = len(patches)
     if n < dist.world_size:
         raise OEEMError(f"{n} training patches cannot be shared by {dist.world_size} torchrun processes")
-    steps_per_epoch = max(1, n // cfg.batch_size)
+    steps_per_epoch, batch = classifier_batches(patches, labels, cfg, dev, gen)
+    loss = classifier_loss(dev, amp)
     passes = cfg.passes_for(n)  # several per epoch on few labelled patches (cfg.min_epoch_steps)
     unit = "epoch" if passes == cfg.epochs else "pass"
     start_epoch = int(ck["epoch"]) if ck is not None else 0
-    mean = torch.tensor(GLAS_MEAN, device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(GLAS_STD, device=dev).view(1, 3, 1, 1)
-
-    @functools.lru_cache(maxsize=1)
-    def epoch_order(epoch: int) -> torch.Tensor:  # each epoch's own shuffle, whatever epoch a run resumes at
-        return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
-
-    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        epoch, it = divmod(step, steps_per_epoch)
-        idx = epoch_order(epoch)[it * cfg.batch_size:(it + 1) * cfg.batch_size]
-        x = patches[idx].to(dev).permute(0, 3, 1, 2).float().div_(255)
-        x = random_resized_crop(x, cfg.input_size, cfg.crop_scale, gen)
-        return (x - mean) / std, labels[idx].to(dev)
-
-    def loss(net: torch.nn.Module, xy: tuple[torch.Tensor, torch.Tensor], step: int) -> torch.Tensor:
-        x, y = xy
-        with autocast(dev, amp):
-            logits = net(in_layout(x))
-        return F.binary_cross_entropy_with_logits(logits.float(), y)
 
     def checkpoint(steps: int, history: list) -> dict:
-        return {"kind": STAGE, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "epoch": steps // steps_per_epoch, **settings}
+        return classifier_checkpoint(model, opt, steps // steps_per_epoch, settings)
 
     def message(step: int) -> str | None:
         epoch, it = divmod(step, steps_per_epoch)
@@ -181,7 +209,7 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     record = {**settings, "device": str(dev), "n_patches": n,
               "run_id": uuid.uuid4().hex,  # lets the CAM stage tell whether its CAMs came from this model
               "patches_run_id": (store.load_run("patches") or {}).get("run_id"),  # the labels it learned
-              "epochs_run": passes - start_epoch, "passes": passes,  # passes over the patches; more than epochs
+              "epochs_run": max(0, passes - start_epoch), "passes": passes,  # passes over the patches; more than epochs
               "seconds": done.seconds, "final_loss": done.final_loss,  # where an epoch must train min_epoch_steps
               "patches_per_s": done.per_second(done.samples), "world_size": dist.world_size,
               "precision": precision_name(amp)}
