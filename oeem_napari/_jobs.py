@@ -51,6 +51,11 @@ class JobRunner(QObject):
     def busy(self) -> bool:
         return self.worker is not None
 
+    @property
+    def label(self) -> str:
+        """The running job's label ("" when none runs)."""
+        return self._label if self.busy else ""
+
     def start(self, label: str, job) -> Any:
         if self.busy:
             raise OEEMError(f"'{self._label}' is still running; wait for it or cancel it first")

@@ -347,3 +347,43 @@ def test_each_key_redraws_the_preview_in_the_background_and_the_newest_request_w
     key(w, qtbot, Qt.Key.Key_P)  # no model: the proposals are the preview's, at once
     assert panel.tagger.proposal_source == "preview" and panel.tagger.proposals is not None
     assert any("proposals from the preview" in n for n in notes)
+
+
+def test_train_while_tagging_takes_over_the_preview_and_learns_each_new_tag(make_napari_viewer, own_project, qtbot,
+                                                                            monkeypatch):
+    import torch
+
+    from pipeline.stages.classify import load_classifier
+    from pipeline.store.project import project_config
+
+    monkeypatch.setenv("OEEM_SELF_CHECK", "0")  # the crash self-check has its own tests
+    store = own_project
+    project_config(store, "tiny", {}, save=True)  # small and quick: the tiny preset's classifier
+    viewer = make_napari_viewer(show=True)
+    _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
+    viewer.window._qt_window.resize(1500, 950)
+    assert w.open_project(store.path)
+    qtbot.wait(100)
+    viewer.reset_view()
+    panel = w.weak_labels
+    hover(w, qtbot, 50, 40)
+    key(w, qtbot, Qt.Key.Key_1)
+    hover(w, qtbot, 170, 240)
+    key(w, qtbot, Qt.Key.Key_2)
+    panel.live_chunk = 5
+    panel.live_box.setChecked(True)
+    assert w.runner.busy and w.runner.label == "Training while tagging"
+    qtbot.waitUntil(lambda: "classifier training in the background" in panel.preview_label.text(), timeout=120_000)
+    assert panel._live_shown == "a"
+
+    def learned() -> str | None:
+        path = store.checkpoint_path("classifier")
+        return torch.load(path, weights_only=True)["live"]["tags"] if path.is_file() else None
+
+    hover(w, qtbot, 120, 250)
+    key(w, qtbot, Qt.Key.Key_2)  # a tag while it trains: the next checkpoint has learned it
+    assert learned() != store.tags_fingerprint()
+    qtbot.waitUntil(lambda: learned() == store.tags_fingerprint(), timeout=120_000)
+    w.shutdown()  # napari closes mid-training: the job stops, its last checkpoint loads
+    qtbot.waitUntil(lambda: not w.runner.busy and not panel.live_box.isChecked(), timeout=10_000)
+    load_classifier(store, "cpu")

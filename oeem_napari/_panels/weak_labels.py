@@ -14,7 +14,7 @@ import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QThreadPool, QTimer
-from qtpy.QtWidgets import QButtonGroup, QGridLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtWidgets import QButtonGroup, QCheckBox, QGridLayout, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
 from oeem_napari import _layers
 from oeem_napari._jobs import run_step
@@ -33,6 +33,7 @@ IMAGE_KEYS = {"Control-1": GLAND, "Control-2": NON_GLAND, "Control-3": BOTH}
 # Labels keys that would only paint
 ACTION_KEYS = {"A": "accept all proposals", "P": "proposals", "U": "undo", "N": "next image to label",
                "B": "brush on/off"}
+LIVE_JOB = "Training while tagging"
 HELP = ("Over the image: <b>1</b> gland only, <b>2</b> no gland, <b>3</b> both, <b>0</b> unlabelled: the patch "
         "under the cursor; <b>Ctrl+1/2/3</b> the whole image. <b>B</b> brush: a drag tags every patch it "
         "crosses. <b>Rectangle</b> / <b>Lasso</b>: the patches inside. <b>P</b> proposals, <b>A</b> accept "
@@ -61,6 +62,9 @@ class WeakLabelsPanel(FoldingBox):
         self._preview_wanted = 0  # requests made; the one running answers request `_preview_running`
         self._preview_running = 0  # 0: none running
         self.preview_worker = None
+        self.live_chunk = 50  # steps between the background classifier's checkpoints
+        self._live_result = None  # (image, mask, steps, images): the last checkpoint's pseudo-mask, from its thread
+        self._live_shown: str | None = None  # the image whose preview layer the classifier took over
         lay = self.body_layout(QVBoxLayout)
         grid = QGridLayout()
         self.tag_buttons = QButtonGroup(self)
@@ -112,6 +116,13 @@ class WeakLabelsPanel(FoldingBox):
         self.progress_label = QLabel("no project open")
         self.progress_label.setWordWrap(True)
         lay.addWidget(self.progress_label)
+        self.live_box = QCheckBox("Train while tagging")
+        self.live_box.setToolTip("train the patch classifier in the background from the tags so far, picking up "
+                                 "new ones as you tag; the preview layer shows its pseudo-mask of the image on "
+                                 "screen after each checkpoint. Run all continues from it while no tag changed "
+                                 "since (`oeem train-live` from a terminal)")
+        self.live_box.toggled.connect(self.set_live)
+        lay.addWidget(self.live_box)
         self.preview_label = QLabel("")
         self.preview_label.setWordWrap(True)
         self.preview_label.setToolTip("the orange layer: a pixel classifier learned from the tags (and masks) in a "
@@ -132,6 +143,7 @@ class WeakLabelsPanel(FoldingBox):
         state.shown.connect(lambda _name: self._show())
         state.changed.connect(self.update_progress)
         state.busy.connect(lambda busy: self.proposals_btn.setEnabled(not busy))
+        state.progressed.connect(lambda _p: self._show_live())
 
     # ------------------------------------------------------------------ the overlay
     @property
@@ -175,7 +187,7 @@ class WeakLabelsPanel(FoldingBox):
             show_error(str(exc))
             return
         ids = _layers.cell_ids(self.tagger.cells(), state.store.shape(state.current))
-        self.preview = None
+        self.preview, self._live_shown = None, None
         self.viewer.add_labels(np.zeros(ids.shape, np.uint8), name=_layers.PREVIEW,
                                colormap=_layers.label_colormap(_layers.PREVIEW),
                                **{"opacity": 0.4, **self._habits.get(_layers.PREVIEW, {})}).editable = False
@@ -248,6 +260,69 @@ class WeakLabelsPanel(FoldingBox):
             self.request_preview()
         return changed
 
+    # ------------------------------------------------------------------ training while tagging
+    def set_live(self, on: bool) -> None:
+        """Start or stop the background classifier (``pipeline.stages.live``) as the dock's job."""
+        if self.live_box.isChecked() != on:
+            self.live_box.setChecked(on)  # back here through `toggled`
+            return
+        running = self.state.runner.label == LIVE_JOB
+        if not on:
+            if running:
+                self.state.cancel()
+            return
+        if running:
+            return
+        store = self.state.store
+        if store is None:
+            show_info("open a project first")
+            self.live_box.setChecked(False)
+            return
+        from pipeline.stages.live import train_while_tagging
+
+        try:
+            cfg = self.state.run_config()
+        except OEEMError as exc:
+            show_error(str(exc))
+            self.live_box.setChecked(False)
+            return
+        device = self.state.device()
+        job = train_while_tagging(store, cfg, device, chunk_steps=self.live_chunk,
+                                  on_checkpoint=lambda model, live: self._live_checkpoint(model, live, cfg, device))
+        if self.state.start(LIVE_JOB, job, after=self._live_ended) is None:
+            self.live_box.setChecked(False)
+
+    def _live_checkpoint(self, model, live, cfg, device) -> None:
+        """In the training's thread, after each checkpoint: the pseudo-mask of the image on screen."""
+        from pipeline.device import resolve_device
+        from pipeline.stages.live import pseudo_mask_now
+
+        name = self.state.current
+        if name:
+            mask = pseudo_mask_now(model, self.state.store, name, cfg, resolve_device(device))
+            self._live_result = (name, mask, live.steps, live.images)
+
+    def _show_live(self) -> None:
+        found, self._live_result = self._live_result, None
+        if found is None:
+            return
+        name, mask, steps, images = found
+        layer = self.layer(_layers.PREVIEW)
+        if name != self.state.current or layer is None:
+            return
+        layer.data = mask
+        self._live_shown = name
+        self.preview_label.setText(f"preview: {100 * float(mask.mean()):.0f} % gland, the pseudo-mask of the "
+                                   f"classifier training in the background ({steps} steps, {images} tagged images)")
+
+    def _live_ended(self, ok: bool, result) -> None:
+        self.live_box.blockSignals(True)
+        self.live_box.setChecked(False)
+        self.live_box.blockSignals(False)
+        if ok and isinstance(result, dict):
+            show_info(f"training while tagging stopped: {result['steps']} steps; Run all continues from its last "
+                      "checkpoint while no tag changed since")
+
     # ------------------------------------------------------------------ the preview (in a thread, newest wins)
     def request_preview(self) -> None:
         """Ask for the preview of the image shown; returns at once."""
@@ -289,6 +364,8 @@ class WeakLabelsPanel(FoldingBox):
         if model is not self.preview_model or preview.image != self.state.current:
             return  # another project or image by now
         self.preview = preview
+        if self._live_shown == preview.image:
+            return  # the background classifier's pseudo-mask is shown: the forest's stands in for proposals only
         layer = self.layer(_layers.PREVIEW)
         if layer is not None:
             layer.data = preview.mask

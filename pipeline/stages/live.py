@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from pipeline.config import PipelineConfig
@@ -96,7 +97,8 @@ def train_while_tagging(store: ProjectStore, cfg: PipelineConfig, device: str = 
             start, offset = state.steps, state.steps - state.steps_on_labels
             loop = Loop(STAGE, "classifier", start + chunk_steps, (lambda b, o: lambda s: b(s - o))(batch, offset),
                         loss, None, checkpoint_every=chunk_steps, save_on_cancel=False,
-                        where=lambda s: f"step {s + 1}", message=lambda s: None, lr=ccfg.lr, poly_power=0.0)
+                        # a progress after every step, without a message: a cancel stops within one step
+                        where=lambda s: f"step {s + 1}", message=lambda s: "", lr=ccfg.lr, poly_power=0.0)
             yield from train(store, loop, dist, model, opt, start)  # a constant rate: the schedule's first
             state.steps += chunk_steps
             state.steps_on_labels += chunk_steps
@@ -127,3 +129,29 @@ def _save(store: ProjectStore, model: torch.nn.Module, opt: torch.optim.Optimize
         except ProjectBusy:
             time.sleep(1.0)
     raise OEEMError(f"{store.path}: could not save the classifier for a minute: another process holds the project")
+
+
+def pseudo_mask_now(model: torch.nn.Module, store: ProjectStore, name: str, cfg: PipelineConfig,
+                    device: str | torch.device = "cpu") -> np.ndarray:
+    """The pseudo-mask the classifier as it stands gives image ``name`` - its CAM, restricted by the image's tags
+    where it has some (an untagged image: nothing ruled out), cleaned as stage 1 cleans it - for the viewer, not
+    the project (stage 1 writes the project's). Puts the model back in training mode."""
+    from pipeline.stages.cams import cam_and_pseudo
+    from pipeline.stages.classify import image_patch_labels
+    from pipeline.stages.patches import patch_grid
+    from pipeline.stages.postprocess import clean_mask
+
+    made = image_patch_labels(store, name, cfg.patches)
+    if made is None or not made[1].any():
+        corners = patch_grid(store.shape(name), cfg.patches.size, cfg.patches.stride)
+        labels = np.ones((len(corners), 2), np.uint8)  # both classes possible everywhere
+    else:
+        corners, labels, _ = made
+    model.eval()
+    try:
+        with torch.inference_mode():
+            _, pseudo = cam_and_pseudo(model, store.image(name), corners, labels, cfg.patches, cfg.classifier,
+                                       cfg.cam, torch.device(device))
+    finally:
+        model.train()
+    return clean_mask(pseudo, cfg.cam.drop_glands_below, cfg.cam.fill_holes_below)
