@@ -158,10 +158,19 @@ FIGURES: tuple[Figure, ...] = (
            tuple(Quote(BENCH_DOC, (lambda a, n: lambda d: statistics.mean(
                r["val_mIoU"] for r in d["rows"] if r["arm"] == a and r["images"] == n))(arm, n), "{:.1f}",
                f"{arm}, {n} images") for arm in ("preview", "spread", "random") for n in (8, 19))),
-    Figure("gui-latency-preview", "xvfb-run -a PY benchmarks/gui_latency.py --preview --seconds 30",
+    Figure("live", "PY benchmarks/live.py --minutes 8 && PY benchmarks/live.py --peer", "live-bf16.json", 12,
+           "training while tagging: validation pseudo-masks of the background classifier after 1-8 minutes",
+           (*(Quote(BENCH_DOC, (lambda k: lambda d: d["rows"][k]["val_pseudo_mIoU"])(k), "{:.2f}", f"row {k}")
+              for k in (0, 1, 3, 7)),
+            *(Quote(README, (lambda k: lambda d: d["rows"][k]["val_pseudo_mIoU"])(k), "{:.2f}", f"row {k}")
+              for k in (0, 1)),
+            Quote(BENCH_DOC, lambda d: d["forest_peer"]["val_mIoU"], "{:.2f}", "the forest on the same tags"))),
+    Figure("gui-latency-preview", "xvfb-run -a PY benchmarks/gui_latency.py --preview --live --seconds 40",
            "gui_latency-preview.json", 2, "napari stays responsive while the preview redraws after every key",
            (Quote(BENCH_DOC, lambda d: d["tagging"]["p95_ms"], "{:.0f} ms", "event-loop lateness p95"),
-            Quote(BENCH_DOC, lambda d: d["key_to_preview_p95_s"], "{:.2f} s", "key to preview p95, in napari")),
+            Quote(BENCH_DOC, lambda d: d["key_to_preview_p95_s"], "{:.2f} s", "key to preview p95, in napari"),
+            Quote(BENCH_DOC, lambda d: d["tagging_while_training"]["p95_ms"], "{:.0f} ms",
+                  "event-loop lateness p95 while the classifier trains")),
            needs_glas=False),
     Figure("crash-matrix", "PY benchmarks/crash_matrix.py --isa native AVX2 AVX512_CORE --skip-networks "
            "--out crash_matrix-convs.json",

@@ -54,8 +54,9 @@ def stats(late: np.ndarray) -> dict:
             "max_ms": float(late.max())}
 
 
-def preview_phase(seconds: float, pace: float) -> None:
-    """Tag keys at ``pace`` seconds while the preview redraws; event-loop lateness and key-to-preview times."""
+def preview_phase(seconds: float, pace: float, live: bool = False) -> None:
+    """Tag keys at ``pace`` seconds while the preview redraws; event-loop lateness and key-to-preview times.
+    ``live``: a third phase, the same with *Train while tagging* on (the `cpu` preset's classifier)."""
     import napari
     from PIL import Image
     from qtpy.QtCore import QTimer
@@ -69,7 +70,7 @@ def preview_phase(seconds: float, pace: float) -> None:
     tmp = Path(tempfile.mkdtemp())
     (tmp / "tiles").mkdir()
     truth = {}
-    for k in range(4):
+    for k in range(5):
         image, truth[f"t{k}"] = synth_tissue(522, 775, seed=900 + k)
         Image.fromarray(image).save(tmp / "tiles" / f"t{k}.png")
     store = create_project(tmp / "tiles", tmp / "own.oeem.zarr")
@@ -131,21 +132,38 @@ def preview_phase(seconds: float, pace: float) -> None:
     pressed.clear()
     keys_pressed[0] = 0
     busy = tagging(True, "t0")
+    extra = {}
+    if live:
+        shown_before, keys_before = list(shown), keys_pressed[0]
+        panel.set_live(True)
+        while not store.checkpoint_path("classifier").is_file():  # it trains (its first chunk is done)
+            app.processEvents()
+            time.sleep(0.01)
+        training = tagging(True, "t4")
+        panel.set_live(False)
+        while widget.runner.busy:
+            app.processEvents()
+            time.sleep(0.01)
+        extra = {"tagging_while_training": stats(training), "keys_while_training": keys_pressed[0] - keys_before}
+        shown[:] = shown_before  # the key-to-preview times are the preview phase's: the classifier's take over
+        keys_pressed[0] = keys_before
     viewer.close()
     shown_s = np.array(shown)
     res = {"idle": stats(idle), "tagging_no_preview": stats(plain), "tagging": stats(busy), "keys": keys_pressed[0], "keys_shown": int(shown_s.size),
            "key_to_preview_p50_s": round(float(np.percentile(shown_s, 50)), 3),
            "key_to_preview_p95_s": round(float(np.percentile(shown_s, 95)), 3), "pace_s": pace,
-           "image": "775 x 522 synthetic H&E, 2 other images tagged"}
+           "image": "775 x 522 synthetic H&E, 2 other images tagged", **extra}
     print(f"\nnapari event-loop lateness ({TICK_MS} ms timer), 2 x {seconds / 2:.0f} s of tagging, a key every "
           f"{pace} s\n")
     print_table([(k, f"{v['p50_ms']:.1f}", f"{v['p95_ms']:.1f}", f"{v['p99_ms']:.1f}", f"{v['max_ms']:.1f}")
                  for k, v in (("idle", res["idle"]), ("tagging, no preview", res["tagging_no_preview"]),
-                              ("tagging, preview redrawn", res["tagging"]))],
+                              ("tagging, preview redrawn", res["tagging"]),
+                              *((("tagging, preview, classifier training", extra["tagging_while_training"]),)
+                                if live else ()))],
                 ("state", "p50 ms", "p95 ms", "p99 ms", "max ms"))
     print(f"\n{res['keys']} keys, {res['keys_shown']} of them shown in a preview; key -> preview on screen p50 "
           f"{res['key_to_preview_p50_s']} s, p95 {res['key_to_preview_p95_s']} s")
-    write_json("gui_latency-preview.json", {"machine": machine(), **res})
+    write_json("gui_latency-preview.json", {"machine": machine(), **res})  # --live adds its phase here
 
 
 def main() -> None:
@@ -153,9 +171,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--preview", action="store_true", help="tagging with the preview, not a training")
     ap.add_argument("--pace", type=float, default=0.25, help="seconds between keys with --preview")
+    ap.add_argument("--live", action="store_true", help="with --preview: a third phase with Train while tagging on")
     args = ap.parse_args()
     if args.preview:
-        preview_phase(args.seconds, args.pace)
+        preview_phase(args.seconds, args.pace, args.live)
         return
     import napari
     from qtpy.QtWidgets import QApplication
