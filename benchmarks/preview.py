@@ -32,13 +32,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import glas_root, machine, print_table, write_json
+from weak_labels import truth_tags  # the tags a careful pathologist gives: the 5 % rule on the mask
 
 from pipeline.config import PatchConfig, PreviewConfig
-from pipeline.io.patch_labels import vectors_to_tags
 from pipeline.metrics import score
 from pipeline.review.preview import ProjectPreview
 from pipeline.review.tagging import Tagger
-from pipeline.stages.patches import patch_grid, patch_labels
 from pipeline.store import ProjectStore
 
 WORK = Path(__file__).resolve().parents[1] / "runs" / "bench"
@@ -53,11 +52,6 @@ CANDIDATES = {  # settings compared on validation (--sweep); the first is what s
     "sigma up to 32": {"sigma_max": 32.0},
     "unlimited depth": {"max_depth": 10_000},
 }
-
-
-def truth_tags(truth: ProjectStore, name: str, cfg: PatchConfig) -> np.ndarray:
-    corners = patch_grid(truth.shape(name), cfg.size, cfg.stride)
-    return vectors_to_tags(patch_labels(truth.mask(name), corners, cfg.size, cfg.min_fraction))
 
 
 def build() -> ProjectStore:

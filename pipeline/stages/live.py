@@ -18,6 +18,7 @@ live model is kept as ``classifier.previous.pt``.
 """
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,8 +30,15 @@ from pipeline.config import PipelineConfig
 from pipeline.device import place, precision_name, resolve_precision
 from pipeline.errors import OEEMError
 from pipeline.progress import Job, Progress
-from pipeline.stages.classify import (STAGE, classifier_batches, classifier_checkpoint, classifier_loss,
-                                      classifier_settings, make_patch_labels, patch_dataset)
+from pipeline.stages.classify import (
+    STAGE,
+    classifier_batches,
+    classifier_checkpoint,
+    classifier_loss,
+    classifier_settings,
+    make_patch_labels,
+    patch_dataset,
+)
 from pipeline.stages.models import build_classifier
 from pipeline.stages.selfcheck import check_stage_network
 from pipeline.stages.training import Loop, prepare, train
@@ -60,8 +68,8 @@ def train_while_tagging(store: ProjectStore, cfg: PipelineConfig, device: str = 
                         minutes: float | None = None, poll_s: float = 2.0,
                         stop: Callable[[LiveState], bool] | None = None,
                         on_checkpoint: Callable[[torch.nn.Module, LiveState], None] | None = None) -> Job[dict]:
-    """Train the classifier until ``minutes`` have passed, ``stop(state)`` says so, or the job is cancelled (its
-    last checkpoint stays); ``on_checkpoint(model, state)`` after each saved chunk (e.g. to show a CAM). Returns
+    """Train the classifier until ``minutes`` have passed, ``stop(state)`` says so, or the job is cancelled (the
+    last whole chunk's checkpoint stays; a chunk cut short is not saved); ``on_checkpoint(model, state)`` after each saved chunk (e.g. to show a CAM). Returns
     the last :class:`LiveState` as a dict."""
     ccfg, pcfg = cfg.classifier, cfg.patches
     dist, gen = prepare(ccfg.threads, device, ccfg.batch_size, "classifier.batch_size", ccfg.seed)
@@ -73,45 +81,47 @@ def train_while_tagging(store: ProjectStore, cfg: PipelineConfig, device: str = 
     loss = classifier_loss(dev, amp)
     state, t0 = LiveState(), time.perf_counter()
     settings = batch = steps_per_epoch = None
-    try:
-        while not (minutes is not None and time.perf_counter() - t0 > minutes * 60) and not (stop and stop(state)):
-            tags = store.tags_fingerprint()
-            if tags != state.tags or settings is None:
-                try:
-                    with project_writer(store.path, "training while tagging: cutting the patch labels"):
-                        summary = make_patch_labels(store, pcfg)
-                except ProjectBusy as exc:  # another process writes it (an import, a job): its turn first
-                    yield Progress(STAGE, state.steps, 0, f"waiting: {exc}")
-                    time.sleep(poll_s)
-                    continue
-                except OEEMError:  # no weak label yet
-                    settings = None
-                    yield Progress(STAGE, state.steps, 0, "waiting for the first tags")
-                    time.sleep(poll_s)
-                    continue
-                patches, labels = patch_dataset(store, pcfg.size)
-                steps_per_epoch, batch = classifier_batches(patches, labels, ccfg, dev, gen)
-                settings = classifier_settings(store, ccfg, pcfg)
-                state.tags, state.steps_on_labels = tags, 0
-                state.images, state.patches = int(summary["images"]), len(patches)
-            start, offset = state.steps, state.steps - state.steps_on_labels
-            loop = Loop(STAGE, "classifier", start + chunk_steps, (lambda b, o: lambda s: b(s - o))(batch, offset),
-                        loss, None, checkpoint_every=chunk_steps, save_on_cancel=False,
-                        # a progress after every step, without a message: a cancel stops within one step
-                        where=lambda s: f"step {s + 1}", message=lambda s: "", lr=ccfg.lr, poly_power=0.0)
-            yield from train(store, loop, dist, model, opt, start)  # a constant rate: the schedule's first
-            state.steps += chunk_steps
-            state.steps_on_labels += chunk_steps
-            state.seconds = time.perf_counter() - t0
-            _save(store, model, opt, state, steps_per_epoch, ccfg.passes_for(state.patches), settings,
-                  precision_name(amp))
-            if on_checkpoint is not None:
-                on_checkpoint(model, state)
-            yield Progress(STAGE, state.steps, 0, f"{state.steps} steps; learned from {state.patches} patches of "
-                           f"{state.images} images; checkpoint saved")
-    except (GeneratorExit, KeyboardInterrupt):
-        raise  # cancelled: the last whole chunk's checkpoint stays (a chunk cut short is not saved)
+    while not (minutes is not None and time.perf_counter() - t0 > minutes * 60) and not (stop and stop(state)):
+        tags = store.tags_fingerprint()
+        if tags != state.tags or settings is None:
+            try:
+                with project_writer(store.path, "training while tagging: cutting the patch labels"):
+                    summary = make_patch_labels(store, pcfg)
+            except ProjectBusy as exc:  # another process writes it (an import, a job): its turn first
+                yield Progress(STAGE, state.steps, 0, f"waiting: {exc}")
+                time.sleep(poll_s)
+                continue
+            except OEEMError:  # no weak label yet
+                settings = None
+                yield Progress(STAGE, state.steps, 0, "waiting for the first tags")
+                time.sleep(poll_s)
+                continue
+            patches, labels = patch_dataset(store, pcfg.size)
+            steps_per_epoch, batch = classifier_batches(patches, labels, ccfg, dev, gen)
+            settings = classifier_settings(store, ccfg, pcfg)
+            state.tags, state.steps_on_labels = tags, 0
+            state.images, state.patches = int(summary["images"]), len(patches)
+        start, offset = state.steps, state.steps - state.steps_on_labels
+        on_labels = functools.partial(_shifted, batch, offset)  # steps counted on the current labels
+        loop = Loop(STAGE, "classifier", start + chunk_steps, on_labels, loss, None, checkpoint_every=chunk_steps, save_on_cancel=False,
+                    # a progress after every step, without a message: a cancel stops within one step
+                    where=lambda s: f"step {s + 1}", message=lambda s: "", lr=ccfg.lr, poly_power=0.0)
+        yield from train(store, loop, dist, model, opt, start)  # a constant rate: the schedule's first
+        state.steps += chunk_steps
+        state.steps_on_labels += chunk_steps
+        state.seconds = time.perf_counter() - t0
+        _save(store, model, opt, state, steps_per_epoch, ccfg.passes_for(state.patches), settings,
+              precision_name(amp))
+        if on_checkpoint is not None:
+            on_checkpoint(model, state)
+        yield Progress(STAGE, state.steps, 0, f"{state.steps} steps; learned from {state.patches} patches of "
+                       f"{state.images} images; checkpoint saved")
     return state.record()
+
+
+def _shifted(batch, offset: int, step: int):
+    """The batch of ``step`` counted from the first step on the current labels."""
+    return batch(step - offset)
 
 
 def _save(store: ProjectStore, model: torch.nn.Module, opt: torch.optim.Optimizer, state: LiveState,
