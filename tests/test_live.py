@@ -123,3 +123,7 @@ def test_cli_train_live_prints_one_line_per_checkpoint(untagged, capsys):
     assert "training the classifier while you tag" in out and "checkpoint saved" in out
     assert "`oeem run` continues from the last one" in out
     assert checkpoint(store)["live"]["checkpoints"] >= 1
+    # `oeem preview` now asks the classifier trained while tagging, before the forest
+    assert main(["preview", str(store.path), "--preset", "tiny", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("(classifier's pseudo-mask)") == len(store.names())

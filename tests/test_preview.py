@@ -136,7 +136,7 @@ def test_cli_preview_writes_a_mask_for_every_image(tissue_project, tmp_path, cap
 
 
 def test_suggest_asked_to_use_the_preview_picks_where_it_is_least_sure(tissue_project):
-    from pipeline.review.preview import patch_means
+    from pipeline.stages.patches import patch_means
     from pipeline.review.suggest import PER_IMAGE, suggest
 
     store, truth = tissue_project

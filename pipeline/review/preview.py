@@ -93,14 +93,6 @@ def predict_forest(model, feats: np.ndarray, shape: tuple[int, int]) -> np.ndarr
     return resize(prob, shape, order=1, preserve_range=True, anti_aliasing=False).astype(np.float32)
 
 
-def patch_means(values: np.ndarray, corners: np.ndarray, size: int) -> np.ndarray:
-    """(N,) mean of ``values`` (H, W) over each patch at ``corners``."""
-    integral = np.pad(values.astype(np.float64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    y, x = corners[:, 0], corners[:, 1]
-    total = integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
-    return (total / float(size * size)).astype(np.float32)
-
-
 @dataclass
 class Preview:
     """One image's preview: gland probability (H, W), its mask by ``threshold``, and what made it."""
@@ -108,7 +100,7 @@ class Preview:
     image: str
     probability: np.ndarray
     threshold: float
-    source: str  # "forest on N tagged pixels" ...
+    source: str  # what made it, for the user: "pixel classifier (random forest) on ...", "segmentation model"
     seconds: float
 
     @property
@@ -260,17 +252,23 @@ class ProjectPreview:
         """One line saying what the preview needs, when it cannot be made."""
         s = self.store.tag_summary()
         if s["gland_only"] == 0 and s["no_gland"] == 0:
-            return ("no preview yet: tag some patches 'gland only' (1) and some 'no gland' (2) - `oeem tag`, or the "
-                    "dock's Weak labels box; 'both' patches say nothing about single pixels")
+            return ("no preview yet: tag some patches 'gland only' (1) and some 'no gland' (2) - the dock's Weak "
+                    "labels box, or `oeem labels import`; 'both' patches say nothing about single pixels")
         missing = "gland only" if s["gland_only"] == 0 else "no gland"
         return f"no preview yet: the tags have no '{missing}' patch; tag at least one"
 
 
 def best_masks(store, cfg, names: list[str], device: str = "auto"):
     """Yield a :class:`Preview` of every image in ``names`` from the best model the project has now: the
-    segmentation network once it has trained; else the classifier's pseudo-mask where stage 1 made one; else the
-    forest on the tags. ``cfg``: the project's PipelineConfig."""
-    trained = None
+    segmentation network once it has trained; else the pseudo-mask where stage 1 made one; else the classifier's
+    pseudo-mask where a classifier has trained (also while tagging); else the forest on the tags. ``cfg``: the
+    project's PipelineConfig."""
+    trained = classifier = None
+    if store.checkpoint_path("classifier").is_file() and not store.checkpoint_path("segmentation").is_file():
+        from pipeline.device import resolve_device
+        from pipeline.stages.classify import load_classifier
+
+        classifier = (load_classifier(store, resolve_device(device))[0], resolve_device(device))
     if store.checkpoint_path("segmentation").is_file():
         from pipeline.device import resolve_device
         from pipeline.stages.model_file import project_model
@@ -291,5 +289,10 @@ def best_masks(store, cfg, names: list[str], device: str = "auto"):
             labels = store.labels(name)[0]
             yield Preview(name, labels.astype(np.float32), 0.5, "pseudo-mask (classifier, with corrections)",
                           time.perf_counter() - t)
+        elif classifier is not None:
+            from pipeline.stages.live import pseudo_mask_now
+
+            mask = pseudo_mask_now(classifier[0], store, name, cfg, classifier[1])
+            yield Preview(name, mask.astype(np.float32), 0.5, "classifier's pseudo-mask", time.perf_counter() - t)
         else:
             yield forest_model.predict(name)

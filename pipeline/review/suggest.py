@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.config import GLAS_MEAN, GLAS_STD, PatchConfig
 from pipeline.io.patch_labels import project_tags
-from pipeline.stages.patches import patch_grid, patch_labels
+from pipeline.stages.patches import patch_grid, patch_labels, patch_means
 from pipeline.store import ProjectStore
 
 PER_IMAGE = 5  # patches suggested per image, and averaged into its score
@@ -94,8 +94,6 @@ def suggest(store: ProjectStore, cfg: PatchConfig, top: int = 10, device: str = 
         idx = np.flatnonzero(open_)
         s = Suggestion(name, 0.0, labelled=int((~open_).sum()), total=len(corners))
         if model is None and preview is not None:
-            from pipeline.review.preview import patch_means
-
             prob = preview.predict(name).probability
             score = patch_means(1.0 - np.abs(2.0 * prob - 1.0), corners[idx], cfg.size)
             best = np.argsort(-score, kind="stable")[:PER_IMAGE]

@@ -26,13 +26,18 @@ def patch_grid(shape: tuple[int, int], size: int, stride: int) -> np.ndarray:
     return np.array([(y, x) for y in ys for x in xs], dtype=np.int32)
 
 
+def patch_means(values: np.ndarray, corners: np.ndarray, size: int) -> np.ndarray:
+    """(N,) float64 mean of ``values`` (H, W) over each patch at ``corners`` (an integral image: one pass)."""
+    integral = np.pad(values.astype(np.float64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
+    y, x = corners[:, 0], corners[:, 1]
+    total = integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
+    return total / float(size * size)
+
+
 def patch_labels(mask: np.ndarray, corners: np.ndarray, size: int, min_fraction: float = 0.05) -> np.ndarray:
     """(N, 2) uint8 multi-label vectors [non-gland present, gland present] for each patch.
 
     A class is present when it covers *more than* ``min_fraction`` of the patch (the reference's 5 % rule).
     """
-    integral = np.pad(mask.astype(np.int64), ((1, 0), (1, 0))).cumsum(0).cumsum(1)
-    y, x = corners[:, 0], corners[:, 1]
-    gland = integral[y + size, x + size] - integral[y, x + size] - integral[y + size, x] + integral[y, x]
-    frac = gland / float(size * size)
+    frac = patch_means(mask, corners, size)
     return np.stack([(1 - frac) > min_fraction, frac > min_fraction], axis=1).astype(np.uint8)
