@@ -54,7 +54,7 @@ def test_classifier_resumes_from_its_checkpoint(project_copy):
     rec = run(train_classifier(store, cfg.classifier, cfg.patches, "cpu"))
     assert rec["epochs_run"] == 0  # all epochs were done: nothing to repeat
     cfg.classifier.lr = 0.123
-    with pytest.raises(OEEMError, match="different configuration.*--redo"):
+    with pytest.raises(OEEMError, match="a checkpoint made with other settings exists; pass --redo"):
         run(train_classifier(store, cfg.classifier, cfg.patches, "cpu"))
     with pytest.raises(OEEMError, match="'overwrite' is not one of error, restart"):
         run(train_classifier(store, cfg.classifier, cfg.patches, "cpu", on_mismatch="overwrite"))
