@@ -127,3 +127,13 @@ def test_cli_train_live_prints_one_line_per_checkpoint(untagged, capsys):
     assert main(["preview", str(store.path), "--preset", "tiny", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert out.count("(classifier's pseudo-mask)") == len(store.names())
+
+
+def test_the_dock_leaves_a_core_to_napari_and_the_process_gets_its_threads_back(untagged):
+    store, cfg = untagged
+    tag(store, store.names("train")[0])
+    torch.set_num_threads(2)
+    during = []
+    run(train_while_tagging(store, cfg, "cpu", chunk_steps=5, threads=1, stop=lambda s: s.checkpoints >= 1,
+                            on_checkpoint=lambda model, live: during.append(torch.get_num_threads())))
+    assert during == [1] and torch.get_num_threads() == 2

@@ -67,12 +67,25 @@ class LiveState:
 def train_while_tagging(store: ProjectStore, cfg: PipelineConfig, device: str = "auto", chunk_steps: int = 50,
                         minutes: float | None = None, poll_s: float = 2.0,
                         stop: Callable[[LiveState], bool] | None = None,
-                        on_checkpoint: Callable[[torch.nn.Module, LiveState], None] | None = None) -> Job[dict]:
+                        on_checkpoint: Callable[[torch.nn.Module, LiveState], None] | None = None,
+                        threads: int | None = None) -> Job[dict]:
     """Train the classifier until ``minutes`` have passed, ``stop(state)`` says so, or the job is cancelled (the
-    last whole chunk's checkpoint stays; a chunk cut short is not saved); ``on_checkpoint(model, state)`` after each saved chunk (e.g. to show a CAM). Returns
-    the last :class:`LiveState` as a dict."""
+    last whole chunk's checkpoint stays; a chunk cut short is not saved); ``on_checkpoint(model, state)`` after
+    each saved chunk (e.g. to show a CAM). ``threads``: CPU threads instead of ``classifier.threads`` (the dock
+    leaves one core to napari). Returns the last :class:`LiveState` as a dict."""
+    ccfg = cfg.classifier
+    before = torch.get_num_threads()
+    try:
+        return (yield from _train(store, cfg, device, chunk_steps, minutes, poll_s, stop, on_checkpoint,
+                                  ccfg.threads if threads is None else threads))
+    finally:
+        torch.set_num_threads(before)  # the process's other work (a napari session's next job) as it was
+
+
+def _train(store: ProjectStore, cfg: PipelineConfig, device: str, chunk_steps: int, minutes: float | None,
+           poll_s: float, stop, on_checkpoint, threads: int) -> Job[dict]:
     ccfg, pcfg = cfg.classifier, cfg.patches
-    dist, gen = prepare(ccfg.threads, device, ccfg.batch_size, "classifier.batch_size", ccfg.seed)
+    dist, gen = prepare(threads, device, ccfg.batch_size, "classifier.batch_size", ccfg.seed)
     dev = dist.device
     amp = resolve_precision(ccfg.precision, dev)
     yield from check_stage_network("classifier", ccfg, dev, amp)
