@@ -53,7 +53,8 @@ def peer() -> None:
     for path in sorted(RESULTS.glob("live-*.json")):
         data = json.loads(path.read_text())
         data["forest_peer"] = found
-        data["run_provenance"] = data.pop("provenance")  # the training run's; this file's is the --peer's
+        last = data.pop("provenance")  # the training run's (kept once); this file's is then the --peer's
+        data.setdefault("run_provenance", last)
         write_json(path.name, data)
 
 
