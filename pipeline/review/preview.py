@@ -263,36 +263,33 @@ def best_masks(store, cfg, names: list[str], device: str = "auto"):
     segmentation network once it has trained; else the pseudo-mask where stage 1 made one; else the classifier's
     pseudo-mask where a classifier has trained (also while tagging); else the forest on the tags. ``cfg``: the
     project's PipelineConfig."""
-    trained = classifier = None
-    if store.checkpoint_path("classifier").is_file() and not store.checkpoint_path("segmentation").is_file():
+    segmenter = classifier = dev = None
+    if store.checkpoint_path("segmentation").is_file() or store.checkpoint_path("classifier").is_file():
         from pipeline.device import resolve_device
-        from pipeline.stages.classify import load_classifier
-
-        classifier = (load_classifier(store, resolve_device(device))[0], resolve_device(device))
-    if store.checkpoint_path("segmentation").is_file():
-        from pipeline.device import resolve_device
-        from pipeline.stages.model_file import project_model
 
         dev = resolve_device(device)
-        trained = (project_model(store, cfg.inference, cfg.slide.project_mpp, dev), dev)
+    if store.checkpoint_path("segmentation").is_file():
+        from pipeline.stages.model_file import project_model
+        from pipeline.stages.predict_files import predict_image
+
+        segmenter = project_model(store, cfg.inference, cfg.slide.project_mpp, dev)
+    elif store.checkpoint_path("classifier").is_file():
+        from pipeline.stages.classify import load_classifier
+        from pipeline.stages.live import pseudo_mask_now
+
+        classifier = load_classifier(store, dev)[0]
     forest_model = ProjectPreview(store, cfg.patches, cfg.preview)
     for name in names:
         t = time.perf_counter()
-        if trained is not None:
-            from pipeline.stages.predict_files import predict_image
-
-            model, dev = trained
-            image = np.require(store.image(name), requirements="W")
-            mask = predict_image(model, image, model.mpp, dev)
+        if segmenter is not None:
+            mask = predict_image(segmenter, np.require(store.image(name), requirements="W"), segmenter.mpp, dev)
             yield Preview(name, mask.astype(np.float32), 0.5, "segmentation model", time.perf_counter() - t)
         elif store.has(name, "pseudo"):
             labels = store.labels(name)[0]
             yield Preview(name, labels.astype(np.float32), 0.5, "pseudo-mask (classifier, with corrections)",
                           time.perf_counter() - t)
         elif classifier is not None:
-            from pipeline.stages.live import pseudo_mask_now
-
-            mask = pseudo_mask_now(classifier[0], store, name, cfg, classifier[1])
+            mask = pseudo_mask_now(classifier, store, name, cfg, dev)
             yield Preview(name, mask.astype(np.float32), 0.5, "classifier's pseudo-mask", time.perf_counter() - t)
         else:
             yield forest_model.predict(name)
