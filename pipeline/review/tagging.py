@@ -152,7 +152,11 @@ class Tagger:
             from pipeline.review.preview import ProjectPreview
 
             try:
-                mask = (preview or ProjectPreview(self.store, self.cfg)).predict(self.name).mask
+                if preview is None:  # the project's preview settings, as the dock's and `oeem preview`'s
+                    from pipeline.store.project import project_config
+
+                    preview = ProjectPreview(self.store, self.cfg, project_config(self.store, save=False).preview)
+                mask = preview.predict(self.name).mask
             except OEEMError:  # not even the preview has tags to learn from
                 self.proposals, self.proposal_source = None, ""
                 return None
