@@ -12,7 +12,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.progress import run
-from pipeline.stages.classify import load_classifier
+from pipeline.stages.classify import load_classifier, make_patch_labels, train_classifier
 from pipeline.stages.graph import classifier_job
 from pipeline.stages.live import train_while_tagging
 from pipeline.stages.patches import patch_grid
@@ -96,44 +96,46 @@ def test_no_tags_waits_and_a_cancel_keeps_a_loadable_checkpoint(untagged):
     load_classifier(store, "cpu")
 
 
-def test_oeem_run_continues_from_it_while_no_tag_changed_and_trains_afresh_after(untagged):
+def test_oeem_run_continues_from_it_by_the_credit_rule(untagged):
     store, cfg = untagged
     names = store.names("train")
     tag(store, names[0])
     run(train_while_tagging(store, cfg, "cpu", chunk_steps=10, stop=lambda s: s.checkpoints >= 1))
-    steps_per_epoch = max(1, checkpoint(store)["live"]["patches"] // cfg.classifier.batch_size)
+    live = checkpoint(store)["live"]
+    steps_per_epoch = max(1, live["patches"] // cfg.classifier.batch_size)
     done_epochs = checkpoint(store)["epoch"]
-    assert done_epochs == min(10 // steps_per_epoch, cfg.classifier.passes_for(checkpoint(store)["live"]["patches"]))
+    assert live["credit"] == 10 and done_epochs == min(10 // steps_per_epoch, cfg.classifier.passes_for(live["patches"]))
     record = run(classifier_job(store, cfg, "cpu"))  # the classifier step of `oeem run`, no tag since
-    assert record["epochs_run"] == record["passes"] - done_epochs
-    # a tag after the live training: new labels, the classifier trains afresh (the live model kept aside)
-    run(train_while_tagging(store, cfg, "cpu", chunk_steps=10, stop=lambda s: s.checkpoints >= 1))
-    tag(store, names[1])
+    assert record["epochs_run"] == record["passes"] - done_epochs and record["continued_from_live"] is None
+
+
+def test_a_tag_after_the_last_chunk_continues_with_the_steps_credited_by_their_share(untagged):
+    store, cfg = untagged
+    names = store.names("train")
+    tag(store, names[0])
+    run(train_while_tagging(store, cfg, "cpu", chunk_steps=40, stop=lambda s: s.checkpoints >= 2))
+    live = checkpoint(store)["live"]
+    assert live["credit"] == 80 and live["patches"] > 0
+    weights = {k: v.clone() for k, v in checkpoint(store)["model"].items()}
+    tag(store, names[1])  # a tag the live training never saw: the patches roughly double
     record = run(classifier_job(store, cfg, "cpu"))
-    assert record["epochs_run"] == record["passes"]
-    assert store.checkpoint_path("classifier").with_name("classifier.previous.pt").is_file()
+    n = record["n_patches"]
+    credited = min(int(80 * min(1.0, live["patches"] / n)) // max(1, n // cfg.classifier.batch_size),
+                   record["passes"] - 1)
+    assert n > live["patches"] and credited >= 1  # the tiny preset: few patches, many steps per epoch credited
+    assert record["epochs_run"] == record["passes"] - credited
+    assert "continuing the classifier trained while tagging" in record["continued_from_live"]
+    assert not store.checkpoint_path("classifier").with_name("classifier.previous.pt").is_file()
+    changed = checkpoint(store)["model"]
+    assert any(not torch.equal(weights[k], changed[k]) for k in weights if weights[k].is_floating_point())
 
 
-def test_cli_train_live_prints_one_line_per_checkpoint(untagged, capsys):
-    store, _ = untagged
-    tag(store, store.names("train")[0])
-    assert main(["train-live", str(store.path), "--preset", "tiny", "--device", "cpu", "--chunk", "5",
-                 "--minutes", "0.05"]) == 0
-    out = capsys.readouterr().out
-    assert "training the classifier while you tag" in out and "checkpoint saved" in out
-    assert "`oeem run` continues from the last one" in out
-    assert checkpoint(store)["live"]["checkpoints"] >= 1
-    # `oeem preview` now asks the classifier trained while tagging, before the forest
-    assert main(["preview", str(store.path), "--preset", "tiny", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("(classifier's pseudo-mask)") == len(store.names())
-
-
-def test_the_dock_leaves_a_core_to_napari_and_the_process_gets_its_threads_back(untagged):
+def test_redo_trains_afresh_whatever_was_trained_while_tagging(untagged):
     store, cfg = untagged
     tag(store, store.names("train")[0])
-    torch.set_num_threads(2)
-    during = []
-    run(train_while_tagging(store, cfg, "cpu", chunk_steps=5, threads=1, stop=lambda s: s.checkpoints >= 1,
-                            on_checkpoint=lambda model, live: during.append(torch.get_num_threads())))
-    assert during == [1] and torch.get_num_threads() == 2
+    run(train_while_tagging(store, cfg, "cpu", chunk_steps=10, stop=lambda s: s.checkpoints >= 1))
+    tag(store, store.names("train")[1])
+    make_patch_labels(store, cfg.patches)
+    record = run(train_classifier(store, cfg.classifier, cfg.patches, "cpu", restart=True))  # --redo
+    assert record["epochs_run"] == record["passes"] and record["continued_from_live"] is None
+

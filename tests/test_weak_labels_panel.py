@@ -387,3 +387,36 @@ def test_train_while_tagging_takes_over_the_preview_and_learns_each_new_tag(make
     w.shutdown()  # napari closes mid-training: the job stops, its last checkpoint loads
     qtbot.waitUntil(lambda: not w.runner.busy and not panel.live_box.isChecked(), timeout=10_000)
     load_classifier(store, "cpu")
+
+
+def test_a_stage_started_while_it_trains_stops_it_and_continues_from_it(make_napari_viewer, own_project, qtbot,
+                                                                       monkeypatch):
+    from pipeline.store.project import project_config
+
+    monkeypatch.setenv("OEEM_SELF_CHECK", "0")
+    store = own_project
+    project_config(store, "tiny", {}, save=True)
+    viewer = make_napari_viewer(show=True)
+    _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
+    viewer.window._qt_window.resize(1500, 950)
+    assert w.open_project(store.path)
+    qtbot.wait(100)
+    viewer.reset_view()
+    panel = w.weak_labels
+    hover(w, qtbot, 50, 40)
+    key(w, qtbot, Qt.Key.Key_1)
+    hover(w, qtbot, 170, 240)
+    key(w, qtbot, Qt.Key.Key_2)
+    panel.live_chunk = 5
+    panel.live_box.setChecked(True)
+    qtbot.waitUntil(lambda: store.checkpoint_path("classifier").is_file(), timeout=120_000)
+    button = w.run.stage_buttons["classifier"]
+    assert button.isEnabled()  # one job at a time, but a stage may stop the training while tagging
+    hover(w, qtbot, 120, 250)
+    key(w, qtbot, Qt.Key.Key_2)  # the last tag, perhaps after the last chunk: credited all the same
+    button.click()
+    qtbot.waitUntil(lambda: w.runner.label == "Train classifier", timeout=30_000)
+    assert not panel.live_box.isChecked()
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=120_000)
+    record = store.load_run("classifier")
+    assert record["epochs_run"] < record["passes"]  # continued, not trained afresh

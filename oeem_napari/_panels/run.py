@@ -7,7 +7,7 @@ from qtpy.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QProgressBar, QPush
 
 from oeem_napari._panels.fold import FoldingBox
 from oeem_napari._panels.stages import STAGES
-from oeem_napari._panels.state import DockState
+from oeem_napari._panels.state import LIVE_JOB, DockState
 from pipeline.progress import Progress
 
 
@@ -79,8 +79,9 @@ class RunPanel(FoldingBox):
             self._expected_end = None
 
     def _set_busy(self, busy: bool) -> None:
+        stages_free = not busy or self.state.runner.label == LIVE_JOB  # a stage stops the training while tagging
         for btn in self.stage_buttons.values():
-            btn.setEnabled(not busy)
+            btn.setEnabled(stages_free)
         self.cancel_btn.setEnabled(busy)
 
     def _on_progress(self, p: Progress) -> None:

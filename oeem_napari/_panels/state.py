@@ -19,6 +19,10 @@ from pipeline.store import ProjectStore
 from pipeline.store.lock import holding_writer
 
 
+# The one job that gives way: a stage asked for while it runs stops it (its last checkpoint kept) and starts after
+LIVE_JOB = "Training while tagging"
+
+
 class RunSettings(Protocol):
     """What the settings panel tells the state: the chosen preset, every setting, the device, fast prediction."""
 
@@ -52,6 +56,7 @@ class DockState(QObject):
         self.runner.progressed.connect(self.progressed)
         self.runner.finished.connect(self._on_job_finished)
         self._after = None
+        self._queued: str | None = None  # the stage to start once the training while tagging has stopped
 
     # ------------------------------------------------------------------ project and image
     def open(self, path: str | Path) -> bool:
@@ -133,6 +138,10 @@ class DockState(QObject):
             show_error("open or create a project first")
             return None
         self.flush()  # the next training run must see the latest strokes
+        if self.runner.label == LIVE_JOB:  # Run all after tagging: it continues from the live checkpoint
+            self._queued = stage
+            self.cancel()
+            return None
         try:
             job = make_job(stage, self.store, self.run_config(), self.device(), budget_s=self.budget_s)
         except OEEMError as exc:
@@ -163,6 +172,7 @@ class DockState(QObject):
         self.last_result = result if ok else None
         self.finished.emit("done" if ok else ("cancelled" if self.runner.cancelled else "failed"))
         after, self._after = self._after, None
+        queued, self._queued = self._queued, None
         if after is not None:
             after(ok, result)
         elif self.store and self.current:
@@ -170,6 +180,8 @@ class DockState(QObject):
             self.changed.emit()
         if ok and isinstance(result, dict) and "mIoU" in str(result)[:2000]:
             show_info(summary(result))
+        if queued is not None:
+            self.run_stage(queued)
 
     def shutdown(self) -> None:
         """Stop a running job (its checkpoint is kept) and save pending strokes; napari is closing."""

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QButtonGroup, QCheckBox, QGridLayout, QHBoxLayout, QL
 from oeem_napari import _layers
 from oeem_napari._jobs import run_step
 from oeem_napari._panels.fold import FoldingBox
-from oeem_napari._panels.state import DockState
+from oeem_napari._panels.state import LIVE_JOB, DockState
 from pipeline.errors import OEEMError
 from pipeline.io.patch_labels import BOTH, GLAND, NON_GLAND, TAG_NAMES, UNLABELLED
 from pipeline.review.preview import Preview, ProjectPreview
@@ -35,7 +35,6 @@ IMAGE_KEYS = {"Control-1": GLAND, "Control-2": NON_GLAND, "Control-3": BOTH}
 # Labels keys that would only paint
 ACTION_KEYS = {"A": "accept all proposals", "P": "proposals", "U": "undo", "N": "next image to label",
                "B": "brush on/off"}
-LIVE_JOB = "Training while tagging"
 HELP = ("Over the image: <b>1</b> gland only, <b>2</b> no gland, <b>3</b> both, <b>0</b> unlabelled: the patch "
         "under the cursor; <b>Ctrl+1/2/3</b> the whole image. <b>B</b> brush: a drag tags every patch it "
         "crosses. <b>Rectangle</b> / <b>Lasso</b>: the patches inside. <b>P</b> proposals, <b>A</b> accept "
@@ -121,8 +120,9 @@ class WeakLabelsPanel(FoldingBox):
         self.live_box = QCheckBox("Train while tagging")
         self.live_box.setToolTip("train the patch classifier in the background from the tags so far, picking up "
                                  "new ones as you tag; the preview layer shows its pseudo-mask of the image on "
-                                 "screen after each checkpoint. Run all continues from it while no tag changed "
-                                 "since (`oeem train-live` from a terminal)")
+                                 "screen after each checkpoint. Run all stops it and continues from it, its "
+                                 "steps credited by the share of today's tags they learned from (`oeem "
+                                 "train-live` from a terminal)")
         self.live_box.toggled.connect(self.set_live)
         lay.addWidget(self.live_box)
         self.preview_label = QLabel("")
@@ -325,7 +325,7 @@ class WeakLabelsPanel(FoldingBox):
         self.live_box.blockSignals(False)
         if ok and isinstance(result, dict):
             show_info(f"training while tagging stopped: {result['steps']} steps; Run all continues from its last "
-                      "checkpoint while no tag changed since")
+                      "checkpoint")
 
     # ------------------------------------------------------------------ the preview (in a thread, newest wins)
     def request_preview(self) -> None:

@@ -53,10 +53,10 @@ def cmd_train_live(args) -> None:
     try:
         rec = run(train_while_tagging(store, cfg, args.device, args.chunk, args.minutes), show)
     except KeyboardInterrupt:
-        print("stopped; the last checkpoint is kept: `oeem run` continues from it while no tag changed since")
+        print("stopped; the last checkpoint is kept: `oeem run` continues from it")
         return
     print(f"{rec['steps']} steps, {rec['checkpoints']} checkpoints in {rec['seconds']:.0f} s; `oeem run` continues "
-          "from the last one while no tag changed since")
+          "from the last one")
 
 
 def cmd_cams(args) -> None:

@@ -183,16 +183,23 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     model = place(build_classifier(cfg), dev)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     settings = classifier_settings(store, cfg, patch_cfg)
-    ck, notice = resume(store, STAGE, dist, settings, model, opt, restart, on_mismatch,
-                        defaults={"labels_id": None})
     n = len(patches)
     if n < dist.world_size:
         raise OEEMError(f"{n} training patches cannot be shared by {dist.world_size} torchrun processes")
     steps_per_epoch, batch = classifier_batches(patches, labels, cfg, dev, gen)
-    loss = classifier_loss(dev, amp)
     passes = cfg.passes_for(n)  # several per epoch on few labelled patches (cfg.min_epoch_steps)
+    from pipeline.stages.live import continue_after_new_tags
+
+    # trained while tagging, on older tags: continued by the rule in pipeline.stages.live, not trained afresh
+    warm = None if restart else continue_after_new_tags(store, settings, model, opt, n, steps_per_epoch, passes)
+    if warm is not None:
+        start_epoch, notice = warm
+    else:
+        ck, notice = resume(store, STAGE, dist, settings, model, opt, restart, on_mismatch,
+                            defaults={"labels_id": None})
+        start_epoch = int(ck["epoch"]) if ck is not None else 0
+    loss = classifier_loss(dev, amp)
     unit = "epoch" if passes == cfg.epochs else "pass"
-    start_epoch = int(ck["epoch"]) if ck is not None else 0
 
     def checkpoint(steps: int, history: list) -> dict:
         return classifier_checkpoint(model, opt, steps // steps_per_epoch, settings)
@@ -209,7 +216,8 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     record = {**settings, "device": str(dev), "n_patches": n,
               "run_id": uuid.uuid4().hex,  # lets the CAM stage tell whether its CAMs came from this model
               "patches_run_id": (store.load_run("patches") or {}).get("run_id"),  # the labels it learned
-              "epochs_run": max(0, passes - start_epoch), "passes": passes,  # passes over the patches; more than epochs
+              "epochs_run": max(0, passes - start_epoch), "passes": passes,
+              "continued_from_live": notice if warm is not None else None,  # trained while tagging, older tags  # passes over the patches; more than epochs
               "seconds": done.seconds, "final_loss": done.final_loss,  # where an epoch must train min_epoch_steps
               "patches_per_s": done.per_second(done.samples), "world_size": dist.world_size,
               "precision": precision_name(amp)}

@@ -10,11 +10,14 @@ patches, the steps in all and on these labels).
 It holds the project's writer lock only while it writes (the patch labels, a checkpoint), so the dock or
 ``oeem labels import`` can tag the same project between its chunks, from another process too.
 
-**What ``oeem run`` does with it** (the rule): when no tag changed since the last chunk, the classifier stage
-continues from this checkpoint - the steps trained on the current labels count as whole epochs of its schedule,
-and it trains the epochs that are left (a live training longer than the schedule leaves nothing to do but the
-record). When a tag changed since, the labels are new and the classifier trains afresh, as after any new tags; the
-live model is kept as ``classifier.previous.pt``.
+**What ``oeem run`` does with it** (the rule): the classifier stage continues from this checkpoint. Its steps are
+credited to the batch schedule in proportion to what they could learn: a step counts as the share of today's
+labelled patches that were labelled when it trained (a step on the first image of twenty counts a twentieth; a
+changed tag on a patch already counted does not lower the credit). The credit, in whole epochs, is where the
+schedule resumes - its learning rate decayed as at that epoch - and the epochs left are trained. When no tag changed
+since the last chunk, a credit beyond the schedule leaves nothing to train; after a later tag at least the last
+epoch trains on the new labels. The pathologist tags until the last tag and *Run all* finishes the schedule,
+instead of training it all after the last tag.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from pipeline.stages.classify import (
     make_patch_labels,
     patch_dataset,
 )
-from pipeline.stages.models import build_classifier
+from pipeline.stages.models import build_classifier, safe_torch_load
 from pipeline.stages.selfcheck import check_stage_network
 from pipeline.stages.training import Loop, prepare, train
 from pipeline.store import ProjectStore
@@ -52,6 +55,7 @@ class LiveState:
 
     steps: int = 0  # optimiser steps in all
     steps_on_labels: int = 0  # of them on the current patch labels
+    credit: float = 0.0  # steps credited to the schedule on the current labels (module doc: the rule)
     tags: str | None = None  # the fingerprint of the tags they were cut from
     images: int = 0  # training images with labels (tags, or a mask)
     patches: int = 0  # labelled patches
@@ -59,7 +63,8 @@ class LiveState:
     seconds: float = 0.0
 
     def record(self) -> dict:
-        return {"steps": self.steps, "steps_on_labels": self.steps_on_labels, "tags": self.tags,
+        return {"steps": self.steps, "steps_on_labels": self.steps_on_labels, "credit": round(self.credit, 1),
+                "tags": self.tags,
                 "images": self.images, "patches": self.patches, "checkpoints": self.checkpoints,
                 "seconds": round(self.seconds, 1)}
 
@@ -112,6 +117,7 @@ def _train(store: ProjectStore, cfg: PipelineConfig, device: str, chunk_steps: i
             patches, labels = patch_dataset(store, pcfg.size)
             steps_per_epoch, batch = classifier_batches(patches, labels, ccfg, dev, gen)
             settings = classifier_settings(store, ccfg, pcfg)
+            state.credit *= min(1.0, state.patches / len(patches)) if state.patches else 0.0
             state.tags, state.steps_on_labels = tags, 0
             state.images, state.patches = int(summary["images"]), len(patches)
         start, offset = state.steps, state.steps - state.steps_on_labels
@@ -122,6 +128,7 @@ def _train(store: ProjectStore, cfg: PipelineConfig, device: str, chunk_steps: i
         yield from train(store, loop, dist, model, opt, start)  # a constant rate: the schedule's first
         state.steps += chunk_steps
         state.steps_on_labels += chunk_steps
+        state.credit += chunk_steps
         state.seconds = time.perf_counter() - t0
         _save(store, model, opt, state, steps_per_epoch, ccfg.passes_for(state.patches), settings,
               precision_name(amp))
@@ -139,10 +146,10 @@ def _shifted(batch, offset: int, step: int):
 
 def _save(store: ProjectStore, model: torch.nn.Module, opt: torch.optim.Optimizer, state: LiveState,
           steps_per_epoch: int, passes: int, settings: dict, precision: str) -> None:
-    """The classifier's checkpoint as the batch training writes it; whole epochs on the current labels are where
-    ``oeem run`` continues (module doc)."""
+    """The classifier's checkpoint as the batch training writes it; the credit's whole epochs are where ``oeem run``
+    continues (module doc)."""
     state.checkpoints += 1
-    epochs = min(state.steps_on_labels // steps_per_epoch, passes)  # beyond the schedule: the schedule is done
+    epochs = min(int(state.credit) // steps_per_epoch, passes)  # beyond the schedule: the schedule is done
     checkpoint = classifier_checkpoint(model, opt, epochs, settings, live={**state.record(), "precision": precision})
     for _ in range(60):  # another process writing the project (an import): wait for it, up to a minute
         try:
@@ -152,6 +159,32 @@ def _save(store: ProjectStore, model: torch.nn.Module, opt: torch.optim.Optimize
         except ProjectBusy:
             time.sleep(1.0)
     raise OEEMError(f"{store.path}: could not save the classifier for a minute: another process holds the project")
+
+
+def continue_after_new_tags(store: ProjectStore, settings: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                            n_patches: int, steps_per_epoch: int, passes: int) -> tuple[int, str] | None:
+    """The batch classifier's warm start from a checkpoint trained while tagging whose labels are older than the
+    current ones (same settings otherwise): its weights and optimiser loaded into ``model`` and ``opt``, and
+    (epoch to resume at, notice). None where the checkpoint is not such a one (the usual resume rules apply)."""
+    from pipeline.stages.models import load_model_state, settings_as_now
+
+    path = store.checkpoint_path(STAGE)
+    if not path.is_file():
+        return None
+    ck = safe_torch_load(path)
+    live = ck.get("live")
+    if not live or ck.get("labels_id") == settings["labels_id"]:
+        return None
+    if any(settings_as_now(ck.get(key), None) != value for key, value in settings.items() if key != "labels_id"):
+        return None
+    credit = float(live.get("credit", live.get("steps_on_labels", 0)))
+    credit *= min(1.0, int(live.get("patches", 0)) / max(1, n_patches))  # the rule: a step counts its share
+    epoch = min(int(credit) // steps_per_epoch, passes - 1)  # at least the last epoch on the new labels
+    load_model_state(model, ck["model"], path)
+    opt.load_state_dict(ck["optimizer"])
+    return epoch, (f"continuing the classifier trained while tagging ({live.get('steps', 0)} steps on "
+                   f"{live.get('patches', 0)} of today's {n_patches} labelled patches: {epoch} of {passes} epochs "
+                   "credited)")
 
 
 def pseudo_mask_now(model: torch.nn.Module, store: ProjectStore, name: str, cfg: PipelineConfig,
