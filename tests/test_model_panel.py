@@ -140,3 +140,19 @@ def test_a_slide_is_predicted_with_the_model_file_and_no_project(widget, model_f
     pred = widget.viewer.layers[_layers.SLIDE_PREDICTION]
     assert pred.data.shape == (384, 512)  # the model's 0.62 µm/px: half the scan's pixels
     assert (tmp_path / "scan.prediction.ome.zarr").is_dir()  # beside the slide
+
+
+def test_export_model_writes_the_open_projects_model_in_either_format(widget, project_copy, tmp_path, qtbot, notes):
+    store, _ = project_copy
+    assert widget.model_panel.export_model(tmp_path / "none.oeem-model") is None  # no project: told, nothing runs
+    assert any("open a project first" in n for n in notes)
+    assert widget.open_project(store.path)
+    widget.model_panel.export_model(tmp_path / "shared")  # the suffix added
+    wait_job(qtbot, widget)
+    assert load_model_file(tmp_path / "shared.oeem-model").record["iterations"] > 0
+    pytest.importorskip("bioimageio.spec", reason="the bioimageio extra")
+    widget.model_panel.export_model(tmp_path / "shared.zip", "bioimageio")
+    wait_job(qtbot, widget)
+    assert any("model written to" in n and "shared.zip" in n for n in notes)
+    loaded(widget, qtbot, tmp_path / "shared.zip")  # Load model… takes the package back
+    assert widget.state.model.seg == load_model_file(tmp_path / "shared.oeem-model").seg

@@ -1,6 +1,7 @@
-"""Model file box (folded until needed): a trained model from a colleague (``*.oeem-model``, made by ``oeem
-export-model``) segments the images on screen - tiles dragged onto napari, or the project's image shown - with no
-training; *Whole slides > Predict with model file* does a slide. The model is loaded and used in background jobs
+"""Model file box (folded until needed): a trained model from a colleague (``*.oeem-model`` or a bioimage.io package,
+made by ``oeem export-model``) segments the images on screen - tiles dragged onto napari, or the project's image
+shown - with no training; *Whole slides > Predict with model file* does a slide. *Export model…* writes the open
+project's model in either format. The model is loaded and used in background jobs
 (torch is imported there, when one runs)."""
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from oeem_napari._panels.state import DockState
 from pipeline.errors import OEEMError
 from pipeline.progress import Progress
 
+OEEM_FILTER, BIOIMAGEIO_FILTER = "OEEM model (*.oeem-model)", "bioimage.io package (*.zip)"
 NO_MODEL = "no model loaded: Load model… a *.oeem-model file (`oeem export-model PROJECT FILE`)"
 
 
@@ -68,8 +70,8 @@ class ModelPanel(FoldingBox):
         self._done: list = []  # masks the running prediction finished, not yet shown
         grid = self.body_layout(QGridLayout)
         load_btn = QPushButton("Load model…")
-        load_btn.setToolTip("a trained model file (*.oeem-model, made by `oeem export-model PROJECT FILE`); no "
-                            "project needed")
+        load_btn.setToolTip("a trained model file (*.oeem-model, or a bioimage.io package .zip, made by `oeem "
+                            "export-model PROJECT FILE [--format bioimageio]`); no project needed")
         load_btn.clicked.connect(self._browse_model)
         self.mpp_spin = QDoubleSpinBox()
         self.mpp_spin.setRange(0.0, 100.0)
@@ -89,7 +91,14 @@ class ModelPanel(FoldingBox):
         grid.addWidget(self.mpp_spin, 0, 1)
         grid.addWidget(self.model_label, 1, 0, 1, 2)
         grid.addWidget(self.predict_btn, 2, 0, 1, 2)
+        self.export_btn = QPushButton("Export model…")
+        self.export_btn.setToolTip("the open project's segmentation model to one file: an .oeem-model for oeem, or "
+                                   "a bioimage.io package (.zip: the model zoo, QuPath, deepImageJ, ilastik; needs "
+                                   "`pip install 'oeem-napari[bioimageio]'`)")
+        self.export_btn.clicked.connect(self._browse_export)
+        grid.addWidget(self.export_btn, 3, 0, 1, 2)
         state.busy.connect(lambda busy: self.predict_btn.setEnabled(not busy))
+        state.busy.connect(lambda busy: self.export_btn.setEnabled(not busy))
         state.progressed.connect(self._show_done)
 
     @property
@@ -98,7 +107,7 @@ class ModelPanel(FoldingBox):
 
     # ------------------------------------------------------------------ loading
     def _browse_model(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load a trained model", "", "OEEM models (*.oeem-model)")
+        path, _ = QFileDialog.getOpenFileName(self, "Load a trained model", "", "OEEM models (*.oeem-model *.zip)")
         if path:
             self.load_model(path)
 
@@ -118,6 +127,38 @@ class ModelPanel(FoldingBox):
         self.model_label.setText(describe(trained))
         self.mpp_spin.setSpecialValueText(f"{trained.mpp:g} µm/px (the model's)")
         show_info(f"model loaded: {Path(trained.source).name}")
+
+    # ------------------------------------------------------------------ exporting the project's model
+    def _browse_export(self) -> None:
+        path, chosen = QFileDialog.getSaveFileName(self, "Export the project's model", "",
+                                                   f"{OEEM_FILTER};;{BIOIMAGEIO_FILTER}")
+        if path:
+            self.export_model(path, "bioimageio" if chosen == BIOIMAGEIO_FILTER or path.endswith(".zip") else "oeem")
+
+    def export_model(self, path: str | Path, fmt: str = "oeem"):
+        """Write the open project's model (``oeem export-model``) in the background; a notification says where."""
+        store = self.state.store
+        if store is None:
+            show_error("open a project first: its model is what is exported")
+            return None
+
+        def export():
+            if fmt == "bioimageio":
+                from pipeline.io.bioimageio import export_project
+
+                return export_project(store, Path(path).with_suffix(".zip"))
+            from pipeline.stages.model_file import SUFFIX, export_model
+            from pipeline.store.project import project_config
+
+            cfg = project_config(store, save=False)
+            target = Path(path) if str(path).endswith(SUFFIX) else Path(str(path) + SUFFIX)
+            return export_model(store, target, cfg.inference, cfg.slide.project_mpp)
+
+        return self.state.start("Export model", run_step("export model", export), after=self._on_exported)
+
+    def _on_exported(self, ok: bool, path) -> None:
+        if ok and path is not None:
+            show_info(f"model written to {path}")
 
     # ------------------------------------------------------------------ predicting what is shown
     def shown_images(self) -> list[tuple]:

@@ -44,6 +44,9 @@ def cmd_export_model(args) -> None:
 
     store = open_project(args.project)
     cfg = project_config(store, save=False)  # the settings the model was trained and scored with
+    if args.format == "bioimageio":
+        export_package(store, args)
+        return
     path = export_model(store, args.file, cfg.inference, cfg.slide.project_mpp, args.name)
     trained = load_model_file(path)  # what a colleague will load: checked before we say it is done
     size = path.stat().st_size / 1e6
@@ -51,6 +54,19 @@ def cmd_export_model(args) -> None:
     print(f"wrote {path} ({size:.1f} MB{hint}): {trained.seg.decoder} on {trained.seg.backbone.name}, "
           f"{trained.mpp:g} µm/px, trained {trained.record.get('iterations')} iterations; use it with "
           f"`oeem predict-images {path} IMAGES... --out DIR`")
+
+
+def export_package(store, args) -> None:
+    """``--format bioimageio``: the model as a bioimage.io package, checked by reading it back."""
+    from pipeline.io.bioimageio import export_project
+    from pipeline.stages.model_file import open_model
+
+    path = export_project(store, args.file, args.author, args.name)
+    trained = open_model(path)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB), a bioimage.io model (spec 0.5, TorchScript and "
+          f"state dict), validated: {trained.seg.decoder} on {trained.seg.backbone.name}, {trained.mpp:g} µm/px; "
+          f"test it with `bioimageio test {path}`, use it with `oeem predict-images {path} IMAGES...`, in QuPath "
+          "or any bioimage.io consumer")
 
 
 def cmd_predict_images(args) -> None:
@@ -89,7 +105,14 @@ def register(add) -> None:
                         "--tolerance (default: such an update is not kept)")
     p = add("export-model", cmd_export_model, "write the project's segmentation model to one file (weights, "
             "settings, µm/px, training record, checksum) to use on other images, projects and machines")
-    p.add_argument("file", help="the model file to write, e.g. glas-cpu.oeem-model")
+    p.add_argument("file", help="the model file to write, e.g. glas-cpu.oeem-model (a .zip with --format "
+                   "bioimageio)")
+    p.add_argument("--format", default="oeem", choices=("oeem", "bioimageio"),
+                   help="oeem: the tool's own model file (default); bioimageio: a bioimage.io model package "
+                        "(spec 0.5; needs `pip install 'oeem-napari[bioimageio]'`) for the model zoo, QuPath, "
+                        "deepImageJ, ilastik")
+    p.add_argument("--author", action="append", help="an author of the bioimage.io package (repeat for more; "
+                   "default: your user name)")
     add_model_name(p)
     p = add("predict-images", cmd_predict_images, "segment image files or folders that are in no project, with a "
             "model file or a project's model; one image at a time, resumable", project=False)

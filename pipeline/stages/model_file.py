@@ -61,9 +61,25 @@ def weights_digest(state: dict[str, torch.Tensor]) -> str:
 def export_model(store: ProjectStore, path: str | Path, inference: InferConfig, mpp: float,
                  run_name: str | None = None) -> Path:
     """Write the project's current segmentation model (or run ``run_name``'s) to ``path``, atomically."""
+    import io
+
+    payload = model_payload(store, inference, mpp, run_name)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OEEMError(f"{path.parent}: folder does not exist")
+    from pipeline.store import atomic_write_bytes
+
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def model_payload(store: ProjectStore, inference: InferConfig, mpp: float, run_name: str | None = None) -> dict:
+    """What a model file holds (the weights as trained, batch norm unfolded): ``export_model`` writes it,
+    ``pipeline.io.bioimageio`` packages it."""
     from pipeline import __version__
     from pipeline.stages.segment import stage_name
-    from pipeline.store import atomic_write_bytes
 
     stage = stage_name(run_name)
     ck_path = store.checkpoint_path(stage)
@@ -89,15 +105,7 @@ def export_model(store: ProjectStore, path: str | Path, inference: InferConfig, 
                "classes": list(CLASSES), "mpp": float(mpp), "segmentation": ck["config"],
                "inference": to_dict(inference), "record": record, "model": ck["model"],
                "sha256": weights_digest(ck["model"])}
-    import io
-
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise OEEMError(f"{path.parent}: folder does not exist")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return payload
 
 
 def _settings(kind, saved: Any, path: Path, what: str):
@@ -109,10 +117,14 @@ def _settings(kind, saved: Any, path: Path, what: str):
 
 
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
-    """Read and check a model file: format, version, checksum, and that the weights fit the network it names."""
+    """Read and check a model file: format, version, checksum, and that the weights fit the network it names.
+    A bioimage.io package oeem wrote (``--format bioimageio``) reads as the model file it was made from."""
+    from pipeline.io.bioimageio import is_package, load_package
     from pipeline.stages.models import build_segmenter
 
     path = Path(path)
+    if is_package(path):
+        return load_package(path, device)
     if not path.is_file():
         raise OEEMError(f"{path}: no such model file; make one with `oeem export-model PROJECT {path.name}`")
     try:
@@ -155,10 +167,12 @@ def project_model(store: ProjectStore, inference: InferConfig, mpp: float,
 
 def open_model(source: str | Path, device: str | torch.device = "cpu",
                inference_overrides: dict[str, Any] | None = None) -> TrainedModel:
-    """A model file, or a project's current model (``source`` is a project folder): what ``oeem predict-images``
-    and the plugin's *Load model…* take. ``inference_overrides`` (e.g. ``--fast``) change how it predicts."""
+    """A model file, a bioimage.io package made by oeem, or a project's current model (``source`` is a project
+    folder): what ``oeem predict-images`` and the plugin's *Load model…* take. ``inference_overrides`` (e.g. ``--fast``) change how it predicts."""
     source = Path(source)
-    if source.is_dir():
+    from pipeline.io.bioimageio import is_package
+
+    if source.is_dir() and not is_package(source):
         from pipeline.store.project import project_config
 
         store = ProjectStore.open(source)
@@ -177,7 +191,9 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     from pipeline.stages.segment import load_segmenter_file
 
     path = Path(path)
-    if path.is_file() and path.name.endswith(SUFFIX):
+    from pipeline.io.bioimageio import is_package
+
+    if path.is_file() and path.name.endswith(SUFFIX) or is_package(path):
         trained = load_model_file(path, device)
         return trained.model, trained.seg
     model, seg = load_segmenter_file(path, device)
