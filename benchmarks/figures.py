@@ -172,6 +172,18 @@ FIGURES: tuple[Figure, ...] = (
            18, "training while tagging as the dock runs it on 2 cores (one thread), fp32",
            tuple(Quote(BENCH_DOC, (lambda k: lambda d: d["rows"][k]["val_pseudo_mIoU"])(k), "{:.2f}", f"row {k}")
                  for k in (0, 1, 3, 6, 7))),
+    Figure("session", "PY benchmarks/session.py", "session-bf16.json", 40,
+           "a tagging session at a pathologist's pace with the classifier training meanwhile, then Run all, bf16",
+           tuple(Quote(doc, v, f, w) for doc in (README, BENCH_DOC) for v, f, w in (
+               (lambda d: d["from_last_tag_s"]["pseudo_masks"] / 60, "{:.1f} min", "last tag to pseudo-masks"),
+               (lambda d: d["val_pseudo_mIoU"], "{:.2f}", "validation pseudo-mask mIoU"))) + (
+               Quote(BENCH_DOC, lambda d: d["from_last_tag_s"]["end"] / 60, "{:.1f} min", "last tag to end of run"),
+               Quote(BENCH_DOC, lambda d: d["testA_mIoU"], "{:.2f}", "testA mIoU at the end"))),
+    Figure("session-fp32", "PY benchmarks/session.py --precision fp32 --until cams", "session-fp32.json", 20,
+           "the same session in fp32 (CPUs without native bf16), until the pseudo-masks",
+           tuple(Quote(doc, v, f, w) for doc in (README, BENCH_DOC) for v, f, w in (
+               (lambda d: d["from_last_tag_s"]["pseudo_masks"] / 60, "{:.1f} min", "last tag to pseudo-masks"),
+               (lambda d: d["val_pseudo_mIoU"], "{:.2f}", "validation pseudo-mask mIoU")))),
     Figure("gui-latency-preview", "xvfb-run -a PY benchmarks/gui_latency.py --preview --live --seconds 40",
            "gui_latency-preview.json", 2, "napari stays responsive while the preview redraws after every key",
            (Quote(BENCH_DOC, lambda d: d["tagging"]["p95_ms"], "{:.0f} ms", "event-loop lateness p95"),
