@@ -84,6 +84,14 @@ def test_torchscript_gives_the_projects_own_probabilities_and_masks(trained_proj
     tile = test_in[0].transpose(1, 2, 0).astype(np.uint8)
     assert np.abs(predict_probs(open_model(store.path).model, tile, InferConfig(**inference), torch.device("cpu"),
                                 cfg.segmentation) - test_out[0]).max() < 1e-3
+    # and `oeem predict-images` with the package on that tile writes the package's test output's mask
+    from PIL import Image
+
+    Image.fromarray(tile).save(tmp_path / "tile.png")
+    assert main(["predict-images", str(package), str(tmp_path / "tile.png"), "--out", str(tmp_path / "masks")]) == 0
+    written = read_exported_mask(tmp_path / "masks" / "tile_anno.png")
+    # the package's test output is fp32; predict-images computes in the model's precision (bf16 on this CPU)
+    assert (written != mask_from_probs(test_out[0], cfg.inference)).mean() < 5e-3
 
 
 def test_oeem_reads_the_package_back_as_the_model_file_it_came_from(trained_project, package, model_file, tmp_path):
