@@ -410,6 +410,9 @@ class PreviewConfig:
     max_depth: int = setting(12, "depth limit of each tree (keeps fitting and prediction within a second)", gt=0,
                              label="tree depth")
     jobs: int = setting(2, "threads the forest fits and predicts with", gt=0, label="threads")
+    train_while_tagging: bool = setting(True, "the dock starts Train while tagging when a project being tagged has "
+                                        "no classifier yet (the switch in Weak labels turns it off)",
+                                        label="train while tagging")
     cached_images: int = setting(8, "images whose full feature stacks stay in memory", gt=0,
                                  label="cached images")
     seed: int = setting(0, "random seed of the sampled pixels and the forest", ge=0)

@@ -108,7 +108,13 @@ def own_project(tmp_path):
     for k, name in enumerate(["a.png", "b.png"]):
         image, _ = synth_tissue(224, 280, seed=500 + k)
         Image.fromarray(image).save(folder / name)
-    return create_project(folder, tmp_path / "own.oeem.zarr")
+    store = create_project(folder, tmp_path / "own.oeem.zarr")
+    # the dock would start training the classifier on opening it (preview.train_while_tagging): tests of other
+    # things keep the CPU to themselves; tests/test_weak_labels_panel.py checks the default
+    from pipeline.store.project import project_config
+
+    project_config(store, None, {"preview.train_while_tagging": False}, save=True)
+    return store
 
 
 @pytest.fixture(scope="session")

@@ -358,7 +358,7 @@ def test_train_while_tagging_takes_over_the_preview_and_learns_each_new_tag(make
 
     monkeypatch.setenv("OEEM_SELF_CHECK", "0")  # the crash self-check has its own tests
     store = own_project
-    project_config(store, "tiny", {}, save=True)  # small and quick: the tiny preset's classifier
+    project_config(store, "tiny", {"preview.train_while_tagging": False}, save=True)  # the tiny preset: quick
     viewer = make_napari_viewer(show=True)
     _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
     viewer.window._qt_window.resize(1500, 950)
@@ -395,7 +395,7 @@ def test_a_stage_started_while_it_trains_stops_it_and_continues_from_it(make_nap
 
     monkeypatch.setenv("OEEM_SELF_CHECK", "0")
     store = own_project
-    project_config(store, "tiny", {}, save=True)
+    project_config(store, "tiny", {"preview.train_while_tagging": False}, save=True)
     viewer = make_napari_viewer(show=True)
     _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
     viewer.window._qt_window.resize(1500, 950)
@@ -420,3 +420,42 @@ def test_a_stage_started_while_it_trains_stops_it_and_continues_from_it(make_nap
     qtbot.waitUntil(lambda: not w.runner.busy, timeout=120_000)
     record = store.load_run("classifier")
     assert record["epochs_run"] < record["passes"]  # continued, not trained afresh
+
+
+def test_it_starts_by_itself_on_a_project_being_tagged_and_gives_way_to_any_job(make_napari_viewer, own_project,
+                                                                                qtbot, monkeypatch, tmp_path):
+    from oeem_napari._jobs import run_step
+    from pipeline.store.project import project_config
+
+    monkeypatch.setenv("OEEM_SELF_CHECK", "0")
+    store = own_project
+    project_config(store, "tiny", {}, save=True)  # the default: train while tagging on
+    viewer = make_napari_viewer(show=True)
+    _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
+    assert w.open_project(store.path)
+    panel = w.weak_labels
+    # no classifier yet, images without masks: the switch is on and the training waits for the first tags
+    assert panel.live_box.isChecked() and w.runner.label == "Training while tagging"
+    assert w.run.stage_buttons["all"].isEnabled() and panel.proposals_btn.isEnabled()  # it blocks nothing
+    # another job: the training stops, the job runs, the training starts again
+    assert w.state.start("Probe", run_step("probe", lambda: 42)) is not None
+    qtbot.waitUntil(lambda: w.runner.label == "Training while tagging" and w.state.last_result == 42,
+                    timeout=30_000)
+    assert panel.live_box.isChecked()
+    # switched off: it stops, and a job after it does not bring it back
+    panel.live_box.setChecked(False)
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=30_000)
+    w.state.start("Probe", run_step("probe", lambda: 7))
+    qtbot.waitUntil(lambda: not w.runner.busy and w.state.last_result == 7, timeout=30_000)
+    assert not panel.live_box.isChecked() and w.runner.label == ""
+    # opened again it starts again; another project that says no stops it and does not start
+    other = tmp_path / "other.oeem.zarr"
+    import shutil
+
+    shutil.copytree(store.path, other)
+    project_config(type(store).open(other), None, {"preview.train_while_tagging": False}, save=True)
+    assert w.open_project(store.path)
+    assert panel.live_box.isChecked() and w.runner.label == "Training while tagging"
+    assert w.open_project(other)
+    qtbot.waitUntil(lambda: not w.runner.busy, timeout=30_000)
+    assert not panel.live_box.isChecked()

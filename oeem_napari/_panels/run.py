@@ -7,7 +7,7 @@ from qtpy.QtWidgets import QGridLayout, QHBoxLayout, QLabel, QProgressBar, QPush
 
 from oeem_napari._panels.fold import FoldingBox
 from oeem_napari._panels.stages import STAGES
-from oeem_napari._panels.state import LIVE_JOB, DockState
+from oeem_napari._panels.state import DockState
 from pipeline.progress import Progress
 
 
@@ -79,9 +79,8 @@ class RunPanel(FoldingBox):
             self._expected_end = None
 
     def _set_busy(self, busy: bool) -> None:
-        stages_free = not busy or self.state.runner.label == LIVE_JOB  # a stage stops the training while tagging
         for btn in self.stage_buttons.values():
-            btn.setEnabled(stages_free)
+            btn.setEnabled(not busy)
         self.cancel_btn.setEnabled(busy)
 
     def _on_progress(self, p: Progress) -> None:

@@ -40,6 +40,7 @@ class DockState(QObject):
     started = Signal(str)  # the label of the job that started
     progressed = Signal(object)  # pipeline.progress.Progress of the running job
     finished = Signal(str)  # "done", "cancelled" or "failed", before the job's follow-up runs
+    live_resumed = Signal()  # a job that stopped the training while tagging has ended: start it again
 
     def __init__(self, viewer, parent: QObject | None = None):
         super().__init__(parent)
@@ -54,9 +55,12 @@ class DockState(QObject):
         self.budget_s: float | None = None  # Run all's time budget (the Run box's Budget field; None: off)
         self.runner = JobRunner(self)
         self.runner.progressed.connect(self.progressed)
-        self.runner.finished.connect(self._on_job_finished)
+        self.runner.finished.connect(lambda ok, result: self._on_job_finished(self._running, ok, result))
+        self.started.connect(self._started)
+        self._running = ""
         self._after = None
-        self._queued: str | None = None  # the stage to start once the training while tagging has stopped
+        self._queued: tuple | None = None  # (label, job, after, resume): to start once the live training stopped
+        self._resume_live = False  # the running job stopped the training while tagging, which starts again after
 
     # ------------------------------------------------------------------ project and image
     def open(self, path: str | Path) -> bool:
@@ -67,6 +71,9 @@ class DockState(QObject):
             show_error(str(exc))
             return False
         self.release_keeper()
+        if self.runner.label == LIVE_JOB:  # it trains the project closed: stopped, its checkpoint kept
+            self.drop_live_resume()
+            self.cancel()
         self.store, self.current = store, None
         self.opened.emit()
         first = store.names("train")[:1] or store.names()[:1]
@@ -133,15 +140,12 @@ class DockState(QObject):
 
     # ------------------------------------------------------------------ jobs
     def run_stage(self, stage: str):
-        """Start a stage in the background; returns the worker (None if it could not start)."""
+        """Start a stage in the background; returns the worker (None if it could not start). The training while
+        tagging gives way to it for good: the stage continues from its checkpoint."""
         if self.store is None:
             show_error("open or create a project first")
             return None
         self.flush()  # the next training run must see the latest strokes
-        if self.runner.label == LIVE_JOB:  # Run all after tagging: it continues from the live checkpoint
-            self._queued = stage
-            self.cancel()
-            return None
         try:
             job = make_job(stage, self.store, self.run_config(), self.device(), budget_s=self.budget_s)
         except OEEMError as exc:
@@ -149,39 +153,72 @@ class DockState(QObject):
             return None
         # one writer per project: a CLI run on the same project makes this job stop at once with who holds it
         label = JOB_LABELS[stage]
-        return self.start(label, holding_writer(self.store.path, f"napari: {label}", job))
+        return self.start(label, holding_writer(self.store.path, f"napari: {label}", job), resume_live=False)
 
-    def start(self, label: str, job, after=None):
+    def start(self, label: str, job, after=None, resume_live: bool = True):
         """Run ``job`` in the background; ``after(ok, result)`` replaces the default follow-up (show what the job
-        wrote)."""
+        wrote). While the training while tagging runs, it stops (its last chunk's checkpoint kept), the job runs,
+        and with ``resume_live`` the training starts again after it (``live_resumed``); the returned worker is then
+        the training's, the job's own starts when it has stopped."""
+        if self.runner.label == LIVE_JOB:
+            if self._queued and self._queued[0] != LIVE_JOB:
+                show_error(f"'{self._queued[0]}' starts as soon as the training while tagging has stopped; "
+                           "wait for it")
+                return None
+            self._queued = (label, job, after, resume_live and label != LIVE_JOB)
+            self.cancel()
+            return self.runner.worker
         try:
             worker = self.runner.start(label, job)
         except OEEMError as exc:
             show_error(str(exc))
             return None
         self._after = after
-        self.busy.emit(True)
+        if label != LIVE_JOB:  # the training while tagging blocks no button: any job makes it give way
+            self.busy.emit(True)
         self.started.emit(label)
         return worker
+
+    def _started(self, label: str) -> None:
+        self._running = label
+
+    def pending(self) -> str:
+        """The label of the job waiting for the training while tagging to stop ("" when none)."""
+        return self._queued[0] if self._queued else ""
+
+    def resumes_live(self) -> bool:
+        """Whether the training while tagging starts again after the job that stopped it."""
+        return bool(self._queued and self._queued[3]) or self._resume_live
+
+    def drop_live_resume(self) -> None:
+        """The switch went off while a job had paused the training: it does not start again."""
+        self._resume_live = False
+        if self._queued:
+            self._queued = (*self._queued[:3], False)
 
     def cancel(self) -> None:
         self.runner.cancel()
 
-    def _on_job_finished(self, ok: bool, result) -> None:
-        self.busy.emit(False)
+    def _on_job_finished(self, label: str, ok: bool, result) -> None:
+        if label != LIVE_JOB:
+            self.busy.emit(False)
         self.last_result = result if ok else None
         self.finished.emit("done" if ok else ("cancelled" if self.runner.cancelled else "failed"))
         after, self._after = self._after, None
-        queued, self._queued = self._queued, None
-        if after is not None:
+        resume, self._resume_live = self._resume_live, False
+        if after is not None:  # before the queued job leaves: the training's follow-up asks what waits
             after(ok, result)
         elif self.store and self.current:
             self.show(self.current)  # what the job wrote
             self.changed.emit()
         if ok and isinstance(result, dict) and "mIoU" in str(result)[:2000]:
             show_info(summary(result))
+        queued, self._queued = self._queued, None
         if queued is not None:
-            self.run_stage(queued)
+            label, job, after, self._resume_live = queued
+            self.start(label, job, after)
+        elif resume and self.store is not None:
+            self.live_resumed.emit()
 
     def shutdown(self) -> None:
         """Stop a running job (its checkpoint is kept) and save pending strokes; napari is closing."""

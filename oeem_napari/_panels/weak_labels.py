@@ -64,6 +64,7 @@ class WeakLabelsPanel(FoldingBox):
         self._preview_running = 0  # 0: none running
         self.preview_worker = None
         self.live_chunk = 50  # steps between the background classifier's checkpoints
+        self._live_store = None  # the project the training while tagging trains
         self._live_result = None  # (image, mask, steps, images): the last checkpoint's pseudo-mask, from its thread
         self._live_shown: str | None = None  # the image whose preview layer the classifier took over
         lay = self.body_layout(QVBoxLayout)
@@ -146,6 +147,7 @@ class WeakLabelsPanel(FoldingBox):
         state.changed.connect(self.update_progress)
         state.busy.connect(lambda busy: self.proposals_btn.setEnabled(not busy))
         state.progressed.connect(lambda _p: self._show_live())
+        state.live_resumed.connect(lambda: self.set_live(True))
 
     # ------------------------------------------------------------------ the overlay
     @property
@@ -163,6 +165,10 @@ class WeakLabelsPanel(FoldingBox):
         self.update_progress()
         if any(not store.has(n, "mask") for n in store.names("train")):
             self.unfold()
+            # a project being tagged with no classifier yet: train one from the first tags on, by default
+            fresh = store.load_run("classifier") is None  # no batch-trained one (a live checkpoint does not count)
+            if fresh and cfg.preview.train_while_tagging and self.state.runner.label in ("", LIVE_JOB):
+                self.set_live(True)
 
     def _remove_overlay(self) -> None:
         for name in _layers.WEAK_LAYERS:
@@ -268,8 +274,9 @@ class WeakLabelsPanel(FoldingBox):
         if self.live_box.isChecked() != on:
             self.live_box.setChecked(on)  # back here through `toggled`
             return
-        running = self.state.runner.label == LIVE_JOB
+        running = self.state.runner.label == LIVE_JOB and self._live_store is self.state.store
         if not on:
+            self.state.drop_live_resume()  # switched off while a job had paused it: it stays off
             if running:
                 self.state.cancel()
             return
@@ -293,6 +300,7 @@ class WeakLabelsPanel(FoldingBox):
         threads = max(1, (os.cpu_count() or 2) - 1)
         job = train_while_tagging(store, cfg, device, chunk_steps=self.live_chunk, threads=threads,
                                   on_checkpoint=lambda model, live: self._live_checkpoint(model, live, cfg, device))
+        self._live_store = store
         if self.state.start(LIVE_JOB, job, after=self._live_ended) is None:
             self.live_box.setChecked(False)
 
@@ -320,6 +328,8 @@ class WeakLabelsPanel(FoldingBox):
                                    f"classifier training in the background ({steps} steps, {images} tagged images)")
 
     def _live_ended(self, ok: bool, result) -> None:
+        if self.state.pending() == LIVE_JOB or self.state.resumes_live():
+            return  # paused for another job, or starting again on the project just opened: the switch stays on
         self.live_box.blockSignals(True)
         self.live_box.setChecked(False)
         self.live_box.blockSignals(False)
