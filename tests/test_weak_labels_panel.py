@@ -349,15 +349,12 @@ def test_each_key_redraws_the_preview_in_the_background_and_the_newest_request_w
     assert any("proposals from the preview" in n for n in notes)
 
 
-def test_train_while_tagging_takes_over_the_preview_and_learns_each_new_tag(make_napari_viewer, own_project, qtbot,
-                                                                            monkeypatch):
-    import torch
-
-    from pipeline.stages.classify import load_classifier
+def training_on_two_tags(make_napari_viewer, store, qtbot, monkeypatch):
+    """The dock on ``store`` (tiny preset, not started by itself), two patches tagged by key, then *Train while
+    tagging* switched on with chunks of 5 steps: (widget, weak labels panel)."""
     from pipeline.store.project import project_config
 
     monkeypatch.setenv("OEEM_SELF_CHECK", "0")  # the crash self-check has its own tests
-    store = own_project
     project_config(store, "tiny", {"preview.train_while_tagging": False}, save=True)  # the tiny preset: quick
     viewer = make_napari_viewer(show=True)
     _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
@@ -372,6 +369,17 @@ def test_train_while_tagging_takes_over_the_preview_and_learns_each_new_tag(make
     key(w, qtbot, Qt.Key.Key_2)
     panel.live_chunk = 5
     panel.live_box.setChecked(True)
+    return w, panel
+
+
+def test_train_while_tagging_takes_over_the_preview_and_learns_each_new_tag(make_napari_viewer, own_project, qtbot,
+                                                                            monkeypatch):
+    import torch
+
+    from pipeline.stages.classify import load_classifier
+
+    store = own_project
+    w, panel = training_on_two_tags(make_napari_viewer, store, qtbot, monkeypatch)
     assert w.runner.busy and w.runner.label == "Training while tagging"
     qtbot.waitUntil(lambda: "classifier training in the background" in panel.preview_label.text(), timeout=120_000)
     assert panel._live_shown == "a"
@@ -391,24 +399,8 @@ def test_train_while_tagging_takes_over_the_preview_and_learns_each_new_tag(make
 
 def test_a_stage_started_while_it_trains_stops_it_and_continues_from_it(make_napari_viewer, own_project, qtbot,
                                                                        monkeypatch):
-    from pipeline.store.project import project_config
-
-    monkeypatch.setenv("OEEM_SELF_CHECK", "0")
     store = own_project
-    project_config(store, "tiny", {"preview.train_while_tagging": False}, save=True)
-    viewer = make_napari_viewer(show=True)
-    _, w = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
-    viewer.window._qt_window.resize(1500, 950)
-    assert w.open_project(store.path)
-    qtbot.wait(100)
-    viewer.reset_view()
-    panel = w.weak_labels
-    hover(w, qtbot, 50, 40)
-    key(w, qtbot, Qt.Key.Key_1)
-    hover(w, qtbot, 170, 240)
-    key(w, qtbot, Qt.Key.Key_2)
-    panel.live_chunk = 5
-    panel.live_box.setChecked(True)
+    w, panel = training_on_two_tags(make_napari_viewer, store, qtbot, monkeypatch)
     qtbot.waitUntil(lambda: store.checkpoint_path("classifier").is_file(), timeout=120_000)
     button = w.run.stage_buttons["classifier"]
     assert button.isEnabled()  # one job at a time, but a stage may stop the training while tagging

@@ -18,8 +18,8 @@ from pipeline.errors import OEEMError
 from pipeline.store import ProjectStore
 from pipeline.store.lock import holding_writer
 
-
-# The one job that gives way: a stage asked for while it runs stops it (its last checkpoint kept) and starts after
+# The one job that gives way: any job asked for while it runs stops it (its last chunk's checkpoint kept) and starts
+# then; after a job other than a stage it starts again (DockState.start)
 LIVE_JOB = "Training while tagging"
 
 

@@ -14,26 +14,23 @@ it (oeem applies them when it reads the package back).
 ``config.oeem`` keeps everything ``.oeem-model`` files keep, so reading it back gives the same model.
 
 Writing a package needs the optional ``bioimageio`` extra (``pip install 'oeem-napari[bioimageio]'``); reading one
-back does not.
+back (:func:`pipeline.stages.model_file.load_package`) does not.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import tempfile
-import zipfile
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List  # List, not list[...]: TorchScript reads these annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import NORMS, InferConfig, SegConfig, from_dict, to_dict
+from pipeline.config import NORMS, InferConfig, SegConfig, from_dict
 from pipeline.errors import OEEMError
 
-RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 WEIGHTS, TORCHSCRIPT = "weights.pt", "weights-torchscript.pt"
 MIN_SIDE, HALO = 128, 32  # px: tiles a consumer cuts (QuPath grows them towards 512), and the margin it crops
 TEST_SIDE = 256  # px of the test tile cut from a real image (the package stays under 1.5 MB with its outputs)
@@ -74,9 +71,9 @@ class GlandProbability(torch.nn.Module):
         self.flips: List[bool] = [False, True] if inf.flip else [False]
         self.crop: int = int(inf.crop_size)
         self.stride: int = int(inf.stride)
-        from pipeline.stages.infer import _window_weight
+        from pipeline.stages.infer import window_weight
 
-        self.register_buffer("window", _window_weight(self.crop, inf.blend, "cpu"), persistent=False)
+        self.register_buffer("window", window_weight(self.crop, inf.blend, "cpu"), persistent=False)
         mean, std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1) * 255.0 for v in NORMS[seg.input_norm])
         self.register_buffer("mean", mean, persistent=False)
         self.register_buffer("std", std, persistent=False)
@@ -158,7 +155,7 @@ def export_bioimageio(payload: dict, out: str | Path, image: np.ndarray, authors
     if not out.parent.is_dir():
         raise OEEMError(f"{out.parent}: folder does not exist")
     kwargs = {"segmentation": _jsonable(payload["segmentation"]), "inference": _jsonable(payload["inference"])}
-    seg, inference = from_dict(SegConfig, kwargs["segmentation"]), from_dict(InferConfig, kwargs["inference"])
+    inference = from_dict(InferConfig, kwargs["inference"])
     mpp = float(payload.get("mpp") or 0.62)
     module = GlandProbability(**kwargs)
     module.net.load_state_dict(payload["model"])
@@ -229,7 +226,7 @@ def export_bioimageio(payload: dict, out: str | Path, image: np.ndarray, authors
                 tags=["segmentation", "semantic-segmentation", "histology", "h-and-e", "gland", "2d", "pytorch",
                       "weakly-supervised", "oeem"],
                 inputs=inputs, outputs=outputs, weights=weights,
-                config=spec.Config(**{"oeem": record, "oeem_version": __version__}),
+                config=spec.Config(oeem=record, oeem_version=__version__),
                 format_version="0.5.12", type="model")
         except ValueError as exc:
             raise OEEMError(f"the bioimage.io description is not valid: {' '.join(str(exc).split())[:600]}") from None
@@ -310,78 +307,3 @@ def _environment() -> str:
 
 def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
-
-
-# ---------------------------------------------------------------------------------------------- reading
-def is_package(path: str | Path) -> bool:
-    """A bioimage.io package: a .zip holding an rdf, or a folder with one."""
-    path = Path(path)
-    if path.is_dir():
-        return any((path / n).is_file() for n in RDF_NAMES)
-    if path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            return any(n in z.namelist() for n in RDF_NAMES)
-    return False
-
-
-def _read(path: Path, member: str) -> bytes:
-    if path.is_dir():
-        target = path / member
-        if not target.is_file():
-            raise OEEMError(f"{path}: the package lists {member}, which is missing")
-        return target.read_bytes()
-    with zipfile.ZipFile(path) as z:
-        try:
-            return z.read(member)
-        except KeyError:
-            raise OEEMError(f"{path}: the package lists {member}, which is missing") from None
-
-
-def load_package(path: str | Path, device: str | torch.device = "cpu"):
-    """An oeem bioimage.io package back as a :class:`pipeline.stages.model_file.TrainedModel`: the same network,
-    settings and µm/px as the model file it was made from. A foreign package (no ``config.oeem``) is refused
-    with what to do."""
-    import io
-
-    import yaml
-
-    from pipeline.device import place
-    from pipeline.stages.model_file import TrainedModel
-    from pipeline.stages.models import build_segmenter, fold_batchnorm, load_model_state
-
-    path = Path(path)
-    rdf_name = next((n for n in RDF_NAMES if (path / n).is_file()), None) if path.is_dir() else None
-    if rdf_name is None and not path.is_dir():
-        with zipfile.ZipFile(path) as z:
-            rdf_name = next((n for n in RDF_NAMES if n in z.namelist()), None)
-    if rdf_name is None:
-        raise OEEMError(f"{path}: not a bioimage.io package (no rdf.yaml)")
-    try:
-        rdf = yaml.safe_load(_read(path, rdf_name))
-    except yaml.YAMLError as exc:
-        raise OEEMError(f"{path}: its {rdf_name} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    oeem = ((rdf or {}).get("config") or {}).get("oeem")
-    if not isinstance(oeem, dict) or oeem.get("format") != "oeem-bioimageio":
-        raise OEEMError(f"{path}: a bioimage.io model not made by oeem; oeem reads the packages it writes (`oeem "
-                        "export-model PROJECT OUT.zip --format bioimageio`); run others with bioimageio.core")
-    entry = ((rdf.get("weights") or {}).get("pytorch_state_dict") or {})
-    source = entry.get("source")
-    if not source:
-        raise OEEMError(f"{path}: the package has no pytorch_state_dict weights")
-    data = _read(path, source)
-    digest = entry.get("sha256")
-    if digest and hashlib.sha256(data).hexdigest() != digest:
-        raise OEEMError(f"{path}: {source} does not match the package's checksum (the file is damaged); export "
-                        "it again")
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise OEEMError(f"{path}: {source} is not a readable weights-only state dict ({type(exc).__name__})") from None
-    try:
-        seg, inference = from_dict(SegConfig, oeem["segmentation"]), from_dict(InferConfig, oeem["inference"])
-    except (TypeError, ValueError, KeyError, OEEMError) as exc:
-        raise OEEMError(f"{path}: its settings are not ones this version knows ({exc}); upgrade oeem-napari") from None
-    net = build_segmenter(seg)
-    load_model_state(net, {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}, path)
-    model = fold_batchnorm(place(net, device))
-    return TrainedModel(model, seg, inference, float(oeem.get("mpp") or 0.62), str(path), oeem.get("record") or {})

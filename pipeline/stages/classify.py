@@ -16,7 +16,14 @@ from pipeline.errors import OEEMError
 from pipeline.io.patch_labels import project_tags, tags_to_vectors
 from pipeline.progress import Job
 from pipeline.stages.augment import random_resized_crop
-from pipeline.stages.models import PatchClassifier, build_classifier, load_network
+from pipeline.stages.models import (
+    PatchClassifier,
+    build_classifier,
+    load_model_state,
+    load_network,
+    safe_torch_load,
+    settings_as_now,
+)
 from pipeline.stages.patches import patch_grid, patch_labels
 from pipeline.stages.selfcheck import check_stage_network
 from pipeline.stages.training import Loop, prepare, resume, train
@@ -166,6 +173,31 @@ def classifier_settings(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: P
             "labels_id": (store.load_run("patches") or {}).get("run_id")}
 
 
+def continue_after_new_tags(store: ProjectStore, settings: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                            n_patches: int, steps_per_epoch: int, passes: int) -> tuple[int, str] | None:
+    """The batch classifier's warm start from a checkpoint trained while tagging whose labels are older than the
+    current ones (same settings otherwise): its weights and optimiser loaded into ``model`` and ``opt``, and
+    (epoch to resume at, notice). None where the checkpoint is not such a one (the usual resume rules apply). The
+    rule is ``pipeline.stages.live``'s: a live step counts as the share of today's labelled patches it learned from."""
+    path = store.checkpoint_path(STAGE)
+    if not path.is_file():
+        return None
+    ck = safe_torch_load(path)
+    live = ck.get("live")
+    if not live or ck.get("labels_id") == settings["labels_id"]:
+        return None
+    if any(settings_as_now(ck.get(key), None) != value for key, value in settings.items() if key != "labels_id"):
+        return None
+    credit = float(live.get("credit", live.get("steps_on_labels", 0)))
+    credit *= min(1.0, int(live.get("patches", 0)) / max(1, n_patches))  # the rule: a step counts its share
+    epoch = min(int(credit) // steps_per_epoch, passes - 1)  # at least the last epoch on the new labels
+    load_model_state(model, ck["model"], path)
+    opt.load_state_dict(ck["optimizer"])
+    return epoch, (f"continuing the classifier trained while tagging ({live.get('steps', 0)} steps, {credit:.0f} "
+                   f"of them credited by the share of today's {n_patches} labelled patches they learned from: "
+                   f"{epoch} of {passes} epochs)")
+
+
 @writes_project("training the classifier")
 def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: PatchConfig, device: str = "auto",
                      restart: bool = False, on_mismatch: str = "error") -> Job[dict]:
@@ -188,8 +220,6 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
         raise OEEMError(f"{n} training patches cannot be shared by {dist.world_size} torchrun processes")
     steps_per_epoch, batch = classifier_batches(patches, labels, cfg, dev, gen)
     passes = cfg.passes_for(n)  # several per epoch on few labelled patches (cfg.min_epoch_steps)
-    from pipeline.stages.live import continue_after_new_tags
-
     # trained while tagging, on older tags: continued by the rule in pipeline.stages.live, not trained afresh
     warm = None if restart else continue_after_new_tags(store, settings, model, opt, n, steps_per_epoch, passes)
     if warm is not None:
@@ -216,8 +246,8 @@ def train_classifier(store: ProjectStore, cfg: ClassifierConfig, patch_cfg: Patc
     record = {**settings, "device": str(dev), "n_patches": n,
               "run_id": uuid.uuid4().hex,  # lets the CAM stage tell whether its CAMs came from this model
               "patches_run_id": (store.load_run("patches") or {}).get("run_id"),  # the labels it learned
-              "epochs_run": max(0, passes - start_epoch), "passes": passes,
-              "continued_from_live": notice if warm is not None else None,  # trained while tagging, older tags  # passes over the patches; more than epochs
+              "epochs_run": max(0, passes - start_epoch), "passes": passes,  # passes over the patches; more than epochs
+              "continued_from_live": notice if warm is not None else None,  # trained while tagging, older tags
               "seconds": done.seconds, "final_loss": done.final_loss,  # where an epoch must train min_epoch_steps
               "patches_per_s": done.per_second(done.samples), "world_size": dist.world_size,
               "precision": precision_name(amp)}

@@ -42,7 +42,7 @@ def check_memory(shape: tuple[int, int], cfg: InferConfig, working_scale: float 
                         "smaller scales (--scales 1) or cut the image into tiles (e.g. 2048 px) first")
 
 
-def _window_weight(crop: int, blend: str, device) -> torch.Tensor:
+def window_weight(crop: int, blend: str, device) -> torch.Tensor:
     """1 everywhere (plain average) or a Gaussian centred on the window (sigma = crop / 8, floored) so a pixel
     is decided mostly by windows that see it with context on every side."""
     if blend == "mean":
@@ -66,7 +66,7 @@ def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: i
         x = F.pad(x, (0, pw, 0, ph))
     H, W = x.shape[-2:]
     boxes = [(y, xx) for y in grid_starts(H, crop, stride) for xx in grid_starts(W, crop, stride)]
-    weight = _window_weight(crop, blend, x.device)
+    weight = window_weight(crop, blend, x.device)
     out = None
     count = torch.zeros(1, 1, H, W, device=x.device)
     for b in range(0, len(boxes), batch_size):

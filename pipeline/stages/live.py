@@ -16,8 +16,8 @@ labelled patches that were labelled when it trained (a step on the first image o
 changed tag on a patch already counted does not lower the credit). The credit, in whole epochs, is where the
 schedule resumes - its learning rate decayed as at that epoch - and the epochs left are trained. When no tag changed
 since the last chunk, a credit beyond the schedule leaves nothing to train; after a later tag at least the last
-epoch trains on the new labels. The pathologist tags until the last tag and *Run all* finishes the schedule,
-instead of training it all after the last tag.
+epoch trains on the new labels (:func:`pipeline.stages.classify.continue_after_new_tags`). The pathologist tags
+until the last tag and *Run all* finishes the schedule, instead of training it all after the last tag.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from pipeline.stages.classify import (
     make_patch_labels,
     patch_dataset,
 )
-from pipeline.stages.models import build_classifier, safe_torch_load
+from pipeline.stages.models import build_classifier
 from pipeline.stages.selfcheck import check_stage_network
 from pipeline.stages.training import Loop, prepare, train
 from pipeline.store import ProjectStore
@@ -159,32 +159,6 @@ def _save(store: ProjectStore, model: torch.nn.Module, opt: torch.optim.Optimize
         except ProjectBusy:
             time.sleep(1.0)
     raise OEEMError(f"{store.path}: could not save the classifier for a minute: another process holds the project")
-
-
-def continue_after_new_tags(store: ProjectStore, settings: dict, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                            n_patches: int, steps_per_epoch: int, passes: int) -> tuple[int, str] | None:
-    """The batch classifier's warm start from a checkpoint trained while tagging whose labels are older than the
-    current ones (same settings otherwise): its weights and optimiser loaded into ``model`` and ``opt``, and
-    (epoch to resume at, notice). None where the checkpoint is not such a one (the usual resume rules apply)."""
-    from pipeline.stages.models import load_model_state, settings_as_now
-
-    path = store.checkpoint_path(STAGE)
-    if not path.is_file():
-        return None
-    ck = safe_torch_load(path)
-    live = ck.get("live")
-    if not live or ck.get("labels_id") == settings["labels_id"]:
-        return None
-    if any(settings_as_now(ck.get(key), None) != value for key, value in settings.items() if key != "labels_id"):
-        return None
-    credit = float(live.get("credit", live.get("steps_on_labels", 0)))
-    credit *= min(1.0, int(live.get("patches", 0)) / max(1, n_patches))  # the rule: a step counts its share
-    epoch = min(int(credit) // steps_per_epoch, passes - 1)  # at least the last epoch on the new labels
-    load_model_state(model, ck["model"], path)
-    opt.load_state_dict(ck["optimizer"])
-    return epoch, (f"continuing the classifier trained while tagging ({live.get('steps', 0)} steps on "
-                   f"{live.get('patches', 0)} of today's {n_patches} labelled patches: {epoch} of {passes} epochs "
-                   "credited)")
 
 
 def pseudo_mask_now(model: torch.nn.Module, store: ProjectStore, name: str, cfg: PipelineConfig,

@@ -7,9 +7,11 @@ cannot run code). It holds the network's weights and everything needed to use th
 (architecture, input normalisation, working scale), the prediction settings it was scored with (scales, flip,
 post-processing: ``drop_glands_below``, ``fill_holes_below``), the microns per pixel of the images it learned from,
 the class names, the training record (data, iterations, validation scores, software versions) and a SHA-256 of the
-weights, checked on load so a damaged file is named instead of predicting garbage. (TorchScript / ONNX were left
-out: they would freeze one input size and the sliding-window, multi-scale inference around the network, which is
-where this tool's results come from.)
+weights, checked on load so a damaged file is named instead of predicting garbage.
+
+The same model also leaves as a bioimage.io package (``pipeline.io.bioimageio``: TorchScript with the sliding-window,
+multi-scale prediction scripted around the traced network, for QuPath and the model zoo); this module reads such a
+package back as the model file it was made from (:func:`load_package`).
 """
 from __future__ import annotations
 
@@ -119,7 +121,6 @@ def _settings(kind, saved: Any, path: Path, what: str):
 def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """Read and check a model file: format, version, checksum, and that the weights fit the network it names.
     A bioimage.io package oeem wrote (``--format bioimageio``) reads as the model file it was made from."""
-    from pipeline.io.bioimageio import is_package, load_package
     from pipeline.stages.models import build_segmenter
 
     path = Path(path)
@@ -156,6 +157,86 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Tra
     return TrainedModel(model, seg, inference, float(data.get("mpp") or 0.62), str(path), data.get("record", {}))
 
 
+RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")  # a bioimage.io package's description
+
+
+def is_package(path: str | Path) -> bool:
+    """A bioimage.io package: a .zip holding an rdf, or a folder with one."""
+    import zipfile
+
+    path = Path(path)
+    if path.is_dir():
+        return any((path / n).is_file() for n in RDF_NAMES)
+    if path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            return any(n in z.namelist() for n in RDF_NAMES)
+    return False
+
+
+def _read_member(path: Path, member: str) -> bytes:
+    import zipfile
+
+    if path.is_dir():
+        target = path / member
+        if not target.is_file():
+            raise OEEMError(f"{path}: the package lists {member}, which is missing")
+        return target.read_bytes()
+    with zipfile.ZipFile(path) as z:
+        try:
+            return z.read(member)
+        except KeyError:
+            raise OEEMError(f"{path}: the package lists {member}, which is missing") from None
+
+
+def load_package(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
+    """An oeem bioimage.io package (``pipeline.io.bioimageio``) back as a :class:`TrainedModel`: the same network,
+    settings and µm/px as the model file it was made from. A foreign package (no ``config.oeem``) is refused
+    with what to do."""
+    import io
+    import zipfile
+
+    import yaml
+
+    from pipeline.stages.models import build_segmenter
+
+    path = Path(path)
+    rdf_name = next((n for n in RDF_NAMES if (path / n).is_file()), None) if path.is_dir() else None
+    if rdf_name is None and not path.is_dir():
+        with zipfile.ZipFile(path) as z:
+            rdf_name = next((n for n in RDF_NAMES if n in z.namelist()), None)
+    if rdf_name is None:
+        raise OEEMError(f"{path}: not a bioimage.io package (no rdf.yaml)")
+    try:
+        rdf = yaml.safe_load(_read_member(path, rdf_name))
+    except yaml.YAMLError as exc:
+        raise OEEMError(f"{path}: its {rdf_name} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    oeem = ((rdf or {}).get("config") or {}).get("oeem")
+    if not isinstance(oeem, dict) or oeem.get("format") != "oeem-bioimageio":
+        raise OEEMError(f"{path}: a bioimage.io model not made by oeem; oeem reads the packages it writes (`oeem "
+                        "export-model PROJECT OUT.zip --format bioimageio`); run others with bioimageio.core")
+    entry = ((rdf.get("weights") or {}).get("pytorch_state_dict") or {})
+    source = entry.get("source")
+    if not source:
+        raise OEEMError(f"{path}: the package has no pytorch_state_dict weights")
+    data = _read_member(path, source)
+    digest = entry.get("sha256")
+    if digest and hashlib.sha256(data).hexdigest() != digest:
+        raise OEEMError(f"{path}: {source} does not match the package's checksum (the file is damaged); export "
+                        "it again")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise OEEMError(f"{path}: {source} is not a readable weights-only state dict ({type(exc).__name__})") from None
+    try:
+        seg, inference = from_dict(SegConfig, oeem["segmentation"]), from_dict(InferConfig, oeem["inference"])
+    except (TypeError, ValueError, KeyError, OEEMError) as exc:
+        raise OEEMError(f"{path}: its settings are not ones this version knows ({exc}); upgrade oeem-napari") from None
+    net = build_segmenter(seg)
+    load_model_state(net, {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}, path)
+    model = fold_batchnorm(place(net, device))
+    return TrainedModel(model, seg, inference, float(oeem.get("mpp") or 0.62), str(path), oeem.get("record") or {})
+
+
 def project_model(store: ProjectStore, inference: InferConfig, mpp: float,
                   device: str | torch.device = "cpu") -> TrainedModel:
     """A project's current segmentation model, as a model file would give it."""
@@ -170,8 +251,6 @@ def open_model(source: str | Path, device: str | torch.device = "cpu",
     """A model file, a bioimage.io package made by oeem, or a project's current model (``source`` is a project
     folder): what ``oeem predict-images`` and the plugin's *Load model…* take. ``inference_overrides`` (e.g. ``--fast``) change how it predicts."""
     source = Path(source)
-    from pipeline.io.bioimageio import is_package
-
     if source.is_dir() and not is_package(source):
         from pipeline.store.project import project_config
 
@@ -191,8 +270,6 @@ def load_network(path: str | Path, device: str | torch.device = "cpu") -> tuple[
     from pipeline.stages.segment import load_segmenter_file
 
     path = Path(path)
-    from pipeline.io.bioimageio import is_package
-
     if path.is_file() and path.name.endswith(SUFFIX) or is_package(path):
         trained = load_model_file(path, device)
         return trained.model, trained.seg
@@ -216,8 +293,8 @@ def weights_from_file(path: str | Path, seg: SegConfig) -> tuple[dict[str, torch
 
 ARCHITECTURE = ("backbone", "decoder", "head_channels", "decoder_full_res")  # what must match to reuse weights
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "SUFFIX", "TrainedModel", "export_model",
-           "load_model_file", "load_network", "open_model", "project_model", "weights_digest",
+__all__ = ["FORMAT", "FORMAT_VERSION", "SUFFIX", "TrainedModel", "export_model", "is_package", "load_model_file",
+           "load_network", "load_package", "model_payload", "open_model", "project_model", "weights_digest",
            "weights_from_file"]
 
 
