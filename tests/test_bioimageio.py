@@ -140,3 +140,18 @@ def test_without_the_extra_the_export_says_what_to_install(trained_project, tmp_
     store, _, _ = trained_project
     assert main(["export-model", str(store.path), str(tmp_path / "m.zip"), "--format", "bioimageio"]) == 2
     assert "pip install 'oeem-napari[bioimageio]'" in capsys.readouterr().err
+
+
+def test_predict_slide_with_the_package_equals_the_model_file(package, model_file, tmp_path):
+    import zarr
+
+    from pipeline.io.synth import write_synthetic_slide
+
+    slide = tmp_path / "slide.tif"
+    write_synthetic_slide(slide, (384, 512), tissue_fraction=0.6, mpp=0.62, tile=256, seed=3)
+    common = ["--device", "cpu", "--fast", "--block", "256"]
+    for model, out in ((model_file, "a.ome.zarr"), (package, "b.ome.zarr")):
+        assert main(["predict-slide", str(model), str(slide), "--out", str(tmp_path / out), *common]) == 0
+    a, b = (np.asarray(zarr.open_group(str(tmp_path / o), mode="r")["labels/prediction/0"])
+            for o in ("a.ome.zarr", "b.ome.zarr"))
+    assert a.any() and np.array_equal(a, b)
