@@ -41,8 +41,15 @@ from pipeline.store import ProjectStore
 from pipeline.store.project import project_config
 
 WORK = Path(__file__).resolve().parents[1] / "runs" / "bench" / "session.oeem.zarr"
-BATCH = {"file": "weak_labels.json", "run": "suggested-25-s0-cpu", "val_pseudo_mIoU_stage1": 70.59,
-         "stage1_source": "live-bf16.json's batch_stage1 (classifier 276.4 s, bf16)"}
+BATCH_RUN = "suggested-25-s0-cpu"  # weak_labels.json's batch run at the same tags; its stage 1 in live-bf16.json
+
+
+def batch_peer() -> dict:
+    """The batch run at the same tags, from the tracked files: its stage 1's validation pseudo-masks and whole run."""
+    stage1 = json.loads((RESULTS / "live-bf16.json").read_text())["batch_stage1"]
+    return {"file": "weak_labels.json", "run": BATCH_RUN, "val_pseudo_mIoU_stage1": stage1["val_pseudo_mIoU"],
+            "stage1_source": f"live-bf16.json's batch_stage1 (classifier {stage1['classifier_s']} s, "
+                             f"{stage1['precision']})"}
 
 
 def actions(truth: ProjectStore, store: ProjectStore, name: str, cfg) -> list:
@@ -82,7 +89,7 @@ def main() -> None:
     from pipeline.stages.classify import load_classifier
     from pipeline.stages.run import run_all
 
-    picks = json.loads((RESULTS / "weak_labels.json").read_text())["runs"][BATCH["run"]]["images"]
+    picks = json.loads((RESULTS / "weak_labels.json").read_text())["runs"][BATCH_RUN]["images"]
     truth = ProjectStore.open(TRUTH)
     if WORK.exists():
         shutil.rmtree(WORK)
@@ -153,7 +160,7 @@ def main() -> None:
         "classifier": {k: cls.get(k) for k in ("epochs_run", "passes", "seconds", "continued_from_live")},
         "from_last_tag_s": {"steps_started": {k: round(v, 1) for k, v in marks.items()},
                             "pseudo_masks": round(cams_end, 1), "end": round(end, 1), "until": args.until},
-        "val_pseudo_mIoU": round(val_pseudo, 2), "batch_peer": BATCH, "machine": machine(),
+        "val_pseudo_mIoU": round(val_pseudo, 2), "batch_peer": batch_peer(), "machine": machine(),
     }
     if args.until == "all":
         result["val_mIoU"] = round(report["evaluation-val"]["mIoU"], 2)

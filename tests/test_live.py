@@ -96,12 +96,16 @@ def test_no_tags_waits_and_a_cancel_keeps_a_loadable_checkpoint(untagged):
     load_classifier(store, "cpu")
 
 
+def trained_live(store, cfg, chunk_steps: int, chunks: int) -> dict:
+    """The first training image tagged, then ``chunks`` chunks trained while tagging: the checkpoint's record."""
+    tag(store, store.names("train")[0])
+    run(train_while_tagging(store, cfg, "cpu", chunk_steps=chunk_steps, stop=lambda s: s.checkpoints >= chunks))
+    return checkpoint(store)["live"]
+
+
 def test_oeem_run_continues_from_it_by_the_credit_rule(untagged):
     store, cfg = untagged
-    names = store.names("train")
-    tag(store, names[0])
-    run(train_while_tagging(store, cfg, "cpu", chunk_steps=10, stop=lambda s: s.checkpoints >= 1))
-    live = checkpoint(store)["live"]
+    live = trained_live(store, cfg, 10, 1)
     steps_per_epoch = max(1, live["patches"] // cfg.classifier.batch_size)
     done_epochs = checkpoint(store)["epoch"]
     assert live["credit"] == 10 and done_epochs == min(10 // steps_per_epoch, cfg.classifier.passes_for(live["patches"]))
@@ -111,13 +115,10 @@ def test_oeem_run_continues_from_it_by_the_credit_rule(untagged):
 
 def test_a_tag_after_the_last_chunk_continues_with_the_steps_credited_by_their_share(untagged):
     store, cfg = untagged
-    names = store.names("train")
-    tag(store, names[0])
-    run(train_while_tagging(store, cfg, "cpu", chunk_steps=40, stop=lambda s: s.checkpoints >= 2))
-    live = checkpoint(store)["live"]
+    live = trained_live(store, cfg, 40, 2)
     assert live["credit"] == 80 and live["patches"] > 0
     weights = {k: v.clone() for k, v in checkpoint(store)["model"].items()}
-    tag(store, names[1])  # a tag the live training never saw: the patches roughly double
+    tag(store, store.names("train")[1])  # a tag the live training never saw: the patches roughly double
     record = run(classifier_job(store, cfg, "cpu"))
     n = record["n_patches"]
     credited = min(int(80 * min(1.0, live["patches"] / n)) // max(1, n // cfg.classifier.batch_size),
@@ -132,8 +133,7 @@ def test_a_tag_after_the_last_chunk_continues_with_the_steps_credited_by_their_s
 
 def test_redo_trains_afresh_whatever_was_trained_while_tagging(untagged):
     store, cfg = untagged
-    tag(store, store.names("train")[0])
-    run(train_while_tagging(store, cfg, "cpu", chunk_steps=10, stop=lambda s: s.checkpoints >= 1))
+    trained_live(store, cfg, 10, 1)
     tag(store, store.names("train")[1])
     make_patch_labels(store, cfg.patches)
     record = run(train_classifier(store, cfg.classifier, cfg.patches, "cpu", restart=True))  # --redo

@@ -122,8 +122,9 @@ def _train(store: ProjectStore, cfg: PipelineConfig, device: str, chunk_steps: i
             state.images, state.patches = int(summary["images"]), len(patches)
         start, offset = state.steps, state.steps - state.steps_on_labels
         on_labels = functools.partial(_shifted, batch, offset)  # steps counted on the current labels
-        loop = Loop(STAGE, "classifier", start + chunk_steps, on_labels, loss, None, checkpoint_every=chunk_steps, save_on_cancel=False,
-                    # a progress after every step, without a message: a cancel stops within one step
+        # a progress after every step, without a message: a cancel stops within one step
+        loop = Loop(STAGE, "classifier", start + chunk_steps, on_labels, loss, None, checkpoint_every=chunk_steps,
+                    save_on_cancel=False,
                     where=lambda s: f"step {s + 1}", message=lambda s: "", lr=ccfg.lr, poly_power=0.0)
         yield from train(store, loop, dist, model, opt, start)  # a constant rate: the schedule's first
         state.steps += chunk_steps
