@@ -56,7 +56,7 @@ def test_the_estimate_counts_each_stages_real_steps():
     est = estimate(cfg, FP32, GLAS)
     by = {s.key: s for s in est.stages}
     assert [s.key for s in est.stages] == ["patches", "classifier", "cams", "segmentation", "round-1", "round-2",
-                                           "predict", "evaluate"]
+                                           "predict", "instances", "evaluate"]
     assert by["classifier"].seconds == pytest.approx(8 * (85 * 117 // 20) * 0.28)
     assert by["classifier"].detail == "8 epochs x 497 steps"
     assert by["segmentation"].detail == "2000 iterations"

@@ -8,7 +8,8 @@ import pytest
 from pipeline.cli import build_parser, main
 from pipeline.config import preset
 
-STAGES = ["init", "patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "evaluate", "run", "export",
+STAGES = ["init", "patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "instances", "evaluate", "run",
+          "export",
           "info", "fetch-glas"]
 
 

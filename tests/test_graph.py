@@ -11,9 +11,10 @@ def test_the_graph_of_a_preset_in_order():
     cfg = preset("cpu")
     assert [s.key for s in steps(cfg)] == [
         "patches", "classifier", "cams", "segmentation-train", "round-1-labels", "round-1-train", "round-2-labels",
-        "round-2-train", "predict", "evaluate"]
+        "round-2-train", "predict", "instances", "evaluate"]
     cfg.selftrain.rounds = 0
-    assert [s.kind for s in steps(cfg)] == ["patches", "classifier", "cams", "train", "predict", "evaluate"]
+    assert [s.kind for s in steps(cfg)] == ["patches", "classifier", "cams", "train", "predict", "instances",
+                                            "evaluate"]
     said = [s.describe(preset("cpu")) for s in steps(preset("cpu"))]
     assert "round 2: training, 3000 iterations" in said and "round 1: new labels from the prediction" in said
 

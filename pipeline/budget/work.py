@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 # weight map and cleaning masks at full resolution (profiled on the sample project, 2 AVX2 cores: about 0.5 s/Mpx
 # around the prediction's network, 0.6 around the CAMs')
 IO_PER_MPX = {"patches": 0.2, "cams": 0.6, "segmentation": 0.2, "predict": 0.5}
+# the instances step has no network: cutting the mask into glands and writing the ids, about 0.08 s per megapixel
+# on 2 cores (benchmarks/instances.py: 19 ms per 0.4 Mpx GlaS image, plus the store)
+INSTANCES_PER_MPX = 0.08
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,8 @@ def estimate(cfg: PipelineConfig, speeds: Speeds, facts: ProjectFacts, done: Col
                              predict_megapixels(cfg, facts.images) * speeds.predict_per_mpx
                              + io["predict"] * _mpx(facts.images),
                              f"{len(facts.images)} images, {how}", "predict" in done))
+    out.append(StageEstimate("instances", "glands as objects", INSTANCES_PER_MPX * _mpx(facts.images),
+                             f"{len(facts.images)} images, {cfg.instances.method}", "instances" in done))
     out.append(StageEstimate("evaluate", "evaluation", _mpx(facts.scored) * speeds.evaluate_per_mpx,
                              f"{len(facts.scored)} images with masks"))
     return Estimate(tuple(dataclasses.replace(s, seconds=0.0) if s.done else s for s in out))

@@ -21,8 +21,8 @@ from pipeline.cli.common import is_main
 from pipeline.errors import OEEMError
 
 # commands that write into the project: one at a time per project (the writer lock)
-WRITERS = {"patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "run", "import-geojson", "undo",
-           "doctor", "regions", "add-regions", "labels", "update"}
+WRITERS = {"patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "instances", "run", "import-geojson",
+           "undo", "doctor", "regions", "add-regions", "labels", "update"}
 # commands that may run as several processes under torchrun (data-parallel training)
 DISTRIBUTED = {"train-seg", "train-cls"}
 

@@ -21,9 +21,10 @@ from pipeline.errors import OEEMError
 
 # the configuration sections whose flags each command takes (the flags themselves are declared in config.py)
 COMMAND_SECTIONS = {
-    "train-cls": ("classifier",), "cams": ("cam",), "train-seg": ("segmentation",), "predict": ("inference",),
-    "predict-slide": ("slide", "inference"), "update": ("update", "inference"),
-    "run": ("patches", "classifier", "cam", "segmentation", "inference", "selftrain"),
+    "train-cls": ("classifier",), "cams": ("cam",), "train-seg": ("segmentation",),
+    "predict": ("inference", "instances"), "instances": ("instances",),
+    "predict-slide": ("slide", "inference", "instances"), "update": ("update", "inference"),
+    "run": ("patches", "classifier", "cam", "segmentation", "inference", "instances", "selftrain"),
 }
 SETTING_DEST = "setting:"  # argparse dest prefix of a flag that sets a setting (the dotted key follows)
 

@@ -77,13 +77,13 @@ def cmd_predict_images(args) -> None:
     overrides = {k.split(".", 1)[1]: v for k, v in FAST_INFERENCE.items()} if args.fast else None
     trained = open_model(args.model, "cpu", overrides)
     rec = drive(predict_files(trained, args.paths, args.out, args.format, args.overwrite, args.mpp, args.device,
-                              args.scheduler),
+                              args.scheduler, args.instances),
                 "predict-images")
     assumed = sum(1 for r in rec["images"].values() if r["mpp_from"].startswith("assumed"))
     note = (f"; {assumed} image(s) state no µm/px and were taken to be at the model's {trained.mpp:g} "
             "(give --mpp if they are not)") if assumed else ""
     print(f"predicted {rec['predicted']} image(s), {rec['skipped']} already done (--overwrite redoes them), into "
-          f"{args.out} ({args.format}){note}")
+          f"{args.out} ({args.format}{', one id per gland' if args.instances else ''}){note}")
 
 
 def register(add) -> None:
@@ -121,6 +121,9 @@ def register(add) -> None:
     p.add_argument("--out", default="predictions", help="folder for the masks, made if missing (default: "
                    "./predictions)")
     p.add_argument("--format", default="png", choices=FORMATS, help="mask format (default: png)")
+    p.add_argument("--instances", action="store_true",
+                   help="write each gland's own id instead of a 0/255 mask: 16-bit PNG, TIFF and OME-Zarr labels, "
+                        "one GeoJSON feature per gland with its id and area in µm² (default: the mask)")
     p.add_argument("--overwrite", action="store_true", help="predict images whose mask exists again (default: "
                    "skip them, so a rerun resumes)")
     add_mpp(p, "what each file says, else the model's")

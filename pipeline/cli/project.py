@@ -57,7 +57,8 @@ def cmd_export(args) -> None:
 
     store = open_project(args.project)
     paths = export_masks(store, args.folder, args.format, args.labels)
-    print(f"wrote {len(paths)} {args.format} masks ({args.labels}) to {args.folder}")
+    what = "files of gland instances" if args.labels == "instances" else f"masks ({args.labels})"
+    print(f"wrote {len(paths)} {args.format} {what} to {args.folder}")
 
 
 def cmd_import_geojson(args) -> None:
@@ -116,14 +117,17 @@ def register(add) -> None:
                    help="hold this many training images out as a validation split (no stage trains on them; "
                         "their masks only choose settings; default: 0)")
     add("info", cmd_info, "what a project holds")
+    sources = ("corrected", "pseudo", "prediction", "instances")  # pipeline.io.export.SOURCES (not imported: the
+    # parser stays quick to build)
     p = add("export", cmd_export, "write masks as GlaS-style PNG, TIFF, OME-Zarr or QuPath GeoJSON (all or nothing)")
     p.add_argument("folder", help="where the files go (made if missing)")
     p.add_argument("--format", choices=("png", "tiff", "zarr", "geojson"), default="png",
                    help="file format (default: png)")
-    p.add_argument("--labels", choices=("corrected", "pseudo", "prediction"), default="corrected",
-                   help="which labels: the corrected pseudo-masks, the plain pseudo-masks or the prediction "
-                        "(default: corrected)")
-    p.add_argument("--source", dest="labels", choices=("corrected", "pseudo", "prediction"), help=argparse.SUPPRESS)
+    p.add_argument("--labels", choices=sources, default="corrected",
+                   help="which labels: the corrected pseudo-masks, the plain pseudo-masks, the prediction or its "
+                        "glands as objects (instances: ids kept - 16-bit PNG, TIFF, OME-Zarr labels, one GeoJSON "
+                        "feature per gland with its id and area) (default: corrected)")
+    p.add_argument("--source", dest="labels", choices=sources, help=argparse.SUPPRESS)
     p = add("import-geojson", cmd_import_geojson, "import QuPath GeoJSON annotations (a file or a folder of "
             "NAME.geojson) as pathologist-verified corrections (undoable)")
     p.add_argument("path", help="a .geojson file or a folder of them")

@@ -44,12 +44,17 @@ def cmd_predict_slide(args) -> None:
     else:
         cfg = config_for(args, store)
     rec = drive(predict_slide(store, args.slide, cfg.slide, cfg.inference, args.mpp, args.out, args.device,
-                               args.name, args.redo, args.scheduler, model=model), "predict-slide")
+                               args.name, args.redo, args.scheduler, model=model, instances=cfg.instances),
+                "predict-slide")
     b = rec["blocks"]
     print(f"{rec['output']}: {rec['size'][1]} x {rec['size'][0]} px at {rec['project_mpp']:.4g} µm/px, "
           f"{rec['levels']} level(s); {b['tissue']} tissue blocks ({b['resumed']} resumed), "
           f"{b['skipped_as_glass']} skipped as glass; {rec['seconds']:.1f} s, peak memory "
           f"{rec['peak_rss_mb']:.0f} MB")
+    if rec.get("instances"):
+        g = rec["instances"]
+        print(f"glands as objects (labels/glands): {g['glands']} glands, {g['seconds']:.1f} s"
+              + (f"; {g['too_large']} region(s) larger than the tiles' halo kept whole" if g["too_large"] else ""))
     print(f"note: {rec['resampling']}")
     print(f"open it over the slide: napari {args.slide} {rec['output']}")
 

@@ -113,12 +113,28 @@ def cmd_selftrain(args) -> None:
 
 def cmd_predict(args) -> None:
     from pipeline.stages.infer import predict
+    from pipeline.stages.instances import make_instances
 
     store = open_project(args.project)
     cfg = config_for(args, store)
     names = store.names(args.split) if args.split != "all" else None
     rec = drive(predict(store, cfg.inference, names, args.device, args.name), "predict")
     print(f"predicted {rec['images']} images ({rec['seconds_per_image']:.2f} s/image)")
+    print_instances(drive(make_instances(store, cfg.instances, names), "instances"))
+
+
+def cmd_instances(args) -> None:
+    from pipeline.stages.instances import make_instances
+
+    store = open_project(args.project)
+    cfg = config_for(args, store)
+    print_instances(drive(make_instances(store, cfg.instances), "instances"))
+
+
+def print_instances(rec: dict) -> None:
+    cfg = rec["config"]
+    print(f"{rec['glands']} glands in {rec['images']} images, separated by {cfg['method']} "
+          f"({1000 * rec['seconds_per_image']:.0f} ms/image)")
 
 
 def cmd_evaluate(args) -> None:
@@ -126,25 +142,28 @@ def cmd_evaluate(args) -> None:
 
     store = open_project(args.project)
     res = evaluate(store, args.split, args.labels)
+    objects = {"instances": "the glands of the instances step", "components": "8-connected regions"}[res["objects"]]
     print(f"{args.labels} against the gland masks of the {args.split} images: pixel scores at dataset level, object "
-          "scores as the GlaS challenge's (objects = 8-connected glands; Hausdorff in pixels)")
+          f"scores as the GlaS challenge's (objects: {objects}; the truth's: "
+          f"{'its ids' if res['truth_objects'] == 'ids' else 'connected regions of a binary mask'}; Hausdorff in "
+          "pixels)")
     print(SCORE_HEADER)
     for name, r in evaluation_rows(res):
-        print(f"  {name:<10} {r['images']:>6}  {score_cells(r)}")
+        print(f"  {name:<16} {r['images']:>6}  {score_cells(r)}")
     if args.per_image:
         for n, r in res["per_image"].items():
-            print(f"  {n:<17}  {score_cells(r)}")
+            print(f"  {n:<23}  {score_cells(r)}")
 
 
-SCORE_HEADER = (f"  {'':<10} {'images':>6}  {'mIoU':>6} {'pixel Dice':>10} {'F1':>6}  {'object F1':>9} "
+SCORE_HEADER = (f"  {'':<16} {'images':>6}  {'mIoU':>6} {'pixel Dice':>10} {'F1':>6}  {'object F1':>9} "
                 f"{'object Dice':>11} {'Hausdorff':>9}")
 
 
 def evaluation_rows(ev: dict) -> list[tuple[str, dict]]:
     """The rows of an evaluation: each GlaS test part (and A+B) when the image names give every image one, else
-    the split, then any parts."""
+    the split, then any parts and grades (benign, malignant, each part's)."""
     parts = ev.get("parts", {})
-    covered = sum(r["images"] for p, r in parts.items() if p != "A+B") == ev["images"]
+    covered = sum(r["images"] for p, r in parts.items() if p in ("testA", "testB")) == ev["images"]
     return list(parts.items()) if parts and covered else [(ev["split"], ev), *parts.items()]
 
 
@@ -208,7 +227,7 @@ def print_report(report: dict) -> None:
             print(f"prediction ({split}):")
             print(SCORE_HEADER)
             for name, r in evaluation_rows(ev):
-                print(f"  {name:<10} {r['images']:>6}  {score_cells(r)}")
+                print(f"  {name:<16} {r['images']:>6}  {score_cells(r)}")
     est = report.get("estimate") or {}
     if "seconds" in report and est.get("total_s"):
         from pipeline.budget import fmt_duration
@@ -256,6 +275,9 @@ def register(add) -> None:
     p.add_argument("--split", default="all", choices=("all", "train", "val", "test"),
                    help="the images to predict (default: all)")
     add_model_name(p)
+    p = add("instances", cmd_instances, "cut the predicted masks into glands again (one id each), e.g. after "
+            "changing instances.method; `predict` and `run` do it already")
+    add_common(p, "instances")
     p = add("evaluate", cmd_evaluate, "pixel mIoU / Dice / F1 and GlaS object F1 / Dice / Hausdorff against the "
             "gland masks")
     p.add_argument("--split", default="test", choices=("train", "val", "test"),

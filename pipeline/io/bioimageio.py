@@ -175,7 +175,8 @@ def export_bioimageio(payload: dict, out: str | Path, image: np.ndarray, authors
         (tmp / "README.md").write_text(_readme(inference, payload.get("record") or {}, mpp), encoding="utf-8")
         (tmp / "environment.yaml").write_text(_environment(), encoding="utf-8")
         record = {"format": "oeem-bioimageio", "mpp": mpp, "classes": ["background", "gland"], **kwargs,
-                  "record": _jsonable(payload.get("record") or {}), "preset": payload.get("preset")}
+                  "record": _jsonable(payload.get("record") or {}), "preset": payload.get("preset"),
+                  "instances": _jsonable(payload.get("instances") or {})}
         space = dict(unit="micrometer", scale=mpp)
         size = spec.ParameterizedSize(min=MIN_SIDE, step=16)
         inputs = [spec.InputTensorDescr(

@@ -101,6 +101,20 @@ def load_image(path: str | Path) -> np.ndarray:
 
 def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
     """Read a gland mask: every value > 0 is gland (0/255 PNGs and GlaS instance-id BMPs alike)."""
+    return (read_mask_labels(path, shape) > 0).astype(np.uint8)
+
+
+def gland_ids(labels: np.ndarray) -> np.ndarray | None:
+    """The truth's glands as objects when a mask carries them: an instance-id mask (the GlaS challenge's
+    ``_anno.bmp``: one value per gland) as int32 ids, None for a binary mask (one value for every gland, e.g. 0/255),
+    whose objects can only be its connected regions."""
+    values = np.unique(labels)
+    return labels.astype(np.int32) if len(values[values > 0]) > 1 else None
+
+
+def read_mask_labels(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A mask file's values as they are (0 = non-gland; a binary mask or one id per gland), checked against the
+    image's ``shape``."""
     path = Path(path)
     img = _open(path)
     arr = np.asarray(img)
@@ -110,11 +124,41 @@ def read_mask(path: str | Path, shape: tuple[int, int] | None = None) -> np.ndar
             raise OEEMError(f"{path}: the mask is a colour image; save it as a single-channel label image "
                             "(0 = non-gland, >0 = gland)")
         arr = arr[..., 0]
-    mask = (arr > 0).astype(np.uint8)
-    if shape is not None and mask.shape != tuple(shape):
-        raise OEEMError(f"{path}: mask size {mask.shape[1]}x{mask.shape[0]} differs from its image "
+    if shape is not None and arr.shape != tuple(shape):
+        raise OEEMError(f"{path}: mask size {arr.shape[1]}x{arr.shape[0]} differs from its image "
                         f"{shape[1]}x{shape[0]}; masks must match their image pixel for pixel")
-    return mask
+    if arr.dtype.kind not in "uib":
+        raise OEEMError(f"{path}: a mask holds whole numbers (0 = non-gland), not {arr.dtype}")
+    return arr
+
+
+def read_grades(folder: str | Path) -> dict[str, str]:
+    """Each image's grade from a GlaS-style ``Grade.csv`` in ``folder`` (columns ``name`` and ``grade (GlaS)``,
+    values benign / malignant), by image name; empty when there is none. Why: the challenge reports benign and
+    malignant glands apart, and malignant ones are where a method fails."""
+    import csv
+
+    path = Path(folder) / "Grade.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return {}
+    header = [h.strip().lower() for h in rows[0]]
+    grade_col = next((k for k, h in enumerate(header) if h.startswith("grade")), None)
+    if "name" not in header or grade_col is None:
+        raise OEEMError(f"{path}: expected the columns 'name' and 'grade (GlaS)' (GlaS's Grade.csv)")
+    name_col = header.index("name")
+    grades = {}
+    for row in rows[1:]:
+        if len(row) > max(name_col, grade_col):
+            grade = row[grade_col].strip().lower()
+            if grade not in ("benign", "malignant"):
+                raise OEEMError(f"{path}: grade {row[grade_col]!r} of {row[name_col]!r} is neither benign nor "
+                                "malignant")
+            grades[safe_name(row[name_col].strip())] = grade
+    return grades
 
 
 def image_mpp(path: str | Path) -> float | None:

@@ -82,6 +82,80 @@ def mask_to_geojson(mask: np.ndarray, image_name: str | None = None) -> dict[str
     return {"type": "FeatureCollection", "features": features}
 
 
+GLAND_ID_NAMESPACE = uuid.UUID("5c1f3e2a-6d0b-4f57-9a43-0e6f0b8d2c11")  # gland feature ids: uuid5 of image:id
+
+
+def gland_feature_id(image_name: str | None, gland: int) -> str:
+    """A gland's GeoJSON feature id: a UUID (QuPath keeps only UUIDs and makes up a new one otherwise) derived from
+    the image and the gland id, so a second export of the same glands gives the same ids."""
+    return str(uuid.uuid5(GLAND_ID_NAMESPACE, f"{image_name or ''}:{int(gland)}"))
+
+
+def instances_to_geojson(ids: np.ndarray, image_name: str | None = None,
+                         mpp: float | None = None) -> dict[str, Any]:
+    """One "Gland" feature per gland of a label image, which QuPath imports as one object each: its id as the
+    feature id (:func:`gland_feature_id`), its name (``gland 12``) and measurements ``gland id``, ``area px`` and,
+    with ``mpp``, ``area µm^2``."""
+    ids = np.asarray(ids)
+    features = []
+    for k, sl in enumerate(ndi.find_objects(ids.astype(np.int64)), start=1):
+        if sl is None:
+            continue
+        crop = ids[sl] == k
+        geom = component_polygon(crop, (sl[0].start - 1, sl[1].start - 1))
+        if geom is None or geom.is_empty:
+            continue
+        area = int(crop.sum())
+        measurements = {"gland id": k, "area px": area}
+        if mpp:
+            measurements["area µm^2"] = round(area * mpp * mpp, 2)
+        props: dict[str, Any] = {"objectType": "annotation", "name": f"gland {k}",
+                                 "classification": {"name": GLAND_CLASS, "color": GLAND_COLOR},
+                                 "measurements": measurements}
+        if image_name:
+            props["image"] = image_name
+        features.append({"type": "Feature", "id": gland_feature_id(image_name, k), "geometry": mapping(geom),
+                         "properties": props})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def gland_id_of(feature: dict) -> int | None:
+    """The gland id a feature carries: its ``gland id`` measurement (as a map, or QuPath's list of name/value
+    pairs), else a name ``gland N``; None when it has neither."""
+    props = feature.get("properties") or {}
+    meas = props.get("measurements")
+    if isinstance(meas, list):
+        meas = {m.get("name"): m.get("value") for m in meas if isinstance(m, dict)}
+    value = (meas or {}).get("gland id") if isinstance(meas, dict) else None
+    if value is None and isinstance(props.get("name"), str) and props["name"].startswith("gland "):
+        value = props["name"][6:]
+    try:
+        return int(float(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def geojson_instances(obj: Any, shape_hw: tuple[int, int], source: str = "GeoJSON") -> np.ndarray:
+    """The glands of a GeoJSON file as a label image, each feature drawn with its own gland id
+    (:func:`gland_id_of`); features without one get the ids after the largest."""
+    out = np.zeros(shape_hw, np.int64)
+    features = [f for f in geojson_features(obj, source) if f.get("geometry")]
+    given = [gland_id_of(f) for f in features]
+    next_id = max([g for g in given if g is not None], default=0) + 1
+    for feat, gid in zip(features, given, strict=True):
+        if gid is None:
+            gid, next_id = next_id, next_id + 1
+        try:
+            geom = make_valid(shape(feat["geometry"]))
+        except Exception:  # noqa: BLE001 - malformed coordinates: that gland is left out, the rest read
+            continue
+        inside = np.zeros(shape_hw, bool)
+        for p in (g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon)):
+            _fill(inside, p)
+        out[inside] = gid
+    return out
+
+
 @dataclass
 class Rasterised:
     """An imported annotation file, as pixels: which to set to gland, which to non-gland, what was skipped."""

@@ -53,9 +53,10 @@ def image_metadata(name: str, levels: int = 1, mpp: float | None = None) -> dict
             {"type": "scale", "scale": [size * 2 ** k, size * 2 ** k]}]} for k in range(levels)]}]}
 
 
-def label_metadata(name: str, levels: int = 1, mpp: float | None = None) -> dict:
-    """:func:`image_metadata` of a label image: 0 transparent, 1 (gland) green."""
-    return {**image_metadata(name, levels, mpp), "image-label": {"colors": LABEL_COLOURS}}
+def label_metadata(name: str, levels: int = 1, mpp: float | None = None, ids: bool = False) -> dict:
+    """:func:`image_metadata` of a label image: 0 transparent, 1 (gland) green; with ``ids`` (one id per gland) no
+    colours (the viewer picks one per gland; validators want colours and properties to list the same ids)."""
+    return {**image_metadata(name, levels, mpp), "image-label": {} if ids else {"colors": LABEL_COLOURS}}
 
 
 def labels_group_metadata(names: list[str]) -> dict:
@@ -63,12 +64,23 @@ def labels_group_metadata(names: list[str]) -> dict:
     return {"version": VERSION, "labels": list(names)}
 
 
-def write_label_file(path: str | Path, mask: np.ndarray, name: str) -> None:
-    """A single-scale OME-Zarr holding the label image ``mask`` (uint8) as ``0``."""
+def write_label_file(path: str | Path, mask: np.ndarray, name: str, mpp: float | None = None,
+                     ids: bool = False) -> None:
+    """A single-scale OME-Zarr holding the label image ``mask`` as ``0``: a gland mask (uint8 0/1, gland green) or,
+    with ``ids``, one id per gland (its own integer type), each id's area listed under ``image-label.properties``
+    (pixels, and µm² with ``mpp``)."""
     g = zarr.open_group(str(path), mode="w")
-    arr = create_level(g, "0", mask.shape, "uint8", (min(512, mask.shape[0]), min(512, mask.shape[1])))
+    dtype = mask.dtype if ids else np.dtype("uint8")
+    arr = create_level(g, "0", mask.shape, dtype, (min(512, mask.shape[0]), min(512, mask.shape[1])))
     arr[...] = mask
-    g.attrs["ome"] = label_metadata(name)
+    meta = label_metadata(name, mpp=mpp, ids=ids)
+    if ids:
+        areas = np.bincount(np.asarray(mask).ravel().astype(np.int64))
+        meta["image-label"]["properties"] = [
+            {"label-value": int(k), "area (px)": int(a), **({"area (µm²)": round(float(a) * mpp * mpp, 2)}
+                                                            if mpp else {})}
+            for k, a in enumerate(areas) if k > 0 and a > 0]
+    g.attrs["ome"] = meta
 
 
 def half(a, labels: bool = False):

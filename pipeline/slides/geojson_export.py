@@ -6,7 +6,8 @@ each block's glands (4-connected, as :func:`pipeline.io.geojson.mask_to_polygons
 parts that touch across a block seam (union-find on the blocks' edge rows and columns), keeping only each part's
 bounding box and one pixel of it. Pass 2 reads each whole gland's bounding box, traces it and writes its feature
 to the file at once. Memory is bounded by a block and the largest gland, never by the slide; a gland cut by block
-edges comes out whole.
+edges comes out whole. Where the prediction holds its glands as objects (``labels/glands``, made by
+``oeem predict-slide``), each id is one feature instead, with its id and area (:func:`find_instances`).
 """
 from __future__ import annotations
 
@@ -100,6 +101,32 @@ def find_glands(pred: zarr.Array, block: int) -> Iterator[Progress | list]:
     yield parts.glands()
 
 
+def find_instances(glands: zarr.Array, block: int) -> Iterator[Progress | list]:
+    """Pass 1 over ``labels/glands``: yields progress per block row, then every gland id with its bounding box and
+    area (px), in id order."""
+    h, w = glands.shape
+    ny, nx = -(-h // block), -(-w // block)
+    boxes: dict[int, list[int]] = {}
+    for by in range(ny):
+        for bx in range(nx):
+            y0, x0 = by * block, bx * block
+            tile = np.asarray(glands[y0:y0 + block, x0:x0 + block])
+            values, dense = np.unique(tile, return_inverse=True)
+            dense = dense.reshape(tile.shape)
+            areas = np.bincount(dense.ravel(), minlength=len(values))
+            for k, sl in enumerate(ndi.find_objects(dense + 1), start=0):
+                gid = int(values[k])
+                if sl is None or gid == 0:
+                    continue
+                box = [sl[0].start + y0, sl[1].start + x0, sl[0].stop + y0, sl[1].stop + x0, int(areas[k])]
+                if gid in boxes:
+                    o = boxes[gid]
+                    box = [min(o[0], box[0]), min(o[1], box[1]), max(o[2], box[2]), max(o[3], box[3]), o[4] + box[4]]
+                boxes[gid] = box
+        yield Progress("find glands", by + 1, ny, f"block row {by + 1}/{ny}")
+    yield sorted(boxes.items())
+
+
 def _scaled(geom: Any, factor: float) -> Any:
     from shapely.affinity import scale
 
@@ -130,6 +157,9 @@ def export_slide_geojson(prediction: str | Path, out: str | Path, tolerance: flo
         raise OEEMError(f"{out.parent}: folder does not exist")
     t0 = time.perf_counter()
     block = int(pred.chunks[0])
+    if "glands" in root["labels"]:
+        return (yield from _export_instances(root["labels/glands/0"], prediction, out, factor, tolerance, level0,
+                                             float(meta.get("project_mpp") or 0) or None, t0))
     finder = find_glands(pred, block)
     glands: list = []
     for item in finder:
@@ -169,3 +199,53 @@ def export_slide_geojson(prediction: str | Path, out: str | Path, tolerance: flo
               "scale": factor, "tolerance_px": tolerance, "size": [h, w], "seconds": time.perf_counter() - t0}
     yield Progress("write glands", len(glands), len(glands))
     return record
+
+
+def _export_instances(glands: zarr.Array, prediction: Path, out: Path, factor: float, tolerance: float,
+                      level0: bool, mpp: float | None, t0: float) -> Job[dict]:
+    """The glands of ``labels/glands``: one feature per id, its id a UUID of (slide, gland id), its name and
+    measurements the id and area (µm² at the prediction's resolution where known)."""
+    from shapely.geometry import Polygon, mapping
+
+    from pipeline.io.geojson import gland_feature_id
+
+    found: list = []
+    for item in find_instances(glands, int(glands.chunks[0])):
+        if isinstance(item, Progress):
+            yield item
+        else:
+            found = item
+    slide_name = prediction.name.split(".")[0]
+    tmp = out.with_name(f".{out.name}.partial")
+    count = vertices = 0
+    with open(tmp, "w") as f:
+        f.write('{"type": "FeatureCollection", "features": [\n')
+        for k, (gid, (y0, x0, y1, x1, area)) in enumerate(found):
+            geom = component_polygon(np.asarray(glands[y0:y1, x0:x1]) == gid, (y0 - 1, x0 - 1))
+            if geom is None or geom.is_empty:
+                continue
+            geom = _scaled(geom, factor).simplify(tolerance * factor, preserve_topology=True)
+            parts = [p for p in getattr(geom, "geoms", [geom]) if isinstance(p, Polygon) and p.area > 0]
+            if not parts:
+                continue
+            measurements = {"gland id": gid, "area px": area}
+            if mpp:
+                measurements["area µm^2"] = round(area * mpp * mpp, 2)
+            shape_ = parts[0] if len(parts) == 1 else geom
+            feature = {"type": "Feature", "id": gland_feature_id(slide_name, gid), "geometry": mapping(shape_),
+                       "properties": {"objectType": "annotation", "name": f"gland {gid}",
+                                      "classification": {"name": GLAND_CLASS, "color": GLAND_COLOR},
+                                      "measurements": measurements}}
+            f.write((",\n" if count else "") + json.dumps(feature, separators=(",", ":")))
+            count += 1
+            vertices += sum(len(p.exterior.coords) + sum(len(r.coords) for r in p.interiors) for p in parts)
+            if k % 200 == 199:
+                yield Progress("write glands", k + 1, len(found))
+        f.write("\n]}\n")
+    tmp.replace(out)
+    h, w = glands.shape
+    yield Progress("write glands", len(found), len(found))
+    return {"prediction": str(prediction), "output": str(out), "glands": count, "vertices": vertices,
+            "bytes": out.stat().st_size, "coordinates": "slide level 0" if level0 else "prediction",
+            "scale": factor, "tolerance_px": tolerance, "size": [h, w], "objects": "instances",
+            "seconds": time.perf_counter() - t0}

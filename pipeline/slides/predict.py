@@ -7,7 +7,8 @@ into slide-sized canvases and run out of memory) - and a block is finished, writ
 killed run resumes where it stopped, and blocks are natural tasks for a ``dask.distributed`` cluster.
 
 Layout of ``NAME.ome.zarr`` (OME-Zarr 0.5 on zarr v3): the gland probability (uint8, 0-255) as the multiscale
-image, ``labels/prediction`` the 0/1 mask as multiscale labels, both at the project's microns per pixel.
+image, ``labels/prediction`` the 0/1 mask and ``labels/glands`` one id per gland (:mod:`pipeline.slides.instances`)
+as multiscale labels, all at the project's microns per pixel.
 ``NAME.ome.zarr.progress.json`` beside it lists the finished blocks (written atomically after each one);
 ``NAME.ome.zarr.record.json`` says what was done, resampling included (also in the root's attributes)."""
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import InferConfig, SlideConfig
+from pipeline.config import InferConfig, InstanceConfig, SlideConfig
 from pipeline.device import resolve_device
 from pipeline.errors import OEEMError
 from pipeline.io.omezarr import add_levels, create_level, image_metadata, label_metadata, labels_group_metadata
@@ -149,9 +150,11 @@ def plan(slide: Slide, cfg: SlideConfig, infer_cfg: InferConfig, out: Path) -> t
 def predict_slide(store: ProjectStore | None, slide_path: str | Path, cfg: SlideConfig, infer_cfg: InferConfig,
                   mpp: float | None = None, out: str | Path | None = None, device: str = "auto",
                   run_name: str | None = None, restart: bool = False, scheduler: str | None = None,
-                  tasks_per_worker: int = 4, model: str | Path | None = None) -> Job[dict]:
+                  tasks_per_worker: int = 4, model: str | Path | None = None,
+                  instances: InstanceConfig | None = None) -> Job[dict]:
     """Predict ``slide_path`` with the project's segmentation model (or the model file ``model``; then ``store``
-    may be None and ``cfg.project_mpp`` should be the model's) into an OME-Zarr pyramid; resumable.
+    may be None and ``cfg.project_mpp`` should be the model's) into an OME-Zarr pyramid; resumable. Once every
+    block is written, its glands are cut into objects as ``instances`` says (None: not).
 
     With ``scheduler`` (a dask.distributed address) the blocks are sent to that cluster's workers, which load the
     model once each; results land in the same zarr, so the output path must be visible to every worker."""
@@ -223,6 +226,11 @@ def predict_slide(store: ProjectStore | None, slide_path: str | Path, cfg: Slide
     except OSError as exc:
         raise OEEMError(f"{out}: the pyramid levels could not be written ({exc.strerror or exc}); every block is "
                         "kept - free some space and run the same command again to finish") from None
+    glands = None
+    if complete and instances is not None:
+        from pipeline.slides.instances import slide_instances
+
+        glands = yield from slide_instances(out, instances)
     _write_done(out, done, fingerprint, complete)
     seconds = time.perf_counter() - t0
     record = {"slide": slide.info.as_dict(), "output": str(out), "size": [job.height, job.width],
@@ -231,7 +239,8 @@ def predict_slide(store: ProjectStore | None, slide_path: str | Path, cfg: Slide
                                                    "skipped_as_glass": int((~wanted).sum()),
                                                    "resumed": resumed, "predicted": total - resumed},
               "tissue_fraction": tissue_fraction, "levels": levels, "model": str(checkpoint),
-              "config": asdict(cfg), "inference": job.infer, "scheduler": scheduler, "device": str(dev),
+              "config": asdict(cfg), "inference": job.infer, "instances": glands, "scheduler": scheduler,
+              "device": str(dev),
               "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
     atomic_write_json(record_path(out), record)
     import zarr

@@ -4,12 +4,12 @@ asks it which steps are done and prices the rest; the single-stage commands and 
 steps. Nothing else decides "done".
 
 The order is a chain: patches -> classifier -> CAMs -> segmentation, then per self-training round r new labels
-(the prediction, restricted by the patch labels) and a training on them, then the final prediction and the
-evaluation. A step is done when its record says it was made with the current settings from the current run of
-the step before it (:func:`stage_done`); once a step is not done, none after it is, since running it makes every
-later result stale.
+(the prediction, restricted by the patch labels) and a training on them, then the final prediction, its glands as
+objects (instances) and the evaluation. A step is done when its record says it was made with the current settings
+from the current run of the step before it (:func:`stage_done`); once a step is not done, none after it is, since
+running it makes every later result stale.
 
-Adding a stage (say, instance separation after the prediction) is one entry in :func:`steps`, its rule in
+Adding a stage (as the instances step was) is one entry in :func:`steps`, its rule in
 :func:`step_done`, its runner in :func:`run_step` and its price in ``pipeline.budget.work`` (docs/architecture.md).
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ class Step:
     training step (0: stage 1's pseudo-masks)."""
 
     key: str
-    kind: str  # patches | classifier | cams | labels | train | predict | evaluate
+    kind: str  # patches | classifier | cams | labels | train | predict | instances | evaluate
     line: str
     labels_round: int = 0
 
@@ -42,7 +42,8 @@ class Step:
         if self.kind == "labels":
             return f"round {self.labels_round}: new labels from the prediction"
         return {"patches": "cutting patches", "classifier": "training the classifier", "cams": "CAMs and pseudo-masks",
-                "predict": "predicting every image", "evaluate": "scoring against the masks"}[self.kind]
+                "predict": "predicting every image", "instances": "separating glands",
+                "evaluate": "scoring against the masks"}[self.kind]
 
 
 def round_line(labels_round: int) -> str:
@@ -59,7 +60,8 @@ def steps(cfg: PipelineConfig) -> list[Step]:
         if r > 0:
             out.append(Step(f"{line}-labels", "labels", line, r))
         out.append(Step(f"{line}-train", "train", line, r))
-    return out + [Step("predict", "predict", "predict"), Step("evaluate", "evaluate", "evaluate")]
+    return out + [Step("predict", "predict", "predict"), Step("instances", "instances", "instances"),
+                  Step("evaluate", "evaluate", "evaluate")]
 
 
 # ---------------------------------------------------------------------------------------------- done
@@ -117,6 +119,10 @@ def step_done(step: Step, store: ProjectStore, cfg: PipelineConfig) -> bool:
     if step.kind == "predict":
         return stage_done(store, "predict", cfg) and (store.load_run("predict") or {}).get("images") == \
             len(store.names())
+    if step.kind == "instances":
+        from pipeline.stages.instances import instances_current
+
+        return instances_current(store, cfg.instances)
     return False  # the evaluation always runs
 
 
@@ -147,6 +153,15 @@ def classifier_job(store: ProjectStore, cfg: PipelineConfig, device: str = "auto
         if step.kind == "patches" and step_done(step, store, cfg):
             continue
         result = yield from run_step(step, store, cfg, device)
+    return result
+
+
+def predict_job(store: ProjectStore, cfg: PipelineConfig, device: str = "auto") -> Job[dict]:
+    """The prediction as ``oeem predict`` and the dock's Predict start it: every image predicted, then cut into
+    glands (the instances step), so the objects never lag behind the masks."""
+    graph = {s.kind: s for s in steps(cfg)}
+    result = yield from run_step(graph["predict"], store, cfg, device)
+    yield from run_step(graph["instances"], store, cfg, device)
     return result
 
 
@@ -188,6 +203,10 @@ def run_step(step: Step, store: ProjectStore, cfg: PipelineConfig, device: str =
         from pipeline.stages.infer import predict
 
         return (yield from predict(store, cfg.inference, device=device))
+    if step.kind == "instances":
+        from pipeline.stages.instances import make_instances
+
+        return (yield from make_instances(store, cfg.instances))
     if step.kind == "evaluate":
         from pipeline.stages.infer import evaluate_all
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import uuid
 from dataclasses import asdict
 
 import numpy as np
@@ -147,6 +148,7 @@ def predict(store: ProjectStore, cfg: InferConfig, names: list[str] | None = Non
     seconds = time.perf_counter() - t0
     labels_round = load_run_round(store, run_name)
     record = {"config": asdict(cfg), "model": stage_name(run_name), "labels_round": labels_round,
+              "run_id": uuid.uuid4().hex,  # the prediction the instances step cut into glands
               "images": len(names), "seconds": seconds,
               "seconds_per_image": seconds / max(1, len(names)), "device": str(dev),
               "precision": precision_name(resolve_precision(cfg.precision, dev)),
@@ -167,11 +169,30 @@ def glas_part(name: str) -> str | None:
     return match.group(1) if match else None
 
 
+def objects_source(store: ProjectStore, names: list[str], key: str) -> str:
+    """``instances`` when the prediction's glands were cut by the instances step from this very prediction (the
+    objects a user sees and exports), else ``components`` (each 8-connected region one object)."""
+    if key != "prediction" or not all(store.has(n, "instances") for n in names):
+        return "components"
+    rec, pred = store.load_run("instances") or {}, store.load_run("predict") or {}
+    return "instances" if rec.get("predict_run_id") is not None and rec["predict_run_id"] == pred.get("run_id") \
+        else "components"
+
+
+def score_groups(store: ProjectStore, name: str) -> set[str | None]:
+    """The groups an image's scores add to: the split (None), its GlaS test part (testA, testB), its grade (benign,
+    malignant: where the data said) and both (``testA malignant``)."""
+    part, grade = glas_part(name), store.grade(name)
+    return {None, part, grade, f"{part} {grade}" if part and grade else None}
+
+
 def evaluate(store: ProjectStore, split: str = "test", key: str = "prediction") -> dict:
     """Scores (:mod:`pipeline.metrics`) of ``key`` against the gland masks of ``split``: pixel mIoU / pixel Dice /
     F1 and the GlaS challenge's object F1 / object Dice / object Hausdorff, for the split, for each GlaS test part
-    its image names show (``parts``: testA, testB and, with both, A+B, as the challenge reports them) and per
-    image. Objects are the 8-connected components of each mask."""
+    its image names show (``parts``: testA, testB and, with both, A+B, as the challenge reports them), for each
+    grade where the data gave one (benign, malignant, and per part) and per image. Predicted objects are the
+    instances step's glands (``objects``: instances) or else 8-connected regions (components); the truth's are
+    its mask's ids where it has them (``truth_objects``: ids), else its 8-connected regions (components)."""
     names = [n for n in store.names(split) if store.has(n, "mask")]
     if not names:
         raise OEEMError(f"{store.path}: no {split} images with gland masks to evaluate against")
@@ -179,13 +200,17 @@ def evaluate(store: ProjectStore, split: str = "test", key: str = "prediction") 
     if missing:
         raise OEEMError(f"{store.path}: {len(missing)} {split} image(s) have no {key!r} yet (e.g. {missing[0]}); "
                         f"run `oeem predict {store.path}` first")
+    source = objects_source(store, names, key)
     sums: dict[str | None, tuple[int, np.ndarray, ObjectCounts]] = {}
-    per_image = {}
+    per_image, truth_ids = {}, True
     for n in names:
         pred, truth = store.read(n, key), store.mask(n)
-        cm, objects = confusion(pred, truth), object_counts(label_objects(pred), label_objects(truth))
+        truth_objects, has_ids = store.truth_objects(n)
+        truth_ids = truth_ids and has_ids
+        pred_objects = store.read(n, "instances") if source == "instances" else label_objects(pred)
+        cm, objects = confusion(pred, truth), object_counts(pred_objects, truth_objects)
         per_image[n] = {**from_confusion(cm), **objects.scores()}
-        for group in {None, glas_part(n)}:
+        for group in score_groups(store, n):
             images, cm_sum, obj_sum = sums.get(group, (0, np.zeros((2, 2), np.int64), ObjectCounts()))
             sums[group] = (images + 1, cm_sum + cm, obj_sum + objects)
     if "testA" in sums and "testB" in sums:
@@ -193,7 +218,8 @@ def evaluate(store: ProjectStore, split: str = "test", key: str = "prediction") 
         sums["A+B"] = (na + nb, cma + cmb, oa + ob)
     scores = {group: {"images": images, **from_confusion(cm), **objects.scores()}
               for group, (images, cm, objects) in sums.items()}
-    result = {"split": split, "key": key, **scores.pop(None), "parts": scores, "per_image": per_image}
+    result = {"split": split, "key": key, "objects": source, "truth_objects": "ids" if truth_ids else "components",
+              **scores.pop(None), "parts": scores, "per_image": per_image}
     store.save_run(f"evaluation-{split}", result)
     return result
 

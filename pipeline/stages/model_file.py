@@ -26,7 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import DEFAULT_PRESET, InferConfig, PipelineConfig, SegConfig, from_dict, to_dict
+from pipeline.config import (
+    DEFAULT_PRESET,
+    InferConfig,
+    InstanceConfig,
+    PipelineConfig,
+    SegConfig,
+    from_dict,
+    to_dict,
+)
 from pipeline.device import place
 from pipeline.errors import OEEMError
 from pipeline.stages.models import fold_batchnorm, load_model_state, safe_torch_load
@@ -48,6 +56,7 @@ class TrainedModel:
     mpp: float  # microns per pixel of the images it learned from
     source: str  # the file or project it was loaded from
     record: dict[str, Any]
+    instances: InstanceConfig = dataclasses.field(default_factory=InstanceConfig)  # how its glands are separated
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -103,9 +112,13 @@ def model_payload(store: ProjectStore, inference: InferConfig, mpp: float, run_n
               "versions": {"oeem": __version__, "torch": str(torch.__version__), "numpy": np.__version__,
                            "python": platform.python_version()}}
     preset = (store.load_run("config") or {}).get("preset")
+    from pipeline.store.project import project_config
+
+    instances = project_config(store, save=False).instances  # a shared model cuts glands as its project does
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "kind": "segmentation", "preset": preset,
                "classes": list(CLASSES), "mpp": float(mpp), "segmentation": ck["config"],
-               "inference": to_dict(inference), "record": record, "model": ck["model"],
+               "inference": to_dict(inference), "instances": to_dict(instances), "record": record,
+               "model": ck["model"],
                "sha256": weights_digest(ck["model"])}
     return payload
 
@@ -151,10 +164,12 @@ def load_model_file(path: str | Path, device: str | torch.device = "cpu") -> Tra
                         "export it again")
     seg = _settings(SegConfig, data.get("segmentation"), path, "network")
     inference = _settings(InferConfig, data.get("inference"), path, "prediction")
+    instances = _settings(InstanceConfig, data.get("instances") or {}, path, "gland separation")
     model = build_segmenter(seg)
     load_model_state(model, state, path)
     model = fold_batchnorm(place(model, device))
-    return TrainedModel(model, seg, inference, float(data.get("mpp") or 0.62), str(path), data.get("record", {}))
+    return TrainedModel(model, seg, inference, float(data.get("mpp") or 0.62), str(path), data.get("record", {}),
+                        instances)
 
 
 RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")  # a bioimage.io package's description
@@ -229,12 +244,14 @@ def load_package(path: str | Path, device: str | torch.device = "cpu") -> Traine
         raise OEEMError(f"{path}: {source} is not a readable weights-only state dict ({type(exc).__name__})") from None
     try:
         seg, inference = from_dict(SegConfig, oeem["segmentation"]), from_dict(InferConfig, oeem["inference"])
+        instances = from_dict(InstanceConfig, oeem.get("instances") or {})
     except (TypeError, ValueError, KeyError, OEEMError) as exc:
         raise OEEMError(f"{path}: its settings are not ones this version knows ({exc}); upgrade oeem-napari") from None
     net = build_segmenter(seg)
     load_model_state(net, {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}, path)
     model = fold_batchnorm(place(net, device))
-    return TrainedModel(model, seg, inference, float(oeem.get("mpp") or 0.62), str(path), oeem.get("record") or {})
+    return TrainedModel(model, seg, inference, float(oeem.get("mpp") or 0.62), str(path), oeem.get("record") or {},
+                        instances)
 
 
 def project_model(store: ProjectStore, inference: InferConfig, mpp: float,
@@ -242,8 +259,11 @@ def project_model(store: ProjectStore, inference: InferConfig, mpp: float,
     """A project's current segmentation model, as a model file would give it."""
     from pipeline.stages.segment import load_segmenter
 
+    from pipeline.store.project import project_config
+
     model, seg = load_segmenter(store, None, device)
-    return TrainedModel(fold_batchnorm(model), seg, inference, mpp, str(store.path), {"project": str(store.path)})
+    return TrainedModel(fold_batchnorm(model), seg, inference, mpp, str(store.path), {"project": str(store.path)},
+                        project_config(store, save=False).instances)
 
 
 def open_model(source: str | Path, device: str | torch.device = "cpu",
@@ -309,5 +329,6 @@ def model_config(trained: TrainedModel, preset_name: str | None = None,
 
     cfg = preset(preset_name or DEFAULT_PRESET)
     cfg.inference, cfg.slide.project_mpp = dataclasses.replace(trained.inference), trained.mpp
+    cfg.instances = dataclasses.replace(trained.instances)
     apply_overrides(cfg, {k: v for k, v in (overrides or {}).items() if v is not None})
     return check(cfg)

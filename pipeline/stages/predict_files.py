@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,39 +44,49 @@ def resolution_of(path: Path, given: float | None, model_mpp: float) -> tuple[fl
     return model_mpp, "assumed (the model's; give --mpp if it differs)"
 
 
-def predict_image(trained: TrainedModel, image: np.ndarray, mpp: float, device) -> np.ndarray:
-    """The gland mask (uint8 0/1) of one image at its own size, predicted at the model's resolution."""
+def predict_image(trained: TrainedModel, image: np.ndarray, mpp: float, device,
+                  instances: bool = False) -> np.ndarray:
+    """The gland mask (uint8 0/1) of one image at its own size, predicted at the model's resolution; with
+    ``instances`` its glands as objects (int32 ids, cut as the model's ``instances`` settings say, at the model's
+    resolution as in its project)."""
     from pipeline.stages.infer import mask_from_probs, predict_probs
+    from pipeline.stages.instances import instances_of
 
     scale = mpp / trained.mpp  # model px per image px
     h, w = image.shape[:2]
-    if abs(scale - 1) > SAME_RESOLUTION:
+    resample = abs(scale - 1) > SAME_RESOLUTION
+    if resample:
         from skimage.transform import resize
 
         size = (max(8, round(h * scale)), max(8, round(w * scale)))
-        work = (resize(image, size, order=1, anti_aliasing=scale < 1, preserve_range=True) + 0.5).astype(np.uint8)
-        mask = mask_from_probs(predict_probs(trained.model, work, trained.inference, device, trained.seg),
-                               trained.inference)
-        return resize(mask, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(np.uint8)
-    return mask_from_probs(predict_probs(trained.model, image, trained.inference, device, trained.seg),
-                           trained.inference)
+        image = (resize(image, size, order=1, anti_aliasing=scale < 1, preserve_range=True) + 0.5).astype(np.uint8)
+    prob = predict_probs(trained.model, image, trained.inference, device, trained.seg)
+    mask = mask_from_probs(prob, trained.inference)
+    out = instances_of(mask, prob[1], trained.instances) if instances else mask
+    if resample:
+        out = resize(out, (h, w), order=0, preserve_range=True, anti_aliasing=False).astype(out.dtype)
+    return out
 
 
-def predict_one(trained: TrainedModel, image_path: Path, target: Path, mpp: float | None, device) -> dict:
+def predict_one(trained: TrainedModel, image_path: Path, target: Path, mpp: float | None, device,
+                instances: bool = False) -> dict:
     """Read, predict and write one image (atomically); its entry of the run's record."""
     t = time.perf_counter()
     image = np.require(load_image(image_path), requirements="W")  # torch wants a writable array
     res, source = resolution_of(image_path, mpp, trained.mpp)
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_mask_file(target, predict_image(trained, image, res, device), image_path.stem)
+    write_mask_file(target, predict_image(trained, image, res, device, instances), image_path.stem, ids=instances,
+                    mpp=res)
     return {"image": str(image_path), "mpp": round(res, 4), "mpp_from": source,
             "seconds": round(time.perf_counter() - t, 3)}
 
 
 def predict_files(trained: TrainedModel, paths: list[str | Path], out: str | Path, fmt: str = "png",
                   overwrite: bool = False, mpp: float | None = None, device: str = "auto",
-                  scheduler: str | None = None) -> Job[dict]:
-    """Predict every image among ``paths`` into ``out`` (see the module's doc); returns the run's record. With
+                  scheduler: str | None = None, instances: bool = False) -> Job[dict]:
+    """Predict every image among ``paths`` into ``out`` (see the module's doc); returns the run's record.
+    ``instances``: write each image's glands as objects (ids kept: :mod:`pipeline.io.export`) instead of its mask.
+    With
     ``scheduler`` (a dask.distributed address) the images go to that cluster's workers, which open the model
     (``trained.source``) once each and write into ``out``, so ``out`` and the images must be visible to them."""
     from pipeline.device import place, precision_name, resolve_device, resolve_precision
@@ -97,7 +108,11 @@ def predict_files(trained: TrainedModel, paths: list[str | Path], out: str | Pat
             raise OEEMError(f"{image} and {clash[target]} would both be written to {target}; predict them into "
                             "separate --out folders")
         clash[target] = image
+    if instances and scheduler:
+        raise OEEMError("--instances on a dask cluster is not supported yet; predict the instances on this machine "
+                        "(leave out --scheduler)")
     record: dict[str, Any] = {"model": trained.source, "model_mpp": trained.mpp, "format": fmt,
+                              "instances": asdict(trained.instances) if instances else None,
                               "device": str(dev), "precision": precision_name(resolve_precision(
                                   trained.inference.precision, dev)), "scheduler": scheduler, "images": {}}
     previous = out / RECORD
@@ -113,8 +128,6 @@ def predict_files(trained: TrainedModel, paths: list[str | Path], out: str | Pat
         yield Progress("predict-images", len(skipped), len(todo), f"{len(skipped)} done before",
                        notice=f"resuming: {len(skipped)} of {len(todo)} images already have a mask")
     if scheduler:
-        from dataclasses import asdict
-
         from pipeline.slides.cluster import connect, predict_images_on_cluster
 
         client = connect(scheduler)
@@ -133,7 +146,7 @@ def predict_files(trained: TrainedModel, paths: list[str | Path], out: str | Pat
                                            resolve_precision(trained.inference.precision, dev),
                                            predict_size=trained.inference.crop_size)
             place(trained.model)  # (in the layout the check left; a module moves in place)
-        here = ((i, t, predict_one(trained, i, t, mpp, dev)) for i, t in pending)
+        here = ((i, t, predict_one(trained, i, t, mpp, dev, instances)) for i, t in pending)
         yield from _recorded(here, out, record, len(skipped), len(todo))
     record.update(predicted=len(pending), skipped=len(skipped), seconds=round(time.perf_counter() - t0, 2))
     _save_record(out, record)

@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.config import DEFAULT_PRESET, PipelineConfig, apply_overrides, check, from_dict, preset, to_dict
 from pipeline.errors import OEEMError
-from pipeline.io.data import find_samples
+from pipeline.io.data import find_samples, read_grades
 from pipeline.store import ProjectStore, atomic_write_json
 
 # installed: the wheel ships the repository's sample_data/ as pipeline/sample_data; in a checkout it is at the top
@@ -37,6 +37,9 @@ def create_project(data: str | Path, path: str | Path, overwrite: bool = False, 
     folder = sample_data_folder() if str(data) == "sample" else Path(data)
     samples = find_samples(folder, train=train, test=test)
     store = ProjectStore.create(path, samples, overwrite=overwrite, progress=progress)
+    for name, grade in read_grades(folder).items():  # the object scores are reported per grade where known
+        if name in store.names():
+            store.group(name).attrs["grade"] = grade
     held = set(hold_out_validation(store, val_images, seed)) if val_images else set()
     why = {s.name: ("val", f"held out by --val-images {val_images} (seed {seed})") if s.name in held
            else (s.split, s.why) for s in samples}

@@ -51,7 +51,7 @@ import zarr
 
 from pipeline import __version__
 from pipeline.errors import OEEMError
-from pipeline.io.data import Sample, load_image, natural_key, read_mask
+from pipeline.io.data import Sample, gland_ids, load_image, natural_key, read_mask_labels
 
 STORE_VERSION = 1
 _NAME_OK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -165,8 +165,12 @@ class ProjectStore:
             store = cls(tmp, group)
             for k, s in enumerate(samples):
                 image = load_image(s.image_path)
-                mask = read_mask(s.mask_path, image.shape[:2]) if s.mask_path else None
-                store._add_image(s.name, s.split, image, mask, source=str(s.image_path))
+                labels = read_mask_labels(s.mask_path, image.shape[:2]) if s.mask_path else None
+                store._add_image(s.name, s.split, image, None if labels is None else labels > 0,
+                                 source=str(s.image_path))
+                ids = None if labels is None else gland_ids(labels)
+                if ids is not None:  # the truth's glands as objects (GlaS's _anno.bmp): kept for the object scores
+                    store._write(store.group(s.name), "mask_ids", ids)
                 if progress:
                     progress(k + 1, len(samples), s.name)
             if path.exists():
@@ -307,6 +311,20 @@ class ProjectStore:
 
     def mask(self, name: str) -> np.ndarray | None:
         return self.read(name, "mask") if self.has(name, "mask") else None
+
+    def truth_objects(self, name: str) -> tuple[np.ndarray, bool] | None:
+        """The glands of an image's mask as objects, and whether they are the mask's own ids (an instance-id mask)
+        rather than its 8-connected regions (a binary mask); None without a mask."""
+        from pipeline.metrics import label_objects
+
+        if self.has(name, "mask_ids"):
+            return self.read(name, "mask_ids"), True
+        mask = self.mask(name)
+        return None if mask is None else (label_objects(mask), False)
+
+    def grade(self, name: str) -> str | None:
+        """benign or malignant where the data said (GlaS's Grade.csv at ``oeem init``), else None."""
+        return self.group(name).attrs.get("grade")
 
     # ------------------------------------------------------------------ writing
     @staticmethod
@@ -699,5 +717,6 @@ MAKES = {
     "prediction": "run `oeem predict PROJECT` first",
     "prob": "run `oeem predict PROJECT` first",
     "weight": "run `oeem predict PROJECT` first",
+    "instances": "run `oeem predict PROJECT` (or `oeem instances PROJECT` after a prediction) first",
     "mask": "this image has no gland mask",
 }

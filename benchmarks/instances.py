@@ -1,0 +1,116 @@
+"""Glands as objects: each way of cutting a project's predicted masks into glands (``instances.method`` and its
+parameters), scored as the GlaS challenge scores objects, chosen on the validation split and reported on the
+training images and testA.
+
+The project's stored prediction (``prediction`` and ``prob`` of every image: ``oeem predict`` or ``oeem run``
+made them) is cut by every setting of a small grid; no network runs, so the whole grid takes minutes. Truth objects
+are the masks' ids where the project kept them (GlaS's instance-id ``_anno.bmp``), else their 8-connected regions
+(a binary copy, as in ``../shared``: two touching true glands are then one object - said in every table).
+
+    python benchmarks/instances.py PROJECT [--name NAME]
+
+Writes ``benchmarks/results/instances-NAME.json`` (NAME: the project's folder name without ``end_to_end-``).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from pathlib import Path
+
+from _common import machine, print_table, write_json
+
+from pipeline.metrics import ObjectCounts, confusion, from_confusion, object_counts
+from pipeline.stages.instances import separate
+from pipeline.store import ProjectStore
+
+SPLITS = ("val", "train", "test")
+GRID = [("components", {})]
+GRID += [("distance", {"h": h}) for h in (4, 8, 12, 16)]
+GRID += [("core", {"core_threshold": t, "core_opening": r, "min_core_area": a})
+         for t, r, a in itertools.product((0.9, 0.95, 0.97, 0.98), (0, 4), (500, 1000))]
+GRID += [("core", {"core_threshold": t, "core_opening": 0, "min_core_area": 1000, "working_scale": 1.0})
+         for t in (0.95, 0.97)]  # the separation at full resolution: better or only slower?
+SPEED_SHARE = 0.10  # the instance step may add this share to the prediction's time (issue #47): slower rows lose
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("project")
+    ap.add_argument("--name", default=None, help="results file suffix (default: from the project's folder name)")
+    ap.add_argument("--scale", type=float, default=0.5, help="instances.scale of the rows that name none "
+                    "(default: 0.5)")
+    args = ap.parse_args()
+    store = ProjectStore.open(args.project, mode="r")
+    name = args.name or Path(args.project).name.removesuffix(".oeem.zarr").removeprefix("end_to_end-")
+    splits = {s: [n for n in store.names(s) if store.has(n, "mask")] for s in SPLITS}
+    names = [n for s in SPLITS for n in splits[s]]
+    missing = [n for n in names if not store.has(n, "prob")]
+    if missing:
+        raise SystemExit(f"{args.project}: {len(missing)} image(s) have no prediction (e.g. {missing[0]}); run "
+                         "`oeem predict` first")
+    data = {n: (store.read(n, "prediction"), store.read(n, "prob"), *store.truth_objects(n)) for n in names}
+    truth_ids = all(has_ids for *_, has_ids in data.values())
+    pixel = {s: from_confusion(sum(confusion(data[n][0], store.mask(n)) for n in splits[s])) for s in SPLITS
+             if splits[s]}
+
+    rows = []
+    for method, params in GRID:
+        params = {"working_scale": args.scale, **params}
+        row: dict = {"method": method, **params}
+        seconds = 0.0
+        for split in SPLITS:
+            total = ObjectCounts()
+            for n in splits[split]:
+                mask, prob, truth, _ = data[n]
+                t0 = time.perf_counter()
+                ids = separate(mask, prob, method, **params)
+                seconds += time.perf_counter() - t0
+                if not ((ids > 0) == (mask > 0)).all():
+                    raise SystemExit(f"{method} {params} changed the foreground of {n}: a bug")
+                total += object_counts(ids, truth)
+            if splits[split]:
+                row[split] = total.scores()
+        row["ms_per_image"] = 1000 * seconds / len(names)
+        rows.append(row)
+        print(f"{method} {params}: val object F1 {row['val']['object_F1']:.2f}", flush=True)
+
+    predict_rec, seg = store.load_run("predict") or {}, store.load_run("segmentation") or {}
+    predict_ms = 1000 * predict_rec.get("seconds_per_image", float("nan"))
+
+    def key(r: dict) -> tuple:
+        """Within the speed budget first; then object F1, object Dice, the lower Hausdorff; on a tie the row that
+        cuts less (the larger smallest seed)."""
+        v = r["val"]
+        return (r["ms_per_image"] <= SPEED_SHARE * predict_ms, round(v["object_F1"], 2), round(v["object_Dice"], 2),
+                -round(v["object_Hausdorff"], 2), r.get("min_core_area", 0))
+    best = max(rows, key=key)
+    best_of = {m: max((r for r in rows if r["method"] == m), key=key) for m in ("components", "distance", "core")}
+
+    def cells(r: dict, split: str) -> str:
+        s = r.get(split)
+        return "-" if s is None else f"{s['object_F1']:.1f} / {s['object_Dice']:.1f} / {s['object_Hausdorff']:.0f}"
+    print(f"\n{args.project}: object F1 / object Dice / object Hausdorff (px); truth objects: "
+          f"{'the masks ids' if truth_ids else 'connected regions of binary masks'}; chosen on val")
+    print_table([(r["method"], ", ".join(f"{k}={r[k]}" for k in r if k in ("h", "core_threshold", "core_opening",
+                                                                          "min_core_area", "working_scale")),
+                  cells(r, "val"), cells(r, "train"), cells(r, "test"), f"{r['ms_per_image']:.1f}",
+                  "<- chosen" if r is best else "") for r in rows],
+                ("method", "parameters", "val", "train", "testA", "ms/image", ""))
+    print(f"pixel mIoU (every method keeps the mask): val {pixel['val']['mIoU']:.2f}, testA "
+          f"{pixel['test']['mIoU']:.2f}; the prediction took {predict_ms:.0f} ms/image "
+          f"({predict_rec.get('precision', '?')}), the chosen separation {best['ms_per_image']:.1f} ms "
+          f"({100 * best['ms_per_image'] / predict_ms:.0f} %)")
+    write_json(f"instances-{name}.json", {
+        "machine": machine(), "project": str(args.project), "truth_objects": "ids" if truth_ids else "components",
+        "images": {s: len(v) for s, v in splits.items()}, "pixel": pixel, "rows": rows,
+        "chosen_on_val": {k: v for k, v in best.items() if k not in SPLITS}, "best_of_each_method": {
+            m: {k: v for k, v in r.items()} for m, r in best_of.items()},
+        "predict": {"ms_per_image": predict_ms, "precision": predict_rec.get("precision"),
+                    "config": predict_rec.get("config")},
+        "model": {"labels_round": seg.get("labels_round"), "run_id": seg.get("run_id"),
+                  "label_source": (seg.get("config") or {}).get("label_source")}})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""A whole-slide prediction's glands as objects: ``labels/glands`` (uint32 ids) beside ``labels/prediction``.
+
+Why this gives the same glands as one image would, with no gland split by a tile seam and no id used twice: the
+separation (:func:`pipeline.stages.instances.separate`) only cuts inside a connected region of the mask and sees
+nothing outside it. So the slide is read in tiles with a halo (``HALO`` px on each side); a region is cut by the
+one tile whose core holds its first pixel (top row, then left), and only when the region lies wholly inside that
+tile's window (then the cut is exactly the one the whole slide would give). A region wider than the halo is kept
+as one gland and counted (``too_large``): a last pass labels those regions block by block and joins their parts
+across block seams (union-find, as :mod:`pipeline.slides.geojson_export` does). Ids are the tile's index times
+2^16 plus the local id (the large regions: ids after every tile's): unique without renumbering. Tiles and halos
+are whole multiples of the separation's grid, so each tile samples the same pixels.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import zarr
+from scipy import ndimage as ndi
+from skimage.measure import label
+
+from pipeline.config import InstanceConfig
+from pipeline.errors import OEEMError
+from pipeline.io.omezarr import add_levels, create_level, label_metadata, labels_group_metadata
+from pipeline.progress import Job, Progress
+from pipeline.stages.instances import instances_of
+
+TILE = 2048  # px of the prediction per tile's core
+HALO = 512  # px of context on every side: glands up to this size are cut exactly (GlaS's largest: ~450 px)
+PER_TILE = 1 << 16  # ids a tile may give out
+
+
+def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo: int = HALO) -> Job[dict]:
+    """Cut the slide prediction ``out`` (an ``oeem predict-slide`` OME-Zarr) into glands, writing
+    ``labels/glands`` with its pyramid; returns what was done. Runs again whole when asked (seconds to minutes:
+    no network)."""
+    from pipeline.slides.predict import LEVELS_MIN_SIDE
+
+    t0 = time.perf_counter()
+    try:
+        root = zarr.open_group(str(out), mode="r+")
+        pred, prob = root["labels/prediction/0"], root["0"]
+    except Exception:  # noqa: BLE001 - not a zarr, or not ours
+        raise OEEMError(f"{out}: not a slide prediction (an .ome.zarr made by `oeem predict-slide`)") from None
+    step = max(1, round(1 / cfg.scale))  # the separation's grid: tiles start on it
+    tile, halo = -(-tile // step) * step, -(-halo // step) * step
+    h, w = pred.shape
+    labels_group = root["labels"]
+    if "glands" in labels_group:
+        del labels_group["glands"]
+    glands = labels_group.require_group("glands")
+    mpp = float(dict(root.attrs.get("oeem_slide_prediction", {})).get("project_mpp") or 0) or None
+    ids_out = create_level(glands, "0", (h, w), "uint32", tuple(pred.chunks), fill_value=0)
+    ny, nx = -(-h // tile), -(-w // tile)
+    count = too_large = 0
+    for ty in range(ny):
+        for tx in range(nx):
+            y0, x0 = ty * tile, tx * tile
+            wy0, wx0 = max(0, y0 - halo), max(0, x0 - halo)
+            wy1, wx1 = min(h, y0 + tile + halo), min(w, x0 + tile + halo)
+            mask = np.asarray(pred[wy0:wy1, wx0:wx1]) > 0
+            if not mask.any():
+                continue
+            regions = label(mask, connectivity=2)
+            owned = np.zeros(int(regions.max()) + 1, bool)
+            whole = np.zeros_like(owned)
+            for k, sl in enumerate(ndi.find_objects(regions), start=1):
+                first_row = sl[0].start
+                first_col = sl[1].start + int(np.argmax(regions[first_row, sl[1]] == k))
+                gy, gx = first_row + wy0, first_col + wx0
+                owned[k] = y0 <= gy < y0 + tile and x0 <= gx < x0 + tile
+                whole[k] = ((sl[0].start > 0 or wy0 == 0) and (sl[0].stop < mask.shape[0] or wy1 == h)
+                            and (sl[1].start > 0 or wx0 == 0) and (sl[1].stop < mask.shape[1] or wx1 == w))
+            if not owned.any():
+                continue
+            cut = owned & whole
+            probs = np.asarray(prob[wy0:wy1, wx0:wx1], np.float32) / 255 if cfg.method == "core" else None
+            # the whole window is cut (each region on its own: the same as in the whole slide), owned ones kept
+            local = instances_of(mask, probs, cfg) * cut[regions] if cut.any() else np.zeros(mask.shape, np.int32)
+            too_large += int((owned & ~whole).sum())  # larger than the halo: the last pass
+            mine = cut[regions]
+            if not cut.any():
+                continue
+            if int(local.max()) >= PER_TILE:
+                raise OEEMError(f"{out}: more than {PER_TILE - 1} glands in one {tile} px tile; lower the tile size")
+            count += int(len(np.unique(local[local > 0])))
+            ids = np.where(local > 0, local.astype(np.uint32) + np.uint32((ty * nx + tx) * PER_TILE), 0)
+            ys, xs = np.nonzero(mine)
+            box = (slice(wy0 + ys.min(), wy0 + ys.max() + 1), slice(wx0 + xs.min(), wx0 + xs.max() + 1))
+            inner = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+            current = np.asarray(ids_out[box])
+            ids_out[box] = np.where(mine[inner], ids[inner], current)
+        yield Progress("glands", ty + 1, ny, f"tile row {ty + 1}/{ny}")
+    if too_large:
+        count += yield from _label_the_rest(pred, ids_out, np.uint32(ny * nx * PER_TILE))
+    levels = add_levels(glands, LEVELS_MIN_SIDE, labels=True)
+    glands.attrs["ome"] = label_metadata("glands", levels, mpp, ids=True)
+    names = [n for n in ("prediction", "glands") if n in labels_group]
+    labels_group.attrs["ome"] = labels_group_metadata(names)
+    record = {"glands": count, "too_large": too_large, "config": asdict(cfg), "tile": tile, "halo": halo,
+              "seconds": time.perf_counter() - t0}
+    root.attrs["oeem_slide_instances"] = record
+    return record
+
+
+def _label_the_rest(pred: zarr.Array, ids_out: zarr.Array, first_id: np.uint32) -> Job[int]:
+    """Give each region of the mask that no tile cut (wider than the halo) one id, starting at ``first_id``:
+    its parts in each block (8-connected) are joined across block seams, edge pixels and their diagonal
+    neighbours alike; returns how many regions."""
+    from pipeline.slides.geojson_export import _Parts
+
+    block = int(pred.chunks[0])
+    h, w = pred.shape
+    ny, nx = -(-h // block), -(-w // block)
+    parts = _Parts()
+    local: dict[tuple[int, int], np.ndarray] = {}  # each block's part index of its local labels
+
+    def rest(by: int, bx: int) -> np.ndarray:
+        sl = (slice(by * block, (by + 1) * block), slice(bx * block, (bx + 1) * block))
+        return label((np.asarray(pred[sl]) > 0) & (np.asarray(ids_out[sl]) == 0), connectivity=2)
+
+    def link(a: np.ndarray, b: np.ndarray, ids_a: np.ndarray, ids_b: np.ndarray) -> None:
+        for da, db in ((slice(None), slice(None)), (slice(1, None), slice(None, -1)),
+                       (slice(None, -1), slice(1, None))):
+            x, y = a[da], b[db]
+            both = (x > 0) & (y > 0)
+            for la, lb in set(zip(x[both].tolist(), y[both].tolist())):
+                parts.union(int(ids_a[la]), int(ids_b[lb]))
+
+    for by in range(ny):
+        for bx in range(nx):
+            labels = rest(by, bx)
+            index = np.array([parts.add([0, 0, 0, 0], (0, 0)) if k else -1 for k in range(int(labels.max()) + 1)])
+            local[by, bx] = index
+            if bx > 0:
+                left = rest(by, bx - 1)
+                link(left[:, -1], labels[:, 0], local[by, bx - 1], index)
+            if by > 0:
+                above = rest(by - 1, bx)
+                link(above[-1, :], labels[0, :], local[by - 1, bx], index)
+        yield Progress("large regions", by + 1, 2 * ny, f"block row {by + 1}/{ny}")
+    roots = sorted({parts.find(i) for i in range(len(parts.parent))})
+    number = {r: first_id + np.uint32(k + 1) for k, r in enumerate(roots)}
+    for by in range(ny):
+        for bx in range(nx):
+            labels = rest(by, bx)
+            if not labels.any():
+                continue
+            lut = np.zeros(int(labels.max()) + 1, np.uint32)
+            for k, part in enumerate(local[by, bx][1:], start=1):
+                lut[k] = number[parts.find(int(part))]
+            sl = (slice(by * block, (by + 1) * block), slice(bx * block, (bx + 1) * block))
+            ids_out[sl] = np.where(labels > 0, lut[labels], np.asarray(ids_out[sl]))
+        yield Progress("large regions", ny + by + 1, 2 * ny, f"block row {by + 1}/{ny}")
+    return len(roots)
