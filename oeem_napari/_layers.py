@@ -22,7 +22,9 @@ WEIGHT = "OEEM weight"
 PREDICTION = "prediction"
 CONFUSING = "probably wrong labels"  # outlines of the ranked regions (label review)
 BEFORE_UPDATE = "prediction before update"  # the prediction an *Update model* replaced, for the before/after toggle
-ORDER = (IMAGE, MASK, CAM_NON_GLAND, CAM_GLAND, WEIGHT, BEFORE_UPDATE, PREDICTION, PSEUDO, CONFUSING)
+GLANDS = "glands (objects)"  # the prediction's glands, one colour per id: split and merge them in the Glands box
+CUTS = "gland cuts"  # lines drawn across glands to split them
+ORDER = (IMAGE, MASK, CAM_NON_GLAND, CAM_GLAND, WEIGHT, BEFORE_UPDATE, PREDICTION, GLANDS, PSEUDO, CONFUSING, CUTS)
 
 _TRANSPARENT = (0, 0, 0, 0)
 GLAND_COLOURS = {
@@ -70,6 +72,8 @@ def layer_specs(store: ProjectStore, name: str) -> list[tuple]:
         specs.append((da.from_zarr(store.array(name, "prediction")),
                       {"name": PREDICTION, "colormap": label_colormap(PREDICTION), "opacity": 0.5,
                        "visible": False}, "labels"))
+    if store.has(name, "instances"):  # in memory: split and merge edit it
+        specs.append((store.read(name, "instances"), {"name": GLANDS, "opacity": 0.5, "visible": False}, "labels"))
     labels = editable_labels(store, name)
     if labels is not None:
         specs.append((labels, {"name": PSEUDO, "colormap": label_colormap(PSEUDO), "opacity": 0.45}, "labels"))

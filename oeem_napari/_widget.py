@@ -14,6 +14,7 @@ from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from oeem_napari._panels.corrections import CorrectionsPanel
 from oeem_napari._panels.export import ExportPanel
+from oeem_napari._panels.glands import GlandsPanel
 from oeem_napari._panels.model import ModelPanel
 from oeem_napari._panels.project import ProjectPanel
 from oeem_napari._panels.review import ReviewPanel
@@ -66,11 +67,12 @@ class OEEMWidget(QWidget):
         self.run = RunPanel(self.state)
         self.corrections = CorrectionsPanel(self.state)
         self.review = ReviewPanel(self.state)
+        self.glands = GlandsPanel(self.state)
         self.export_panel = ExportPanel(self.state)
         self.model_panel = ModelPanel(self.state)
         self.slides = SlidesPanel(self.state)
         self.panels = (self.project, self.weak_labels, self.settings_panel, self.run, self.corrections, self.review,
-                       self.export_panel, self.model_panel, self.slides)
+                       self.glands, self.export_panel, self.model_panel, self.slides)
         self._layout()
         self._alias_widgets()
         self._watching_window = False

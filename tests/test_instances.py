@@ -291,3 +291,49 @@ def test_slide_geojson_has_one_feature_per_gland_id(tmp_path):
     assert rec["glands"] == len(feats) == 2 and rec["objects"] == "instances"
     ids = {f["properties"]["measurements"]["gland id"] for f in feats}
     assert len(ids) == 2 and len({f["id"] for f in feats}) == 2
+
+
+def test_a_pathologist_splits_and_merges_glands_in_napari(widget, project_copy, qtbot, notes):
+    """Glands shown one colour each; a line drawn across a gland splits it, M on a border merges two; each edit is
+    saved in the project, exported, and kept by the next instances step while the prediction stays the same."""
+    from oeem_napari import _layers
+    from pipeline.io.export import export_masks, read_exported_ids
+    from pipeline.stages.instances import make_instances
+
+    store, cfg = project_copy
+    name = store.names("test")[0]
+    mask, _ = _plant(store, name)
+    run(make_instances(store, cfg.instances))
+    assert widget.open_project(store.path)
+    widget.image_combo.setCurrentText(name)
+    layers = widget.viewer.layers
+    glands = layers[_layers.GLANDS]
+    assert len(np.unique(glands.data[glands.data > 0])) == 2
+    panel = widget.glands
+    assert panel.count_label.text() == "2 glands"
+    h, w = store.shape(name)
+    left_id = int(glands.data[h // 2, w // 2 - 40])
+    # split: a vertical line through the left gland's middle
+    panel.draw_cut()
+    cuts = layers[_layers.CUTS]
+    cuts.add_paths([np.array([[h // 2 - 60, w // 2 - 40], [h // 2 + 60, w // 2 - 40]])])
+    made = panel.split()
+    assert len(made) == 1 and panel.count_label.text() == "3 glands"
+    saved = store.read(name, "instances")
+    np.testing.assert_array_equal(saved, glands.data)
+    np.testing.assert_array_equal(saved > 0, mask > 0)  # the mask is untouched
+    assert len(cuts.data) == 0 and name in store.load_run("instances")["edited"]
+    # merge: the cursor on the new border, M
+    widget.viewer.cursor.position = (h // 2, w // 2 - 40)
+    merged = panel.merge()
+    assert len(merged) == 2 and left_id in merged and panel.count_label.text() == "2 glands"
+    # and three: the cursor at the neck between the two original glands
+    widget.viewer.cursor.position = (h // 2, w // 2)
+    assert len(panel.merge()) == 2 and panel.count_label.text() == "1 gland"
+    edited = store.read(name, "instances")
+    out = export_masks(store, store.path.parent / "out", "tiff", "instances", names=[name])
+    np.testing.assert_array_equal(read_exported_ids(out[0]), edited)
+    run(make_instances(store, cfg.instances))  # same prediction: the edit stays
+    np.testing.assert_array_equal(store.read(name, "instances"), edited)
+    widget.viewer.cursor.position = (0, 0)
+    assert panel.merge() == [] and any("border between two glands" in n for n in notes)

@@ -10,6 +10,7 @@ STAGES = {
     "cams": "CAMs + pseudo-masks",
     "segmentation": "Train segmentation",
     "predict": "Predict",
+    "instances": "Separate glands",
     "selftrain": "Self-train round",
     "evaluate": "Evaluate",
     "all": "Run all",
@@ -22,8 +23,9 @@ def make_job(stage: str, store: ProjectStore, cfg: PipelineConfig, device: str, 
     ``budget_s``: *Run all*'s time budget (None: the preset's schedule)."""
     from oeem_napari._jobs import run_step
     from pipeline.stages.cams import make_cams
-    from pipeline.stages.graph import classifier_job, segmentation_settings
-    from pipeline.stages.infer import evaluate_all, predict
+    from pipeline.stages.graph import classifier_job, predict_job, segmentation_settings
+    from pipeline.stages.infer import evaluate_all
+    from pipeline.stages.instances import make_instances
     from pipeline.stages.run import run_all
     from pipeline.stages.update import retrain_on_corrections
 
@@ -33,8 +35,10 @@ def make_job(stage: str, store: ProjectStore, cfg: PipelineConfig, device: str, 
         return make_cams(store, cfg.cam, cfg.patches, device)
     if stage == "segmentation":
         return retrain_on_corrections(store, cfg, segmentation_settings(store, cfg), device, on_mismatch="restart")
-    if stage == "predict":
-        return predict(store, cfg.inference, device=device)
+    if stage == "predict":  # and its glands cut, so the Glands layer never lags behind
+        return predict_job(store, cfg, device)
+    if stage == "instances":
+        return make_instances(store, cfg.instances)
     if stage == "selftrain":
         from pipeline.stages.selftrain import selftrain_round
 

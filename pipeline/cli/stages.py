@@ -134,7 +134,11 @@ def cmd_instances(args) -> None:
 def print_instances(rec: dict) -> None:
     cfg = rec["config"]
     print(f"{rec['glands']} glands in {rec['images']} images, separated by {cfg['method']} "
-          f"({1000 * rec['seconds_per_image']:.0f} ms/image)")
+          f"({1000 * rec['seconds_per_image']:.0f} ms/image)"
+          + (f"; your split / merge kept on {len(rec['edited'])} image(s)" if rec.get("edited") else ""))
+    if rec.get("edits_replaced"):
+        print(f"note: the prediction of {', '.join(rec['edits_replaced'])} changed since you split or merged its "
+              "glands: they were cut again from the new mask")
 
 
 def cmd_evaluate(args) -> None:
