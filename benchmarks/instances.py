@@ -23,6 +23,7 @@ from _common import machine, print_table, write_json
 from pipeline.metrics import ObjectCounts, confusion, from_confusion, object_counts
 from pipeline.stages.instances import separate
 from pipeline.store import ProjectStore
+from pipeline.store.project import project_config
 
 SPLITS = ("val", "train", "test")
 GRID = [("components", {})]
@@ -31,6 +32,7 @@ GRID += [("core", {"core_threshold": t, "core_opening": r, "min_core_area": a})
          for t, r, a in itertools.product((0.9, 0.95, 0.97, 0.98), (0, 4), (500, 1000))]
 GRID += [("core", {"core_threshold": t, "core_opening": 0, "min_core_area": 1000, "working_scale": 1.0})
          for t in (0.95, 0.97)]  # the separation at full resolution: better or only slower?
+PARAMS = ("h", "core_threshold", "core_opening", "min_core_area", "working_scale")
 SPEED_SHARE = 0.10  # the instance step may add this share to the prediction's time (issue #47): slower rows lose
 
 
@@ -101,7 +103,13 @@ def main() -> None:
           f"{pixel['test']['mIoU']:.2f}; the prediction took {predict_ms:.0f} ms/image "
           f"({predict_rec.get('precision', '?')}), the chosen separation {best['ms_per_image']:.1f} ms "
           f"({100 * best['ms_per_image'] / predict_ms:.0f} %)")
+    slide = slide_speed(data, splits["test"], {k: best[k] for k in best if k in PARAMS}, best["method"],
+                        project_config(store, save=False).slide.project_mpp)
+    print(f"a mosaic of the {slide['images']} testA predictions as one slide ({slide['mm2']:.1f} mm², "
+          f"{slide['megapixels']:.1f} Mpx): {slide['seconds']:.1f} s, {slide['seconds_per_mm2']:.2f} s/mm²; "
+          f"{slide['glands']} glands, {slide['glands_per_image_sum']} cutting each image alone")
     write_json(f"instances-{name}.json", {
+        "slide": slide,
         "machine": machine(), "project": str(args.project), "truth_objects": "ids" if truth_ids else "components",
         "images": {s: len(v) for s, v in splits.items()}, "pixel": pixel, "rows": rows,
         "chosen_on_val": {k: v for k, v in best.items() if k not in SPLITS}, "best_of_each_method": {
@@ -110,6 +118,50 @@ def main() -> None:
                     "config": predict_rec.get("config")},
         "model": {"labels_round": seg.get("labels_round"), "run_id": seg.get("run_id"),
                   "label_source": (seg.get("config") or {}).get("label_source")}})
+
+
+def slide_speed(data: dict, names: list[str], params: dict, method: str, mpp: float) -> dict:
+    """The chosen separation on a slide: the images' predictions laid side by side with a 64 px gap (8 per row)
+    as one `oeem predict-slide` output, cut by :func:`pipeline.slides.instances.slide_instances` (tiles, halo,
+    seams): seconds per mm² at ``mpp``, and the glands against cutting each image alone."""
+    import tempfile
+
+    import numpy as np
+    import zarr
+
+    from pipeline.config import InstanceConfig
+    from pipeline.io.omezarr import create_level
+    from pipeline.progress import run
+    from pipeline.slides.instances import slide_instances
+
+    gap, per_row = 64, 8
+    cell_h = max(data[n][0].shape[0] for n in names) + gap
+    cell_w = max(data[n][0].shape[1] for n in names) + gap
+    rows = -(-len(names) // per_row)
+    mask = np.zeros((rows * cell_h, per_row * cell_w), np.uint8)
+    prob = np.zeros(mask.shape, np.uint8)
+    alone = 0
+    cfg = InstanceConfig(method=method, **{("scale" if k == "working_scale" else k): v for k, v in params.items()})
+    for k, n in enumerate(names):
+        m, p = data[n][0], data[n][1]
+        y, x = (k // per_row) * cell_h, (k % per_row) * cell_w
+        mask[y:y + m.shape[0], x:x + m.shape[1]] = m
+        prob[y:y + m.shape[0], x:x + m.shape[1]] = np.round(np.clip(p, 0, 1) * 255)
+        ids = separate(m, p, method, **params)
+        alone += len(np.unique(ids[ids > 0]))
+    with tempfile.TemporaryDirectory() as tmp:
+        root = zarr.open_group(f"{tmp}/mosaic.ome.zarr", mode="w")
+        create_level(root, "0", mask.shape, "uint8", (1024, 1024), fill_value=0)[...] = prob
+        pred = root.require_group("labels").require_group("prediction")
+        create_level(pred, "0", mask.shape, "uint8", (1024, 1024), fill_value=0)[...] = mask
+        root.attrs["oeem_slide_prediction"] = {"project_mpp": mpp}
+        t0 = time.perf_counter()
+        rec = run(slide_instances(f"{tmp}/mosaic.ome.zarr", cfg))
+        seconds = time.perf_counter() - t0
+    mm2 = mask.size * (mpp / 1000) ** 2
+    return {"images": len(names), "megapixels": mask.size / 1e6, "mm2": mm2, "mpp": mpp, "seconds": seconds,
+            "seconds_per_mm2": seconds / mm2, "glands": rec["glands"], "glands_per_image_sum": alone,
+            "too_large": rec["too_large"], "tile": rec["tile"], "halo": rec["halo"]}
 
 
 if __name__ == "__main__":

@@ -183,6 +183,7 @@ def _micrometres(kwargs: dict) -> dict:
 
 SLIDE_REGIONS = "slide regions"  # rectangles drawn on a slide, added to the project as training images
 SLIDE_PREDICTION = "slide prediction"
+SLIDE_GLANDS = "slide glands (objects)"
 
 
 def slide_layer_spec(path) -> tuple:
@@ -212,7 +213,13 @@ def slide_prediction_specs(out) -> list[tuple]:
     if len(levels) == 1:  # a small slide: one level, which napari takes as a plain array
         probs, masks = probs[0], masks[0]
     multi = len(levels) > 1
-    return [(probs, _micrometres({"name": "slide gland probability", "multiscale": multi, "scale": (mpp, mpp),
+    glands = []
+    if "glands" in root["labels"]:  # the glands as objects, one colour per id
+        ids = [da.from_zarr(root["labels/glands"][k]) for k in levels]
+        glands = [(ids if multi else ids[0], _micrometres({"name": SLIDE_GLANDS, "multiscale": multi,
+                                                           "scale": (mpp, mpp), "opacity": 0.5, "visible": False}),
+                   "labels")]
+    return glands + [(probs, _micrometres({"name": "slide gland probability", "multiscale": multi, "scale": (mpp, mpp),
                                   "colormap": "inferno", "contrast_limits": [0, 255], "blending": "additive",
                                   "visible": False}), "image"),
             (masks, _micrometres({"name": SLIDE_PREDICTION, "multiscale": multi, "scale": (mpp, mpp),

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from oeem_napari._layers import PSEUDO, label_colormap
-from pipeline.io.export import read_exported_mask
+from pipeline.io.data import gland_ids
+from pipeline.io.export import read_exported_ids, read_exported_mask
 
 
 def _is_project(path: Path) -> bool:
@@ -71,9 +72,13 @@ def read_mask_file(path):
     out = []
     for p in paths:
         p = Path(p)
-        mask = read_exported_mask(p)
+        ids = gland_ids(read_exported_ids(p))  # None for a mask (one value for every gland)
         name = p.name.split("_anno")[0] + "_anno"
-        out.append((mask, {"name": name, "colormap": label_colormap(PSEUDO), "opacity": 0.5}, "labels"))
+        if ids is not None:  # exported glands as objects: one id (colour) per gland
+            out.append((ids, {"name": name, "opacity": 0.5}, "labels"))
+        else:
+            out.append((read_exported_mask(p), {"name": name, "colormap": label_colormap(PSEUDO), "opacity": 0.5},
+                        "labels"))
     return out
 
 

@@ -185,6 +185,11 @@ def test_every_export_keeps_the_ids(project_copy, tmp_path, fmt):
         assert (rasterise_geojson(obj, store.shape(name)).gland == (ids > 0)).mean() > 0.99
     else:
         np.testing.assert_array_equal(back, ids)
+        from oeem_napari._reader import get_reader  # dropped onto napari: a Labels layer with the ids
+
+        (data, _, kind), = get_reader(str(written[0]))(str(written[0]))
+        assert kind == "labels"
+        np.testing.assert_array_equal(data, ids)
     if fmt == "png":
         assert Image.open(written[0]).mode.startswith("I;16") or Image.open(written[0]).mode == "I"
     if fmt == "zarr":

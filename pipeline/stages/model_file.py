@@ -258,7 +258,6 @@ def project_model(store: ProjectStore, inference: InferConfig, mpp: float,
                   device: str | torch.device = "cpu") -> TrainedModel:
     """A project's current segmentation model, as a model file would give it."""
     from pipeline.stages.segment import load_segmenter
-
     from pipeline.store.project import project_config
 
     model, seg = load_segmenter(store, None, device)
