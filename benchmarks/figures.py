@@ -52,6 +52,11 @@ class Figure:
     needs_glas: bool = True
 
 
+def _chosen(d: dict) -> dict:
+    """The row of an instances result file its validation chose."""
+    return next(r for r in d["rows"] if all(r.get(k) == v for k, v in d["chosen_on_val"].items()))
+
+
 def _testa(d: dict, key: str) -> float:
     return d["evaluation"]["test"][key]
 
@@ -90,6 +95,22 @@ FIGURES: tuple[Figure, ...] = (
             Quote(README, lambda d: _testa(d, "object_Dice"), "{:.1f}", "testA object Dice"),
             Quote(README, lambda d: _testa(d, "object_Hausdorff"), "{:.1f}", "testA object Hausdorff"),
             Quote(README, lambda d: d["wall_seconds"] / 60, "{:.1f} min", "wall time"))),
+    Figure("instances-cpu", "PY benchmarks/end_to_end.py --preset cpu && PY benchmarks/instances.py "
+           "benchmarks/results/end_to_end-cpu.oeem.zarr", "instances-cpu.json", 42,
+           "glands as objects: every separation of the cpu model's prediction, chosen on validation, on testA",
+           tuple(Quote(doc, v, f, w) for doc in (README, BENCH_DOC) for v, f, w in (
+               (lambda d: _chosen(d)["test"]["object_F1"], "{:.1f}", "testA object F1"),
+               (lambda d: _chosen(d)["test"]["object_Dice"], "{:.1f}", "testA object Dice"),
+               (lambda d: _chosen(d)["test"]["object_Hausdorff"], "{:.1f}", "testA object Hausdorff"),
+               (lambda d: _chosen(d)["val"]["object_F1"], "{:.1f}", "validation object F1")))),
+    Figure("instances-supervised", "PY benchmarks/end_to_end.py --preset cpu --set segmentation.label_source=mask "
+           "--name cpu-supervised && PY benchmarks/instances.py benchmarks/results/end_to_end-cpu-supervised.oeem.zarr "
+           "--name cpu-supervised", "instances-cpu-supervised.json", 55,
+           "the same separation on the fully supervised reference (trained on the gland masks)",
+           tuple(Quote(doc, v, f, w) for doc in (README, BENCH_DOC) for v, f, w in (
+               (lambda d: _chosen(d)["test"]["object_F1"], "{:.1f}", "testA object F1"),
+               (lambda d: _chosen(d)["test"]["object_Dice"], "{:.1f}", "testA object Dice"),
+               (lambda d: _chosen(d)["test"]["object_Hausdorff"], "{:.1f}", "testA object Hausdorff")))),
     Figure("demo", "PY benchmarks/end_to_end.py --data sample --val-images 0 --name demo --fresh --set "
            "classifier.epochs=4 classifier.min_epoch_steps=0 'cam.scales=[1,1.5]' segmentation.iterations=120 "
            "selftrain.rounds=0 'inference.scales=[1]' inference.flip=false",

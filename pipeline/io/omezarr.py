@@ -26,6 +26,7 @@ import numpy as np
 import zarr
 
 VERSION = "0.5"
+LEVELS_MIN_SIDE = 512  # a pyramid stops when a level fits in this (slide predictions and their glands)
 LABEL_COLOURS = [{"label-value": 0, "rgba": [0, 0, 0, 0]}, {"label-value": 1, "rgba": [0, 200, 80, 255]}]
 
 

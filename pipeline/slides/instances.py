@@ -23,21 +23,20 @@ from skimage.measure import label
 
 from pipeline.config import InstanceConfig
 from pipeline.errors import OEEMError
-from pipeline.io.omezarr import add_levels, create_level, label_metadata, labels_group_metadata
+from pipeline.io.omezarr import LEVELS_MIN_SIDE, add_levels, create_level, label_metadata, labels_group_metadata
 from pipeline.progress import Job, Progress
 from pipeline.stages.instances import instances_of
 
 TILE = 2048  # px of the prediction per tile's core
 HALO = 512  # px of context on every side: glands up to this size are cut exactly (GlaS's largest: ~450 px)
 PER_TILE = 1 << 16  # ids a tile may give out
+CONTEXT = 16  # px kept around the owned regions when they are cut: more than the separation looks beyond a region
 
 
 def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo: int = HALO) -> Job[dict]:
     """Cut the slide prediction ``out`` (an ``oeem predict-slide`` OME-Zarr) into glands, writing
     ``labels/glands`` with its pyramid; returns what was done. Runs again whole when asked (seconds to minutes:
     no network)."""
-    from pipeline.slides.predict import LEVELS_MIN_SIDE
-
     t0 = time.perf_counter()
     try:
         root = zarr.open_group(str(out), mode="r+")
@@ -76,22 +75,27 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
             if not owned.any():
                 continue
             cut = owned & whole
-            probs = np.asarray(prob[wy0:wy1, wx0:wx1], np.float32) / 255 if cfg.method == "core" else None
-            # the whole window is cut (each region on its own: the same as in the whole slide), owned ones kept
-            local = instances_of(mask, probs, cfg) * cut[regions] if cut.any() else np.zeros(mask.shape, np.int32)
             too_large += int((owned & ~whole).sum())  # larger than the halo: the last pass
-            mine = cut[regions]
             if not cut.any():
                 continue
+            mine = cut[regions]
+            ys, xs = np.nonzero(mine)
+            # only the owned regions' box is cut, with CONTEXT px of whatever lies around them (a region's cut
+            # depends on itself and its neighbours' pixels within a few px) and on the separation's grid
+            y0c = max(0, (ys.min() - CONTEXT) // step * step)
+            x0c = max(0, (xs.min() - CONTEXT) // step * step)
+            crop = (slice(y0c, ys.max() + 1 + CONTEXT), slice(x0c, xs.max() + 1 + CONTEXT))
+            probs = np.asarray(prob[wy0 + y0c:wy0 + crop[0].stop, wx0 + x0c:wx0 + crop[1].stop], np.float32) / 255 \
+                if cfg.method == "core" else None
+            local = instances_of(mask[crop], probs[:mask[crop].shape[0], :mask[crop].shape[1]]
+                                 if probs is not None else None, cfg) * mine[crop]
             if int(local.max()) >= PER_TILE:
                 raise OEEMError(f"{out}: more than {PER_TILE - 1} glands in one {tile} px tile; lower the tile size")
             count += int(len(np.unique(local[local > 0])))
             ids = np.where(local > 0, local.astype(np.uint32) + np.uint32((ty * nx + tx) * PER_TILE), 0)
-            ys, xs = np.nonzero(mine)
-            box = (slice(wy0 + ys.min(), wy0 + ys.max() + 1), slice(wx0 + xs.min(), wx0 + xs.max() + 1))
-            inner = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+            box = (slice(wy0 + y0c, wy0 + y0c + local.shape[0]), slice(wx0 + x0c, wx0 + x0c + local.shape[1]))
             current = np.asarray(ids_out[box])
-            ids_out[box] = np.where(mine[inner], ids[inner], current)
+            ids_out[box] = np.where(mine[crop], ids, current)
         yield Progress("glands", ty + 1, ny, f"tile row {ty + 1}/{ny}")
     if too_large:
         count += yield from _label_the_rest(pred, ids_out, np.uint32(ny * nx * PER_TILE))

@@ -28,13 +28,19 @@ import numpy as np
 from pipeline.config import InferConfig, InstanceConfig, SlideConfig
 from pipeline.device import resolve_device
 from pipeline.errors import OEEMError
-from pipeline.io.omezarr import add_levels, create_level, image_metadata, label_metadata, labels_group_metadata
+from pipeline.io.omezarr import (
+    LEVELS_MIN_SIDE,
+    add_levels,
+    create_level,
+    image_metadata,
+    label_metadata,
+    labels_group_metadata,
+)
 from pipeline.progress import Job, Progress
 from pipeline.slides.blocks import SlideJob, write_blocks
 from pipeline.slides.reader import Slide, open_slide, tissue_mask
 from pipeline.store import ProjectStore, atomic_write_json
 
-LEVELS_MIN_SIDE = 512  # the pyramid stops when a level fits in this
 
 
 def default_output(store: ProjectStore | None, slide_path: str | Path) -> Path:

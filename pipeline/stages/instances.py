@@ -18,6 +18,7 @@ finer border exists) and the ids are carried back to every foreground pixel of t
 """
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import asdict
@@ -60,8 +61,8 @@ def separate(mask: np.ndarray, prob: np.ndarray | None, method: str = "core", *,
     if prob is None and method == "core":
         raise OEEMError("the core method needs the gland probability; run `oeem predict` first")
     s = float(working_scale)
-    small_shape = (max(1, round(fg.shape[0] * s)), max(1, round(fg.shape[1] * s)))
-    small_regions = _nearest(regions, small_shape)
+    small_regions = _sample(regions, s)
+    small_shape = small_regions.shape
     small_fg = _within_one_region(small_regions)
     if method == "distance":
         height = ndimage.distance_transform_edt(small_fg)
@@ -71,7 +72,7 @@ def separate(mask: np.ndarray, prob: np.ndarray | None, method: str = "core", *,
         p = np.asarray(prob, np.float32)
         if p.shape != fg.shape:
             raise OEEMError(f"gland probability shape {p.shape} differs from the mask's {fg.shape}")
-        small_p = _nearest(p, small_shape)
+        small_p = _sample(p, s)
         core = (small_p > core_threshold) & small_fg
         radius = max(0, round(core_opening * s))
         if radius:
@@ -84,7 +85,7 @@ def separate(mask: np.ndarray, prob: np.ndarray | None, method: str = "core", *,
             seeds[too_small[seeds]] = 0
         flood = np.round(255 * (1 - np.clip(small_p, 0, 1))).astype(np.uint8)
     ids = _flood_each_region(flood, seeds, np.where(small_fg, small_regions, 0))
-    return _to_full_size(ids, fg, regions)
+    return _to_full_size(ids, fg, regions, s)
 
 
 def _flood_each_region(flood: np.ndarray, seeds: np.ndarray, regions: np.ndarray) -> np.ndarray:
@@ -122,145 +123,46 @@ def _within_one_region(small_regions: np.ndarray) -> np.ndarray:
     return (small_regions > 0) & (top <= small_regions) & (low >= small_regions)
 
 
-def _to_full_size(ids: np.ndarray, fg: np.ndarray, components: np.ndarray) -> np.ndarray:
+def _to_full_size(ids: np.ndarray, fg: np.ndarray, components: np.ndarray, scale: float) -> np.ndarray:
     """The ids of a separation at a smaller scale on every foreground pixel of the full-size mask, each gland
-    inside one connected component of it: a pixel takes the id under it, the rim the coarser grid missed takes a
-    neighbour's (two 3 x 3 dilations), and what is still unlabelled (a component without a seed) becomes a gland
-    of its own. An id that spans two components (joined by the coarser grid) is split into one per component."""
-    ids = np.where(fg, _nearest(ids, fg.shape), 0)
+    inside one connected component of it: a pixel takes the id under it, the rim the coarser grid missed takes the
+    largest id among its 8 neighbours (twice), and what is still unlabelled (a component without a seed) becomes
+    a gland of its own. An id that spans two components (joined by the coarser grid) is split into one per
+    component. Only foreground pixels are touched (a slide's windows are mostly glass)."""
+    rows, cols = (np.minimum(((np.arange(n) + 0.5) * scale).astype(np.intp), m - 1)
+                  for n, m in zip(fg.shape, ids.shape, strict=True))  # the inverse of _sample's grid
+    full = np.where(fg, ids[rows[:, None], cols[None, :]], 0).astype(np.int64)
+    rr, cc = np.nonzero(fg)
+    h, w = fg.shape
     for _ in range(2):
-        rim = fg & (ids == 0)
-        if not rim.any():
+        rim = np.nonzero(full[rr, cc] == 0)[0]
+        if not len(rim):
             break
-        ids = np.where(rim, ndimage.grey_dilation(ids, size=(3, 3)), ids)
-    rest = fg & (ids == 0)
-    ids = np.where(rest, ids.max() + components, ids).astype(np.int64)
-    pair = components.astype(np.int64) * (int(ids.max()) + 1) + ids  # (component, id): unique per gland
-    present = np.zeros(int(pair.max()) + 1, bool)
-    present[pair.ravel()] = True
+        r, c = rr[rim], cc[rim]
+        best = np.zeros(len(rim), np.int64)
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                best = np.maximum(best, full[np.clip(r + dr, 0, h - 1), np.clip(c + dc, 0, w - 1)])
+        full[r, c] = best
+    values = full[rr, cc]
+    comp = components[rr, cc].astype(np.int64)
+    top = int(values.max(initial=0))
+    values = np.where(values == 0, top + comp, values)  # components without a seed: a gland each
+    pair = comp * (int(values.max(initial=0)) + 1) + values  # (component, id): unique per gland
+    present = np.zeros(int(pair.max(initial=0)) + 1, bool)
+    present[pair] = True
     present[0] = False
-    return (np.cumsum(present) * present).astype(np.int32)[pair]  # ids 1..n
+    out = np.zeros(fg.shape, np.int32)
+    out[rr, cc] = (np.cumsum(present) * present).astype(np.int32)[pair]  # ids 1..n
+    return out
 
 
-def _nearest(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """``a`` resampled to ``shape`` by the nearest pixel centre (ids and masks stay exact; a plain index lookup,
-    far cheaper than an interpolating resize)."""
-    if a.shape == tuple(shape):
+def _sample(a: np.ndarray, scale: float) -> np.ndarray:
+    """``a`` on the coarser grid of ``scale``: coarse pixel i takes the full-size pixel floor((i + 0.5) / scale)
+    (at 0.5: 1, 3, 5...). The grid follows from the scale alone, not from the image's size, so any crop that starts
+    on it (a slide's tile) samples the same pixels as the whole image; ids and masks stay exact, and an index
+    lookup is far cheaper than an interpolating resize."""
+    if scale == 1:
         return a
-    rows = np.minimum(((np.arange(shape[0]) + 0.5) * a.shape[0] / shape[0]).astype(np.intp), a.shape[0] - 1)
-    cols = np.minimum(((np.arange(shape[1]) + 0.5) * a.shape[1] / shape[1]).astype(np.intp), a.shape[1] - 1)
-    return a[rows[:, None], cols[None, :]]
-
-
-def instances_current(store: ProjectStore, cfg: InstanceConfig) -> bool:
-    """Were the stored instances cut with ``cfg`` from the current prediction of every image?"""
-    rec, pred = store.load_run("instances"), store.load_run("predict")
-    if rec is None or pred is None or rec.get("config") != asdict(cfg):
-        return False
-    return rec.get("predict_run_id") == pred.get("run_id") and rec.get("images") == len(store.names())
-
-
-@writes_project("separating glands")
-def make_instances(store: ProjectStore, cfg: InstanceConfig, names: list[str] | None = None) -> Job[dict]:
-    """Cut every predicted image (default: all) into glands, writing ``instances`` (int32 ids) to the store; no
-    network runs, so a change of these settings costs seconds, not a prediction. An image whose glands a
-    pathologist split or merged keeps that edit while its predicted mask is the same; a new mask replaces it
-    (listed in the record's ``edits_replaced``)."""
-    names = names or store.names()
-    missing = [n for n in names if not store.has(n, "prediction")]
-    if missing:
-        raise OEEMError(f"{store.path}: {len(missing)} image(s) have no prediction yet (e.g. {missing[0]}); run "
-                        f"`oeem predict {store.path}` first")
-    t0, glands = time.perf_counter(), 0
-    edited, kept, replaced = set((store.load_run("instances") or {}).get("edited", [])), [], []
-    for k, n in enumerate(names):
-        mask = store.read(n, "prediction")
-        if n in edited and store.has(n, "instances") and ((store.read(n, "instances") > 0) == (mask > 0)).all():
-            kept.append(n)  # the pathologist's split / merge, on the same mask: kept
-            ids = store.read(n, "instances")
-        else:
-            if n in edited:
-                replaced.append(n)
-            prob = store.read(n, "prob") if cfg.method == "core" else None
-            ids = instances_of(mask, prob, cfg)
-            store.write(n, "instances", ids)
-        glands += len(np.unique(ids[ids > 0]))
-        yield Progress("instances", k + 1, len(names), n)
-    seconds = time.perf_counter() - t0
-    record = {"config": asdict(cfg), "images": len(names), "glands": glands, "seconds": seconds,
-              "edited": sorted((edited - set(names)) | set(kept)), "edits_replaced": sorted(replaced),
-              "seconds_per_image": seconds / max(1, len(names)), "run_id": uuid.uuid4().hex,
-              "predict_run_id": (store.load_run("predict") or {}).get("run_id")}
-    store.save_run("instances", record)
-    return record
-
-
-# ---------------------------------------------------------------------------------------------- editing
-def split_along(ids: np.ndarray, path: np.ndarray) -> tuple[np.ndarray, list[int]]:
-    """``ids`` with every gland the polyline ``path`` (n x 2, row/col, image pixels) crosses from side to side cut
-    along it: the gland's pieces either side of the line become glands of their own (the largest keeps the id, the
-    others take new ones) and the line's pixels join the nearest piece. A stroke that does not cross a gland
-    leaves it as it is. Returns the new ids and the ids made."""
-    from skimage.draw import line
-    from skimage.segmentation import expand_labels
-
-    ids = np.asarray(ids).copy()
-    pts = np.round(np.asarray(path, float)).astype(int)
-    if pts.ndim != 2 or pts.shape[1] != 2 or len(pts) < 2:
-        raise OEEMError("draw a line of at least two points across the gland to split it")
-    cut = np.zeros(ids.shape, bool)
-    for (r0, c0), (r1, c1) in zip(pts[:-1], pts[1:], strict=True):
-        rr, cc = line(r0, c0, r1, c1)
-        keep = (rr >= 0) & (rr < ids.shape[0]) & (cc >= 0) & (cc < ids.shape[1])
-        cut[rr[keep], cc[keep]] = True
-    made: list[int] = []
-    top = int(ids.max())
-    for gid in np.unique(ids[cut]):
-        if gid == 0:
-            continue
-        gland = ids == gid
-        pieces = label(gland & ~cut, connectivity=1)  # 4-connected: an 8-connected line parts them
-        if pieces.max() < 2:
-            continue
-        sizes = np.bincount(pieces.ravel())
-        sizes[0] = 0
-        order = np.argsort(-sizes)[: int(pieces.max())]
-        lut = np.zeros(len(sizes), np.int64)
-        lut[order[0]] = gid
-        for k in order[1:]:
-            top += 1
-            lut[k] = top
-            made.append(top)
-        grown = expand_labels(lut[pieces], distance=2)
-        ids[gland] = grown[gland]
-    return ids, made
-
-
-def merge_at(ids: np.ndarray, point: tuple[float, float], radius: int = 6) -> tuple[np.ndarray, list[int]]:
-    """``ids`` with the glands within ``radius`` px of ``point`` (row, col) made one (the smallest id); returns
-    the new ids and the ids merged (empty when fewer than two glands are there)."""
-    ids = np.asarray(ids).copy()
-    r, c = (int(round(v)) for v in point)
-    box = ids[max(0, r - radius):r + radius + 1, max(0, c - radius):c + radius + 1]
-    yy, xx = np.mgrid[max(0, r - radius):max(0, r - radius) + box.shape[0],
-                      max(0, c - radius):max(0, c - radius) + box.shape[1]]
-    near = np.unique(box[(np.hypot(yy - r, xx - c) <= radius) & (box > 0)])
-    if len(near) < 2:
-        return ids, []
-    ids[np.isin(ids, near)] = near.min()
-    return ids, [int(v) for v in near]
-
-
-def save_edited_instances(store: ProjectStore, name: str, ids: np.ndarray) -> None:
-    """Keep a pathologist's split / merge of an image's glands: its ``instances`` replaced (the store writes
-    atomically per chunk) and the image listed as edited, so the next instances step keeps the edit while the
-    prediction's mask stays the same."""
-    ids = np.asarray(ids)
-    if ids.shape != store.shape(name):
-        raise OEEMError(f"{name}: glands of shape {ids.shape} do not fit the image {store.shape(name)}")
-    if ids.min(initial=0) < 0:
-        raise OEEMError(f"{name}: gland ids must be >= 0 (0 = background)")
-    store.write(name, "instances", ids.astype(np.int32))
-    rec = store.load_run("instances") or {}
-    rec["edited"] = sorted(set(rec.get("edited", [])) | {name})
-    store.save_run("instances", rec)
+    rows = [np.minimum(((np.arange(math.ceil(n * scale)) + 0.5) / scale).astype(np.intp), n - 1) for n in a.shape]
+    return a[rows[0][:, None], rows[1][None, :]]
