@@ -42,7 +42,6 @@ from pipeline.slides.reader import Slide, open_slide, tissue_mask
 from pipeline.store import ProjectStore, atomic_write_json
 
 
-
 def default_output(store: ProjectStore | None, slide_path: str | Path) -> Path:
     """``PROJECT.slides/NAME.ome.zarr`` beside the project (not inside its store); without a project (a model
     file), ``NAME.prediction.ome.zarr`` beside the slide."""
