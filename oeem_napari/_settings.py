@@ -15,7 +15,8 @@ from pipeline.config import PipelineConfig, Setting, settings_of
 from pipeline.errors import OEEMError
 
 SECTIONS = {"patches": "Patches", "classifier": "Classifier", "cam": "CAMs", "segmentation": "Segmentation",
-            "inference": "Prediction", "selftrain": "Self-training", "ranking": "Label review", "slide": "Slides",
+            "inference": "Prediction", "instances": "Glands as objects", "selftrain": "Self-training",
+            "ranking": "Label review", "slide": "Slides",
             "update": "Update model", "preview": "Preview"}
 
 

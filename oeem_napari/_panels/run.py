@@ -17,12 +17,13 @@ class RunPanel(FoldingBox):
         self.state = state
         grid = self.body_layout(QGridLayout)
         self.stage_buttons: dict[str, QPushButton] = {}
-        for k, (stage, text) in enumerate(STAGES.items()):
-            btn = QPushButton(text)
+        singles = [s for s in STAGES if s != "all"]
+        for k, stage in enumerate([*singles, "all"]):
+            btn = QPushButton(STAGES[stage])
             btn.clicked.connect(lambda _=False, s=stage: state.run_stage(s))
-            grid.addWidget(btn, k // 2, k % 2)
+            # two columns; Run all alone in the row after them, its budget beside it
+            grid.addWidget(btn, *((k // 2, k % 2) if stage != "all" else ((len(singles) + 1) // 2, 0)))
             self.stage_buttons[stage] = btn
-        # Run all's budget, beside it (the last button sits alone in its row)
         self.budget_spin = QSpinBox()
         self.budget_spin.setRange(0, 7 * 24 * 60)
         self.budget_spin.setSingleStep(15)
@@ -34,12 +35,9 @@ class RunPanel(FoldingBox):
                                     "rounds shrink to fit (never grow). No budget: the preset's schedule; either "
                                     "way the expected end is shown beside the progress bar.")
         self.budget_spin.valueChanged.connect(self._set_budget)
-        first = (len(STAGES) + 1) // 2  # the row under the buttons
-        if len(STAGES) % 2:  # the last button, Run all, sits alone in its row: the budget goes beside it
-            grid.addWidget(self.budget_spin, first - 1, 1)
-        else:
-            grid.addWidget(self.budget_spin, first, 1)
-            first += 1
+        first = (len(singles) + 1) // 2  # Run all's row
+        grid.addWidget(self.budget_spin, first, 1)
+        first += 1
         self.progress_bar = QProgressBar()
         self.end_label = QLabel("")  # the expected end of Run all, from the plan its first steps measure
         self.end_label.setToolTip("when the run should end, from the speed measured at its start")

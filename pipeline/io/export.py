@@ -70,7 +70,7 @@ def export_masks(store: ProjectStore, folder: str | Path, fmt: str = "png", sour
         staged = []
         for n in names:
             staged.append(_write_one(staging / f"{n}{SUFFIXES[fmt]}", mask_for_export(store, n, source), n, fmt,
-                                     ids=source == "instances", mpp=mpp))
+                                     source == "instances", mpp))
         written = []
         for path in staged:
             written.append(_move_into_place(path, folder / path.name, staging))

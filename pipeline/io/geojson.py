@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,18 +54,21 @@ def component_polygon(component: np.ndarray, offset: tuple[int, int]) -> Polygon
     return outer.simplify(SIMPLIFY_PX, preserve_topology=True)
 
 
-def mask_to_polygons(mask: np.ndarray) -> list[Polygon]:
-    """One Polygon (holes as inner rings) per 4-connected gland of a 0/1 mask."""
-    mask = np.asarray(mask) > 0
-    comps = label(mask, connectivity=1)
-    polys: list[Polygon] = []
-    for k, sl in enumerate(ndi.find_objects(comps), start=1):
+def outlines(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray, Polygon | MultiPolygon]]:
+    """(id, its pixels in its bounding box, its outline) for every object of a label image (0 = background)."""
+    for k, sl in enumerate(ndi.find_objects(labels), start=1):
         if sl is None:
             continue
-        crop = comps[sl] == k
+        crop = labels[sl] == k
         geom = component_polygon(crop, (sl[0].start - 1, sl[1].start - 1))
-        if geom is None or geom.is_empty:
-            continue
+        if geom is not None and not geom.is_empty:
+            yield k, crop, geom
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[Polygon]:
+    """One Polygon (holes as inner rings) per 4-connected gland of a 0/1 mask."""
+    polys: list[Polygon] = []
+    for _, _, geom in outlines(label(np.asarray(mask) > 0, connectivity=1)):
         polys.extend(g for g in getattr(geom, "geoms", [geom]) if isinstance(g, Polygon) and g.area > 0)
     return polys
 
@@ -96,15 +100,8 @@ def instances_to_geojson(ids: np.ndarray, image_name: str | None = None,
     """One "Gland" feature per gland of a label image, which QuPath imports as one object each: its id as the
     feature id (:func:`gland_feature_id`), its name (``gland 12``) and measurements ``gland id``, ``area px`` and,
     with ``mpp``, ``area µm^2``."""
-    ids = np.asarray(ids)
     features = []
-    for k, sl in enumerate(ndi.find_objects(ids.astype(np.int64)), start=1):
-        if sl is None:
-            continue
-        crop = ids[sl] == k
-        geom = component_polygon(crop, (sl[0].start - 1, sl[1].start - 1))
-        if geom is None or geom.is_empty:
-            continue
+    for k, crop, geom in outlines(np.asarray(ids).astype(np.int64)):
         area = int(crop.sum())
         measurements = {"gland id": k, "area px": area}
         if mpp:

@@ -29,7 +29,7 @@ from pipeline.progress import Job, Progress
 TOLERANCE_PX = 1.0  # outline simplification, px of the prediction: QuPath draws it the same, the file is smaller
 
 
-class _Parts:
+class GlandParts:
     """Union-find over the glands' parts, each part known by its bounding box and one of its pixels."""
 
     def __init__(self) -> None:
@@ -67,7 +67,7 @@ class _Parts:
         return sorted(((boxes[r], self.seed[r]) for r in boxes), key=lambda g: (g[0][0], g[0][1]))
 
 
-def _link(parts: _Parts, a: np.ndarray, b: np.ndarray, ids_a: np.ndarray, ids_b: np.ndarray) -> None:
+def _link(parts: GlandParts, a: np.ndarray, b: np.ndarray, ids_a: np.ndarray, ids_b: np.ndarray) -> None:
     """Join the parts whose pixels face each other across a seam (``a``, ``b``: the two edge lines' labels)."""
     both = (a > 0) & (b > 0)
     for la, lb in set(zip(a[both].tolist(), b[both].tolist())):
@@ -78,7 +78,7 @@ def find_glands(pred: zarr.Array, block: int) -> Iterator[Progress | list]:
     """Pass 1: yields progress per block row, then (as the generator's last item) every gland's box and pixel."""
     h, w = pred.shape
     ny, nx = -(-h // block), -(-w // block)
-    parts = _Parts()
+    parts = GlandParts()
     above: list[tuple[np.ndarray, np.ndarray] | None] = [None] * nx  # each column's last block: bottom row, ids
     for by in range(ny):
         left: tuple[np.ndarray, np.ndarray] | None = None

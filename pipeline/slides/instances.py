@@ -113,12 +113,12 @@ def _label_the_rest(pred: zarr.Array, ids_out: zarr.Array, first_id: np.uint32) 
     """Give each region of the mask that no tile cut (wider than the halo) one id, starting at ``first_id``:
     its parts in each block (8-connected) are joined across block seams, edge pixels and their diagonal
     neighbours alike; returns how many regions."""
-    from pipeline.slides.geojson_export import _Parts
+    from pipeline.slides.geojson_export import GlandParts
 
     block = int(pred.chunks[0])
     h, w = pred.shape
     ny, nx = -(-h // block), -(-w // block)
-    parts = _Parts()
+    parts = GlandParts()
     local: dict[tuple[int, int], np.ndarray] = {}  # each block's part index of its local labels
 
     def rest(by: int, bx: int) -> np.ndarray:
