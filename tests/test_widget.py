@@ -355,9 +355,13 @@ def test_a_slide_opens_lazily_is_predicted_and_gives_training_regions(widget, pr
     assert any("resampled" in n for n in notes)
     from napari.layers import Labels
 
-    (again,) = [lyr for lyr in viewer.open(str(pred.metadata["oeem_slide_prediction"]), plugin="oeem-napari")
-                if isinstance(lyr, Labels)]
+    opened = [lyr for lyr in viewer.open(str(pred.metadata["oeem_slide_prediction"]), plugin="oeem-napari")
+              if isinstance(lyr, Labels)]
+    (again,) = [lyr for lyr in opened if lyr.name.startswith(_layers.SLIDE_PREDICTION)]
     assert again.data.shape == (384, 512)
+    # its glands as objects too, one id each, on exactly the mask's pixels
+    (glands,) = [lyr for lyr in opened if lyr.name.startswith(_layers.SLIDE_GLANDS)]
+    np.testing.assert_array_equal(np.asarray(glands.data) > 0, np.asarray(again.data) > 0)
     # a rectangle drawn on the regions layer (its data are level-0 pixels) becomes a training image
     shapes = viewer.layers[_layers.SLIDE_REGIONS]
     shapes.add_rectangles(np.array([[100, 200], [500, 700]]))

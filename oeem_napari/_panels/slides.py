@@ -120,7 +120,7 @@ class SlidesPanel(FoldingBox):
             cfg = self.state.model_config(trained) if with_model else self.state.run_config()
             job = predict_slide(None if with_model else self.state.store, layer.metadata["oeem_slide"], cfg.slide,
                                 cfg.inference, self._slide_mpp(), device=self.state.device(), restart=True,
-                                model=trained.source if with_model else None)
+                                model=trained.source if with_model else None, instances=cfg.instances)
         except OEEMError as exc:
             show_error(str(exc))
             return None
