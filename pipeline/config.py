@@ -38,6 +38,7 @@ PRECISIONS = ("auto", "fp32", "bf16")  # pipeline.device.resolve_precision decid
 PRECISION_SECTIONS = ("classifier", "cam", "segmentation", "inference")  # the stages with a precision setting
 SLIDE_READERS = ("auto", "tiffslide", "openslide")  # pipeline.slides.reader.Slide's backends
 LABEL_SOURCES = ("pseudo", "corrected", "mask")
+INSTANCE_METHODS = ("core", "distance", "components")  # pipeline.stages.instances
 
 
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, ge: float | None = None,
@@ -302,7 +303,7 @@ class InstanceConfig:
     # object F1, 83.5 -> 88.4 object Dice) and the distance watershed (82.8 at its best h)
     method: str = setting("core", "how touching glands are told apart: core (seeds where the network is sure, "
                           "flooded over its probability), distance (watershed of the distance to the background) "
-                          "or components (one gland per connected region)", choices=("core", "distance", "components"),
+                          "or components (one gland per connected region)", choices=INSTANCE_METHODS,
                           basic=True, label="gland separation")
     core_threshold: float = setting(0.97, "core: a seed is where the gland probability exceeds this", gt=0, lt=1,
                                     label="seed probability")

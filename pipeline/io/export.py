@@ -109,10 +109,9 @@ def _project_mpp(store: ProjectStore) -> float | None:
 
 def id_dtype(ids: np.ndarray) -> np.dtype:
     """The smallest unsigned type that holds every id: 16 bits for up to 65,535 glands (what most tools read)."""
-    top = int(np.max(ids, initial=0))
-    if top < 0 or np.min(ids, initial=0) < 0:
+    if np.min(ids, initial=0) < 0:
         raise OEEMError("gland ids must be >= 0 (0 = background)")
-    return np.dtype(np.uint16 if top <= np.iinfo(np.uint16).max else np.uint32)
+    return np.dtype(np.uint16 if int(np.max(ids, initial=0)) <= np.iinfo(np.uint16).max else np.uint32)
 
 
 def _write_ids(path: Path, ids: np.ndarray, name: str, fmt: str, mpp: float | None) -> Path:
@@ -182,15 +181,8 @@ def write_mask_file(path: str | Path, mask: np.ndarray, name: str | None = None,
 
 def read_exported_mask(path: str | Path) -> np.ndarray:
     """Read back a mask written by :func:`export_masks` as 0/1 uint8 (PNG, TIFF, OME-Zarr; GeoJSON needs the
-    image size: see :func:`pipeline.io.geojson.rasterise_geojson`)."""
-    path = Path(path)
-    if path.is_dir() and (path / "zarr.json").is_file():
-        return (np.asarray(zarr.open_group(str(path), mode="r")["0"][...]) > 0).astype(np.uint8)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        return (tifffile.imread(path) > 0).astype(np.uint8)
-    from pipeline.io.data import read_mask
-
-    return read_mask(path)
+    image size: see :func:`pipeline.io.geojson.rasterise_geojson`); exported instances read as their mask."""
+    return (read_exported_ids(path) > 0).astype(np.uint8)
 
 
 def read_exported_ids(path: str | Path, shape_hw: tuple[int, int] | None = None) -> np.ndarray:

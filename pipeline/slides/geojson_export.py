@@ -67,7 +67,7 @@ class GlandParts:
         return sorted(((boxes[r], self.seed[r]) for r in boxes), key=lambda g: (g[0][0], g[0][1]))
 
 
-def _link(parts: GlandParts, a: np.ndarray, b: np.ndarray, ids_a: np.ndarray, ids_b: np.ndarray) -> None:
+def link_parts(parts: GlandParts, a: np.ndarray, b: np.ndarray, ids_a: np.ndarray, ids_b: np.ndarray) -> None:
     """Join the parts whose pixels face each other across a seam (``a``, ``b``: the two edge lines' labels)."""
     both = (a > 0) & (b > 0)
     for la, lb in set(zip(a[both].tolist(), b[both].tolist())):
@@ -92,9 +92,9 @@ def find_glands(pred: zarr.Array, block: int) -> Iterator[Progress | list]:
                 seed = (int(yy[0]) + sl[0].start + y0, int(xx[0]) + sl[1].start + x0)
                 ids[k] = parts.add([sl[0].start + y0, sl[1].start + x0, sl[0].stop + y0, sl[1].stop + x0], seed)
             if left is not None:
-                _link(parts, left[0], labels[:, 0], left[1], ids)
+                link_parts(parts, left[0], labels[:, 0], left[1], ids)
             if above[bx] is not None:
-                _link(parts, above[bx][0], labels[0, :], above[bx][1], ids)
+                link_parts(parts, above[bx][0], labels[0, :], above[bx][1], ids)
             left = (labels[:, -1], ids)
             above[bx] = (labels[-1, :], ids)
         yield Progress("find glands", by + 1, ny, f"block row {by + 1}/{ny}")

@@ -84,16 +84,15 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
             # depends on itself and its neighbours' pixels within a few px) and on the separation's grid
             y0c = max(0, (ys.min() - CONTEXT) // step * step)
             x0c = max(0, (xs.min() - CONTEXT) // step * step)
-            crop = (slice(y0c, ys.max() + 1 + CONTEXT), slice(x0c, xs.max() + 1 + CONTEXT))
-            probs = np.asarray(prob[wy0 + y0c:wy0 + crop[0].stop, wx0 + x0c:wx0 + crop[1].stop], np.float32) / 255 \
-                if cfg.method == "core" else None
-            local = instances_of(mask[crop], probs[:mask[crop].shape[0], :mask[crop].shape[1]]
-                                 if probs is not None else None, cfg) * mine[crop]
+            crop = (slice(y0c, min(mask.shape[0], ys.max() + 1 + CONTEXT)),
+                    slice(x0c, min(mask.shape[1], xs.max() + 1 + CONTEXT)))
+            box = (slice(wy0 + crop[0].start, wy0 + crop[0].stop), slice(wx0 + crop[1].start, wx0 + crop[1].stop))
+            probs = np.asarray(prob[box], np.float32) / 255 if cfg.method == "core" else None
+            local = instances_of(mask[crop], probs, cfg) * mine[crop]
             if int(local.max()) >= PER_TILE:
                 raise OEEMError(f"{out}: more than {PER_TILE - 1} glands in one {tile} px tile; lower the tile size")
             count += int(len(np.unique(local[local > 0])))
             ids = np.where(local > 0, local.astype(np.uint32) + np.uint32((ty * nx + tx) * PER_TILE), 0)
-            box = (slice(wy0 + y0c, wy0 + y0c + local.shape[0]), slice(wx0 + x0c, wx0 + x0c + local.shape[1]))
             current = np.asarray(ids_out[box])
             ids_out[box] = np.where(mine[crop], ids, current)
         yield Progress("glands", ty + 1, ny, f"tile row {ty + 1}/{ny}")
@@ -112,38 +111,36 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
 def _label_the_rest(pred: zarr.Array, ids_out: zarr.Array, first_id: np.uint32) -> Job[int]:
     """Give each region of the mask that no tile cut (wider than the halo) one id, starting at ``first_id``:
     its parts in each block (8-connected) are joined across block seams, edge pixels and their diagonal
-    neighbours alike; returns how many regions."""
-    from pipeline.slides.geojson_export import GlandParts
+    neighbours alike; returns how many regions. Each block is labelled once per pass: the first keeps only its
+    edge lines for the seams, the second labels it again to write (memory stays one block)."""
+    from pipeline.slides.geojson_export import GlandParts, link_parts
 
     block = int(pred.chunks[0])
     h, w = pred.shape
     ny, nx = -(-h // block), -(-w // block)
     parts = GlandParts()
     local: dict[tuple[int, int], np.ndarray] = {}  # each block's part index of its local labels
+    edges: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # its last column and last row of labels
 
     def rest(by: int, bx: int) -> np.ndarray:
         sl = (slice(by * block, (by + 1) * block), slice(bx * block, (bx + 1) * block))
         return label((np.asarray(pred[sl]) > 0) & (np.asarray(ids_out[sl]) == 0), connectivity=2)
 
     def link(a: np.ndarray, b: np.ndarray, ids_a: np.ndarray, ids_b: np.ndarray) -> None:
-        for da, db in ((slice(None), slice(None)), (slice(1, None), slice(None, -1)),
-                       (slice(None, -1), slice(1, None))):
-            x, y = a[da], b[db]
-            both = (x > 0) & (y > 0)
-            for la, lb in set(zip(x[both].tolist(), y[both].tolist())):
-                parts.union(int(ids_a[la]), int(ids_b[lb]))
+        n = min(len(a), len(b))  # facing pixels and, 8-connected, their diagonal neighbours
+        for da, db in ((slice(0, n), slice(0, n)), (slice(1, n), slice(0, n - 1)), (slice(0, n - 1), slice(1, n))):
+            link_parts(parts, a[da], b[db], ids_a, ids_b)
 
     for by in range(ny):
         for bx in range(nx):
             labels = rest(by, bx)
             index = np.array([parts.add([0, 0, 0, 0], (0, 0)) if k else -1 for k in range(int(labels.max()) + 1)])
             local[by, bx] = index
+            edges[by, bx] = (labels[:, -1], labels[-1, :])
             if bx > 0:
-                left = rest(by, bx - 1)
-                link(left[:, -1], labels[:, 0], local[by, bx - 1], index)
+                link(edges[by, bx - 1][0], labels[:, 0], local[by, bx - 1], index)
             if by > 0:
-                above = rest(by - 1, bx)
-                link(above[-1, :], labels[0, :], local[by - 1, bx], index)
+                link(edges[by - 1, bx][1], labels[0, :], local[by - 1, bx], index)
         yield Progress("large regions", by + 1, 2 * ny, f"block row {by + 1}/{ny}")
     roots = sorted({parts.find(i) for i in range(len(parts.parent))})
     number = {r: first_id + np.uint32(k + 1) for k, r in enumerate(roots)}

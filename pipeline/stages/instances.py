@@ -29,13 +29,11 @@ from skimage.measure import label
 from skimage.morphology import disk, h_maxima
 from skimage.segmentation import watershed
 
-from pipeline.config import InstanceConfig
+from pipeline.config import INSTANCE_METHODS, InstanceConfig
 from pipeline.errors import OEEMError
 from pipeline.progress import Job, Progress
 from pipeline.store import ProjectStore
 from pipeline.store.lock import writes_project
-
-METHODS = ("components", "distance", "core")
 
 
 def instances_of(mask: np.ndarray, prob: np.ndarray | None, cfg: InstanceConfig) -> np.ndarray:
@@ -53,8 +51,8 @@ def separate(mask: np.ndarray, prob: np.ndarray | None, method: str = "core", *,
     fg = np.asarray(mask) > 0
     if fg.ndim != 2:
         raise OEEMError(f"a gland mask has two dimensions (H x W), not shape {fg.shape}")
-    if method not in METHODS:
-        raise OEEMError(f"instances.method must be one of {', '.join(METHODS)}, not {method!r}")
+    if method not in INSTANCE_METHODS:
+        raise OEEMError(f"instances.method must be one of {', '.join(INSTANCE_METHODS)}, not {method!r}")
     regions = label(fg, connectivity=2)
     if method == "components" or not fg.any():
         return regions.astype(np.int32)
@@ -127,7 +125,7 @@ def _to_full_size(ids: np.ndarray, fg: np.ndarray, components: np.ndarray, scale
     inside one connected component of it: a pixel takes the id under it, the rim the coarser grid missed takes the
     largest id among its 8 neighbours (twice), and what is still unlabelled (a component without a seed) becomes
     a gland of its own. An id that spans two components (joined by the coarser grid) is split into one per
-    component. Only foreground pixels are touched (a slide's windows are mostly glass)."""
+    component. The rim and the renumbering work on the foreground pixels' coordinates only."""
     rows, cols = (np.minimum(((np.arange(n) + 0.5) * scale).astype(np.intp), m - 1)
                   for n, m in zip(fg.shape, ids.shape, strict=True))  # the inverse of _sample's grid
     full = np.where(fg, ids[rows[:, None], cols[None, :]], 0).astype(np.int64)
@@ -167,7 +165,6 @@ def _sample(a: np.ndarray, scale: float) -> np.ndarray:
     return a[rows[0][:, None], rows[1][None, :]]
 
 
-
 def instances_current(store: ProjectStore, cfg: InstanceConfig) -> bool:
     """Were the stored instances cut with ``cfg`` from the current prediction of every image?"""
     rec, pred = store.load_run("instances"), store.load_run("predict")
@@ -191,9 +188,9 @@ def make_instances(store: ProjectStore, cfg: InstanceConfig, names: list[str] | 
     edited, kept, replaced = set((store.load_run("instances") or {}).get("edited", [])), [], []
     for k, n in enumerate(names):
         mask = store.read(n, "prediction")
-        if n in edited and store.has(n, "instances") and ((store.read(n, "instances") > 0) == (mask > 0)).all():
+        ids = store.read(n, "instances") if n in edited and store.has(n, "instances") else None
+        if ids is not None and ((ids > 0) == (mask > 0)).all():
             kept.append(n)  # the pathologist's split / merge, on the same mask: kept
-            ids = store.read(n, "instances")
         else:
             if n in edited:
                 replaced.append(n)
