@@ -3,6 +3,7 @@ result file it lands in, and the figures of that file the docs quote.
 
     python benchmarks/figures.py list              # what exists, what is tracked, minutes on 2 cores
     python benchmarks/figures.py check             # do the docs quote what the tracked files hold?
+    python benchmarks/figures.py tables            # write the docs' generated tables from the files
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/figures.py run [--quick] [--only NAME ...]
 
 ``make bench`` runs every command one after the other (2 cores: one torch job at a time, or every timing is
@@ -42,6 +43,19 @@ class Quote:
 
 
 @dataclass(frozen=True)
+class Table:
+    """A docs table made from a result file, never typed: ``figures.py tables`` writes it between
+    ``<!-- table: NAME -->`` and ``<!-- /table -->`` in ``doc``, and ``check`` fails when the two differ."""
+
+    doc: str  # path from the repository root
+    name: str
+    render: Callable[[dict], list[str]]  # the table's markdown lines
+
+    def markers(self) -> tuple[str, str]:
+        return f"<!-- table: {self.name} -->", "<!-- /table -->"
+
+
+@dataclass(frozen=True)
 class Figure:
     name: str
     command: str  # from the repository root; PY is the project's Python
@@ -50,6 +64,13 @@ class Figure:
     about: str
     quotes: tuple[Quote, ...] = field(default=())
     needs_glas: bool = True
+    tables: tuple[Table, ...] = field(default=())
+
+
+def markdown(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
+    """A markdown table's lines."""
+    return ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)] + [
+        "| " + " | ".join(str(c) for c in r) + " |" for r in rows]
 
 
 def _chosen(d: dict) -> dict:
@@ -86,6 +107,78 @@ LR = "train-bn+lr=0.0001"
 README = "README.md"
 BENCH_DOC = "docs/benchmarks.md"
 
+def _instances_table(d: dict) -> list[str]:
+    """Each separation method at its best on validation, the chosen row in bold, and the best core row at the
+    other scale: object F1 / object Dice / object Hausdorff per split, and the time against the prediction's."""
+    chosen = _chosen(d)
+    predict_ms = d["predict"]["ms_per_image"]
+    other = [r for r in d["rows"] if r["method"] == "core" and r["working_scale"] != chosen["working_scale"]]
+    picks = [("`components` (each connected region one gland)", d["best_of_each_method"]["components"]),
+             ("`distance` (h-maxima watershed of the distance transform)", d["best_of_each_method"]["distance"]),
+             ("**`core`** (seeds where p > threshold, grown over p): chosen", chosen)]
+    if other:
+        best_other = max(other, key=lambda r: (round(r["val"]["object_F1"], 2), round(r["val"]["object_Dice"], 2)))
+        picks.append((f"`core` at scale {best_other['working_scale']:g}", best_other))
+
+    def setting(r: dict) -> str:
+        if r["method"] == "distance":
+            return f"h = {r['h']:g} px, scale {r['working_scale']:g}"
+        if r["method"] == "core":
+            return (f"p > {r['core_threshold']:g}, seeds >= {r['min_core_area']:g} px, opening {r['core_opening']:g} "
+                    f"px, scale {r['working_scale']:g}")
+        return "-"
+
+    def cells(r: dict, split: str) -> str:
+        s = r[split]
+        return f"{s['object_F1']:.1f} / {s['object_Dice']:.1f} / {s['object_Hausdorff']:.1f}"
+    rows = [(what, setting(r), cells(r, "val"), cells(r, "train"), cells(r, "test"), f"{r['ms_per_image']:.1f}",
+             f"{100 * r['ms_per_image'] / predict_ms:.0f} %") for what, r in picks]
+    return markdown(("method", "setting", "validation", "training images", "testA", "ms / image",
+                     "of the prediction"), rows)
+
+
+def _base_row(d: dict) -> dict:
+    return next(r for r in d["rows"] if r["arm"] == "base")
+
+
+def _update_row(d: dict) -> dict:
+    return next(r for r in d["rows"] if r["arm"].startswith("update"))
+
+
+def _retrain_table(d: dict, extra: str | None = None) -> list[str]:
+    """``update_gain.py``'s retrains (and those of the ``extra`` file of the same project): each verified-pixel
+    rule against the retrain on the uncorrected labels with the same seed - or, without one, the model before."""
+    rows = [r for r in d["rows"] if r["arm"].startswith("retrain")]
+    if extra:
+        rows += [r for r in json.loads((RESULTS / extra).read_text())["rows"] if r["arm"].startswith("retrain")]
+    base = next(r for r in d["rows"] if r["arm"] == "base")
+    bar = {r["seed"]: r for r in rows if r["labels"] == "pseudo"}
+    arms: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["labels"] == "corrected":
+            arms.setdefault((r["verified_weight"], r["verified_divisor"]), []).append(r)
+
+    def change(rs: list[dict], split: str) -> str:
+        deltas = [r[split] - bar.get(r["seed"], base)[split] for r in rs]
+        return f"{statistics.mean(deltas):+.2f} ({min(deltas):+.2f})"
+
+    out = []
+    if bar:
+        seeds = sorted(bar)
+        out.append(("uncorrected labels (the bar)", "-", ", ".join(map(str, seeds)),
+                    " / ".join(f"{bar[k]['val']:.2f}" for k in seeds), "-", "-",
+                    f"{statistics.median(r['seconds'] for r in bar.values()):.0f}"))
+    else:
+        out.append(("the model before (the bar)", "-", "-", f"{base['val']:.2f}", "-", "-", "-"))
+    for (weight, divisor), rs in sorted(arms.items(), key=lambda kv: (kv[0][1], -kv[0][0])):
+        rs = sorted(rs, key=lambda r: r["seed"])
+        out.append((f"{weight:g}", divisor, ", ".join(str(r["seed"]) for r in rs),
+                    " / ".join(f"{r['val']:.2f}" for r in rs), change(rs, "val"), change(rs, "test"),
+                    f"{statistics.median(r['seconds'] for r in rs):.0f}"))
+    return markdown(("a corrected pixel weighs", "loss divided by", "seeds", "validation mIoU",
+                     "validation change: mean (worst)", "testA change: mean (worst)", "s per retrain"), out)
+
+
 FIGURES: tuple[Figure, ...] = (
     Figure("end-to-end-cpu", "PY benchmarks/end_to_end.py --preset cpu --fresh", "end_to_end-cpu.json", 37,
            "`oeem run --preset cpu` on GlaS (75 training images, 10 for validation), timed, scored on testA",
@@ -102,7 +195,8 @@ FIGURES: tuple[Figure, ...] = (
                (lambda d: _chosen(d)["test"]["object_F1"], "{:.1f}", "testA object F1"),
                (lambda d: _chosen(d)["test"]["object_Dice"], "{:.1f}", "testA object Dice"),
                (lambda d: _chosen(d)["test"]["object_Hausdorff"], "{:.1f}", "testA object Hausdorff"),
-               (lambda d: _chosen(d)["val"]["object_F1"], "{:.1f}", "validation object F1")))),
+               (lambda d: _chosen(d)["val"]["object_F1"], "{:.1f}", "validation object F1"))),
+           tables=(Table(BENCH_DOC, "instances-cpu", _instances_table),)),
     Figure("instances-supervised", "PY benchmarks/end_to_end.py --preset cpu --set segmentation.label_source=mask "
            "--name cpu-supervised && PY benchmarks/instances.py benchmarks/results/end_to_end-cpu-supervised.oeem.zarr "
            "--name cpu-supervised", "instances-cpu-supervised.json", 55,
@@ -147,6 +241,27 @@ FIGURES: tuple[Figure, ...] = (
            (Quote(BENCH_DOC, lambda d: f"{min(r['seconds'] for r in d['rows']):.0f}-"
                                        f"{max(r['seconds'] for r in d['rows']):.0f} s", "{}", "seconds per update"),
             *(Quote(BENCH_DOC, _update_mean(LR, n, "testA"), "{:+.2f}", f"testA, {n} images") for n in (1, 3, 10)))),
+    Figure("update-gain-weak", "PY benchmarks/weak_labels.py build && PY benchmarks/weak_labels.py budget --picker "
+           "suggested --budgets 25 && PY benchmarks/update_gain.py --retrain-weight 25 4 --retrain-divisor pixels "
+           "weights --retrain-seeds 0 1 2 --uncorrected --out update_gain-weak25-bf16.json && PY "
+           "benchmarks/update_gain.py --retrain-weight 10 1 --retrain-divisor pixels --retrain-seeds 0 1 2 --out "
+           "update_gain-weak25-bf16-weights.json", "update_gain-weak25-bf16.json", 50,
+           "a retrain on corrections at each verified-pixel weight, small project, 3 seeds; oeem update once",
+           (Quote(BENCH_DOC, lambda d: _update_row(d)["seconds"], "{:.1f} s", "seconds of the update"),
+            Quote(BENCH_DOC, lambda d: _update_row(d)["val"] - _base_row(d)["val"], "{:+.2f}",
+                  "validation change of the update"),
+            Quote(BENCH_DOC, lambda d: _update_row(d)["test"] - _base_row(d)["test"], "{:+.2f}",
+                  "testA change of the update")),
+           tables=(Table(BENCH_DOC, "update-gain-weak",
+                         lambda d: _retrain_table(d, "update_gain-weak25-bf16-weights.json")),)),
+    Figure("update-gain-cpu", "PY benchmarks/end_to_end.py --preset cpu && PY benchmarks/update_gain.py --project "
+           "benchmarks/results/end_to_end-cpu.oeem.zarr --retrain-weight 25 10 4 --retrain-divisor pixels --out "
+           "update_gain-cpu-bf16.json && PY benchmarks/update_gain.py --project "
+           "benchmarks/results/end_to_end-cpu.oeem.zarr --retrain-weight 1 --retrain-divisor pixels --out "
+           "update_gain-cpu-bf16-weights.json", "update_gain-cpu-bf16.json", 90,
+           "a retrain on corrections at each verified-pixel weight, the cpu preset's whole GlaS run",
+           tables=(Table(BENCH_DOC, "update-gain-cpu",
+                         lambda d: _retrain_table(d, "update_gain-cpu-bf16-weights.json")),)),
     Figure("weak-labels-25-preset", "PY benchmarks/weak_labels.py build && PY benchmarks/weak_labels.py budget "
            "--picker suggested --budgets 10 25 && PY benchmarks/weak_labels.py budget --budgets 25 --preset-schedule",
            "weak_labels.json", 50,
@@ -276,6 +391,7 @@ def blocks(text: str) -> list[tuple[str, str]]:
     """(block, where it stands) pairs: each paragraph, list item and table row, with the text that introduces it -
     a table row its table's intro paragraph, an indented paragraph the list item it continues. A quoted figure must
     stand in a block; its file's name in the block or its introduction."""
+    text = "\n".join(line for line in text.splitlines() if not line.startswith("<!-- "))  # a table's markers
     paragraphs = [p for p in text.split("\n\n") if p.strip()]
     out: list[tuple[str, str]] = []
     intro = ""
@@ -303,16 +419,61 @@ def blocks(text: str) -> list[tuple[str, str]]:
     return [(" ".join(b.split()), " ".join(c.split())) for b, c in out]
 
 
+def table_span(text: str, table: Table) -> tuple[int, int] | None:
+    """Where ``table``'s lines stand in a doc's text (between its markers), or None."""
+    start, end = table.markers()
+    i = text.find(start + "\n")
+    j = text.find(end, i) if i >= 0 else -1
+    return None if i < 0 or j < 0 else (i + len(start) + 1, j)
+
+
+def check_tables(fig: Figure, data: dict) -> list[str]:
+    problems = []
+    for table in fig.tables:
+        text = (REPO / table.doc).read_text()
+        span = table_span(text, table)
+        if span is None:
+            problems.append(f"{fig.name}: {table.doc} has no {table.markers()[0]} ... {table.markers()[1]}")
+        elif text[span[0]:span[1]] != "\n".join(table.render(data)) + "\n":
+            problems.append(f"{fig.name}: the table {table.name} in {table.doc} is not what {fig.result} holds; "
+                            "`python benchmarks/figures.py tables` writes it")
+    return problems
+
+
+def write_tables(figures: tuple[Figure, ...] = FIGURES) -> list[str]:
+    """Write every table from its result file into its doc; the docs changed."""
+    sys.path.insert(0, str(REPO))
+    from pipeline.store.project_store import atomic_write_bytes
+
+    changed = []
+    for fig in figures:
+        data = load(fig) if fig.tables else None
+        for table in fig.tables if data is not None else ():
+            path = REPO / table.doc
+            text = path.read_text()
+            span = table_span(text, table)
+            if span is None:
+                raise SystemExit(f"{table.doc}: put {table.markers()[0]} and {table.markers()[1]} (each on its own "
+                                 "line) where the table goes")
+            new = text[:span[0]] + "\n".join(table.render(data)) + "\n" + text[span[1]:]
+            if new != text:
+                atomic_write_bytes(path, new.encode())
+                changed.append(table.doc)
+    return sorted(set(changed))
+
+
 def check(figures: tuple[Figure, ...] = FIGURES) -> list[str]:
-    """Every quote stands in a block of its doc that names its result file; the problems, one line each."""
+    """Every quote stands in a block of its doc that names its result file, every table is what its file holds;
+    the problems, one line each."""
     problems = []
     for fig in figures:
-        if not fig.quotes:
+        if not fig.quotes and not fig.tables:
             continue
         data = load(fig)
         if data is None:
             problems.append(f"{fig.name}: the docs quote benchmarks/results/{fig.result}, which is missing")
             continue
+        problems += check_tables(fig, data)
         for q in fig.quotes:
             try:
                 want = q.text(data)
@@ -345,8 +506,16 @@ def cmd_list(_args) -> int:
 def cmd_check(_args) -> int:
     problems = check()
     print("\n".join(problems) if problems else
-          f"{sum(len(f.quotes) for f in FIGURES)} quoted figures match their result files")
+          f"{sum(len(f.quotes) for f in FIGURES)} quoted figures and {sum(len(f.tables) for f in FIGURES)} "
+          "tables match their result files")
     return 1 if problems else 0
+
+
+def cmd_tables(_args) -> int:
+    changed = write_tables()
+    print(f"rewrote the tables of {', '.join(changed)}" if changed else
+          f"{sum(len(f.tables) for f in FIGURES)} tables already match their result files")
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -387,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="every figure: command time, result file, tracked or not").set_defaults(func=cmd_list)
     sub.add_parser("check", help="the docs quote what the result files hold").set_defaults(func=cmd_check)
+    sub.add_parser("tables", help="write the docs' tables from the result files").set_defaults(func=cmd_tables)
     r = sub.add_parser("run", help="run the figures' commands, one at a time")
     r.add_argument("--quick", action="store_true", help=f"only those expected under {QUICK_MINUTES:g} min")
     r.add_argument("--only", nargs="+", help="these figures only (names from `list`)")

@@ -103,15 +103,22 @@ def main() -> None:
     ap.add_argument("--project", type=Path, default=DEFAULT_PROJECT)
     ap.add_argument("--budget", type=float, default=3.0, help="percent of the training pixels corrected")
     ap.add_argument("--steps", type=int, nargs="+", default=[30])
-    ap.add_argument("--lr", type=float, nargs="+", default=[0.001])
+    ap.add_argument("--lr", type=float, nargs="+", default=[None], help="update.lr values (default: the preset's)")
     ap.add_argument("--focus", type=float, nargs="+", default=[None],
                     help="update.focus values (default: the preset's)")
     ap.add_argument("--weight", type=float, nargs="+", default=[None],
                     help="update.verified_weight values (default: the preset's)")
     ap.add_argument("--no-test", action="store_true", help="score the validation split only (choosing settings)")
     ap.add_argument("--no-retrain", action="store_true", help="skip the full retrain")
-    ap.add_argument("--retrain-weight", type=float, default=None,
-                    help="verified weight of the full retrain (default: the project's segmentation.verified_weight)")
+    ap.add_argument("--retrain-weight", type=float, nargs="+", default=[None],
+                    help="verified weights of the full retrain (default: the project's segmentation.verified_weight)")
+    ap.add_argument("--retrain-divisor", nargs="+", default=[None], choices=("pixels", "weights"),
+                    help="segmentation.verified_divisor values of the retrain (default: the project's)")
+    ap.add_argument("--retrain-seeds", type=int, nargs="+", default=[None],
+                    help="seeds of the retrains (default: the base model's)")
+    ap.add_argument("--uncorrected", action="store_true",
+                    help="also retrain each seed on the uncorrected labels: what a retrain without corrections "
+                         "scores, the bar a retrain on corrections must not fall below")
     ap.add_argument("--control", action="store_true",
                     help="also the update on the same images without their corrections")
     ap.add_argument("--out", default=OUT, help="JSON name under benchmarks/results (default: %(default)s)")
@@ -132,9 +139,11 @@ def main() -> None:
     rows.append({"arm": "base", **base, "seconds": 0.0})
     print(f"base: {base}", flush=True)
     for steps, lr, focus, weight in itertools.product(args.steps, args.lr, args.focus, args.weight):
-        store = fresh_copy(corrected.path, f"s{steps}-lr{lr:g}")
+        store = fresh_copy(corrected.path, f"s{steps}-lr{lr}")
         ucfg = copy.deepcopy(cfg)
-        ucfg.update.iterations, ucfg.update.lr = steps, lr
+        ucfg.update.iterations = steps
+        if lr is not None:
+            ucfg.update.lr = lr
         if focus is not None:
             ucfg.update.focus = focus
         if weight is not None:
@@ -143,7 +152,7 @@ def main() -> None:
         result = run(update_model(store, ucfg, "cpu", predict_names=[]))
         seconds = time.perf_counter() - t
         s = scores(store, cfg, splits)
-        rows.append({"arm": f"update {steps} steps lr {lr:g} focus {ucfg.update.focus:g} weight "
+        rows.append({"arm": f"update {steps} steps lr {ucfg.update.lr:g} focus {ucfg.update.focus:g} weight "
                             f"{ucfg.update.verified_weight:g}", **s, "seconds": round(seconds, 1),
                      "train_seconds": round(result["train_seconds"], 1)})
         print(rows[-1], flush=True)
@@ -152,38 +161,56 @@ def main() -> None:
         # the same update on the same images with their corrections left out: what the fine-tune alone does
         store = fresh_copy(args.project, "control")
         ucfg = copy.deepcopy(cfg)
-        ucfg.update.iterations, ucfg.update.lr = args.steps[0], args.lr[0]
+        ucfg.update.iterations = args.steps[0]
+        if args.lr[0] is not None:
+            ucfg.update.lr = args.lr[0]
         t = time.perf_counter()
         run(update_model(store, ucfg, "cpu", names=planted["images"], predict_names=[]))
         s = scores(store, cfg, splits)
-        rows.append({"arm": f"control: update {args.steps[0]} steps lr {args.lr[0]:g}, no corrections", **s,
+        rows.append({"arm": f"control: update {args.steps[0]} steps lr {ucfg.update.lr:g}, no corrections", **s,
                      "seconds": round(time.perf_counter() - t, 1)})
         print(rows[-1], flush=True)
         shutil.rmtree(store.path)
     if not args.no_retrain:
-        seg_record = corrected.load_run("segmentation")
         from pipeline.config import SegConfig, from_dict
 
-        seg = from_dict(SegConfig, seg_record["config"])
-        seg.label_source = "corrected"
-        if args.retrain_weight is not None:
-            seg.verified_weight = args.retrain_weight
-        t = time.perf_counter()
-        run(train_segmenter(corrected, seg, "cpu", restart=True))
-        seconds = time.perf_counter() - t
-        s = scores(corrected, cfg, splits)
-        rows.append({"arm": f"retrain {seg.iterations} iterations, verified weight {seg.verified_weight:g}", **s,
-                     "seconds": round(seconds, 1)})
-        print(rows[-1], flush=True)
-    retrain = next((r for r in rows if r["arm"].startswith("retrain")), None)
+        base_seg = from_dict(SegConfig, corrected.load_run("segmentation")["config"])
+        arms = [(source, weight, divisor, seed) for seed in args.retrain_seeds
+                for source, weight, divisor in
+                ([("pseudo", None, None)] if args.uncorrected else [])
+                + [("corrected", w, d) for w in args.retrain_weight for d in args.retrain_divisor]]
+        for source, weight, divisor, seed in arms:
+            # every retrain starts from the same copy: the same model before it (a warm start reads it) and labels
+            store = fresh_copy(corrected.path, "retrain")
+            seg = copy.deepcopy(base_seg)
+            seg.label_source = source
+            if weight is not None:
+                seg.verified_weight = weight
+            if divisor is not None:
+                seg.verified_divisor = divisor
+            if seed is not None:
+                seg.seed = seed
+            t = time.perf_counter()
+            run(train_segmenter(store, seg, "cpu", restart=True))
+            seconds = time.perf_counter() - t
+            s = scores(store, cfg, splits)
+            arm = (f"retrain {seg.iterations} iterations, uncorrected labels" if source == "pseudo" else
+                   f"retrain {seg.iterations} iterations, verified weight {seg.verified_weight:g}, "
+                   f"divided by {seg.verified_divisor}")
+            rows.append({"arm": arm, "seed": seg.seed, "verified_weight": seg.verified_weight,
+                         "verified_divisor": seg.verified_divisor, "labels": source, **s,
+                         "seconds": round(seconds, 1)})
+            print(rows[-1], flush=True)
+            shutil.rmtree(store.path)
+    retrain = next((r for r in rows if r["arm"].startswith("retrain") and r["labels"] == "corrected"), None)
     for r in rows:
         if retrain is not None and r["arm"].startswith("update"):
             for split in ("val", "test"):
                 gain = retrain[split] - base[split]
                 r[f"{split}_share"] = round((r[split] - base[split]) / gain, 2) if abs(gain) > 1e-9 else None
-    print_table([(r["arm"], f"{r['val']:.2f}", f"{r['test']:.2f}", f"{r['seconds']:.0f}",
+    print_table([(r["arm"], r.get("seed", ""), f"{r['val']:.2f}", f"{r['test']:.2f}", f"{r['seconds']:.0f}",
                   r.get("val_share", ""), r.get("test_share", "")) for r in rows],
-                ("arm", "validation mIoU", "testA mIoU", "seconds", "share of gain (val)", "share (testA)"))
+                ("arm", "seed", "validation mIoU", "testA mIoU", "seconds", "share of gain (val)", "share (testA)"))
     write_json(args.out, {"machine": machine(), "note": args.note, "project": str(args.project),
                      "budget_pct": args.budget, "planted": {k: v for k, v in planted.items() if k != "images"},
                      "images": planted["images"], "rows": rows})

@@ -41,6 +41,26 @@ def test_the_check_catches_a_figure_that_drifts(tmp_path, monkeypatch):
     assert "missing" in figures.check((fig,))[0]
 
 
+def test_a_generated_table_is_written_from_its_file_and_a_stale_one_is_caught(tmp_path, monkeypatch):
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n\n<!-- table: t -->\n| old | table |\n<!-- /table -->\n\nafter\n")
+    (tmp_path / "x.json").write_text('{"rows": [["a", 1.5], ["b", 2.25]]}')
+    monkeypatch.setattr(figures, "REPO", tmp_path)
+    monkeypatch.setattr(figures, "RESULTS", tmp_path)
+    table = figures.Table("doc.md", "t", lambda d: figures.markdown(("arm", "score"), d["rows"]))
+    fig = figures.Figure("x", "PY x.py", "x.json", 1, "", tables=(table,))
+    assert figures.check((fig,)) == ["x: the table t in doc.md is not what x.json holds; "
+                                     "`python benchmarks/figures.py tables` writes it"]
+    assert figures.write_tables((fig,)) == ["doc.md"]
+    assert doc.read_text() == ("intro\n\n<!-- table: t -->\n| arm | score |\n| --- | --- |\n| a | 1.5 |\n"
+                               "| b | 2.25 |\n<!-- /table -->\n\nafter\n")
+    assert figures.check((fig,)) == [] and figures.write_tables((fig,)) == []
+    (tmp_path / "x.json").write_text('{"rows": [["a", 1.5]]}')  # a rerun changed the file: the doc is stale
+    assert "not what x.json holds" in figures.check((fig,))[0]
+    doc.write_text("no markers\n")
+    assert "has no <!-- table: t -->" in figures.check((fig,))[0]
+
+
 def test_bench_quick_lists_the_short_commands_in_order(capsys, monkeypatch):
     monkeypatch.delenv("OEEM_GLAS_ROOT", raising=False)
     assert figures.main(["run", "--quick", "--dry-run"]) == 0

@@ -138,6 +138,29 @@ def test_verified_pixels_weigh_the_verified_weight(kind):
 
 
 @pytest.mark.parametrize("kind", ["ce", "l_norm"])
+def test_divided_by_the_weights_the_loss_is_a_weighted_mean_whose_size_does_not_grow_with_the_weight(kind):
+    logits = torch.zeros(2, 2, 1, 4)
+    logits[:, 1] = torch.tensor([4.0, 2.0, -2.0, -4.0])
+    target = torch.tensor([[[1, 1, 1, 0]], [[1, 1, 1, 0]]])
+    clean = torch.zeros(2, 1, 4, dtype=torch.bool)
+    clean[0] = True  # one tile of the batch wholly corrected, as when a batch is cut from a painted region
+    ce = F.cross_entropy(logits, target, reduction="none")
+    w = weight_map(logits, target, kind) if kind != "ce" else torch.ones_like(ce)
+    w[clean] = 25.0
+    got = segmentation_loss(logits, target, kind, clean=clean, clean_weight=25.0, divide_by="weights").item()
+    assert got == pytest.approx(((w * ce).sum() / w.sum()).item())
+    # a weighted mean of the pixels' losses: never above the largest one, whatever the weight ...
+    assert got <= ce.max().item()
+    by_pixels = segmentation_loss(logits, target, kind, clean=clean, clean_weight=25.0).item()
+    assert by_pixels > 5 * got  # ... while divided by the pixels, the step grows with it
+    # without verified pixels both divisors agree (the weights of ce and l_norm average 1)
+    assert segmentation_loss(logits, target, kind, divide_by="weights").item() == pytest.approx(
+        segmentation_loss(logits, target, kind).item())
+    with pytest.raises(ValueError, match="divide_by"):
+        segmentation_loss(logits, target, kind, divide_by="images")
+
+
+@pytest.mark.parametrize("kind", ["ce", "l_norm"])
 def test_a_prior_multiplies_the_weights_and_verified_pixels_ignore_it(kind):
     logits = torch.zeros(1, 2, 1, 4)
     logits[0, 1] = torch.tensor([4.0, 2.0, -2.0, -4.0])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from pipeline.config import LOSS_KINDS
+from pipeline.config import LOSS_DIVISORS, LOSS_KINDS
 from pipeline.errors import OEEMError
 
 WEIGHT_KINDS = ("c_max", "c_diff", "l_norm", "lc_mix")
@@ -93,8 +93,13 @@ def ohem_weight(logits: torch.Tensor, target: torch.Tensor, thresh: float = 0.7,
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "l_norm", ignore_index: int = 255,
                       clean: torch.Tensor | None = None, ohem_thresh: float = 0.7,
                       ohem_min_kept: float = 0.1, temperature: float = 1.0,
-                      clean_weight: float = 1.0, prior: torch.Tensor | None = None) -> torch.Tensor:
+                      clean_weight: float = 1.0, prior: torch.Tensor | None = None,
+                      divide_by: str = "pixels") -> torch.Tensor:
     """sum(W * CE) over valid pixels / number of valid pixels, W from :func:`weight_map` (W = 1 for ``ce``).
+
+    ``divide_by="weights"`` divides by sum(W) instead: a weighted mean, whose size does not grow with
+    ``clean_weight`` - a batch cut mostly from corrected pixels then takes a normal-sized step, not one
+    ``clean_weight`` times larger (which collapsed a small project's retrain at weight 25).
 
     ``prior``: optional [N, H, W] weights known before training (the label review's trust in each label), which
     multiply W. ``clean``: optional [N, H, W] bool of pathologist-verified pixels, which weigh ``clean_weight``
@@ -115,5 +120,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "l
         w = w * prior
     if clean is not None:
         w = torch.where(clean & valid, torch.full_like(w, clean_weight), w)
-    n_valid = valid.sum().clamp(min=1)
-    return (w * ce * valid).sum() / n_valid
+    if divide_by not in LOSS_DIVISORS:
+        raise ValueError(f"divide_by must be one of {LOSS_DIVISORS}, not {divide_by!r}")
+    w = w * valid
+    denominator = w.sum().clamp(min=1e-6) if divide_by == "weights" else valid.sum().clamp(min=1)
+    return (w * ce).sum() / denominator

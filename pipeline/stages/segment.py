@@ -150,9 +150,9 @@ class SegmentationStep:
     applies the label review's trust (the codes carry it: :func:`tile_dataset`)."""
 
     def __init__(self, cfg: SegConfig, device: torch.device, amp: torch.dtype | None, gen: torch.Generator,
-                 clean_weight: float, use_trust: bool = False):
+                 clean_weight: float, use_trust: bool = False, divide_by: str = "pixels"):
         self.cfg, self.device, self.amp, self.gen = cfg, device, amp, gen
-        self.clean_weight, self.use_trust = clean_weight, use_trust
+        self.clean_weight, self.use_trust, self.divide_by = clean_weight, use_trust, divide_by
         self.mean = torch.tensor(NORMS[cfg.input_norm][0], device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(NORMS[cfg.input_norm][1], device=device).view(1, 3, 1, 1)
 
@@ -180,7 +180,7 @@ class SegmentationStep:
         kw = dict(kind=self.kind(step), ignore_index=IGNORE, clean=clean if clean.any() else None,
                   ohem_thresh=cfg.ohem_thresh, ohem_min_kept=cfg.ohem_min_kept,
                   temperature=cfg.weight_temperature, clean_weight=self.clean_weight,
-                  prior=trust if self.use_trust else None)
+                  prior=trust if self.use_trust else None, divide_by=self.divide_by)
         return segmentation_loss(main, target, **kw) + cfg.aux_weight * segmentation_loss(aux, target, **kw)
 
 
@@ -306,7 +306,8 @@ def train_segmenter(store: ProjectStore, cfg: SegConfig, device: str = "auto", r
     # the generator state must not depend on where a resumed run starts
     for _ in range(start):
         torch.randint(0, n, (cfg.batch_size,), generator=gen)
-    seg_step = SegmentationStep(cfg, dev, amp, gen, cfg.verified_weight, use_trust=weigh)
+    seg_step = SegmentationStep(cfg, dev, amp, gen, cfg.verified_weight, use_trust=weigh,
+                                divide_by=cfg.verified_divisor)
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
