@@ -195,7 +195,13 @@ FIGURES: tuple[Figure, ...] = (
                (lambda d: _chosen(d)["test"]["object_F1"], "{:.1f}", "testA object F1"),
                (lambda d: _chosen(d)["test"]["object_Dice"], "{:.1f}", "testA object Dice"),
                (lambda d: _chosen(d)["test"]["object_Hausdorff"], "{:.1f}", "testA object Hausdorff"),
-               (lambda d: _chosen(d)["val"]["object_F1"], "{:.1f}", "validation object F1"))),
+               (lambda d: _chosen(d)["val"]["object_F1"], "{:.1f}", "validation object F1"))) + (
+               Quote(BENCH_DOC, lambda d: _chosen(d)["ms_per_image"], "{:.1f} ms", "ms per image"),
+               Quote(BENCH_DOC, lambda d: d["slide"]["seconds_per_mm2"], "{:.2f} s/mm²", "seconds per mm² of slide"),
+               Quote(BENCH_DOC, lambda d: 100 * d["slide"]["share_of_prediction"], "{:.0f} % of the slide",
+                     "share of the slide's prediction"),
+               Quote(README, lambda d: 100 * _chosen(d)["ms_per_image"] / d["predict"]["ms_per_image"],
+                     "{:.0f} % of the bf16 prediction", "share of the image prediction")),
            tables=(Table(BENCH_DOC, "instances-cpu", _instances_table),)),
     Figure("instances-supervised", "PY benchmarks/end_to_end.py --preset cpu --set segmentation.label_source=mask "
            "--name cpu-supervised && PY benchmarks/instances.py benchmarks/results/end_to_end-cpu-supervised.oeem.zarr "
@@ -204,7 +210,10 @@ FIGURES: tuple[Figure, ...] = (
            tuple(Quote(doc, v, f, w) for doc in (README, BENCH_DOC) for v, f, w in (
                (lambda d: _chosen(d)["test"]["object_F1"], "{:.1f}", "testA object F1"),
                (lambda d: _chosen(d)["test"]["object_Dice"], "{:.1f}", "testA object Dice"),
-               (lambda d: _chosen(d)["test"]["object_Hausdorff"], "{:.1f}", "testA object Hausdorff")))),
+               (lambda d: _chosen(d)["test"]["object_Hausdorff"], "{:.1f}", "testA object Hausdorff"))) + (
+               Quote(BENCH_DOC, lambda d: d["slide"]["seconds_per_mm2"], "{:.2f} s/mm²", "seconds per mm² of slide"),
+               Quote(BENCH_DOC, lambda d: 100 * d["slide"]["share_of_prediction"], "{:.0f} % of the slide",
+                     "share of the slide's prediction"))),
     Figure("demo", "PY benchmarks/end_to_end.py --data sample --val-images 0 --name demo --fresh --set "
            "classifier.epochs=4 classifier.min_epoch_steps=0 'cam.scales=[1,1.5]' segmentation.iterations=120 "
            "selftrain.rounds=0 'inference.scales=[1]' inference.flip=false",

@@ -202,7 +202,14 @@ def main() -> None:
                          "seconds": round(seconds, 1)})
             print(rows[-1], flush=True)
             shutil.rmtree(store.path)
-    retrain = next((r for r in rows if r["arm"].startswith("retrain") and r["labels"] == "corrected"), None)
+    # the update's share of the gain of the retrain a user gets: the cpu preset's weight, the model's own seed
+    from pipeline.config import preset
+
+    corrected_rows = [r for r in rows if r["arm"].startswith("retrain") and r["labels"] == "corrected"]
+    shipped = preset("cpu").segmentation
+    retrain = next((r for r in corrected_rows if r["verified_weight"] == shipped.verified_weight
+                    and r["verified_divisor"] == shipped.verified_divisor and r["seed"] == cfg.segmentation.seed),
+                   corrected_rows[0] if corrected_rows else None)
     for r in rows:
         if retrain is not None and r["arm"].startswith("update"):
             for split in ("val", "test"):

@@ -13,6 +13,8 @@ are whole multiples of the separation's grid, so each tile samples the same pixe
 from __future__ import annotations
 
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -53,49 +55,71 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
     mpp = float(dict(root.attrs.get("oeem_slide_prediction", {})).get("project_mpp") or 0) or None
     ids_out = create_level(glands, "0", (h, w), "uint32", tuple(pred.chunks), fill_value=0)
     ny, nx = -(-h // tile), -(-w // tile)
+
+    def cut_tile(ty: int, tx: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, int, int] | None:
+        """The glands of the regions tile (ty, tx) owns: (box, which pixels, their ids, glands, regions left to
+        the last pass), or None; reads only, so two tiles may be cut at once."""
+        y0, x0 = ty * tile, tx * tile
+        wy0, wx0 = max(0, y0 - halo), max(0, x0 - halo)
+        wy1, wx1 = min(h, y0 + tile + halo), min(w, x0 + tile + halo)
+        mask = np.asarray(pred[wy0:wy1, wx0:wx1]) > 0
+        if not mask.any():
+            return None
+        regions = label(mask, connectivity=2)
+        owned = np.zeros(int(regions.max()) + 1, bool)
+        whole = np.zeros_like(owned)
+        boxes = ndi.find_objects(regions)
+        for k, sl in enumerate(boxes, start=1):
+            first_row = sl[0].start
+            first_col = sl[1].start + int(np.argmax(regions[first_row, sl[1]] == k))
+            gy, gx = first_row + wy0, first_col + wx0
+            owned[k] = y0 <= gy < y0 + tile and x0 <= gx < x0 + tile
+            whole[k] = ((sl[0].start > 0 or wy0 == 0) and (sl[0].stop < mask.shape[0] or wy1 == h)
+                        and (sl[1].start > 0 or wx0 == 0) and (sl[1].stop < mask.shape[1] or wx1 == w))
+        cut = owned & whole
+        left = int((owned & ~whole).sum())  # larger than the halo: the last pass
+        if not cut.any():
+            return None if not left else ((slice(0, 0), slice(0, 0)), np.zeros((0, 0), bool),
+                                          np.zeros((0, 0), np.uint32), 0, left)
+        # only the owned regions' box is cut, with CONTEXT px of whatever lies around them (a region's cut
+        # depends on itself and its neighbours' pixels within a few px) and on the separation's grid
+        cut_boxes = [boxes[k - 1] for k in np.nonzero(cut)[0]]
+        y0c = max(0, (min(b[0].start for b in cut_boxes) - CONTEXT) // step * step)
+        x0c = max(0, (min(b[1].start for b in cut_boxes) - CONTEXT) // step * step)
+        crop = (slice(y0c, min(mask.shape[0], max(b[0].stop for b in cut_boxes) + CONTEXT)),
+                slice(x0c, min(mask.shape[1], max(b[1].stop for b in cut_boxes) + CONTEXT)))
+        mine = cut[regions[crop]]
+        box = (slice(wy0 + crop[0].start, wy0 + crop[0].stop), slice(wx0 + crop[1].start, wx0 + crop[1].stop))
+        probs = np.asarray(prob[box], np.float32) / 255 if cfg.method == "core" else None
+        local = instances_of(mask[crop], probs, cfg) * mine
+        if int(local.max()) >= PER_TILE:
+            raise OEEMError(f"{out}: more than {PER_TILE - 1} glands in one {tile} px tile; lower the tile size")
+        glands_here = int(np.count_nonzero(np.bincount(local.ravel())[1:]))
+        ids = np.where(local > 0, local.astype(np.uint32) + np.uint32((ty * nx + tx) * PER_TILE), 0)
+        return box, mine, ids, glands_here, left
+
     count = too_large = 0
-    for ty in range(ny):
-        for tx in range(nx):
-            y0, x0 = ty * tile, tx * tile
-            wy0, wx0 = max(0, y0 - halo), max(0, x0 - halo)
-            wy1, wx1 = min(h, y0 + tile + halo), min(w, x0 + tile + halo)
-            mask = np.asarray(pred[wy0:wy1, wx0:wx1]) > 0
-            if not mask.any():
-                continue
-            regions = label(mask, connectivity=2)
-            owned = np.zeros(int(regions.max()) + 1, bool)
-            whole = np.zeros_like(owned)
-            for k, sl in enumerate(ndi.find_objects(regions), start=1):
-                first_row = sl[0].start
-                first_col = sl[1].start + int(np.argmax(regions[first_row, sl[1]] == k))
-                gy, gx = first_row + wy0, first_col + wx0
-                owned[k] = y0 <= gy < y0 + tile and x0 <= gx < x0 + tile
-                whole[k] = ((sl[0].start > 0 or wy0 == 0) and (sl[0].stop < mask.shape[0] or wy1 == h)
-                            and (sl[1].start > 0 or wx0 == 0) and (sl[1].stop < mask.shape[1] or wx1 == w))
-            if not owned.any():
-                continue
-            cut = owned & whole
-            too_large += int((owned & ~whole).sum())  # larger than the halo: the last pass
-            if not cut.any():
-                continue
-            mine = cut[regions]
-            ys, xs = np.nonzero(mine)
-            # only the owned regions' box is cut, with CONTEXT px of whatever lies around them (a region's cut
-            # depends on itself and its neighbours' pixels within a few px) and on the separation's grid
-            y0c = max(0, (ys.min() - CONTEXT) // step * step)
-            x0c = max(0, (xs.min() - CONTEXT) // step * step)
-            crop = (slice(y0c, min(mask.shape[0], ys.max() + 1 + CONTEXT)),
-                    slice(x0c, min(mask.shape[1], xs.max() + 1 + CONTEXT)))
-            box = (slice(wy0 + crop[0].start, wy0 + crop[0].stop), slice(wx0 + crop[1].start, wx0 + crop[1].stop))
-            probs = np.asarray(prob[box], np.float32) / 255 if cfg.method == "core" else None
-            local = instances_of(mask[crop], probs, cfg) * mine[crop]
-            if int(local.max()) >= PER_TILE:
-                raise OEEMError(f"{out}: more than {PER_TILE - 1} glands in one {tile} px tile; lower the tile size")
-            count += int(len(np.unique(local[local > 0])))
-            ids = np.where(local > 0, local.astype(np.uint32) + np.uint32((ty * nx + tx) * PER_TILE), 0)
-            current = np.asarray(ids_out[box])
-            ids_out[box] = np.where(mine[crop], ids, current)
-        yield Progress("glands", ty + 1, ny, f"tile row {ty + 1}/{ny}")
+    # two tiles cut at once (the labelling and the watershed release the GIL: the 2 cores the prediction used);
+    # written one by one in tile order, so a write never races another and the result is the one-thread one
+    tiles = [(ty, tx) for ty in range(ny) for tx in range(nx)]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        pending: deque = deque()
+        try:
+            for k in range(len(tiles)):
+                while len(pending) < 2 and k + len(pending) < len(tiles):
+                    pending.append(pool.submit(cut_tile, *tiles[k + len(pending)]))
+                done = pending.popleft().result()
+                if done is not None:
+                    box, mine, ids, glands_here, left = done
+                    count, too_large = count + glands_here, too_large + left
+                    if glands_here:
+                        ids_out[box] = np.where(mine, ids, np.asarray(ids_out[box]))
+                ty, tx = tiles[k]
+                if tx == nx - 1:
+                    yield Progress("glands", ty + 1, ny, f"tile row {ty + 1}/{ny}")
+        finally:
+            for f in pending:
+                f.cancel()
     if too_large:
         count += yield from _label_the_rest(pred, ids_out, np.uint32(ny * nx * PER_TILE))
     levels = add_levels(glands, LEVELS_MIN_SIDE, labels=True)
@@ -146,9 +170,9 @@ def _label_the_rest(pred: zarr.Array, ids_out: zarr.Array, first_id: np.uint32) 
     number = {r: first_id + np.uint32(k + 1) for k, r in enumerate(roots)}
     for by in range(ny):
         for bx in range(nx):
+            if len(local[by, bx]) < 2:
+                continue  # no region of the last pass in this block: not read again
             labels = rest(by, bx)
-            if not labels.any():
-                continue
             lut = np.zeros(int(labels.max()) + 1, np.uint32)
             for k, part in enumerate(local[by, bx][1:], start=1):
                 lut[k] = number[parts.find(int(part))]

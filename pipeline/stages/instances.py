@@ -125,33 +125,34 @@ def _to_full_size(ids: np.ndarray, fg: np.ndarray, components: np.ndarray, scale
     inside one connected component of it: a pixel takes the id under it, the rim the coarser grid missed takes the
     largest id among its 8 neighbours (twice), and what is still unlabelled (a component without a seed) becomes
     a gland of its own. An id that spans two components (joined by the coarser grid) is split into one per
-    component. The rim and the renumbering work on the foreground pixels' coordinates only."""
+    component. Whole-image passes in 32 bits where the ids allow (a slide's tile is ~10 Mpx): only the rim is
+    visited pixel by pixel."""
     rows, cols = (np.minimum(((np.arange(n) + 0.5) * scale).astype(np.intp), m - 1)
                   for n, m in zip(fg.shape, ids.shape, strict=True))  # the inverse of _sample's grid
-    full = np.where(fg, ids[rows[:, None], cols[None, :]], 0).astype(np.int64)
-    rr, cc = np.nonzero(fg)
+    full = np.take(np.take(ids.astype(np.int32, copy=False), rows, axis=0), cols, axis=1)
+    full[~fg] = 0
     h, w = fg.shape
     for _ in range(2):
-        rim = np.nonzero(full[rr, cc] == 0)[0]
-        if not len(rim):
+        r, c = np.nonzero(fg & (full == 0))
+        if not len(r):
             break
-        r, c = rr[rim], cc[rim]
-        best = np.zeros(len(rim), np.int64)
+        best = np.zeros(len(r), np.int32)
         for dr in (-1, 0, 1):
             for dc in (-1, 0, 1):
-                best = np.maximum(best, full[np.clip(r + dr, 0, h - 1), np.clip(c + dc, 0, w - 1)])
+                np.maximum(best, full[np.clip(r + dr, 0, h - 1), np.clip(c + dc, 0, w - 1)], out=best)
         full[r, c] = best
-    values = full[rr, cc]
-    comp = components[rr, cc].astype(np.int64)
-    top = int(values.max(initial=0))
-    values = np.where(values == 0, top + comp, values)  # components without a seed: a gland each
-    pair = comp * (int(values.max(initial=0)) + 1) + values  # (component, id): unique per gland
+    top = int(full.max(initial=0))
+    top_comp = int(components.max(initial=0))
+    # components without a seed: a gland each (the background stays 0: its component is 0)
+    values = np.where(full == 0, components.astype(np.int64 if top + top_comp >= 2**31 else np.int32) + top, full)
+    values[~fg] = 0
+    span = int(values.max(initial=0)) + 1
+    wide = np.int64 if top_comp * span + span >= 2**31 else np.int32
+    pair = components.astype(wide) * span + values.astype(wide)  # (component, id): unique per gland
     present = np.zeros(int(pair.max(initial=0)) + 1, bool)
-    present[pair] = True
+    present[pair.ravel()] = True
     present[0] = False
-    out = np.zeros(fg.shape, np.int32)
-    out[rr, cc] = (np.cumsum(present) * present).astype(np.int32)[pair]  # ids 1..n
-    return out
+    return (np.cumsum(present) * present).astype(np.int32)[pair]  # ids 1..n
 
 
 def _sample(a: np.ndarray, scale: float) -> np.ndarray:
