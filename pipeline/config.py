@@ -507,10 +507,10 @@ def preset(name: str) -> PipelineConfig:
             # validation from 88.0 to 89.5 (benchmarks/ablation.py)
             iterations=2000, full_iterations=4000, batch_size=8, lr=0.01,
             # a pathologist's corrected pixel weighs 4 pseudo-labels, as in an update. Retrained on 3 % of the
-            # training pixels corrected (benchmarks/update_gain.py), validation against the uncorrected model: this
-            # preset's GlaS run +0.66 (4), +0.29 (10), +0.04 (1), -19.73 (25); a 19-image, 300-iteration project, mean of 3
-            # seeds, +1.88 (4), +0.84 (1), -7.15 (10), -19.73 (25). 25, chosen on an earlier, weaker network,
-            # wrecked both
+            # training pixels corrected (benchmarks/update_gain.py), validation against the uncorrected model:
+            # this preset's GlaS run +0.66 (4), +0.29 (10), +0.04 (1), -19.73 (25); a 19-image, 300-iteration
+            # project, mean of 3 seeds, +1.88 (4), +0.84 (1), -7.15 (10), -19.73 (25). 25, chosen on an earlier,
+            # weaker network, wrecked both
             verified_weight=4.0,
             # plain CE: on GlaS's validation split OEEM's l_norm never beat it by a clear margin (paired seeds,
             # docs/benchmarks.md); every weighting stays selectable (--loss l_norm).

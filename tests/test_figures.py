@@ -22,12 +22,19 @@ def test_every_quoted_figure_is_what_its_tracked_file_holds():
             assert figures.tracked(figures.RESULTS / fig.result), f"{fig.result} is quoted but not committed"
 
 
-def test_the_check_catches_a_figure_that_drifts(tmp_path, monkeypatch):
+def _sandbox(tmp_path, monkeypatch, doc_text: str, result_json: str):
+    """A doc and a result file in a folder that stands in for the repository and its results."""
     doc = tmp_path / "doc.md"
-    doc.write_text("| the run ([`x.json`](x.json)) | **84.49** | 36.3 min |\n\nelsewhere 12.34\n")
-    (tmp_path / "x.json").write_text('{"a": 84.49, "b": 12.34, "m": 36.3}')
+    doc.write_text(doc_text)
+    (tmp_path / "x.json").write_text(result_json)
     monkeypatch.setattr(figures, "REPO", tmp_path)
     monkeypatch.setattr(figures, "RESULTS", tmp_path)
+    return doc
+
+
+def test_the_check_catches_a_figure_that_drifts(tmp_path, monkeypatch):
+    _sandbox(tmp_path, monkeypatch, "| the run ([`x.json`](x.json)) | **84.49** | 36.3 min |\n\nelsewhere 12.34\n",
+             '{"a": 84.49, "b": 12.34, "m": 36.3}')
     fig = figures.Figure("x", "PY x.py", "x.json", 1, "", (
         figures.Quote("doc.md", lambda d: d["a"]), figures.Quote("doc.md", lambda d: d["m"], "{:.1f} min")))
     assert figures.check((fig,)) == []
@@ -42,11 +49,8 @@ def test_the_check_catches_a_figure_that_drifts(tmp_path, monkeypatch):
 
 
 def test_a_generated_table_is_written_from_its_file_and_a_stale_one_is_caught(tmp_path, monkeypatch):
-    doc = tmp_path / "doc.md"
-    doc.write_text("intro\n\n<!-- table: t -->\n| old | table |\n<!-- /table -->\n\nafter\n")
-    (tmp_path / "x.json").write_text('{"rows": [["a", 1.5], ["b", 2.25]]}')
-    monkeypatch.setattr(figures, "REPO", tmp_path)
-    monkeypatch.setattr(figures, "RESULTS", tmp_path)
+    doc = _sandbox(tmp_path, monkeypatch, "intro\n\n<!-- table: t -->\n| old | table |\n<!-- /table -->\n\nafter\n",
+                   '{"rows": [["a", 1.5], ["b", 2.25]]}')
     table = figures.Table("doc.md", "t", lambda d: figures.markdown(("arm", "score"), d["rows"]))
     fig = figures.Figure("x", "PY x.py", "x.json", 1, "", tables=(table,))
     assert figures.check((fig,)) == ["x: the table t in doc.md is not what x.json holds; "

@@ -56,15 +56,17 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
     ids_out = create_level(glands, "0", (h, w), "uint32", tuple(pred.chunks), fill_value=0)
     ny, nx = -(-h // tile), -(-w // tile)
 
-    def cut_tile(ty: int, tx: int) -> tuple[tuple[slice, slice], np.ndarray, np.ndarray, int, int] | None:
-        """The glands of the regions tile (ty, tx) owns: (box, which pixels, their ids, glands, regions left to
-        the last pass), or None; reads only, so two tiles may be cut at once."""
+    def cut_tile(ty: int, tx: int) -> tuple[tuple[slice, slice] | None, np.ndarray | None, np.ndarray | None,
+                                            int, int]:
+        """The glands of the regions tile (ty, tx) owns: (box, which of its pixels, their ids - None when it cuts
+        none -, how many glands, how many regions it leaves to the last pass); reads only, so two tiles may be
+        cut at once."""
         y0, x0 = ty * tile, tx * tile
         wy0, wx0 = max(0, y0 - halo), max(0, x0 - halo)
         wy1, wx1 = min(h, y0 + tile + halo), min(w, x0 + tile + halo)
         mask = np.asarray(pred[wy0:wy1, wx0:wx1]) > 0
         if not mask.any():
-            return None
+            return None, None, None, 0, 0
         regions = label(mask, connectivity=2)
         owned = np.zeros(int(regions.max()) + 1, bool)
         whole = np.zeros_like(owned)
@@ -79,8 +81,7 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
         cut = owned & whole
         left = int((owned & ~whole).sum())  # larger than the halo: the last pass
         if not cut.any():
-            return None if not left else ((slice(0, 0), slice(0, 0)), np.zeros((0, 0), bool),
-                                          np.zeros((0, 0), np.uint32), 0, left)
+            return None, None, None, 0, left
         # only the owned regions' box is cut, with CONTEXT px of whatever lies around them (a region's cut
         # depends on itself and its neighbours' pixels within a few px) and on the separation's grid
         cut_boxes = [boxes[k - 1] for k in np.nonzero(cut)[0]]
@@ -108,12 +109,10 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
             for k in range(len(tiles)):
                 while len(pending) < 2 and k + len(pending) < len(tiles):
                     pending.append(pool.submit(cut_tile, *tiles[k + len(pending)]))
-                done = pending.popleft().result()
-                if done is not None:
-                    box, mine, ids, glands_here, left = done
-                    count, too_large = count + glands_here, too_large + left
-                    if glands_here:
-                        ids_out[box] = np.where(mine, ids, np.asarray(ids_out[box]))
+                box, mine, ids, glands_here, left = pending.popleft().result()
+                count, too_large = count + glands_here, too_large + left
+                if box is not None:
+                    ids_out[box] = np.where(mine, ids, np.asarray(ids_out[box]))
                 ty, tx = tiles[k]
                 if tx == nx - 1:
                     yield Progress("glands", ty + 1, ny, f"tile row {ty + 1}/{ny}")

@@ -98,8 +98,8 @@ def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, kind: str = "l
     """sum(W * CE) over valid pixels / number of valid pixels, W from :func:`weight_map` (W = 1 for ``ce``).
 
     ``divide_by="weights"`` divides by sum(W) instead: a weighted mean, whose size does not grow with
-    ``clean_weight`` - a batch cut mostly from corrected pixels then takes a normal-sized step, not one
-    ``clean_weight`` times larger (which collapsed a small project's retrain at weight 25).
+    ``clean_weight``, so a batch cut mostly from corrected pixels takes a normal-sized step (measured, not the
+    default: at weight 25 it halved the damage to a retrain but did not prevent it; docs/benchmarks.md).
 
     ``prior``: optional [N, H, W] weights known before training (the label review's trust in each label), which
     multiply W. ``clean``: optional [N, H, W] bool of pathologist-verified pixels, which weigh ``clean_weight``
