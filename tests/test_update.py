@@ -277,7 +277,8 @@ def test_a_retrain_on_corrections_at_the_cpu_presets_weight_never_leaves_a_small
     small project (one image of nine corrected, 150 iterations from scratch), three seeds. No weight keeps every
     retrain above the model before (a retrain's validation spreads over seeds: GlaS figures in
     benchmarks/results/update_gain-*.json); the guard does - the model a seed leaves is never worse on validation
-    than the one before by more than the tolerance, whether it kept the retrain or put the old model back."""
+    than the one before by more than the tolerance, whether it kept the retrain, put the old model back, or the
+    retrain diverged (on some machines this tiny model's loss does at this weight) and the old model came back."""
     import copy
 
     from pipeline.config import preset
@@ -292,7 +293,12 @@ def test_a_retrain_on_corrections_at_the_cpu_presets_weight_never_leaves_a_small
         seg = copy.deepcopy(cfg.segmentation)
         seg.label_source, seg.seed = "corrected", seed
         seg.verified_weight, seg.verified_divisor = shipped.verified_weight, shipped.verified_divisor
-        result = run(retrain_on_corrections(store, cfg, seg, "cpu"))
+        try:
+            result = run(retrain_on_corrections(store, cfg, seg, "cpu"))
+        except OEEMError as exc:  # a retrain that diverged: said in one line, the model before is back
+            assert "the model before it is back" in str(exc)
+            assert _val_miou(store, cfg) == pytest.approx(before, abs=1e-6)
+            continue
         guard = result["guard"]
         assert guard["judged_on"] == "validation"
         assert guard["before"]["validation mIoU"] == pytest.approx(before, abs=0.01)  # (it rounds to 0.01)
@@ -304,3 +310,18 @@ def test_a_retrain_on_corrections_at_the_cpu_presets_weight_never_leaves_a_small
         assert after == pytest.approx(guard["after"]["validation mIoU"] if guard["kept"] else before, abs=0.01)
         if guard["kept"]:
             break  # the project has a new model: the next seed would be judged against it
+
+
+def test_a_retrain_on_corrections_that_diverges_puts_the_model_back(project_copy, capsys):
+    from pipeline.cli import main
+    from pipeline.store.versions import model_versions
+
+    store, cfg = project_copy
+    _hold_out(store)
+    _correct_to_truth(store, _worst_pseudo_mask(store))
+    ck = store.checkpoint_path("segmentation").read_bytes()
+    # a learning rate no network survives: the loss turns nan within a few iterations
+    assert main(["train-seg", str(store.path), "--labels", "corrected", "--lr", "1e6", "--iterations", "20"]) == 2
+    err = capsys.readouterr().err
+    assert "loss became nan" in err and "the model before it is back" in err and "Traceback" not in err
+    assert store.checkpoint_path("segmentation").read_bytes() == ck and model_versions(store) == []

@@ -312,7 +312,12 @@ def retrain_on_corrections(store: ProjectStore, cfg: PipelineConfig, seg: SegCon
                                         cfg.patches.min_fraction, stage="segmentation",
                                         what="model before the retrain")
     keep_version(store, "before the retrain on corrections", cfg.update.keep_versions)
-    record = yield from train_segmenter(store, seg, device, **{**train_kw, "restart": True})
+    try:
+        record = yield from train_segmenter(store, seg, device, **{**train_kw, "restart": True})
+    except OEEMError as exc:  # e.g. the loss diverged: the half-trained model must not replace the good one
+        revert_model(store)
+        raise OEEMError(f"{exc}. The retrain on corrections did not finish; the model before it is back "
+                        "(a lower --verified-weight or --lr may let it finish)") from None
     after: dict[str, float] = {}
     if guard is not None:
         model, _ = load_segmenter_file(path, dev)
