@@ -137,6 +137,25 @@ def _instances_table(d: dict) -> list[str]:
                      "of the prediction"), rows)
 
 
+def _slide_sizes_table(d: dict) -> list[str]:
+    return markdown(("slide", "file", "tissue blocks (1024 px)", "glass blocks skipped", "tissue Mpx", "time",
+                     "peak RSS"), [(f"{r['side']:,} x {r['side']:,} px", f"{r['slide_mb']:.0f} MB", r["tissue_blocks"],
+                                    r["glass_blocks"], f"{r['tissue_mpx']:.0f}", f"{r['seconds']:.1f} s",
+                                    f"{r['peak_rss_mb']:.0f} MB") for r in d["sizes"]])
+
+
+def _slide_scale_out_table(d: dict) -> list[str]:
+    one, two = d["dask"]
+    ddp1, ddp2 = d["ddp"]["rows"]
+    return markdown(("scale-out (same run)", "1", "2", "ratio"), [
+        (f"dask `LocalCluster` workers (1 thread each), {one['blocks']} blocks of 512 px",
+         f"{one['blocks_per_s']:.2f} blocks / s", f"{two['blocks_per_s']:.2f} blocks / s",
+         f"x{two['blocks_per_s'] / one['blocks_per_s']:.2f}"),
+        ("`torchrun` processes (cpu preset, full supervision on the sample images, global batch 8; 1 x 2 threads "
+         "vs 2 x 1 thread)", f"{ddp1['it_per_s']:.2f} it / s", f"{ddp2['it_per_s']:.2f} it / s",
+         f"x{ddp2['it_per_s'] / ddp1['it_per_s']:.2f}")])
+
+
 def _base_row(d: dict) -> dict:
     return next(r for r in d["rows"] if r["arm"] == "base")
 
@@ -348,7 +367,23 @@ FIGURES: tuple[Figure, ...] = (
     Figure("faults", "PY benchmarks/faults.py --kills 200", "faults.json", 20,
            "kill -9 at random moments while writing: nothing lost, nothing half-written", needs_glas=False),
     Figure("slide", "PY benchmarks/slide.py", "slide.json", 10, "a whole slide: memory and speed",
-           needs_glas=False),
+           needs_glas=False,
+           quotes=(Quote(BENCH_DOC, lambda d: (d["sizes"][-1]["seconds"] - d["sizes"][0]["seconds"])
+                         / (d["sizes"][-1]["tissue_mpx"] - d["sizes"][0]["tissue_mpx"]),
+                         "{:.2f} s per tissue megapixel", "seconds per tissue Mpx"),
+                   Quote(BENCH_DOC, lambda d: d["sizes"][-1]["seconds"] / d["sizes"][0]["seconds"], "x{:.2f} time",
+                         "time ratio"),
+                   Quote(BENCH_DOC, lambda d: d["dask"][1]["blocks_per_s"] / d["dask"][0]["blocks_per_s"],
+                         "x{:.2f} the slide throughput", "dask ratio"),
+                   Quote(BENCH_DOC, lambda d: d["ddp"]["rows"][1]["it_per_s"] / d["ddp"]["rows"][0]["it_per_s"],
+                         "(x{:.2f})", "ddp ratio"),
+                   Quote("docs/slides.md", lambda d: d["sizes"][-1]["peak_rss_mb"], "{:.0f} MB", "peak RSS"),
+                   Quote("docs/slides.md", lambda d: d["dask"][1]["blocks_per_s"] / d["dask"][0]["blocks_per_s"],
+                         "x{:.2f} the", "dask ratio"),
+                   Quote(BENCH_DOC, lambda d: 100 * d["ddp"]["mean_loss_relative_difference"],
+                         "differs by {:.1f} %", "mean loss difference")),
+           tables=(Table(BENCH_DOC, "slide-sizes", _slide_sizes_table),
+                                     Table(BENCH_DOC, "slide-scale-out", _slide_scale_out_table))),
     Figure("gui-latency", "xvfb-run -a PY benchmarks/gui_latency.py --seconds 30", "gui_latency.json", 3,
            "napari stays responsive while a training runs", needs_glas=False),
     Figure("review-heldout", "PY benchmarks/review_heldout.py benchmarks/results/end_to_end-cpu.oeem.zarr",
