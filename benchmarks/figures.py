@@ -78,6 +78,12 @@ def _chosen(d: dict) -> dict:
     return next(r for r in d["rows"] if all(r.get(k) == v for k, v in d["chosen_on_val"].items()))
 
 
+def _shipped(d: dict) -> dict:
+    """The row of an instances result file with the setting `oeem` ships (the one its slide was timed with)."""
+    ship = {("working_scale" if k == "scale" else k): v for k, v in d["slide"]["setting"].items() if k != "h"}
+    return next(r for r in d["rows"] if all(r.get(k) == v for k, v in ship.items()))
+
+
 def _testa(d: dict, key: str) -> float:
     return d["evaluation"]["test"][key]
 
@@ -222,6 +228,20 @@ FIGURES: tuple[Figure, ...] = (
                Quote(README, lambda d: 100 * _chosen(d)["ms_per_image"] / d["predict"]["ms_per_image"],
                      "{:.0f} % of the bf16 prediction", "share of the image prediction")),
            tables=(Table(BENCH_DOC, "instances-cpu", _instances_table),)),
+    Figure("instances-cpu-fp32", "PY benchmarks/instances.py benchmarks/results/end_to_end-cpu.oeem.zarr "
+           "--precision fp32 --name cpu-fp32", "instances-cpu-fp32.json", 8,
+           "the shipped separation's share of an fp32 prediction, on images and on a slide (after end-to-end-cpu)",
+           (Quote(BENCH_DOC, lambda d: d["predict"]["ms_per_image"], "{:.0f} ms", "fp32 prediction per image"),
+            Quote(BENCH_DOC, lambda d: 100 * _shipped(d)["ms_per_image"] / d["predict"]["ms_per_image"],
+                  "{:.0f} % of it", "share of the fp32 image prediction"),
+            Quote(BENCH_DOC, lambda d: d["slide"]["prediction_seconds"], "{:.1f} s", "fp32 slide prediction"),
+            Quote(BENCH_DOC, lambda d: d["slide"]["seconds_per_mm2"], "{:.2f} s/mm²", "seconds per mm² of slide"),
+            Quote(BENCH_DOC, lambda d: 100 * d["slide"]["share_of_prediction"], "{:.0f} % of the slide",
+                  "share of the fp32 slide's prediction"),
+            Quote(README, lambda d: 100 * _shipped(d)["ms_per_image"] / d["predict"]["ms_per_image"],
+                  "fp32: {:.0f} %", "share of the fp32 image prediction"),
+            Quote(README, lambda d: 100 * d["slide"]["share_of_prediction"], "{:.0f} % on a slide",
+                  "share of the fp32 slide's prediction"))),
     Figure("instances-supervised", "PY benchmarks/end_to_end.py --preset cpu --set segmentation.label_source=mask "
            "--name cpu-supervised && PY benchmarks/instances.py benchmarks/results/end_to_end-cpu-supervised.oeem.zarr "
            "--name cpu-supervised", "instances-cpu-supervised.json", 55,

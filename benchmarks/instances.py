@@ -18,10 +18,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from _common import machine, print_table, write_json
 
+from pipeline.config import InstanceConfig
 from pipeline.metrics import ObjectCounts, confusion, from_confusion, object_counts
 from pipeline.progress import run
 from pipeline.stages.instances import separate
@@ -45,6 +47,8 @@ def main() -> None:
     ap.add_argument("--name", default=None, help="results file suffix (default: from the project's folder name)")
     ap.add_argument("--scale", type=float, default=0.5, help="instances.scale of the rows that name none "
                     "(default: 0.5)")
+    ap.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16"),
+                    help="the timed predictions' precision (default: the project's; the scores do not depend on it)")
     args = ap.parse_args()
     store = ProjectStore.open(args.project, mode="r")
     name = args.name or Path(args.project).name.removesuffix(".oeem.zarr").removeprefix("end_to_end-")
@@ -81,7 +85,7 @@ def main() -> None:
         print(f"{method} {params}: val object F1 {row['val']['object_F1']:.2f}", flush=True)
 
     predict_rec, seg = store.load_run("predict") or {}, store.load_run("segmentation") or {}
-    predict_ms, predict_precision = prediction_ms(Path(args.project), splits["test"])
+    predict_ms, predict_precision = prediction_ms(Path(args.project), splits["test"], args.precision)
 
     def key(r: dict) -> tuple:
         """Within the speed budget first; then object F1, object Dice, the lower Hausdorff; on a tie the row that
@@ -106,8 +110,14 @@ def main() -> None:
           f"{pixel['test']['mIoU']:.2f}; the prediction takes {predict_ms:.0f} ms/image in this run "
           f"({predict_precision}), the chosen separation {best['ms_per_image']:.1f} ms "
           f"({100 * best['ms_per_image'] / predict_ms:.0f} %)")
-    slide = slide_speed(store, data, splits["test"], {k: best[k] for k in best if k in PARAMS}, best["method"],
-                        project_config(store, save=False).slide.project_mpp)
+    shipped = asdict(InstanceConfig())  # the slide is timed with what `oeem` ships, whatever this run chose
+    shipped_params = {("working_scale" if k == "scale" else k): v for k, v in shipped.items() if k != "method"}
+    if any(best.get(k, v) != v for k, v in shipped_params.items()) or best["method"] != shipped["method"]:
+        print(f"(this run's choice differs from the shipped setting {shipped}; the slide is timed with the shipped "
+              "one)")
+    slide = slide_speed(store, data, splits["test"], shipped_params, shipped["method"],
+                        project_config(store, save=False).slide.project_mpp, args.precision)
+    slide["setting"] = shipped
     print(f"a mosaic of the {slide['images']} testA predictions as one slide ({slide['mm2']:.1f} mm², "
           f"{slide['megapixels']:.1f} Mpx): glands cut in {slide['seconds']:.1f} s, {slide['seconds_per_mm2']:.2f} "
           f"s/mm², {100 * slide['share_of_prediction']:.0f} % of its prediction's {slide['prediction_seconds']:.1f} s "
@@ -125,9 +135,10 @@ def main() -> None:
                   "label_source": (seg.get("config") or {}).get("label_source")}})
 
 
-def prediction_ms(project: Path, names: list[str]) -> tuple[float, str]:
-    """The project's own prediction (``oeem predict``, its settings and model) of ``names``, timed in this run on
-    a copy of the project (the separation's budget is a share of it: the same machine, the same minutes)."""
+def prediction_ms(project: Path, names: list[str], precision: str | None = None) -> tuple[float, str]:
+    """The project's own prediction (``oeem predict``, its settings and model; ``precision`` when given) of
+    ``names``, timed in this run on a copy of the project (the separation's budget is a share of it: the same
+    machine, the same minutes)."""
     import shutil
     import tempfile
 
@@ -137,11 +148,14 @@ def prediction_ms(project: Path, names: list[str]) -> tuple[float, str]:
         copy = Path(tmp) / project.name
         shutil.copytree(project, copy)
         work = ProjectStore.open(copy)
-        rec = run(predict(work, project_config(work, save=False).inference, names=names, device="cpu"))
+        infer = project_config(work, save=False).inference
+        infer.precision = precision or infer.precision
+        rec = run(predict(work, infer, names=names, device="cpu"))
     return 1000 * rec["seconds_per_image"], rec["precision"]
 
 
-def slide_speed(store: ProjectStore, data: dict, names: list[str], params: dict, method: str, mpp: float) -> dict:
+def slide_speed(store: ProjectStore, data: dict, names: list[str], params: dict, method: str, mpp: float,
+                precision: str | None = None) -> dict:
     """The chosen separation on a slide, against the slide's own prediction in the same run: the images laid side
     by side (8 per row) as one tiled TIFF, each image's cell filled out by mirroring its edges (tissue everywhere,
     as on a slide: a white gap would read as the lumen of one gland running across the images), predicted by
@@ -152,7 +166,6 @@ def slide_speed(store: ProjectStore, data: dict, names: list[str], params: dict,
     import numpy as np
     import tifffile
 
-    from pipeline.config import InstanceConfig
     from pipeline.device import precision_name, resolve_device, resolve_precision
     from pipeline.slides.predict import predict_slide
 
@@ -171,6 +184,7 @@ def slide_speed(store: ProjectStore, data: dict, names: list[str], params: dict,
         ids = separate(data[n][0], data[n][1], method, **params)
         alone += len(np.unique(ids[ids > 0]))
     pcfg = project_config(store, None, None, save=False)
+    pcfg.inference.precision = precision or pcfg.inference.precision
     with tempfile.TemporaryDirectory() as tmp:
         tifffile.imwrite(f"{tmp}/mosaic.tif", mosaic, tile=(512, 512), photometric="rgb", compression="zlib")
         rec = run(predict_slide(store, f"{tmp}/mosaic.tif", pcfg.slide, pcfg.inference, mpp=mpp,
