@@ -143,6 +143,22 @@ def _instances_table(d: dict) -> list[str]:
                      "of the prediction"), rows)
 
 
+def _precision_table(d: dict) -> list[str]:
+    """Seconds per training step and per predicted image in each mode, the speed-up over fp32 in brackets and the
+    fastest in bold."""
+    def cell(t: float, base: float | None, best: float) -> str:
+        text = f"{t:.3f}" + (f" (x{base / t:.2f})" if base is not None and t != base else "")
+        return f"**{text}**" if t == best else text
+    rows = []
+    for name, times in d["train_step_s"].items():
+        ts = list(times.values())
+        rows.append((f"train step: {name}", *(cell(t, ts[0], min(ts)) for t in ts)))
+    fp32, bf16 = d["predict_s"]["fp32"], d["predict_s"]["bf16"]
+    rows.append(("predict one GlaS image (plain U-Net, 1 scale + flip)", "-", cell(fp32, None, min(fp32, bf16)),
+                 cell(bf16, fp32, min(fp32, bf16))))
+    return markdown(("what", *next(iter(d["train_step_s"].values()))), rows)
+
+
 def _slide_sizes_table(d: dict) -> list[str]:
     return markdown(("slide", "file", "tissue blocks (1024 px)", "glass blocks skipped", "tissue Mpx", "time",
                      "peak RSS"), [(f"{r['side']:,} x {r['side']:,} px", f"{r['slide_mb']:.0f} MB", r["tissue_blocks"],
@@ -253,10 +269,13 @@ FIGURES: tuple[Figure, ...] = (
                Quote(BENCH_DOC, lambda d: d["slide"]["seconds_per_mm2"], "{:.2f} s/mm²", "seconds per mm² of slide"),
                Quote(BENCH_DOC, lambda d: 100 * d["slide"]["share_of_prediction"], "{:.0f} % of the slide",
                      "share of the slide's prediction"))),
-    Figure("demo", "PY benchmarks/end_to_end.py --data sample --val-images 0 --name demo --fresh --set "
-           "classifier.epochs=4 classifier.min_epoch_steps=0 'cam.scales=[1,1.5]' segmentation.iterations=120 "
-           "selftrain.rounds=0 'inference.scales=[1]' inference.flip=false",
-           "end_to_end-demo.json", 5, "`make demo`'s schedule on the embedded sample data", needs_glas=False),
+    *(Figure(f"demo{suffix}", "PY benchmarks/end_to_end.py --data sample --val-images 0 --fresh --set "
+             "classifier.epochs=4 classifier.min_epoch_steps=0 'cam.scales=[1,1.5]' segmentation.iterations=120 "
+             f"selftrain.rounds=0 'inference.scales=[1]' inference.flip=false --name demo{suffix}{flag}",
+             f"end_to_end-demo{suffix}.json", 2, f"`make demo`'s schedule on the embedded sample data{what}",
+             (Quote(README, lambda d: d["wall_seconds"], "{:.0f} s", "wall time"),
+              Quote(README, lambda d: _testa(d, "mIoU"), "{:.2f}", "testA mIoU")), needs_glas=False)
+      for suffix, flag, what in (("", "", ""), ("-fp32", " --precision fp32", ", in fp32"))),
     *(Figure(f"budget-{b}-{p}", f"PY benchmarks/end_to_end.py --preset cpu --budget {b} --precision {p} "
              f"--name budget-{b}-{p} --fresh", f"end_to_end-budget-{b}-{p}.json", int(b[:-1]),
              f"`oeem run --budget {b}` in {p}: what the planner keeps, the score and the time")
@@ -383,7 +402,8 @@ FIGURES: tuple[Figure, ...] = (
            "crash_matrix-networks.json", 10, "every preset's networks, both layouts, each ISA cap",
            needs_glas=False),
     Figure("precision", "PY benchmarks/precision.py --repeats 7", "precision.json", 10,
-           "fp32 against bf16: speed of each stage and agreement of the outputs", needs_glas=False),
+           "fp32 against bf16: speed of each stage and agreement of the outputs", needs_glas=False,
+           tables=(Table(BENCH_DOC, "precision", _precision_table),)),
     Figure("faults", "PY benchmarks/faults.py --kills 200", "faults.json", 20,
            "kill -9 at random moments while writing: nothing lost, nothing half-written", needs_glas=False),
     Figure("slide", "PY benchmarks/slide.py", "slide.json", 10, "a whole slide: memory and speed",
