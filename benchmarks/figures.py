@@ -425,7 +425,12 @@ FIGURES: tuple[Figure, ...] = (
            tables=(Table(BENCH_DOC, "slide-sizes", _slide_sizes_table),
                                      Table(BENCH_DOC, "slide-scale-out", _slide_scale_out_table))),
     Figure("gui-latency", "xvfb-run -a PY benchmarks/gui_latency.py --seconds 30", "gui_latency.json", 3,
-           "napari stays responsive while a training runs", needs_glas=False),
+           "napari stays responsive while a training runs", tuple(
+               Quote(BENCH_DOC, lambda d, s=s, k=k: d[s][k], fmt, f"{s} {k}") for s, k, fmt in (
+                   ("training", "p95_ms", "{:.0f} ms at p95"), ("training", "max_ms", "{:.0f} ms at most"),
+                   ("idle", "p95_ms", "idle: {:.0f} /"), ("idle", "max_ms", "/ {:.0f} ms"))) + (
+               Quote(BENCH_DOC, lambda d: d["iterations_during_measure"], "{} training iterations", "iterations"),),
+           needs_glas=False),
     Figure("review-heldout", "PY benchmarks/review_heldout.py benchmarks/results/end_to_end-cpu.oeem.zarr",
            "review_heldout.json", 5, "the label review without masks, refit and chosen on half the training "
            "images, judged on the other half (after end-to-end-cpu: its project)",

@@ -4,6 +4,7 @@ import re
 import shlex
 import subprocess
 import sys
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,13 @@ def test_bench_quick_lists_the_short_commands_in_order(capsys, monkeypatch):
     assert figures.main(["run", "--only", "nope"]) == 2
 
 
+@cache
+def _help(script: Path, sub: str | None = None) -> str:
+    """A script's ``--help`` (of a sub-command when given), asked once per run: each asks a fresh Python."""
+    return subprocess.run([sys.executable, str(script), *([sub] if sub else []), "--help"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120).stdout
+
+
 @pytest.mark.parametrize("fig", figures.FIGURES, ids=lambda f: f.name)
 def test_every_figure_command_names_a_script_and_flags_it_has(fig):
     for part in fig.command.split("&&"):
@@ -84,11 +92,9 @@ def test_every_figure_command_names_a_script_and_flags_it_has(fig):
         if script.suffix != ".py":
             continue
         # every --flag of the command is one the script (or its sub-command) accepts
-        helps = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True,
-                               cwd=ROOT, timeout=120).stdout
+        helps = _help(script)
         subs = [w for w in words[words.index(str(script.relative_to(ROOT))) + 1:] if not w.startswith("-")]
         if subs and re.search(rf"\b{re.escape(subs[0])}\b", helps.split("\n\n")[0] + helps):
-            helps += subprocess.run([sys.executable, str(script), subs[0], "--help"], capture_output=True,
-                                    text=True, cwd=ROOT, timeout=120).stdout
+            helps += _help(script, subs[0])
         for flag in (w.split("=")[0] for w in words if w.startswith("--")):
             assert flag in helps, f"{script.name} has no {flag}"
