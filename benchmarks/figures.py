@@ -159,6 +159,13 @@ def _precision_table(d: dict) -> list[str]:
     return markdown(("what", *next(iter(d["train_step_s"].values()))), rows)
 
 
+def _faults_table(d: dict) -> list[str]:
+    names = {"corrections": "saving corrections", "checkpoint": "training checkpoints",
+             "export": "exporting (PNG, TIFF, OME-Zarr, GeoJSON)"}
+    return markdown(("scenario", "kills", "problems"), [(names.get(r["scenario"], r["scenario"]), r["kills"],
+                                                         f"**{r['problems']}**") for r in d["rows"]])
+
+
 def _slide_sizes_table(d: dict) -> list[str]:
     return markdown(("slide", "file", "tissue blocks (1024 px)", "glass blocks skipped", "tissue Mpx", "time",
                      "peak RSS"), [(f"{r['side']:,} x {r['side']:,} px", f"{r['slide_mb']:.0f} MB", r["tissue_blocks"],
@@ -404,8 +411,9 @@ FIGURES: tuple[Figure, ...] = (
     Figure("precision", "PY benchmarks/precision.py --repeats 7", "precision.json", 10,
            "fp32 against bf16: speed of each stage and agreement of the outputs", needs_glas=False,
            tables=(Table(BENCH_DOC, "precision", _precision_table),)),
-    Figure("faults", "PY benchmarks/faults.py --kills 200", "faults.json", 20,
-           "kill -9 at random moments while writing: nothing lost, nothing half-written", needs_glas=False),
+    Figure("faults", "PY benchmarks/faults.py --kills 200", "faults.json", 9,
+           "kill -9 at random moments while writing: nothing lost, nothing half-written", needs_glas=False,
+           tables=(Table(BENCH_DOC, "faults", _faults_table),)),
     Figure("slide", "PY benchmarks/slide.py", "slide.json", 10, "a whole slide: memory and speed",
            needs_glas=False,
            quotes=(Quote(BENCH_DOC, lambda d: (d["sizes"][-1]["seconds"] - d["sizes"][0]["seconds"])
