@@ -437,7 +437,11 @@ FIGURES: tuple[Figure, ...] = (
                Quote(BENCH_DOC, lambda d, s=s, k=k: d[s][k], fmt, f"{s} {k}") for s, k, fmt in (
                    ("training", "p95_ms", "{:.0f} ms at p95"), ("training", "max_ms", "{:.0f} ms at most"),
                    ("idle", "p95_ms", "idle: {:.0f} /"), ("idle", "max_ms", "/ {:.0f} ms"))) + (
-               Quote(BENCH_DOC, lambda d: d["iterations_during_measure"], "{} training iterations", "iterations"),),
+               Quote(BENCH_DOC, lambda d: d["iterations_during_measure"], "{} training iterations", "iterations"),
+               Quote(BENCH_DOC, lambda d: d["image_switch"]["in_place"]["median_s"], "takes {:.2f} s",
+                     "image switch"),
+               Quote(BENCH_DOC, lambda d: d["image_switch"]["made_anew"]["median_s"], "{:.2f} s per switch",
+                     "image switch, every layer made anew")),
            needs_glas=False),
     Figure("review-heldout", "PY benchmarks/review_heldout.py benchmarks/results/end_to_end-cpu.oeem.zarr",
            "review_heldout.json", 5, "the label review without masks, refit and chosen on half the training "

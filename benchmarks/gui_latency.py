@@ -2,7 +2,8 @@
 
 A 20 ms QTimer runs in napari's GUI thread; its lateness (actual minus expected interval) is the time the user
 would wait for a repaint or a click. Measured idle, then while the dock widget trains the segmentation network
-on the embedded sample data (cpu preset) in its background worker. Run under a display (Xvfb):
+on the embedded sample data (cpu preset) in its background worker. Before that, the time to switch images in the
+dock (its layers filled with the next image's). Run under a display (Xvfb):
 
     xvfb-run -a python benchmarks/gui_latency.py [--seconds 30]
 
@@ -21,6 +22,28 @@ import numpy as np
 from _common import machine, print_table, write_json
 
 TICK_MS = 20
+
+
+def switch_seconds(app, widget, names: list[str], switches: int = 10) -> dict:
+    """Seconds from picking another image in the dock to its layers drawn (the events processed): as the dock does
+    it (layers both images have filled in place), and, interleaved in the same run, with every project layer
+    removed first and so made anew (how the dock did it before: napari collects garbage on each removal). Two
+    switches of each to warm up."""
+    from oeem_napari._layers import ORDER
+
+    viewer = widget.viewer
+    times: dict[str, list[float]] = {"in_place": [], "made_anew": []}
+    for k in range(2 * (switches + 2)):
+        way = "made_anew" if k % 2 else "in_place"
+        t = time.perf_counter()
+        if way == "made_anew":
+            for lyr in [lyr for lyr in viewer.layers if lyr.name in ORDER]:
+                viewer.layers.remove(lyr)
+        widget.image_combo.setCurrentText(names[(k + 1) % len(names)])
+        app.processEvents()
+        times[way].append(time.perf_counter() - t)
+    out = {way: {"median_s": float(np.median(ts[2:])), "max_s": float(max(ts[2:]))} for way, ts in times.items()}
+    return {**out, "switches": switches, "layers": sum(lyr.name in ORDER for lyr in viewer.layers)}
 
 
 def measure(app, seconds: float) -> np.ndarray:
@@ -149,7 +172,8 @@ def preview_phase(seconds: float, pace: float, live: bool = False) -> None:
         keys_pressed[0] = keys_before
     viewer.close()
     shown_s = np.array(shown)
-    res = {"idle": stats(idle), "tagging_no_preview": stats(plain), "tagging": stats(busy), "keys": keys_pressed[0], "keys_shown": int(shown_s.size),
+    res = {"idle": stats(idle), "tagging_no_preview": stats(plain), "tagging": stats(busy), "keys": keys_pressed[0],
+           "keys_shown": int(shown_s.size),
            "key_to_preview_p50_s": round(float(np.percentile(shown_s, 50)), 3),
            "key_to_preview_p95_s": round(float(np.percentile(shown_s, 95)), 3), "pace_s": pace,
            "image": "775 x 522 synthetic H&E, 2 other images tagged", **extra}
@@ -195,6 +219,7 @@ def main() -> None:
     _, widget = viewer.window.add_plugin_dock_widget("oeem-napari", "OEEM")
     app = QApplication.instance()
     widget.open_project(store.path)
+    switch = switch_seconds(app, widget, store.names("train"))
     idle = measure(app, min(10.0, args.seconds))
     widget.iter_spin.setValue(100_000)
     widget.run_stage("segmentation")
@@ -211,12 +236,16 @@ def main() -> None:
         time.sleep(0.01)
     viewer.close()
 
-    res = {"idle": stats(idle), "training": stats(busy), "iterations_during_measure": iterations}
+    res = {"idle": stats(idle), "training": stats(busy), "iterations_during_measure": iterations,
+           "image_switch": switch}
     print(f"\nnapari event-loop lateness ({TICK_MS} ms timer), {args.seconds:.0f} s of segmentation training\n")
     print_table([(k, f"{v['p50_ms']:.1f}", f"{v['p95_ms']:.1f}", f"{v['p99_ms']:.1f}", f"{v['max_ms']:.1f}")
                  for k, v in (("idle", res["idle"]), ("while training", res["training"]))],
                 ("state", "p50 ms", "p95 ms", "p99 ms", "max ms"))
     print(f"\naim: p95 < 100 ms while training; {iterations} training iterations ran meanwhile")
+    for way in ("in_place", "made_anew"):
+        print(f"switching images in the dock ({switch['layers']} project layers, {way.replace('_', ' ')}): median "
+              f"{switch[way]['median_s']:.2f} s, at most {switch[way]['max_s']:.2f} s over {switch['switches']}")
     write_json("gui_latency.json", {"machine": machine(), **res})
 
 

@@ -99,26 +99,51 @@ def camera(viewer):
 
 
 def show_image(viewer, store: ProjectStore, name: str, top: int = 10) -> None:
-    """Replace the project layers with those of ``name``; other layers the user added are left alone.
+    """Show the project layers of ``name``; other layers the user added are left alone.
 
-    Each layer keeps the visibility and opacity the user last gave it, so toggling works by habit across images."""
-    habits = {}
-    for layer in [lyr for lyr in viewer.layers if lyr.name in ORDER]:
-        habits[layer.name] = {"visible": layer.visible, "opacity": layer.opacity}
-        viewer.layers.remove(layer)
-    for data, kwargs, kind in layer_specs(store, name):
-        getattr(viewer, f"add_{kind}")(data, **{**kwargs, **habits.get(kwargs["name"], {})})
-    if WEIGHT in viewer.layers:
-        viewer.layers[WEIGHT].colorbar.visible = True
+    A layer both images have gets the new image's data in place, so it keeps the visibility and opacity the user
+    gave it (toggling works by habit across images) and switching is quick: napari collects garbage on every layer
+    it removes, a few tenths of a second each in a process that holds torch. Only the editable pseudo-mask is made
+    anew, so its undo history is this image's alone."""
+    specs = layer_specs(store, name)
     outlines = region_outlines(store, name, top)
     if outlines is not None:
-        layer = viewer.add_labels(outlines, name=CONFUSING, **{"opacity": 1.0, **habits.get(CONFUSING, {})},
-                                  colormap=DirectLabelColormap(color_dict={0: _TRANSPARENT, None: REGION_COLOUR}))
-        layer.contour = 2
-        layer.editable = False
+        specs.append((outlines, {"name": CONFUSING, "opacity": 1.0, "colormap": DirectLabelColormap(
+            color_dict={0: _TRANSPARENT, None: REGION_COLOUR})}, "labels"))
+    wanted = {kwargs["name"] for _, kwargs, _ in specs}
+    habits = {}
+    for layer in [lyr for lyr in viewer.layers if lyr.name in ORDER]:
+        if layer.name not in wanted or layer.name == PSEUDO:
+            habits[layer.name] = {"visible": layer.visible, "opacity": layer.opacity}
+            viewer.layers.remove(layer)
+    for data, kwargs, kind in specs:
+        if kwargs["name"] in viewer.layers:
+            layer = viewer.layers[kwargs["name"]]
+            layer.data = data
+            if "contrast_limits" in kwargs:
+                layer.contrast_limits = kwargs["contrast_limits"]
+        else:
+            layer = getattr(viewer, f"add_{kind}")(data, **{**kwargs, **habits.get(kwargs["name"], {})})
+            _place(viewer, layer)
+    if WEIGHT in viewer.layers:
+        viewer.layers[WEIGHT].colorbar.visible = True
+    if CONFUSING in viewer.layers:
+        viewer.layers[CONFUSING].contour = 2
+        viewer.layers[CONFUSING].editable = False
     if PSEUDO in viewer.layers:
         viewer.layers.selection.active = viewer.layers[PSEUDO]
     viewer.reset_view()
+
+
+def _place(viewer, layer) -> None:
+    """A project layer just added (on top) moved to its place in ``ORDER`` among the project layers shown."""
+    rank = ORDER.index(layer.name)
+    project = [k for k, lyr in enumerate(viewer.layers) if lyr.name in ORDER and lyr is not layer]
+    below = [k for k in project if ORDER.index(viewer.layers[k].name) < rank]
+    dest = max(below) + 1 if below else (project[0] if project else None)
+    src = viewer.layers.index(layer)
+    if dest is not None and dest < src:
+        viewer.layers.move(src, dest)
 
 
 # ---------------------------------------------------------------------------- weak labels (patch tags)

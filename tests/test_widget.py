@@ -66,6 +66,32 @@ def test_project_layers_have_fixed_names_shapes_and_dtypes(widget, project_copy)
     assert layers[_layers.IMAGE].data.shape[:2] == store.shape(other)
 
 
+def test_switching_images_fills_the_same_layers_and_the_editable_one_anew(widget, project_copy):
+    """A layer both images have gets the new data in place (no napari layer removal, each of which collects
+    garbage); the pseudo-mask is a new layer, so an undo never reaches into the image before; a layer that comes
+    back takes its place in the fixed order."""
+    store, _ = project_copy
+    assert widget.open_project(store.path)
+    first, other = store.names("train")[:2]
+    widget.image_combo.setCurrentText(first)
+    layers = widget.viewer.layers
+    for lyr in layers:  # a mark on each layer object (the dock's viewer hands out proxies: `is` cannot tell)
+        lyr.metadata["test-mark"] = lyr.name
+    widget.image_combo.setCurrentText(other)
+    for name in (_layers.IMAGE, _layers.CAM_GLAND, _layers.PREDICTION, _layers.GLANDS):
+        assert layers[name].metadata.get("test-mark") == name, name
+    assert "test-mark" not in layers[_layers.PSEUDO].metadata
+    assert np.array_equal(np.asarray(layers[_layers.PREDICTION].data), store.read(other, "prediction"))
+    assert np.array_equal(layers[_layers.GLANDS].data, store.read(other, "instances"))
+    assert np.array_equal(layers[_layers.PSEUDO].data, store.labels(other)[0])
+    cam = store.read(other, "cam")[1]
+    assert layers[_layers.CAM_GLAND].contrast_limits[1] == pytest.approx(float(cam.max()), rel=1e-5)
+    layers.remove(_layers.PREDICTION)  # as if the first image had none: it comes back between its neighbours
+    widget.image_combo.setCurrentText(first)
+    shown = [lyr.name for lyr in layers if lyr.name in _layers.ORDER]
+    assert _layers.PREDICTION in shown and shown == sorted(shown, key=_layers.ORDER.index)
+
+
 def test_tiny_preset_end_to_end_from_the_widget(widget, small_folder, tmp_path, qtbot):
     target = tmp_path / "w.oeem.zarr"
     widget.create_project(str(small_folder), str(target))
