@@ -451,3 +451,24 @@ def test_it_starts_by_itself_on_a_project_being_tagged_and_gives_way_to_any_job(
     assert w.open_project(other)
     qtbot.waitUntil(lambda: not w.runner.busy, timeout=30_000)
     assert not panel.live_box.isChecked()
+
+
+def test_the_next_image_fills_the_same_overlay_and_its_keys_tag_that_image(dock, own_project, qtbot):
+    """Switching images keeps the overlay's layers (napari collects garbage on every layer removed) with the new
+    image's cells and tags, on top, and the keys tag the image now shown."""
+    w, viewer, store = dock, dock.viewer, own_project
+    hover(w, qtbot, 30, 40)
+    key(w, qtbot, Qt.Key.Key_1)  # a tag on "a"
+    for name in _layers.WEAK_LAYERS:  # a mark on each layer object (the dock's viewer hands out proxies)
+        viewer.layers[name].metadata["test-mark"] = name
+    w.image_combo.setCurrentText("b")
+    assert [lyr.name for lyr in viewer.layers][-4:] == list(_layers.WEAK_LAYERS)
+    assert all(viewer.layers[name].metadata.get("test-mark") == name for name in _layers.WEAK_LAYERS)
+    fills = viewer.layers[_layers.WEAK_LABELS]
+    t = Tagger(store, "b", w.weak_labels.tagger.cfg)
+    assert np.array_equal(fills.data, _layers.cell_ids(t.cells(), store.shape("b")))
+    assert colour(w, t.patch_at(30, 40))[3] == 0  # "a"'s tag is not drawn on "b"
+    hover(w, qtbot, 150, 200)
+    key(w, qtbot, Qt.Key.Key_2)
+    assert saved(store, "b")[t.patch_at(150, 200)] == NON_GLAND and np.count_nonzero(saved(store, "b")) == 1
+    assert np.count_nonzero(saved(store, "a")) == 1
