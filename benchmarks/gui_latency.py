@@ -26,10 +26,10 @@ TICK_MS = 20
 
 def switch_seconds(app, widget, names: list[str], switches: int = 10) -> dict:
     """Seconds from picking another image in the dock to its layers drawn (the events processed): as the dock does
-    it (layers both images have filled in place), and, interleaved in the same run, with every project layer
-    removed first and so made anew (how the dock did it before: napari collects garbage on each removal). Two
+    it (layers both images have filled in place), and, interleaved in the same run, with every project and tagging
+    layer removed first and so made anew (how the dock did it before: napari collects garbage on each removal). Two
     switches of each to warm up."""
-    from oeem_napari._layers import ORDER
+    from oeem_napari._layers import ORDER, WEAK_LAYERS
 
     viewer = widget.viewer
     times: dict[str, list[float]] = {"in_place": [], "made_anew": []}
@@ -37,13 +37,13 @@ def switch_seconds(app, widget, names: list[str], switches: int = 10) -> dict:
         way = "made_anew" if k % 2 else "in_place"
         t = time.perf_counter()
         if way == "made_anew":
-            for lyr in [lyr for lyr in viewer.layers if lyr.name in ORDER]:
+            for lyr in [lyr for lyr in viewer.layers if lyr.name in ORDER + WEAK_LAYERS]:
                 viewer.layers.remove(lyr)
         widget.image_combo.setCurrentText(names[(k + 1) % len(names)])
         app.processEvents()
         times[way].append(time.perf_counter() - t)
     out = {way: {"median_s": float(np.median(ts[2:])), "max_s": float(max(ts[2:]))} for way, ts in times.items()}
-    return {**out, "switches": switches, "layers": sum(lyr.name in ORDER for lyr in viewer.layers)}
+    return {**out, "switches": switches, "layers": sum(lyr.name in ORDER + WEAK_LAYERS for lyr in viewer.layers)}
 
 
 def measure(app, seconds: float) -> np.ndarray:
@@ -220,6 +220,9 @@ def main() -> None:
     app = QApplication.instance()
     widget.open_project(store.path)
     switch = switch_seconds(app, widget, store.names("train"))
+    widget.weak_labels.unfold()  # the tagging box open: its overlay's four layers too
+    switch["tagging"] = switch_seconds(app, widget, store.names("train"))
+    widget.weak_labels.unfold(False)
     idle = measure(app, min(10.0, args.seconds))
     widget.iter_spin.setValue(100_000)
     widget.run_stage("segmentation")
@@ -243,9 +246,10 @@ def main() -> None:
                  for k, v in (("idle", res["idle"]), ("while training", res["training"]))],
                 ("state", "p50 ms", "p95 ms", "p99 ms", "max ms"))
     print(f"\naim: p95 < 100 ms while training; {iterations} training iterations ran meanwhile")
-    for way in ("in_place", "made_anew"):
-        print(f"switching images in the dock ({switch['layers']} project layers, {way.replace('_', ' ')}): median "
-              f"{switch[way]['median_s']:.2f} s, at most {switch[way]['max_s']:.2f} s over {switch['switches']}")
+    for sw, box in ((switch, ""), (switch["tagging"], ", tagging box open")):
+        for way in ("in_place", "made_anew"):
+            print(f"switching images in the dock ({sw['layers']} layers{box}, {way.replace('_', ' ')}): median "
+                  f"{sw[way]['median_s']:.2f} s, at most {sw[way]['max_s']:.2f} s over {sw['switches']}")
     write_json("gui_latency.json", {"machine": machine(), **res})
 
 
