@@ -138,7 +138,7 @@ def show_image(viewer, store: ProjectStore, name: str, top: int = 10) -> None:
 def _place(viewer, layer) -> None:
     """A project layer just added (on top) moved to its place in ``ORDER`` among the project layers shown."""
     rank = ORDER.index(layer.name)
-    project = [k for k, lyr in enumerate(viewer.layers) if lyr.name in ORDER and lyr is not layer]
+    project = [k for k, lyr in enumerate(viewer.layers) if lyr.name in ORDER and lyr.name != layer.name]
     below = [k for k in project if ORDER.index(viewer.layers[k].name) < rank]
     dest = max(below) + 1 if below else (project[0] if project else None)
     src = viewer.layers.index(layer)

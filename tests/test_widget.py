@@ -56,7 +56,7 @@ def test_project_layers_have_fixed_names_shapes_and_dtypes(widget, project_copy)
     assert layers[_layers.PSEUDO].data.dtype == np.uint8 and isinstance(layers[_layers.PSEUDO].data, np.ndarray)
     assert layers[_layers.WEIGHT].colorbar.visible
     assert layers[_layers.PREDICTION].data.shape == (h, w)
-    # the same names on another image (layers are replaced, not duplicated), keeping the user's toggles
+    # the same names on another image (one layer per name, not duplicated), keeping the user's toggles
     layers[_layers.PREDICTION].visible = True
     layers[_layers.CAM_GLAND].opacity = 0.25
     other = store.names("train")[1]
