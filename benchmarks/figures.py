@@ -236,6 +236,16 @@ FIGURES: tuple[Figure, ...] = (
             Quote(README, lambda d: _testa(d, "object_Dice"), "{:.1f}", "testA object Dice"),
             Quote(README, lambda d: _testa(d, "object_Hausdorff"), "{:.1f}", "testA object Hausdorff"),
             Quote(README, lambda d: d["wall_seconds"] / 60, "{:.1f} min", "wall time"))),
+    Figure("end-to-end-supervised", "PY benchmarks/end_to_end.py --preset cpu --set segmentation.label_source=mask "
+           "--name cpu-supervised", "end_to_end-cpu-supervised.json", 50,
+           "the fully supervised reference: the cpu preset's U-Net trained on the gland masks",
+           (Quote(README, lambda d: _testa(d, "mIoU"), what="testA mIoU"),
+            Quote(README, lambda d: d["evaluation"]["val"]["mIoU"], what="validation mIoU"),
+            Quote(README, lambda d: d["stage_seconds"]["segmentation"] / 60, "{:.1f} min of training",
+                  "segmentation time"),
+            *(Quote(BENCH_DOC, v, f, w) for v, f, w in (
+                (lambda d: _testa(d, "mIoU"), "{:.2f}", "testA mIoU"),
+                (lambda d: d["evaluation"]["val"]["mIoU"], "{:.2f}", "validation mIoU"))))),
     Figure("instances-cpu", "PY benchmarks/end_to_end.py --preset cpu && PY benchmarks/instances.py "
            "benchmarks/results/end_to_end-cpu.oeem.zarr", "instances-cpu.json", 42,
            "glands as objects: every separation of the cpu model's prediction, chosen on validation, on testA",
