@@ -104,7 +104,21 @@ def main() -> None:
         "pseudo": {"train": report["cams"]["pseudo"]["mIoU"], "val": cam_val},
         "selftrain": [{"round": r["round"], "train": r["train"]["after"]["mIoU"],
                        "val": r.get("val", {}).get("after", {}).get("mIoU", nan)} for r in rounds],
-        "evaluation": ev, "restricted_prediction": restricted})
+        "evaluation": ev, "restricted_prediction": restricted, "schedule": budget_schedule(store)})
+
+
+def budget_schedule(store: ProjectStore) -> dict | None:
+    """What a budgeted run's planner kept (its record in the project): classifier epochs, CAM scales, segmentation
+    iterations (as resized before each training), self-training rounds and the time it expected; None without a
+    budget."""
+    rec = store.load_run("budget")
+    if not rec:
+        return None
+    cfg = rec["config"]
+    return {"budget_s": rec.get("budget_s"), "classifier_epochs": cfg["classifier"]["epochs"],
+            "cam_scales": cfg["cam"]["scales"], "segmentation_iterations": cfg["segmentation"]["iterations"],
+            "rounds": cfg["selftrain"]["rounds"], "resized": rec.get("resized"),
+            "expected_s": (rec.get("estimate") or {}).get("total_s")}
 
 
 def restricted_prediction(store: ProjectStore, cfg: PipelineConfig) -> dict[str, dict]:
