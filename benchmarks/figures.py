@@ -295,7 +295,15 @@ FIGURES: tuple[Figure, ...] = (
       for suffix, flag, what in (("", "", ""), ("-fp32", " --precision fp32", ", in fp32"))),
     *(Figure(f"budget-{b}-{p}", f"PY benchmarks/end_to_end.py --preset cpu --budget {b} --precision {p} "
              f"--name budget-{b}-{p} --fresh", f"end_to_end-budget-{b}-{p}.json", int(b[:-1]),
-             f"`oeem run --budget {b}` in {p}: what the planner keeps, the score and the time")
+             f"`oeem run --budget {b}` in {p}: what the planner keeps, the score and the time",
+             (*(Quote(doc, lambda d: _testa(d, "mIoU"), "{:.2f}", "testA mIoU") for doc in (README, BENCH_DOC)),
+              Quote(README, lambda d: d["wall_seconds"] / 60, "{:.1f} min", "wall time"),
+              Quote(BENCH_DOC, lambda d: d["wall_seconds"] / 60, "{:.1f}", "wall time"),
+              Quote(BENCH_DOC, lambda d: d["evaluation"]["val"]["mIoU"], "{:.2f}", "validation mIoU"),
+              Quote(BENCH_DOC, lambda d: d["pseudo"]["train"], "{:.2f}", "stage-1 pseudo-masks"),
+              Quote(BENCH_DOC, lambda d: _testa(d, "object_F1"), "{:.2f}", "testA object F1"),
+              Quote(BENCH_DOC, lambda d: d["schedule"]["segmentation_iterations"], "{}", "iterations"))
+             if b == "30m" else ())
       for b in ("30m", "60m") for p in ("fp32", "bf16")),
     Figure("update-safety", "PY benchmarks/update_safety.py --project benchmarks/results/end_to_end-cpu.oeem.zarr "
            "--name cpu-bf16-lr --arms train-bn+lr=0.0003 train-bn+lr=0.0001", "update_safety-cpu-bf16-lr.json", 12,
