@@ -26,7 +26,7 @@ from _common import machine, print_table, write_json
 from pipeline.config import InstanceConfig
 from pipeline.metrics import ObjectCounts, confusion, from_confusion, object_counts
 from pipeline.progress import run
-from pipeline.stages.instances import separate
+from pipeline.stages.instances import instances_of, separate
 from pipeline.store import ProjectStore
 from pipeline.store.project import project_config
 
@@ -37,7 +37,6 @@ GRID += [("core", {"core_threshold": t, "core_opening": r, "min_core_area": a})
          for t, r, a in itertools.product((0.9, 0.95, 0.97, 0.98), (0, 4), (500, 1000))]
 GRID += [("core", {"core_threshold": t, "core_opening": 0, "min_core_area": 1000, "working_scale": 1.0})
          for t in (0.95, 0.97)]  # the separation at full resolution: better or only slower?
-PARAMS = ("h", "core_threshold", "core_opening", "min_core_area", "working_scale")
 SPEED_SHARE = 0.10  # the instance step may add this share to the prediction's time (issue #47): slower rows lose
 
 
@@ -110,14 +109,14 @@ def main() -> None:
           f"{pixel['test']['mIoU']:.2f}; the prediction takes {predict_ms:.0f} ms/image in this run "
           f"({predict_precision}), the chosen separation {best['ms_per_image']:.1f} ms "
           f"({100 * best['ms_per_image'] / predict_ms:.0f} %)")
-    shipped = asdict(InstanceConfig())  # the slide is timed with what `oeem` ships, whatever this run chose
-    shipped_params = {("working_scale" if k == "scale" else k): v for k, v in shipped.items() if k != "method"}
-    if any(best.get(k, v) != v for k, v in shipped_params.items()) or best["method"] != shipped["method"]:
+    shipped = InstanceConfig()  # the slide is timed with what `oeem` ships, whatever this run chose
+    if best["method"] != shipped.method or any(best.get("working_scale" if k == "scale" else k, v) != v
+                                               for k, v in asdict(shipped).items() if k != "method"):
         print(f"(this run's choice differs from the shipped setting {shipped}; the slide is timed with the shipped "
               "one)")
-    slide = slide_speed(store, data, splits["test"], shipped_params, shipped["method"],
-                        project_config(store, save=False).slide.project_mpp, args.precision)
-    slide["setting"] = shipped
+    slide = slide_speed(store, data, splits["test"], shipped, project_config(store, save=False).slide.project_mpp,
+                        args.precision)
+    slide["setting"] = asdict(shipped)
     print(f"a mosaic of the {slide['images']} testA predictions as one slide ({slide['mm2']:.1f} mm², "
           f"{slide['megapixels']:.1f} Mpx): glands cut in {slide['seconds']:.1f} s, {slide['seconds_per_mm2']:.2f} "
           f"s/mm², {100 * slide['share_of_prediction']:.0f} % of its prediction's {slide['prediction_seconds']:.1f} s "
@@ -154,9 +153,9 @@ def prediction_ms(project: Path, names: list[str], precision: str | None = None)
     return 1000 * rec["seconds_per_image"], rec["precision"]
 
 
-def slide_speed(store: ProjectStore, data: dict, names: list[str], params: dict, method: str, mpp: float,
+def slide_speed(store: ProjectStore, data: dict, names: list[str], cfg: InstanceConfig, mpp: float,
                 precision: str | None = None) -> dict:
-    """The chosen separation on a slide, against the slide's own prediction in the same run: the images laid side
+    """The separation ``cfg`` on a slide, against the slide's own prediction in the same run: the images laid side
     by side (8 per row) as one tiled TIFF, each image's cell filled out by mirroring its edges (tissue everywhere,
     as on a slide: a white gap would read as the lumen of one gland running across the images), predicted by
     `oeem predict-slide` with the project's model and settings, whose glands are then cut (tiles, halo, seams,
@@ -175,13 +174,12 @@ def slide_speed(store: ProjectStore, data: dict, names: list[str], params: dict,
     rows = -(-len(names) // per_row)
     mosaic = np.zeros((rows * cell_h, per_row * cell_w, 3), np.uint8)
     alone = 0
-    cfg = InstanceConfig(method=method, **{("scale" if k == "working_scale" else k): v for k, v in params.items()})
     for k, n in enumerate(names):
         img = store.image(n)
         y, x = (k // per_row) * cell_h, (k % per_row) * cell_w
         mosaic[y:y + cell_h, x:x + cell_w] = np.pad(img, ((0, cell_h - img.shape[0]), (0, cell_w - img.shape[1]),
                                                            (0, 0)), mode="symmetric")
-        ids = separate(data[n][0], data[n][1], method, **params)
+        ids = instances_of(data[n][0], data[n][1], cfg)
         alone += len(np.unique(ids[ids > 0]))
     pcfg = project_config(store, None, None, save=False)
     pcfg.inference.precision = precision or pcfg.inference.precision
