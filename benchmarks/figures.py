@@ -286,6 +286,14 @@ FIGURES: tuple[Figure, ...] = (
                Quote(BENCH_DOC, lambda d: d["slide"]["seconds_per_mm2"], "{:.2f} s/mm²", "seconds per mm² of slide"),
                Quote(BENCH_DOC, lambda d: 100 * d["slide"]["share_of_prediction"], "{:.0f} % of the slide",
                      "share of the slide's prediction"))),
+    Figure("instances-learned", "PY benchmarks/instances_learned.py benchmarks/results/end_to_end-cpu.oeem.zarr",
+           "instances_learned-cpu.json", 8,
+           "glands seeded by a learned interior (a head on the frozen cpu model, trained on its own labels) against "
+           "the shipped probability core (after end-to-end-cpu)",
+           tuple(Quote(BENCH_DOC, lambda d, m=m, s=s, k=k: d["best_of_each_method"][m][s][k], "{:.1f}", f"{m}: {s} {k}")
+                 for m, s, k in (("interior", "val", "object_F1"), ("interior", "test", "object_F1"),
+                                 ("interior", "test", "object_Dice"), ("interior", "test", "object_Hausdorff"),
+                                 ("core", "val", "object_F1"), ("core", "test", "object_F1")))),
     *(Figure(f"demo{suffix}", "PY benchmarks/end_to_end.py --data sample --val-images 0 --fresh --set "
              "classifier.epochs=4 classifier.min_epoch_steps=0 'cam.scales=[1,1.5]' segmentation.iterations=120 "
              f"selftrain.rounds=0 'inference.scales=[1]' inference.flip=false --name demo{suffix}{flag}",
