@@ -310,8 +310,7 @@ FIGURES: tuple[Figure, ...] = (
               Quote(BENCH_DOC, lambda d: d["evaluation"]["val"]["mIoU"], "{:.2f}", "validation mIoU"),
               Quote(BENCH_DOC, lambda d: d["pseudo"]["train"], "{:.2f}", "stage-1 pseudo-masks"),
               Quote(BENCH_DOC, lambda d: _testa(d, "object_F1"), "{:.2f}", "testA object F1"),
-              Quote(BENCH_DOC, lambda d: d["schedule"]["segmentation_iterations"], "{}", "iterations"))
-)
+              Quote(BENCH_DOC, lambda d: d["schedule"]["segmentation_iterations"], "{}", "iterations")))
       for b in ("30m", "60m") for p in ("fp32", "bf16")),
     Figure("update-safety", "PY benchmarks/update_safety.py --project benchmarks/results/end_to_end-cpu.oeem.zarr "
            "--name cpu-bf16-lr --arms train-bn+lr=0.0003 train-bn+lr=0.0001", "update_safety-cpu-bf16-lr.json", 12,

@@ -22,11 +22,12 @@ import itertools
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from _common import machine, print_table, write_json
 
-from pipeline.config import NORMS
+from pipeline.config import NORMS, InferConfig, SegConfig
 from pipeline.device import autocast, in_layout, resolve_precision, to_tensor_image
 from pipeline.metrics import ObjectCounts, object_counts
 from pipeline.stages.infer import sliding_logits
@@ -65,7 +66,7 @@ def erode(fg: torch.Tensor, r: int) -> torch.Tensor:
     return -F.max_pool2d(-fg, 2 * r + 1, 1, r)
 
 
-def train_head(net: WithInterior, store: ProjectStore, cfg, radii: list[int], iters: int, lr: float,
+def train_head(net: WithInterior, store: ProjectStore, cfg: SegConfig, radii: list[int], iters: int, lr: float,
                amp: torch.dtype | None) -> float:
     """The interior head trained on the project's training tiles, augmented as the segmentation trains; seconds."""
     images, codes, _ = tile_dataset(store, cfg)
@@ -92,7 +93,8 @@ def train_head(net: WithInterior, store: ProjectStore, cfg, radii: list[int], it
 
 
 @torch.no_grad()
-def interior_of(net: WithInterior, image, cfg, icfg, amp) -> torch.Tensor:
+def interior_of(net: WithInterior, image: np.ndarray, cfg: SegConfig, icfg: InferConfig,
+                amp: torch.dtype | None) -> torch.Tensor:
     """Interior probabilities (R, H, W) of one image, predicted as ``oeem predict`` predicts (the project's
     scales, windows and flips), averaged over them."""
     h, w = image.shape[:2]
