@@ -22,15 +22,14 @@ import itertools
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from _common import machine, print_table, write_json
 
-from pipeline.config import NORMS, InferConfig, SegConfig
-from pipeline.device import autocast, in_layout, resolve_precision, to_tensor_image
+from pipeline.config import SegConfig
+from pipeline.device import autocast, in_layout, resolve_precision
 from pipeline.metrics import ObjectCounts, object_counts
-from pipeline.stages.infer import sliding_logits
+from pipeline.stages.infer import predict_probs
 from pipeline.stages.instances import separate
 from pipeline.stages.segment import IGNORE, SegmentationStep, decode, load_segmenter, tile_dataset
 from pipeline.store import ProjectStore
@@ -92,26 +91,6 @@ def train_head(net: WithInterior, store: ProjectStore, cfg: SegConfig, radii: li
     return time.perf_counter() - t0
 
 
-@torch.no_grad()
-def interior_of(net: WithInterior, image: np.ndarray, cfg: SegConfig, icfg: InferConfig,
-                amp: torch.dtype | None) -> torch.Tensor:
-    """Interior probabilities (R, H, W) of one image, predicted as ``oeem predict`` predicts (the project's
-    scales, windows and flips), averaged over them."""
-    h, w = image.shape[:2]
-    x = to_tensor_image(image, *NORMS[cfg.input_norm])
-    acc, n = 0, 0
-    for s in icfg.scales:
-        size = (max(8, round(h * s * cfg.working_scale)), max(8, round(w * s * cfg.working_scale)))
-        xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=size[0] < h)
-        for flip in (False, True) if icfg.flip else (False,):
-            lg = sliding_logits(net, xs.flip(-1) if flip else xs, icfg.crop_size, icfg.stride, icfg.batch_size,
-                                icfg.blend, amp)[:, 2:]
-            lg = lg.flip(-1) if flip else lg
-            acc = acc + F.interpolate(lg, size=(h, w), mode="bilinear", align_corners=False).sigmoid()
-            n += 1
-    return (acc / n)[0]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("project")
@@ -134,7 +113,9 @@ def main() -> None:
     splits = {s: [n for n in store.names(s) if store.has(n, "mask")] for s in SPLITS}
     data, t0 = {}, time.perf_counter()
     for n in (n for s in SPLITS for n in splits[s]):
-        inner = interior_of(net, store.image(n), cfg, icfg, amp).numpy()
+        # as `oeem predict` predicts (the project's scales, windows, flips), the interior logits through a sigmoid
+        inner = predict_probs(net, store.image(n), icfg, torch.device("cpu"), cfg,
+                              activation=lambda lg: lg[:, 2:].sigmoid())
         data[n] = (store.read(n, "prediction"), store.read(n, "prob"), inner, store.truth_objects(n)[0])
     interior_ms = 1000 * (time.perf_counter() - t0) / len(data)
 

@@ -5,6 +5,7 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -85,8 +86,10 @@ def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: i
 
 @torch.no_grad()
 def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.device,
-                  seg_cfg: SegConfig | None = None) -> np.ndarray:
+                  seg_cfg: SegConfig | None = None,
+                  activation: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
     """Class probabilities (C, H, W) at the image's own size: softmax averaged over scales (and horizontal flips).
+    ``activation`` replaces the softmax (logits (1, C, H, W) -> probabilities) for a network with other outputs.
 
     ``seg_cfg`` (the model's training settings) gives the input normalisation and the working resolution: each
     test scale is relative to it, and the logits are upsampled to the original size before the softmax."""
@@ -109,7 +112,8 @@ def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.devi
             logits = sliding_logits(model, inp, cfg.crop_size, cfg.stride, cfg.batch_size, cfg.blend, amp)
             if flip:
                 logits = logits.flip(-1)
-            prob = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False).softmax(1)
+            logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            prob = logits.softmax(1) if activation is None else activation(logits)
             acc = prob if acc is None else acc + prob
             n += 1
     return (acc[0] / n).cpu().numpy()
