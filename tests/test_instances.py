@@ -283,6 +283,27 @@ def test_a_slide_cut_in_tiles_gives_the_whole_image_glands(tmp_path):
     np.testing.assert_array_equal(tiled > 0, mask > 0)
 
 
+def test_a_region_wider_than_the_halo_stays_one_gland_across_blocks_and_corners(tmp_path):
+    """The last pass follows a large region into blocks no tile saw it in, and joins parts that meet only
+    diagonally at a block corner."""
+    from pipeline.slides.instances import slide_instances
+
+    mask = np.zeros((128, 256), np.uint8)
+    mask[10:15, 5:250] = 1  # a bar far wider than tile + halo: it reaches blocks its owner tile never read
+    mask[10:32, 20:25] = 1
+    mask[20:32, 20:32] = 1  # ends at the corner of block (0, 0) ...
+    mask[32:44, 32:44] = 1  # ... and goes on from the corner of block (1, 1): 8-connected there only
+    mask[80:90, 200:210] = 1  # a small gland elsewhere, cut by its tile
+    out = tmp_path / "s.ome.zarr"
+    _slide_prediction(out, mask, mask * 0.99, 32)
+    rec = run(slide_instances(out, InstanceConfig(), tile=64, halo=16))
+    ids = np.asarray(zarr.open_group(str(out), mode="r")["labels/glands/0"]).astype(np.int64)
+    np.testing.assert_array_equal(ids > 0, mask > 0)
+    assert rec["too_large"] == 1 and rec["glands"] == 2
+    assert len(np.unique(ids[10:44, :250][mask[10:44, :250] > 0])) == 1
+    assert ids[85, 205] not in (0, ids[12, 100])
+
+
 def test_slide_geojson_has_one_feature_per_gland_id(tmp_path):
     from pipeline.slides.geojson_export import export_slide_geojson
     from pipeline.slides.instances import slide_instances

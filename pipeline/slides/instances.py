@@ -2,13 +2,13 @@
 
 Why this gives the same glands as one image would, with no gland split by a tile seam and no id used twice: the
 separation (:func:`pipeline.stages.instances.separate`) only cuts inside a connected region of the mask and sees
-nothing outside it. So the slide is read in tiles with a halo (``HALO`` px on each side); a region is cut by the
-one tile whose core holds its first pixel (top row, then left), and only when the region lies wholly inside that
-tile's window (then the cut is exactly the one the whole slide would give). A region wider than the halo is kept
-as one gland and counted (``too_large``): a last pass labels those regions block by block and joins their parts
-across block seams (union-find, as :mod:`pipeline.slides.geojson_export` does). Ids are the tile's index times
-2^16 plus the local id (the large regions: ids after every tile's): unique without renumbering. Tiles and halos
-are whole multiples of the separation's grid, so each tile samples the same pixels.
+nothing outside it. So the slide is read in tiles with a halo (``HALO`` px on each side); a region is cut by the one
+tile whose core holds its first pixel (top row, then left), and only when the region lies wholly inside that tile's
+window (then the cut is exactly the one the whole slide would give). A region wider than the halo is kept as one
+gland and counted (``too_large``): a last pass labels those regions in the blocks they reach (and only those) and
+joins their parts across block seams (union-find, as :mod:`pipeline.slides.geojson_export` does). Ids are the tile's
+index times 2^16 plus the local id (the large regions: ids after every tile's): unique without renumbering. Tiles
+and halos are whole multiples of the separation's grid, so each tile samples the same pixels.
 """
 from __future__ import annotations
 
@@ -54,19 +54,20 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
     glands = labels_group.require_group("glands")
     mpp = float(dict(root.attrs.get("oeem_slide_prediction", {})).get("project_mpp") or 0) or None
     ids_out = create_level(glands, "0", (h, w), "uint32", tuple(pred.chunks), fill_value=0)
+    block = int(pred.chunks[0])
     ny, nx = -(-h // tile), -(-w // tile)
 
     def cut_tile(ty: int, tx: int) -> tuple[tuple[slice, slice] | None, np.ndarray | None, np.ndarray | None,
-                                            int, int]:
+                                            int, int, set[tuple[int, int]]]:
         """The glands of the regions tile (ty, tx) owns: (box, which of its pixels, their ids - None when it cuts
-        none -, how many glands, how many regions it leaves to the last pass); reads only, so two tiles may be
-        cut at once."""
+        none -, how many glands, how many regions it leaves to the last pass, the blocks those lie in); reads
+        only, so two tiles may be cut at once."""
         y0, x0 = ty * tile, tx * tile
         wy0, wx0 = max(0, y0 - halo), max(0, x0 - halo)
         wy1, wx1 = min(h, y0 + tile + halo), min(w, x0 + tile + halo)
         mask = np.asarray(pred[wy0:wy1, wx0:wx1]) > 0
         if not mask.any():
-            return None, None, None, 0, 0
+            return None, None, None, 0, 0, set()
         regions = label(mask, connectivity=2)
         owned = np.zeros(int(regions.max()) + 1, bool)
         whole = np.zeros_like(owned)
@@ -79,9 +80,14 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
             whole[k] = ((sl[0].start > 0 or wy0 == 0) and (sl[0].stop < mask.shape[0] or wy1 == h)
                         and (sl[1].start > 0 or wx0 == 0) and (sl[1].stop < mask.shape[1] or wx1 == w))
         cut = owned & whole
-        left = int((owned & ~whole).sum())  # larger than the halo: the last pass
+        seeds = set()  # the blocks where the regions larger than the halo start: the last pass begins there
+        for k in np.nonzero(owned & ~whole)[0]:
+            sl = boxes[k - 1]
+            seeds.update((by, bx) for by in range((wy0 + sl[0].start) // block, (wy0 + sl[0].stop - 1) // block + 1)
+                         for bx in range((wx0 + sl[1].start) // block, (wx0 + sl[1].stop - 1) // block + 1))
+        left = int((owned & ~whole).sum())
         if not cut.any():
-            return None, None, None, 0, left
+            return None, None, None, 0, left, seeds
         # only the owned regions' box is cut, with CONTEXT px of whatever lies around them (a region's cut
         # depends on itself and its neighbours' pixels within a few px) and on the separation's grid
         cut_boxes = [boxes[k - 1] for k in np.nonzero(cut)[0]]
@@ -97,9 +103,10 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
             raise OEEMError(f"{out}: more than {PER_TILE - 1} glands in one {tile} px tile; lower the tile size")
         glands_here = int(np.count_nonzero(np.bincount(local.ravel())[1:]))
         ids = np.where(local > 0, local.astype(np.uint32) + np.uint32((ty * nx + tx) * PER_TILE), 0)
-        return box, mine, ids, glands_here, left
+        return box, mine, ids, glands_here, left, seeds
 
     count = too_large = 0
+    seeds: set[tuple[int, int]] = set()
     # two tiles cut at once (the labelling and the watershed release the GIL: the 2 cores the prediction used);
     # written one by one in tile order, so a write never races another and the result is the one-thread one
     tiles = [(ty, tx) for ty in range(ny) for tx in range(nx)]
@@ -109,8 +116,9 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
             for k in range(len(tiles)):
                 while len(pending) < 2 and k + len(pending) < len(tiles):
                     pending.append(pool.submit(cut_tile, *tiles[k + len(pending)]))
-                box, mine, ids, glands_here, left = pending.popleft().result()
+                box, mine, ids, glands_here, left, tile_seeds = pending.popleft().result()
                 count, too_large = count + glands_here, too_large + left
+                seeds |= tile_seeds
                 if box is not None:
                     ids_out[box] = np.where(mine, ids, np.asarray(ids_out[box]))
                 ty, tx = tiles[k]
@@ -120,7 +128,7 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
             for f in pending:
                 f.cancel()
     if too_large:
-        count += yield from _label_the_rest(pred, ids_out, np.uint32(ny * nx * PER_TILE))
+        count += yield from _label_the_rest(pred, ids_out, np.uint32(ny * nx * PER_TILE), seeds)
     levels = add_levels(glands, LEVELS_MIN_SIDE, labels=True)
     glands.attrs["ome"] = label_metadata("glands", levels, mpp, ids=True)
     names = [n for n in ("prediction", "glands") if n in labels_group]
@@ -131,19 +139,22 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
     return record
 
 
-def _label_the_rest(pred: zarr.Array, ids_out: zarr.Array, first_id: np.uint32) -> Job[int]:
-    """Give each region of the mask that no tile cut (wider than the halo) one id, starting at ``first_id``:
-    its parts in each block (8-connected) are joined across block seams, edge pixels and their diagonal
-    neighbours alike; returns how many regions. Each block is labelled once per pass: the first keeps only its
-    edge lines for the seams, the second labels it again to write (memory stays one block)."""
+def _label_the_rest(pred: zarr.Array, ids_out: zarr.Array, first_id: np.uint32,
+                    seeds: set[tuple[int, int]]) -> Job[int]:
+    """Give each region of the mask that no tile cut (wider than the halo) one id, starting at ``first_id``; returns
+    how many regions. Only the blocks those regions reach are read: from the ``seeds`` (blocks where a tile saw
+    one), a block whose uncut regions touch an edge or a corner adds the block beyond it. Each region's parts in
+    each block (8-connected) are joined across block seams and corners (union-find, as
+    :mod:`pipeline.slides.geojson_export` does). Each block is labelled once per pass: the first keeps only its
+    edge lines, the second labels it again to write (memory stays one block)."""
     from pipeline.slides.geojson_export import GlandParts, link_parts
 
     block = int(pred.chunks[0])
     h, w = pred.shape
     ny, nx = -(-h // block), -(-w // block)
     parts = GlandParts()
-    local: dict[tuple[int, int], np.ndarray] = {}  # each block's part index of its local labels
-    edges: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # its last column and last row of labels
+    local: dict[tuple[int, int], np.ndarray] = {}  # each reached block's part index of its local labels
+    edges: dict[tuple[int, int], tuple[np.ndarray, ...]] = {}  # its top row, bottom row, left and right column
 
     def rest(by: int, bx: int) -> np.ndarray:
         sl = (slice(by * block, (by + 1) * block), slice(bx * block, (bx + 1) * block))
@@ -154,28 +165,42 @@ def _label_the_rest(pred: zarr.Array, ids_out: zarr.Array, first_id: np.uint32) 
         for da, db in ((slice(0, n), slice(0, n)), (slice(1, n), slice(0, n - 1)), (slice(0, n - 1), slice(1, n))):
             link_parts(parts, a[da], b[db], ids_a, ids_b)
 
-    for by in range(ny):
-        for bx in range(nx):
-            labels = rest(by, bx)
-            index = np.array([parts.add([0, 0, 0, 0], (0, 0)) if k else -1 for k in range(int(labels.max()) + 1)])
-            local[by, bx] = index
-            edges[by, bx] = (labels[:, -1], labels[-1, :])
-            if bx > 0:
-                link(edges[by, bx - 1][0], labels[:, 0], local[by, bx - 1], index)
-            if by > 0:
-                link(edges[by - 1, bx][1], labels[0, :], local[by - 1, bx], index)
-        yield Progress("large regions", by + 1, 2 * ny, f"block row {by + 1}/{ny}")
+    todo = deque(sorted(seeds))
+    while todo:
+        by, bx = todo.popleft()
+        if (by, bx) in local:
+            continue
+        labels = rest(by, bx)
+        local[by, bx] = np.array([parts.add([0, 0, 0, 0], (0, 0)) if k else -1
+                                  for k in range(int(labels.max()) + 1)])
+        top, bottom, left, right = edges[by, bx] = (labels[0, :].copy(), labels[-1, :].copy(), labels[:, 0].copy(),
+                                                    labels[:, -1].copy())
+        reach = {(-1, 0): top.any(), (1, 0): bottom.any(), (0, -1): left.any(), (0, 1): right.any(),
+                 (-1, -1): top[0] > 0, (-1, 1): top[-1] > 0, (1, -1): bottom[0] > 0, (1, 1): bottom[-1] > 0}
+        for (dy, dx), touches in reach.items():
+            if touches and 0 <= by + dy < ny and 0 <= bx + dx < nx and (by + dy, bx + dx) not in local:
+                todo.append((by + dy, bx + dx))
+        yield Progress("large regions", len(local), len(local) + len(todo), f"{len(local)} blocks read")
+    for (by, bx), index in local.items():  # each seam and corner once: with the blocks right of and below it
+        top, bottom, left, right = edges[by, bx]
+        if (by, bx + 1) in local:
+            link(right, edges[by, bx + 1][2], index, local[by, bx + 1])
+        if (by + 1, bx) in local:
+            link(bottom, edges[by + 1, bx][0], index, local[by + 1, bx])
+        if (by + 1, bx + 1) in local:
+            link_parts(parts, bottom[-1:], edges[by + 1, bx + 1][0][:1], index, local[by + 1, bx + 1])
+        if (by + 1, bx - 1) in local:
+            link_parts(parts, bottom[:1], edges[by + 1, bx - 1][0][-1:], index, local[by + 1, bx - 1])
     roots = sorted({parts.find(i) for i in range(len(parts.parent))})
     number = {r: first_id + np.uint32(k + 1) for k, r in enumerate(roots)}
-    for by in range(ny):
-        for bx in range(nx):
-            if len(local[by, bx]) < 2:
-                continue  # no region of the last pass in this block: not read again
-            labels = rest(by, bx)
-            lut = np.zeros(int(labels.max()) + 1, np.uint32)
-            for k, part in enumerate(local[by, bx][1:], start=1):
-                lut[k] = number[parts.find(int(part))]
-            sl = (slice(by * block, (by + 1) * block), slice(bx * block, (bx + 1) * block))
-            ids_out[sl] = np.where(labels > 0, lut[labels], np.asarray(ids_out[sl]))
-        yield Progress("large regions", ny + by + 1, 2 * ny, f"block row {by + 1}/{ny}")
+    for k, ((by, bx), index) in enumerate(sorted(local.items())):
+        if len(index) < 2:
+            continue  # none of the regions in this block: not read again
+        labels = rest(by, bx)
+        lut = np.zeros(int(labels.max()) + 1, np.uint32)
+        for j, part in enumerate(index[1:], start=1):
+            lut[j] = number[parts.find(int(part))]
+        sl = (slice(by * block, (by + 1) * block), slice(bx * block, (bx + 1) * block))
+        ids_out[sl] = np.where(labels > 0, lut[labels], np.asarray(ids_out[sl]))
+        yield Progress("large regions", k + 1, len(local), f"block {k + 1}/{len(local)} written")
     return len(roots)
