@@ -75,12 +75,13 @@ def cmd_stage1(args) -> None:
 def scores(store: ProjectStore, run_name: str, infer_cfg, splits=("val", "test", "train")) -> dict:
     """Dataset-level mIoU / Dice / F1 of one model per split, in memory (the store's predictions are untouched),
     plus the current pseudo-masks' scores on the train and val splits for comparison. The mask is cleaned as
-    ``infer_cfg`` says (what ``oeem predict`` writes); ``mIoU_raw`` is the uncleaned argmax."""
+    ``infer_cfg`` says (what ``oeem predict`` writes); ``mIoU_raw`` is the uncleaned argmax. ``current`` is the
+    project's own model (what ``oeem run`` trained)."""
     from pipeline.metrics import confusion, from_confusion
     from pipeline.stages.infer import mask_from_probs, predict_probs
     from pipeline.stages.segment import load_segmenter
 
-    model, seg_cfg = load_segmenter(store, run_name, "cpu")
+    model, seg_cfg = load_segmenter(store, None if run_name == "current" else run_name, "cpu")
     out = {}
     for split in splits:
         names = [n for n in store.names(split) if store.has(n, "mask")]
@@ -471,7 +472,7 @@ def main() -> None:
     bs = sub.add_parser("bias")
     bs.add_argument("biases", nargs="*", type=float, default=[0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4, 5, 6, 8])
     sc = sub.add_parser("scales")
-    sc.add_argument("run", help="run name of the model to predict with")
+    sc.add_argument("run", help="run name of the model to predict with, or current for the project's model")
     sc.add_argument("sets", nargs="+", help="comma lists of scales, e.g. 1 0.75,1,1.25")
     args = ap.parse_args()
     {"stage1": cmd_stage1, "stage2": cmd_stage2, "refine": cmd_refine, "report": cmd_report,

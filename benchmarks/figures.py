@@ -185,6 +185,117 @@ def _slide_scale_out_table(d: dict) -> list[str]:
          f"x{ddp2['it_per_s'] / ddp1['it_per_s']:.2f}")])
 
 
+def _end_to_end_table(d: dict) -> list[str]:
+    """Each stage's labels and the final model's prediction, per split, and the minutes each stage took."""
+    def f(x: float | None) -> str:
+        return "" if x is None else f"{x:.2f}"
+    ev, restricted = d["evaluation"], d["restricted_prediction"]
+    rows = [("stage 1: pseudo-masks", f(d["pseudo"]["train"]), f(d["pseudo"]["val"]), "")]
+    rows += [(f"self-training round {r['round']}: pseudo-masks", f(r["train"]), f(r["val"]), "")
+             for r in d["selftrain"]]
+    rows.append(("**prediction** (the final model)", f(ev["train"]["mIoU"]), f(ev["val"]["mIoU"]),
+                 f"**{ev['test']['mIoU']:.2f}**"))
+    rows.append(("the prediction restricted by the patch labels and cleaned (what a next round trains on)",
+                 f(restricted["train"]["mIoU"]), f(restricted["val"]["mIoU"]), ""))
+    rows.append(("the prediction's connected regions as glands: object F1 / Dice / Hausdorff",
+                 *(f"{ev[s]['object_F1']:.1f} / {ev[s]['object_Dice']:.1f} / {ev[s]['object_Hausdorff']:.1f}"
+                   for s in ("train", "val", "test"))))
+    sec = d["stage_seconds"]
+    minutes = ", ".join(f"{k} {v / 60:.1f}" for k, v in sec.items() if v >= 30)
+    rows.append((f"minutes, {d['precision']['segmentation']}: {minutes}; peak memory "
+                 f"{d['peak_rss_mb'] / 1024:.1f} GB", "", "", f"**{d['wall_seconds'] / 60:.1f}** in all"))
+    return markdown(("mIoU", "train", "validation", "testA"), rows)
+
+
+def _weak_budget_table(d: dict) -> list[str]:
+    """The short-schedule budget sweep: what tagging 10-100 % of the images (picked by `oeem suggest`) buys."""
+    runs = [r for r in d["runs"].values() if r.get("schedule") != "cpu preset"]
+    full = next(r for r in runs if r["budget"] == 100)
+    rows = [(f"{r['budget']} %", f"{r['labelled_patches']:,}", f"{r['val_pseudo_mIoU']:.2f}", f"{r['val_mIoU']:.2f}",
+             f"{r['testA_mIoU']:.2f}", f"{100 * r['testA_mIoU'] / full['testA_mIoU']:.1f} %", f"{r['minutes']:.1f}")
+            for r in sorted(runs, key=lambda r: r["budget"])]
+    return markdown(("tagged (`oeem suggest`)", "labelled patches", "validation pseudo-masks", "validation mIoU",
+                     "testA mIoU", "of the 100 % testA", "min"), rows)
+
+
+def _mean_sd(xs: list[float]) -> str:
+    return f"{xs[0]:.2f}" if len(xs) == 1 else f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
+
+
+def _losses_table(d: dict) -> list[str]:
+    """Each loss on the stage-1 pseudo-masks (mean ± sd over its seeds, each seed's figure in brackets), then
+    l_norm minus CE paired seed by seed."""
+    by: dict[str, list[dict]] = {}
+    for r in d["rows"]:
+        by.setdefault(r["name"], []).append(r)
+    names = sorted(by, key=lambda n: (n not in ("ce", "l_norm"), n != "ce", n))
+
+    def cell(rs: list[dict], split: str) -> str:
+        xs = [r[split]["mIoU"] for r in sorted(rs, key=lambda r: r["seed"])]
+        return _mean_sd(xs) + (" (" + " / ".join(f"{x:.2f}" for x in xs) + ")" if len(xs) > 1 else "")
+    rows = [(f"`{n}`", ", ".join(str(r["seed"]) for r in sorted(by[n], key=lambda r: r["seed"])),
+             cell(by[n], "val"), cell(by[n], "test"), cell(by[n], "train"),
+             f"{statistics.mean(r['train_s'] for r in by[n]) / 60:.1f}") for n in names]
+    ce = {r["seed"]: r for r in by.get("ce", [])}
+    pairs = sorted((r["seed"], r) for r in by.get("l_norm", []) if r["seed"] in ce)
+    if pairs:
+        def diff(split: str) -> str:
+            xs = [r[split]["mIoU"] - ce[seed][split]["mIoU"] for seed, r in pairs]
+            sd = f" ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else ""
+            return f"{statistics.mean(xs):+.2f}{sd} (" + " / ".join(f"{x:+.2f}" for x in xs) + ")"
+        rows.append(("`l_norm` minus `ce`, paired by seed", ", ".join(str(k) for k, _ in pairs), diff("val"),
+                     diff("test"), diff("train"), ""))
+    labels = d["stage1"]["pseudo_mIoU"]
+    return markdown(("loss", "seeds", "validation mIoU", "testA mIoU", f"train (labels {labels:.2f})",
+                     "min per training"), rows)
+
+
+def _paired(split: str) -> Callable[[dict], float]:
+    """l_norm minus CE on one split, the mean over the seeds both ran."""
+    def value(d: dict) -> float:
+        by = {(r["name"], r["seed"]): r[split]["mIoU"] for r in d["rows"]}
+        seeds = [s for (n, s) in by if n == "ce" and ("l_norm", s) in by]
+        if not seeds:
+            raise KeyError("no seed with both ce and l_norm")
+        return statistics.mean(by["l_norm", s] - by["ce", s] for s in seeds)
+    return value
+
+
+def _bias_table(d: dict) -> list[str]:
+    g = d["gland_bias"]
+    return markdown(("gland bias", "validation pseudo mIoU", "train pseudo mIoU"),
+                    [(f"**{b:g}** (chosen)" if b == g["best_on_val"] else f"{b:g}", f"{v:.2f}", f"{t:.2f}")
+                     for b, v, t in zip(g["biases"], g["val"], g["train"])])
+
+
+def _cleaning_table(d: dict) -> list[str]:
+    """The prediction cleaned by each (drop, fill) pair with nothing dropped or with the preset's drop, the
+    pair validation chose in bold, the preset's marked."""
+    sys.path.insert(0, str(REPO))
+    from pipeline.config import preset
+
+    infer = preset("cpu").inference
+    ours = (infer.drop_glands_below, infer.fill_holes_below)
+    chosen = (d["chosen_on_val"]["drop_glands_below"], d["chosen_on_val"]["fill_holes_below"])
+    rows = []
+    for r in d["rows"]:
+        pair = (r["drop_glands_below"], r["fill_holes_below"])
+        if pair[0] not in (0, ours[0]):
+            continue
+        text = f"{pair[0]} / {pair[1]}" + (" (the preset)" if pair == ours else "") + (
+            " (chosen)" if pair == chosen else "")
+        rows.append((f"**{text}**" if pair == chosen else text, f"{r['val']['mean']:.2f}",
+                     f"{r['train']['mean']:.2f}", f"{r['test']['mean']:.2f}"))
+    return markdown(("drop glands < / fill holes < (px)", "validation mIoU", "train mIoU", "testA mIoU"), rows)
+
+
+def _scales_table(d: dict) -> list[str]:
+    t = d["scales"]["current"]
+    return markdown(("scales (+ flip)", "validation mIoU", "testA mIoU", "s per image"),
+                    [(" + ".join(f"{x:g}" for x in r["scales"]), f"{r['val']:.2f}", f"{r['test']:.2f}",
+                      f"{r['s_per_image']:.2f}") for r in t["rows"]])
+
+
 def _base_row(d: dict) -> dict:
     return next(r for r in d["rows"] if r["arm"] == "base")
 
@@ -235,7 +346,10 @@ FIGURES: tuple[Figure, ...] = (
             Quote(README, lambda d: _testa(d, "object_F1"), "{:.1f}", "testA object F1"),
             Quote(README, lambda d: _testa(d, "object_Dice"), "{:.1f}", "testA object Dice"),
             Quote(README, lambda d: _testa(d, "object_Hausdorff"), "{:.1f}", "testA object Hausdorff"),
-            Quote(README, lambda d: d["wall_seconds"] / 60, "{:.1f} min", "wall time"))),
+            Quote(README, lambda d: d["wall_seconds"] / 60, "{:.1f} min", "wall time"),
+            Quote(BENCH_DOC, lambda d: d["pseudo"]["train"], what="stage-1 pseudo-masks"),
+            Quote(BENCH_DOC, lambda d: d["selftrain"][-1]["train"], what="pseudo-masks after the rounds")),
+           tables=(Table(BENCH_DOC, "end-to-end-cpu", _end_to_end_table),)),
     Figure("end-to-end-supervised", "PY benchmarks/end_to_end.py --preset cpu --set segmentation.label_source=mask "
            "--name cpu-supervised", "end_to_end-cpu-supervised.json", 50,
            "the fully supervised reference: the cpu preset's U-Net trained on the gland masks",
@@ -377,7 +491,8 @@ FIGURES: tuple[Figure, ...] = (
                  for key, fmt in (("no_proposals", "{:,}"), ("ratio_no_proposals", "{:.1f}x"),
                                   ("with_proposals", "{:,}"), ("ratio", "{:.1f}x"),
                                   ("images_proposals_cost_more", "{} of the"), ("patches", "{:,}"))
-                 if doc == BENCH_DOC or key != "patches")),
+                 if doc == BENCH_DOC or key != "patches"),
+           tables=(Table(BENCH_DOC, "weak-budgets", _weak_budget_table),)),
     Figure("preview", "PY benchmarks/preview.py --sweep", "preview.json", 12,
            "the preview learned from tags in a second: validation / testA with 10 / 25 / 100 % tagged, key to "
            "preview",
@@ -489,21 +604,34 @@ FIGURES: tuple[Figure, ...] = (
             Quote(BENCH_DOC, lambda d: 100 * d["half_B"]["random_order"]["refit on A"], "{:.1f} %", "random"),
             Quote(BENCH_DOC, lambda d: 100 * d["choice_on_A"]["grid"]["tags+decisions/30/probability"],
                   "{:.1f} %", "chosen on A"))),
-    Figure("ablation", "PY=PY benchmarks/run_ablation.sh", "ablation.json", 480,
-           "what each setting of the cpu preset buys, on validation"),
-    Figure("scales", "PY benchmarks/ablation.py scales abl-ce-plain-bf16-r1-s0 1 0.75,1,1.25 1,1.25,1.5",
-           "ablation.json", 15, "what each test-time scale buys and costs (after the ablation: its model)"),
-    Figure("annotation-rank", "PY benchmarks/annotation_gain.py rank", "annotation_gain.json", 15,
-           "the label review's ranking against the truth (on the ablation's project: run after it)"),
-    Figure("annotation-gain", "PY benchmarks/annotation_gain.py gain --budgets 3 --seeds 0 1 2 "
-           "--baseline 'abl-ce-2k-r1-s{seed}'", "annotation_gain.json", 90,
-           "retraining on corrected regions: ranked against random places (after the ablation)"),
-    # the earlier preset's figures (docs/benchmarks.md, "Earlier preset"), with the settings of their time
-    Figure("earlier-stage1", "PY benchmarks/stage1_glas.py", "stage1_glas.json", 60, "earlier preset: stage 1"),
-    Figure("earlier-stage2-speed", "PY benchmarks/stage2_speed.py --images 3 --iterations 10", "stage2_speed.json",
-           5, "earlier preset: segmentation speed"),
-    Figure("earlier-tables", "PY benchmarks/glas_tables.py", "glas_tables.json", 600,
-           "earlier preset: the paper's loss tables"),
+    Figure("losses", "PY=PY benchmarks/run_losses.sh", "losses.json", 55,
+           "OEEM (l_norm) against CE on the stage-1 pseudo-masks of the cpu preset, 3 paired seeds; the gland bias",
+           (Quote(BENCH_DOC, lambda d: d["stage1"]["pseudo_mIoU"], what="stage-1 pseudo-masks"),
+            *(Quote(doc, _paired("val"), "{:+.2f} validation" if doc == README else "{:+.2f} ±",
+                    "l_norm minus CE, validation") for doc in (README, BENCH_DOC)),
+            *(Quote(doc, _paired("test"), "{:+.2f} testA" if doc == README else "{:+.2f} ±",
+                    "l_norm minus CE, testA") for doc in (README, BENCH_DOC)),
+            Quote(BENCH_DOC, _paired("train"), "{:+.2f} ±", "l_norm minus CE, train"),
+            Quote(BENCH_DOC, lambda d: d["gland_bias"]["best_on_val"], "bias of {:g}", "gland bias chosen")),
+           tables=(Table(BENCH_DOC, "losses", _losses_table), Table(BENCH_DOC, "gland-bias", _bias_table))),
+    Figure("losses-weightings", "WEIGHTINGS=1 PY=PY benchmarks/run_losses.sh", "losses.json", 32,
+           "the paper's other weightings (ohem, c_max, c_diff, lc_mix), one seed each (after losses: its project)"),
+    Figure("cleaning", "PY benchmarks/postprocess.py benchmarks/results/end_to_end-cpu.oeem.zarr --json "
+           "postprocess-cpu.json", "postprocess-cpu.json", 4,
+           "what cleaning the cpu model's prediction buys, each pair chosen on validation (after end-to-end-cpu)",
+           tables=(Table(BENCH_DOC, "cleaning", _cleaning_table),)),
+    Figure("scales", "OEEM_ABLATION_PROJECT=benchmarks/results/end_to_end-cpu.oeem.zarr "
+           "OEEM_ABLATION_JSON=benchmarks/results/scales-cpu.json PY benchmarks/ablation.py scales current "
+           "1 0.75,1,1.25 1,1.25,1.5", "scales-cpu.json", 8,
+           "what each test-time scale buys and costs, the cpu model (after end-to-end-cpu)",
+           tables=(Table(BENCH_DOC, "scales", _scales_table),)),
+    Figure("speed", "PY benchmarks/speed.py --steps 5", "speed.json", 15,
+           "where the training and prediction time goes: each work against the matmul peak, each lever"),
+    Figure("predict-images", "PY benchmarks/predict_images.py benchmarks/results/end_to_end-cpu.oeem.zarr",
+           "predict_images.json", 3,
+           "`oeem predict-images` on testA copies outside any project (after end-to-end-cpu)"),
+    Figure("slide-geojson", "PY benchmarks/slide_geojson.py", "slide_geojson.json", 5,
+           "a 20,000 px slide prediction exported to QuPath GeoJSON: time, memory, vertices"),
 )
 
 
@@ -564,7 +692,13 @@ def check_tables(fig: Figure, data: dict) -> list[str]:
         span = table_span(text, table)
         if span is None:
             problems.append(f"{fig.name}: {table.doc} has no {table.markers()[0]} ... {table.markers()[1]}")
-        elif text[span[0]:span[1]] != "\n".join(table.render(data)) + "\n":
+            continue
+        try:
+            lines = table.render(data)
+        except (KeyError, IndexError, TypeError, StopIteration) as exc:
+            problems.append(f"{fig.name}: {fig.result} holds no table {table.name} ({exc!r}); rerun: {fig.command}")
+            continue
+        if text[span[0]:span[1]] != "\n".join(lines) + "\n":
             problems.append(f"{fig.name}: the table {table.name} in {table.doc} is not what {fig.result} holds; "
                             "`python benchmarks/figures.py tables` writes it")
     return problems
@@ -585,7 +719,11 @@ def write_tables(figures: tuple[Figure, ...] = FIGURES) -> list[str]:
             if span is None:
                 raise SystemExit(f"{table.doc}: put {table.markers()[0]} and {table.markers()[1]} (each on its own "
                                  "line) where the table goes")
-            new = text[:span[0]] + "\n".join(table.render(data)) + "\n" + text[span[1]:]
+            try:
+                lines = table.render(data)
+            except (KeyError, IndexError, TypeError, StopIteration):
+                continue  # not measured yet: `check` says so
+            new = text[:span[0]] + "\n".join(lines) + "\n" + text[span[1]:]
             if new != text:
                 atomic_write_bytes(path, new.encode())
                 changed.append(table.doc)

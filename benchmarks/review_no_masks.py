@@ -13,7 +13,7 @@ Orders: (a) the ranking as made (its calibration), (b) shifted by the patch tags
 decision, (d) both - what ``ranking.learn_from_review`` does - and (d) ordered by expected wrong pixels instead of
 probability (``pipeline.review.online.ORDER_BY``). Reported: the share of accepted regions among the
 first 10 / 20 / 50 (region precision), the share of wrong labels inside them (pixel precision, as
-``annotation_gain.py rank`` measures the ranking), the wrong labels the accepted regions fix, and the precision
+the area's share of wrong labels), the wrong labels the accepted regions fix, and the precision
 curve over the number of reviewed regions. ``--cv`` chooses the L2 strength on one half of the images (alternate
 names) and reports it on the other half, both ways round. JSON: ``benchmarks/results/review_no_masks.json``.
 """

@@ -6,7 +6,7 @@
 Choosing settings: ``--no-retrain --no-test`` with grids of ``--lr`` / ``--focus`` / ``--weight`` scores each
 update on the validation split only (every combination, from the same corrected copy).
 
-The annotation-gain protocol (``benchmarks/annotation_gain.py``) on a project the pipeline trained: a simulated
+On a project the pipeline trained, a simulated
 pathologist corrects the largest wrong regions of the training pseudo-masks (the GlaS training masks play the
 pathologist) up to ``--budget`` percent of the training pixels. Then, each from the same model and pseudo-masks:
 

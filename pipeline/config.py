@@ -487,8 +487,8 @@ def preset(name: str) -> PipelineConfig:
         # fall behind (benchmarks/weak_labels.py, 25 % of GlaS tagged, seeds 0-2: testA 58.3 -> 70.7, from 77 % to
         # 93 % of the all-tagged result)
         cfg.classifier.min_epoch_steps = 430
-        # Per-patch CAMs as the reference makes them: on GlaS they beat whole-image CAMs by ~8 mIoU points
-        # (benchmarks/stage1_glas.py); three scales instead of five keep stage 1 near 30 min on 2 cores.
+        # Per-patch CAMs as the reference makes them: on GlaS they beat whole-image CAMs (cam.mode=image) in runs of
+        # an earlier version; three scales instead of five keep stage 1 short on 2 cores.
         # The pseudo-masks are cleaned as the prediction is (below): GlaS's masks include the lumen, which CAMs call
         # non-gland. Stage 1's pseudo-masks 69.3 -> 77.7 train, the final model 80.7 -> 87.6 validation end to end
         # (benchmarks/end_to_end.py, README)

@@ -1,6 +1,6 @@
 """Stage 1b: multi-scale class activation maps and pseudo-masks.
 
-Two ways to get the CAM of an image, side by side in ``benchmarks/stage1_glas.py``:
+Two ways to get the CAM of an image (``cam.mode``):
 ``patch`` (the reference): every patch is resized per scale, cut into crops, each crop classified, crop CAMs
 overlap-averaged; ``image``: the fully convolutional classifier runs once per scale over the whole image.
 Either way the pseudo-mask is the per-patch argmax over the classes that patch's label says are present
