@@ -302,12 +302,6 @@ def cmd_refine(args) -> None:
     print(json.dumps(entry, indent=1), flush=True)
 
 
-# The project's figures before this work (README, PSPNet on the `cpu` backbone at full resolution, random init,
-# 1500 iterations, stage 1 on all 85 training images, one seed): the "before" rows.
-BEFORE = {"cam": 58.59, "pseudo": 65.23, "full": 69.63, "ce": 52.76, "l_norm": 50.04, "train_min": 23.0,
-          "predict_s": 0.57}
-
-
 def fmt(values: list[float]) -> str:
     if not values:
         return "-"
@@ -352,9 +346,7 @@ def cmd_report(args) -> None:
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
         groups.setdefault((r["name"], r["round"]), []).append(r)
-    table = [("before: PSPNet full res. (README)", "-", "-", f"{BEFORE['ce']:.2f} (ce) / {BEFORE['l_norm']:.2f} "
-              f"(l_norm) / {BEFORE['full']:.2f} (full)", "-", f"{BEFORE['pseudo']:.2f}", f"{BEFORE['train_min']:.0f}",
-              "1")]
+    table = []
     for (name, rnd), rs in groups.items():
         table.append((name, str(rnd), fmt([r["val"]["mIoU"] for r in rs]), fmt([r["test"]["mIoU"] for r in rs]),
                       fmt([r["train"]["mIoU"] for r in rs]),
