@@ -638,6 +638,18 @@ FIGURES: tuple[Figure, ...] = (
 )
 
 
+# what a figure's command reads that another figure makes (git-ignored projects): `run` skips the figure, and says
+# which to run first, when they are missing - as on a fresh clone
+_E2E = ("benchmarks/results/end_to_end-cpu.oeem.zarr",)
+_WEAK25 = ("runs/bench/suggested-25-s0-cpu.oeem.zarr", "runs/bench/glas-truth.oeem.zarr")
+NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
+    **{name: (_E2E, "end-to-end-cpu") for name in (
+        "instances-cpu-fp32", "instances-learned", "update-safety", "update-safety-fp32", "review-heldout",
+        "cleaning", "scales", "predict-images")},
+    **{name: (_WEAK25, "weak-labels-25-preset") for name in ("update-safety-weak", "update-safety-weak-fp32")},
+    "losses-weightings": (("benchmarks/results/losses.oeem.zarr",), "losses"),
+}
+
 def load(fig: Figure) -> dict | None:
     path = RESULTS / fig.result
     return json.loads(path.read_text()) if path.is_file() else None
@@ -804,10 +816,17 @@ def cmd_run(args) -> int:
               file=sys.stderr)
         return 2
     py = shlex.quote(os.environ.get("PYTHON") or sys.executable)
-    failed = []
+    failed, skipped = [], []
     for fig in chosen:
         command = fig.command.replace("PY ", py + " ").replace("PY=PY", f"PY={py}")
         print(f"\n== {fig.name} (about {fig.minutes:g} min): {command}", flush=True)
+        paths, maker = NEEDS.get(fig.name, ((), ""))
+        missing = [p for p in paths if not (REPO / p).exists()]
+        if missing and not args.dry_run:
+            print(f"== {fig.name}: skipped - it reads {', '.join(missing)}, which `run --only {maker}` makes "
+                  "(not here yet)", flush=True)
+            skipped.append(fig.name)
+            continue
         if args.dry_run:
             continue
         t = time.perf_counter()
@@ -817,6 +836,8 @@ def cmd_run(args) -> int:
     if args.dry_run:
         print(f"\n{len(chosen)} commands, about {sum(f.minutes for f in chosen):g} min on 2 cores (nothing run)")
         return 0
+    if skipped:
+        print(f"skipped (their inputs are missing): {', '.join(skipped)}", file=sys.stderr)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else cmd_check(args)

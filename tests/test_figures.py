@@ -98,3 +98,17 @@ def test_every_figure_command_names_a_script_and_flags_it_has(fig):
             helps += _help(script, subs[0])
         for flag in (w.split("=")[0] for w in words if w.startswith("--")):
             assert flag in helps, f"{script.name} has no {flag}"
+
+
+def test_run_skips_a_figure_whose_inputs_another_figure_makes_are_missing(monkeypatch, capsys):
+    """On a fresh clone the projects other figures read are not there: `run` says which figure makes them and goes
+    on, instead of failing; once they exist the command runs (and its failure counts)."""
+    fig = figures.Figure("x", "PY -c 'raise SystemExit(3)'", "x.json", 1, "a figure", needs_glas=False)
+    monkeypatch.setattr(figures, "FIGURES", (fig,))
+    monkeypatch.setattr(figures, "NEEDS", {"x": (("benchmarks/results/no-such.oeem.zarr",), "maker")})
+    assert figures.main(["run", "--only", "x"]) == 0
+    captured = capsys.readouterr()
+    assert "x: skipped" in captured.out and "--only maker" in captured.out and "skipped" in captured.err
+    monkeypatch.setattr(figures, "NEEDS", {"x": (("README.md",), "maker")})
+    assert figures.main(["run", "--only", "x"]) == 1
+    assert "failed: x" in capsys.readouterr().err
