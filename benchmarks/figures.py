@@ -296,6 +296,66 @@ def _scales_table(d: dict) -> list[str]:
                       f"{r['s_per_image']:.2f}") for r in t["rows"]])
 
 
+def _review_table(d: dict) -> list[str]:
+    """The label review on half B: each review's share of mostly-wrong regions among the first 10 / 20 / 50 and
+    the wrong labels in the first 20's pixels, beside random order."""
+    b = d["half_B"]
+
+    def pct(x: float | None, fmt: str = "{:.0f} %") -> str:
+        return "-" if x is None else fmt.format(100 * x)
+
+    def row(what: str, key: str, bold: bool = False) -> tuple:
+        r = b["results"][key]
+        at20 = pct(r["precision@20"])
+        return (what, pct(r["precision@10"]), f"**{at20}**" if bold else at20, pct(r["precision@50"]),
+                pct(r["pixel_precision@20"], "{:.1f} %"))
+
+    def random(what: str, key: str, base: str) -> tuple:
+        share = pct(b["random_order"][key], "{:.1f} %")
+        return (what, share, share, share, pct(b["wrong_pixel_share"], "{:.1f} %") + base)
+    rows = [row("**the review as shipped now** (refit on A, tags + decisions, pull 30)",
+                "refit on A: review, settings chosen on A", bold=True),
+            row("the same coefficients, the ranking before any decision", "refit on A: ranking before learning"),
+            row("the same coefficients, the earlier pull (3)", "refit on A: review, earlier strength"),
+            row("the same coefficients, tags only", "refit on A: tags only"),
+            random("regions in random order (the same coefficients' regions)", "refit on A", " (pixel base rate)"),
+            row("the earlier coefficients, the earlier review (pull 3)", "earlier: review, earlier strength"),
+            row("the earlier coefficients, the ranking before any decision", "earlier: ranking before learning"),
+            random("regions in random order (the earlier coefficients' regions)", "earlier", "")]
+    return markdown(("half B, 37 images", "mostly wrong, first 10", "first 20", "first 50",
+                     "wrong labels in the first 20's pixels"), rows)
+
+
+def _update_safety_table(d: dict) -> list[str]:
+    """Each update rule (the earlier default's two arms from ``update_safety-cpu-bf16.json``, the learning rates from
+    this file) per number of corrected images: the corrected images before and their gain, the mean (worst) change of
+    validation and testA over the seeds, and how many the guard keeps."""
+    rows = json.loads((RESULTS / "update_safety-cpu-bf16.json").read_text())["rows"] + d["rows"]
+    arms = (("train-bn", "lr 0.001, batch norms re-estimated (the earlier default)", "lr 0.001, re-estimated"),
+            ("frozen-bn", "lr 0.001, batch norms frozen", "lr 0.001, frozen"),
+            ("train-bn+lr=0.0003", "lr 0.0003", "lr 0.0003"),
+            (LR, "**lr 0.0001 (now the default)**", "**lr 0.0001**"))
+
+    def change(rs: list[dict], part: str, bold: bool) -> str:
+        xs = [r["delta"][part] for r in rs]
+        text = f"{statistics.mean(xs):+.2f} ({min(xs):+.2f})"
+        return f"**{statistics.mean(xs):+.2f} ({min(xs):+.2f})**" if bold else text
+    out = []
+    for images in sorted({r["images"] for r in rows}):
+        for arm, first, later in arms:
+            rs = [r for r in rows if r["arm"] == arm and r["images"] == images]
+            if not rs:
+                continue
+            bold = arm == LR
+            gain = f"{statistics.mean(r['delta']['corrected'] for r in rs):+.2f}"
+            out.append((str(images), first if images == 1 else later,
+                        f"{rs[0]['before']['corrected']:.2f} " + (f"**{gain}**" if bold else gain),
+                        change(rs, "val", bold), change(rs, "testA", bold),
+                        f"{sum(r['guard_keeps'] for r in rs)}/{len(rs)}"))
+    return markdown(("images", "update", "corrected images", "validation: mean (worst)", "testA: mean (worst)",
+                     "keeps"), out)
+
+
 def _base_row(d: dict) -> dict:
     return next(r for r in d["rows"] if r["arm"] == "base")
 
@@ -436,7 +496,8 @@ FIGURES: tuple[Figure, ...] = (
                  for n in (1, 3, 10) for part in ("val", "testA"))
            + tuple(Quote(BENCH_DOC, _update_mean(LR, n, "corrected"), "{:+.1f}", f"corrected, {n} images")
                    for n in (1, 3, 10))
-           + (Quote(README, _update_seconds, "{:.0f} s", "median seconds per update"),)),
+           + (Quote(README, _update_seconds, "{:.0f} s", "median seconds per update"),),
+           tables=(Table(BENCH_DOC, "update-safety", _update_safety_table),)),
     Figure("update-safety-fp32", "PY benchmarks/update_safety.py --project benchmarks/results/end_to_end-cpu.oeem.zarr"
            " --name cpu-fp32 --counts 1 3 10 --seeds 0 --arms train-bn+lr=0.0001 --precision fp32",
            "update_safety-cpu-fp32.json", 3, "the same updates in fp32, for their time",
@@ -606,7 +667,8 @@ FIGURES: tuple[Figure, ...] = (
                   ["precision@20"], "**{:.0f} %**", "shipped review, held out"),
             Quote(BENCH_DOC, lambda d: 100 * d["half_B"]["random_order"]["refit on A"], "{:.1f} %", "random"),
             Quote(BENCH_DOC, lambda d: 100 * d["choice_on_A"]["grid"]["tags+decisions/30/probability"],
-                  "{:.1f} %", "chosen on A"))),
+                  "{:.1f} %", "chosen on A")),
+           tables=(Table(BENCH_DOC, "review-heldout", _review_table),)),
     Figure("losses", "PY=PY benchmarks/run_losses.sh", "losses.json", 55,
            "OEEM (l_norm) against CE on the stage-1 pseudo-masks of the cpu preset, 3 paired seeds; the gland bias",
            (Quote(BENCH_DOC, lambda d: d["stage1"]["pseudo_mIoU"], what="stage-1 pseudo-masks"),
