@@ -356,6 +356,25 @@ def _update_safety_table(d: dict) -> list[str]:
                      "keeps"), out)
 
 
+def _actions_table(d: dict) -> list[str]:
+    """Keys and strokes to tag every training image in each flow, against one key per patch."""
+    a = d["actions"]
+
+    def ratio(n: int) -> str:
+        return f"{a['one_by_one'] / n:.1f}x"
+    return markdown(("flow", "actions", "fewer than one key per patch"), [
+        ("one key per patch", f"{a['one_by_one']:,}", "1x"),
+        ("no proposals: the whole-image key with the commonest tag, then brush strokes",
+         f"**{a['no_proposals']:,}**", f"**{ratio(a['no_proposals'])}**"),
+        ("proposals accepted (`P`, `A`; before any model, the whole-image key), wrong patches fixed with brush "
+         "strokes", f"{a['with_proposals']:,}", ratio(a["with_proposals"])),
+        ("the same, wrong patches fixed one key each", f"{a['with_proposals_keys_only']:,}",
+         ratio(a["with_proposals_keys_only"])),
+        ("the cheaper of the first two, image by image", f"{a['best_per_image']:,}", ratio(a["best_per_image"])),
+        ("drawing the masks instead (polygon vertices of the GlaS masks at 1 px tolerance)",
+         f"{a['mask_polygon_vertices']:,} vertices", "")])
+
+
 def _base_row(d: dict) -> dict:
     return next(r for r in d["rows"] if r["arm"] == "base")
 
@@ -556,7 +575,7 @@ FIGURES: tuple[Figure, ...] = (
                                   ("with_proposals", "{:,}"), ("ratio", "{:.1f}x"),
                                   ("images_proposals_cost_more", "{} of the"), ("patches", "{:,}"))
                  if doc == BENCH_DOC or key != "patches"),
-           tables=(Table(BENCH_DOC, "weak-budgets", _weak_budget_table),)),
+           tables=(Table(BENCH_DOC, "weak-budgets", _weak_budget_table), Table(BENCH_DOC, "actions", _actions_table))),
     Figure("preview", "PY benchmarks/preview.py --sweep", "preview.json", 12,
            "the preview learned from tags in a second: validation / testA with 10 / 25 / 100 % tagged, key to "
            "preview",
