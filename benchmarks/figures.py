@@ -236,28 +236,38 @@ def _losses_table(d: dict) -> list[str]:
     rows = [(f"`{n}`", ", ".join(str(r["seed"]) for r in sorted(by[n], key=lambda r: r["seed"])),
              cell(by[n], "val"), cell(by[n], "test"), cell(by[n], "train"),
              f"{statistics.mean(r['train_s'] for r in by[n]) / 60:.1f}") for n in names]
-    ce = {r["seed"]: r for r in by.get("ce", [])}
-    pairs = sorted((r["seed"], r) for r in by.get("l_norm", []) if r["seed"] in ce)
-    if pairs:
+    seeds = _paired_seeds(d)
+    if seeds:
         def diff(split: str) -> str:
-            xs = [r[split]["mIoU"] - ce[seed][split]["mIoU"] for seed, r in pairs]
+            xs = _paired_diffs(d, split)
             sd = f" ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else ""
             return f"{statistics.mean(xs):+.2f}{sd} (" + " / ".join(f"{x:+.2f}" for x in xs) + ")"
-        rows.append(("`l_norm` minus `ce`, paired by seed", ", ".join(str(k) for k, _ in pairs), diff("val"),
+        rows.append(("`l_norm` minus `ce`, paired by seed", ", ".join(map(str, seeds)), diff("val"),
                      diff("test"), diff("train"), ""))
     labels = d["stage1"]["pseudo_mIoU"]
     return markdown(("loss", "seeds", "validation mIoU", "testA mIoU", f"train (labels {labels:.2f})",
                      "min per training"), rows)
 
 
+def _paired_seeds(d: dict) -> list[int]:
+    """The seeds both CE and l_norm ran, in order."""
+    ran = {(r["name"], r["seed"]) for r in d["rows"]}
+    return sorted(s for (n, s) in ran if n == "ce" and ("l_norm", s) in ran)
+
+
+def _paired_diffs(d: dict, split: str) -> list[float]:
+    """l_norm minus CE on one split, seed by seed (same seed: same initialisation, data order, augmentation)."""
+    by = {(r["name"], r["seed"]): r[split]["mIoU"] for r in d["rows"]}
+    return [by["l_norm", s] - by["ce", s] for s in _paired_seeds(d)]
+
+
 def _paired(split: str) -> Callable[[dict], float]:
     """l_norm minus CE on one split, the mean over the seeds both ran."""
     def value(d: dict) -> float:
-        by = {(r["name"], r["seed"]): r[split]["mIoU"] for r in d["rows"]}
-        seeds = [s for (n, s) in by if n == "ce" and ("l_norm", s) in by]
-        if not seeds:
+        xs = _paired_diffs(d, split)
+        if not xs:
             raise KeyError("no seed with both ce and l_norm")
-        return statistics.mean(by["l_norm", s] - by["ce", s] for s in seeds)
+        return statistics.mean(xs)
     return value
 
 
