@@ -5,11 +5,13 @@ result file it lands in, and the figures of that file the docs quote.
     python benchmarks/figures.py check             # do the docs quote what the tracked files hold?
     python benchmarks/figures.py tables            # write the docs' generated tables from the files
     OEEM_GLAS_ROOT=../shared/data/glas python benchmarks/figures.py run [--quick] [--only NAME ...]
+    python benchmarks/figures.py compare           # the figures remade here against the committed files
 
 ``make bench`` runs every command one after the other (2 cores: one torch job at a time, or every timing is
-off); ``make bench-quick`` only those expected under 15 minutes. A quoted figure must stand in the same paragraph
-(or table row) as the name of its file, so a reader of the docs can tell where it comes from; ``check`` (and
-``tests/test_figures.py``) fails when the docs and the files disagree.
+off); ``make bench-quick`` only those the docs quote that are expected under 15 minutes. ``run`` ends with
+``compare``: each quoted figure and table row as committed and as remade, side by side. A quoted figure must
+stand in the same paragraph (or table row) as the name of its file, so a reader of the docs can tell where it
+comes from; ``check`` (and ``tests/test_figures.py``) fails when the docs and the files disagree.
 """
 from __future__ import annotations
 
@@ -862,6 +864,68 @@ def check(figures: tuple[Figure, ...] = FIGURES) -> list[str]:
     return problems
 
 
+def quick(fig: Figure) -> bool:
+    """In ``bench-quick``: short, and the docs quote it (a figure nobody quotes reproduces nothing)."""
+    return fig.minutes <= QUICK_MINUTES and bool(fig.quotes or fig.tables)
+
+
+def committed(fig: Figure, rev: str = "HEAD") -> dict | None:
+    """The result file as ``rev`` holds it, or None where it has none."""
+    done = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:benchmarks/results/{fig.result}"],
+                          capture_output=True, text=True)
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def compare(figures: tuple[Figure, ...] = FIGURES, rev: str = "HEAD") -> list[dict]:
+    """Every quoted figure and generated table row whose committed and remade files differ, one dict each:
+    what a reviewer reads to judge whether a rerun reproduced the docs within their noise."""
+    out = []
+    for fig in figures:
+        old, new = committed(fig, rev), load(fig)
+        if old is None or new is None or old == new:
+            continue
+        for q in fig.quotes:
+            try:
+                before, after = q.value(old), q.value(new)
+            except (KeyError, IndexError, TypeError, StopIteration):
+                continue
+            if before != after:
+                row = {"figure": fig.name, "what": q.what or q.fmt, "committed": q.fmt.format(before),
+                       "remade": q.fmt.format(after)}
+                if isinstance(before, (int, float)) and before:
+                    row["change_%"] = round(100 * (after - before) / abs(before), 1)
+                out.append(row)
+        for table in fig.tables:
+            try:
+                before_rows, after_rows = table.render(old)[2:], table.render(new)[2:]
+            except (KeyError, IndexError, TypeError, StopIteration):
+                continue
+            for b, a in zip(before_rows, after_rows):
+                if a != b:
+                    out.append({"figure": fig.name, "what": f"table {table.name}", "committed": b, "remade": a})
+    return out
+
+
+def cmd_compare(args) -> int:
+    from _common import print_table
+
+    rows = compare(rev=args.rev)
+    quoted = [r for r in rows if not r["what"].startswith("table ")]
+    if quoted:
+        print_table([(r["figure"], r["what"], r["committed"], r["remade"], r.get("change_%", ""))
+                     for r in quoted], ("figure", "quoted figure", f"at {args.rev}", "remade", "change %"))
+    for r in rows:
+        if r["what"].startswith("table "):
+            print(f"\n{r['figure']}, {r['what']}:\n  {args.rev}: {r['committed']}\n  remade: {r['remade']}")
+    if args.json:
+        from _common import write_json
+
+        write_json(args.json, {"against": args.rev, "rows": rows})
+    if not rows:
+        print(f"every remade result file equals the one at {args.rev} (or none was remade)")
+    return 0
+
+
 def cmd_list(_args) -> int:
     from _common import print_table
 
@@ -872,8 +936,8 @@ def cmd_list(_args) -> int:
         rows.append((fig.name, f"{fig.minutes:g}", fig.result, state, len(fig.quotes), fig.about))
     print_table(rows, ("figure", "min", "result", "state", "quotes", "what"))
     total = sum(f.minutes for f in FIGURES)
-    quick = sum(f.minutes for f in FIGURES if f.minutes <= QUICK_MINUTES)
-    print(f"\nall: {total / 60:.1f} h on 2 cores; --quick: {quick:.0f} min")
+    quick_min = sum(f.minutes for f in FIGURES if quick(f))
+    print(f"\nall: {total / 60:.1f} h on 2 cores; --quick: {quick_min:.0f} min")
     return 0
 
 
@@ -897,7 +961,7 @@ def cmd_run(args) -> int:
     import shlex
 
     chosen = [f for f in FIGURES if (not args.only or f.name in args.only)
-              and (not args.quick or f.minutes <= QUICK_MINUTES)]
+              and (not args.quick or quick(f))]
     unknown = set(args.only or ()) - {f.name for f in FIGURES}
     if unknown:
         print(f"unknown figures: {', '.join(sorted(unknown))}; `list` names them", file=sys.stderr)
@@ -931,7 +995,8 @@ def cmd_run(args) -> int:
         print(f"skipped (their inputs are missing): {', '.join(skipped)}", file=sys.stderr)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
-    return 1 if failed else cmd_check(args)
+    cmd_compare(argparse.Namespace(rev="HEAD", json=None))
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -941,10 +1006,15 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("check", help="the docs quote what the result files hold").set_defaults(func=cmd_check)
     sub.add_parser("tables", help="write the docs' tables from the result files").set_defaults(func=cmd_tables)
     r = sub.add_parser("run", help="run the figures' commands, one at a time")
-    r.add_argument("--quick", action="store_true", help=f"only those expected under {QUICK_MINUTES:g} min")
+    r.add_argument("--quick", action="store_true",
+                   help=f"only those the docs quote that are expected under {QUICK_MINUTES:g} min")
     r.add_argument("--only", nargs="+", help="these figures only (names from `list`)")
     r.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     r.set_defaults(func=cmd_run)
+    c = sub.add_parser("compare", help="the figures remade here against the committed result files")
+    c.add_argument("--rev", default="HEAD", help="the git revision to compare with (default HEAD)")
+    c.add_argument("--json", help="also write the comparison to this file")
+    c.set_defaults(func=cmd_compare)
     args = ap.parse_args(argv)
     return args.func(args)
 

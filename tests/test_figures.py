@@ -70,10 +70,33 @@ def test_bench_quick_lists_the_short_commands_in_order(capsys, monkeypatch):
     monkeypatch.delenv("OEEM_GLAS_ROOT", raising=False)
     assert figures.main(["run", "--quick", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    quick = [f for f in figures.FIGURES if f.minutes <= figures.QUICK_MINUTES]
+    quick = [f for f in figures.FIGURES if figures.quick(f)]
+    assert quick and all(f.minutes <= figures.QUICK_MINUTES and (f.quotes or f.tables) for f in quick)
     assert [line.split(" (")[0][3:] for line in out.splitlines() if line.startswith("== ")] == [f.name for f in quick]
     assert "benchmarks/end_to_end.py" not in out.split("== demo")[0]  # the 37-min run is not quick
     assert figures.main(["run", "--only", "nope"]) == 2
+
+
+def test_compare_shows_each_quoted_figure_and_table_row_a_rerun_changed(tmp_path, monkeypatch):
+    """What a reviewer reads after ``make bench-quick`` on a fresh clone: committed against remade."""
+    _sandbox(tmp_path, monkeypatch, "doc\n", '{"wall": 46.0, "score": 96.09, "rows": [["a", 1], ["b", 2]]}')
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    monkeypatch.setattr(figures, "RESULTS", tmp_path / "benchmarks" / "results")
+    result = figures.RESULTS / "x.json"
+    result.write_text((tmp_path / "x.json").read_text())
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "results"], check=True)
+    fig = figures.Figure("x", "PY x.py", "x.json", 1, "", (
+        figures.Quote("doc.md", lambda d: d["wall"], "{:.0f} s", "wall time"),
+        figures.Quote("doc.md", lambda d: d["score"], what="testA")),
+        tables=(figures.Table("doc.md", "t", lambda d: figures.markdown(("arm", "n"), d["rows"])),))
+    assert figures.compare((fig,)) == []  # nothing remade
+    result.write_text('{"wall": 41.0, "score": 96.09, "rows": [["a", 1], ["b", 3]]}')
+    assert figures.compare((fig,)) == [
+        {"figure": "x", "what": "wall time", "committed": "46 s", "remade": "41 s", "change_%": -10.9},
+        {"figure": "x", "what": "table t", "committed": "| b | 2 |", "remade": "| b | 3 |"}]
 
 
 @cache
