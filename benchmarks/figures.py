@@ -429,6 +429,241 @@ def _retrain_table(d: dict, extra: str | None = None) -> list[str]:
                      "validation change: mean (worst)", "testA change: mean (worst)", "s per retrain"), out)
 
 
+def _result(name: str) -> dict:
+    """Another tracked result file, for a table that sets several side by side."""
+    return json.loads((RESULTS / name).read_text())
+
+
+def _link(name: str, doc: str = BENCH_DOC) -> str:
+    up = "../" * doc.count("/")
+    return f"[`{name}`]({up}benchmarks/results/{name})"
+
+
+def _objects(ev: dict, fmt: str = "{:.1f}") -> str:
+    return " / ".join(fmt.format(ev[k]) for k in ("object_F1", "object_Dice", "object_Hausdorff"))
+
+
+def _schedule(d: dict) -> str:
+    """What the planner kept of the preset, from an ``end_to_end.py --budget`` file: classifier epochs, CAM scales,
+    the iterations of each training (the last self-training round trains ``last_round_scale`` times longer) and
+    where the planner sized them again with the speed it had measured."""
+    s, cfg = d["schedule"], d["config"]
+    resized = [s["resized"][k] for k in sorted(s.get("resized", {}), key=int)]
+    trainings = [r["iterations"] for r in resized] or [s["segmentation_iterations"]] * (s["rounds"] + 1)
+    if s["rounds"] and len(trainings) == s["rounds"] + 1:
+        trainings[-1] = round(trainings[-1] * cfg["selftrain"]["last_round_scale"])
+    whole = (s["classifier_epochs"] == cfg["classifier"]["epochs"] and s["cam_scales"] == cfg["cam"]["scales"]
+             and s["segmentation_iterations"] == cfg["segmentation"]["iterations"]
+             and s["rounds"] == cfg["selftrain"]["rounds"])
+    sized = [f"{r['planned_iterations']} -> {r['iterations']}" for r in resized
+             if r["planned_iterations"] != r["iterations"]]
+    rounds = {0: "no round", 1: "one round", 2: "two rounds"}.get(s["rounds"], f"{s['rounds']} rounds")
+    return ("the whole preset: " if whole else "") + (
+        f"{s['classifier_epochs']} epochs, CAM scales {' + '.join(f'{x:g}' for x in s['cam_scales'])}, "
+        f"{' + '.join(map(str, trainings))} iterations" + (f" (sized again: {', '.join(sized)})" if sized else "")
+        + f", {rounds}")
+
+
+BUDGETS = tuple(f"end_to_end-budget-{b}-{p}.json" for b in ("30m", "60m") for p in ("bf16", "fp32"))
+
+
+def _budget_table(_d: dict) -> list[str]:
+    """Each ``--budget`` run: what the planner kept, its time against the time it expected, and the scores."""
+    rows = []
+    for name in BUDGETS:
+        d = _result(name)
+        ev = d["evaluation"]
+        rows.append((f"{d['budget_s'] / 60:.0f} min, **{d['precision']['segmentation']}** ({_link(name)})",
+                     _schedule(d), f"{d['wall_seconds'] / 60:.1f} ({d['schedule']['expected_s'] / 60:.1f})",
+                     f"{d['pseudo']['train']:.2f}", f"{ev['val']['mIoU']:.2f}", f"**{ev['test']['mIoU']:.2f}**",
+                     _objects(ev["test"], "{:.2f}")))
+    return markdown(("budget", "schedule it ran", "minutes (expected)", "stage-1 pseudo-masks (train)",
+                     "validation mIoU", "testA mIoU", "testA object F1 / object Dice / object Hausdorff"), rows)
+
+
+def _headline_rows(d: dict, doc: str) -> list[tuple]:
+    """The README's results: the preset end to end, each time budget, the supervised reference (and, in the docs,
+    the pseudo-masks and the prediction's speed); every row names its file."""
+    ev, sup = d["evaluation"], _result("end_to_end-cpu-supervised.json")
+    short = doc == README
+    rows = [(f"weakly supervised: `oeem run --preset cpu` end to end ({ev['train']['images']} training images, "
+             f"{ev['val']['images']} held out for validation; validation {ev['val']['mIoU']:.2f}; testA object F1 / "
+             f"object Dice / object Hausdorff {_objects(ev['test'])}, connected regions as glands; "
+             f"{_link('end_to_end-cpu.json', doc)})", f"**{ev['test']['mIoU']:.2f}**",
+             f"**{d['wall_seconds'] / 60:.1f} min** ({d['precision']['segmentation']})")]
+    budgets = [_result(n) for n in BUDGETS]
+    if short:
+        rows.append(("`--budget 30m` / `--budget 60m`: the planner shrinks the schedule to fit, in bf16 / fp32 ("
+                     + ", ".join(_link(n, doc) for n in BUDGETS) + "; [details](docs/benchmarks.md#quality-against-a"
+                     "-time-budget))",
+                     "; ".join(f"{budgets[i]['budget_s'] / 60:.0f} min: {budgets[i]['evaluation']['test']['mIoU']:.2f}"
+                               f" / {budgets[i + 1]['evaluation']['test']['mIoU']:.2f}" for i in (0, 2)),
+                     "; ".join(f"{budgets[i]['wall_seconds'] / 60:.1f} min / {budgets[i + 1]['wall_seconds'] / 60:.1f}"
+                               " min" for i in (0, 2))))
+    else:
+        for name, b in zip(BUDGETS, budgets):
+            prec = b["precision"]["segmentation"]
+            rows.append((f"the same with `--budget {b['budget_s'] / 60:.0f}m` in {prec}: {_schedule(b)} (expected "
+                         f"{b['schedule']['expected_s'] / 60:.1f} min); validation {b['evaluation']['val']['mIoU']:.2f}"
+                         f", testA object F1 / Dice / Hausdorff {_objects(b['evaluation']['test'])} from the instances "
+                         f"step ({_link(name, doc)})", f"{b['evaluation']['test']['mIoU']:.2f}",
+                         f"{b['wall_seconds'] / 60:.1f} min ({prec})"))
+    rows.append((f"fully supervised reference: the same U-Net trained on the gland masks (validation "
+                 f"{sup['evaluation']['val']['mIoU']:.2f}; {_link('end_to_end-cpu-supervised.json', doc)})",
+                 f"{sup['evaluation']['test']['mIoU']:.2f}",
+                 f"{sup['stage_seconds']['segmentation'] / 60:.1f} min of training "
+                 f"({sup['precision']['segmentation']})"))
+    if not short:
+        bf16, fp32 = _result("instances-cpu.json")["predict"], _result("instances-cpu-fp32.json")["predict"]
+        rows += [(f"pseudo-masks, train mIoU ({_link('end_to_end-cpu.json', doc)})",
+                  f"{d['pseudo']['train']:.2f} after stage 1, {d['selftrain'][-1]['train']:.2f} after "
+                  f"{len(d['selftrain'])} self-training rounds", ""),
+                 (f"prediction of one GlaS image, one scale + flip ({_link('instances-cpu.json', doc)}, "
+                  f"{_link('instances-cpu-fp32.json', doc)})", "",
+                  f"{bf16['ms_per_image']:.0f} ms ({bf16['precision']}), {fp32['ms_per_image']:.0f} ms "
+                  f"({fp32['precision']})")]
+    return rows
+
+
+def _headline_table(doc: str) -> Callable[[dict], list[str]]:
+    return lambda d: markdown(("GlaS (85 training, 60 testA images), 2 CPU cores, random initialisation",
+                               "testA mIoU", "time"), _headline_rows(d, doc))
+
+
+def _targets_table(d: dict) -> list[str]:
+    """The project's targets for the cpu preset, each judged from its file."""
+    sup, fp32 = _result("end_to_end-cpu-supervised.json"), _result("end_to_end-budget-60m-fp32.json")
+    losses, inst, inst32 = _result("losses.json"), _result("instances-cpu.json"), _result("instances-cpu-fp32.json")
+    e2e = link = _link("end_to_end-cpu.json")
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "not met"
+    weak = [(p, r) for p, r in ((d["precision"]["segmentation"], d), (fp32["precision"]["segmentation"], fp32))
+            if r["evaluation"]["test"]["mIoU"] >= 70 and r["wall_seconds"] <= 3600]
+    diffs = {s: _paired_diffs(losses, s) for s in ("val", "test")}
+    gain = statistics.mean(diffs["val"])
+    ms = (inst["predict"]["ms_per_image"], inst32["predict"]["ms_per_image"])
+    objects = _chosen(inst)["test"]
+    rows = [
+        ("fully supervised ≥ 85", met(sup["evaluation"]["test"]["mIoU"] >= 85),
+         f"**{sup['evaluation']['test']['mIoU']:.2f}** testA ({sup['evaluation']['val']['mIoU']:.2f} validation, "
+         f"{sup['precision']['segmentation']}; {_link('end_to_end-cpu-supervised.json')})"),
+        ("weak (CE) ≥ 70 within 60 min", "met in " + " and in ".join(p for p, _ in weak) if weak else "not met",
+         f"**{d['evaluation']['test']['mIoU']:.2f}** in {d['wall_seconds'] / 60:.1f} min, "
+         f"{d['precision']['segmentation']} ({e2e}); {fp32['evaluation']['test']['mIoU']:.2f} in "
+         f"{fp32['wall_seconds'] / 60:.1f} min with `--budget 60m` in {fp32['precision']['segmentation']} "
+         f"({_link('end_to_end-budget-60m-fp32.json')})"),
+        ("pseudo-masks ≥ 70", met(d["pseudo"]["train"] >= 70),
+         f"{d['pseudo']['train']:.2f} train from stage 1, {d['selftrain'][-1]['train']:.2f} after "
+         f"{len(d['selftrain'])} rounds ({link})"),
+        ("OEEM l_norm ≥ CE + 1", met(gain >= 1) + ("; CE is the `cpu` preset's loss" if gain < 1 else ""),
+         f"l_norm minus CE on the stage-1 pseudo-masks, {len(diffs['val'])} paired seeds: validation "
+         + ", testA ".join(f"{statistics.mean(x):+.2f} ± {statistics.stdev(x):.2f}" for x in diffs.values())
+         + f" ({_link('losses.json')})"),
+        ("prediction ≤ 2 s per GlaS image", met(max(ms) <= 2000),
+         f"{ms[0]:.0f} ms {inst['predict']['precision']}, {ms[1]:.0f} ms {inst32['predict']['precision']}, "
+         f"one scale + flip ({_link('instances-cpu.json')}, {_link('instances-cpu-fp32.json')})"),
+        ("glands as objects: testA object F1 ≥ 88, object Dice ≥ 88, Hausdorff ≤ 60",
+         met(objects["object_F1"] >= 88 and objects["object_Dice"] >= 88 and objects["object_Hausdorff"] <= 60),
+         f"{_objects(objects)} ({_link('instances-cpu.json')})")]
+    return markdown(("target", "status", "figure"), rows)
+
+
+def _weak25_table(d: dict) -> list[str]:
+    """A quarter of the images tagged, the whole cpu preset, against every image tagged."""
+    r, full = d["runs"]["suggested-25-s0-cpu"], _result("end_to_end-cpu.json")
+    fv, ft = full["evaluation"]["val"]["mIoU"], full["evaluation"]["test"]["mIoU"]
+    return markdown(("tagged, picked by", "images tagged / joined", "validation labels after round 2",
+                     "validation mIoU", "testA mIoU", "of the 100 %", "min"), [
+        (f"{r['budget']} %, `oeem suggest`", f"{len(r['images'])} / {r['joined_images']}",
+         f"{r['val_pseudo_mIoU']:.2f}", f"{r['val_mIoU']:.2f}", f"**{r['testA_mIoU']:.2f}**",
+         f"**{100 * r['testA_mIoU'] / ft:.1f} %** testA, {100 * r['val_mIoU'] / fv:.1f} % validation",
+         f"{r['minutes']:.1f}"),
+        ("100 % (`end_to_end.py --preset cpu`)", f"{full['evaluation']['train']['images']} / 0", "", f"{fv:.2f}",
+         f"{ft:.2f}", "100 %", f"{full['wall_seconds'] / 60:.1f}")])
+
+
+def _preview_table(d: dict) -> list[str]:
+    """The shipped preview at each share of tagged images: seeds, images, validation and testA."""
+    rows = []
+    for pct, scores in sorted(d["shipped"].items(), key=lambda kv: int(kv[0])):
+        runs = [r for r in d["rows"] if r["settings"] == "shipped" and r["percent"] == int(pct)]
+        n = sorted({r["images"] for r in runs})
+        images = f"{n[0]}" if len(n) == 1 else f"{n[0]}-{n[-1]}"
+        rows.append((f"{pct} % ({images} images)", len({r["seed"] for r in runs}), f"{scores['val_mIoU']:.1f}",
+                     f"{scores['testA_mIoU']:.1f}"))
+    return markdown(("training images tagged", "seeds", "validation mIoU", "testA mIoU"), rows)
+
+
+def _suggest_table(d: dict) -> list[str]:
+    names = {"preview": "suggest, asking the preview", "spread": "suggest, spread over the images (the default)",
+             "random": "at random"}
+    sizes = sorted({r["images"] for r in d["rows"]})
+
+    def mean(arm: str, n: int) -> str:
+        return f"{statistics.mean(r['val_mIoU'] for r in d['rows'] if r['arm'] == arm and r['images'] == n):.1f}"
+    return markdown(("picked by", *(f"{n} images" for n in sizes)),
+                    [(names.get(a, a), *(mean(a, n) for n in sizes)) for a in names])
+
+
+LIVE = (("both cores (`oeem train-live`)", "live-bf16.json"), ("one core (the dock on 2 cores)",
+                                                               "live-bf16-1thread.json"),
+        ("one core (CPUs without native bf16 train so)", "live-fp32-1thread.json"))
+
+
+def _live_table(_d: dict) -> list[str]:
+    """The background classifier's validation pseudo-masks at the checkpoint nearest each minute mark."""
+    marks = (1, 2, 4, 8)
+    rows = []
+    for what, name in LIVE:
+        d = _result(name)
+        at = [min(d["rows"], key=lambda r: abs(r["train_s"] / 60 - m)) for m in marks]
+        rows.append((f"{what}, {d['precision']}: `{name}`", *(f"{r['val_pseudo_mIoU']:.2f}" for r in at)))
+    return markdown(("validation pseudo-mask mIoU after about ... of training", *(f"{m} min" for m in marks)), rows)
+
+
+def _session_table(d: dict) -> list[str]:
+    """Last tag to pseudo-masks (and to the end of Run all) in each precision, beside the batch stage 1."""
+    import re
+
+    rows = []
+    for name, s in (("session-bf16.json", d), ("session-fp32.json", _result("session-fp32.json"))):
+        t = s["from_last_tag_s"]
+        credited = re.search(r"(\d+) of (\d+) epochs credited", s["classifier"]["continued_from_live"])
+        whole = t["until"] == "all"
+        rows.append((f"{s['precision']}, `{name}`", f"{s['live']['steps']:,} ({credited[1]} of {credited[2]})",
+                     f"**{t['pseudo_masks'] / 60:.1f} min**", f"{s['val_pseudo_mIoU']:.2f}",
+                     f"{t['end'] / 60:.1f} min" if whole else "not run (stage 1 only)",
+                     f"{s['testA_mIoU']:.2f}" if whole else "-"))
+    batch, live = _result("weak_labels.json")["runs"]["suggested-25-s0-cpu"], _result("live-bf16.json")
+    cams = (d["from_last_tag_s"]["pseudo_masks"] - d["from_last_tag_s"]["steps_started"]["cams"]) / 60
+    classifier = live["batch_stage1"]["classifier_s"] / 60
+    rows.append((f"batch stage 1 at the same tags, afresh, {batch['precision']}", "-",
+                 f"about {classifier + cams:.1f} min (classifier {classifier:.1f}, CAMs {cams:.1f} as in the session)",
+                 f"{live['batch_stage1']['val_pseudo_mIoU']:.2f}", f"{batch['minutes']:.1f} min",
+                 f"{batch['testA_mIoU']:.2f}"))
+    return markdown(("", "steps while tagging (credited epochs)", "last tag to pseudo-masks",
+                     "their validation mIoU", "last tag to end of *Run all*", "testA mIoU"), rows)
+
+
+def _crash_table(d: dict) -> list[str]:
+    """Per oneDNN ISA cap: how many single-convolution cases crashed, and what they had in common."""
+    names = {"native": "native (this CPU: AVX-512 + BF16)", "AVX2": "`AVX2` (an AVX2-only CPU)",
+             "AVX512_CORE": "`AVX512_CORE` (an AVX-512 CPU without bf16)"}
+
+    def values(cases: list[dict], key: str) -> str:
+        return " / ".join(str(v) for v in sorted({c[key] for c in cases}))
+    rows = []
+    for isa in d["isas"]:
+        cases = [c for c in d["failed"] if c["isa"] == isa]
+        common = (f"kernel {values(cases, 'kernel')}, stride {values(cases, 'stride')}, {values(cases, 'in')} "
+                  "input channels; " + ", ".join(
+                      f"{p} at {values([c for c in cases if c['precision'] == p], 'size')} px"
+                      for p in d["sweep"]["precision"] if any(c["precision"] == p for c in cases))) if cases else "-"
+        rows.append((names.get(isa, isa), f"{len(cases)} of {d['cases_per_isa']}", common))
+    return markdown(("ISA (cap)", "cases that crashed or hung", "what they share"), rows)
+
+
 FIGURES: tuple[Figure, ...] = (
     Figure("end-to-end-cpu", "PY benchmarks/end_to_end.py --preset cpu --fresh", "end_to_end-cpu.json", 37,
            "`oeem run --preset cpu` on GlaS (75 training images, 10 for validation), timed, scored on testA",
@@ -440,7 +675,9 @@ FIGURES: tuple[Figure, ...] = (
             Quote(README, lambda d: d["wall_seconds"] / 60, "{:.1f} min", "wall time"),
             Quote(BENCH_DOC, lambda d: d["pseudo"]["train"], what="stage-1 pseudo-masks"),
             Quote(BENCH_DOC, lambda d: d["selftrain"][-1]["train"], what="pseudo-masks after the rounds")),
-           tables=(Table(BENCH_DOC, "end-to-end-cpu", _end_to_end_table),)),
+           tables=(Table(BENCH_DOC, "end-to-end-cpu", _end_to_end_table),
+                   Table(BENCH_DOC, "headline", _headline_table(BENCH_DOC)),
+                   Table(README, "headline", _headline_table(README)), Table(BENCH_DOC, "targets", _targets_table))),
     Figure("end-to-end-supervised", "PY benchmarks/end_to_end.py --preset cpu --set segmentation.label_source=mask "
            "--name cpu-supervised", "end_to_end-cpu-supervised.json", 50,
            "the fully supervised reference: the cpu preset's U-Net trained on the gland masks",
@@ -518,7 +755,9 @@ FIGURES: tuple[Figure, ...] = (
               Quote(BENCH_DOC, lambda d: d["evaluation"]["val"]["mIoU"], "{:.2f}", "validation mIoU"),
               Quote(BENCH_DOC, lambda d: d["pseudo"]["train"], "{:.2f}", "stage-1 pseudo-masks"),
               Quote(BENCH_DOC, lambda d: _testa(d, "object_F1"), "{:.2f}", "testA object F1"),
-              Quote(BENCH_DOC, lambda d: d["schedule"]["segmentation_iterations"], "{}", "iterations")))
+              Quote(BENCH_DOC, lambda d: d["schedule"]["segmentation_iterations"], "{}", "iterations")),
+             # the four runs in one table, with the last of them
+             tables=(Table(BENCH_DOC, "budgets", _budget_table),) if (b, p) == ("60m", "bf16") else ())
       for b in ("30m", "60m") for p in ("fp32", "bf16")),
     Figure("update-safety", "PY benchmarks/update_safety.py --project benchmarks/results/end_to_end-cpu.oeem.zarr "
            "--name cpu-bf16-lr --arms train-bn+lr=0.0003 train-bn+lr=0.0001", "update_safety-cpu-bf16-lr.json", 12,
@@ -577,7 +816,8 @@ FIGURES: tuple[Figure, ...] = (
            (Quote(README, _weak_row("suggested-25-s0-cpu", "testA_mIoU"), what="testA mIoU"),
             Quote(BENCH_DOC, _weak_row("suggested-25-s0-cpu", "val_mIoU"), what="validation mIoU"),
             Quote(README, _weak_row("suggested-25-s0-cpu", "minutes"), "{:.1f} min", "minutes"),
-            Quote(BENCH_DOC, _weak_row("suggested-25-s0-cpu", "testA_mIoU"), what="testA mIoU"))),
+            Quote(BENCH_DOC, _weak_row("suggested-25-s0-cpu", "testA_mIoU"), what="testA mIoU")),
+           tables=(Table(BENCH_DOC, "weak-25-preset", _weak25_table),)),
     Figure("tagging-actions", "PY benchmarks/weak_labels.py budget --picker suggested --budgets 10 25 50 100 && "
            "PY benchmarks/weak_labels.py actions", "weak_labels.json", 20,
            "keys and strokes to tag all 75 training images, with and without the model's proposals",
@@ -597,18 +837,21 @@ FIGURES: tuple[Figure, ...] = (
               for k in ("val_mIoU", "testA_mIoU")),
             *(Quote(doc, (lambda k: lambda d: d["latency"][k])(k), "{:.2f} s", k)
               for doc in (README, BENCH_DOC) for k in ("key_to_preview_p50_s", "key_to_preview_p95_s")
-              if doc == BENCH_DOC or k.endswith("p95_s")))),
+              if doc == BENCH_DOC or k.endswith("p95_s"))),
+           tables=(Table(BENCH_DOC, "preview", _preview_table),)),
     Figure("preview-suggest", "PY benchmarks/preview.py --suggest", "preview_suggest.json", 6,
            "does `oeem suggest` pick better images when it asks the preview (the preview's own validation mIoU)",
            tuple(Quote(BENCH_DOC, (lambda a, n: lambda d: statistics.mean(
                r["val_mIoU"] for r in d["rows"] if r["arm"] == a and r["images"] == n))(arm, n), "{:.1f}",
-               f"{arm}, {n} images") for arm in ("preview", "spread", "random") for n in (8, 19))),
+               f"{arm}, {n} images") for arm in ("preview", "spread", "random") for n in (8, 19)),
+           tables=(Table(BENCH_DOC, "preview-suggest", _suggest_table),)),
     Figure("live", "PY benchmarks/live.py --minutes 8 && PY benchmarks/live.py --peer", "live-bf16.json", 12,
            "training while tagging: validation pseudo-masks of the background classifier after 1-8 minutes",
            (*(Quote(BENCH_DOC, (lambda k: lambda d: d["rows"][k]["val_pseudo_mIoU"])(k), "{:.2f}", f"row {k}")
               for k in (0, 1, 3, 7)),
 
-            Quote(BENCH_DOC, lambda d: d["forest_peer"]["val_mIoU"], "{:.2f}", "the forest on the same tags"))),
+            Quote(BENCH_DOC, lambda d: d["forest_peer"]["val_mIoU"], "{:.2f}", "the forest on the same tags")),
+           tables=(Table(BENCH_DOC, "live", _live_table),)),
     Figure("live-1thread", "PY benchmarks/live.py --minutes 8 --threads 1", "live-bf16-1thread.json", 12,
            "training while tagging as the dock runs it on 2 cores (one thread), bf16",
            tuple(Quote(doc, (lambda k: lambda d: d["rows"][k]["val_pseudo_mIoU"])(k), "{:.2f}", f"row {k}")
@@ -623,7 +866,8 @@ FIGURES: tuple[Figure, ...] = (
                (lambda d: d["from_last_tag_s"]["pseudo_masks"] / 60, "{:.1f} min", "last tag to pseudo-masks"),
                (lambda d: d["val_pseudo_mIoU"], "{:.2f}", "validation pseudo-mask mIoU"))) + (
                Quote(BENCH_DOC, lambda d: d["from_last_tag_s"]["end"] / 60, "{:.1f} min", "last tag to end of run"),
-               Quote(BENCH_DOC, lambda d: d["testA_mIoU"], "{:.2f}", "testA mIoU at the end"))),
+               Quote(BENCH_DOC, lambda d: d["testA_mIoU"], "{:.2f}", "testA mIoU at the end")),
+           tables=(Table(BENCH_DOC, "session", _session_table),)),
     Figure("session-fp32", "PY benchmarks/session.py --precision fp32 --until cams", "session-fp32.json", 20,
            "the same session in fp32 (CPUs without native bf16), until the pseudo-masks",
            tuple(Quote(doc, v, f, w) for doc in (README, BENCH_DOC) for v, f, w in (
@@ -638,7 +882,8 @@ FIGURES: tuple[Figure, ...] = (
            needs_glas=False),
     Figure("crash-matrix", "PY benchmarks/crash_matrix.py --isa native AVX2 AVX512_CORE --skip-networks "
            "--out crash_matrix-convs.json",
-           "crash_matrix-convs.json", 25, "which single convolutions crash oneDNN on this CPU", needs_glas=False),
+           "crash_matrix-convs.json", 25, "which single convolutions crash oneDNN on this CPU", needs_glas=False,
+           tables=(Table(BENCH_DOC, "crash-matrix", _crash_table),)),
     Figure("crash-networks", "PY benchmarks/crash_matrix.py --isa native AVX2 AVX512_CORE --skip-convs "
            "--out crash_matrix-networks.json",
            "crash_matrix-networks.json", 10, "every preset's networks, both layouts, each ISA cap",

@@ -99,6 +99,23 @@ def test_compare_shows_each_quoted_figure_and_table_row_a_rerun_changed(tmp_path
         {"figure": "x", "what": "table t", "committed": "| b | 2 |", "remade": "| b | 3 |"}]
 
 
+def test_the_budget_schedule_counts_the_last_rounds_longer_training_and_each_resize():
+    """The planner's schedule as the budget table states it: one round is the last round (trained 1.5 x longer),
+    and a training the planner sized again shows both numbers."""
+    cfg = {"classifier": {"epochs": 8}, "cam": {"scales": [1.0, 1.5, 2.0]}, "segmentation": {"iterations": 2000},
+           "selftrain": {"rounds": 2, "last_round_scale": 1.5}}
+    one_round = {"config": cfg, "schedule": {
+        "classifier_epochs": 8, "cam_scales": [1.0, 1.5], "segmentation_iterations": 2000, "rounds": 1,
+        "resized": {"0": {"iterations": 2000, "planned_iterations": 1540},
+                    "1": {"iterations": 2000, "planned_iterations": 2000}}}}
+    assert figures._schedule(one_round) == ("8 epochs, CAM scales 1 + 1.5, 2000 + 3000 iterations "
+                                            "(sized again: 1540 -> 2000), one round")
+    whole = {"config": cfg, "schedule": {"classifier_epochs": 8, "cam_scales": [1.0, 1.5, 2.0],
+                                         "segmentation_iterations": 2000, "rounds": 2}}
+    assert figures._schedule(whole) == ("the whole preset: 8 epochs, CAM scales 1 + 1.5 + 2, 2000 + 2000 + 3000 "
+                                        "iterations, two rounds")
+
+
 @cache
 def _help(script: Path, sub: str | None = None) -> str:
     """A script's ``--help`` (of a sub-command when given), asked once per run: each asks a fresh Python."""
