@@ -429,8 +429,15 @@ def _retrain_table(d: dict, extra: str | None = None) -> list[str]:
                      "validation change: mean (worst)", "testA change: mean (worst)", "s per retrain"), out)
 
 
+_FILES_AT: str | None = None  # a git revision: `_result` reads the files as committed there (for `compare`)
+
+
 def _result(name: str) -> dict:
     """Another tracked result file, for a table that sets several side by side."""
+    if _FILES_AT is not None:
+        rel = (RESULTS / name).relative_to(REPO).as_posix()
+        return json.loads(subprocess.run(["git", "-C", str(REPO), "show", f"{_FILES_AT}:{rel}"], capture_output=True,
+                                         text=True, check=True).stdout)
     return json.loads((RESULTS / name).read_text())
 
 
@@ -662,6 +669,18 @@ def _crash_table(d: dict) -> list[str]:
                       for p in d["sweep"]["precision"] if any(c["precision"] == p for c in cases))) if cases else "-"
         rows.append((names.get(isa, isa), f"{len(cases)} of {d['cases_per_isa']}", common))
     return markdown(("ISA (cap)", "cases that crashed or hung", "what they share"), rows)
+
+
+def _reproduced_table(d: dict) -> list[str]:
+    """``compare``'s file: each quoted figure a rerun changed, committed beside remade, then how many came out the
+    same."""
+    rows = [(f"`{r['figure']}`", r["what"], r["committed"], r["remade"],
+             f"{r['change_%']:+.1f} %" if "change_%" in r else "") for r in d["rows"]
+            if not r["what"].startswith("table ")]
+    tables = sum(r["what"].startswith("table ") for r in d["rows"])
+    rows.append((f"{len(d['remade'])} figures remade", f"{d['quotes_unchanged']} quoted figures as committed",
+                 "", "", f"{tables} generated table rows changed"))
+    return markdown(("figure", "quoted figure", "committed", "remade", "change"), rows)
 
 
 FIGURES: tuple[Figure, ...] = (
@@ -1121,41 +1140,53 @@ def committed(fig: Figure, rev: str = "HEAD") -> dict | None:
     return json.loads(done.stdout) if done.returncode == 0 else None
 
 
-def compare(figures: tuple[Figure, ...] = FIGURES, rev: str = "HEAD") -> list[dict]:
-    """Every quoted figure and generated table row whose committed and remade files differ, one dict each:
-    what a reviewer reads to judge whether a rerun reproduced the docs within their noise."""
-    out = []
+def compare(figures: tuple[Figure, ...] = FIGURES, rev: str = "HEAD") -> dict:
+    """Each figure whose result file was remade here (it differs from ``rev``'s): every quoted figure and generated
+    table row it changed, committed beside remade, as the docs print them - what a reviewer reads to judge whether
+    a rerun reproduced the docs within their noise - and how many quoted figures came out the same."""
+    global _FILES_AT
+    remade, rows, same = [], [], 0
     for fig in figures:
         old, new = committed(fig, rev), load(fig)
         if old is None or new is None or old == new:
             continue
+        remade.append(fig.name)
         for q in fig.quotes:
             try:
                 before, after = q.value(old), q.value(new)
             except (KeyError, IndexError, TypeError, StopIteration):
                 continue
-            if before != after:
-                row = {"figure": fig.name, "what": q.what or q.fmt, "committed": q.fmt.format(before),
-                       "remade": q.fmt.format(after)}
-                if isinstance(before, (int, float)) and before:
-                    row["change_%"] = round(100 * (after - before) / abs(before), 1)
-                out.append(row)
+            if q.fmt.format(before) == q.fmt.format(after):
+                same += 1
+                continue
+            row = {"figure": fig.name, "what": q.what or q.fmt, "committed": q.fmt.format(before),
+                   "remade": q.fmt.format(after)}
+            if isinstance(before, (int, float)) and before:
+                row["change_%"] = round(100 * (after - before) / abs(before), 1)
+            rows.append(row)
         for table in fig.tables:
             try:
-                before_rows, after_rows = table.render(old)[2:], table.render(new)[2:]
-            except (KeyError, IndexError, TypeError, StopIteration):
+                _FILES_AT = rev  # a table that sets other files beside its own reads them as committed
+                before_rows = table.render(old)[2:]
+                _FILES_AT = None
+                after_rows = table.render(new)[2:]
+            except (KeyError, IndexError, TypeError, StopIteration, json.JSONDecodeError):
                 continue
-            for b, a in zip(before_rows, after_rows):
-                if a != b:
-                    out.append({"figure": fig.name, "what": f"table {table.name}", "committed": b, "remade": a})
-    return out
+            finally:
+                _FILES_AT = None
+            rows += [{"figure": fig.name, "what": f"table {table.name}", "committed": b, "remade": a}
+                     for b, a in zip(before_rows, after_rows) if a != b]
+    return {"against": rev, "remade": remade, "quotes_unchanged": same, "rows": rows}
 
 
 def cmd_compare(args) -> int:
     from _common import print_table
 
-    rows = compare(rev=args.rev)
+    result = compare(rev=args.rev)
+    rows = result["rows"]
     quoted = [r for r in rows if not r["what"].startswith("table ")]
+    print(f"remade: {', '.join(result['remade']) or 'none'}; quoted figures as committed: "
+          f"{result['quotes_unchanged']}, changed: {len(quoted)}")
     if quoted:
         print_table([(r["figure"], r["what"], r["committed"], r["remade"], r.get("change_%", ""))
                      for r in quoted], ("figure", "quoted figure", f"at {args.rev}", "remade", "change %"))
@@ -1165,9 +1196,7 @@ def cmd_compare(args) -> int:
     if args.json:
         from _common import write_json
 
-        write_json(args.json, {"against": args.rev, "rows": rows})
-    if not rows:
-        print(f"every remade result file equals the one at {args.rev} (or none was remade)")
+        write_json(args.json, result)
     return 0
 
 
@@ -1240,7 +1269,8 @@ def cmd_run(args) -> int:
         print(f"skipped (their inputs are missing): {', '.join(skipped)}", file=sys.stderr)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
-    cmd_compare(argparse.Namespace(rev="HEAD", json=None))
+    if "reproduced" not in {f.name for f in chosen}:  # that figure compares (and writes its file)
+        cmd_compare(argparse.Namespace(rev="HEAD", json=None))
     return 1 if failed else 0
 
 

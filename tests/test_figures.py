@@ -84,6 +84,7 @@ def test_compare_shows_each_quoted_figure_and_table_row_a_rerun_changed(tmp_path
     monkeypatch.setattr(figures, "RESULTS", tmp_path / "benchmarks" / "results")
     result = figures.RESULTS / "x.json"
     result.write_text((tmp_path / "x.json").read_text())
+    (figures.RESULTS / "y.json").write_text('{"n": 7}')  # another file a table sets beside its own
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
@@ -91,12 +92,15 @@ def test_compare_shows_each_quoted_figure_and_table_row_a_rerun_changed(tmp_path
     fig = figures.Figure("x", "PY x.py", "x.json", 1, "", (
         figures.Quote("doc.md", lambda d: d["wall"], "{:.0f} s", "wall time"),
         figures.Quote("doc.md", lambda d: d["score"], what="testA")),
-        tables=(figures.Table("doc.md", "t", lambda d: figures.markdown(("arm", "n"), d["rows"])),))
-    assert figures.compare((fig,)) == []  # nothing remade
-    result.write_text('{"wall": 41.0, "score": 96.09, "rows": [["a", 1], ["b", 3]]}')
-    assert figures.compare((fig,)) == [
+        tables=(figures.Table("doc.md", "t", lambda d: figures.markdown(("arm", "n"), d["rows"])),
+                figures.Table("doc.md", "u", lambda d: figures.markdown(("y",), [(figures._result("y.json")["n"],)]))))
+    assert figures.compare((fig,)) == {"against": "HEAD", "remade": [], "quotes_unchanged": 0, "rows": []}
+    result.write_text('{"wall": 41.0, "score": 96.09, "rows": [["a", 1], ["b", 3]]}')  # a rerun
+    (figures.RESULTS / "y.json").write_text('{"n": 8}')
+    assert figures.compare((fig,)) == {"against": "HEAD", "remade": ["x"], "quotes_unchanged": 1, "rows": [
         {"figure": "x", "what": "wall time", "committed": "46 s", "remade": "41 s", "change_%": -10.9},
-        {"figure": "x", "what": "table t", "committed": "| b | 2 |", "remade": "| b | 3 |"}]
+        {"figure": "x", "what": "table t", "committed": "| b | 2 |", "remade": "| b | 3 |"},
+        {"figure": "x", "what": "table u", "committed": "| 7 |", "remade": "| 8 |"}]}
 
 
 def test_the_budget_schedule_counts_the_last_rounds_longer_training_and_each_resize():
