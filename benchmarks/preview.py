@@ -123,7 +123,7 @@ def suggest_arms(base: ProjectStore, truth: ProjectStore, cfg: PatchConfig, seed
                 if arm == "random":
                     new = rng.choice(sorted(set(train) - set(tagged)), k, replace=False).tolist()
                 else:
-                    new = [s.image for s in suggest(base, cfg, k, "cpu", preview if arm == "preview" else False)]
+                    new = [s.image for s in suggest(base, cfg, k, "cpu", preview if arm == "preview" else None)]
                 for n in new:
                     base.save_patch_tags(n, truth_tags(truth, n, cfg), cfg.size, cfg.stride)
                 tagged += new
