@@ -105,6 +105,12 @@ def preview_phase(seconds: float, pace: float, live: bool = False) -> None:
     for name in ("t1", "t2"):  # two images tagged already, so the preview can learn from the first key on
         corners = patch_grid(store.shape(name), 112, 56)
         store.save_patch_tags(name, vectors_to_tags(patch_labels(truth[name], corners, 112, 0.05)), 112, 56)
+    # opening a project being tagged starts Train while tagging (the default): off, so that the phases before the
+    # live one measure what they say (the live phase turns it on)
+    panel.set_live(False)
+    while widget.runner.busy:
+        app.processEvents()
+        time.sleep(0.01)
     widget.state.show("t0")
     idle = measure(app, min(10.0, seconds))
     current = {}
