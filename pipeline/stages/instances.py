@@ -125,8 +125,8 @@ def _to_full_size(ids: np.ndarray, fg: np.ndarray, components: np.ndarray, scale
     inside one connected component of it: a pixel takes the id under it, the rim the coarser grid missed takes the
     largest id among its 8 neighbours (twice), and what is still unlabelled (a component without a seed) becomes
     a gland of its own. An id that spans two components (joined by the coarser grid) is split into one per
-    component. Whole-image passes in 32 bits where the ids allow (a slide's tile is ~10 Mpx): only the rim is
-    visited pixel by pixel."""
+    component. A slide's tile is ~10 Mpx: the rim and the relabelling visit only the pixels they change, in 32 bits
+    where the ids allow."""
     rows, cols = (np.minimum(((np.arange(n) + 0.5) * scale).astype(np.intp), m - 1)
                   for n, m in zip(fg.shape, ids.shape, strict=True))  # the inverse of _sample's grid
     full = np.take(np.take(ids.astype(np.int32, copy=False), rows, axis=0), cols, axis=1)
@@ -141,18 +141,21 @@ def _to_full_size(ids: np.ndarray, fg: np.ndarray, components: np.ndarray, scale
             for dc in (-1, 0, 1):
                 np.maximum(best, full[np.clip(r + dr, 0, h - 1), np.clip(c + dc, 0, w - 1)], out=best)
         full[r, c] = best
-    top = int(full.max(initial=0))
-    top_comp = int(components.max(initial=0))
-    # components without a seed: a gland each (the background stays 0: its component is 0)
-    values = np.where(full == 0, components.astype(np.int64 if top + top_comp >= 2**31 else np.int32) + top, full)
-    values[~fg] = 0
-    span = int(values.max(initial=0)) + 1
-    wide = np.int64 if top_comp * span + span >= 2**31 else np.int32
-    pair = components.astype(wide) * span + values.astype(wide)  # (component, id): unique per gland
+    # the relabelling visits the foreground only (on a gland tile about half the pixels; its component is >= 1)
+    where = np.flatnonzero(fg)
+    found = full.ravel()[where]
+    comp = components.ravel()[where]
+    top, top_comp = int(found.max(initial=0)), int(comp.max(initial=0))
+    wide = np.int64 if (top + top_comp + 1) ** 2 >= 2**31 else np.int32
+    # components without a seed: a gland each
+    found = np.where(found == 0, comp.astype(wide) + top, found.astype(wide))
+    span = int(found.max(initial=0)) + 1
+    pair = comp.astype(wide) * span + found  # (component, id): unique per gland
     present = np.zeros(int(pair.max(initial=0)) + 1, bool)
-    present[pair.ravel()] = True
-    present[0] = False
-    return (np.cumsum(present) * present).astype(np.int32)[pair]  # ids 1..n
+    present[pair] = True
+    out = np.zeros(fg.shape, np.int32)
+    out.ravel()[where] = np.cumsum(present, dtype=np.int32)[pair]  # ids 1..n, in the order of the pairs
+    return out
 
 
 def _sample(a: np.ndarray, scale: float) -> np.ndarray:
