@@ -199,7 +199,7 @@ def _end_to_end_table(d: dict) -> list[str]:
                  f"**{ev['test']['mIoU']:.2f}**"))
     rows.append(("the prediction restricted by the patch labels and cleaned (what a next round trains on)",
                  f(restricted["train"]["mIoU"]), f(restricted["val"]["mIoU"]), ""))
-    rows.append(("the prediction's connected regions as glands: object F1 / Dice / Hausdorff",
+    rows.append((f"glands as objects ({_glands(ev['test'])}): object F1 / Dice / Hausdorff",
                  *(f"{ev[s]['object_F1']:.1f} / {ev[s]['object_Dice']:.1f} / {ev[s]['object_Hausdorff']:.1f}"
                    for s in ("train", "val", "test"))))
     sec = d["stage_seconds"]
@@ -450,6 +450,11 @@ def _objects(ev: dict, fmt: str = "{:.1f}") -> str:
     return " / ".join(fmt.format(ev[k]) for k in ("object_F1", "object_Dice", "object_Hausdorff"))
 
 
+def _glands(ev: dict) -> str:
+    """How an evaluation cut its prediction into glands: runs before the instances step scored connected regions."""
+    return "glands from the instances step" if ev.get("objects") == "instances" else "each connected region a gland"
+
+
 def _schedule(d: dict) -> str:
     """What the planner kept of the preset, from an ``end_to_end.py --budget`` file: classifier epochs, CAM scales,
     the iterations of each training (the last self-training round trains ``last_round_scale`` times longer) and
@@ -495,7 +500,7 @@ def _headline_rows(d: dict, doc: str) -> list[tuple]:
     short = doc == README
     rows = [(f"weakly supervised: `oeem run --preset cpu` end to end ({ev['train']['images']} training images, "
              f"{ev['val']['images']} held out for validation; validation {ev['val']['mIoU']:.2f}; testA object F1 / "
-             f"object Dice / object Hausdorff {_objects(ev['test'])}, connected regions as glands; "
+             f"object Dice / object Hausdorff {_objects(ev['test'])} ({_glands(ev['test'])}); "
              f"{_link('end_to_end-cpu.json', doc)})", f"**{ev['test']['mIoU']:.2f}**",
              f"**{d['wall_seconds'] / 60:.1f} min** ({d['precision']['segmentation']})")]
     budgets = [_result(n) for n in BUDGETS]
@@ -541,7 +546,7 @@ def _targets_table(d: dict) -> list[str]:
     """The project's targets for the cpu preset, each judged from its file."""
     sup, fp32 = _result("end_to_end-cpu-supervised.json"), _result("end_to_end-budget-60m-fp32.json")
     losses, inst, inst32 = _result("losses.json"), _result("instances-cpu.json"), _result("instances-cpu-fp32.json")
-    e2e = link = _link("end_to_end-cpu.json")
+    e2e = _link("end_to_end-cpu.json")
 
     def met(ok: bool) -> str:
         return "met" if ok else "not met"
@@ -562,7 +567,7 @@ def _targets_table(d: dict) -> list[str]:
          f"({_link('end_to_end-budget-60m-fp32.json')})"),
         ("pseudo-masks ≥ 70", met(d["pseudo"]["train"] >= 70),
          f"{d['pseudo']['train']:.2f} train from stage 1, {d['selftrain'][-1]['train']:.2f} after "
-         f"{len(d['selftrain'])} rounds ({link})"),
+         f"{len(d['selftrain'])} rounds ({e2e})"),
         ("OEEM l_norm ≥ CE + 1", met(gain >= 1) + ("; CE is the `cpu` preset's loss" if gain < 1 else ""),
          f"l_norm minus CE on the stage-1 pseudo-masks, {len(diffs['val'])} paired seeds: validation "
          + ", testA ".join(f"{statistics.mean(x):+.2f} ± {statistics.stdev(x):.2f}" for x in diffs.values())
@@ -669,6 +674,16 @@ def _crash_table(d: dict) -> list[str]:
                       for p in d["sweep"]["precision"] if any(c["precision"] == p for c in cases))) if cases else "-"
         rows.append((names.get(isa, isa), f"{len(cases)} of {d['cases_per_isa']}", common))
     return markdown(("ISA (cap)", "cases that crashed or hung", "what they share"), rows)
+
+
+def _minute(k: int) -> str:
+    """What a live benchmark's row ``k`` is: its checkpoints come about a minute of training apart."""
+    return f"checkpoint {k + 1} (about minute {k + 1})"
+
+
+def _remade(figure: str, what: str) -> Callable[[dict], str]:
+    """A quoted figure as a rerun remade it (``compare``'s file)."""
+    return lambda d: next(r["remade"] for r in d["rows"] if r["figure"] == figure and r["what"] == what)
 
 
 def _reproduced_table(d: dict) -> list[str]:
@@ -847,7 +862,7 @@ FIGURES: tuple[Figure, ...] = (
                                   ("images_proposals_cost_more", "{} of the"), ("patches", "{:,}"))
                  if doc == BENCH_DOC or key != "patches"),
            tables=(Table(BENCH_DOC, "weak-budgets", _weak_budget_table), Table(BENCH_DOC, "actions", _actions_table))),
-    Figure("preview", "PY benchmarks/preview.py --sweep", "preview.json", 12,
+    Figure("preview", "PY benchmarks/preview.py --sweep", "preview.json", 8,
            "the preview learned from tags in a second: validation / testA with 10 / 25 / 100 % tagged, key to "
            "preview",
            (*(Quote(doc, (lambda p, k: lambda d: d["shipped"][p][k])(p, k), "{:.1f}", f"{k}, {p} % tagged")
@@ -864,20 +879,20 @@ FIGURES: tuple[Figure, ...] = (
                r["val_mIoU"] for r in d["rows"] if r["arm"] == a and r["images"] == n))(arm, n), "{:.1f}",
                f"{arm}, {n} images") for arm in ("preview", "spread", "random") for n in (8, 19)),
            tables=(Table(BENCH_DOC, "preview-suggest", _suggest_table),)),
-    Figure("live", "PY benchmarks/live.py --minutes 8 && PY benchmarks/live.py --peer", "live-bf16.json", 12,
+    Figure("live", "PY benchmarks/live.py --minutes 8 && PY benchmarks/live.py --peer", "live-bf16.json", 11,
            "training while tagging: validation pseudo-masks of the background classifier after 1-8 minutes",
-           (*(Quote(BENCH_DOC, (lambda k: lambda d: d["rows"][k]["val_pseudo_mIoU"])(k), "{:.2f}", f"row {k}")
+           (*(Quote(BENCH_DOC, (lambda k: lambda d: d["rows"][k]["val_pseudo_mIoU"])(k), "{:.2f}", _minute(k))
               for k in (0, 1, 3, 7)),
 
             Quote(BENCH_DOC, lambda d: d["forest_peer"]["val_mIoU"], "{:.2f}", "the forest on the same tags")),
            tables=(Table(BENCH_DOC, "live", _live_table),)),
-    Figure("live-1thread", "PY benchmarks/live.py --minutes 8 --threads 1", "live-bf16-1thread.json", 12,
+    Figure("live-1thread", "PY benchmarks/live.py --minutes 8 --threads 1", "live-bf16-1thread.json", 13,
            "training while tagging as the dock runs it on 2 cores (one thread), bf16",
-           tuple(Quote(doc, (lambda k: lambda d: d["rows"][k]["val_pseudo_mIoU"])(k), "{:.2f}", f"row {k}")
+           tuple(Quote(doc, (lambda k: lambda d: d["rows"][k]["val_pseudo_mIoU"])(k), "{:.2f}", _minute(k))
                  for doc in (README, BENCH_DOC) for k in (0, 1, 3, 7) if doc == BENCH_DOC or k in (0, 3))),
     Figure("live-fp32", "PY benchmarks/live.py --minutes 10 --threads 1 --precision fp32", "live-fp32-1thread.json",
            18, "training while tagging as the dock runs it on 2 cores (one thread), fp32",
-           tuple(Quote(BENCH_DOC, (lambda k: lambda d: d["rows"][k]["val_pseudo_mIoU"])(k), "{:.2f}", f"row {k}")
+           tuple(Quote(BENCH_DOC, (lambda k: lambda d: d["rows"][k]["val_pseudo_mIoU"])(k), "{:.2f}", _minute(k))
                  for k in (0, 1, 3, 6, 7))),
     Figure("session", "PY benchmarks/session.py", "session-bf16.json", 40,
            "a tagging session at a pathologist's pace with the classifier training meanwhile, then Run all, bf16",
@@ -907,13 +922,13 @@ FIGURES: tuple[Figure, ...] = (
            "--out crash_matrix-networks.json",
            "crash_matrix-networks.json", 10, "every preset's networks, both layouts, each ISA cap",
            needs_glas=False),
-    Figure("precision", "PY benchmarks/precision.py --repeats 7", "precision.json", 10,
+    Figure("precision", "PY benchmarks/precision.py --repeats 7", "precision.json", 1,
            "fp32 against bf16: speed of each stage and agreement of the outputs", needs_glas=False,
            tables=(Table(BENCH_DOC, "precision", _precision_table),)),
-    Figure("faults", "PY benchmarks/faults.py --kills 200", "faults.json", 9,
+    Figure("faults", "PY benchmarks/faults.py --kills 200", "faults.json", 11,
            "kill -9 at random moments while writing: nothing lost, nothing half-written", needs_glas=False,
            tables=(Table(BENCH_DOC, "faults", _faults_table),)),
-    Figure("slide", "PY benchmarks/slide.py", "slide.json", 10, "a whole slide: memory and speed",
+    Figure("slide", "PY benchmarks/slide.py", "slide.json", 8, "a whole slide: memory and speed",
            needs_glas=False,
            quotes=(Quote(BENCH_DOC, lambda d: (d["sizes"][-1]["seconds"] - d["sizes"][0]["seconds"])
                          / (d["sizes"][-1]["tissue_mpx"] - d["sizes"][0]["tissue_mpx"]),
@@ -992,6 +1007,14 @@ FIGURES: tuple[Figure, ...] = (
            "`oeem predict-images` on testA copies outside any project (after end-to-end-cpu)"),
     Figure("slide-geojson", "PY benchmarks/slide_geojson.py", "slide_geojson.json", 5,
            "a 20,000 px slide prediction exported to QuPath GeoJSON: time, memory, vertices"),
+    Figure("reproduced", "PY benchmarks/figures.py compare --json reproduced.json", "reproduced.json", 0.1,
+           "each quoted figure the commands before it remade, beside the committed one (last: `make bench-quick` "
+           "on a fresh clone)",
+           (*(Quote(README, _remade("live-1thread", _minute(k)), "{}", f"live, one thread, {_minute(k)}, remade")
+              for k in (0, 3)),
+            *(Quote(BENCH_DOC, _remade("gui-latency-preview", what), "{}", f"{what}, remade")
+              for what in ("key to preview p95, in napari", "event-loop lateness p95"))),
+           needs_glas=False, tables=(Table(BENCH_DOC, "reproduced", _reproduced_table),)),
 )
 
 
@@ -1117,7 +1140,7 @@ def check(figures: tuple[Figure, ...] = FIGURES) -> list[str]:
         for q in fig.quotes:
             try:
                 want = q.text(data)
-            except (KeyError, IndexError, TypeError) as exc:
+            except (KeyError, IndexError, TypeError, StopIteration) as exc:
                 problems.append(f"{fig.name}: {fig.result} holds no {q.what} ({exc!r}); rerun: {fig.command}")
                 continue
             near = [b for b, where in blocks((REPO / q.doc).read_text()) if fig.result in where]
@@ -1151,11 +1174,15 @@ def compare(figures: tuple[Figure, ...] = FIGURES, rev: str = "HEAD") -> dict:
         if old is None or new is None or old == new:
             continue
         remade.append(fig.name)
+        seen = set()
         for q in fig.quotes:
             try:
                 before, after = q.value(old), q.value(new)
             except (KeyError, IndexError, TypeError, StopIteration):
                 continue
+            if q.what and q.what in seen:  # the same figure quoted in the README and the docs: once
+                continue
+            seen.add(q.what)
             if q.fmt.format(before) == q.fmt.format(after):
                 same += 1
                 continue
