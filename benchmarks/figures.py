@@ -1013,7 +1013,10 @@ FIGURES: tuple[Figure, ...] = (
            (*(Quote(README, _remade("live-1thread", _minute(k)), "{}", f"live, one thread, {_minute(k)}, remade")
               for k in (0, 3)),
             *(Quote(BENCH_DOC, _remade("gui-latency-preview", what), "{}", f"{what}, remade")
-              for what in ("key to preview p95, in napari", "event-loop lateness p95"))),
+              for what in ("key to preview p95, in napari", "event-loop lateness p95")),
+            *(Quote(BENCH_DOC, _remade(fig, what), "{}", f"{fig}: {what}, remade") for fig, what in (
+                ("instances-cpu", "share of the slide's prediction"),
+                ("instances-cpu-fp32", "share of the fp32 slide's prediction")))),
            needs_glas=False, tables=(Table(BENCH_DOC, "reproduced", _reproduced_table),)),
 )
 
