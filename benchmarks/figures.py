@@ -342,7 +342,7 @@ def _update_safety_table(d: dict) -> list[str]:
     """Each update rule (the earlier default's two arms from ``update_safety-cpu-bf16.json``, the learning rates from
     this file) per number of corrected images: the corrected images before and their gain, the mean (worst) change of
     validation and testA over the seeds, and how many the guard keeps."""
-    rows = json.loads((RESULTS / "update_safety-cpu-bf16.json").read_text())["rows"] + d["rows"]
+    rows = _result("update_safety-cpu-bf16.json")["rows"] + d["rows"]
     arms = (("train-bn", "lr 0.001, batch norms re-estimated (the earlier default)", "lr 0.001, re-estimated"),
             ("frozen-bn", "lr 0.001, batch norms frozen", "lr 0.001, frozen"),
             ("train-bn+lr=0.0003", "lr 0.0003", "lr 0.0003"),
@@ -400,7 +400,7 @@ def _retrain_table(d: dict, extra: str | None = None) -> list[str]:
     rule against the retrain on the uncorrected labels with the same seed - or, without one, the model before."""
     rows = [r for r in d["rows"] if r["arm"].startswith("retrain")]
     if extra:
-        rows += [r for r in json.loads((RESULTS / extra).read_text())["rows"] if r["arm"].startswith("retrain")]
+        rows += [r for r in _result(extra)["rows"] if r["arm"].startswith("retrain")]
     base = next(r for r in d["rows"] if r["arm"] == "base")
     bar = {r["seed"]: r for r in rows if r["labels"] == "pseudo"}
     arms: dict[tuple, list[dict]] = {}
@@ -432,12 +432,20 @@ def _retrain_table(d: dict, extra: str | None = None) -> list[str]:
 _FILES_AT: str | None = None  # a git revision: `_result` reads the files as committed there (for `compare`)
 
 
+def _at_revision(name: str, rev: str) -> dict | None:
+    """A result file as the git revision ``rev`` holds it, or None where it has none."""
+    rel = (RESULTS / name).relative_to(REPO).as_posix()
+    done = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:{rel}"], capture_output=True, text=True)
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
 def _result(name: str) -> dict:
     """Another tracked result file, for a table that sets several side by side."""
     if _FILES_AT is not None:
-        rel = (RESULTS / name).relative_to(REPO).as_posix()
-        return json.loads(subprocess.run(["git", "-C", str(REPO), "show", f"{_FILES_AT}:{rel}"], capture_output=True,
-                                         text=True, check=True).stdout)
+        data = _at_revision(name, _FILES_AT)
+        if data is None:
+            raise KeyError(f"{name} at {_FILES_AT}")
+        return data
     return json.loads((RESULTS / name).read_text())
 
 
@@ -1160,10 +1168,8 @@ def quick(fig: Figure) -> bool:
 
 
 def committed(fig: Figure, rev: str = "HEAD") -> dict | None:
-    """The result file as ``rev`` holds it, or None where it has none."""
-    done = subprocess.run(["git", "-C", str(REPO), "show", f"{rev}:benchmarks/results/{fig.result}"],
-                          capture_output=True, text=True)
-    return json.loads(done.stdout) if done.returncode == 0 else None
+    """The figure's result file as ``rev`` holds it, or None where it has none."""
+    return _at_revision(fig.result, rev)
 
 
 def compare(figures: tuple[Figure, ...] = FIGURES, rev: str = "HEAD") -> dict:
