@@ -115,6 +115,47 @@ LR = "train-bn+lr=0.0001"
 README = "README.md"
 BENCH_DOC = "docs/benchmarks.md"
 
+def _limits_errors_table(d: dict) -> list[str]:
+    """The shipped cut's true glands and predicted objects by kind per split, and what the merged glands' bridges
+    hold."""
+    splits = ("val", "train", "test")
+    kinds = d["error_kinds"]
+    what = {"gland: found": "true glands found (an object holds more than half)",
+            "gland: merged": "merged: the object over it is another gland's",
+            "gland: missed": "missed: the mask covers less than half",
+            "gland: missed, under 1000 px": "... of which under 1000 px (the prediction drops such regions)",
+            "gland: split": "split: covered by pieces, none holding half",
+            "object: piece": "objects that are a piece of one gland",
+            "object: background": "objects mostly on the truth's background",
+            "object: spans several": "objects over several glands, none held by half"}
+    rows = [(w, *(kinds[s].get(k, 0) for s in splits)) for k, w in what.items()]
+    merged = d["merged"]
+    rows.append(("merged glands: median gap to the other gland (px)",
+                 *("-" if merged[s]["gap_px_median"] is None else f"{merged[s]['gap_px_median']:.1f}" for s in splits)))
+    rows.append(("merged glands: median gland probability on the bridge",
+                 *("-" if merged[s]["bridge_prob_median"] is None else f"{merged[s]['bridge_prob_median']:.3f}"
+                   for s in splits)))
+    rows.append((f"bridges above the cut's p > {d['shipped']['core_threshold']:g}",
+                 *(f"{merged[s]['bridges_above_core_threshold']} of {merged[s]['bridges_measured']}" for s in splits)))
+    return markdown(("shipped `core` cut", "validation", "training images", "testA"), rows)
+
+
+def _limits_table(d: dict) -> list[str]:
+    """Each alternative cut at its best on validation beside the shipped one: object F1 / Dice / Hausdorff."""
+    what = {"core (shipped)": "the shipped `core` cut", "lumens": "split at lumens",
+            "colour": "seeds where colour agrees", "merge": "long borders joined",
+            "small left out": "small glands left out of the labels", "3 scales": "3-scale prediction, then the cut"}
+
+    def cells(r: dict, split: str) -> str:
+        s = r[split]
+        return f"{s['object_F1']:.1f} / {s['object_Dice']:.1f} / {s['object_Hausdorff']:.1f}"
+    rows = []
+    for method, r in d["best_of_each_method"].items():
+        setting = ", ".join(f"{k} {v:g}" for k, v in r.items() if k not in ("method", "val", "train", "test")) or "-"
+        rows.append((what.get(method, method), setting, cells(r, "val"), cells(r, "train"), cells(r, "test")))
+    return markdown(("cut (best on validation)", "setting", "validation", "training images", "testA"), rows)
+
+
 def _instances_table(d: dict) -> list[str]:
     """Each separation method at its best on validation, the chosen row in bold, and the best core row at the
     other scale: object F1 / object Dice / object Hausdorff per split, and the time against the prediction's."""
@@ -781,6 +822,14 @@ FIGURES: tuple[Figure, ...] = (
                  for m, s, k in (("interior", "val", "object_F1"), ("interior", "test", "object_F1"),
                                  ("interior", "test", "object_Dice"), ("interior", "test", "object_Hausdorff"),
                                  ("core", "val", "object_F1"), ("core", "test", "object_F1")))),
+    Figure("instances-limits", "PY benchmarks/instances_limits.py benchmarks/results/end_to_end-cpu.oeem.zarr",
+           "instances_limits-cpu.json", 5,
+           "where the shipped gland cut loses glands, and five other cuts of the cpu model's output (after "
+           "end-to-end-cpu)",
+           (Quote(BENCH_DOC, lambda d: d["pixel_mIoU"]["val"]["3 scales"], "{:.2f}", "3-scale validation mIoU"),
+            Quote(BENCH_DOC, lambda d: d["pixel_mIoU"]["test"]["3 scales"], "{:.2f}", "3-scale testA mIoU")),
+           tables=(Table(BENCH_DOC, "instances-limits-errors", _limits_errors_table),
+                   Table(BENCH_DOC, "instances-limits", _limits_table))),
     *(Figure(f"demo{suffix}", "PY benchmarks/end_to_end.py --data sample --val-images 0 --fresh --set "
              "classifier.epochs=4 classifier.min_epoch_steps=0 'cam.scales=[1,1.5]' segmentation.iterations=120 "
              f"selftrain.rounds=0 'inference.scales=[1]' inference.flip=false --name demo{suffix}{flag}",
@@ -1035,8 +1084,8 @@ _E2E = ("benchmarks/results/end_to_end-cpu.oeem.zarr",)
 _WEAK25 = ("runs/bench/suggested-25-s0-cpu.oeem.zarr", "runs/bench/glas-truth.oeem.zarr")
 NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     **{name: (_E2E, "end-to-end-cpu") for name in (
-        "instances-cpu-fp32", "instances-learned", "update-safety", "update-safety-fp32", "review-heldout",
-        "cleaning", "scales", "predict-images")},
+        "instances-cpu-fp32", "instances-learned", "instances-limits", "update-safety", "update-safety-fp32",
+        "review-heldout", "cleaning", "scales", "predict-images")},
     **{name: (_WEAK25, "weak-labels-25-preset") for name in ("update-safety-weak", "update-safety-weak-fp32")},
     "losses-weightings": (("benchmarks/results/losses.oeem.zarr",), "losses"),
 }
