@@ -71,6 +71,17 @@ def measure(app, seconds: float) -> np.ndarray:
     return np.array(late[1:])
 
 
+def process_until(app, done, what: str, timeout: float = 600.0) -> None:
+    """Run napari's event loop until ``done()``; a benchmark that waits longer than ``timeout`` s stops and says for
+    what (a stuck worker must not hang an unattended ``make bench``)."""
+    end = time.perf_counter() + timeout
+    while not done():
+        if time.perf_counter() > end:
+            raise SystemExit(f"gui_latency: waited {timeout:.0f} s for {what}")
+        app.processEvents()
+        time.sleep(0.01)
+
+
 def stats(late: np.ndarray) -> dict:
     return {"ticks": int(late.size), "p50_ms": float(np.percentile(late, 50)),
             "p95_ms": float(np.percentile(late, 95)), "p99_ms": float(np.percentile(late, 99)),
@@ -108,9 +119,7 @@ def preview_phase(seconds: float, pace: float, live: bool = False) -> None:
     # opening a project being tagged starts Train while tagging (the default): off, so that the phases before the
     # live one measure what they say (the live phase turns it on)
     panel.set_live(False)
-    while widget.runner.busy:
-        app.processEvents()
-        time.sleep(0.01)
+    process_until(app, lambda: not widget.runner.busy, "Train while tagging to stop")
     widget.state.show("t0")
     idle = measure(app, min(10.0, seconds))
     current = {}
@@ -151,9 +160,7 @@ def preview_phase(seconds: float, pace: float, live: bool = False) -> None:
         keys.start()
         late = measure(app, seconds / 2)
         keys.stop()
-        while panel._preview_running:
-            app.processEvents()
-            time.sleep(0.01)
+        process_until(app, lambda: not panel._preview_running, "the preview to finish")
         panel.preview_model = model
         return late
 
@@ -165,14 +172,11 @@ def preview_phase(seconds: float, pace: float, live: bool = False) -> None:
     if live:
         shown_before, keys_before = list(shown), keys_pressed[0]
         panel.set_live(True)
-        while not store.checkpoint_path("classifier").is_file():  # it trains (its first chunk is done)
-            app.processEvents()
-            time.sleep(0.01)
+        # it trains (its first chunk is done)
+        process_until(app, store.checkpoint_path("classifier").is_file, "the first training chunk")
         training = tagging(True, "t4")
         panel.set_live(False)
-        while widget.runner.busy:
-            app.processEvents()
-            time.sleep(0.01)
+        process_until(app, lambda: not widget.runner.busy, "Train while tagging to stop")
         extra = {"tagging_while_training": stats(training), "keys_while_training": keys_pressed[0] - keys_before}
         shown[:] = shown_before  # the key-to-preview times are the preview phase's: the classifier's take over
         keys_pressed[0] = keys_before
@@ -234,15 +238,11 @@ def main() -> None:
     widget.run_stage("segmentation")
     steps = []
     widget.runner.progressed.connect(lambda p: steps.append(p.step))
-    while not steps:  # training has started
-        app.processEvents()
-        time.sleep(0.01)
+    process_until(app, lambda: bool(steps), "segmentation training to start")
     busy = measure(app, args.seconds)
     iterations = steps[-1]
     widget.cancel()
-    while widget.runner.busy:
-        app.processEvents()
-        time.sleep(0.01)
+    process_until(app, lambda: not widget.runner.busy, "the cancelled training to stop")
     viewer.close()
 
     res = {"idle": stats(idle), "training": stats(busy), "iterations_during_measure": iterations,

@@ -52,7 +52,7 @@ from skimage.morphology import disk
 from skimage.segmentation import watershed
 
 from pipeline.config import InstanceConfig
-from pipeline.metrics import ObjectCounts, confusion, from_confusion, object_counts
+from pipeline.metrics import ObjectCounts, confusion, from_confusion, object_counts, overlap_table
 from pipeline.stages.instances import instances_of
 from pipeline.store import ProjectStore
 from pipeline.store.project import project_config
@@ -61,16 +61,9 @@ SPLITS = ("val", "train", "test")
 SCALES = (1.0, 1.25, 1.5)
 
 
-def overlaps(ids: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """(truth objects + 1) x (predicted objects + 1) pixel counts; row / column 0 is background."""
-    ng, ns = int(truth.max()), int(ids.max())
-    return np.bincount((truth.astype(np.int64) * (ns + 1) + ids).ravel(),
-                       minlength=(ng + 1) * (ns + 1)).reshape(ng + 1, ns + 1)
-
-
 def error_kinds(ids: np.ndarray, truth: np.ndarray, prob: np.ndarray) -> tuple[Counter, list[dict]]:
     """The kinds of the module docstring for one image, and one record per merged true gland."""
-    table = overlaps(ids, truth)
+    table, ids, truth = overlap_table(ids, truth)  # (both renumbered 1..n as the table counts them)
     inter, g_area, s_area = table[1:, 1:], table[1:].sum(1), table[:, 1:].sum(0)
     ng, ns = inter.shape
     kinds: Counter = Counter()

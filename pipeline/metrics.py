@@ -116,15 +116,24 @@ def _ratio(total: float, area: int) -> float:
     return total / area if area else 0.0
 
 
-def object_counts(pred_labels: np.ndarray, truth_labels: np.ndarray) -> ObjectCounts:
-    """:class:`ObjectCounts` of one image from two label images (0 = background, one id per object; binary masks
-    go through :func:`label_objects` first)."""
+def overlap_table(pred_labels: np.ndarray, truth_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pixels each true object shares with each predicted one: a (truth objects + 1) x (predicted objects + 1)
+    table (row and column 0: background), and the two label images renumbered 1..n as its rows and columns count
+    them (truth id i + 1 is row i + 1)."""
     pred_labels, truth_labels = np.asarray(pred_labels), np.asarray(truth_labels)
     if pred_labels.shape != truth_labels.shape:
         raise OEEMError(f"prediction shape {pred_labels.shape} differs from ground truth {truth_labels.shape}")
     s, g = _sequential(pred_labels), _sequential(truth_labels)
     ns, ng = int(s.max()), int(g.max())
     table = np.bincount((g * (ns + 1) + s).ravel(), minlength=(ng + 1) * (ns + 1)).reshape(ng + 1, ns + 1)
+    return table, s, g
+
+
+def object_counts(pred_labels: np.ndarray, truth_labels: np.ndarray) -> ObjectCounts:
+    """:class:`ObjectCounts` of one image from two label images (0 = background, one id per object; binary masks
+    go through :func:`label_objects` first)."""
+    table, s, g = overlap_table(pred_labels, truth_labels)
+    ng, ns = table.shape[0] - 1, table.shape[1] - 1
     inter = table[1:, 1:]  # |G_i & S_j|
     g_area, s_area = table[1:].sum(1), table[:, 1:].sum(0)
     g_partner = inter.argmax(1) if ns else np.zeros(ng, np.int64)  # index of S*(G_i); valid where it overlaps
