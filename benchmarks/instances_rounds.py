@@ -1,0 +1,157 @@
+"""Glands apart in the labels: can one more self-training round teach the network the stroma between touching
+glands, so that the glands come out as objects better than the shipped cut makes them of today's model?
+
+Each arm starts from a copy of the project (its model and stored prediction, e.g. the ``cpu`` preset's
+end-to-end run) and runs one more self-training round as ``oeem selftrain`` makes it, then trains ``--iters``
+iterations warm-started from the project's model, predicts every image as ``oeem predict`` does and cuts the glands:
+
+- ``plain``: the round's pseudo-masks as they are;
+- ``apart``: the same pseudo-masks with a background band where the shipped cut separates two glands in the
+  prediction the round learns from (pixels within ``--band`` px, full size, of two different glands): the border
+  the cut found, taught to the network - a contour learned from the pseudo-masks' own glands, no gland mask used;
+
+each at the project's working scale and at full resolution (``segmentation.working_scale`` 1: the same crop and
+iteration cost, four times the prediction time). The project's own model (no further round) is the first row. Every
+arm is cut by the shipped ``core`` settings and by the best of a small grid on validation; pixel mIoU of the mask,
+object F1 / Dice / Hausdorff on validation, the training images (whose masks a weak model never sees) and testA.
+Truth objects: the masks' connected regions (the GlaS copy here is binary).
+
+    python benchmarks/instances_rounds.py PROJECT [--iters 1000] [--band 3] [--name NAME]
+
+Writes ``benchmarks/results/instances_rounds-NAME.json``; the arms' copies live in ``runs/bench/`` while they run.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import shutil
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import REPO, machine, print_table, write_json
+from scipy import ndimage
+from skimage.morphology import disk
+
+from pipeline.config import PipelineConfig
+from pipeline.device import precision_name, resolve_precision
+from pipeline.metrics import ObjectCounts, confusion, from_confusion, object_counts
+from pipeline.progress import run
+from pipeline.stages.infer import predict
+from pipeline.stages.instances import separate
+from pipeline.stages.segment import train_segmenter
+from pipeline.stages.selftrain import selftrain_round
+from pipeline.store import ProjectStore
+from pipeline.store.project import project_config
+
+SPLITS = ("val", "train", "test")
+CUTS = [{"core_threshold": t, "min_core_area": a} for t, a in itertools.product((0.95, 0.97), (1000, 3000))]
+
+
+def apart_band(ids: np.ndarray, radius: int) -> np.ndarray:
+    """Pixels with two different glands of ``ids`` within ``radius`` px: where the cut put a border."""
+    none = np.iinfo(np.int32).max
+    footprint = disk(radius).astype(bool)
+    ids = ids.astype(np.int32)
+    highest = ndimage.maximum_filter(ids, footprint=footprint)
+    lowest = ndimage.minimum_filter(np.where(ids > 0, ids, none), footprint=footprint)
+    return (highest > 0) & (lowest < none) & (highest != lowest)
+
+
+def scores(store: ProjectStore, names: dict[str, list[str]], shipped: dict) -> dict:
+    """Pixel mIoU per split and object scores per split for the shipped cut and each of :data:`CUTS`."""
+    out: dict = {"mIoU": {}, "cuts": []}
+    data = {n: (store.read(n, "prediction"), store.read(n, "prob"), store.truth_objects(n)[0])
+            for s in SPLITS for n in names[s]}
+    for s in SPLITS:
+        cm = sum(confusion(data[n][0], store.mask(n)) for n in names[s])
+        out["mIoU"][s] = from_confusion(cm)["mIoU"]
+    for cut in [shipped] + [c for c in CUTS if c != shipped]:
+        row = {**cut}
+        for s in SPLITS:
+            total = ObjectCounts()
+            for n in names[s]:
+                mask, prob, truth = data[n]
+                total += object_counts(separate(mask, prob, "core", **cut), truth)
+            row[s] = total.scores()
+        out["cuts"].append(row)
+    return out
+
+
+def best_on_val(cuts: list[dict]) -> dict:
+    return max(cuts, key=lambda r: (round(r["val"]["object_F1"], 2), round(r["val"]["object_Dice"], 2),
+                                    -round(r["val"]["object_Hausdorff"], 2)))
+
+
+def run_arm(source: Path, work: Path, cfg: PipelineConfig, band: int, scale: float, iters: int,
+            names: dict[str, list[str]], shipped: dict) -> dict:
+    """One more round on a copy of ``source``: labels with or without the band, trained at ``scale``."""
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(source, work)
+    try:
+        store = ProjectStore.open(work)
+        bands = {n: apart_band(store.read(n, "instances"), band) for n in store.labelled_images(("train",))} \
+            if band else {}
+        run(selftrain_round(store, cfg))
+        moved = 0
+        for n, b in bands.items():
+            labels = store.read(n, "pseudo").copy()
+            apart = b & (labels == 1)
+            labels[apart] = 0
+            moved += int(apart.sum())
+            store.write(n, "pseudo", labels)
+        seg = replace(cfg.segmentation, iterations=iters, working_scale=scale)
+        trained = run(train_segmenter(store, seg, on_mismatch="restart"))
+        predicted = run(predict(store, cfg.inference, [n for s in SPLITS for n in names[s]]))
+        return {"band_px": band, "working_scale": scale, "band_pixels": moved,
+                "initialised_from": Path(trained["initialised_from"] or "").name, "train_seconds": trained["seconds"],
+                "predict_ms_per_image": 1000 * predicted["seconds_per_image"], **scores(store, names, shipped)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("project")
+    ap.add_argument("--iters", type=int, default=1000, help="iterations of the further round (default: 1000)")
+    ap.add_argument("--band", type=int, default=3, help="the band's reach in px at full size (default: 3)")
+    ap.add_argument("--name", default=None, help="results file suffix (default: from the project's folder name)")
+    args = ap.parse_args()
+    source = Path(args.project)
+    name = args.name or source.name.removesuffix(".oeem.zarr").removeprefix("end_to_end-")
+    store = ProjectStore.open(source, mode="r")
+    cfg = project_config(store, save=False)
+    names = {s: [n for n in store.names(s) if store.has(n, "mask")] for s in SPLITS}
+    shipped = {"core_threshold": cfg.instances.core_threshold, "min_core_area": cfg.instances.min_core_area}
+    t0 = time.perf_counter()
+    arms = {"no further round": {"band_px": 0, "working_scale": cfg.segmentation.working_scale,
+                                 **scores(store, names, shipped)}}
+    for band, scale in itertools.product((0, args.band), (cfg.segmentation.working_scale, 1.0)):
+        label = f"{'apart' if band else 'plain'} round, working scale {scale:g}"
+        print(f"{label} ...", flush=True)
+        arms[label] = run_arm(source, REPO / "runs" / "bench" / f"rounds-{name}.oeem.zarr", cfg, band, scale,
+                              args.iters, names, shipped)
+    for arm in arms.values():
+        arm["best_on_val"] = best_on_val(arm["cuts"])
+
+    def cells(r: dict, s: str) -> str:
+        return f"{r[s]['object_F1']:.1f} / {r[s]['object_Dice']:.1f} / {r[s]['object_Hausdorff']:.1f}"
+    precision = precision_name(resolve_precision(cfg.segmentation.precision, torch.device("cpu")))
+    print(f"\n{source}: pixel mIoU, then object F1 / object Dice / object Hausdorff (px) of the cut best on "
+          f"validation; {args.iters} iterations per round ({precision})")
+    print_table([(label, f"{a['mIoU']['val']:.2f} / {a['mIoU']['test']:.2f}",
+                  ", ".join(f"{k} {v:g}" for k, v in a["best_on_val"].items() if k not in SPLITS),
+                  cells(a["best_on_val"], "val"), cells(a["best_on_val"], "train"), cells(a["best_on_val"], "test"))
+                 for label, a in arms.items()],
+                ("model", "mIoU val / testA", "cut", "val", "training images", "testA"))
+    write_json(f"instances_rounds-{name}.json", {
+        "machine": machine(), "project": str(source), "images": {s: len(v) for s, v in names.items()},
+        "truth_objects": "ids" if all(store.truth_objects(n)[1] for s in SPLITS for n in names[s]) else "components",
+        "iterations": args.iters, "band_px": args.band, "precision": precision, "shipped_cut": shipped,
+        "seconds": time.perf_counter() - t0, "arms": arms})
+
+
+if __name__ == "__main__":
+    main()
