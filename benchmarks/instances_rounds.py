@@ -13,7 +13,9 @@ iterations warm-started from the project's model, predicts every image as ``oeem
 each at the project's working scale and at full resolution (``segmentation.working_scale`` 1: the same crop and
 iteration cost, four times the prediction time). The project's own model (no further round) is the first row. Every
 arm is cut by the shipped ``core`` settings and by the best of a small grid on validation; pixel mIoU of the mask,
-object F1 / Dice / Hausdorff on validation, the training images (whose masks a weak model never sees) and testA.
+object F1 / Dice / Hausdorff on validation, the training images (whose masks a weak model never sees) and testA,
+and what the chosen cut gets wrong, by kind (``instances_limits.py``'s kinds: glands missed, merged, split; objects
+that are pieces, on background, over several glands).
 Truth objects: the masks' connected regions (the GlaS copy here is binary).
 
     python benchmarks/instances_rounds.py PROJECT [--iters 1000] [--band 3] [--name NAME]
@@ -26,12 +28,14 @@ import argparse
 import itertools
 import shutil
 import time
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from _common import REPO, machine, print_table, write_json
+from instances_limits import error_kinds
 from scipy import ndimage
 from skimage.morphology import disk
 
@@ -77,6 +81,15 @@ def scores(store: ProjectStore, names: dict[str, list[str]], shipped: dict) -> d
                 total += object_counts(separate(mask, prob, "core", **cut), truth)
             row[s] = total.scores()
         out["cuts"].append(row)
+    best = out["best_on_val"] = best_on_val(out["cuts"])
+    cut = {k: best[k] for k in shipped}
+    out["kinds"] = {}  # what the chosen cut gets wrong, by kind (as instances_limits.py counts)
+    for s in SPLITS:
+        kinds: Counter = Counter()
+        for n in names[s]:
+            mask, prob, truth = data[n]
+            kinds += error_kinds(separate(mask, prob, "core", **cut), truth, prob)[0]
+        out["kinds"][s] = dict(kinds)
     return out
 
 
@@ -133,8 +146,6 @@ def main() -> None:
         print(f"{label} ...", flush=True)
         arms[label] = run_arm(source, REPO / "runs" / "bench" / f"rounds-{name}.oeem.zarr", cfg, band, scale,
                               args.iters, names, shipped)
-    for arm in arms.values():
-        arm["best_on_val"] = best_on_val(arm["cuts"])
 
     def cells(r: dict, s: str) -> str:
         return f"{r[s]['object_F1']:.1f} / {r[s]['object_Dice']:.1f} / {r[s]['object_Hausdorff']:.1f}"
