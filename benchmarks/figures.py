@@ -115,20 +115,23 @@ LR = "train-bn+lr=0.0001"
 README = "README.md"
 BENCH_DOC = "docs/benchmarks.md"
 
+# the kinds benchmarks/instances_limits.py's error_kinds counts, as the tables name them
+ERROR_KINDS = {"gland: found": "true glands found (an object holds more than half)",
+               "gland: merged": "merged: the object over it is another gland's",
+               "gland: missed": "missed: the mask covers less than half",
+               "gland: missed, under 1000 px": "... of which under 1000 px (the prediction drops such regions)",
+               "gland: split": "split: covered by pieces, none holding half",
+               "object: piece": "objects that are a piece of one gland",
+               "object: background": "objects mostly on the truth's background",
+               "object: spans several": "objects over several glands, none held by half"}
+
+
 def _limits_errors_table(d: dict) -> list[str]:
     """The shipped cut's true glands and predicted objects by kind per split, and what the merged glands' bridges
     hold."""
     splits = ("val", "train", "test")
     kinds = d["error_kinds"]
-    what = {"gland: found": "true glands found (an object holds more than half)",
-            "gland: merged": "merged: the object over it is another gland's",
-            "gland: missed": "missed: the mask covers less than half",
-            "gland: missed, under 1000 px": "... of which under 1000 px (the prediction drops such regions)",
-            "gland: split": "split: covered by pieces, none holding half",
-            "object: piece": "objects that are a piece of one gland",
-            "object: background": "objects mostly on the truth's background",
-            "object: spans several": "objects over several glands, none held by half"}
-    rows = [(w, *(kinds[s].get(k, 0) for s in splits)) for k, w in what.items()]
+    rows = [(w, *(kinds[s].get(k, 0) for s in splits)) for k, w in ERROR_KINDS.items()]
     merged = d["merged"]
     rows.append(("merged glands: median gap to the other gland (px)",
                  *("-" if merged[s]["gap_px_median"] is None else f"{merged[s]['gap_px_median']:.1f}" for s in splits)))
@@ -154,6 +157,31 @@ def _limits_table(d: dict) -> list[str]:
         setting = ", ".join(f"{k} {v:g}" for k, v in r.items() if k not in ("method", "val", "train", "test")) or "-"
         rows.append((what.get(method, method), setting, cells(r, "val"), cells(r, "train"), cells(r, "test")))
     return markdown(("cut (best on validation)", "setting", "validation", "training images", "testA"), rows)
+
+
+def _rounds_table(d: dict) -> list[str]:
+    """Each model (no further round, then the four further rounds): its pixel mIoU and the cut best on validation,
+    object F1 / Dice / Hausdorff per split."""
+    def cells(r: dict, split: str) -> str:
+        s = r[split]
+        return f"{s['object_F1']:.1f} / {s['object_Dice']:.1f} / {s['object_Hausdorff']:.1f}"
+    rows = []
+    for label, arm in d["arms"].items():
+        best = arm["best_on_val"]
+        cut = f"p > {best['core_threshold']:g}, >= {best['min_core_area']} px"
+        rows.append((label, f"{arm['mIoU']['val']:.2f} / {arm['mIoU']['test']:.2f}", cut, cells(best, "val"),
+                     cells(best, "train"), cells(best, "test")))
+    return markdown(("model", "pixel mIoU validation / testA", "cut (best on validation)", "validation",
+                     "training images", "testA"), rows)
+
+
+def _rounds_errors_table(d: dict) -> list[str]:
+    """What each model's chosen cut gets wrong, by kind: training images / testA."""
+    arms = d["arms"]
+    short = {label: label.replace(" round, working scale ", " ") for label in arms}
+    rows = [(w, *(f"{a['kinds']['train'].get(k, 0)} / {a['kinds']['test'].get(k, 0)}" for a in arms.values()))
+            for k, w in ERROR_KINDS.items()]
+    return markdown(("training images / testA", *short.values()), rows)
 
 
 def _instances_table(d: dict) -> list[str]:
@@ -830,6 +858,12 @@ FIGURES: tuple[Figure, ...] = (
             Quote(BENCH_DOC, lambda d: d["pixel_mIoU"]["test"]["3 scales"], "{:.2f}", "3-scale testA mIoU")),
            tables=(Table(BENCH_DOC, "instances-limits-errors", _limits_errors_table),
                    Table(BENCH_DOC, "instances-limits", _limits_table))),
+    Figure("instances-rounds", "PY benchmarks/instances_rounds.py benchmarks/results/end_to_end-cpu.oeem.zarr",
+           "instances_rounds-cpu.json", 26,
+           "one more self-training round - plain, with the cut's borders in its labels, at full resolution - against "
+           "the cpu model's glands (after end-to-end-cpu)",
+           tables=(Table(BENCH_DOC, "instances-rounds", _rounds_table),
+                   Table(BENCH_DOC, "instances-rounds-errors", _rounds_errors_table))),
     *(Figure(f"demo{suffix}", "PY benchmarks/end_to_end.py --data sample --val-images 0 --fresh --set "
              "classifier.epochs=4 classifier.min_epoch_steps=0 'cam.scales=[1,1.5]' segmentation.iterations=120 "
              f"selftrain.rounds=0 'inference.scales=[1]' inference.flip=false --name demo{suffix}{flag}",
@@ -1084,8 +1118,8 @@ _E2E = ("benchmarks/results/end_to_end-cpu.oeem.zarr",)
 _WEAK25 = ("runs/bench/suggested-25-s0-cpu.oeem.zarr", "runs/bench/glas-truth.oeem.zarr")
 NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     **{name: (_E2E, "end-to-end-cpu") for name in (
-        "instances-cpu-fp32", "instances-learned", "instances-limits", "update-safety", "update-safety-fp32",
-        "review-heldout", "cleaning", "scales", "predict-images")},
+        "instances-cpu-fp32", "instances-learned", "instances-limits", "instances-rounds", "update-safety",
+        "update-safety-fp32", "review-heldout", "cleaning", "scales", "predict-images")},
     **{name: (_WEAK25, "weak-labels-25-preset") for name in ("update-safety-weak", "update-safety-weak-fp32")},
     "losses-weightings": (("benchmarks/results/losses.oeem.zarr",), "losses"),
 }
