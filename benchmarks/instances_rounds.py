@@ -11,11 +11,11 @@ iterations warm-started from the project's model, predicts every image as ``oeem
   the cut found, taught to the network - a contour learned from the pseudo-masks' own glands, no gland mask used;
 
 each at the project's working scale and at full resolution (``segmentation.working_scale`` 1: the same crop and
-iteration cost, four times the prediction time). The project's own model (no further round) is the first row. Every
-arm is cut by the shipped ``core`` settings and by the best of a small grid on validation; pixel mIoU of the mask,
-object F1 / Dice / Hausdorff on validation, the training images (whose masks a weak model never sees) and testA,
-and what the chosen cut gets wrong, by kind (``instances_limits.py``'s kinds: glands missed, merged, split; objects
-that are pieces, on background, over several glands).
+iteration cost, a longer prediction: the file records both per arm). The project's own model (no further round) is
+the first row. Every arm is cut by the shipped ``core`` settings and by the best of a small grid on validation;
+pixel mIoU of the mask, object F1 / Dice / Hausdorff on validation, the training images (whose masks a weak model
+never sees) and testA, and what the chosen cut gets wrong, by kind (``instances_limits.py``'s kinds: glands missed,
+merged, split; objects that are pieces, on background, over several glands).
 Truth objects: the masks' connected regions (the GlaS copy here is binary).
 
     python benchmarks/instances_rounds.py PROJECT [--iters 1000] [--band 3] [--name NAME]
@@ -138,10 +138,14 @@ def main() -> None:
     cfg = project_config(store, save=False)
     names = {s: [n for n in store.names(s) if store.has(n, "mask")] for s in SPLITS}
     shipped = {"core_threshold": cfg.instances.core_threshold, "min_core_area": cfg.instances.min_core_area}
+    if not all(store.has(n, "instances") for n in store.labelled_images(("train",))):
+        raise SystemExit(f"{source}: the band needs the glands of the stored prediction; run "
+                         f"`oeem instances {source}` first")
     t0 = time.perf_counter()
     arms = {"no further round": {"band_px": 0, "working_scale": cfg.segmentation.working_scale,
                                  **scores(store, names, shipped)}}
-    for band, scale in itertools.product((0, args.band), (cfg.segmentation.working_scale, 1.0)):
+    scales = dict.fromkeys((cfg.segmentation.working_scale, 1.0))  # (once where the project is at full size)
+    for band, scale in itertools.product((0, args.band), scales):
         label = f"{'apart' if band else 'plain'} round, working scale {scale:g}"
         print(f"{label} ...", flush=True)
         arms[label] = run_arm(source, REPO / "runs" / "bench" / f"rounds-{name}.oeem.zarr", cfg, band, scale,
