@@ -82,6 +82,13 @@ def provenance() -> dict:
             "wall_s": round(time.time() - STARTED, 1), "machine": machine()}
 
 
+def object_rank_on_val(row: dict) -> tuple[float, float, float]:
+    """How the glands benchmarks rank a cut on validation: object F1, then object Dice, then the lower Hausdorff
+    (rounded, so that float noise never decides)."""
+    v = row["val"]
+    return round(v["object_F1"], 2), round(v["object_Dice"], 2), -round(v["object_Hausdorff"], 2)
+
+
 def print_table(rows: list[tuple], header: tuple) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     fmt = " | ".join(f"{{:<{w}}}" for w in widths)

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from _common import machine, print_table, write_json
+from _common import machine, object_rank_on_val, print_table, write_json
 
 from pipeline.config import InstanceConfig
 from pipeline.metrics import ObjectCounts, confusion, from_confusion, object_counts
@@ -90,9 +90,7 @@ def main() -> None:
     def key(r: dict) -> tuple:
         """Within the speed budget first; then object F1, object Dice, the lower Hausdorff; on a tie the row that
         cuts less (the larger smallest seed)."""
-        v = r["val"]
-        return (r["ms_per_image"] <= SPEED_SHARE * predict_ms, round(v["object_F1"], 2), round(v["object_Dice"], 2),
-                -round(v["object_Hausdorff"], 2), r.get("min_core_area", 0))
+        return r["ms_per_image"] <= SPEED_SHARE * predict_ms, *object_rank_on_val(r), r.get("min_core_area", 0)
     best = max(rows, key=key)
     best_of = {m: max((r for r in rows if r["method"] == m), key=key) for m in ("components", "distance", "core")}
 

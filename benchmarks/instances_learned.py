@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import machine, print_table, write_json
+from _common import machine, object_rank_on_val, print_table, write_json
 
 from pipeline.config import SegConfig
 from pipeline.device import autocast, in_layout, resolve_precision
@@ -139,9 +139,7 @@ def main() -> None:
         rows.append(row)
 
     def key(r: dict) -> tuple:
-        v = r["val"]
-        return round(v["object_F1"], 2), round(v["object_Dice"], 2), -round(v["object_Hausdorff"], 2), \
-            r.get("min_core_area", 0)
+        return *object_rank_on_val(r), r.get("min_core_area", 0)
     best = {m: max((r for r in rows if r["method"] == m), key=key) for m in ("components", "core", "interior")}
 
     def cells(s: dict) -> str:

@@ -44,7 +44,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
-from _common import machine, print_table, write_json
+from _common import machine, object_rank_on_val, print_table, write_json
 from scipy import ndimage
 from skimage.filters import gaussian
 from skimage.measure import label
@@ -254,10 +254,8 @@ def main() -> None:
         rows.append(row)
         print(f"{method} {params}: val object F1 {row['val']['object_F1']:.2f}", flush=True)
 
-    def key(r: dict) -> tuple:
-        v = r["val"]
-        return round(v["object_F1"], 2), round(v["object_Dice"], 2), -round(v["object_Hausdorff"], 2)
-    best = {m: max((r for r in rows if r["method"] == m), key=key) for m in dict.fromkeys(r["method"] for r in rows)}
+    best = {m: max((r for r in rows if r["method"] == m), key=object_rank_on_val)
+            for m in dict.fromkeys(r["method"] for r in rows)}
 
     def cells(r: dict, s: str) -> str:
         return f"{r[s]['object_F1']:.1f} / {r[s]['object_Dice']:.1f} / {r[s]['object_Hausdorff']:.0f}"

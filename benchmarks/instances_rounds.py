@@ -34,17 +34,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO, machine, print_table, write_json
+from _common import REPO, machine, object_rank_on_val, print_table, write_json
 from instances_limits import error_kinds
 from scipy import ndimage
 from skimage.morphology import disk
 
-from pipeline.config import PipelineConfig
+from pipeline.config import InstanceConfig, PipelineConfig
 from pipeline.device import precision_name, resolve_precision
 from pipeline.metrics import ObjectCounts, confusion, from_confusion, object_counts
 from pipeline.progress import run
 from pipeline.stages.infer import predict
-from pipeline.stages.instances import separate
+from pipeline.stages.instances import instances_of
 from pipeline.stages.segment import train_segmenter
 from pipeline.stages.selftrain import selftrain_round
 from pipeline.store import ProjectStore
@@ -64,8 +64,15 @@ def apart_band(ids: np.ndarray, radius: int) -> np.ndarray:
     return (highest > 0) & (lowest < none) & (highest != lowest)
 
 
-def scores(store: ProjectStore, names: dict[str, list[str]], shipped: dict) -> dict:
-    """Pixel mIoU per split and object scores per split for the shipped cut and each of :data:`CUTS`."""
+def shipped_cut(instances: InstanceConfig) -> dict:
+    """The project's own ``core`` settings, as :data:`CUTS` names them."""
+    return {"core_threshold": instances.core_threshold, "min_core_area": instances.min_core_area}
+
+
+def scores(store: ProjectStore, names: dict[str, list[str]], instances: InstanceConfig) -> dict:
+    """Pixel mIoU per split and object scores per split for the project's cut and each of :data:`CUTS`, cut as
+    ``instances`` says otherwise (its scale, its opening)."""
+    shipped = shipped_cut(instances)
     out: dict = {"mIoU": {}, "cuts": []}
     data = {n: (store.read(n, "prediction"), store.read(n, "prob"), store.truth_objects(n)[0])
             for s in SPLITS for n in names[s]}
@@ -78,28 +85,23 @@ def scores(store: ProjectStore, names: dict[str, list[str]], shipped: dict) -> d
             total = ObjectCounts()
             for n in names[s]:
                 mask, prob, truth = data[n]
-                total += object_counts(separate(mask, prob, "core", **cut), truth)
+                total += object_counts(instances_of(mask, prob, replace(instances, method="core", **cut)), truth)
             row[s] = total.scores()
         out["cuts"].append(row)
-    best = out["best_on_val"] = best_on_val(out["cuts"])
-    cut = {k: best[k] for k in shipped}
+    best = out["best_on_val"] = max(out["cuts"], key=object_rank_on_val)
+    chosen = replace(instances, method="core", **{k: best[k] for k in shipped})
     out["kinds"] = {}  # what the chosen cut gets wrong, by kind (as instances_limits.py counts)
     for s in SPLITS:
         kinds: Counter = Counter()
         for n in names[s]:
             mask, prob, truth = data[n]
-            kinds += error_kinds(separate(mask, prob, "core", **cut), truth, prob)[0]
+            kinds += error_kinds(instances_of(mask, prob, chosen), truth, prob)[0]
         out["kinds"][s] = dict(kinds)
     return out
 
 
-def best_on_val(cuts: list[dict]) -> dict:
-    return max(cuts, key=lambda r: (round(r["val"]["object_F1"], 2), round(r["val"]["object_Dice"], 2),
-                                    -round(r["val"]["object_Hausdorff"], 2)))
-
-
 def run_arm(source: Path, work: Path, cfg: PipelineConfig, band: int, scale: float, iters: int,
-            names: dict[str, list[str]], shipped: dict) -> dict:
+            names: dict[str, list[str]]) -> dict:
     """One more round on a copy of ``source``: labels with or without the band, trained at ``scale``."""
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(source, work)
@@ -120,7 +122,7 @@ def run_arm(source: Path, work: Path, cfg: PipelineConfig, band: int, scale: flo
         predicted = run(predict(store, cfg.inference, [n for s in SPLITS for n in names[s]]))
         return {"band_px": band, "working_scale": scale, "band_pixels": moved,
                 "initialised_from": Path(trained["initialised_from"] or "").name, "train_seconds": trained["seconds"],
-                "predict_ms_per_image": 1000 * predicted["seconds_per_image"], **scores(store, names, shipped)}
+                "predict_ms_per_image": 1000 * predicted["seconds_per_image"], **scores(store, names, cfg.instances)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -137,19 +139,18 @@ def main() -> None:
     store = ProjectStore.open(source, mode="r")
     cfg = project_config(store, save=False)
     names = {s: [n for n in store.names(s) if store.has(n, "mask")] for s in SPLITS}
-    shipped = {"core_threshold": cfg.instances.core_threshold, "min_core_area": cfg.instances.min_core_area}
     if not all(store.has(n, "instances") for n in store.labelled_images(("train",))):
         raise SystemExit(f"{source}: the band needs the glands of the stored prediction; run "
                          f"`oeem instances {source}` first")
     t0 = time.perf_counter()
     arms = {"no further round": {"band_px": 0, "working_scale": cfg.segmentation.working_scale,
-                                 **scores(store, names, shipped)}}
+                                 **scores(store, names, cfg.instances)}}
     scales = dict.fromkeys((cfg.segmentation.working_scale, 1.0))  # (once where the project is at full size)
     for band, scale in itertools.product((0, args.band), scales):
         label = f"{'apart' if band else 'plain'} round, working scale {scale:g}"
         print(f"{label} ...", flush=True)
         arms[label] = run_arm(source, REPO / "runs" / "bench" / f"rounds-{name}.oeem.zarr", cfg, band, scale,
-                              args.iters, names, shipped)
+                              args.iters, names)
 
     def cells(r: dict, s: str) -> str:
         return f"{r[s]['object_F1']:.1f} / {r[s]['object_Dice']:.1f} / {r[s]['object_Hausdorff']:.1f}"
@@ -164,7 +165,8 @@ def main() -> None:
     write_json(f"instances_rounds-{name}.json", {
         "machine": machine(), "project": str(source), "images": {s: len(v) for s, v in names.items()},
         "truth_objects": "ids" if all(store.truth_objects(n)[1] for s in SPLITS for n in names[s]) else "components",
-        "iterations": args.iters, "band_px": args.band, "precision": precision, "shipped_cut": shipped,
+        "iterations": args.iters, "band_px": args.band, "precision": precision,
+        "shipped_cut": shipped_cut(cfg.instances),
         "seconds": time.perf_counter() - t0, "arms": arms})
 
 
