@@ -13,6 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import figures  # noqa: E402
+import figures_core  # noqa: E402
+import figures_tables  # noqa: E402
 
 
 def test_every_quoted_figure_is_what_its_tracked_file_holds():
@@ -20,7 +22,7 @@ def test_every_quoted_figure_is_what_its_tracked_file_holds():
     assert problems == [], "\n".join(problems)
     for fig in figures.FIGURES:
         if fig.quotes:
-            assert figures.tracked(figures.RESULTS / fig.result), f"{fig.result} is quoted but not committed"
+            assert figures.tracked(figures_core.RESULTS / fig.result), f"{fig.result} is quoted but not committed"
 
 
 def _sandbox(tmp_path, monkeypatch, doc_text: str, result_json: str):
@@ -28,8 +30,8 @@ def _sandbox(tmp_path, monkeypatch, doc_text: str, result_json: str):
     doc = tmp_path / "doc.md"
     doc.write_text(doc_text)
     (tmp_path / "x.json").write_text(result_json)
-    monkeypatch.setattr(figures, "REPO", tmp_path)
-    monkeypatch.setattr(figures, "RESULTS", tmp_path)
+    monkeypatch.setattr(figures_core, "REPO", tmp_path)
+    monkeypatch.setattr(figures_core, "RESULTS", tmp_path)
     return doc
 
 
@@ -81,10 +83,10 @@ def test_compare_shows_each_quoted_figure_and_table_row_a_rerun_changed(tmp_path
     """What a reviewer reads after ``make bench-quick`` on a fresh clone: committed against remade."""
     _sandbox(tmp_path, monkeypatch, "doc\n", '{"wall": 46.0, "score": 96.09, "rows": [["a", 1], ["b", 2]]}')
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
-    monkeypatch.setattr(figures, "RESULTS", tmp_path / "benchmarks" / "results")
-    result = figures.RESULTS / "x.json"
+    monkeypatch.setattr(figures_core, "RESULTS", tmp_path / "benchmarks" / "results")
+    result = figures_core.RESULTS / "x.json"
     result.write_text((tmp_path / "x.json").read_text())
-    (figures.RESULTS / "y.json").write_text('{"n": 7}')  # another file a table sets beside its own
+    (figures_core.RESULTS / "y.json").write_text('{"n": 7}')  # another file a table sets beside its own
     git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
@@ -93,10 +95,11 @@ def test_compare_shows_each_quoted_figure_and_table_row_a_rerun_changed(tmp_path
         figures.Quote("doc.md", lambda d: d["wall"], "{:.0f} s", "wall time"),
         figures.Quote("doc.md", lambda d: d["score"], what="testA")),
         tables=(figures.Table("doc.md", "t", lambda d: figures.markdown(("arm", "n"), d["rows"])),
-                figures.Table("doc.md", "u", lambda d: figures.markdown(("y",), [(figures._result("y.json")["n"],)]))))
+                figures.Table("doc.md", "u",
+                              lambda d: figures.markdown(("y",), [(figures_core.result_file("y.json")["n"],)]))))
     assert figures.compare((fig,)) == {"against": "HEAD", "remade": [], "quotes_unchanged": 0, "rows": []}
     result.write_text('{"wall": 41.0, "score": 96.09, "rows": [["a", 1], ["b", 3]]}')  # a rerun
-    (figures.RESULTS / "y.json").write_text('{"n": 8}')
+    (figures_core.RESULTS / "y.json").write_text('{"n": 8}')
     assert figures.compare((fig,)) == {"against": "HEAD", "remade": ["x"], "quotes_unchanged": 1, "rows": [
         {"figure": "x", "what": "wall time", "committed": "46 s", "remade": "41 s", "change_%": -10.9},
         {"figure": "x", "what": "table t", "committed": "| b | 2 |", "remade": "| b | 3 |"},
@@ -112,12 +115,12 @@ def test_the_budget_schedule_counts_the_last_rounds_longer_training_and_each_res
         "classifier_epochs": 8, "cam_scales": [1.0, 1.5], "segmentation_iterations": 2000, "rounds": 1,
         "resized": {"0": {"iterations": 2000, "planned_iterations": 1540},
                     "1": {"iterations": 2000, "planned_iterations": 2000}}}}
-    assert figures._schedule(one_round) == ("8 epochs, CAM scales 1 + 1.5, 2000 + 3000 iterations "
-                                            "(sized again: 1540 -> 2000), one round")
+    assert figures_tables.schedule_text(one_round) == ("8 epochs, CAM scales 1 + 1.5, 2000 + 3000 iterations "
+                                                       "(sized again: 1540 -> 2000), one round")
     whole = {"config": cfg, "schedule": {"classifier_epochs": 8, "cam_scales": [1.0, 1.5, 2.0],
                                          "segmentation_iterations": 2000, "rounds": 2}}
-    assert figures._schedule(whole) == ("the whole preset: 8 epochs, CAM scales 1 + 1.5 + 2, 2000 + 2000 + 3000 "
-                                        "iterations, two rounds")
+    assert figures_tables.schedule_text(whole) == ("the whole preset: 8 epochs, CAM scales 1 + 1.5 + 2, "
+                                                   "2000 + 2000 + 3000 iterations, two rounds")
 
 
 @cache
