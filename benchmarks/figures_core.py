@@ -82,9 +82,9 @@ def result_file(name: str) -> dict:
 
 
 def link(name: str, doc: str = BENCH_DOC) -> str:
+    """A markdown link from ``doc`` to the result file ``name``."""
     up = "../" * doc.count("/")
     return f"[`{name}`]({up}benchmarks/results/{name})"
-
 
 
 @contextmanager
