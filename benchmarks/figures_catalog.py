@@ -34,6 +34,8 @@ from figures_tables import (
     rounds_errors_table,
     rounds_table,
     scales_table,
+    seeds_mean,
+    seeds_table,
     session_table,
     shipped_row,
     slide_scale_out_table,
@@ -117,6 +119,21 @@ FIGURES: tuple[Figure, ...] = (
                Quote(BENCH_DOC, lambda d: d["slide"]["seconds_per_mm2"], "{:.2f} s/mm²", "seconds per mm² of slide"),
                Quote(BENCH_DOC, lambda d: 100 * d["slide"]["share_of_prediction"], "{:.0f} % of the slide",
                      "share of the slide's prediction"))),
+    Figure("instances-cpu-s1", "PY benchmarks/end_to_end.py --preset cpu --set classifier.seed=1 segmentation.seed=1 "
+           "--name cpu-s1 && PY benchmarks/instances.py benchmarks/results/end_to_end-cpu-s1.oeem.zarr",
+           "instances-cpu-s1.json", 50, "the cpu preset trained from seed 1, its glands cut as instances-cpu's"),
+    Figure("instances-cpu-s2", "PY benchmarks/end_to_end.py --preset cpu --set classifier.seed=2 segmentation.seed=2 "
+           "--name cpu-s2 && PY benchmarks/instances.py benchmarks/results/end_to_end-cpu-s2.oeem.zarr",
+           "instances-cpu-s2.json", 50,
+           "the cpu preset trained from seed 2, its glands cut as instances-cpu's; the three draws side by side",
+           tuple(Quote(doc, seeds_mean(lambda d, k=k: shipped_row(d)["test"][k]), "{:.1f}",
+                       f"testA {k}, mean of the seeds") for doc in (README, BENCH_DOC)
+                 for k in ("object_F1", "object_Dice", "object_Hausdorff")) + (
+               Quote(BENCH_DOC, seeds_mean(lambda d: 100 * d["slide"]["share_of_prediction"]), "{:.1f} %",
+                     "the slide's share, mean of the seeds"),
+               Quote(BENCH_DOC, seeds_mean(lambda d: d["pixel"]["test"]["mIoU"]), "{:.2f}",
+                     "testA pixel mIoU, mean of the seeds")),
+           tables=(Table(BENCH_DOC, "instances-seeds", seeds_table),)),
     Figure("instances-learned", "PY benchmarks/instances_learned.py benchmarks/results/end_to_end-cpu.oeem.zarr",
            "instances_learned-cpu.json", 8,
            "glands seeded by a learned interior (a head on the frozen cpu model, trained on its own labels) against "
