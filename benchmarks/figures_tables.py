@@ -222,8 +222,10 @@ def weak_budget_table(d: dict) -> list[str]:
                      "testA mIoU", "of the 100 % testA", "min"), rows)
 
 
-def mean_sd(xs: list[float]) -> str:
-    return f"{xs[0]:.2f}" if len(xs) == 1 else f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}"
+def mean_sd(xs: list[float], fmt: str = "{:.2f}") -> str:
+    if len(xs) == 1:
+        return fmt.format(xs[0])
+    return f"{fmt.format(statistics.mean(xs))} ± {fmt.format(statistics.stdev(xs))}"
 
 
 def losses_table(d: dict) -> list[str]:
@@ -556,7 +558,7 @@ def targets_table(d: dict) -> list[str]:
     gain = statistics.mean(diffs["val"])
     ms = (inst["predict"]["ms_per_image"], inst32["predict"]["ms_per_image"])
     objects = chosen_row(inst)["test"]
-    seeds_objects = {k: seeds_mean(lambda d, k=k: shipped_row(d)["test"][k])(inst)
+    seeds_objects = {k: statistics.mean(shipped_row(s)["test"][k] for _, s in seed_runs())
                      for k in ("object_F1", "object_Dice", "object_Hausdorff")}
     rows = [
         ("fully supervised ≥ 85", met(sup["evaluation"]["test"]["mIoU"] >= 85),
@@ -721,13 +723,12 @@ def seeds_table(_d: dict) -> list[str]:
                      object_scores(shipped["train"]), object_scores(shipped["test"]), own,
                      f"{100 * d['slide']['share_of_prediction']:.1f} %"))
 
-    def spread(values: list[float], fmt: str = "{:.1f}") -> str:
-        return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
     tests = [shipped_row(d)["test"] for _, d in runs]
-    rows.append((f"mean ± sd of {len(runs)} seeds", spread([d["pixel"]["test"]["mIoU"] for _, d in runs], "{:.2f}")
+    rows.append((f"mean ± sd of {len(runs)} seeds", mean_sd([d["pixel"]["test"]["mIoU"] for _, d in runs])
                  + " testA", "", "", "",
-                 " / ".join(spread([t[k] for t in tests]) for k in ("object_F1", "object_Dice", "object_Hausdorff")),
-                 "", spread([100 * d["slide"]["share_of_prediction"] for _, d in runs]) + " %"))
+                 " / ".join(mean_sd([t[k] for t in tests], "{:.1f}")
+                            for k in ("object_F1", "object_Dice", "object_Hausdorff")),
+                 "", mean_sd([100 * d["slide"]["share_of_prediction"] for _, d in runs], "{:.1f}") + " %"))
     return markdown(("model", "pixel mIoU validation / testA", "connected regions: testA", "shipped cut: validation",
                      "training images", "testA", "the cut its own validation chose: testA",
                      "glands of a slide: of its prediction's time"), rows)
