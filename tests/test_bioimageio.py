@@ -94,6 +94,26 @@ def test_torchscript_gives_the_projects_own_probabilities_and_masks(trained_proj
     assert (written != mask_from_probs(test_out[0], cfg.inference)).mean() < 5e-3
 
 
+def test_torchscript_predicts_in_all_eight_orientations_as_oeem_does(trained_project):
+    """A model set to predict in all 8 orientations (``inference.dihedral``) is packaged with them."""
+    from dataclasses import asdict, replace
+
+    from pipeline.io.bioimageio import GlandProbability, _torchscript
+    from pipeline.stages.segment import load_segmenter
+
+    store, cfg, _ = trained_project
+    model, _ = load_segmenter(store)
+    inference = replace(cfg.inference, dihedral=True, scales=(1.0,), precision="fp32")
+    module = GlandProbability(asdict(cfg.segmentation), asdict(inference))
+    module.net.load_state_dict(model.state_dict())
+    scripted = _torchscript(module.eval())
+    image = store.image(store.names("test")[0])[:150, :230]
+    with torch.inference_mode():
+        probs = scripted(torch.from_numpy(image.transpose(2, 0, 1).astype(np.float32))[None])[0].numpy()
+    own = predict_probs(model, image, inference, torch.device("cpu"), cfg.segmentation)
+    assert np.abs(probs - own).max() < 1e-3
+
+
 def test_oeem_reads_the_package_back_as_the_model_file_it_came_from(trained_project, package, model_file, tmp_path):
     store, _, _ = trained_project
     back, original = load_model_file(package), load_model_file(model_file)

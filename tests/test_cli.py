@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.cli import build_parser, main
 from pipeline.config import preset
+from pipeline.store import ProjectStore
 
 STAGES = ["init", "patches", "train-cls", "cams", "train-seg", "selftrain", "predict", "instances", "evaluate", "run",
           "export",
@@ -105,7 +106,10 @@ def test_validation_split_and_self_training_from_the_command_line(tmp_path, smal
     assert main(["selftrain", p]) == 2
     assert "run `oeem train-seg" in capsys.readouterr().err
     assert main(["train-seg", p, "--iterations", "3", "--set", "segmentation.working_scale=0.5"]) == 0
+    assert main(["predict", p, "--all-orientations", "--scales", "1", "--split", "val"]) == 0
+    assert ProjectStore.open(p, mode="r").load_run("predict")["config"]["dihedral"] is True
     assert main(["predict", p, "--fast", "--split", "val"]) == 0
+    assert ProjectStore.open(p, mode="r").load_run("predict")["config"]["dihedral"] is False
     assert main(["selftrain", p]) == 2  # the training images have no prediction yet
     assert main(["predict", p, "--fast", "--split", "train"]) == 0
     capsys.readouterr()

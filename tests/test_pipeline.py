@@ -157,6 +157,30 @@ def test_multiscale_flip_prediction_is_a_distribution(trained_project):
     np.testing.assert_allclose(prob.sum(0), 1, atol=1e-5)
 
 
+def test_all_eight_orientations_average_the_predictions_of_the_turned_images(trained_project):
+    """``inference.dihedral``: the prediction of an image is the average of the network's predictions of its 8
+    mirrored and turned copies, each put back in place - so it does not change when the image is turned."""
+    from pipeline.config import InferConfig
+    from pipeline.stages.infer import orient
+
+    store, _, _ = trained_project
+    model, seg = load_segmenter(store)
+    image = store.image(store.names("test")[0])[:150, :230]  # not square: a turn swaps height and width
+    one = InferConfig(scales=(1.0,), flip=False, crop_size=96, stride=64, precision="fp32")
+    eight = InferConfig(scales=(1.0,), dihedral=True, crop_size=96, stride=64, precision="fp32")
+    assert len(eight.orientations()) == 8 == len(set(eight.orientations()))
+    prob = predict_probs(model, image, eight, torch.device("cpu"), seg)
+    by_hand = np.mean([orient(torch.from_numpy(predict_probs(
+        model, np.ascontiguousarray(orient(torch.from_numpy(image).permute(2, 0, 1), *o).permute(1, 2, 0).numpy()),
+        one, torch.device("cpu"), seg)), *o, back=True).numpy() for o in eight.orientations()], axis=0)
+    assert prob.shape == (2, 150, 230)
+    np.testing.assert_allclose(prob, by_hand, atol=1e-4)
+    turned = predict_probs(model, np.ascontiguousarray(image.transpose(1, 0, 2)[::-1]), eight, torch.device("cpu"),
+                           seg)
+    np.testing.assert_allclose(turned, prob.transpose(0, 2, 1)[:, ::-1], atol=1e-4)
+    assert np.abs(prob - predict_probs(model, image, one, torch.device("cpu"), seg)).max() > 1e-3
+
+
 def test_too_large_an_image_is_refused_with_advice():
     from pipeline.config import InferConfig
     from pipeline.stages.infer import check_memory

@@ -81,7 +81,7 @@ def predict_megapixels(cfg: PipelineConfig, shapes: Collection[tuple[int, ...]])
             s = s * cfg.segmentation.working_scale
             hh, ww = max(crop, max(8, round(h * s))), max(crop, max(8, round(w * s)))
             windows = len(grid_starts(hh, crop, ic.stride)) * len(grid_starts(ww, crop, ic.stride))
-            total += windows * crop * crop * (2 if ic.flip else 1)
+            total += windows * crop * crop * len(ic.orientations())
     return total / 1e6
 
 
@@ -155,7 +155,8 @@ def estimate(cfg: PipelineConfig, speeds: Speeds, facts: ProjectFacts, done: Col
             (f"{iterations} iterations" if iterations else "labels only (trained on masks)")
         out.append(StageEstimate(key, f"self-training round {r}", seconds, detail, key in done))
     ic = cfg.inference
-    how = f"{len(ic.scales)} scale{'s' if len(ic.scales) > 1 else ''}" + (" + flip" if ic.flip else "")
+    how = f"{len(ic.scales)} scale{'s' if len(ic.scales) > 1 else ''}" + (
+        " x 8 orientations" if ic.dihedral else " + flip" if ic.flip else "")
     out.append(StageEstimate("predict", "prediction",
                              predict_megapixels(cfg, facts.images) * speeds.predict_per_mpx
                              + io["predict"] * _mpx(facts.images),

@@ -104,6 +104,10 @@ def _shown(value: Any) -> str:
 
 def add_setting_flags(p: argparse.ArgumentParser, command: str) -> None:
     for s in command_settings(command):
+        if isinstance(s.value, bool):  # a switch: given means on, absent means the project's value
+            p.add_argument(s.flag, dest=SETTING_DEST + s.key, action="store_const", const=True, default=None,
+                           help=f"{s.help} ({s.key}; default: the project's, cpu preset {'on' if s.value else 'off'})")
+            continue
         kind: Any = floats if isinstance(s.value, tuple) else type(s.value) if s.value is not None else str
         p.add_argument(s.flag, dest=SETTING_DEST + s.key, type=kind, choices=s.choices, default=None,
                        metavar=None if s.choices else s.key.rsplit(".", 1)[1].upper(),
@@ -117,7 +121,7 @@ def add_device(p: argparse.ArgumentParser) -> None:
 
 
 def add_fast(p: argparse.ArgumentParser, default: str = "off") -> None:
-    p.add_argument("--fast", action="store_true", help=f"predict at one scale, no flip (default: {default})")
+    p.add_argument("--fast", action="store_true", help=f"predict at one scale, one orientation (default: {default})")
 
 
 def add_mpp(p: argparse.ArgumentParser, default: str = "what the file says") -> None:

@@ -68,7 +68,7 @@ class GlandProbability(torch.nn.Module):
         seg, inf = from_dict(SegConfig, segmentation), from_dict(InferConfig, inference)
         self.net = build_segmenter(seg)
         self.scales: List[float] = [float(s) * seg.working_scale for s in inf.scales]
-        self.flips: List[bool] = [False, True] if inf.flip else [False]
+        self.orientations: List[List[bool]] = [list(o) for o in inf.orientations()]
         self.crop: int = int(inf.crop_size)
         self.stride: int = int(inf.stride)
         from pipeline.stages.infer import window_weight
@@ -88,11 +88,19 @@ class GlandProbability(torch.nn.Module):
             xs = x
             if size[0] != h or size[1] != w:
                 xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=s < 1.0)
-            for flip in self.flips:
-                inp = xs.flip([-1]) if flip else xs
+            for o in self.orientations:  # (transposed, rows flipped, columns flipped), as predict_probs
+                inp = xs.transpose(-2, -1) if o[0] else xs
+                if o[1]:
+                    inp = inp.flip([-2])
+                if o[2]:
+                    inp = inp.flip([-1])
                 logits = self._sliding(inp)
-                if flip:
+                if o[1]:
+                    logits = logits.flip([-2])
+                if o[2]:
                     logits = logits.flip([-1])
+                if o[0]:
+                    logits = logits.transpose(-2, -1)
                 prob = F.interpolate(logits, size=[h, w], mode="bilinear", align_corners=False).softmax(1)
                 acc = prob if n == 0 else acc + prob
                 n += 1
@@ -245,8 +253,8 @@ def export_bioimageio(payload: dict, out: str | Path, image: np.ndarray, authors
 
 
 def _torchscript(module: GlandProbability) -> torch.jit.ScriptModule:
-    """The module as TorchScript: the network traced on one window (every window has that size), the scales, flips
-    and sliding window scripted around it, so any image size works."""
+    """The module as TorchScript: the network traced on one window (every window has that size), the scales,
+    orientations and sliding window scripted around it, so any image size works."""
     import copy
 
     from pipeline.stages.models import fold_batchnorm
@@ -289,7 +297,8 @@ def _readme(inference: InferConfig, record: dict, mpp: float) -> str:
              "- **Output** `probability`: background (0) and gland (1) probabilities at the input's size; the mask "
              "is their argmax.",
              f"- Inside: {len(inference.scales)} scale(s) relative to the working resolution, "
-             f"{'with' if inference.flip else 'without'} the mirrored image, sliding window "
+             f"{'in all 8 orientations' if inference.dihedral else 'with' if inference.flip else 'without'}"
+             f"{'' if inference.dihedral else ' the mirrored image'}, sliding window "
              f"{inference.crop_size} px - as `oeem predict` computes it.", ""]
     if scores:
         lines += ["## Scores of the project it came from", ""]

@@ -84,11 +84,23 @@ def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: i
     return (out / count)[:, :, :h, :w]
 
 
+def orient(x: torch.Tensor, turn: bool, flip_rows: bool, flip_cols: bool, back: bool = False) -> torch.Tensor:
+    """``x`` (..., H, W) transposed, then flipped as asked; ``back``: the inverse (flips, then the transpose)."""
+    dims = [d for d, on in ((-2, flip_rows), (-1, flip_cols)) if on]
+    if turn and not back:
+        x = x.transpose(-2, -1)
+    if dims:
+        x = x.flip(dims)
+    if turn and back:
+        x = x.transpose(-2, -1)
+    return x
+
+
 @torch.no_grad()
 def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.device,
                   seg_cfg: SegConfig | None = None,
                   activation: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
-    """Class probabilities (C, H, W) at the image's own size: softmax averaged over scales (and horizontal flips).
+    """Class probabilities (C, H, W) at the image's own size: softmax averaged over scales and orientations.
     ``activation`` replaces the softmax (logits (1, C, H, W) -> probabilities) for a network with other outputs.
 
     ``seg_cfg`` (the model's training settings) gives the input normalisation and the working resolution: each
@@ -107,11 +119,10 @@ def predict_probs(model, image: np.ndarray, cfg: InferConfig, device: torch.devi
         # anti-aliased when shrinking, as the training images were made (skimage resize with anti-aliasing)
         xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False,
                                                     antialias=s < 1)
-        for flip in ((False, True) if cfg.flip else (False,)):
-            inp = xs.flip(-1) if flip else xs
+        for turn, flip_rows, flip_cols in cfg.orientations():
+            inp = orient(xs, turn, flip_rows, flip_cols)
             logits = sliding_logits(model, inp, cfg.crop_size, cfg.stride, cfg.batch_size, cfg.blend, amp)
-            if flip:
-                logits = logits.flip(-1)
+            logits = orient(logits, turn, flip_rows, flip_cols, back=True)
             logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
             prob = logits.softmax(1) if activation is None else activation(logits)
             acc = prob if acc is None else acc + prob
