@@ -23,6 +23,7 @@ from figures_tables import (
     live_table,
     losses_table,
     minute_label,
+    orientations_table,
     paired_mean,
     precision_table,
     preview_table,
@@ -384,6 +385,20 @@ FIGURES: tuple[Figure, ...] = (
            "1 0.75,1,1.25 1,1.25,1.5", "scales-cpu.json", 8,
            "what each test-time scale buys and costs, the cpu model (after end-to-end-cpu)",
            tables=(Table(BENCH_DOC, "scales", scales_table),)),
+    Figure("orientations", "PY benchmarks/orientations.py benchmarks/results/end_to_end-cpu.oeem.zarr --name cpu",
+           "orientations-cpu.json", 9,
+           "what predicting in all 8 orientations buys and costs beside 1 scale + flip and 3 scales, pixels and "
+           "glands, the cpu model (after end-to-end-cpu)",
+           (Quote(README, lambda d: d["rows"][1]["pixel_mIoU"]["test"], what="8 orientations, testA mIoU"),
+            Quote(README, lambda d: d["rows"][1]["time_vs_preset"], "{:.1f}x", "8 orientations, time"),
+            Quote(BENCH_DOC, lambda d: d["rows"][1]["pixel_mIoU"]["val"] - d["rows"][0]["pixel_mIoU"]["val"],
+                  "{:+.2f} on validation", "8 orientations minus the preset, validation"),
+            Quote(BENCH_DOC, lambda d: d["rows"][1]["pixel_mIoU"]["train"] - d["rows"][0]["pixel_mIoU"]["train"],
+                  "{:+.2f} on the training images", "8 orientations minus the preset, training images"),
+            Quote(BENCH_DOC, lambda d: d["rows"][1]["pixel_mIoU"]["test"] - d["rows"][0]["pixel_mIoU"]["test"],
+                  "{:+.2f} on testA", "8 orientations minus the preset, testA"),
+            Quote(BENCH_DOC, lambda d: d["rows"][1]["time_vs_preset"], "{:.1f}x the time", "8 orientations, time")),
+           tables=(Table(BENCH_DOC, "orientations", orientations_table),)),
     Figure("speed", "PY benchmarks/speed.py --steps 5", "speed.json", 15,
            "where the training and prediction time goes: each work against the matmul peak, each lever"),
     Figure("predict-images", "PY benchmarks/predict_images.py benchmarks/results/end_to_end-cpu.oeem.zarr",
@@ -412,7 +427,7 @@ _WEAK25 = ("runs/bench/suggested-25-s0-cpu.oeem.zarr", "runs/bench/glas-truth.oe
 NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
     **{name: (_E2E, "end-to-end-cpu") for name in (
         "instances-cpu-fp32", "instances-learned", "instances-limits", "instances-rounds", "update-safety",
-        "update-safety-fp32", "review-heldout", "cleaning", "scales", "predict-images")},
+        "update-safety-fp32", "review-heldout", "cleaning", "scales", "orientations", "predict-images")},
     **{name: (_WEAK25, "weak-labels-25-preset") for name in ("update-safety-weak", "update-safety-weak-fp32")},
     "losses-weightings": (("benchmarks/results/losses.oeem.zarr",), "losses"),
 }
