@@ -336,6 +336,8 @@ class InstanceConfig:
 
 FAST_INFERENCE = {"inference.scales": (1.0,), "inference.flip": False, "inference.dihedral": False}  # `--fast`,
 # the plugin's "fast": one scale, one orientation - for looking at a result now rather than scoring it
+BEST_INFERENCE = {"inference.dihedral": True}  # the plugin's "best": the project's scales in all 8 orientations -
+# the best masks of a few images for about 3x the time (docs/benchmarks.md, Test-time orientations)
 
 
 @dataclass

@@ -76,6 +76,27 @@ def test_a_model_file_predicts_the_images_shown_without_a_project(widget, model_
         reference, image.copy(), reference.mpp, "cpu"))  # really another prediction
 
 
+def test_best_prediction_is_the_model_in_all_eight_orientations(widget, model_file, qtbot):
+    """The dock's *best* prediction: the model file's own settings in all 8 orientations (``inference.dihedral``)."""
+    from dataclasses import replace
+
+    from oeem_napari._panels.settings import PREDICTION_MODES
+
+    image = read_image(sample_data_folder() / "testA_1.png")
+    widget.viewer.add_image(image, name="testA_1")
+    trained = loaded(widget, qtbot, model_file)
+    assert not trained.inference.dihedral and not widget.state.model_config(trained).inference.dihedral
+    widget.predict_combo.setCurrentText(next(m for m in PREDICTION_MODES if m.startswith("best")))
+    cfg = widget.state.model_config(trained)
+    assert cfg.inference.dihedral and cfg.inference.scales == trained.inference.scales
+    widget.predict_shown_images()
+    wait_job(qtbot, widget)
+    reference = load_model_file(model_file)
+    best = replace(reference, inference=replace(reference.inference, dihedral=True))
+    mask = widget.viewer.layers["testA_1 prediction"].data
+    assert np.array_equal(mask, predict_image(best, image.copy(), reference.mpp, "cpu"))
+
+
 def test_with_a_project_open_its_image_shown_is_predicted_by_name(widget, model_file, project_copy, qtbot):
     store, _ = project_copy
     assert widget.open_project(store.path)

@@ -9,9 +9,10 @@ from qtpy.QtWidgets import QComboBox, QFormLayout, QScrollArea, QTabWidget, QVBo
 from oeem_napari._panels.fold import FoldingBox
 from oeem_napari._panels.state import DockState
 from oeem_napari._settings import SECTIONS, SettingsForm
-from pipeline.config import DEFAULT_PRESET, PRESETS, preset
+from pipeline.config import BEST_INFERENCE, DEFAULT_PRESET, FAST_INFERENCE, PRESETS, preset
 
-PREDICTION_MODES = ("fast (1 scale)", "multi-scale + flip")
+PREDICTION_MODES = {"fast (1 scale)": FAST_INFERENCE, "as set (Advanced, Prediction)": {},
+                    "best (all 8 orientations, ~3x the time)": BEST_INFERENCE}  # what each choice overrides
 
 
 class DeviceCombo(QComboBox):
@@ -86,8 +87,8 @@ class SettingsPanel(FoldingBox):
     def device(self) -> str:
         return self.device_combo.currentText()
 
-    def fast(self) -> bool:
-        return self.predict_combo.currentIndex() == 0
+    def prediction(self) -> dict[str, Any]:
+        return dict(PREDICTION_MODES[self.predict_combo.currentText()])
 
     def _on_opened(self) -> None:
         cfg = self.state.config(save=False)

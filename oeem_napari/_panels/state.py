@@ -13,7 +13,7 @@ from oeem_napari import _layers
 from oeem_napari._corrections import CorrectionKeeper
 from oeem_napari._jobs import JobRunner
 from oeem_napari._panels.stages import JOB_LABELS, make_job, summary
-from pipeline.config import FAST_INFERENCE, PipelineConfig, apply_overrides
+from pipeline.config import PipelineConfig, apply_overrides
 from pipeline.errors import OEEMError
 from pipeline.store import ProjectStore
 from pipeline.store.lock import holding_writer
@@ -24,12 +24,13 @@ LIVE_JOB = "Training while tagging"
 
 
 class RunSettings(Protocol):
-    """What the settings panel tells the state: the chosen preset, every setting, the device, fast prediction."""
+    """What the settings panel tells the state: the chosen preset, every setting, the device, and what the chosen
+    prediction (fast, as set, best) overrides."""
 
     def preset(self) -> str: ...
     def values(self) -> dict[str, Any]: ...
     def device(self) -> str: ...
-    def fast(self) -> bool: ...
+    def prediction(self) -> dict[str, Any]: ...
 
 
 class DockState(QObject):
@@ -117,22 +118,23 @@ class DockState(QObject):
         return project_config(self.store, self.settings.preset(), self.settings.values(), save=True)
 
     def run_config(self) -> PipelineConfig:
-        """The configuration a job runs with: the saved one, with the one-scale prediction when *fast* is chosen."""
+        """The configuration a job runs with: the saved one, with the chosen prediction's (*fast*: one scale; *best*:
+        all 8 orientations)."""
         cfg = self.config()
-        if self.settings is not None and self.settings.fast():
-            apply_overrides(cfg, FAST_INFERENCE)
+        if self.settings is not None:
+            apply_overrides(cfg, self.settings.prediction())
         return cfg
 
     def model_config(self, trained) -> PipelineConfig:
         """The configuration a loaded model file predicts with (:func:`pipeline.stages.model_file.model_config`):
-        the dock's settings other than the prediction's, which are the model's, and one scale when *fast*."""
+        the dock's settings other than the prediction's, which are the model's, changed as the chosen prediction says
+        (*fast*: one scale; *best*: all 8 orientations)."""
         from pipeline.stages.model_file import model_config
 
         if self.settings is None:
             return model_config(trained)
         overrides = {k: v for k, v in self.settings.values().items() if not k.startswith("inference.")}
-        if self.settings.fast():
-            overrides.update(FAST_INFERENCE)
+        overrides.update(self.settings.prediction())
         return model_config(trained, self.settings.preset(), overrides)
 
     def device(self) -> str:
