@@ -1,6 +1,7 @@
 """Shared helpers for the benchmark scripts: data location, machine peak, table printing, JSON output."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -80,6 +81,25 @@ def provenance() -> dict:
     return {"command": shlex.join(["python", *[str(a) for a in sys.argv]]), "commit": commit(),
             "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "wall_s": round(time.time() - STARTED, 1), "machine": machine()}
+
+
+def project_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The command line of a benchmark that reads a project: ``PROJECT [--name NAME]`` (then its own options)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("project")
+    ap.add_argument("--name", default=None, help="results file suffix (default: from the project's folder name)")
+    return ap
+
+
+def results_name(project: str | Path, name: str | None = None) -> str:
+    """A project benchmark's results-file suffix: ``--name``, else the project's folder name without
+    ``end_to_end-`` and ``.oeem.zarr`` (``end_to_end-cpu.oeem.zarr`` -> ``cpu``)."""
+    return name or Path(project).name.removesuffix(".oeem.zarr").removeprefix("end_to_end-")
+
+
+def scored_splits(store, splits: tuple[str, ...], *also: str) -> dict[str, list[str]]:
+    """The images of each split that have a mask to score against (and each of ``also``, e.g. ``prob``)."""
+    return {s: [n for n in store.names(s) if all(store.has(n, k) for k in ("mask", *also))] for s in splits}
 
 
 def object_rank_on_val(row: dict) -> tuple[float, float, float]:

@@ -15,14 +15,13 @@ Writes ``benchmarks/results/instances-NAME.json`` (NAME: the project's folder na
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from _common import machine, object_rank_on_val, print_table, write_json
+from _common import machine, object_rank_on_val, print_table, project_parser, results_name, scored_splits, write_json
 
 from pipeline.config import InstanceConfig
 from pipeline.metrics import ObjectCounts, confusion, from_confusion, object_counts
@@ -42,17 +41,15 @@ SPEED_SHARE = 0.10  # the instance step may add this share to the prediction's t
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("project")
-    ap.add_argument("--name", default=None, help="results file suffix (default: from the project's folder name)")
+    ap = project_parser(__doc__)
     ap.add_argument("--scale", type=float, default=0.5, help="instances.scale of the rows that name none "
                     "(default: 0.5)")
     ap.add_argument("--precision", default=None, choices=("auto", "fp32", "bf16"),
                     help="the timed predictions' precision (default: the project's; the scores do not depend on it)")
     args = ap.parse_args()
     store = ProjectStore.open(args.project, mode="r")
-    name = args.name or Path(args.project).name.removesuffix(".oeem.zarr").removeprefix("end_to_end-")
-    splits = {s: [n for n in store.names(s) if store.has(n, "mask")] for s in SPLITS}
+    name = results_name(args.project, args.name)
+    splits = scored_splits(store, SPLITS)
     names = [n for s in SPLITS for n in splits[s]]
     missing = [n for n in names if not store.has(n, "prob")]
     if missing:

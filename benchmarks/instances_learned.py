@@ -17,14 +17,12 @@ Writes ``benchmarks/results/instances_learned-NAME.json``.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import machine, object_rank_on_val, print_table, write_json
+from _common import machine, object_rank_on_val, print_table, project_parser, results_name, scored_splits, write_json
 
 from pipeline.config import SegConfig
 from pipeline.device import autocast, in_layout, resolve_precision
@@ -92,17 +90,15 @@ def train_head(net: WithInterior, store: ProjectStore, cfg: SegConfig, radii: li
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("project")
+    ap = project_parser(__doc__)
     ap.add_argument("--iters", type=int, default=600, help="training steps of the interior head (default: 600)")
     ap.add_argument("--radii", type=int, nargs="+", default=[3, 6, 10],
                     help="interior depths in px at the working scale (default: 3 6 10)")
     ap.add_argument("--lr", type=float, default=0.02, help="the head's learning rate (default: 0.02)")
-    ap.add_argument("--name", default=None, help="results file suffix (default: from the project's folder name)")
     args = ap.parse_args()
     torch.manual_seed(0)
     store = ProjectStore.open(args.project, mode="r")
-    name = args.name or Path(args.project).name.removesuffix(".oeem.zarr").removeprefix("end_to_end-")
+    name = results_name(args.project, args.name)
     segmenter, cfg = load_segmenter(store)
     icfg = project_config(store, save=False).inference
     amp = resolve_precision(cfg.precision, torch.device("cpu"))
@@ -110,7 +106,7 @@ def main() -> None:
     train_s = train_head(net, store, cfg, args.radii, args.iters, args.lr, amp)
     net.eval()
 
-    splits = {s: [n for n in store.names(s) if store.has(n, "mask")] for s in SPLITS}
+    splits = scored_splits(store, SPLITS)
     data, t0 = {}, time.perf_counter()
     for n in (n for s in SPLITS for n in splits[s]):
         # as `oeem predict` predicts (the project's scales, windows, flips), the interior logits through a sigmoid

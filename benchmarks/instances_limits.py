@@ -36,15 +36,13 @@ Writes ``benchmarks/results/instances_limits-NAME.json``.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import time
 from collections import Counter
 from dataclasses import asdict, replace
-from pathlib import Path
 
 import numpy as np
-from _common import machine, object_rank_on_val, print_table, write_json
+from _common import machine, object_rank_on_val, print_table, project_parser, results_name, scored_splits, write_json
 from scipy import ndimage
 from skimage.filters import gaussian
 from skimage.measure import label
@@ -187,13 +185,11 @@ def three_scale(store: ProjectStore, names: list[str]) -> dict[str, tuple[np.nda
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("project")
-    ap.add_argument("--name", default=None, help="results file suffix (default: from the project's folder name)")
+    ap = project_parser(__doc__)
     args = ap.parse_args()
     store = ProjectStore.open(args.project, mode="r")
-    name = args.name or Path(args.project).name.removesuffix(".oeem.zarr").removeprefix("end_to_end-")
-    splits = {s: [n for n in store.names(s) if store.has(n, "mask") and store.has(n, "prob")] for s in SPLITS}
+    name = results_name(args.project, args.name)
+    splits = scored_splits(store, SPLITS, "prob")
     names = [n for s in SPLITS for n in splits[s]]
     if not splits["val"]:
         raise SystemExit(f"{args.project}: no predicted validation image with a mask; run `oeem run` first")

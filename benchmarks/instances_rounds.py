@@ -24,7 +24,6 @@ Writes ``benchmarks/results/instances_rounds-NAME.json``; the arms' copies live 
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import shutil
 import time
@@ -34,7 +33,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import REPO, machine, object_rank_on_val, print_table, write_json
+from _common import (
+    REPO,
+    machine,
+    object_rank_on_val,
+    print_table,
+    project_parser,
+    results_name,
+    scored_splits,
+    write_json,
+)
 from instances_limits import error_kinds
 from scipy import ndimage
 from skimage.morphology import disk
@@ -128,17 +136,15 @@ def run_arm(source: Path, work: Path, cfg: PipelineConfig, band: int, scale: flo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("project")
+    ap = project_parser(__doc__)
     ap.add_argument("--iters", type=int, default=1000, help="iterations of the further round (default: 1000)")
     ap.add_argument("--band", type=int, default=3, help="the band's reach in px at full size (default: 3)")
-    ap.add_argument("--name", default=None, help="results file suffix (default: from the project's folder name)")
     args = ap.parse_args()
     source = Path(args.project)
-    name = args.name or source.name.removesuffix(".oeem.zarr").removeprefix("end_to_end-")
+    name = results_name(source, args.name)
     store = ProjectStore.open(source, mode="r")
     cfg = project_config(store, save=False)
-    names = {s: [n for n in store.names(s) if store.has(n, "mask")] for s in SPLITS}
+    names = scored_splits(store, SPLITS)
     if not all(store.has(n, "instances") for n in store.labelled_images(("train",))):
         raise SystemExit(f"{source}: the band needs the glands of the stored prediction; run "
                          f"`oeem instances {source}` first")

@@ -12,13 +12,11 @@ Writes ``benchmarks/results/orientations-NAME.json`` (NAME: the project's folder
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 
-from _common import object_rank_on_val, print_table, write_json
+from _common import object_rank_on_val, print_table, project_parser, results_name, scored_splits, write_json
 
 from pipeline.config import InstanceConfig
 from pipeline.device import precision_name, resolve_device, resolve_precision
@@ -38,13 +36,11 @@ CUTS = [{"core_threshold": t, "min_core_area": a} for t, a in itertools.product(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("project")
-    ap.add_argument("--name", default=None, help="results file suffix (default: from the project's folder name)")
+    ap = project_parser(__doc__)
     args = ap.parse_args()
     store = ProjectStore.open(args.project, mode="r")
-    name = args.name or Path(args.project).name.removesuffix(".oeem.zarr").removeprefix("end_to_end-")
-    splits = {s: [n for n in store.names(s) if store.has(n, "mask")] for s in SPLITS}
+    name = results_name(args.project, args.name)
+    splits = scored_splits(store, SPLITS)
     if not splits["val"] or not splits["test"]:
         raise SystemExit(f"{args.project}: needs validation and test images with masks (an `oeem run` on GlaS)")
     names = [n for s in SPLITS for n in splits[s]]

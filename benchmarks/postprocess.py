@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 import torch
-from _common import machine, print_table, write_json
+from _common import machine, print_table, scored_splits, write_json
 
 from pipeline.config import preset
 from pipeline.metrics import confusion, from_confusion
@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--json", default="postprocess.json", help="results file name in benchmarks/results/")
     args = ap.parse_args()
     store = ProjectStore.open(args.project, mode="r")
-    splits = {s: [n for n in store.names(s) if store.has(n, "mask")] for s in SPLITS}
+    splits = scored_splits(store, SPLITS)
     names = [n for s in SPLITS for n in splits[s]]
     truth = {n: store.mask(n) for n in names}
     pseudo = {n: store.read(n, "pseudo") for n in splits["train"] + splits["val"] if store.has(n, "pseudo")}
