@@ -399,6 +399,19 @@ FIGURES: tuple[Figure, ...] = (
                   "{:+.2f} on testA", "8 orientations minus the preset, testA"),
             Quote(BENCH_DOC, lambda d: d["rows"][1]["time_vs_preset"], "{:.1f}x the time", "8 orientations, time")),
            tables=(Table(BENCH_DOC, "orientations", orientations_table),)),
+    Figure("orientations-rounds", "PY benchmarks/end_to_end.py --preset cpu --set inference.dihedral=true --name "
+           "cpu-dihedral", "end_to_end-cpu-dihedral.json", 52,
+           "the cpu preset with every prediction in all 8 orientations, the self-training rounds' included",
+           tuple(Quote(BENCH_DOC, lambda d, s=s: d["selftrain"][-1][s], what=f"round-2 labels in 8 orientations, {s}")
+                 for s in ("train", "val"))),
+    Figure("orientations-rounds-model", "PY benchmarks/orientations.py "
+           "benchmarks/results/end_to_end-cpu-dihedral.oeem.zarr --name cpu-dihedral",
+           "orientations-cpu-dihedral.json", 7,
+           "the model trained on labels in 8 orientations, predicted as the preset and in 8 orientations (after "
+           "orientations-rounds)",
+           tuple(Quote(BENCH_DOC, lambda d, k=k, s=s: d["rows"][k]["pixel_mIoU"][s], what=f"{what}, {s}")
+                 for k, what in ((0, "that model at 1 scale + flip"), (1, "that model in 8 orientations"))
+                 for s in ("val", "test"))),
     Figure("speed", "PY benchmarks/speed.py --steps 5", "speed.json", 15,
            "where the training and prediction time goes: each work against the matmul peak, each lever"),
     Figure("predict-images", "PY benchmarks/predict_images.py benchmarks/results/end_to_end-cpu.oeem.zarr",
@@ -430,4 +443,5 @@ NEEDS: dict[str, tuple[tuple[str, ...], str]] = {
         "update-safety-fp32", "review-heldout", "cleaning", "scales", "orientations", "predict-images")},
     **{name: (_WEAK25, "weak-labels-25-preset") for name in ("update-safety-weak", "update-safety-weak-fp32")},
     "losses-weightings": (("benchmarks/results/losses.oeem.zarr",), "losses"),
+    "orientations-rounds-model": (("benchmarks/results/end_to_end-cpu-dihedral.oeem.zarr",), "orientations-rounds"),
 }
