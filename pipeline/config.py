@@ -288,8 +288,8 @@ class InferConfig:
                                         label="prediction scales", flag="--scales", commands=("predict",))
     flip: bool = setting(True, "also predict the mirrored image and average", label="flip")
     dihedral: bool = setting(False, "predict the image in all 8 orientations (mirrored, turned by quarter turns) "
-                             "and average, as the network was trained: better masks for 4x the time of flip "
-                             "(replaces flip)", label="all 8 orientations", flag="--all-orientations",
+                             "and average, as the network was trained: better masks for about 3x the time of "
+                             "flip (replaces flip)", label="all 8 orientations", flag="--all-orientations",
                              commands=("predict",))
     crop_size: int = setting(320, "side of the sliding window (px, working scale)", gt=0, label="window size")
     stride: int = setting(256, "step of the sliding window (px)", gt=0, label="window stride")

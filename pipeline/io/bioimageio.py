@@ -289,6 +289,8 @@ def _cover(tile: np.ndarray, prob: np.ndarray, path: Path) -> None:
 
 def _readme(inference: InferConfig, record: dict, mpp: float) -> str:
     scores = record.get("scores") or {}
+    views = ("in all 8 orientations" if inference.dihedral
+             else f"{'with' if inference.flip else 'without'} the mirrored image")
     lines = ["# OEEM gland segmentation", "",
              "Exported by oeem-napari: a gland segmentation network trained from weak patch labels (gland / no "
              "gland per 112 px patch) with Online Easy Example Mining.", "",
@@ -297,8 +299,7 @@ def _readme(inference: InferConfig, record: dict, mpp: float) -> str:
              "- **Output** `probability`: background (0) and gland (1) probabilities at the input's size; the mask "
              "is their argmax.",
              f"- Inside: {len(inference.scales)} scale(s) relative to the working resolution, "
-             f"{'in all 8 orientations' if inference.dihedral else 'with' if inference.flip else 'without'}"
-             f"{'' if inference.dihedral else ' the mirrored image'}, sliding window "
+             f"{views}, sliding window "
              f"{inference.crop_size} px - as `oeem predict` computes it.", ""]
     if scores:
         lines += ["## Scores of the project it came from", ""]
