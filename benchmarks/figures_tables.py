@@ -314,12 +314,10 @@ def scales_table(d: dict) -> list[str]:
 
 def orientations_table(d: dict) -> list[str]:
     """Each test-time setting's pixel mIoU, testA glands (the shipped cut) and time, measured in one run."""
-    def glands(c: dict) -> str:
-        return f"{c['object_F1']:.1f} / {c['object_Dice']:.1f} / {c['object_Hausdorff']:.1f}"
     return markdown(("prediction", "validation mIoU", "training images mIoU", "testA mIoU",
                      "testA object F1 / Dice / Hausdorff", "s per image"),
                     [(r["setting"], *(f"{r['pixel_mIoU'][s]:.2f}" for s in ("val", "train", "test")),
-                      glands(r["shipped_cut"]["test"]), f"{r['s_per_image']:.2f} ({r['time_vs_preset']:.1f}x)")
+                      object_scores(r["shipped_cut"]["test"]), f"{r['s_per_image']:.2f} ({r['time_vs_preset']:.1f}x)")
                      for r in d["rows"]])
 
 

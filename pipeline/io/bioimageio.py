@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from pipeline.config import NORMS, InferConfig, SegConfig, from_dict
 from pipeline.errors import OEEMError
+from pipeline.stages.infer import orient
 
 WEIGHTS, TORCHSCRIPT = "weights.pt", "weights-torchscript.pt"
 MIN_SIDE, HALO = 128, 32  # px: tiles a consumer cuts (QuPath grows them towards 512), and the margin it crops
@@ -89,18 +90,7 @@ class GlandProbability(torch.nn.Module):
             if size[0] != h or size[1] != w:
                 xs = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=s < 1.0)
             for o in self.orientations:  # (transposed, rows flipped, columns flipped), as predict_probs
-                inp = xs.transpose(-2, -1) if o[0] else xs
-                if o[1]:
-                    inp = inp.flip([-2])
-                if o[2]:
-                    inp = inp.flip([-1])
-                logits = self._sliding(inp)
-                if o[1]:
-                    logits = logits.flip([-2])
-                if o[2]:
-                    logits = logits.flip([-1])
-                if o[0]:
-                    logits = logits.transpose(-2, -1)
+                logits = orient(self._sliding(orient(xs, o[0], o[1], o[2])), o[0], o[1], o[2], back=True)
                 prob = F.interpolate(logits, size=[h, w], mode="bilinear", align_corners=False).softmax(1)
                 acc = prob if n == 0 else acc + prob
                 n += 1

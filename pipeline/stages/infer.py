@@ -85,12 +85,14 @@ def sliding_logits(model, x: torch.Tensor, crop: int, stride: int, batch_size: i
 
 
 def orient(x: torch.Tensor, turn: bool, flip_rows: bool, flip_cols: bool, back: bool = False) -> torch.Tensor:
-    """``x`` (..., H, W) transposed, then flipped as asked; ``back``: the inverse (flips, then the transpose)."""
-    dims = [d for d, on in ((-2, flip_rows), (-1, flip_cols)) if on]
+    """``x`` (..., H, W) transposed, then flipped as asked; ``back``: the inverse (flips, then the transpose).
+    TorchScript compiles it as it is, so a bioimage.io package turns the image exactly as ``oeem`` does."""
     if turn and not back:
         x = x.transpose(-2, -1)
-    if dims:
-        x = x.flip(dims)
+    if flip_rows:
+        x = x.flip([-2])
+    if flip_cols:
+        x = x.flip([-1])
     if turn and back:
         x = x.transpose(-2, -1)
     return x
