@@ -12,9 +12,10 @@ and halos are whole multiples of the separation's grid, so each tile samples the
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 
@@ -107,26 +108,31 @@ def slide_instances(out: str | Path, cfg: InstanceConfig, tile: int = TILE, halo
 
     count = too_large = 0
     seeds: set[tuple[int, int]] = set()
-    # two tiles cut at once (the labelling and the watershed release the GIL: the 2 cores the prediction used);
-    # written one by one in tile order, so a write never races another and the result is the one-thread one
+    write_lock = threading.Lock()
+
+    def cut_and_write(ty: int, tx: int) -> tuple[int, int, set[tuple[int, int]]]:
+        box, mine, ids, glands_here, left, tile_seeds = cut_tile(ty, tx)
+        if box is not None:
+            # boxes overlap in the halos, but each pixel is one tile's: one write at a time, in any order, gives
+            # the one-thread result
+            with write_lock:
+                ids_out[box] = np.where(mine, ids, np.asarray(ids_out[box]))
+        return glands_here, left, tile_seeds
+
+    # two tiles cut at once (the labelling and the watershed release the GIL: the 2 cores the prediction used),
+    # each writing its own glands: the pool never waits for a write
     tiles = [(ty, tx) for ty in range(ny) for tx in range(nx)]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        pending: deque = deque()
+        futures = [pool.submit(cut_and_write, ty, tx) for ty, tx in tiles]
         try:
-            for k in range(len(tiles)):
-                while len(pending) < 2 and k + len(pending) < len(tiles):
-                    pending.append(pool.submit(cut_tile, *tiles[k + len(pending)]))
-                box, mine, ids, glands_here, left, tile_seeds = pending.popleft().result()
+            for k, future in enumerate(as_completed(futures), start=1):
+                glands_here, left, tile_seeds = future.result()
                 count, too_large = count + glands_here, too_large + left
                 seeds |= tile_seeds
-                if box is not None:
-                    ids_out[box] = np.where(mine, ids, np.asarray(ids_out[box]))
-                ty, tx = tiles[k]
-                if tx == nx - 1:
-                    yield Progress("glands", ty + 1, ny, f"tile row {ty + 1}/{ny}")
+                yield Progress("glands", k, len(tiles), f"tile {k}/{len(tiles)}")
         finally:
-            for f in pending:
-                f.cancel()
+            for future in futures:
+                future.cancel()
     if too_large:
         count += yield from _label_the_rest(pred, ids_out, np.uint32(ny * nx * PER_TILE), seeds)
     levels = add_levels(glands, LEVELS_MIN_SIDE, labels=True)

@@ -125,15 +125,15 @@ def _to_full_size(ids: np.ndarray, fg: np.ndarray, components: np.ndarray, scale
     inside one connected component of it: a pixel takes the id under it, the rim the coarser grid missed takes the
     largest id among its 8 neighbours (twice), and what is still unlabelled (a component without a seed) becomes
     a gland of its own. An id that spans two components (joined by the coarser grid) is split into one per
-    component. A slide's tile is ~10 Mpx: the rim and the relabelling visit only the pixels they change, in 32 bits
-    where the ids allow."""
+    component. A slide's tile is ~10 Mpx: the rim passes visit only the pixels they change, and the relabelling
+    is whole-array arithmetic in 32 bits where the ids allow."""
     rows, cols = (np.minimum(((np.arange(n) + 0.5) * scale).astype(np.intp), m - 1)
                   for n, m in zip(fg.shape, ids.shape, strict=True))  # the inverse of _sample's grid
     full = np.take(np.take(ids.astype(np.int32, copy=False), rows, axis=0), cols, axis=1)
     full[~fg] = 0
     h, w = fg.shape
+    r, c = np.nonzero(fg & (full == 0))
     for _ in range(2):
-        r, c = np.nonzero(fg & (full == 0))
         if not len(r):
             break
         best = np.zeros(len(r), np.int32)
@@ -141,21 +141,19 @@ def _to_full_size(ids: np.ndarray, fg: np.ndarray, components: np.ndarray, scale
             for dc in (-1, 0, 1):
                 np.maximum(best, full[np.clip(r + dr, 0, h - 1), np.clip(c + dc, 0, w - 1)], out=best)
         full[r, c] = best
-    # the relabelling visits the foreground only (on a gland tile about half the pixels; its component is >= 1)
-    where = np.flatnonzero(fg)
-    found = full.ravel()[where]
-    comp = components.ravel()[where]
-    top, top_comp = int(found.max(initial=0)), int(comp.max(initial=0))
-    wide = np.int64 if (top + top_comp + 1) ** 2 >= 2**31 else np.int32
-    # components without a seed: a gland each
-    found = np.where(found == 0, comp.astype(wide) + top, found.astype(wide))
-    span = int(found.max(initial=0)) + 1
-    pair = comp.astype(wide) * span + found  # (component, id): unique per gland
+        r, c = r[best == 0], c[best == 0]  # the second pass visits only what the first left unlabelled
+    comp = components.astype(np.int32, copy=False)
+    top, top_comp = int(full.max(initial=0)), int(comp.max(initial=0))
+    wide = np.int64 if (top + top_comp + 1) * (top_comp + 1) >= 2**31 else np.int32
+    # components without a seed: a gland each (id top + component); the background pairs to top itself
+    found = np.where(full == 0, comp.astype(wide) + top, full.astype(wide))
+    pair = comp.astype(wide) * (int(found.max(initial=0)) + 1) + found  # (component, id): unique per gland
     present = np.zeros(int(pair.max(initial=0)) + 1, bool)
-    present[pair] = True
-    out = np.zeros(fg.shape, np.int32)
-    out.ravel()[where] = np.cumsum(present, dtype=np.int32)[pair]  # ids 1..n, in the order of the pairs
-    return out
+    present[pair.ravel()] = True
+    present[top] = False
+    lut = np.cumsum(present, dtype=np.int32)  # ids 1..n, in the order of the pairs
+    lut[top] = 0
+    return lut[pair]
 
 
 def _sample(a: np.ndarray, scale: float) -> np.ndarray:
