@@ -150,10 +150,8 @@ def _to_full_size(ids: np.ndarray, fg: np.ndarray, components: np.ndarray, scale
     pair = comp.astype(wide) * (int(found.max(initial=0)) + 1) + found  # (component, id): unique per gland
     present = np.zeros(int(pair.max(initial=0)) + 1, bool)
     present[pair.ravel()] = True
-    present[top] = False
-    lut = np.cumsum(present, dtype=np.int32)  # ids 1..n, in the order of the pairs
-    lut[top] = 0
-    return lut[pair]
+    present[top] = False  # (every gland's pair is above top: the background keeps 0)
+    return np.cumsum(present, dtype=np.int32)[pair]  # ids 1..n, in the order of the pairs
 
 
 def _sample(a: np.ndarray, scale: float) -> np.ndarray:
